@@ -1,0 +1,1 @@
+"""thinkstream: an LLM inference engine for streaming input and parallel generation."""

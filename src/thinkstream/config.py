@@ -1,0 +1,128 @@
+"""Frozen configuration dataclasses: the model's hyper-parameters and the engine's knobs.
+
+Everything a user can set is validated here with ``ValueError``; the CLI, the Python API
+and the server all build these same dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling. ``kind`` is "linear" or "llama3" (Llama 3.1+ style)."""
+
+    kind: str
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "llama3"):
+            raise ValueError(f"unsupported rope scaling kind {self.kind!r}")
+        if self.factor <= 0:
+            raise ValueError("rope scaling factor must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of one decoder-only transformer, independent of the file format.
+
+    Weight conventions every loader produces (canonical names, see ``loading/names.py``):
+    Q/K rows in Hugging Face order (RoPE rotates the two halves of each head, "neox" style),
+    norm weights multiplicative (Gemma's ``1 + w`` is folded in by the loader).
+    """
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head of q and k (Qwen3, Gemma 3)
+    hidden_act: str = "silu"  # "silu" or "gelu_tanh"
+    embedding_scale: float = 1.0  # Gemma multiplies embeddings by sqrt(hidden_size)
+    sandwich_norms: bool = False  # extra norms after attention and MLP (Gemma 3)
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # per layer "full" or "sliding"; empty = all full
+    rope_local_theta: float | None = None  # RoPE base of sliding layers (Gemma 3)
+    query_scale: float | None = None  # attention scale; None = head_dim ** -0.5
+    final_logit_softcap: float | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; supported: {', '.join(ARCHITECTURES)}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.hidden_act not in ("silu", "gelu_tanh"):
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}")
+        if self.layer_types:
+            if len(self.layer_types) != self.num_layers:
+                raise ValueError("layer_types must have one entry per layer")
+            if any(t not in ("full", "sliding") for t in self.layer_types):
+                raise ValueError("layer_types entries must be 'full' or 'sliding'")
+            if "sliding" in self.layer_types and not self.sliding_window:
+                raise ValueError("sliding layers need sliding_window")
+
+    @property
+    def scale(self) -> float:
+        return self.query_scale if self.query_scale is not None else self.head_dim**-0.5
+
+    def layer_is_sliding(self, layer: int) -> bool:
+        return bool(self.layer_types) and self.layer_types[layer] == "sliding"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Knobs of the serving engine.
+
+    ``kv_cache_memory`` (bytes) sizes the block pool unless ``num_blocks`` is given.
+    """
+
+    dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
+    device: str = "cpu"
+    block_size: int = 16
+    num_blocks: int | None = None
+    kv_cache_memory: int = 256 * 1024 * 1024
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    num_threads: int | None = None  # torch intra-op threads; None = cores available
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a positive power of two")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError("num_blocks must be >= 1")
+        if self.kv_cache_memory <= 0:
+            raise ValueError("kv_cache_memory must be > 0")
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be >= 1")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError("max_model_len must be >= 1")
