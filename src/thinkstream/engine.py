@@ -1,0 +1,187 @@
+"""LLMEngine: the synchronous core. ``add_request`` / ``step`` / ``abort``.
+
+A step reads in four lines: the scheduler picks tokens to compute, the runner computes
+them and samples, the scheduler records the tokens, the output processor turns them into
+text. Everything the engine owns (KV pool, scheduler, model) is created here and passed
+down; nothing is global.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Sequence as Seq
+
+import torch
+
+from thinkstream.config import EngineConfig
+from thinkstream.kv.manager import KVCacheManager
+from thinkstream.models.registry import build_model
+from thinkstream.output import RequestState
+from thinkstream.request import RequestOutput, Sequence, SeqStatus
+from thinkstream.runner import DTYPES, ModelRunner, kv_bytes_per_block
+from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.scheduler import Scheduler, SchedulerConfig
+
+
+class RequestError(ValueError):
+    """A request the engine refuses; ``param`` names the offending input."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class LLMEngine:
+    def __init__(
+        self, model: str | os.PathLike | None = None, config: EngineConfig | None = None,
+        checkpoint=None,
+    ) -> None:
+        self.config = cfg = config or EngineConfig()
+        torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
+        if checkpoint is None:
+            from thinkstream.loading import load_checkpoint
+
+            checkpoint = load_checkpoint(model)
+        ckpt = checkpoint
+        self.model_path = ckpt.path
+        self.model_config = mcfg = ckpt.config
+        self.tokenizer = ckpt.tokenizer
+        dtype = DTYPES[cfg.dtype]
+        self.device = torch.device(cfg.device)
+        self.model = build_model(mcfg, ckpt.tensors, dtype, self.device)
+        self.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
+                                 mcfg.max_position_embeddings)
+        num_blocks = cfg.num_blocks or max(
+            1, cfg.kv_cache_memory // kv_bytes_per_block(mcfg, cfg.block_size, dtype)
+        )
+        self.kv = KVCacheManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
+                            cfg.enable_prefix_caching),
+            self.kv,
+        )
+        self.runner = ModelRunner(self.model, mcfg, num_blocks, cfg.block_size, dtype, self.device)
+        self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
+        self.requests: dict[str, RequestState] = {}
+        self._rng = random.Random(cfg.seed)
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------------ requests
+    def encode_prompt(self, prompt: str | Seq[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        else:
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
+            if bad:
+                raise RequestError("prompt", f"prompt: token id {bad[0]} is outside the vocabulary "
+                                   f"(0..{self.model_config.vocab_size - 1})")
+        if not ids:
+            raise RequestError("prompt", "prompt: must not be empty")
+        return ids
+
+    def add_request(
+        self, request_id: str | None, prompt: str | Seq[int], params: SamplingParams | None = None,
+        *, input_closed: bool = True, salt: object = None,
+    ) -> str:
+        """Queue a request; returns its id. Raises ``RequestError`` before taking any block."""
+        params = params or SamplingParams()
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self.requests:
+            raise RequestError("request_id", f"request_id: {request_id!r} is already in use")
+        ids = self.encode_prompt(prompt)
+        self.check_length(len(ids), params)
+        max_tokens = min(params.max_tokens or self.max_model_len, self.max_model_len - len(ids))
+        seqs = []
+        for i in range(params.n):
+            seed = params.seed + i if params.seed is not None else self._rng.getrandbits(63)
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            seqs.append(Sequence(
+                seq_id=f"{request_id}#{i}", request_id=request_id, index=i, token_ids=list(ids),
+                num_prompt_tokens=len(ids), params=params, generator=gen, max_tokens=max_tokens,
+                input_closed=input_closed, salt=salt,
+            ))
+        seqs[0].fork_children = seqs[1:]
+        self.requests[request_id] = RequestState.create(
+            request_id, prompt if isinstance(prompt, str) else None, seqs, self.tokenizer
+        )
+        self.scheduler.add(seqs[0])
+        return request_id
+
+    def check_length(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        if num_prompt_tokens >= self.max_model_len:
+            raise RequestError("prompt", f"prompt: {num_prompt_tokens} tokens leave no room to "
+                               f"generate within the context of {self.max_model_len} tokens")
+        blocks = -(-min(num_prompt_tokens + (params.max_tokens or 0) + 1, self.max_model_len)
+                   // self.kv.block_size)
+        if blocks > self.kv.num_blocks:
+            raise RequestError("max_tokens", f"max_tokens: prompt + max_tokens needs {blocks} KV blocks "
+                               f"but the cache has {self.kv.num_blocks}")
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request wherever it is and free all its blocks. False if unknown."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return False
+        for seq in state.seqs:
+            self.scheduler.finish(seq, SeqStatus.FINISHED_ABORTED)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---------------------------------------------------------------------- step
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if not out.scheduled:
+            return []
+        tables = {s.seq.seq_id: self.kv.block_table(s.seq.seq_id) for s in out.scheduled}
+        logits, last_rows, prompt_rows = self.runner.forward(out, tables)
+        self.scheduler.commit(out)
+        samplers, rows = [], []
+        for s, row, (first, count) in zip(out.scheduled, last_rows, prompt_rows, strict=True):
+            seq = s.seq
+            if count:
+                start = seq.num_computed_tokens - s.num_new_tokens
+                seq.prompt_logprobs = (seq.prompt_logprobs or []) + self.runner.prompt_logprobs(
+                    logits, seq, first, count, start)
+            if row >= 0:
+                for sampler in [seq, *self.scheduler.fork_children(seq)]:
+                    samplers.append(sampler)
+                    rows.append(row)
+        token_ids, logprobs = self.runner.sample(logits, rows, samplers, self.eos_ids)
+        touched: dict[str, RequestState] = {}
+        for seq, token_id, lp in zip(samplers, token_ids, logprobs, strict=True):
+            if lp is not None:
+                seq.logprobs.append(lp)
+            self.scheduler.append_token(seq, token_id, self.eos_ids)
+            touched[seq.request_id] = self.requests[seq.request_id]
+        return self._outputs(touched.values())
+
+    def _outputs(self, states) -> list[RequestOutput]:
+        outputs = []
+        for state in states:
+            for i, seq in enumerate(state.seqs):
+                if state.update_text(i):
+                    self.scheduler.finish(seq, SeqStatus.FINISHED_STOPPED)
+                    state.update_text(i)
+            outputs.append(state.make_output())
+            if state.finished:
+                del self.requests[state.request_id]
+        return outputs
+
+    # ------------------------------------------------------------------- checks
+    def check_integrity(self) -> None:
+        """Block accounting holds and every live sequence's table matches its tokens."""
+        self.kv.check_integrity()
+        for seq in self.scheduler.running:
+            if self.kv.has(seq.seq_id):
+                table = self.kv.block_table(seq.seq_id)
+                assert len(table) * self.kv.block_size >= seq.num_computed_tokens, seq.seq_id
+        if not self.requests:
+            assert self.kv.num_free_blocks == self.kv.num_blocks, "blocks leaked with no requests"
+
+
+__all__ = ["LLMEngine", "RequestError", "ParamError"]

@@ -1,0 +1,73 @@
+"""``load_checkpoint`` / ``load_tokenizer``: one entry point for every format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from thinkstream.config import ModelConfig
+from thinkstream.loading.default_model import resolve_model_path
+from thinkstream.loading.errors import CorruptModelError, MissingWeightError, ModelLoadError
+from thinkstream.loading.gguf import gguf_config, gguf_tensors
+from thinkstream.loading.gguf_reader import read_gguf
+from thinkstream.loading.gguf_tokenizer import build_gguf_tokenizer
+from thinkstream.loading.hf import hf_config, hf_tensors
+from thinkstream.loading.names import expected_shapes
+from thinkstream.loading.tokenizer import Tokenizer, load_hf_tokenizer
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    config: ModelConfig
+    tensors: dict[str, torch.Tensor]  # canonical names, float32, CPU
+    tokenizer: Tokenizer
+    path: Path
+
+
+def _check_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    shapes = expected_shapes(config)
+    missing = [name for name in shapes if name not in tensors]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise MissingWeightError(f"{path}: missing weights {shown}")
+    for name, shape in shapes.items():
+        if tuple(tensors[name].shape) != shape:
+            raise CorruptModelError(
+                f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+
+
+def _is_gguf(path: Path) -> bool:
+    if path.is_dir():
+        return False
+    if path.suffix == ".gguf":
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def load_checkpoint(model: str | Path | None) -> LoadedCheckpoint:
+    """Config, canonical float32 tensors and tokenizer of a GGUF file or HF directory."""
+    path = resolve_model_path(model)
+    if _is_gguf(path):
+        gf = read_gguf(path)
+        config = gguf_config(gf)
+        tensors, tokenizer = gguf_tensors(gf, config), build_gguf_tokenizer(gf.metadata)
+    elif path.is_dir():
+        config = hf_config(path)
+        tensors, tokenizer = hf_tensors(path, config), load_hf_tokenizer(path)
+    else:
+        raise ModelLoadError(f"{path}: neither a GGUF file nor a Hugging Face model directory")
+    _check_tensors(config, tensors, path)
+    return LoadedCheckpoint(config=config, tensors=tensors, tokenizer=tokenizer, path=path)
+
+
+def load_tokenizer(model: str | Path | None) -> Tokenizer:
+    """The tokenizer alone (no tensor is read)."""
+    path = resolve_model_path(model)
+    if _is_gguf(path):
+        return build_gguf_tokenizer(read_gguf(path).metadata)
+    if path.is_dir():
+        return load_hf_tokenizer(path)
+    raise ModelLoadError(f"{path}: neither a GGUF file nor a Hugging Face model directory")

@@ -1,0 +1,137 @@
+"""GGUF -> ``ModelConfig`` + canonical float32 tensors.
+
+Hyper-parameters come from ``{arch}.*`` metadata; what GGUF leaves implicit is filled in as
+llama.cpp does (Gemma 3: every 6th layer global, local RoPE base 10000, sqrt(hidden) embedding
+scale). Tensors are dequantized with ``gguf.quants.dequantize``. Two storage quirks are undone:
+
+* ``llama`` arch: llama.cpp's converter interleaves the two RoPE halves of each q/k head
+  (rows ``[h, 2, d/2]`` stored as ``[h, d/2, 2]``); we restore Hugging Face order.
+* Gemma: norms are stored as ``1 + w`` already, which is the multiplicative weight we want.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+
+from thinkstream.config import ARCHITECTURES, ModelConfig, RopeScaling
+from thinkstream.loading.errors import CorruptModelError, UnsupportedArchitectureError
+from thinkstream.loading.gguf_reader import GGUFFile
+from thinkstream.loading.gguf_tokenizer import eos_token_ids
+from thinkstream.loading.names import gguf_to_canonical
+
+GEMMA3_SLIDING_PATTERN = 6  # layer i is global when (i + 1) % 6 == 0
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+
+
+def _f32(value: Any) -> float:
+    """GGUF stores floats as float32: 1e-5 reads back as 9.99999974e-06. Take the shortest
+    decimal that rounds to the same float32, which is what the source config.json said."""
+    return float(str(np.float32(value)))
+
+
+def _rope_scaling(md: dict[str, Any], arch: str, path: Any) -> RopeScaling | None:
+    kind = md.get(f"{arch}.rope.scaling.type")
+    factor = md.get(f"{arch}.rope.scaling.factor")
+    if kind in (None, "none") or factor in (None, 1.0, 0.0):
+        return None
+    if kind != "linear":
+        raise UnsupportedArchitectureError(f"{path}: unsupported rope scaling {kind!r}")
+    return RopeScaling("linear", _f32(factor))
+
+
+def gguf_config(gf: GGUFFile) -> ModelConfig:
+    md = gf.metadata
+    arch = md.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{gf.path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+    if "rope_freqs.weight" in gf.tensors:
+        raise UnsupportedArchitectureError(f"{gf.path}: per-dimension rope_freqs (Llama 3.1 scaling) is not supported")
+
+    def get(key: str, default: Any = None) -> Any:
+        value = md.get(f"{arch}.{key}", default)
+        if value is None:
+            raise CorruptModelError(f"{gf.path}: missing metadata {arch}.{key}")
+        return value
+
+    hidden, heads, layers = int(get("embedding_length")), int(get("attention.head_count")), int(get("block_count"))
+    kv_heads = get("attention.head_count_kv", heads)
+    head_dim = int(get("attention.key_length", hidden // heads))
+    fields: dict[str, Any] = {}
+    if arch == "gemma3":
+        window = int(get("attention.sliding_window"))
+        fields = dict(
+            hidden_act="gelu_tanh", embedding_scale=math.sqrt(hidden), qk_norm=True, sandwich_norms=True,
+            sliding_window=window, rope_local_theta=GEMMA3_LOCAL_ROPE_THETA,
+            layer_types=tuple("full" if (i + 1) % GEMMA3_SLIDING_PATTERN == 0 else "sliding" for i in range(layers)),
+            # llama.cpp: Gemma 3 27B (62 layers) scales by (hidden/heads)^-0.5, the others by head_dim^-0.5
+            query_scale=(hidden / heads) ** -0.5 if layers == 62 else head_dim**-0.5,
+        )
+    elif arch == "qwen3":
+        fields = dict(qk_norm=True)
+    if "blk.0.attn_q.bias" in gf.tensors:
+        fields["attention_bias"] = True
+    softcap = md.get(f"{arch}.final_logit_softcapping")
+    if softcap:
+        fields["final_logit_softcap"] = float(softcap)
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=len(md["tokenizer.ggml.tokens"]),
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=int(np.max(kv_heads)),  # some files store one count per layer
+        head_dim=head_dim,
+        rms_norm_eps=_f32(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=_f32(get("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(md, arch, gf.path),
+        max_position_embeddings=int(get("context_length", 2048)),
+        tie_word_embeddings="output.weight" not in gf.tensors,
+        bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=eos_token_ids(md),
+        **fields,
+    )
+
+
+def _unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row permutation: rows (h, d/2, 2) -> (h, 2, d/2)."""
+    rows, cols = w.shape
+    return w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _dequantize(gf: GGUFFile, name: str) -> torch.Tensor:
+    info = gf.tensors[name]
+    raw = gf.raw(name)
+    if info.qtype == GGMLQuantizationType.F32:
+        array = raw.view(np.float32).reshape(info.shape).copy()
+    else:
+        try:
+            array = dequantize(np.asarray(raw), info.qtype).astype(np.float32, copy=False)
+        except NotImplementedError as err:
+            raise UnsupportedArchitectureError(f"{gf.path}: tensor {name} uses unsupported type {info.qtype.name}") from err
+    return torch.from_numpy(array.reshape(info.shape))
+
+
+def gguf_tensors(gf: GGUFFile, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Every tensor thinkstream uses, dequantized to float32 under its canonical name."""
+    out: dict[str, torch.Tensor] = {}
+    for name in gf.tensors:
+        canonical = gguf_to_canonical(name)
+        if canonical is None:
+            continue
+        tensor = _dequantize(gf, name)
+        if config.architecture == "llama" and canonical.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config.num_heads if "q_proj" in canonical else config.num_kv_heads
+            tensor = _unpermute_rope(tensor, heads)
+        elif config.architecture == "llama" and canonical.endswith(("q_proj.bias", "k_proj.bias")):
+            heads = config.num_heads if "q_proj" in canonical else config.num_kv_heads
+            tensor = _unpermute_rope(tensor[:, None], heads)[:, 0]
+        out[canonical] = tensor
+    return out

@@ -1,0 +1,134 @@
+"""The ``Tokenizer`` every other module uses: a ``tokenizers.Tokenizer`` plus the special ids
+and chat template of the model. Built from ``tokenizer.json`` (``load_hf_tokenizer``) or from
+GGUF metadata (``gguf_tokenizer.build_gguf_tokenizer``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+
+from thinkstream.loading.chat_template import NoChatTemplateError, render_chat
+from thinkstream.loading.errors import CorruptModelError
+
+
+class Tokenizer:
+    """Text <-> token ids, special ids and chat-template rendering for one model."""
+
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        *,
+        bos_token_id: int | None,
+        eos_token_ids: Sequence[int],
+        chat_template: str | None,
+        special_tokens: dict[str, str] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+        self.bos_token_id = bos_token_id
+        self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos_token_ids))
+        self.chat_template = chat_template
+        # Named special tokens as text ("bos_token": "<s>", ...), the variables templates see.
+        self.special_tokens: dict[str, str] = dict(special_tokens or {})
+        self._special_ids = frozenset(
+            i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
+        )
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.backend.id_to_token(int(i)) for i in ids]
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
+        **template_kwargs: Any,
+    ) -> str | list[int]:
+        """Render ``messages`` with the model's template (as transformers does); ids if ``tokenize``."""
+        if self.chat_template is None:
+            raise NoChatTemplateError(
+                "this model has no chat template; pass a plain-text prompt instead"
+            )
+        text = render_chat(
+            self.chat_template, messages, add_generation_prompt, self.special_tokens,
+            **template_kwargs,
+        )
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
+                f"eos={self.eos_token_ids}, chat_template={self.chat_template is not None})")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorruptModelError(f"{path}: cannot read JSON ({err})") from err
+
+
+def _token_text(value: Any) -> str | None:
+    """tokenizer_config.json spells a special token as a string or as {"content": ...}."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+def _chat_template(directory: Path, tok_config: dict) -> str | None:
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default")
+    return template
+
+
+def load_hf_tokenizer(directory: Path) -> Tokenizer:
+    """Tokenizer of a Hugging Face model directory (tokenizer.json + tokenizer_config.json)."""
+    tok_file = directory / "tokenizer.json"
+    if not tok_file.is_file():
+        raise CorruptModelError(f"{directory}: missing tokenizer.json")
+    try:
+        backend = tokenizers.Tokenizer.from_file(str(tok_file))
+    except Exception as err:  # tokenizers raises a bare Exception on malformed files
+        raise CorruptModelError(f"{tok_file}: cannot parse tokenizer ({err})") from err
+    cfg_file = directory / "tokenizer_config.json"
+    tok_config = _read_json(cfg_file) if cfg_file.is_file() else {}
+    model_config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    gen_file = directory / "generation_config.json"
+    gen_config = _read_json(gen_file) if gen_file.is_file() else {}
+
+    special = {name: text for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+               if (text := _token_text(tok_config.get(name))) is not None}
+    bos_text = special.get("bos_token")
+    bos = backend.token_to_id(bos_text) if bos_text else None
+    if bos is None:
+        bos = next(iter(_ids(model_config.get("bos_token_id"))), None)
+    eos = _ids(model_config.get("eos_token_id")) + _ids(gen_config.get("eos_token_id"))
+    eos_text = special.get("eos_token")
+    if eos_text and backend.token_to_id(eos_text) is not None:
+        eos.append(backend.token_to_id(eos_text))
+    return Tokenizer(backend, bos_token_id=bos, eos_token_ids=eos,
+                     chat_template=_chat_template(directory, tok_config), special_tokens=special)

@@ -1,0 +1,57 @@
+"""Llama family: Llama 2/3 (with rope scaling), SmolLM2, Qwen2/2.5 (qkv bias) and Qwen3
+(q/k norm). One decoder stack; the architectures differ only in ``ModelConfig`` flags."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from thinkstream.config import ModelConfig
+from thinkstream.models.attention import AttentionMetadata
+from thinkstream.models.layers import DecoderLayer, RMSNorm, rope_cos_sin, rope_inv_freq
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(
+            cfg.hidden_size, cfg.vocab_size, bias=False
+        )
+        self.inv_freq = torch.empty(0)  # set by init_rope once the model leaves the meta device
+
+    def init_rope(self, device: torch.device | str) -> None:
+        cfg = self.cfg
+        self.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+    def rope_tables(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin per layer (computed once per distinct RoPE base, shared by the layers)."""
+        table = rope_cos_sin(positions, self.inv_freq, dtype)
+        return [table] * self.cfg.num_layers
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """input_ids, positions: (T,) packed tokens of the step -> hidden states (T, hidden)."""
+        x = self.embed_tokens(input_ids)  # (T, hidden)
+        ropes = self.rope_tables(positions, x.dtype)
+        for layer, rope in zip(self.layers, ropes, strict=True):
+            x = layer(x, rope, attn_metadata)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, hidden) -> float32 logits (N, vocab)."""
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = (hidden @ weight.t()).float()
+        cap = self.cfg.final_logit_softcap
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

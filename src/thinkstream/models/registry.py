@@ -1,0 +1,39 @@
+"""Architecture name -> model class, and building a model from canonical weights."""
+
+from __future__ import annotations
+
+import torch
+
+from thinkstream.config import ModelConfig
+from thinkstream.models.gemma3 import Gemma3ForCausalLM
+from thinkstream.models.layers import fuse_canonical
+from thinkstream.models.llama import LlamaForCausalLM
+
+MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {
+    "llama": LlamaForCausalLM,
+    "qwen2": LlamaForCausalLM,
+    "qwen3": LlamaForCausalLM,
+    "gemma3": Gemma3ForCausalLM,
+}
+
+
+def build_model(
+    cfg: ModelConfig,
+    tensors: dict[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> LlamaForCausalLM:
+    """Construct on the meta device, then take the (fused, cast) weights by assignment."""
+    cls = MODEL_CLASSES.get(cfg.architecture)
+    if cls is None:
+        raise ValueError(f"no model class for architecture {cfg.architecture!r}")
+    with torch.device("meta"):
+        model = cls(cfg)
+    state = {
+        k: v.to(device=device, dtype=dtype) for k, v in fuse_canonical(tensors, cfg).items()
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.init_rope(device)
+    return model.eval()

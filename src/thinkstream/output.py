@@ -1,0 +1,104 @@
+"""Turns sampled tokens into what callers see: incremental text, stop strings, deltas.
+
+One ``RequestState`` per request holds, for each of its sequences, an incremental
+detokenizer and a stop-string matcher. Text is emitted only when it can no longer change:
+a partial UTF-8 character or a possible start of a stop string is held back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from thinkstream.detokenize import IncrementalDetokenizer, StopStringMatcher
+from thinkstream.request import CompletionOutput, RequestOutput, Sequence
+
+
+@dataclass
+class _SeqText:
+    detok: IncrementalDetokenizer
+    stops: StopStringMatcher
+    text: str = ""
+    num_tokens_seen: int = 0  # output tokens already pushed through the detokenizer
+    num_tokens_sent: int = 0  # output tokens already reported
+    text_sent: int = 0  # characters of text already reported
+    stopped_by_string: str | None = None
+
+
+@dataclass
+class RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    seqs: list[Sequence]
+    texts: list[_SeqText] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, request_id: str, prompt: str | None, seqs: list[Sequence], tokenizer) -> RequestState:
+        p = seqs[0].params
+        texts = [
+            _SeqText(
+                IncrementalDetokenizer(tokenizer, s.token_ids[: s.num_prompt_tokens], p.skip_special_tokens),
+                StopStringMatcher(p.stop, p.include_stop_str_in_output),
+            )
+            for s in seqs
+        ]
+        return cls(request_id, prompt, list(seqs[0].token_ids[: seqs[0].num_prompt_tokens]), seqs, texts)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.status.finished for s in self.seqs)
+
+    def update_text(self, index: int) -> bool:
+        """Detokenize new tokens of sequence ``index``. Returns True when a stop string
+        matched (the caller finishes the sequence)."""
+        seq, st = self.seqs[index], self.texts[index]
+        out_ids = seq.output_token_ids
+        stopped = False
+        while st.num_tokens_seen < len(out_ids) and not stopped:
+            delta = st.detok.push(out_ids[st.num_tokens_seen])
+            st.num_tokens_seen += 1
+            emit, stopped = st.stops.feed(delta)
+            st.text += emit
+            if stopped:
+                st.stopped_by_string = st.stops.matched
+                # Tokens past the stop string are not part of the output.
+                del seq.token_ids[seq.num_prompt_tokens + st.num_tokens_seen :]
+        if seq.status.finished and not stopped and st.stopped_by_string is None:
+            emit, stopped_late = st.stops.feed(st.detok.flush())
+            st.text += emit
+            if not stopped_late:
+                st.text += st.stops.flush()
+            else:
+                st.stopped_by_string = st.stops.matched
+        return stopped
+
+    def make_output(self) -> RequestOutput:
+        outs = []
+        for seq, st in zip(self.seqs, self.texts, strict=True):
+            ids = seq.output_token_ids
+            reason = seq.status.finish_reason
+            if st.stopped_by_string is not None:
+                reason = "stop"
+            outs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=st.text,
+                    token_ids=list(ids),
+                    logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+                    finish_reason=reason,
+                    stop_reason=st.stopped_by_string if st.stopped_by_string is not None else seq.stop_reason,
+                    new_text=st.text[st.text_sent :],
+                    new_token_ids=list(ids[st.num_tokens_sent :]),
+                )
+            )
+            st.text_sent, st.num_tokens_sent = len(st.text), len(ids)
+        head = self.seqs[0]
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt,
+            prompt_token_ids=self.prompt_token_ids,
+            prompt_logprobs=head.prompt_logprobs,
+            outputs=outs,
+            finished=self.finished,
+        )
+

@@ -1,0 +1,133 @@
+"""A sequence being generated, and the outputs handed back to callers.
+
+The scheduler's one principle lives here: a sequence has ``num_tokens`` (prompt + output
+so far) and ``num_computed_tokens`` (those whose KV is in the cache). Each step computes
+some of the difference; when the two meet, the next token is sampled.
+
+    token_ids: | prompt ............................ | output ...... |
+               | computed (KV cached)     | to compute this step / later |
+                                          ^ num_computed_tokens         ^ num_tokens
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from thinkstream.sampling_params import SamplingParams
+
+
+class SeqStatus(enum.IntEnum):
+    """Ordered so that ``status >= FINISHED_STOPPED`` means finished."""
+
+    WAITING = 0
+    RUNNING = 1
+    FINISHED_STOPPED = 2
+    FINISHED_LENGTH = 3
+    FINISHED_ABORTED = 4
+    FINISHED_ERROR = 5
+
+    @property
+    def finished(self) -> bool:
+        return self >= SeqStatus.FINISHED_STOPPED
+
+    @property
+    def finish_reason(self) -> str | None:
+        return {
+            SeqStatus.FINISHED_STOPPED: "stop",
+            SeqStatus.FINISHED_LENGTH: "length",
+            SeqStatus.FINISHED_ABORTED: "abort",
+            SeqStatus.FINISHED_ERROR: "error",
+        }.get(self)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob), best first
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One output stream of a request (a request with n > 1 has n sequences)."""
+
+    seq_id: str
+    request_id: str
+    index: int
+    token_ids: list[int]
+    num_prompt_tokens: int
+    params: SamplingParams
+    generator: torch.Generator
+    max_tokens: int  # resolved: params.max_tokens or what the context leaves
+    arrival_time: float = field(default_factory=time.monotonic)
+    status: SeqStatus = SeqStatus.WAITING
+    num_computed_tokens: int = 0
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    # Children waiting to be forked from this sequence once its prompt is computed (n > 1).
+    fork_children: list[Sequence] = field(default_factory=list)
+    # False while a streaming session's input is still open: then the sequence is computed
+    # up to its last token but nothing is sampled.
+    input_closed: bool = True
+    num_preemptions: int = 0
+    first_token_time: float | None = None
+    salt: object = None  # prefix-cache salt (a position layout, say)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_pending_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def wants_sample(self) -> bool:
+        """Sample a token once everything is computed (the input must be closed)."""
+        return self.input_closed and not self.status.finished
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.params.prompt_logprobs is not None
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+    new_text: str = ""  # delta since the previous output of this request
+    new_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[TokenLogprob | None] | None
+    outputs: list[CompletionOutput]
+    finished: bool
+    num_cached_tokens: int = 0

@@ -1,0 +1,175 @@
+"""The model runner: turns a scheduler output into tensors, runs the forward pass over the
+paged KV cache, and samples one token for every sequence that reached its last token.
+
+Per step it builds the packed inputs (one row per new token, explicit positions), the
+attention metadata (once, shared by all layers), performs pending block copies (forks,
+truncations), and computes logits only for the rows that need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from thinkstream.config import ModelConfig
+from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.models.llama import LlamaForCausalLM
+from thinkstream.request import Sequence, TokenLogprob
+from thinkstream.sampling import SamplingTensors, compute_logprobs, penalize, sample
+from thinkstream.scheduler import SchedulerOutput
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class StepResult:
+    """What one forward produced: a sampled token per sampling row, and prompt logprobs."""
+
+    samplers: list[Sequence]  # rows, in order; forked children share their parent's logits
+    token_ids: list[int]
+    logprobs: list[TokenLogprob | None]
+    prompt_logprobs: dict[str, list[TokenLogprob | None]]  # seq_id -> entries for this chunk
+
+
+def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * elem
+
+
+class ModelRunner:
+    def __init__(
+        self, model: LlamaForCausalLM, cfg: ModelConfig, num_blocks: int, block_size: int,
+        dtype: torch.dtype, device: torch.device | str,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.block_size = block_size
+        self.device = torch.device(device)
+        self.kv_caches = allocate_kv_caches(
+            cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim, dtype, device
+        )
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        if not copies:
+            return
+        bs = self.block_size
+        src = torch.tensor([s * bs + i for s, _ in copies for i in range(bs)], device=self.device)
+        dst = torch.tensor([d * bs + i for _, d in copies for i in range(bs)], device=self.device)
+        for k, v in self.kv_caches:
+            k[dst] = k[src]
+            v[dst] = v[src]
+
+    @torch.inference_mode()
+    def forward(
+        self, out: SchedulerOutput, block_tables: dict[str, list[int]]
+    ) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
+        """Run the model on every scheduled token.
+
+        Returns logits (R, V) for the needed rows, the row of each sequence that completes
+        (-1 if none), and per sequence the (first, count) range of its prompt-logprob rows.
+        """
+        self.copy_blocks(out.block_copies)
+        ids: list[int] = []
+        positions: list[int] = []
+        slices: list[SeqSlice] = []
+        rows: list[int] = []  # packed token indices whose logits are needed
+        last_row: list[int] = []
+        prompt_rows: list[tuple[int, int]] = []
+        for s in out.scheduled:
+            seq, n, start = s.seq, s.num_new_tokens, s.seq.num_computed_tokens
+            offset = len(ids)
+            ids.extend(seq.token_ids[start : start + n])
+            positions.extend(range(start, start + n))
+            slices.append(SeqSlice(block_tables[seq.seq_id], start, n))
+            if _needs_prompt_logprobs(seq, start):
+                first = len(rows)
+                count = min(start + n, seq.num_prompt_tokens) - start
+                rows.extend(range(offset, offset + count))
+                prompt_rows.append((first, count))
+            else:
+                prompt_rows.append((-1, 0))
+            if s.completes and seq.wants_sample:
+                if prompt_rows[-1][1] and start + n == seq.num_prompt_tokens:
+                    last_row.append(prompt_rows[-1][0] + prompt_rows[-1][1] - 1)
+                else:
+                    last_row.append(len(rows))
+                    rows.append(offset + n - 1)
+            else:
+                last_row.append(-1)
+        meta = build_attention_metadata(
+            slices, self.block_size, self.kv_caches, self.cfg.sliding_window, self.device
+        )
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, pos, meta)
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        return logits, last_row, prompt_rows
+
+    @torch.inference_mode()
+    def sample(
+        self, logits: torch.Tensor, rows: list[int], seqs: list[Sequence], eos_ids: frozenset[int]
+    ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """One token per sequence, sequence i drawing from logits row rows[i]."""
+        if not seqs:
+            return [], []
+        x = logits[torch.tensor(rows, device=logits.device)]
+        banned = [_banned_ids(seq, eos_ids) for seq in seqs]
+        st = SamplingTensors.build(
+            [s.params for s in seqs], [s.generator for s in seqs], x.shape[1], x.device, banned
+        )
+        processed = penalize(
+            x, st, [s.token_ids[: s.num_prompt_tokens] for s in seqs],
+            [s.output_token_ids for s in seqs],
+        )
+        token_ids = sample(processed, st)
+        want = [s.params.logprobs for s in seqs]
+        logprobs: list[TokenLogprob | None] = [None] * len(seqs)
+        if any(k is not None for k in want):
+            k = max(k or 0 for k in want)
+            chosen, top_ids, top_vals = compute_logprobs(x, token_ids, max(k, 1))
+            logprobs = [
+                None if w is None else _entry(int(t), float(c), ti[:w], tv[:w])
+                for w, t, c, ti, tv in zip(
+                    want, token_ids.tolist(), chosen.tolist(), top_ids.tolist(), top_vals.tolist(),
+                    strict=True,
+                )
+            ]
+        return token_ids.tolist(), logprobs
+
+    @torch.inference_mode()
+    def prompt_logprobs(
+        self, logits: torch.Tensor, seq: Sequence, first_row: int, count: int, start: int
+    ) -> list[TokenLogprob | None]:
+        """Logprob of each prompt token given the ones before it, for the chunk of prompt
+        positions start..start+count-1 (row j predicts token start+j+1)."""
+        k = max(seq.params.prompt_logprobs or 0, 1)
+        end = min(start + count, seq.num_prompt_tokens - 1)  # the last prompt row predicts output
+        entries: list[TokenLogprob | None] = [None] if start == 0 else []
+        if end <= start:
+            return entries
+        x = logits[first_row : first_row + end - start]
+        targets = torch.tensor(seq.token_ids[start + 1 : end + 1], device=x.device)
+        chosen, top_ids, top_vals = compute_logprobs(x, targets, k)
+        w = seq.params.prompt_logprobs or 0
+        for t, c, ti, tv in zip(
+            targets.tolist(), chosen.tolist(), top_ids.tolist(), top_vals.tolist(), strict=True
+        ):
+            entries.append(_entry(t, c, ti[:w], tv[:w]))
+        return entries
+
+
+def _needs_prompt_logprobs(seq: Sequence, start: int) -> bool:
+    done = seq.prompt_logprobs is not None and len(seq.prompt_logprobs) == seq.num_prompt_tokens
+    return seq.wants_prompt_logprobs and start < seq.num_prompt_tokens and not done
+
+
+def _banned_ids(seq: Sequence, eos_ids: frozenset[int]) -> tuple[int, ...]:
+    if seq.num_output_tokens >= seq.params.min_tokens:
+        return ()
+    eos = () if seq.params.ignore_eos else tuple(eos_ids)
+    return eos + tuple(seq.params.stop_token_ids)
+
+
+def _entry(token_id: int, logprob: float, top_ids: list[int], top_vals: list[float]) -> TokenLogprob:
+    return TokenLogprob(token_id, logprob, tuple(zip(top_ids, top_vals, strict=True)))

@@ -1,0 +1,109 @@
+"""Per-request sampling parameters, shaped like vLLM's ``SamplingParams``.
+
+A frozen dataclass validated on construction: every bad value raises ``ParamError`` (a
+``ValueError``) whose message starts with the parameter's name, and whose ``.param`` names
+it, so the server can answer 400 pointing at the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class ParamError(ValueError):
+    """A sampling parameter is out of range; ``param`` is its name."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param} {message}")
+        self.param = param
+
+
+def _as_tuple(value: object, kind: type) -> tuple:
+    """None -> (), a single ``kind`` -> (value,), any iterable -> tuple(value)."""
+    if value is None:
+        return ()
+    if isinstance(value, kind):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return tuple(value)
+    raise TypeError(f"expected {kind.__name__} or a sequence of them, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens for one request and when to stop.
+
+    ``top_k`` of 0 or -1 and ``top_p`` of 1.0 and ``min_p`` of 0.0 switch those filters off.
+    ``max_tokens=None`` means "until the context is full". ``logprobs=k`` returns the chosen
+    token's log-probability plus the ``k`` most likely; ``prompt_logprobs`` likewise for the
+    prompt. ``stop`` and ``stop_token_ids`` accept lists (or a single string) and are stored
+    as tuples.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", _as_tuple(self.stop, str))
+        object.__setattr__(self, "stop_token_ids", _as_tuple(self.stop_token_ids, int))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.n < 1:
+            raise ParamError("n", f"must be >= 1, got {self.n}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ParamError("temperature", f"must be finite and >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ParamError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ParamError("top_k", f"must be -1 (off), 0 (off) or >= 1, got {self.top_k}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ParamError("min_p", f"must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2.0 <= value <= 2.0:
+                raise ParamError(name, f"must be in [-2, 2], got {value}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ParamError(
+                "repetition_penalty", f"must be finite and > 0, got {self.repetition_penalty}"
+            )
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ParamError("max_tokens", f"must be >= 1, got {self.max_tokens}")
+        if self.min_tokens < 0:
+            raise ParamError("min_tokens", f"must be >= 0, got {self.min_tokens}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ParamError(
+                "min_tokens",
+                f"must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}",
+            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ParamError(name, f"must be >= 0, got {value}")
+        if any(s == "" for s in self.stop):
+            raise ParamError("stop", "must not contain empty strings")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ParamError("stop_token_ids", f"must be >= 0, got {list(self.stop_token_ids)}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when the choice is the argmax: temperature 0 or top-k of 1."""
+        return self.temperature == 0.0 or self.top_k == 1

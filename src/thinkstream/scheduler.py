@@ -1,0 +1,191 @@
+"""Continuous batching under one token budget per step.
+
+One principle covers prefill, chunked prefill, prefix-cache hits, decodes and (later)
+streaming input and draft tokens: every sequence has ``num_tokens`` and
+``num_computed_tokens``; a step decides how many of each sequence's pending tokens to
+compute. Running sequences go first (oldest first), then waiting ones are admitted while
+budget, sequence slots and KV blocks allow. When blocks run out, the most recently admitted
+running sequence is preempted by recompute: its blocks are freed (full ones stay in the
+prefix cache) and it goes back to the front of the waiting queue.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from thinkstream.kv.manager import KVCacheManager
+from thinkstream.request import Sequence, SeqStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024
+    max_model_len: int = 2048
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def completes(self) -> bool:
+        """After this step every token of the sequence is computed."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]
+    block_copies: list[tuple[int, int]] = field(default_factory=list)  # run before the forward
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.cfg = cfg
+        self.kv = kv
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._pending_copies: list[tuple[int, int]] = []
+
+    # ------------------------------------------------------------------ queues
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def sequences(self) -> list[Sequence]:
+        return [*self.running, *self.waiting]
+
+    # ---------------------------------------------------------------- schedule
+    def schedule(self) -> SchedulerOutput:
+        budget = self.cfg.max_num_batched_tokens
+        out = SchedulerOutput(scheduled=[], block_copies=self._pending_copies)
+        self._pending_copies = []
+        queue, kept = list(self.running), []
+        while queue:
+            seq = queue.pop(0)
+            n = min(seq.num_pending_tokens, budget)
+            if n == 0:
+                kept.append(seq)
+                continue
+            while not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
+                victim = queue.pop() if queue else seq
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                kept.append(seq)
+                out.scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+        self.running = kept
+        if not out.preempted:
+            budget = self._admit(out, budget)
+        return out
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+            seq = self.waiting[0]
+            if not self.kv.has(seq.seq_id):
+                use_cache = self.cfg.enable_prefix_caching and not seq.wants_prompt_logprobs
+                seq.num_computed_tokens = (
+                    self.kv.lookup_prefix(seq.seq_id, seq.token_ids, seq.salt) if use_cache else 0
+                )
+                if not use_cache:
+                    self.kv.allocate(seq.seq_id, 0)
+            n = min(seq.num_pending_tokens, budget)
+            if not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
+                self.kv.free(seq.seq_id)  # give back the prefix hits while it waits
+                seq.num_computed_tokens = 0
+                break
+            self.waiting.popleft()
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            if n:
+                out.scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+        return budget
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.kv.free(seq.seq_id)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        if seq.prompt_logprobs is not None and len(seq.prompt_logprobs) < seq.num_prompt_tokens:
+            seq.prompt_logprobs = None  # recomputed from the start with the prompt
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+
+    # ------------------------------------------------------------ after forward
+    def commit(self, out: SchedulerOutput) -> None:
+        """The forward has written the KV of every scheduled token."""
+        for s in out.scheduled:
+            seq = s.seq
+            seq.num_computed_tokens += s.num_new_tokens
+            self.kv.commit(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
+
+    def fork_children(self, parent: Sequence) -> list[Sequence]:
+        """Fork the children of a sequence whose prompt was just computed (n > 1): they share
+        its full blocks, copy its partial one, and sample their first token from its logits.
+        Children that don't fit in memory wait and recompute (from the prefix cache)."""
+        forked: list[Sequence] = []
+        for child in parent.fork_children:
+            if len(self.running) < self.cfg.max_num_seqs and self.kv.can_fork(
+                parent.seq_id, parent.num_computed_tokens
+            ):
+                self._pending_copies += self.kv.fork(
+                    parent.seq_id, child.seq_id, parent.num_computed_tokens
+                )
+                child.num_computed_tokens = parent.num_computed_tokens
+                child.status = SeqStatus.RUNNING
+                self.running.append(child)
+                forked.append(child)
+            else:
+                self.waiting.append(child)
+        parent.fork_children = []
+        return forked
+
+    def append_token(self, seq: Sequence, token_id: int, eos_ids: frozenset[int]) -> None:
+        """Record a sampled token and finish the sequence on a token-level stop."""
+        seq.token_ids.append(token_id)
+        p = seq.params
+        if seq.num_output_tokens >= p.min_tokens and not seq.status.finished:
+            if token_id in p.stop_token_ids:
+                seq.stop_reason = token_id
+                self.finish(seq, SeqStatus.FINISHED_STOPPED)
+                return
+            if not p.ignore_eos and token_id in eos_ids:
+                self.finish(seq, SeqStatus.FINISHED_STOPPED)
+                return
+        if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.cfg.max_model_len:
+            self.finish(seq, SeqStatus.FINISHED_LENGTH)
+
+    def finish(self, seq: Sequence, status: SeqStatus) -> None:
+        """End a sequence wherever it is; every block it held is released."""
+        if seq.status.finished:
+            return
+        seq.status = status
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.kv.free(seq.seq_id)
+        for child in seq.fork_children:
+            self.finish(child, status)
+        seq.fork_children = []

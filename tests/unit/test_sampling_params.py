@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from thinkstream.sampling_params import ParamError, SamplingParams
+
+
+def test_defaults_match_vllm() -> None:
+    p = SamplingParams()
+    assert (p.n, p.temperature, p.top_p, p.top_k, p.min_p) == (1, 1.0, 1.0, -1, 0.0)
+    assert (p.presence_penalty, p.frequency_penalty, p.repetition_penalty) == (0.0, 0.0, 1.0)
+    assert p.max_tokens == 16 and p.min_tokens == 0 and p.seed is None
+    assert p.stop == () and p.stop_token_ids == ()
+    assert p.logprobs is None and p.prompt_logprobs is None
+    assert p.skip_special_tokens and not p.include_stop_str_in_output and not p.ignore_eos
+
+
+def test_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SamplingParams().temperature = 0.5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [("\n", ("\n",)), (["a", "b"], ("a", "b")), (("x",), ("x",)), (None, ()), ([], ())],
+)
+def test_stop_normalised_to_tuple(stop: object, expected: tuple[str, ...]) -> None:
+    assert SamplingParams(stop=stop).stop == expected  # type: ignore[arg-type]
+
+
+def test_stop_token_ids_normalised() -> None:
+    assert SamplingParams(stop_token_ids=[3, 5]).stop_token_ids == (3, 5)
+    assert SamplingParams(stop_token_ids=7).stop_token_ids == (7,)  # type: ignore[arg-type]
+    assert hash(SamplingParams(stop=["a"], stop_token_ids=[1]))  # tuples keep it hashable
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "greedy"),
+    [
+        ({}, False),
+        ({"temperature": 0.0}, True),
+        ({"top_k": 1}, True),
+        ({"temperature": 0.7, "top_k": 2}, False),
+        ({"top_k": 0}, False),
+    ],
+)
+def test_greedy(kwargs: dict, greedy: bool) -> None:
+    assert SamplingParams(**kwargs).greedy is greedy
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("n", 0),
+        ("temperature", -0.1),
+        ("temperature", math.nan),
+        ("temperature", math.inf),
+        ("top_p", 0.0),
+        ("top_p", 1.01),
+        ("top_p", math.nan),
+        ("top_k", -2),
+        ("min_p", -0.1),
+        ("min_p", 1.5),
+        ("presence_penalty", 2.5),
+        ("presence_penalty", -2.01),
+        ("frequency_penalty", 3.0),
+        ("frequency_penalty", math.nan),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", -1.0),
+        ("repetition_penalty", math.inf),
+        ("max_tokens", 0),
+        ("min_tokens", -1),
+        ("logprobs", -1),
+        ("prompt_logprobs", -3),
+        ("stop_token_ids", (1, -2)),
+        ("stop", ("ok", "")),
+    ],
+)
+def test_invalid_values_name_the_param(param: str, value: object) -> None:
+    with pytest.raises(ParamError) as info:
+        SamplingParams(**{param: value})
+    assert info.value.param == param
+    assert str(info.value).startswith(param)
+    assert isinstance(info.value, ValueError)
+
+
+def test_min_tokens_above_max_tokens() -> None:
+    with pytest.raises(ParamError, match="^min_tokens"):
+        SamplingParams(min_tokens=5, max_tokens=4)
+    assert SamplingParams(min_tokens=4, max_tokens=4).min_tokens == 4
+    assert SamplingParams(min_tokens=100, max_tokens=None).min_tokens == 100
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": 0.0},
+        {"top_p": 1.0},
+        {"top_k": 0},
+        {"min_p": 1.0},
+        {"presence_penalty": -2.0, "frequency_penalty": 2.0},
+        {"repetition_penalty": 0.5},
+        {"logprobs": 0, "prompt_logprobs": 0},
+        {"max_tokens": None},
+        {"seed": -5},
+    ],
+)
+def test_boundary_values_accepted(kwargs: dict) -> None:
+    SamplingParams(**kwargs)
