@@ -17,9 +17,10 @@ import torch
 
 from thinkstream.config import EngineConfig
 from thinkstream.kv.manager import KVCacheManager
+from thinkstream.loading import LoadedCheckpoint, load_checkpoint
 from thinkstream.models.registry import build_model
 from thinkstream.output import RequestState
-from thinkstream.request import RequestOutput, Sequence, SeqStatus
+from thinkstream.request import RequestOutput, SeqStatus, Sequence
 from thinkstream.runner import DTYPES, ModelRunner, kv_bytes_per_block
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.scheduler import Scheduler, SchedulerConfig
@@ -36,15 +37,11 @@ class RequestError(ValueError):
 class LLMEngine:
     def __init__(
         self, model: str | os.PathLike | None = None, config: EngineConfig | None = None,
-        checkpoint=None,
+        checkpoint: LoadedCheckpoint | None = None,
     ) -> None:
         self.config = cfg = config or EngineConfig()
         torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
-        if checkpoint is None:
-            from thinkstream.loading import load_checkpoint
-
-            checkpoint = load_checkpoint(model)
-        ckpt = checkpoint
+        ckpt = checkpoint or load_checkpoint(model)
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
         self.tokenizer = ckpt.tokenizer
@@ -67,6 +64,7 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(cfg.seed)
         self._ids = itertools.count()
+        self.num_preemptions = 0
 
     # ------------------------------------------------------------------ requests
     def encode_prompt(self, prompt: str | Seq[int]) -> list[int]:
@@ -82,33 +80,46 @@ class LLMEngine:
             raise RequestError("prompt", "prompt: must not be empty")
         return ids
 
-    def add_request(
+    def make_request(
         self, request_id: str | None, prompt: str | Seq[int], params: SamplingParams | None = None,
         *, input_closed: bool = True, salt: object = None,
-    ) -> str:
-        """Queue a request; returns its id. Raises ``RequestError`` before taking any block."""
+    ) -> RequestState:
+        """Validate and tokenize a request without touching engine state (safe from any
+        thread). Raises ``RequestError`` / ``ParamError`` before any block is taken."""
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._ids)}"
-        if request_id in self.requests:
-            raise RequestError("request_id", f"request_id: {request_id!r} is already in use")
         ids = self.encode_prompt(prompt)
         self.check_length(len(ids), params)
         max_tokens = min(params.max_tokens or self.max_model_len, self.max_model_len - len(ids))
+        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         seqs = []
         for i in range(params.n):
-            seed = params.seed + i if params.seed is not None else self._rng.getrandbits(63)
-            gen = torch.Generator(device=self.device).manual_seed(seed)
+            gen = torch.Generator(device=self.device).manual_seed(base_seed + i)
             seqs.append(Sequence(
                 seq_id=f"{request_id}#{i}", request_id=request_id, index=i, token_ids=list(ids),
                 num_prompt_tokens=len(ids), params=params, generator=gen, max_tokens=max_tokens,
                 input_closed=input_closed, salt=salt,
             ))
         seqs[0].fork_children = seqs[1:]
-        self.requests[request_id] = RequestState.create(
+        return RequestState.create(
             request_id, prompt if isinstance(prompt, str) else None, seqs, self.tokenizer
         )
-        self.scheduler.add(seqs[0])
-        return request_id
+
+    def add(self, state: RequestState) -> str:
+        """Queue a request made by ``make_request``."""
+        if state.request_id in self.requests:
+            raise RequestError("request_id", f"request_id: {state.request_id!r} is already in use")
+        self.requests[state.request_id] = state
+        self.scheduler.add(state.seqs[0])
+        return state.request_id
+
+    def add_request(
+        self, request_id: str | None, prompt: str | Seq[int], params: SamplingParams | None = None,
+        *, input_closed: bool = True, salt: object = None,
+    ) -> str:
+        """Queue a request; returns its id. Raises ``RequestError`` before taking any block."""
+        return self.add(self.make_request(request_id, prompt, params, input_closed=input_closed,
+                                          salt=salt))
 
     def check_length(self, num_prompt_tokens: int, params: SamplingParams) -> None:
         if num_prompt_tokens >= self.max_model_len:
@@ -135,6 +146,7 @@ class LLMEngine:
     # ---------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
         out = self.scheduler.schedule()
+        self.num_preemptions += len(out.preempted)
         if not out.scheduled:
             return []
         tables = {s.seq.seq_id: self.kv.block_table(s.seq.seq_id) for s in out.scheduled}

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from thinkstream.kv.manager import KVCacheManager
-from thinkstream.request import Sequence, SeqStatus
+from thinkstream.request import SeqStatus, Sequence
 
 
 @dataclass(frozen=True)

@@ -102,12 +102,7 @@ def tiny_tokenizer():
 
 
 def tiny_checkpoint(arch: str = "llama", seed: int = 0, **overrides):
-    try:
-        from thinkstream.loading import LoadedCheckpoint
-    except ImportError:  # TEMP until loading lands
-        from types import SimpleNamespace as LoadedCheckpoint
-        cfg = tiny_config(arch, **overrides)
-        return LoadedCheckpoint(config=cfg, tensors=random_tensors(cfg, seed), tokenizer=tiny_tokenizer(), path=Path("x"))
+    from thinkstream.loading import LoadedCheckpoint
 
     cfg = tiny_config(arch, **overrides)
     return LoadedCheckpoint(cfg, random_tensors(cfg, seed), tiny_tokenizer(), Path(f"<tiny-{arch}>"))

@@ -25,7 +25,11 @@ from thinkstream.kv import KVCacheManager, NoFreeBlocksError
 
 BS = 2
 NUM_BLOCKS = 12
-tokens_st = st.lists(st.integers(0, 2), min_size=1, max_size=9)
+SYSTEM = [1, 0, 1, 1, 0, 0, 1, 0, 1]  # a shared "system prompt", so prefix hits are common
+prefix_st = st.integers(0, len(SYSTEM)).map(lambda k: SYSTEM[:k])
+tokens_st = st.builds(
+    lambda head, tail: (head + tail) or [0], prefix_st, st.lists(st.integers(0, 1), max_size=5)
+)
 salts_st = st.sampled_from([None, "x"])
 
 
@@ -42,12 +46,19 @@ def ceil_blocks(n: int) -> int:
 
 
 class KVMachine(RuleBasedStateMachine):
-    @initialize(caching=st.booleans())
-    def setup(self, caching: bool) -> None:
+    @initialize(caching=st.booleans(), keep=st.booleans())
+    def setup(self, caching: bool, keep: bool) -> None:
+        """Prefill the system prompt once; keep that sequence running or free it (cached)."""
         self.m = KVCacheManager(NUM_BLOCKS, BS, enable_prefix_caching=caching)
         self.seqs: dict[int, Seq] = {}
         self.device: list[list[object]] = [[None] * BS for _ in range(NUM_BLOCKS)]
         self.next_id = 0
+        self.new_seq(list(SYSTEM), None, allocate=True)
+        seq_id = self.next_id
+        self._compute(seq_id, len(SYSTEM))
+        if not keep:
+            self.seqs.pop(seq_id)
+            self.m.free(seq_id)
 
     def _new_id(self) -> int:
         self.next_id += 1
@@ -65,19 +76,23 @@ class KVMachine(RuleBasedStateMachine):
 
     # ---- rules -----------------------------------------------------------
 
-    @rule(tokens=tokens_st, salt=salts_st)
-    def new_seq(self, tokens: list[int], salt: object) -> None:
+    @rule(tokens=tokens_st, salt=salts_st, allocate=st.booleans())
+    def new_seq(self, tokens: list[int], salt: object, allocate: bool = False) -> None:
+        """A request arrives: prefix lookup, then (usually) room for its whole prompt."""
         seq_id = self._new_id()
         hit = self.m.lookup_prefix(seq_id, tokens, salt)
         assert hit % BS == 0 and hit <= (len(tokens) - 1) // BS * BS
         if not self.m.enable_prefix_caching:
             assert hit == 0
-        event(f'hit={hit > 0}')
-        self.seqs[seq_id] = Seq(tokens, salt, allocated=hit, computed=hit)
+        event(f"prefix hit: {hit > 0}")
+        seq = self.seqs[seq_id] = Seq(tokens, salt, allocated=hit, computed=hit)
+        if allocate and self.m.allocate(seq_id, len(tokens)):
+            seq.allocated = len(tokens)
 
     @precondition(lambda self: self.seqs)
     @rule(data=st.data(), extra=st.integers(0, 6))
     def allocate(self, data: st.DataObject, extra: int) -> None:
+        """Reserve slots ahead (lookahead); all or nothing."""
         seq_id = self._pick(data)
         seq = self.seqs[seq_id]
         target = max(len(seq.tokens), seq.allocated) + extra
@@ -85,62 +100,98 @@ class KVMachine(RuleBasedStateMachine):
         fits = ceil_blocks(target) - len(before) <= self.m.num_free_blocks
         assert self.m.can_allocate(seq_id, target) == fits
         assert self.m.allocate(seq_id, target) == fits
-        event(f'alloc fits={fits}')
         if fits:
             seq.allocated = target
         else:
             assert self.m.block_table(seq_id) == before
+            assert self.m.num_tokens(seq_id) == seq.allocated
 
     @precondition(lambda self: self.seqs)
-    @rule(data=st.data(), new=st.lists(st.integers(0, 2), max_size=3))
-    def append_and_commit(self, data: st.DataObject, new: list[int]) -> None:
+    @rule(data=st.data(), chunk=st.integers(1, 5), new=st.lists(st.integers(0, 1), max_size=2))
+    def step(self, data: st.DataObject, chunk: int, new: list[int]) -> None:
+        """One engine step: compute up to ``chunk`` tokens, writing KV, then commit.
+
+        When every token is computed, ``new`` (or one token) arrives first, as a
+        sampled token or streamed-in input.
+        """
         seq_id = self._pick(data)
         seq = self.seqs[seq_id]
-        seq.tokens.extend(new)  # generated or streamed-in tokens
-        upto = min(seq.allocated, len(seq.tokens))
-        num_computed = data.draw(st.integers(seq.computed, upto), label="num_computed")
+        if seq.computed == len(seq.tokens):
+            seq.tokens.extend(new or [0])
+        target = min(len(seq.tokens), seq.computed + chunk)
+        if target > seq.allocated:
+            if not self.m.allocate(seq_id, target):
+                event("step: out of blocks")
+                return
+            seq.allocated = target
+        self._compute(seq_id, target)
+
+    def _compute(self, seq_id: int, target: int) -> None:
+        """The "forward pass": write KV for positions computed..target, then commit."""
+        seq = self.seqs[seq_id]
         table = self.m.block_table(seq_id)
-        for pos in range(seq.computed, num_computed):  # the "forward pass" writes KV
+        for pos in range(seq.computed, target):
             block = table[pos // BS]
             assert self.m.pool.ref_count(block) == 1, "write into a shared block"
             assert self.m.pool.block_hash(block) is None, "write into a hashed block"
             self.device[block][pos % BS] = self._slot(seq, pos)
-        self.m.commit(seq_id, seq.tokens, num_computed)
-        seq.computed = num_computed
+        self.m.commit(seq_id, seq.tokens, target)
+        seq.computed = target
 
     @precondition(lambda self: self.seqs)
     @rule(data=st.data())
     def fork(self, data: st.DataObject) -> None:
         src_id = self._pick(data)
+        self._fork(src_id, data.draw(st.integers(0, self.seqs[src_id].computed), label="n"))
+
+    def _fork(self, src_id: int, n: int) -> int | None:
+        """Fork ``n`` computed tokens of ``src_id``; the new id, or None if out of blocks."""
         src = self.seqs[src_id]
-        n = data.draw(st.integers(0, src.computed), label="fork_tokens")
         dst_id = self._new_id()
         if not self.m.can_fork(src_id, n):
+            event("fork: out of blocks")
             with pytest.raises(NoFreeBlocksError):
                 self.m.fork(src_id, dst_id, n)
             assert not self.m.has(dst_id)
-            return
+            return None
         copies = self.m.fork(src_id, dst_id, n)
-        event(f'fork n={n}')
+        event(f"fork copies: {len(copies)}")
         assert len(copies) == (1 if n % BS else 0)
         assert self.m.block_table(dst_id)[: n // BS] == self.m.block_table(src_id)[: n // BS]
         self._apply_copies(copies)
         self.seqs[dst_id] = Seq(src.tokens[:n], src.salt, allocated=n, computed=n)
+        return dst_id
 
     @precondition(lambda self: self.seqs)
     @rule(data=st.data())
     def truncate(self, data: st.DataObject) -> None:
         seq_id = self._pick(data)
+        self._truncate(seq_id, data.draw(st.integers(0, self.seqs[seq_id].allocated), label="n"))
+
+    @precondition(lambda self: any(s.computed >= BS for s in self.seqs.values()))
+    @rule(data=st.data(), roll_back_src=st.booleans())
+    def branch_and_roll_back(self, data: st.DataObject, roll_back_src: bool) -> None:
+        """Fork a branch, then roll one side back into the blocks they share."""
+        src_id = data.draw(
+            st.sampled_from(sorted(s for s, q in self.seqs.items() if q.computed >= BS)), label="src"
+        )
+        n = self.seqs[src_id].computed
+        dst_id = self._fork(src_id, n)
+        if dst_id is not None:
+            cut = data.draw(st.integers(0, n // BS * BS - 1), label="cut")
+            self._truncate(src_id if roll_back_src else dst_id, cut)
+
+    def _truncate(self, seq_id: int, n: int) -> None:
         seq = self.seqs[seq_id]
-        n = data.draw(st.integers(0, seq.allocated), label="truncate_to")
         others = {s: self.m.block_table(s) for s in self.seqs if s != seq_id}
         if not self.m.can_truncate(seq_id, n):
+            event("truncate: out of blocks")
             with pytest.raises(NoFreeBlocksError):
                 self.m.truncate(seq_id, n)
             return
         copies = self.m.truncate(seq_id, n)
         assert len(copies) <= 1
-        event(f'truncate copies={len(copies)}')
+        event(f"truncate copies: {len(copies)}")
         self._apply_copies(copies)
         assert {s: self.m.block_table(s) for s in others} == others
         seq.tokens = seq.tokens[:n]

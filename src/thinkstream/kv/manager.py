@@ -190,9 +190,8 @@ class KVCacheManager:
             self.pool.acquire(block_id)
         copies: list[CopyPair] = []
         if partial:
-            (fresh,) = self.pool.allocate(1)
-            copies.append((src.table[full], fresh))
-            table.append(fresh)
+            self.pool.acquire(src.table[full])
+            table.append(src.table[full])
         self._seqs[dst_id] = _SeqState(src.salt, table, src.hashes[:full], num_tokens)
         return copies
 

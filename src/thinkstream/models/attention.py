@@ -20,8 +20,8 @@ For one sequence with ``n`` new tokens after ``k`` computed ones:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

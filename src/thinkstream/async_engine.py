@@ -1,0 +1,189 @@
+"""AsyncLLM: the engine driven by a background thread, for asyncio callers (the server).
+
+The engine thread owns the ``LLMEngine``: it drains a command queue (add, abort, arbitrary
+calls), runs one step, and hands each request's outputs to that request's asyncio queue
+with ``loop.call_soon_threadsafe``. The event loop never waits on a forward pass; one step
+serves every request in flight. Validation and tokenization happen in the caller, so a bad
+request is refused before it reaches the engine thread.
+
+If a step raises, every request in flight receives the error, ``dead`` turns True and the
+thread stops: callers never hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from thinkstream.engine import LLMEngine
+from thinkstream.request import RequestOutput
+from thinkstream.sampling_params import SamplingParams
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped after an error; no request can be served."""
+
+
+@dataclass
+class EngineStats:
+    """Counters the metrics endpoint reads (updated by the engine thread only)."""
+
+    steps: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    prefix_hit_rate: float = 0.0
+    num_preemptions: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+class AsyncLLM:
+    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.05) -> None:
+        self.engine = engine
+        self.stats = EngineStats(kv_blocks_total=engine.kv.num_blocks)
+        self.dead: BaseException | None = None
+        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stop = threading.Event()
+        self._idle_wait_s = idle_wait_s
+        self._thread = threading.Thread(target=self._run, name="thinkstream-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ caller side
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    async def generate(
+        self, prompt: str | Sequence[int], params: SamplingParams, request_id: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs; aborts the request if the consumer stops early."""
+        self._check_alive()
+        state = self.engine.make_request(request_id, prompt, params)  # raises on bad input
+        rid = state.request_id
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        self._streams[rid] = (loop, q)
+
+        def add() -> None:
+            try:
+                self.engine.add(state)
+                self.stats.prompt_tokens += len(state.prompt_token_ids)
+            except Exception as exc:  # e.g. a duplicate id: tell only this caller
+                self._deliver(rid, exc)
+
+        self._commands.put(add)
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(rid, None)
+            if not finished:
+                self.abort(rid)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (applied before the next step)."""
+        self._commands.put(lambda: self.engine.abort(request_id))
+
+    async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """Run ``fn(engine)`` on the engine thread between steps and return its result."""
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def run() -> None:
+            try:
+                result = fn(self.engine)
+            except Exception as exc:
+                loop.call_soon_threadsafe(_set_exception, fut, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, fut, result)
+
+        self._commands.put(run)
+        return await fut
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._commands.put(lambda: None)
+        self._thread.join(timeout)
+
+    def _check_alive(self) -> None:
+        if self.dead is not None:
+            raise EngineDeadError(f"engine loop stopped: {self.dead!r}")
+
+    # ------------------------------------------------------------ engine thread
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+        target = self._streams.get(request_id)
+        if target is not None:
+            loop, q = target
+            loop.call_soon_threadsafe(q.put_nowait, item)
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            cmd = self._commands.get(timeout=self._idle_wait_s) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        cmd()
+        while True:
+            try:
+                self._commands.get_nowait()()
+            except queue.Empty:
+                return
+
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stop.is_set():
+                self._drain_commands(block=not engine.has_unfinished_requests())
+                if not engine.has_unfinished_requests():
+                    self._update_stats()
+                    continue
+                outputs = engine.step()
+                self.stats.steps += 1
+                for out in outputs:
+                    self.stats.generation_tokens += sum(len(o.new_token_ids) for o in out.outputs)
+                    if out.finished:
+                        for o in out.outputs:
+                            reason = o.finish_reason or "unknown"
+                            self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+                    self._deliver(out.request_id, out)
+                self._update_stats()
+        except BaseException as exc:  # noqa: BLE001 - any failure must reach every caller
+            self.dead = exc
+            error = EngineDeadError(f"engine step failed: {exc!r}")
+            for rid in list(engine.requests):
+                engine.abort(rid)  # bookkeeping only: gives every block back
+            for rid in list(self._streams):
+                self._deliver(rid, error)
+
+    def _update_stats(self) -> None:
+        e, s = self.engine, self.stats
+        s.num_running = len(e.scheduler.running)
+        s.num_waiting = len(e.scheduler.waiting)
+        s.kv_blocks_used = e.kv.num_blocks - e.kv.num_free_blocks
+        s.prefix_hit_rate = e.kv.prefix_hit_rate
+        s.num_preemptions = e.num_preemptions
+
+
+def _set_result(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

