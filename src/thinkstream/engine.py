@@ -67,7 +67,7 @@ class LLMEngine:
         self.num_preemptions = 0
 
     # ------------------------------------------------------------------ requests
-    def encode_prompt(self, prompt: str | Seq[int]) -> list[int]:
+    def encode_prompt(self, prompt: str | Seq[int], allow_empty: bool = False) -> list[int]:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
         else:
@@ -76,7 +76,7 @@ class LLMEngine:
             if bad:
                 raise RequestError("prompt", f"prompt: token id {bad[0]} is outside the vocabulary "
                                    f"(0..{self.model_config.vocab_size - 1})")
-        if not ids:
+        if not ids and not allow_empty:
             raise RequestError("prompt", "prompt: must not be empty")
         return ids
 
@@ -88,7 +88,7 @@ class LLMEngine:
         thread). Raises ``RequestError`` / ``ParamError`` before any block is taken."""
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._ids)}"
-        ids = self.encode_prompt(prompt)
+        ids = self.encode_prompt(prompt, allow_empty=not input_closed)
         self.check_length(len(ids), params)
         max_tokens = min(params.max_tokens or self.max_model_len, self.max_model_len - len(ids))
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
@@ -139,6 +139,58 @@ class LLMEngine:
         for seq in state.seqs:
             self.scheduler.finish(seq, SeqStatus.FINISHED_ABORTED)
         return True
+
+    # ------------------------------------------------------- streaming input hooks
+    def _open_seq(self, request_id: str) -> Sequence:
+        state = self.requests.get(request_id)
+        if state is None:
+            raise RequestError("request_id", f"request_id: unknown or finished request {request_id!r}")
+        seq = state.seqs[0]
+        if seq.input_closed:
+            raise RequestError("request_id", f"request_id: the input of {request_id!r} is closed")
+        return seq
+
+    def extend_input(self, request_id: str, token_ids: Seq[int]) -> None:
+        """Append tokens to an open request's input (they are prefilled as they come)."""
+        seq = self._open_seq(request_id)
+        ids = [int(t) for t in token_ids]
+        if any(not 0 <= t < self.model_config.vocab_size for t in ids):
+            raise RequestError("input", "input: token id outside the vocabulary")
+        if seq.num_tokens + len(ids) >= self.max_model_len:
+            raise RequestError("input", f"input: {seq.num_tokens + len(ids)} tokens leave no room to "
+                               f"generate within the context of {self.max_model_len} tokens")
+        seq.token_ids.extend(ids)
+        seq.num_prompt_tokens = seq.num_tokens
+        state = self.requests[request_id]
+        state.prompt_token_ids = list(seq.token_ids)
+
+    def truncate_input(self, request_id: str, num_tokens: int) -> None:
+        """Roll an open request's input back to its first ``num_tokens`` tokens; the KV of
+        that prefix is kept, anything computed past it is dropped."""
+        seq = self._open_seq(request_id)
+        if not 0 <= num_tokens <= seq.num_tokens:
+            raise RequestError("input", f"input: cannot truncate {seq.num_tokens} tokens to {num_tokens}")
+        del seq.token_ids[num_tokens:]
+        seq.num_prompt_tokens = num_tokens
+        if seq.num_computed_tokens > num_tokens:
+            self.scheduler.truncate(seq, num_tokens)
+        self.requests[request_id].prompt_token_ids = list(seq.token_ids)
+
+    def close_input(self, request_id: str) -> None:
+        """The input is complete: compute its last token and start answering."""
+        seq = self._open_seq(request_id)
+        if seq.num_tokens == 0:
+            raise RequestError("input", "input: empty at close")
+        state = self.requests[request_id]
+        seq.max_tokens = min(seq.params.max_tokens or self.max_model_len,
+                             self.max_model_len - seq.num_tokens)
+        for s in state.seqs:
+            s.input_closed = True
+            if s is not seq:
+                s.token_ids = list(seq.token_ids)
+                s.num_prompt_tokens = seq.num_prompt_tokens
+                s.max_tokens = seq.max_tokens
+        state.reset_prompt(seq.token_ids)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)

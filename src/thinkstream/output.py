@@ -48,6 +48,14 @@ class RequestState:
     def finished(self) -> bool:
         return all(s.status.finished for s in self.seqs)
 
+    def reset_prompt(self, prompt_token_ids: list[int]) -> None:
+        """The input changed (streaming): detokenize outputs after the final prompt."""
+        self.prompt_token_ids = list(prompt_token_ids)
+        for st in self.texts:
+            st.detok = IncrementalDetokenizer(
+                st.detok.tokenizer, prompt_token_ids, st.detok.skip_special_tokens
+            )
+
     def update_text(self, index: int) -> bool:
         """Detokenize new tokens of sequence ``index``. Returns True when a stop string
         matched (the caller finishes the sequence)."""

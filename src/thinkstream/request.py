@@ -94,7 +94,11 @@ class Sequence:
 
     @property
     def num_pending_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        """Tokens to compute. While the input is open the last token is held back: it may
+        still change (re-tokenization), and computing it at close yields the logits to
+        sample from, so the work after close is one token whatever the input length."""
+        held = 0 if self.input_closed else 1
+        return max(self.num_tokens - held - self.num_computed_tokens, 0)
 
     @property
     def wants_sample(self) -> bool:

@@ -176,6 +176,17 @@ class Scheduler:
         if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.cfg.max_model_len:
             self.finish(seq, SeqStatus.FINISHED_LENGTH)
 
+    def truncate(self, seq: Sequence, num_tokens: int) -> None:
+        """Drop the computed KV past ``num_tokens`` (copies run before the next forward)."""
+        if not self.kv.has(seq.seq_id):
+            seq.num_computed_tokens = 0
+        elif self.kv.can_truncate(seq.seq_id, num_tokens):
+            self._pending_copies += self.kv.truncate(seq.seq_id, num_tokens)
+            seq.num_computed_tokens = min(seq.num_computed_tokens, num_tokens)
+        else:  # no block for the copy-on-write: recompute from the prefix cache instead
+            self.kv.free(seq.seq_id)
+            seq.num_computed_tokens = 0
+
     def finish(self, seq: Sequence, status: SeqStatus) -> None:
         """End a sequence wherever it is; every block it held is released."""
         if seq.status.finished:

@@ -192,3 +192,31 @@ def test_bad_requests_take_no_blocks() -> None:
         engine.add_request("c", list(range(10)) * 60, GREEDY)
     assert not engine.has_unfinished_requests()
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+
+def test_open_input_extend_truncate_close_matches_one_shot(alone) -> None:
+    """Streaming-input hooks: chunks are prefilled while the input is open (the last token
+    held back), a rollback keeps the common prefix, and the answer after close equals the
+    one-shot answer on the final input."""
+    engine = make_engine()
+    final = PROMPTS[1]
+    engine.add_request("s", final[:5], GREEDY, input_closed=False)
+    engine.step()
+    seq = engine.requests["s"].seqs[0]
+    assert seq.num_computed_tokens == 4  # last token held back while open
+    engine.extend_input("s", [9, 9, 9, 9, 9, 9, 9])  # a wrong tail, later replaced
+    engine.step()
+    assert seq.num_computed_tokens == 11
+    engine.truncate_input("s", 5)
+    assert seq.num_computed_tokens == 5
+    engine.extend_input("s", final[5:])
+    engine.step()
+    assert seq.num_computed_tokens == len(final) - 1
+    assert engine.step() == []  # nothing to do while the input is open
+    engine.close_input("s")
+    out = None
+    while engine.has_unfinished_requests():
+        out = engine.step() or out
+    assert out[-1].outputs[0].token_ids == alone[1]
+    assert out[-1].prompt_token_ids == final
+    engine.check_integrity()

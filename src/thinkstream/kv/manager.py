@@ -120,7 +120,7 @@ class KVCacheManager:
         """Whether ``allocate(seq_id, num_tokens)`` would succeed (unknown ids: empty table)."""
         seq = self._seqs.get(seq_id)
         have = len(seq.table) if seq is not None else 0
-        return self._blocks_for(num_tokens) - have <= self.pool.num_free
+        return self._blocks_for(num_tokens) - have < self.pool.num_free
 
     def allocate(self, seq_id: Hashable, num_tokens: int) -> bool:
         """Ensure blocks for the first ``num_tokens`` tokens (a total, not a delta).
@@ -190,8 +190,9 @@ class KVCacheManager:
             self.pool.acquire(block_id)
         copies: list[CopyPair] = []
         if partial:
-            self.pool.acquire(src.table[full])
-            table.append(src.table[full])
+            (fresh,) = self.pool.allocate(1)
+            copies.append((src.table[full], fresh))
+            table.append(fresh)
         self._seqs[dst_id] = _SeqState(src.salt, table, src.hashes[:full], num_tokens)
         return copies
 

@@ -125,20 +125,20 @@ def _add_tokens(backend: Backend, tokens: Sequence[str], types: Sequence[int]) -
 
 
 def _post_processor(tokens: Sequence[str], bos: int | None, eos: int | None, md: dict) -> Any:
+    """Adds bos/eos around the text when the file says so (SentencePiece vocabularies default to bos)."""
     default_bos = md.get("tokenizer.ggml.model") == "llama"
-    add_bos = bool(md.get("tokenizer.ggml.add_bos_token", default_bos)) and bos is not None
-    add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
-    if not (add_bos or add_eos):
+    add = []
+    if md.get("tokenizer.ggml.add_bos_token", default_bos) and bos is not None:
+        add.append(("bos", bos))
+    if md.get("tokenizer.ggml.add_eos_token", False) and eos is not None:
+        add.append(("eos", eos))
+    if not add:
         return None
-    single = (["<bos>"] if add_bos else []) + ["$A"] + (["<eos>"] if add_eos else [])
-    pair = single + (["$B"] + (["<eos>"] if add_eos else []))
-    special = ([("<bos>", bos)] if add_bos else []) + ([("<eos>", eos)] if add_eos else [])
-    # TemplateProcessing names the tokens; use the real texts so offsets and decode agree.
-    rename = {"<bos>": tokens[bos] if add_bos else "", "<eos>": tokens[eos] if add_eos else ""}
-    single = [rename.get(p, p) for p in single]
-    pair = [rename.get(p, p) for p in pair]
-    return processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair),
-                                         special_tokens=[(rename[n], i) for n, i in special])
+    head = [tokens[i] for kind, i in add if kind == "bos"]
+    tail = [tokens[i] for kind, i in add if kind == "eos"]
+    return processors.TemplateProcessing(
+        single=[*head, "$A", *tail], pair=[*head, "$A", *tail, "$B", *tail],
+        special_tokens=[(tokens[i], i) for _, i in add])
 
 
 def eos_token_ids(md: dict[str, Any]) -> tuple[int, ...]:
