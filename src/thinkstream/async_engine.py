@@ -71,6 +71,9 @@ class AsyncLLM:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         self._streams[rid] = (loop, q)
+        if self.dead is not None:  # died after the check above: its handler may not see us
+            self._streams.pop(rid, None)
+            self._check_alive()
 
         def add() -> None:
             try:
@@ -96,8 +99,13 @@ class AsyncLLM:
                 self.abort(rid)
 
     def abort(self, request_id: str) -> None:
-        """Abort a request (applied before the next step)."""
-        self._commands.put(lambda: self.engine.abort(request_id))
+        """Abort a request (applied before the next step). A consumer still reading its
+        stream receives a last output with ``finish_reason="abort"``."""
+        self._commands.put(lambda: self._abort_now(request_id))
+
+    async def cancel(self, request_id: str) -> bool:
+        """Abort a request; False if it is unknown or already finished."""
+        return await self.call(lambda _: self._abort_now(request_id))
 
     async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
         """Run ``fn(engine)`` on the engine thread between steps and return its result."""
@@ -114,7 +122,11 @@ class AsyncLLM:
                 loop.call_soon_threadsafe(_set_result, fut, result)
 
         self._commands.put(run)
-        return await fut
+        while True:  # the loop may die with ``run`` still queued: never wait forever
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), 0.5)
+            except TimeoutError:
+                self._check_alive()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -131,6 +143,14 @@ class AsyncLLM:
         if target is not None:
             loop, q = target
             loop.call_soon_threadsafe(q.put_nowait, item)
+
+    def _abort_now(self, request_id: str) -> bool:
+        state = self.engine.requests.get(request_id)
+        if not self.engine.abort(request_id):
+            return False
+        if state is not None:
+            self._deliver(request_id, state.make_output())
+        return True
 
     def _drain_commands(self, block: bool) -> None:
         try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from thinkstream.kv import prefix
 from thinkstream.kv.block_pool import BlockPool, NoFreeBlocksError
 from thinkstream.kv.prefix import hash_block, iter_block_hashes
 
@@ -168,13 +171,16 @@ def test_hash_chain_properties() -> None:
 
 
 def test_hash_is_stable_across_processes() -> None:
+    # prefix.py is loaded by path so the child skips the package __init__ (and torch).
     code = (
-        "from thinkstream.kv.prefix import hash_block;"
-        "print(hash_block(None, [1, 2], salt=('lora', 'x', 3)).hex())"
+        "import importlib.util, sys;"
+        "spec = importlib.util.spec_from_file_location('prefix', sys.argv[1]);"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod);"
+        "print(mod.hash_block(None, [1, 2], salt=('lora', 'x', 3)).hex())"
     )
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code],
+            [sys.executable, "-c", code, prefix.__file__],
             env={"PYTHONHASHSEED": seed},
             capture_output=True,
             text=True,
@@ -183,3 +189,16 @@ def test_hash_is_stable_across_processes() -> None:
         for seed in ("1", "2")
     }
     assert outs == {hash_block(None, [1, 2], salt=("lora", "x", 3)).hex()}
+
+
+def test_kv_package_imports_no_torch() -> None:
+    kv_dir = Path(prefix.__file__).parent
+    for path in kv_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "torch" for n in names), f"{path.name} imports torch"

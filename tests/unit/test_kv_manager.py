@@ -145,6 +145,23 @@ def test_fork_shares_full_blocks_and_copies_partial() -> None:
         m.fork("a", "d", 11)  # more than a has
 
 
+def test_fork_keeps_salt_for_blocks_the_branch_commits() -> None:
+    m = KVCacheManager(num_blocks=8, block_size=BS)
+    tokens = [1, 2, 3, 4, 5]
+    m.lookup_prefix("a", tokens, salt="s")
+    assert m.allocate("a", 5)
+    m.commit("a", tokens, 3)  # nothing full yet
+    assert m.block_table("a") == [0, 1]
+    assert m.fork("a", "b", 3) == [(0, 2)]
+    assert m.allocate("b", 5)
+    m.commit("b", tokens, 5)  # b's copy, block 2, is the one registered
+    assert m.block_table("b") == [2, 3]
+    assert m.lookup_prefix("c", tokens, salt=None) == 0
+    assert m.lookup_prefix("d", tokens, salt="s") == 4
+    assert m.block_table("d") == [2]
+    m.check_integrity()
+
+
 def test_fork_without_a_free_block_raises_and_changes_nothing() -> None:
     m = KVCacheManager(num_blocks=3, block_size=BS)
     assert m.allocate("a", 10)
@@ -195,8 +212,10 @@ def test_truncate_on_block_boundary_and_errors() -> None:
     run_prompt(m, "a", list(range(12)))
     assert m.truncate("a", 8) == []
     assert m.block_table("a") == [0, 1] and m.pool.block_hash(1) is not None
+    assert m.truncate("a", 9) == [] and m.num_tokens("a") == 8  # past the end: no-op
+    assert m.can_truncate("a", 100)
     with pytest.raises(ValueError):
-        m.truncate("a", 9)
+        m.truncate("a", -1)
     assert m.truncate("a", 0) == [] and m.block_table("a") == []
     m.check_integrity()
 

@@ -148,7 +148,9 @@ class KVMachine(RuleBasedStateMachine):
         """Fork ``n`` computed tokens of ``src_id``; the new id, or None if out of blocks."""
         src = self.seqs[src_id]
         dst_id = self._new_id()
-        if not self.m.can_fork(src_id, n):
+        possible = n % BS == 0 or self.m.num_free_blocks >= 1
+        assert self.m.can_fork(src_id, n) == possible
+        if not possible:
             event("fork: out of blocks")
             with pytest.raises(NoFreeBlocksError):
                 self.m.fork(src_id, dst_id, n)
@@ -166,14 +168,16 @@ class KVMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def truncate(self, data: st.DataObject) -> None:
         seq_id = self._pick(data)
-        self._truncate(seq_id, data.draw(st.integers(0, self.seqs[seq_id].allocated), label="n"))
+        n = data.draw(st.integers(0, self.seqs[seq_id].allocated + 2), label="n")
+        self._truncate(seq_id, n)
 
     @precondition(lambda self: any(s.computed >= BS for s in self.seqs.values()))
     @rule(data=st.data(), roll_back_src=st.booleans())
     def branch_and_roll_back(self, data: st.DataObject, roll_back_src: bool) -> None:
         """Fork a branch, then roll one side back into the blocks they share."""
         src_id = data.draw(
-            st.sampled_from(sorted(s for s, q in self.seqs.items() if q.computed >= BS)), label="src"
+            st.sampled_from(sorted(s for s, q in self.seqs.items() if q.computed >= BS)),
+            label="src",
         )
         n = self.seqs[src_id].computed
         dst_id = self._fork(src_id, n)
@@ -183,14 +187,26 @@ class KVMachine(RuleBasedStateMachine):
 
     def _truncate(self, seq_id: int, n: int) -> None:
         seq = self.seqs[seq_id]
+        if n >= seq.allocated:  # nothing past the cut: a no-op
+            before = self.m.block_table(seq_id)
+            assert self.m.can_truncate(seq_id, n) and self.m.truncate(seq_id, n) == []
+            assert self.m.block_table(seq_id) == before
+            return
         others = {s: self.m.block_table(s) for s in self.seqs if s != seq_id}
-        if not self.m.can_truncate(seq_id, n):
+        held_elsewhere = {b for table in others.values() for b in table}
+        table = self.m.block_table(seq_id)
+        keep = ceil_blocks(n)
+        needs_copy = n % BS != 0 and table[keep - 1] in held_elsewhere
+        freed = [b for b in table[keep:] if b not in held_elsewhere]
+        possible = not needs_copy or self.m.num_free_blocks + len(freed) >= 1
+        assert self.m.can_truncate(seq_id, n) == possible
+        if not possible:
             event("truncate: out of blocks")
             with pytest.raises(NoFreeBlocksError):
                 self.m.truncate(seq_id, n)
             return
         copies = self.m.truncate(seq_id, n)
-        assert len(copies) <= 1
+        assert len(copies) == (1 if needs_copy else 0)
         event(f"truncate copies: {len(copies)}")
         self._apply_copies(copies)
         assert {s: self.m.block_table(s) for s in others} == others

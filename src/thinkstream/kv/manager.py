@@ -120,7 +120,7 @@ class KVCacheManager:
         """Whether ``allocate(seq_id, num_tokens)`` would succeed (unknown ids: empty table)."""
         seq = self._seqs.get(seq_id)
         have = len(seq.table) if seq is not None else 0
-        return self._blocks_for(num_tokens) - have < self.pool.num_free
+        return self._blocks_for(num_tokens) - have <= self.pool.num_free
 
     def allocate(self, seq_id: Hashable, num_tokens: int) -> bool:
         """Ensure blocks for the first ``num_tokens`` tokens (a total, not a delta).
@@ -181,7 +181,9 @@ class KVCacheManager:
         if dst_id in self._seqs:
             raise ValueError(f"sequence {dst_id!r} already exists")
         if not 0 <= num_tokens <= src.num_tokens:
-            raise ValueError(f"cannot fork {num_tokens} tokens of a {src.num_tokens}-token sequence")
+            raise ValueError(
+                f"cannot fork {num_tokens} tokens of a {src.num_tokens}-token sequence"
+            )
         if not self.can_fork(src_id, num_tokens):
             raise NoFreeBlocksError(f"fork of {src_id!r} needs a block for its partial tail")
         full, partial = divmod(num_tokens, self.block_size)
@@ -204,7 +206,7 @@ class KVCacheManager:
     def can_truncate(self, seq_id: Hashable, num_tokens: int) -> bool:
         """Whether ``truncate`` has the block a copy of a shared last block needs."""
         seq = self._seqs[seq_id]
-        if not self._truncate_needs_copy(seq, num_tokens):
+        if num_tokens >= seq.num_tokens or not self._truncate_needs_copy(seq, num_tokens):
             return True
         dropped = seq.table[self._blocks_for(num_tokens) :]
         freed = sum(self.pool.ref_count(b) == 1 for b in dropped)
@@ -223,12 +225,15 @@ class KVCacheManager:
         - ours alone but hashed: it is un-hashed in place (no copy; the cache
           loses that block rather than spending a block and a copy to keep it).
 
+        A cut at or past ``num_tokens(seq_id)`` drops nothing and returns ``[]``.
         Raises NoFreeBlocksError (changing nothing) if a copy is needed and no
-        block can be had, ValueError if ``num_tokens`` exceeds the sequence's.
+        block can be had, ValueError if ``num_tokens`` is negative.
         """
         seq = self._seqs[seq_id]
-        if not 0 <= num_tokens <= seq.num_tokens:
-            raise ValueError(f"cannot truncate a {seq.num_tokens}-token sequence to {num_tokens}")
+        if num_tokens < 0:
+            raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+        if num_tokens >= seq.num_tokens:
+            return []
         if not self.can_truncate(seq_id, num_tokens):
             raise NoFreeBlocksError(f"truncate of {seq_id!r} needs a block to copy into")
         keep = self._blocks_for(num_tokens)

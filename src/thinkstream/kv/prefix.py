@@ -48,7 +48,9 @@ def _encode_salt(salt: object) -> bytes:
     )
 
 
-def hash_block(parent: BlockHash | None, token_ids: Sequence[int], salt: object = None) -> BlockHash:
+def hash_block(
+    parent: BlockHash | None, token_ids: Sequence[int], salt: object = None
+) -> BlockHash:
     """Hash of one full block given its parent's hash (None for the first block).
 
     ``salt`` only enters the first block; later blocks inherit it through the chain.

@@ -1,0 +1,221 @@
+"""Engine outputs -> OpenAI response bodies and stream chunks.
+
+``CompletionView`` and ``ChatView`` know one request's id, model name and options; each
+turns the final ``RequestOutput``s into a response body, or an output stream into chunks
+shaped exactly like OpenAI's (the ``openai`` client parses them). Choice ``index`` is
+``prompt_index * n + sequence_index``. Log-probabilities that are not finite become
+-9999.0, since JSON has no infinity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from thinkstream.request import CompletionOutput, RequestOutput, TokenLogprob
+from thinkstream.server import protocol as P
+from thinkstream.server.errors import APIError
+
+
+def split_prompts(prompt) -> list[str | list[int]]:
+    """The four OpenAI prompt forms as a list of prompts (text or token ids)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def render_chat(tokenizer, body: P.ChatCompletionRequest) -> list[int]:
+    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+                for m in body.messages]
+    if tokenizer.chat_template is None:
+        raise APIError(400, "messages: this model has no chat template; use /v1/completions",
+                       "messages", "no_chat_template")
+    try:
+        return list(tokenizer.apply_chat_template(
+            messages, add_generation_prompt=body.add_generation_prompt, tokenize=True))
+    except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
+        reason = type(exc).__name__
+        raise APIError(400, f"messages: the chat template rejected them ({reason})",
+                       "messages", "invalid_value") from None
+
+
+def _lp(x: float) -> float:
+    return x if math.isfinite(x) else -9999.0
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+@dataclass
+class _View:
+    id: str
+    model: str
+    tokenizer: object
+    created: int = field(default_factory=lambda: int(time.time()), init=False)
+
+    def token_str(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+
+@dataclass
+class CompletionView(_View):
+    prompts: list = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    echo: bool = False
+    logprobs: int | None = None
+    n: int = 1
+
+    def prompt_text(self, i: int) -> str:
+        p = self.prompts[i]
+        return p if isinstance(p, str) else self.tokenizer.decode(p)
+
+    def _logprobs(self, entries: list[TokenLogprob | None], ids: list[int],
+                  offset: int) -> dict:
+        tokens, lps, tops, offsets = [], [], [], []
+        for tid, e in zip(ids, entries, strict=True):
+            s = self.token_str(tid)
+            tokens.append(s)
+            offsets.append(offset)
+            offset += len(s)
+            if e is None:
+                lps.append(None)
+                tops.append(None)
+                continue
+            lps.append(_lp(e.logprob))
+            top = {self.token_str(t): _lp(lp) for t, lp in e.top[: self.logprobs]}
+            top.setdefault(s, _lp(e.logprob))
+            tops.append(top)
+        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
+                "text_offset": offsets}
+
+    def _choice(self, i: int, out: RequestOutput, o: CompletionOutput) -> dict:
+        text, ids, entries = o.text, list(o.token_ids), list(o.logprobs or [])[: len(o.token_ids)]
+        if self.echo:
+            text = self.prompt_text(i) + text
+            plp = out.prompt_logprobs or [None] * len(self.prompt_ids[i])
+            ids, entries = self.prompt_ids[i] + ids, list(plp) + entries
+        logprobs = self._logprobs(entries, ids, 0) if self.logprobs is not None else None
+        return {"index": i * self.n + o.index, "text": text, "logprobs": logprobs,
+                "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
+
+    def response(self, finals: list[RequestOutput]) -> dict:
+        choices = [self._choice(i, out, o) for i, out in enumerate(finals) for o in out.outputs]
+        completion = sum(len(o.token_ids) for out in finals for o in out.outputs)
+        return {"id": self.id, "object": "text_completion", "created": self.created,
+                "model": self.model, "choices": choices,
+                "usage": _usage(sum(map(len, self.prompt_ids)), completion)}
+
+    def _chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
+        chunk = {"id": self.id, "object": "text_completion", "created": self.created,
+                 "model": self.model, "choices": choices}
+        if usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
+                     include_usage: bool) -> AsyncIterator[dict]:
+        sent: dict[int, int] = {}  # choice index -> tokens sent
+        done: set[int] = set()
+        completion = 0
+        async for i, out in outputs:
+            for o in out.outputs:
+                idx = i * self.n + o.index
+                if idx in done:
+                    continue
+                first = idx not in sent
+                start = sent.get(idx, 0)
+                new_ids = list(o.token_ids[start:])
+                sent[idx] = len(o.token_ids)
+                text = o.new_text
+                ids, entries = new_ids, list(o.logprobs or [])[start: start + len(new_ids)]
+                if first and self.echo:
+                    text = self.prompt_text(i) + text
+                    plp = out.prompt_logprobs or [None] * len(self.prompt_ids[i])
+                    ids, entries = self.prompt_ids[i] + ids, list(plp) + entries
+                if not (text or ids or o.finish_reason):
+                    continue
+                if o.finish_reason:
+                    completion += len(o.token_ids)
+                    done.add(idx)
+                logprobs = self._logprobs(entries, ids, 0) if self.logprobs is not None else None
+                yield self._chunk([{"index": idx, "text": text, "logprobs": logprobs,
+                                    "finish_reason": o.finish_reason,
+                                    "stop_reason": o.stop_reason}])
+        if include_usage:
+            yield self._chunk([], _usage(sum(map(len, self.prompt_ids)), completion))
+
+
+@dataclass
+class ChatView(_View):
+    num_prompt_tokens: int = 0
+    logprobs: int | None = None
+    n: int = 1
+
+    def _logprobs(self, entries: list[TokenLogprob], ids: list[int]) -> dict:
+        content = []
+        for tid, e in zip(ids, entries, strict=True):
+            s = self.token_str(tid)
+            top = [{"token": (t := self.token_str(k)), "logprob": _lp(lp),
+                    "bytes": list(t.encode("utf-8"))} for k, lp in e.top[: self.logprobs]]
+            content.append({"token": s, "logprob": _lp(e.logprob),
+                            "bytes": list(s.encode("utf-8")), "top_logprobs": top})
+        return {"content": content}
+
+    def response(self, finals: list[RequestOutput]) -> dict:
+        out = finals[0]
+        choices = []
+        for o in out.outputs:
+            lps = None
+            if self.logprobs is not None:
+                lps = self._logprobs(list(o.logprobs or [])[: len(o.token_ids)], o.token_ids)
+            choices.append({"index": o.index, "message": {"role": "assistant", "content": o.text},
+                            "logprobs": lps, "finish_reason": o.finish_reason,
+                            "stop_reason": o.stop_reason})
+        completion = sum(len(o.token_ids) for o in out.outputs)
+        return {"id": self.id, "object": "chat.completion", "created": self.created,
+                "model": self.model, "choices": choices,
+                "usage": _usage(self.num_prompt_tokens, completion)}
+
+    def _chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                 "model": self.model, "choices": choices}
+        if usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
+                     include_usage: bool) -> AsyncIterator[dict]:
+        sent: dict[int, int] = {}
+        for idx in range(self.n):  # the role comes first, as OpenAI sends it
+            yield self._chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None, "finish_reason": None}])
+        completion = 0
+        done: set[int] = set()
+        async for _, out in outputs:
+            for o in out.outputs:
+                if o.index in done:
+                    continue
+                start = sent.get(o.index, 0)
+                new_ids = list(o.token_ids[start:])
+                sent[o.index] = len(o.token_ids)
+                lps = None
+                if self.logprobs is not None and new_ids:
+                    entries = list(o.logprobs or [])[start: start + len(new_ids)]
+                    lps = self._logprobs(entries, new_ids)
+                if o.new_text or lps:
+                    yield self._chunk([{"index": o.index, "delta": {"content": o.new_text},
+                                        "logprobs": lps, "finish_reason": None}])
+                if o.finish_reason:
+                    completion += len(o.token_ids)
+                    done.add(o.index)
+                    yield self._chunk([{"index": o.index, "delta": {}, "logprobs": None,
+                                        "finish_reason": o.finish_reason,
+                                        "stop_reason": o.stop_reason}])
+        if include_usage:
+            yield self._chunk([], _usage(self.num_prompt_tokens, completion))

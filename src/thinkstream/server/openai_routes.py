@@ -1,0 +1,279 @@
+"""The OpenAI-compatible endpoints: ``/v1/models``, ``/v1/completions``,
+``/v1/chat/completions`` and ``/v1/requests/{id}/cancel``.
+
+A request goes: raw body -> JSON object -> pydantic model (``protocol``) -> caps from
+``ServerConfig`` -> ``SamplingParams`` -> token ids with the context checked -> admission
+-> engine. Every refusal happens before admission, so a bad request never takes a KV
+block. Output shapes live in ``formatting``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from thinkstream.engine import RequestError
+from thinkstream.request import RequestOutput
+from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.server import formatting as fmt
+from thinkstream.server import protocol as P
+from thinkstream.server.errors import APIError, to_api_error
+from thinkstream.server.limits import clean_request_id
+from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
+
+router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
+_SEED_MOD = 1 << 62  # the engine seeds sequence i with seed + i: keep that in range
+_ERRORS = {code: {"model": P.ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503)}
+
+
+def _body_doc(model: type[BaseModel]) -> dict:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+# ------------------------------------------------------------------ parsing
+async def parse_body(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not valid UTF-8", None, "invalid_body") from None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise APIError(400, "the request body is not valid JSON", None, "invalid_json") from None
+    if not isinstance(obj, dict):
+        raise APIError(400, "the request body must be a JSON object", None, "invalid_body")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        param = _param_name(err["loc"])
+        raise APIError(400, f"{param or 'body'}: {err['msg']}", param, "invalid_type") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply", None, "invalid_body") from None
+
+
+def _param_name(loc: tuple) -> str | None:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part in ("str", "list[str]", "list[int]", "list[list[int]]", "TextPart",
+                      "function-after[_valid_unicode(), str]") or "[" in str(part):
+            continue  # pydantic names union members in the location; drop them
+        else:
+            name += f".{part}" if name else str(part)
+    return name or None
+
+
+def _check_model(state: ServerState, model: str | None) -> None:
+    if model is not None and model != state.config.served_model_name:
+        raise APIError(400, f"model: {model!r} is not served here; use "
+                       f"{state.config.served_model_name!r}", "model", "model_not_found")
+
+
+def _check_caps(state: ServerState, body: P._Sampling, logprobs: int | None, lp_name: str) -> None:
+    cfg = state.config
+    if body.n > cfg.max_n:
+        raise APIError(400, f"n: must be <= {cfg.max_n}, got {body.n}", "n", "invalid_value")
+    if logprobs is not None and not 0 <= logprobs <= cfg.max_logprobs:
+        raise APIError(400, f"{lp_name}: must be in [0, {cfg.max_logprobs}], got {logprobs}",
+                       lp_name, "invalid_value")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > cfg.max_stop or len(body.stop_token_ids or []) > cfg.max_stop:
+        raise APIError(400, f"stop: at most {cfg.max_stop} stop sequences", "stop",
+                       "invalid_value")
+    if any(len(s) > cfg.max_stop_len for s in stops):
+        raise APIError(400, f"stop: each stop string must be at most {cfg.max_stop_len} "
+                       "characters", "stop", "invalid_value")
+
+
+def _params(body: P._Sampling, max_tokens: int | None, logprobs: int | None,
+            prompt_logprobs: int | None = None) -> SamplingParams:
+    def pick(value, default):
+        return default if value is None else value
+
+    return SamplingParams(
+        n=body.n, temperature=pick(body.temperature, 1.0), top_p=pick(body.top_p, 1.0),
+        top_k=pick(body.top_k, -1), min_p=pick(body.min_p, 0.0),
+        presence_penalty=pick(body.presence_penalty, 0.0),
+        frequency_penalty=pick(body.frequency_penalty, 0.0),
+        repetition_penalty=pick(body.repetition_penalty, 1.0),
+        seed=None if body.seed is None else body.seed % _SEED_MOD,
+        stop=body.stop, stop_token_ids=tuple(body.stop_token_ids or ()), max_tokens=max_tokens,
+        min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
+        include_stop_str_in_output=body.include_stop_str_in_output,
+    )
+
+
+def _check_context(state: ServerState, ids: list[int], params: SamplingParams,
+                   prompt_param: str) -> None:
+    engine = state.llm.engine
+    limit = engine.max_model_len
+    if len(ids) >= limit:
+        raise APIError(400, f"{prompt_param}: {len(ids)} tokens leave no room to generate "
+                       f"within the context of {limit} tokens", prompt_param,
+                       "context_length_exceeded")
+    if params.max_tokens is not None and len(ids) + params.max_tokens > limit:
+        raise APIError(400, f"max_tokens: the prompt has {len(ids)} tokens and max_tokens is "
+                       f"{params.max_tokens}, over the context of {limit} tokens",
+                       "max_tokens", "context_length_exceeded")
+    try:
+        engine.check_length(len(ids), params)
+    except RequestError as exc:
+        raise APIError(400, str(exc), exc.param, "context_length_exceeded") from None
+
+
+def _public_id(request: Request, body: P._Sampling, prefix: str) -> str:
+    raw = body.request_id or request.headers.get("x-request-id")
+    if raw:
+        return clean_request_id(raw, server_state(request).config.max_request_id_len)
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# ------------------------------------------------------------------ running
+async def _run(request: Request, job: Job, stream: Callable[[], AsyncIterator[str]] | None,
+               collect: Callable[[], Any]) -> Response:
+    """Admit ``job``; stream it as SSE or collect it (aborting on disconnect)."""
+    job.admit()
+    headers = {"X-Request-Id": job.public_id}
+    if stream is not None:
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache"})
+    try:
+        finals = await until_disconnect(request, _collect(job))
+    except ClientGone:
+        return Response(status_code=499)
+    except Exception as exc:  # noqa: BLE001 - engine failure: an error body, never a hang
+        err = to_api_error(exc)
+        return JSONResponse(err.body(), err.status, headers=headers)
+    return JSONResponse(collect(finals), headers=headers)
+
+
+async def _collect(job: Job) -> list[RequestOutput]:
+    finals: list[RequestOutput | None] = [None] * len(job.prompts)
+    async for i, out in job.outputs():
+        finals[i] = out
+    return finals  # type: ignore[return-value]
+
+
+async def _sse(job: Job, chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    except Exception as exc:  # noqa: BLE001 - reported in-band, then the stream ends
+        err = to_api_error(exc)
+        yield f"data: {json.dumps(err.body())}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _wrap_errors(fn):
+    """Run a route; turn validation errors into 400s with the parameter named."""
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except (ParamError, RequestError) as exc:
+            err = to_api_error(exc)
+            return JSONResponse(err.body(), err.status)
+        except APIError as exc:
+            return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+# ------------------------------------------------------------------ routes
+@router.get("/v1/models", response_model=P.ModelList, responses=_ERRORS)
+async def list_models(request: Request) -> dict:
+    """The one model this server serves."""
+    state = server_state(request)
+    card = P.ModelCard(id=state.config.served_model_name, created=int(state.started),
+                       max_model_len=state.llm.engine.max_model_len)
+    return {"object": "list", "data": [card.model_dump()]}
+
+
+@router.post("/v1/completions", openapi_extra=_body_doc(P.CompletionRequest),
+             responses={200: {"model": P.CompletionResponse}, **_ERRORS})
+@_wrap_errors
+async def completions(request: Request) -> Response:
+    """OpenAI text completions (``stream`` sends server-sent events ending in ``[DONE]``)."""
+    state = server_state(request)
+    body = await parse_body(request, P.CompletionRequest)
+    _check_model(state, body.model)
+    if body.suffix is not None:
+        raise APIError(400, "suffix: not supported", "suffix", "unsupported")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(400, "best_of: only best_of == n is supported", "best_of", "unsupported")
+    _check_caps(state, body, body.logprobs, "logprobs")
+    prompt_lp = body.logprobs if body.echo and body.logprobs is not None else None
+    params = _params(body, body.max_tokens, body.logprobs, prompt_lp)
+    prompts = fmt.split_prompts(body.prompt)
+    if not prompts:
+        raise APIError(400, "prompt: must not be empty", "prompt", "invalid_value")
+    encoded = [state.llm.engine.encode_prompt(p) for p in prompts]
+    for ids in encoded:
+        _check_context(state, ids, params, "prompt")
+    job = Job(state, _public_id(request, body, "cmpl"), encoded, params)
+    view = fmt.CompletionView(job.public_id, state.config.served_model_name,
+                              state.llm.tokenizer, prompts, encoded, body.echo,
+                              body.logprobs, params.n)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
+    return await _run(request, job, stream, view.response)
+
+
+@router.post("/v1/chat/completions", openapi_extra=_body_doc(P.ChatCompletionRequest),
+             responses={200: {"model": P.ChatCompletionResponse}, **_ERRORS})
+@_wrap_errors
+async def chat_completions(request: Request) -> Response:
+    """OpenAI chat completions through the model's chat template."""
+    state = server_state(request)
+    body = await parse_body(request, P.ChatCompletionRequest)
+    _check_model(state, body.model)
+    if not body.messages:
+        raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs: needs logprobs=true", "top_logprobs", "invalid_value")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    _check_caps(state, body, body.top_logprobs, "top_logprobs")
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
+        else body.max_tokens
+    params = _params(body, max_tokens, logprobs)
+    ids = fmt.render_chat(state.llm.tokenizer, body)
+    if not ids:
+        raise APIError(400, "messages: the rendered prompt is empty", "messages", "invalid_value")
+    try:
+        ids = state.llm.engine.encode_prompt(ids)
+    except RequestError as exc:
+        raise APIError(400, str(exc).replace("prompt", "messages", 1), "messages") from None
+    _check_context(state, ids, params, "messages")
+    job = Job(state, _public_id(request, body, "chatcmpl"), [ids], params)
+    view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
+                        len(ids), logprobs, params.n)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
+    return await _run(request, job, stream, view.response)
+
+
+@router.post("/v1/requests/{request_id}/cancel", responses=_ERRORS)
+async def cancel_request(request_id: str, request: Request) -> Response:
+    """Abort a running request by its id (the response ``id`` / ``X-Request-Id``)."""
+    job = server_state(request).live.get(request_id)
+    if job is None or not await job.cancel():
+        return JSONResponse(P.ErrorResponse(error=P.ErrorDetail(
+            message="no running request with this id", type="not_found_error",
+            param="request_id", code="request_not_found")).model_dump(), 404)
+    return JSONResponse({"id": request_id, "object": "request.cancelled", "cancelled": True})
+

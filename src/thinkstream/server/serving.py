@@ -1,0 +1,152 @@
+"""Running one HTTP request on the engine: admission, fan-out over prompts, disconnects.
+
+A ``Job`` holds the engine requests made for one HTTP request (one per prompt; each has
+the request's ``n`` sequences). It is admitted whole or refused with 429, registered under
+its public id (for ``/v1/requests/{id}/cancel``), and merges the prompts' output streams.
+Whatever ends it (completion, a client disconnect, a cancel, an engine failure), leaving
+``outputs()`` aborts every engine request still running and releases its admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from thinkstream.async_engine import AsyncLLM, EngineDeadError
+from thinkstream.request import RequestOutput
+from thinkstream.sampling_params import SamplingParams
+from thinkstream.server.config import ServerConfig
+from thinkstream.server.errors import APIError
+from thinkstream.server.limits import Admission
+from thinkstream.server.metrics import RequestTimer, ServerMetrics
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServerState:
+    """Everything the routes share; one per app (``app.state.server``)."""
+
+    llm: AsyncLLM
+    config: ServerConfig
+    metrics: ServerMetrics
+    admission: Admission
+    live: dict[str, Job] = field(default_factory=dict)
+    draining: bool = False
+    started: float = field(default_factory=time.time)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response was ready."""
+
+
+@dataclass
+class Job:
+    state: ServerState
+    public_id: str
+    prompts: list[list[int]]
+    params: SamplingParams
+    timer: RequestTimer | None = None
+    admitted: bool = False
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.prompts) * self.params.n
+
+    def engine_id(self, i: int) -> str:
+        return self.public_id if len(self.prompts) == 1 else f"{self.public_id}#p{i}"
+
+    def admit(self) -> None:
+        """Admit all sequences or raise 429 / 503; registers the job for cancels."""
+        st = self.state
+        if st.llm.dead is not None:
+            raise APIError(503, "the engine has stopped", None, "engine_unavailable")
+        if st.draining:
+            raise APIError(503, "the server is shutting down", None, "shutting_down",
+                           {"Retry-After": str(st.config.retry_after_s)})
+        if self.public_id in st.live:
+            raise APIError(400, "request_id is already in use by a running request",
+                           "request_id", "duplicate_request_id")
+        if not st.admission.try_admit(self.num_seqs):
+            raise APIError(429, "the server is at capacity; retry later", None,
+                           "queue_full", {"Retry-After": str(st.config.retry_after_s)})
+        self.admitted = True
+        st.live[self.public_id] = self
+        self.timer = RequestTimer(st.metrics)
+
+    def release(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.state.admission.release(self.num_seqs)
+            self.state.live.pop(self.public_id, None)
+
+    async def cancel(self) -> bool:
+        hits = [await self.state.llm.cancel(self.engine_id(i)) for i in range(len(self.prompts))]
+        return any(hits)
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, output) as the engine produces them, until all prompts finish."""
+        queue: asyncio.Queue = asyncio.Queue()
+        llm = self.state.llm
+
+        async def pump(i: int) -> None:
+            try:
+                async for out in llm.generate(self.prompts[i], self.params, self.engine_id(i)):
+                    queue.put_nowait((i, out))
+                queue.put_nowait((i, None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                queue.put_nowait((i, exc))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+        tasks = [asyncio.ensure_future(pump(i)) for i in range(len(self.prompts))]
+        remaining = len(tasks)
+        try:
+            while remaining:
+                i, item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                    continue
+                if isinstance(item, asyncio.CancelledError):
+                    raise EngineDeadError("request cancelled inside the engine wrapper")
+                if isinstance(item, BaseException):
+                    raise item
+                if self.timer is not None:
+                    self.timer.tokens(sum(len(o.new_token_ids) for o in item.outputs))
+                yield i, item
+            if self.timer is not None:
+                self.timer.done()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.release()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client disconnects first (then cancel it: ClientGone)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+        raise
+    watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone
+    return task.result()
