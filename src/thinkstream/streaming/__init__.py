@@ -1,0 +1,16 @@
+"""Streaming input: sessions whose prompt is still arriving while it is prefilled.
+
+The pure parts (re-tokenization, session input state, scheduling policies, errors) are
+exported here; ``streaming.sessions.SessionManager`` drives an ``LLMEngine`` and is imported
+from its module (it depends on the engine, which depends on ``streaming.policy``).
+"""
+
+from thinkstream.streaming.errors import SessionClosedError, SessionError, SessionNotFoundError, SequenceGapError
+from thinkstream.streaming.policy import POLICIES, policy_key
+from thinkstream.streaming.retokenize import TailTokenizer, common_prefix_len
+from thinkstream.streaming.state import Edit, SessionInput
+
+__all__ = [
+    "POLICIES", "Edit", "SequenceGapError", "SessionClosedError", "SessionError", "SessionInput",
+    "SessionNotFoundError", "TailTokenizer", "common_prefix_len", "policy_key",
+]
