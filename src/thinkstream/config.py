@@ -110,6 +110,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads; None = cores available
+    session_policy: str = "fcfs"  # order among streaming sessions: "fcfs" | "lca" | "mcf"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -126,3 +127,5 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("max_model_len must be >= 1")
+        if self.session_policy not in ("fcfs", "lca", "mcf"):
+            raise ValueError(f"session_policy must be fcfs, lca or mcf, got {self.session_policy!r}")

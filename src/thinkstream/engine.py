@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
 from collections.abc import Sequence as Seq
 
 import torch
@@ -24,6 +25,7 @@ from thinkstream.request import RequestOutput, SeqStatus, Sequence
 from thinkstream.runner import DTYPES, ModelRunner, kv_bytes_per_block
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.scheduler import Scheduler, SchedulerConfig
+from thinkstream.streaming.policy import policy_key
 
 
 class RequestError(ValueError):
@@ -57,7 +59,7 @@ class LLMEngine:
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
                             cfg.enable_prefix_caching),
-            self.kv,
+            self.kv, priority=policy_key(cfg.session_policy),
         )
         self.runner = ModelRunner(self.model, mcfg, num_blocks, cfg.block_size, dtype, self.device)
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
@@ -148,6 +150,8 @@ class LLMEngine:
         seq = state.seqs[0]
         if seq.input_closed:
             raise RequestError("request_id", f"request_id: the input of {request_id!r} is closed")
+        seq.last_input_time = time.monotonic()
+        self.scheduler.wake(seq)  # preempted while idle: recompute now that input changes
         return seq
 
     def extend_input(self, request_id: str, token_ids: Seq[int]) -> None:

@@ -9,6 +9,7 @@ from thinkstream.config import EngineConfig
 from thinkstream.engine import LLMEngine
 from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
+from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
 
 Prompt = str | Sequence[int]
 Message = dict[str, str]
@@ -72,7 +73,9 @@ class LLM:
     ) -> Iterator[RequestOutput]:
         """Yield the request's output after every step; ``outputs[i].new_text`` is the delta.
         Closing the iterator early aborts the request."""
-        rid = self.engine.add_request(None, prompt, sampling_params)
+        return self._follow(self.engine.add_request(None, prompt, sampling_params))
+
+    def _follow(self, rid: str) -> Iterator[RequestOutput]:
         finished = False
         try:
             while not finished:
@@ -83,6 +86,33 @@ class LLM:
         finally:
             if not finished:
                 self.engine.abort(rid)
+
+    # ---------------------------------------------------------- streaming input
+    def open_session(
+        self, prompt: Prompt | None = None, *, messages: Sequence[Message] | None = None,
+        sampling_params: SamplingParams | None = None, session_id: str | None = None,
+    ) -> Session:
+        """Open a streaming-input session: its input is prefilled as it arrives.
+
+        ``prompt`` is the text (or token ids) received so far; with ``messages`` the streamed
+        text becomes a new user message after them (``prompt`` is its first part). See
+        ``Session``.
+        """
+        if self._sessions is None:
+            self._sessions = SessionManager(self.engine)
+        info = self._sessions.open(session_id, prompt, messages, sampling_params)
+        return Session(self, info.session_id)
+
+    _sessions: SessionManager | None = None
+
+    def _prefill(self, rid: str) -> None:
+        """Step until the request has nothing left to compute (or is parked / finished)."""
+        state = self.engine.requests.get(rid)
+        if state is None:
+            return
+        seq, sched = state.seqs[0], self.engine.scheduler
+        while seq.num_pending_tokens and seq not in sched.parked and not seq.status.finished:
+            self.engine.step()
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         pending = set(ids)
@@ -112,3 +142,63 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [done[i] for i in ids]
+
+
+class Session:
+    """A streaming-input session of an ``LLM`` (see ``LLM.open_session``).
+
+    >>> s = llm.open_session(messages=[], sampling_params=SamplingParams(temperature=0))
+    >>> s.append("Summarize: the cat sat ")   # prefilled now, while more is coming
+    >>> s.append("on the mat.")
+    >>> answer = s.complete().outputs[0].text  # only the last token(s) left to compute
+
+    ``append`` / ``replace`` step the engine until what was received is prefilled
+    (``prefill=False`` leaves it to later steps); outputs of other requests produced by
+    those steps are not kept, so don't interleave them with a live ``LLM.stream``.
+    """
+
+    def __init__(self, llm: LLM, session_id: str) -> None:
+        self.llm = llm
+        self.id = session_id
+
+    @property
+    def info(self) -> SessionInfo:
+        return self.llm._sessions.info(self.id)  # type: ignore[union-attr]
+
+    def append(self, data: str | bytes | Sequence[int], seq: int | None = None,
+               prefill: bool = True) -> UpdateResult:
+        """Add text (or bytes, or token ids for a token session) to the input."""
+        result = self.llm._sessions.append(self.id, data, seq)  # type: ignore[union-attr]
+        if prefill:
+            self.llm._prefill(self.id)
+        return result
+
+    def replace(self, data: str | Sequence[int], seq: int | None = None,
+                prefill: bool = True) -> UpdateResult:
+        """Update mode: the whole input becomes ``data``; the KV of the common prefix stays."""
+        result = self.llm._sessions.replace(self.id, data, seq)  # type: ignore[union-attr]
+        if prefill:
+            self.llm._prefill(self.id)
+        return result
+
+    def close(self) -> Iterator[RequestOutput]:
+        """End the input and stream the answer (closing the iterator early aborts it)."""
+        self.llm._sessions.close(self.id)  # type: ignore[union-attr]
+        return self.llm._follow(self.id)
+
+    def complete(self) -> RequestOutput:
+        """End the input and return the final output."""
+        out = None
+        for out in self.close():
+            pass
+        return out  # type: ignore[return-value]
+
+    def abort(self) -> bool:
+        return self.llm._sessions.abort(self.id)  # type: ignore[union-attr]
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.info.state == "open":
+            self.abort()

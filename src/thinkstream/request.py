@@ -76,6 +76,7 @@ class Sequence:
     # False while a streaming session's input is still open: then the sequence is computed
     # up to its last token but nothing is sampled.
     input_closed: bool = True
+    last_input_time: float = field(default_factory=time.monotonic)  # newest input change
     num_preemptions: int = 0
     first_token_time: float | None = None
     salt: object = None  # prefix-cache salt (a position layout, say)

@@ -8,13 +8,23 @@ budget, sequence slots and KV blocks allow. When blocks run out, the most recent
 running sequence is preempted by recompute: its blocks are freed (full ones stay in the
 prefix cache) and it goes back to the front of the waiting queue.
 
+Two hooks serve streaming input without a branch per feature. ``priority`` (a key function,
+smaller first; see ``streaming.policy``) orders running and waiting sequences each step, so
+the last in line is preempted first. And an *idle open input* (a session whose input is
+still arriving and has nothing left to compute) holds blocks it does not need now: under
+pressure it is preempted before anything else and *parked*, out of the waiting queue, until
+``wake`` says its input changed; it then recomputes from the prefix cache. Idle sessions
+therefore never starve ordinary requests.
+
 This module imports no torch.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.request import SeqStatus, Sequence
@@ -56,11 +66,14 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager,
+                 priority: Callable[[Sequence], Any] | None = None) -> None:
         self.cfg = cfg
         self.kv = kv
+        self.priority = priority
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.parked: list[Sequence] = []  # idle open inputs preempted under pressure
         self._pending_copies: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ queues
@@ -68,16 +81,33 @@ class Scheduler:
         self.waiting.append(seq)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.parked)
+
+    def has_work(self) -> bool:
+        """Whether a step could compute something (idle open inputs and parked ones can't)."""
+        return bool(self.waiting) or any(s.num_pending_tokens for s in self.running)
 
     def sequences(self) -> list[Sequence]:
-        return [*self.running, *self.waiting]
+        return [*self.running, *self.waiting, *self.parked]
+
+    def wake(self, seq: Sequence) -> None:
+        """A parked sequence's input changed: queue it to recompute (a no-op otherwise)."""
+        if seq in self.parked:
+            self.parked.remove(seq)
+            self.waiting.append(seq)
+
+    @staticmethod
+    def _idle_open(seq: Sequence) -> bool:
+        return not seq.input_closed and seq.num_pending_tokens == 0
 
     # ---------------------------------------------------------------- schedule
     def schedule(self) -> SchedulerOutput:
         budget = self.cfg.max_num_batched_tokens
         out = SchedulerOutput(scheduled=[], block_copies=self._pending_copies)
         self._pending_copies = []
+        if self.priority is not None:
+            self.running.sort(key=self.priority)
+            self.waiting = deque(sorted(self.waiting, key=self.priority))
         queue, kept = list(self.running), []
         while queue:
             seq = queue.pop(0)
@@ -86,7 +116,7 @@ class Scheduler:
                 kept.append(seq)
                 continue
             while not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
-                victim = queue.pop() if queue else seq
+                victim = self._pop_idle(kept, queue) or (queue.pop() if queue else seq)
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
@@ -112,6 +142,11 @@ class Scheduler:
                     self.kv.allocate(seq.seq_id, 0)
             n = min(seq.num_pending_tokens, budget)
             if not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
+                idle = self._pop_idle(self.running, [])
+                if idle is not None:  # an idle session gives way, then try again
+                    self._preempt(idle)
+                    out.preempted.append(idle)
+                    continue
                 self.kv.free(seq.seq_id)  # give back the prefix hits while it waits
                 seq.num_computed_tokens = 0
                 break
@@ -123,14 +158,26 @@ class Scheduler:
                 budget -= n
         return budget
 
+    def _pop_idle(self, *lists: list[Sequence]) -> Sequence | None:
+        """Remove and return the last idle open input found in ``lists`` (searched last first)."""
+        for seqs in reversed(lists):
+            for i in range(len(seqs) - 1, -1, -1):
+                if self._idle_open(seqs[i]):
+                    return seqs.pop(i)
+        return None
+
     def _preempt(self, seq: Sequence) -> None:
+        idle = self._idle_open(seq)
         self.kv.free(seq.seq_id)
         seq.num_computed_tokens = 0
         seq.num_preemptions += 1
         if seq.prompt_logprobs is not None and len(seq.prompt_logprobs) < seq.num_prompt_tokens:
             seq.prompt_logprobs = None  # recomputed from the start with the prompt
         seq.status = SeqStatus.WAITING
-        self.waiting.appendleft(seq)
+        if idle:
+            self.parked.append(seq)  # recomputed when its input changes (``wake``)
+        else:
+            self.waiting.appendleft(seq)
 
     # ------------------------------------------------------------ after forward
     def commit(self, out: SchedulerOutput) -> None:
@@ -196,6 +243,8 @@ class Scheduler:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
+        if seq in self.parked:
+            self.parked.remove(seq)
         self.kv.free(seq.seq_id)
         for child in seq.fork_children:
             self.finish(child, status)

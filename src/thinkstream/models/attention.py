@@ -7,9 +7,14 @@ Context index is the order of tokens in the sequence's cache, which is independe
 their RoPE positions (positions are explicit inputs of ``forward``).
 
 The metadata is built once per engine step (not per layer) by ``build_attention_metadata``.
-Sequences are split into groups that are padded together: all single-token queries
-(decodes) form one group, each longer chunk (prefill) forms its own, so padding never
-multiplies a prefill's cost.
+Sequences fall into groups, each computed its own way:
+
+- ``decode``: every single-token query, batched together; grouped-query matmuls over the
+  gathered context (no key/value head repetition);
+- ``fresh``: a chunk that starts at context 0 (a whole prompt): its keys are this step's
+  own, so nothing is gathered and causal SDPA runs directly;
+- ``chunk``: a chunk after cached context (chunked prefill, prefix-cache hit, streaming
+  input): gathered context with an explicit mask.
 
 For one sequence with ``n`` new tokens after ``k`` computed ones:
 
@@ -39,13 +44,13 @@ class SeqSlice:
 
 @dataclass
 class AttnGroup:
-    token_index: torch.Tensor  # (N,) packed indices of the valid queries, row-major over (B, Q)
-    valid: torch.Tensor  # (N,) flat indices into B*Q of those queries
-    batch: int
-    max_q: int
-    key_slots: torch.Tensor  # (B, L) cache slots to gather (padding points at slot 0)
-    mask: torch.Tensor  # (B, 1, Q, L) True = attend
+    kind: str  # "decode" | "fresh" | "chunk"
+    start: int  # first packed token of the group (fresh / chunk: one sequence, contiguous)
+    stop: int
+    key_slots: torch.Tensor | None  # (B, L) cache slots to gather (padding -> slot 0)
+    mask: torch.Tensor | None  # decode (B, 1, 1, L) / chunk (1, 1, Q, L); True = attend
     sliding_mask: torch.Tensor | None
+    rows: torch.Tensor | None = None  # decode: packed index of each sequence's query
 
 
 @dataclass
@@ -53,6 +58,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # (T,) slot of each new token
     groups: list[AttnGroup]
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (slots, kv_heads, head_dim)
+    sliding_window: int | None = None
 
 
 def allocate_kv_caches(
@@ -66,47 +72,27 @@ def allocate_kv_caches(
     ]
 
 
-def _slots(table: Sequence[int], start: int, stop: int, block_size: int) -> list[int]:
-    return [table[c // block_size] * block_size + c % block_size for c in range(start, stop)]
+def _context_slots(tables: list[Sequence[int]], length: int, block_size: int) -> torch.Tensor:
+    """(B, length) slots of context indices 0..length-1 (rows past a table's end -> 0)."""
+    width = max(len(t) for t in tables)
+    padded = torch.zeros(len(tables), max(width, 1), dtype=torch.long)
+    for b, t in enumerate(tables):
+        if t:
+            padded[b, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+    ctx = torch.arange(length)
+    blocks = padded[:, (ctx // block_size).clamp_max(padded.shape[1] - 1)]
+    return blocks * block_size + ctx % block_size
 
 
-def _build_group(
-    seqs: list[tuple[int, SeqSlice]], block_size: int, sliding_window: int | None,
-    device: torch.device | str,
-) -> AttnGroup:
-    batch = len(seqs)
-    max_q = max(s.num_new for _, s in seqs)
-    max_l = max(s.num_computed + s.num_new for _, s in seqs)
-    key_slots = torch.zeros(batch, max_l, dtype=torch.long)
-    key_ctx = torch.arange(max_l)
-    q_ctx = torch.full((batch, max_q), -1, dtype=torch.long)  # -1 marks padded queries
-    token_index: list[int] = []
-    valid: list[int] = []
-    for b, (offset, s) in enumerate(seqs):
-        length = s.num_computed + s.num_new
-        key_slots[b, :length] = torch.tensor(_slots(s.block_table, 0, length, block_size))
-        q_ctx[b, : s.num_new] = torch.arange(s.num_computed, length)
-        token_index.extend(range(offset, offset + s.num_new))
-        valid.extend(range(b * max_q, b * max_q + s.num_new))
-    qc = q_ctx[:, :, None]  # (B, Q, 1)
-    mask = key_ctx[None, None, :] <= qc  # (B, Q, L)
-    sliding = None
-    if sliding_window:
-        sliding = mask & (key_ctx[None, None, :] > qc - sliding_window)
-    # Padded query rows attend to key 0 so softmax stays finite; their outputs are dropped.
-    pad = (q_ctx < 0)[:, :, None] & (key_ctx == 0)[None, None, :]
-    mask = mask | pad
-    if sliding is not None:
-        sliding = (sliding | pad)[:, None].to(device)
-    return AttnGroup(
-        token_index=torch.tensor(token_index, dtype=torch.long, device=device),
-        valid=torch.tensor(valid, dtype=torch.long, device=device),
-        batch=batch,
-        max_q=max_q,
-        key_slots=key_slots.to(device),
-        mask=mask[:, None].to(device),
-        sliding_mask=sliding,
-    )
+def _masks(
+    q_ctx: torch.Tensor, length: int, window: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal (and sliding) masks (B, Q, L) for query context indices q_ctx (B, Q)."""
+    key_ctx = torch.arange(length)[None, None, :]
+    qc = q_ctx[:, :, None]
+    mask = key_ctx <= qc
+    sliding = mask & (key_ctx > qc - window) if window else None
+    return mask, sliding
 
 
 def build_attention_metadata(
@@ -117,25 +103,63 @@ def build_attention_metadata(
     device: torch.device | str = "cpu",
 ) -> AttentionMetadata:
     """Metadata for one step; the new tokens of ``seqs`` are packed in this order."""
-    slot_mapping: list[int] = []
-    decodes: list[tuple[int, SeqSlice]] = []
+    slot_chunks: list[torch.Tensor] = []
     groups: list[AttnGroup] = []
+    decode_rows: list[int] = []
+    decode_seqs: list[SeqSlice] = []
     offset = 0
     for s in seqs:
         if s.num_new < 1:
             raise ValueError("every scheduled sequence needs at least one new token")
-        slot_mapping.extend(_slots(s.block_table, s.num_computed, s.num_computed + s.num_new, block_size))
+        length = s.num_computed + s.num_new
+        slots = _context_slots([s.block_table], length, block_size)[0]
+        slot_chunks.append(slots[s.num_computed :])
         if s.num_new == 1:
-            decodes.append((offset, s))
+            decode_rows.append(offset)
+            decode_seqs.append(s)
+        elif s.num_computed == 0:
+            groups.append(_fresh_group(offset, s, sliding_window, device))
         else:
-            groups.append(_build_group([(offset, s)], block_size, sliding_window, device))
+            groups.append(_chunk_group(offset, s, slots, sliding_window, device))
         offset += s.num_new
-    if decodes:
-        groups.append(_build_group(decodes, block_size, sliding_window, device))
+    if decode_seqs:
+        groups.append(_decode_group(decode_rows, decode_seqs, block_size, sliding_window, device))
     return AttentionMetadata(
-        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
+        slot_mapping=torch.cat(slot_chunks).to(device),
         groups=groups,
         kv_caches=kv_caches,
+        sliding_window=sliding_window,
+    )
+
+
+def _fresh_group(offset: int, s: SeqSlice, window: int | None, device) -> AttnGroup:
+    sliding = None
+    if window and s.num_new > window:
+        _, sliding = _masks(torch.arange(s.num_new)[None], s.num_new, window)
+        sliding = sliding[:, None].to(device)
+    return AttnGroup("fresh", offset, offset + s.num_new, None, None, sliding)
+
+
+def _chunk_group(offset: int, s: SeqSlice, slots: torch.Tensor, window: int | None, device) -> AttnGroup:
+    length = s.num_computed + s.num_new
+    mask, sliding = _masks(torch.arange(s.num_computed, length)[None], length, window)
+    return AttnGroup(
+        "chunk", offset, offset + s.num_new, slots[None].to(device), mask[:, None].to(device),
+        None if sliding is None else sliding[:, None].to(device),
+    )
+
+
+def _decode_group(
+    rows: list[int], seqs: list[SeqSlice], block_size: int, window: int | None, device
+) -> AttnGroup:
+    lengths = torch.tensor([s.num_computed + 1 for s in seqs])
+    max_len = int(lengths.max())
+    key_slots = _context_slots([s.block_table for s in seqs], max_len, block_size)
+    mask, sliding = _masks((lengths - 1)[:, None], max_len, window)  # (B, 1, L)
+    return AttnGroup(
+        "decode", 0, 0, key_slots.to(device), mask[:, None].to(device),
+        None if sliding is None else sliding[:, None].to(device),
+        torch.tensor(rows, dtype=torch.long, device=device),
     )
 
 
@@ -153,18 +177,43 @@ def paged_attention(
     k_cache, v_cache = meta.kv_caches[layer]
     k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
     v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
-    num_tokens, num_heads, head_dim = q.shape
-    out = q.new_empty(num_tokens, num_heads, head_dim)
+    if len(meta.groups) == 1 and meta.groups[0].kind == "decode":
+        return _decode(q, k_cache, v_cache, meta.groups[0], scale, sliding)
+    out = torch.empty_like(q)
     for g in meta.groups:
+        if g.kind == "decode":
+            out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, scale, sliding)
+            continue
+        qg = q[g.start : g.stop].transpose(0, 1)[None]  # (1, H, Q, D)
         mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask
-        qg = q.new_zeros(g.batch * g.max_q, num_heads, head_dim)
-        qg[g.valid] = q[g.token_index]
-        qg = qg.view(g.batch, g.max_q, num_heads, head_dim).transpose(1, 2)  # (B, H, Q, D)
-        kg = k_cache[g.key_slots].transpose(1, 2)  # (B, KVH, L, D)
-        vg = v_cache[g.key_slots].transpose(1, 2)
+        if g.kind == "fresh":
+            kg = k[g.start : g.stop].transpose(0, 1)[None]  # (1, KVH, Q, D)
+            vg = v[g.start : g.stop].transpose(0, 1)[None]
+            causal = mask is None
+        else:
+            kg = k_cache[g.key_slots].transpose(1, 2).to(q.dtype)  # (1, KVH, L, D)
+            vg = v_cache[g.key_slots].transpose(1, 2).to(q.dtype)
+            causal = False
         og = F.scaled_dot_product_attention(
-            qg, kg.to(q.dtype), vg.to(q.dtype), attn_mask=mask, scale=scale, enable_gqa=True
-        )  # (B, H, Q, D)
-        og = og.transpose(1, 2).reshape(g.batch * g.max_q, num_heads, head_dim)
-        out[g.token_index] = og[g.valid]
+            qg, kg, vg, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
+        )  # (1, H, Q, D)
+        out[g.start : g.stop] = og[0].transpose(0, 1)
     return out
+
+
+def _decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: AttnGroup,
+    scale: float, sliding: bool,
+) -> torch.Tensor:
+    """One query per sequence, grouped-query attention as two batched matmuls:
+    q (B, H, D) -> (B, KVH, G, D); scores (B, KVH, G, L). Returns (B, H, D)."""
+    b, h, d = q.shape
+    kg = k_cache[g.key_slots].to(q.dtype)  # (B, L, KVH, D)
+    vg = v_cache[g.key_slots].to(q.dtype)
+    kvh = kg.shape[2]
+    qg = q.view(b, kvh, h // kvh, d)
+    scores = torch.matmul(qg, kg.permute(0, 2, 3, 1)) * scale  # (B, KVH, G, L)
+    mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask  # (B, 1, 1, L)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return torch.matmul(probs, vg.transpose(1, 2)).reshape(b, h, d)  # (B, KVH, G, D) -> (B, H, D)

@@ -60,9 +60,18 @@ async def parse_body(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         err = exc.errors(include_url=False, include_input=False)[0]
         param = _param_name(err["loc"])
-        raise APIError(400, f"{param or 'body'}: {err['msg']}", param, "invalid_type") from None
+        msg = _UNION_HINTS.get(param or "", err["msg"]) if err["type"] != "value_error" \
+            else err["msg"]
+        raise APIError(400, f"{param or 'body'}: {msg}", param, "invalid_type") from None
     except RecursionError:
         raise APIError(400, "the request body is nested too deeply", None, "invalid_body") from None
+
+
+_UNION_HINTS = {
+    "prompt": "must be a string, a list of strings, a list of token ids or a list of lists "
+              "of token ids",
+    "stop": "must be a string or a list of strings",
+}
 
 
 def _param_name(loc: tuple) -> str | None:

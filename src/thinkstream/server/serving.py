@@ -122,10 +122,11 @@ class Job:
             if self.timer is not None:
                 self.timer.done()
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Nothing here may await before the cleanup is done: under a cancelled anyio
+            # scope (a streaming response whose client left) every await raises again.
             self.release()
+            for t in tasks:
+                t.cancel()  # each pump's generator aborts its engine request
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

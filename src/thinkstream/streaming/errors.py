@@ -30,3 +30,12 @@ class SequenceGapError(SessionConflictError):
 
 class SessionClosedError(SessionConflictError):
     """Input sent to a session whose input is closed (answered, aborted or timed out)."""
+
+
+class SessionLimitError(SessionError):
+    """A session limit refused the request; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, param: str | None, code: str, status: int = 400) -> None:
+        super().__init__(message, param)
+        self.code = code
+        self.status = status

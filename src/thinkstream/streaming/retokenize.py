@@ -108,11 +108,11 @@ class TailTokenizer:
 
     def _anchor(self, limit: int) -> tuple[int, int]:
         """(k, char offset): keep ids[:k], re-encode from the end of token k-1 (<= limit)."""
-        if limit <= 0 or not self.ids or self._ends[0] == 0 and self._starts[0] == 0 and False:
+        if limit <= 0 or not self.ids:
             return 0, 0
         k = bisect_right(self._ends, limit)
         while k > 0 and k < len(self.ids) and self._ends[k - 1] > self._starts[k]:
             k -= 1  # tokens k-1 and k share a character: not a boundary
-        while k > 0 and self._ends[k - 1] == self._starts[k - 1] and self._ends[k - 1] == 0:
-            k -= 1  # zero-width tokens at the start carry no position
+        while k > 0 and self._ends[k - 1] <= 0:
+            k -= 1  # zero-width tokens at the very start: nothing to anchor on
         return (k, self._ends[k - 1]) if k else (0, 0)

@@ -1,0 +1,220 @@
+"""``SessionManager``: streaming-input sessions on an ``LLMEngine``.
+
+A session is an engine request opened with its input not closed. Each update (append,
+replace) is planned on the session's ``SessionInput`` (re-tokenizing a tail window), checked
+against the limits, then applied to the engine as one edit: roll the input back to the
+tokens that did not change (``truncate_input`` keeps their KV) and extend it with the new
+ones (``extend_input``). The scheduler prefills them in the same steps as everyone else's
+work, holding back the last token while the input is open. ``close`` reconciles the ids with
+the reference tokenization of the final input, closes the input and the request answers like
+any other; its outputs come from ``engine.step`` as usual.
+
+Life of a session::
+
+    open --append/replace--> open --close--> answering --(engine finishes)--> finished
+      \\__________________________ abort / idle timeout ________________________> aborted
+
+The manager is not thread-safe: call it from the thread that steps the engine (``AsyncLLM``
+runs it on its engine thread).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from thinkstream.engine import LLMEngine, RequestError
+from thinkstream.output import RequestState
+from thinkstream.sampling_params import SamplingParams
+from thinkstream.streaming.errors import SessionClosedError, SessionLimitError, SessionNotFoundError
+from thinkstream.streaming.state import Data, Plan, SessionInput
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str
+    state: str  # "open" | "answering" | "finished" | "aborted"
+    reason: str | None  # finish reason once finished, abort reason once aborted
+    mode: str  # "text" | "chat" | "tokens"
+    next_seq: int
+    tokens_received: int  # input tokens the session holds now
+    tokens_computed: int  # of which the KV is in the cache
+    num_preemptions: int
+    created: float
+    last_activity: float
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    session_id: str
+    seq: int  # the number this update had (or repeated)
+    duplicate: bool  # a repeated number: acknowledged, nothing changed
+    next_seq: int
+    tokens_received: int
+    tokens_kept: int  # tokens (and KV) the update left untouched
+    tokens_added: int
+
+
+@dataclass
+class _Session:
+    sid: str
+    input: SessionInput
+    state: RequestState
+    created: float
+    last_activity: float
+    aborted: str | None = None
+
+
+class SessionManager:
+    def __init__(self, engine: LLMEngine, window: int = 32, max_input_tokens: int | None = None,
+                 remember: int = 4096) -> None:
+        self.engine = engine
+        self.window = window
+        self.max_input_tokens = min(max_input_tokens or engine.max_model_len, engine.max_model_len - 1)
+        self._open: dict[str, _Session] = {}
+        self._ended: OrderedDict[str, _Session] = OrderedDict()  # closed or aborted, newest last
+        self._remember = remember
+        self._ids = itertools.count()
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def num_open(self) -> int:
+        return len(self._open)
+
+    def _get(self, sid: str) -> _Session:
+        s = self._open.get(sid) or self._ended.get(sid)
+        if s is None:
+            raise SessionNotFoundError(f"session {sid!r} not found", "session_id")
+        return s
+
+    def _get_open(self, sid: str) -> _Session:
+        s = self._get(sid)
+        if s.aborted is not None or s.input.closed:
+            why = s.aborted or "input closed"
+            raise SessionClosedError(f"session {sid!r} is closed ({why}); expected seq was "
+                                     f"{s.input.next_seq}", s.input.next_seq)
+        return s
+
+    def info(self, sid: str) -> SessionInfo:
+        s = self._get(sid)
+        seq = s.state.seqs[0]
+        if s.aborted is not None:
+            state, reason = "aborted", s.aborted
+        elif not s.input.closed:
+            state, reason = "open", None
+        elif s.state.finished:
+            state, reason = "finished", seq.status.finish_reason
+        else:
+            state, reason = "answering", None
+        return SessionInfo(sid, state, reason, s.input.mode, s.input.next_seq,
+                           seq.num_prompt_tokens, min(seq.num_computed_tokens, seq.num_prompt_tokens),
+                           seq.num_preemptions, s.created, s.last_activity)
+
+    def idle(self, timeout_s: float, now: float | None = None) -> list[str]:
+        """Open sessions without activity for ``timeout_s`` seconds."""
+        now = time.monotonic() if now is None else now
+        return [sid for sid, s in self._open.items() if now - s.last_activity >= timeout_s]
+
+    # ----------------------------------------------------------------- updates
+    def open(self, session_id: str | None = None, prompt: str | Sequence[int] | None = None,
+             messages: Sequence[dict] | None = None, params: SamplingParams | None = None,
+             salt: object = None) -> SessionInfo:
+        sid = session_id or f"sess-{next(self._ids)}"
+        if sid in self._open or sid in self._ended or sid in self.engine.requests:
+            raise RequestError("session_id", f"session_id: {sid!r} is already in use")
+        inp = SessionInput.open(self.engine.tokenizer, prompt, messages, self.window)
+        self._check_size(len(inp.ids))
+        state = self.engine.make_request(sid, inp.ids, params, input_closed=False, salt=salt)
+        state.prompt = inp.content if inp.mode != "tokens" else None
+        self.engine.add(state)
+        now = time.monotonic()
+        self._open[sid] = _Session(sid, inp, state, now, now)
+        return self.info(sid)
+
+    def append(self, sid: str, data: Data, seq: int | None = None) -> UpdateResult:
+        s = self._get_open(sid)
+        return self._apply(s, s.input.plan_append(data, seq), seq)
+
+    def replace(self, sid: str, data: str | Sequence[int], seq: int | None = None) -> UpdateResult:
+        """Update mode: ``data`` becomes the whole input (the content, for a chat session)."""
+        s = self._get_open(sid)
+        return self._apply(s, s.input.plan_replace(data, seq), seq)
+
+    def close(self, sid: str, seq: int | None = None) -> SessionInfo:
+        """End the input; the request starts answering (outputs come from ``engine.step``).
+        ``seq``, if given, must be the next expected number: a close never overtakes a chunk."""
+        s = self._get_open(sid)
+        if seq is not None and seq != s.input.next_seq:
+            s.input.check_seq(seq)  # raises on a gap
+            raise SessionClosedError(f"close numbered {seq} but the session expects seq "
+                                     f"{s.input.next_seq}", s.input.next_seq)
+        plan = s.input.plan_close()
+        if not plan.ids:
+            raise SessionLimitError("input: empty at close", "input", "empty_input")
+        params = s.state.seqs[0].params
+        self._check_size(plan.num_tokens, params.max_tokens)
+        self._edit(s, plan)
+        if plan.text is not None:
+            s.state.prompt = plan.text
+        self.engine.close_input(sid)
+        s.input.commit(plan, close=True)
+        s.last_activity = time.monotonic()
+        self._end(s)
+        return self.info(sid)
+
+    def abort(self, sid: str, reason: str = "abort") -> bool:
+        """Abort an open or answering session and free its blocks; False if already over."""
+        s = self._open.get(sid) or self._ended.get(sid)
+        if s is None or s.aborted is not None or s.state.finished:
+            return False
+        self.engine.abort(sid)
+        s.aborted = reason
+        self._end(s)
+        return True
+
+    # ---------------------------------------------------------------- internals
+    def _apply(self, s: _Session, plan: Plan, seq: int | None) -> UpdateResult:
+        number = s.input.next_seq if seq is None else seq
+        if not plan.duplicate:
+            vocab = self.engine.model_config.vocab_size
+            if any(not 0 <= t < vocab for t in plan.edit.add):
+                raise RequestError("input", f"input: token id outside the vocabulary (0..{vocab - 1})")
+            self._check_size(plan.num_tokens)
+            self._edit(s, plan)
+            s.input.commit(plan)
+            s.state.prompt = s.input.content if s.input.mode != "tokens" else None
+            s.last_activity = time.monotonic()
+        return UpdateResult(s.sid, number, plan.duplicate, s.input.next_seq, plan.num_tokens,
+                            plan.edit.keep, len(plan.edit.add))
+
+    def _edit(self, s: _Session, plan: Plan) -> None:
+        have = s.state.seqs[0].num_tokens
+        if plan.edit.keep < have:
+            self.engine.truncate_input(s.sid, plan.edit.keep)
+        if plan.edit.add:
+            self.engine.extend_input(s.sid, plan.edit.add)
+
+    def _check_size(self, num_tokens: int, max_tokens: int | None = 0) -> None:
+        if num_tokens > self.max_input_tokens:
+            raise SessionLimitError(
+                f"input: {num_tokens} tokens exceed the session limit of {self.max_input_tokens}",
+                "input", "session_tokens_exceeded", 413)
+        kv = self.engine.kv
+        blocks = -(-(num_tokens + (max_tokens or 0) + 1) // kv.block_size)
+        if blocks > kv.num_blocks:
+            raise SessionLimitError(
+                f"input: {num_tokens} tokens (+ max_tokens) need {blocks} KV blocks but the cache "
+                f"has {kv.num_blocks}", "input", "session_tokens_exceeded", 413)
+
+    def _end(self, s: _Session) -> None:
+        self._open.pop(s.sid, None)
+        self._ended[s.sid] = s
+        self._ended.move_to_end(s.sid)
+        while len(self._ended) > self._remember:
+            self._ended.popitem(last=False)
+
+
+__all__ = ["SessionInfo", "SessionManager", "UpdateResult"]

@@ -1,0 +1,220 @@
+"""What a session has received, and the token ids the engine must hold for it.
+
+A session's input is text (or token ids) that grows by ``append`` or is swapped by
+``replace``; each update carries a sequence number. The ids the engine computes are::
+
+    plain text:  | lead (BOS, if the tokenizer adds one) | encode(text)                      |
+    chat:        | encode(template prefix + content) ...                | suffix, at close |
+    token ids:   | the ids as sent                                                          |
+
+where the chat template is rendered once with a marker as the new user message's content:
+the text before the marker is the prefix (system prompt, history, ``<|im_start|>user\\n``),
+the text after it the suffix (``<|im_end|>\\n<|im_start|>assistant\\n``), which only exists
+once the input is complete. Every update is planned first (nothing changes, so a limit can
+refuse it), then committed; a plan carries the ``Edit`` the engine applies: keep the first
+``keep`` ids (and their KV), then append ``add``. At close the ids are compared once with
+the reference tokenization of the final input (``encode(text)``, or ``apply_chat_template``
+for chat) and the edit reconciles any difference: the final ids are exact by construction.
+
+Bytes may be sent too (a WebSocket binary frame): an unfinished UTF-8 character is held
+back until its remaining bytes arrive. Pure Python; no torch.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from thinkstream.streaming.errors import SequenceGapError, SessionClosedError, SessionError
+from thinkstream.streaming.retokenize import Retokenized, TailTokenizer, common_prefix_len, offsets_encoder
+
+_MARK = "\u2063thinkstream-content\u2063"  # invisible separator: survives templates untouched
+Data = str | bytes | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Keep the first ``keep`` tokens of the input (their KV too), then append ``add``."""
+
+    keep: int
+    add: list[int]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An update computed but not applied: the resulting ids and the edit that gets there."""
+
+    ids: list[int]
+    edit: Edit
+    text: str | None = None
+    pending: bytes = b""
+    retok: Retokenized | None = None
+    duplicate: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+
+def _as_text(data: Data, pending: bytes) -> tuple[str, bytes]:
+    """Decode ``pending + data`` as far as whole UTF-8 characters go."""
+    if isinstance(data, str):
+        if pending:
+            raise SessionError("input: text sent after bytes that end inside a UTF-8 character",
+                               "input")
+        return data, b""
+    buf = pending + bytes(data)
+    try:
+        text, used = codecs.utf_8_decode(buf, "strict", False)
+    except UnicodeDecodeError as err:
+        raise SessionError(f"input: invalid UTF-8 ({err.reason})", "input") from None
+    return text, buf[used:]
+
+
+@dataclass
+class SessionInput:
+    """The input of one session (see the module docstring). ``next_seq`` numbers updates."""
+
+    tokenizer: object
+    mode: str  # "text" | "chat" | "tokens"
+    messages: list[dict] | None = None
+    window: int = 32
+    next_seq: int = 0
+    closed: bool = False
+    lead: list[int] = field(default_factory=list)
+    prefix: str = ""
+    suffix: str = ""
+    token_ids: list[int] = field(default_factory=list)  # tokens mode: the ids themselves
+    pending: bytes = b""
+    _tail: TailTokenizer | None = None
+
+    @classmethod
+    def open(cls, tokenizer, prompt: str | Sequence[int] | None = None,
+             messages: Sequence[dict] | None = None, window: int = 32) -> SessionInput:
+        if messages is not None:
+            if prompt is not None and not isinstance(prompt, str):
+                raise SessionError("prompt: a chat session streams text", "prompt")
+            s = cls(tokenizer, "chat", [dict(m) for m in messages], window)
+            s.prefix, s.suffix = s._split_template()
+        elif prompt is None or isinstance(prompt, str):
+            s = cls(tokenizer, "text", None, window)
+            s.lead = list(tokenizer.encode("", add_special_tokens=True))
+        else:
+            s = cls(tokenizer, "tokens", None, window)
+        encode, longest = offsets_encoder(tokenizer)
+        s._tail = TailTokenizer(encode, max(window, longest + 8))
+        if s.mode == "tokens":
+            s.token_ids = [int(t) for t in prompt]  # type: ignore[union-attr]
+        else:
+            s._tail.apply(s._tail.plan(s.prefix + (prompt or "")))
+        return s
+
+    def _split_template(self) -> tuple[str, str]:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [*self.messages, {"role": "user", "content": _MARK}],
+                add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
+            raise SessionError(f"messages: the chat template rejected them ({type(exc).__name__})",
+                               "messages") from None
+        if text.count(_MARK) != 1:
+            raise SessionError("messages: this chat template does not place the content "
+                               "verbatim, so it cannot be streamed", "messages")
+        prefix, suffix = text.split(_MARK)
+        return prefix, suffix
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def content(self) -> str:
+        """The streamed text so far (without the template around it)."""
+        return "" if self._tail is None else self._tail.text[len(self.prefix):]
+
+    @property
+    def ids(self) -> list[int]:
+        """The ids the engine holds while the input is open."""
+        if self.mode == "tokens":
+            return list(self.token_ids)
+        return self.lead + self._tail.ids  # type: ignore[union-attr]
+
+    # ---------------------------------------------------------------- updates
+    def check_seq(self, seq: int | None) -> bool:
+        """True to apply an update numbered ``seq`` (None: the next one); False for a repeat
+        (acknowledged, not applied). Raises on a closed session or a gap."""
+        if self.closed:
+            raise SessionClosedError(f"the session's input is closed; expected seq was "
+                                     f"{self.next_seq}", self.next_seq)
+        if seq is None or seq == self.next_seq:
+            return True
+        if seq < 0:
+            raise SessionError("seq: must be >= 0", "seq")
+        if seq < self.next_seq:
+            return False
+        raise SequenceGapError(f"seq {seq} skips ahead: the session expects seq {self.next_seq}",
+                               self.next_seq)
+
+    def plan_append(self, data: Data, seq: int | None = None) -> Plan:
+        if not self.check_seq(seq):
+            return Plan(self.ids, Edit(len(self.ids), []), duplicate=True)
+        if self.mode == "tokens":
+            if isinstance(data, str | bytes):
+                raise SessionError("input: this session was opened with token ids; send token ids",
+                                   "input")
+            add = [int(t) for t in data]
+            return Plan(self.ids + add, Edit(len(self.ids), add))
+        if not isinstance(data, str | bytes | bytearray):
+            raise SessionError("input: this session streams text; send text", "input")
+        text, pending = _as_text(data, self.pending)
+        return self._plan_text(self._tail.text + text, pending)  # type: ignore[union-attr]
+
+    def plan_replace(self, data: str | Sequence[int], seq: int | None = None) -> Plan:
+        """Update mode: ``data`` is the whole new input (content, for chat)."""
+        if not self.check_seq(seq):
+            return Plan(self.ids, Edit(len(self.ids), []), duplicate=True)
+        if self.mode == "tokens":
+            if isinstance(data, str | bytes):
+                raise SessionError("input: this session was opened with token ids; send token ids",
+                                   "input")
+            ids = [int(t) for t in data]
+            keep = common_prefix_len(self.token_ids, ids)
+            return Plan(ids, Edit(keep, ids[keep:]))
+        if not isinstance(data, str):
+            raise SessionError("input: this session streams text; send text", "input")
+        return self._plan_text(self.prefix + data, b"")
+
+    def _plan_text(self, full: str, pending: bytes) -> Plan:
+        retok = self._tail.plan(full)  # type: ignore[union-attr]
+        ids = self.lead + retok.ids
+        keep = len(self.lead) + retok.keep
+        return Plan(ids, Edit(keep, ids[keep:]), full[len(self.prefix):], pending, retok)
+
+    def plan_close(self) -> Plan:
+        """The exact final ids (reference tokenization of the whole input) and the edit to them."""
+        if self.closed:
+            raise SessionClosedError("the session's input is already closed", self.next_seq)
+        if self.pending:
+            raise SessionError("input: ends inside a UTF-8 character", "input")
+        old = self.ids
+        if self.mode == "tokens":
+            final = old
+        elif self.mode == "text":
+            final = list(self.tokenizer.encode(self.content, add_special_tokens=True))
+        else:
+            messages = [*self.messages, {"role": "user", "content": self.content}]
+            final = list(self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True))
+        keep = common_prefix_len(old, final)
+        return Plan(final, Edit(keep, final[keep:]), self.content if self.mode != "tokens" else None)
+
+    def commit(self, plan: Plan, *, close: bool = False) -> None:
+        if plan.duplicate:
+            return
+        if close:
+            self.closed = True
+            return
+        self.next_seq += 1
+        if self.mode == "tokens":
+            self.token_ids = list(plan.ids)
+        else:
+            self._tail.apply(plan.retok)  # type: ignore[union-attr, arg-type]
+            self.pending = plan.pending
