@@ -100,6 +100,9 @@ class EngineConfig:
     """
 
     dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
+    # Weight-only quantization of the linear layers: None, "int8" or "int4" (activations
+    # stay in ``dtype``; int kernels run in bfloat16 on CPU).
+    quantization: str | None = None
     device: str = "cpu"
     block_size: int = 16
     num_blocks: int | None = None
@@ -115,6 +118,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"quantization must be int8, int4 or None, got {self.quantization!r}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a positive power of two")
         if self.num_blocks is not None and self.num_blocks < 1:

@@ -41,6 +41,7 @@ class LLM:
                               kv_cache_memory=kv_cache_memory, **engine_options)
         self.engine = LLMEngine(model, config, checkpoint=checkpoint)
         self.tokenizer = self.engine.tokenizer
+        self._sessions: SessionManager | None = None
 
     def generate(
         self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | None = None,
@@ -102,8 +103,6 @@ class LLM:
             self._sessions = SessionManager(self.engine)
         info = self._sessions.open(session_id, prompt, messages, sampling_params)
         return Session(self, info.session_id)
-
-    _sessions: SessionManager | None = None
 
     def _prefill(self, rid: str) -> None:
         """Step until the request has nothing left to compute (or is parked / finished)."""

@@ -27,7 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from thinkstream.streaming.errors import SequenceGapError, SessionClosedError, SessionError
-from thinkstream.streaming.retokenize import Retokenized, TailTokenizer, common_prefix_len, offsets_encoder
+from thinkstream.streaming.retokenize import (
+    Retokenized,
+    TailTokenizer,
+    common_prefix_len,
+    offsets_encoder,
+)
 
 _MARK = "\u2063thinkstream-content\u2063"  # invisible separator: survives templates untouched
 Data = str | bytes | Sequence[int]
