@@ -49,7 +49,7 @@ class LLMEngine:
         self.tokenizer = ckpt.tokenizer
         dtype = DTYPES[cfg.dtype]
         self.device = torch.device(cfg.device)
-        self.model = build_model(mcfg, ckpt.tensors, dtype, self.device)
+        self.model = build_model(mcfg, ckpt.tensors, dtype, self.device, cfg.quantization)
         self.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
                                  mcfg.max_position_embeddings)
         num_blocks = cfg.num_blocks or max(

@@ -18,9 +18,8 @@ class LlamaForCausalLM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(
-            cfg.hidden_size, cfg.vocab_size, bias=False
-        )
+        # With tied embeddings the loader points lm_head.weight at embed.weight.
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.inv_freq = torch.empty(0)  # set by init_rope once the model leaves the meta device
 
     def init_rope(self, device: torch.device | str) -> None:
@@ -49,8 +48,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> float32 logits (N, vocab)."""
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = (hidden @ weight.t()).float()
+        logits = self.lm_head(hidden).float()
         cap = self.cfg.final_logit_softcap
         if cap:
             logits = torch.tanh(logits / cap) * cap

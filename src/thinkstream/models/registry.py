@@ -8,6 +8,7 @@ from thinkstream.config import ModelConfig
 from thinkstream.models.gemma3 import Gemma3ForCausalLM
 from thinkstream.models.layers import fuse_canonical
 from thinkstream.models.llama import LlamaForCausalLM
+from thinkstream.models.quant import quantize_linears
 
 MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {
     "llama": LlamaForCausalLM,
@@ -22,6 +23,7 @@ def build_model(
     tensors: dict[str, torch.Tensor],
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    quantization: str | None = None,
 ) -> LlamaForCausalLM:
     """Construct on the meta device, then take the (fused, cast) weights by assignment."""
     cls = MODEL_CLASSES.get(cfg.architecture)
@@ -32,8 +34,12 @@ def build_model(
     state = {
         k: v.to(device=device, dtype=dtype) for k, v in fuse_canonical(tensors, cfg).items()
     }
+    if cfg.tie_word_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.init_rope(device)
+    if quantization is not None:
+        quantize_linears(model, quantization)
     return model.eval()
