@@ -22,6 +22,7 @@ from typing import Any
 from thinkstream.engine import LLMEngine
 from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
+from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
 
 
 class EngineDeadError(RuntimeError):
@@ -47,6 +48,7 @@ class EngineStats:
 class AsyncLLM:
     def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.05) -> None:
         self.engine = engine
+        self.sessions = SessionManager(engine)  # touched on the engine thread only
         self.stats = EngineStats(kv_blocks_total=engine.kv.num_blocks)
         self.dead: BaseException | None = None
         self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
@@ -128,6 +130,71 @@ class AsyncLLM:
             except TimeoutError:
                 self._check_alive()
 
+    # ---------------------------------------------------------- streaming input
+    # Sessions (``streaming.sessions``) live on the engine thread; every operation is one
+    # command, so chunks are applied between steps in the order they were sent.
+    async def open_session(self, prompt: str | Sequence[int] | None = None,
+                           messages: Sequence[dict] | None = None,
+                           params: SamplingParams | None = None,
+                           session_id: str | None = None) -> SessionInfo:
+        return await self.call(lambda _: self.sessions.open(session_id, prompt, messages, params))
+
+    async def append_session(self, session_id: str, data: str | bytes | Sequence[int],
+                             seq: int | None = None) -> UpdateResult:
+        return await self.call(lambda _: self.sessions.append(session_id, data, seq))
+
+    async def replace_session(self, session_id: str, data: str | Sequence[int],
+                              seq: int | None = None) -> UpdateResult:
+        return await self.call(lambda _: self.sessions.replace(session_id, data, seq))
+
+    async def close_session(self, session_id: str,
+                            seq: int | None = None) -> AsyncIterator[RequestOutput]:
+        """End a session's input; returns the answer's stream (raises before streaming if
+        the close is refused). Leaving the stream early aborts the session."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        self._streams[session_id] = (loop, q)
+        try:
+            await self.call(lambda _: self.sessions.close(session_id, seq))
+        except BaseException:
+            self._streams.pop(session_id, None)
+            raise
+        return self._session_stream(session_id, q)
+
+    async def _session_stream(self, session_id: str, q: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(session_id, None)
+            if not finished:
+                self._commands.put(lambda: self._abort_session_now(session_id, "abort"))
+
+    async def abort_session(self, session_id: str, reason: str = "abort") -> bool:
+        """Abort an open or answering session, freeing its blocks; False if already over."""
+        return await self.call(lambda _: self._abort_session_now(session_id, reason))
+
+    async def session_info(self, session_id: str) -> SessionInfo:
+        return await self.call(lambda _: self.sessions.info(session_id))
+
+    async def idle_sessions(self, timeout_s: float) -> list[str]:
+        return await self.call(lambda _: self.sessions.idle(timeout_s))
+
+    def _abort_session_now(self, session_id: str, reason: str) -> bool:
+        state = self.engine.requests.get(session_id)
+        if not self.sessions.abort(session_id, reason):
+            return False
+        if state is not None:
+            self._deliver(session_id, state.make_output())
+        return True
+
     def shutdown(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._commands.put(lambda: None)
@@ -168,7 +235,7 @@ class AsyncLLM:
         engine = self.engine
         try:
             while not self._stop.is_set():
-                self._drain_commands(block=not engine.has_unfinished_requests())
+                self._drain_commands(block=not engine.scheduler.has_work())
                 if not engine.has_unfinished_requests():
                     self._update_stats()
                     continue

@@ -187,10 +187,8 @@ class Session:
 
     def complete(self) -> RequestOutput:
         """End the input and return the final output."""
-        out = None
-        for out in self.close():
-            pass
-        return out  # type: ignore[return-value]
+        *_, last = self.close()
+        return last
 
     def abort(self) -> bool:
         return self.llm._sessions.abort(self.id)  # type: ignore[union-attr]

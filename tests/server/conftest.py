@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -51,6 +52,15 @@ class Live:
         assert self.state.admission.in_flight == 0
         self.engine.check_integrity()
         assert self.engine.kv.num_free_blocks == self.engine.kv.num_blocks
+
+
+def final_output(llm: AsyncLLM, prompt, params):
+    """The last output of one request run through ``llm`` (from a test thread)."""
+    async def run():
+        outputs = [out async for out in llm.generate(prompt, params)]
+        return outputs[-1]
+
+    return asyncio.run(run())
 
 
 def tiny_llm(**engine_overrides) -> AsyncLLM:

@@ -31,11 +31,14 @@ from thinkstream.server.limits import Admission, BodyLimitMiddleware
 from thinkstream.server.metrics import CONTENT_TYPE, ServerMetrics
 from thinkstream.server.openai_routes import router as openai_router
 from thinkstream.server.serving import ServerState
+from thinkstream.server.session_hub import SessionLimits
+from thinkstream.server.session_routes import session_router
 
 log = logging.getLogger("thinkstream.server")
 
 
-def create_app(llm: AsyncLLM, config: ServerConfig | None = None) -> FastAPI:
+def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
+               session_limits: SessionLimits | None = None) -> FastAPI:
     config = config or ServerConfig()
     app = FastAPI(title="thinkstream", version="0.1.0",
                   description="OpenAI-compatible inference server")
@@ -44,6 +47,7 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None) -> FastAPI:
                                    Admission(capacity))
     install_handlers(app)
     app.include_router(openai_router)
+    app.include_router(session_router(session_limits))
 
     @app.get("/health", responses={503: {"model": P.ErrorResponse}})
     async def health() -> Response:

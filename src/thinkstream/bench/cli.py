@@ -1,0 +1,128 @@
+"""``thinkstream bench {prefill,decode,throughput,all,profile}``.
+
+Example (the full run of docs/benchmarks.md)::
+
+    thinkstream bench all --dtype bfloat16 --json benchmarks/results/smollm2.json \\
+        --plot benchmarks/results/smollm2.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+KINDS = {"prefill": ("prefill",), "decode": ("decode",), "throughput": ("throughput",),
+         "all": ("prefill", "decode", "throughput")}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="GGUF file, HF directory, 'smollm2-135m' (default) or 'gemma3-270m'")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                   help="thinkstream's dtype (and HF's, unless --hf-dtype)")
+    p.add_argument("--quantization", default=None, choices=["int8", "int4"],
+                   help="thinkstream's weight-only quantization")
+    p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="most sequences in flight, for every peer (default 32)")
+    p.add_argument("--kv-cache-mb", type=int, default=1024, help="thinkstream's KV cache")
+    p.add_argument("--threads", type=int, default=None, help="default: the cores available")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+
+
+def register(subparsers: argparse._SubParsersAction, name: str) -> None:
+    bench = subparsers.add_parser(name, help="benchmark thinkstream against HF and llama.cpp")
+    sub = bench.add_subparsers(dest="bench_command", required=True)
+    for kind in KINDS:
+        p = sub.add_parser(kind, help=f"{kind} workloads" if kind != "all" else "every workload")
+        _common(p)
+        p.add_argument("--peers", default="thinkstream,hf,llamacpp",
+                       help="comma-separated subset of thinkstream,hf,llamacpp")
+        p.add_argument("--reps", type=int, default=3)
+        p.add_argument("--json", default=None, help="write the report here")
+        p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")
+        p.add_argument("--in-process", action="store_true",
+                       help="no worker processes (peak memory is then the whole process's)")
+        p.set_defaults(fn=run, kinds=KINDS[kind])
+    p = sub.add_parser("profile", help="where thinkstream's decode step time goes")
+    _common(p)
+    p.add_argument("--batch", type=int, action="append", default=None,
+                   help="batch size(s) to profile (default 1 and 32)")
+    p.add_argument("--steps", type=int, default=32)
+    p.set_defaults(fn=run_profile)
+
+
+def _model_paths(model: str | None) -> tuple[str | None, Path | None]:
+    from thinkstream.loading import resolve_model_path
+
+    path = resolve_model_path(model)
+    return model, path if path.suffix == ".gguf" else None
+
+
+def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
+    from thinkstream.bench.runner import PeerSpec
+
+    model, gguf = (None, None) if checkpoint is not None else _model_paths(args.model)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    options = {
+        "thinkstream": {"dtype": args.dtype, "quantization": args.quantization,
+                        "max_batch": args.max_batch, "kv_cache_mb": args.kv_cache_mb,
+                        "threads": threads},
+        "hf": {"dtype": args.hf_dtype or args.dtype, "max_batch": args.max_batch,
+               "threads": threads},
+        "llamacpp": {"max_batch": args.max_batch, "threads": threads},
+    }
+    names = [n.strip() for n in args.peers.split(",") if n.strip()]
+    for n in names:
+        if n not in options:
+            raise ValueError(f"--peers: unknown peer {n!r}; choose from thinkstream, hf, llamacpp")
+    return [PeerSpec(n, model, gguf, options[n], checkpoint if n == "thinkstream" else None)
+            for n in names]
+
+
+def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
+    """Run the workloads, print the table, write ``--json`` / ``--plot``. ``checkpoint``
+    (an already loaded model, for tests) forces ``--in-process``."""
+    from dataclasses import asdict
+
+    from thinkstream.bench import report as rep
+    from thinkstream.bench.runner import run_bench
+    from thinkstream.bench.workloads import Sizes
+
+    if args.reps < 1:
+        raise ValueError("--reps must be >= 1")
+    sizes = Sizes.quick() if args.quick else Sizes()
+    specs = _specs(args, checkpoint)
+    raw = run_bench(specs, args.kinds, sizes, args.reps, args.seed,
+                    in_process=args.in_process or checkpoint is not None)
+    meta = {"command": "thinkstream " + " ".join(sys.argv[1:]) if checkpoint is None else "test",
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "model": str(specs[0].gguf or specs[0].model or "<checkpoint>"),
+            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                        "python": platform.python_version()},
+            "reps": args.reps, "quick": args.quick, "sizes": asdict(sizes)}
+    report = rep.build_report(raw, meta)
+    print(rep.table(report))
+    if args.json:
+        rep.write_json(report, args.json)
+    if args.plot:
+        rep.plot(report, args.plot)
+    return 0
+
+
+def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
+    from thinkstream.bench.profile import format_profile, profile_decode
+
+    batches = args.batch or [1, 32]
+    for batch in batches:
+        result = profile_decode(args.model, batch, args.steps, dtype=args.dtype,
+                                quantization=args.quantization, threads=args.threads,
+                                checkpoint=checkpoint)
+        print(format_profile(result))
+    return 0

@@ -1,0 +1,175 @@
+"""llama.cpp through llama-cpp-python's low-level batch API (the ``[bench]`` extra).
+
+Continuous batching over ``max_batch`` sequence slots, like llama-server: every
+``llama_decode`` carries one token of each decoding slot plus prompt chunks of the
+slots still prefilling, up to ``n_batch`` tokens; greedy argmax on the returned logits.
+A prefix common to all requests (the shared-prefix mix) is evaluated once into sequence 0
+and shared with ``llama_memory_seq_cp`` (llama-server's prompt cache does the same); that
+needs the unified KV cache, every other workload uses per-sequence caches
+(``kv_unified=False``), whose outputs do not depend on the batch.
+
+Two settings are forced (see /work/shared/MEASURED.md): ``use_extra_bufts=False`` (the
+AMX repacking path segfaults on this CPU for any evaluation of 2+ tokens, llama.cpp
+issue #20824) and the thread count of the other peers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thinkstream.bench.peers import Timing
+from thinkstream.bench.workloads import Request
+
+N_BATCH = 512
+
+
+@dataclass
+class _Slot:
+    pending: list[int]  # prompt tokens not yet evaluated
+    pos: int  # position of the next token
+    remaining: int  # tokens still to generate
+    last: int = -1  # last generated token (fed back while decoding)
+    started: bool = False
+    outputs: list[int] = field(default_factory=list)
+
+
+def common_prefix_len(requests: list[Request]) -> int:
+    """Length of the longest token prefix every request's prompt starts with."""
+    first = requests[0].prompt
+    n = len(first)
+    for r in requests[1:]:
+        limit, n = min(n, len(r.prompt)), 0
+        while n < limit and r.prompt[n] == first[n]:
+            n += 1
+    return n
+
+
+class LlamaCppPeer:
+    name = "llamacpp"
+
+    def __init__(self, gguf_path: Path, max_batch: int = 32, threads: int | None = None) -> None:
+        import llama_cpp as lc
+
+        self.lc = lc
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self.max_batch = max_batch
+        self._quiet = lc.llama_log_callback(lambda level, text, user: None)
+        lc.llama_log_set(self._quiet, ctypes.c_void_p())
+        lc.llama_backend_init()
+        params = lc.llama_model_default_params()
+        params.use_extra_bufts = False  # AMX repacking segfaults here (llama.cpp #20824)
+        self.model = lc.llama_model_load_from_file(str(gguf_path).encode(), params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {gguf_path}")
+        self.vocab_size = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
+        self._ctx: tuple[tuple[int, int, bool], Any] | None = None
+        self._settings = {"llama_cpp_python": lc.__version__, "threads": self.threads,
+                          "use_extra_bufts": False, "n_batch": N_BATCH,
+                          "batching": f"continuous, {max_batch} sequence slots",
+                          "kv_unified": "only for the shared-prefix mix"}
+
+    def settings(self) -> dict[str, Any]:
+        return self._settings
+
+    def _context(self, n_seq: int, n_ctx: int, unified: bool):
+        key = (n_seq, n_ctx, unified)
+        if self._ctx is not None and self._ctx[0] == key:
+            return self._ctx[1]
+        if self._ctx is not None:
+            self.lc.llama_free(self._ctx[1])
+        p = self.lc.llama_context_default_params()
+        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, N_BATCH, N_BATCH, n_seq
+        p.n_threads = p.n_threads_batch = self.threads
+        p.kv_unified, p.no_perf = unified, True
+        ctx = self.lc.llama_init_from_model(self.model, p)
+        if not ctx:
+            raise RuntimeError("llama.cpp could not create a context")
+        self._ctx = (key, ctx)
+        return ctx
+
+    def generate(self, requests: list[Request]) -> Timing:
+        lc = self.lc
+        shared = common_prefix_len(requests) if len(requests) > 1 else 0
+        shared = shared if shared >= 64 else 0
+        n_seq = min(self.max_batch, len(requests)) + (1 if shared else 0)
+        longest = max(len(r.prompt) - shared + r.max_tokens for r in requests)
+        if shared:
+            n_ctx = shared + n_seq * longest
+        else:
+            n_ctx = n_seq * (-(-longest // 256) * 256)
+        ctx = self._context(n_seq, -(-n_ctx // 256) * 256, unified=bool(shared))
+        mem = lc.llama_get_memory(ctx)
+        lc.llama_memory_clear(mem, True)
+        batch = lc.llama_batch_init(N_BATCH, 0, 1)
+        try:
+            return self._run(ctx, mem, batch, requests, shared)
+        finally:
+            lc.llama_batch_free(batch)
+
+    def _run(self, ctx, mem, batch, requests: list[Request], shared: int) -> Timing:
+        lc = self.lc
+        t0 = time.perf_counter()
+        if shared:  # the common prefix once, into sequence 0
+            prefix = _Slot(list(requests[0].prompt[:shared]), 0, 0)
+            while prefix.pending:
+                self._decode(ctx, batch, {0: prefix}, want_logits=False)
+        queue = deque(requests)
+        free = list(range(self.max_batch, 0, -1) if shared else range(self.max_batch - 1, -1, -1))
+        slots: dict[int, _Slot] = {}
+        first = None
+        generated = 0
+        while queue or slots:
+            while queue and free:
+                seq, r = free.pop(), queue.popleft()
+                if shared:
+                    lc.llama_memory_seq_cp(mem, 0, seq, -1, -1)
+                slots[seq] = _Slot(list(r.prompt[shared:]), shared, r.max_tokens)
+            for seq, token in self._decode(ctx, batch, slots, want_logits=True):
+                slot = slots[seq]
+                slot.started, slot.last, slot.remaining = True, token, slot.remaining - 1
+                generated += 1
+                if slot.remaining == 0:
+                    lc.llama_memory_seq_rm(mem, seq, -1, -1)
+                    del slots[seq]
+                    free.append(seq)
+            if first is None and all(s.started for s in slots.values()):
+                first = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+        return Timing(first if first is not None else total, total, generated)
+
+    def _decode(self, ctx, batch, slots: dict[int, _Slot], want_logits: bool):
+        """One ``llama_decode``: a token per decoding slot, then prompt chunks; returns
+        (seq, greedy token) for every slot whose logits were computed."""
+        n, out = 0, []
+        entries = [(seq, s) for seq, s in slots.items() if not s.pending]
+        entries += [(seq, s) for seq, s in slots.items() if s.pending]
+        for seq, s in entries:
+            if n == N_BATCH:
+                break
+            tokens = s.pending[:N_BATCH - n] if s.pending else [s.last]
+            del s.pending[:len(tokens)]
+            for j, tok in enumerate(tokens):
+                last = j == len(tokens) - 1 and not s.pending
+                batch.token[n], batch.pos[n] = tok, s.pos + j
+                batch.n_seq_id[n], batch.seq_id[n][0] = 1, seq
+                batch.logits[n] = want_logits and last
+                if want_logits and last:
+                    out.append((seq, n))
+                n += 1
+            s.pos += len(tokens)
+        batch.n_tokens = n
+        if self.lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed (KV cache full?)")
+        return [(seq, self._argmax(ctx, i)) for seq, i in out]
+
+    def _argmax(self, ctx, i: int) -> int:
+        row = self.lc.llama_get_logits_ith(ctx, i)
+        return int(np.ctypeslib.as_array(row, shape=(self.vocab_size,)).argmax())

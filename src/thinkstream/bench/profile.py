@@ -1,0 +1,112 @@
+"""Where one decode step of thinkstream spends its time.
+
+The engine is left untouched: timers are wrapped around the bound methods of one engine
+instance (and forward hooks on its model), then ``steps`` decode steps of a batch of
+sequences run. Components (wall time, ms per step):
+
+- model: the decoder layers (``runner.model`` call) and the LM head (``compute_logits``);
+- runner prep: ``runner.forward`` minus the model: token/position tensors, attention
+  metadata (slot maps, block tables);
+- sampling: ``runner.sample``;
+- scheduler: ``schedule`` + ``commit`` + ``append_token`` + block tables;
+- outputs: detokenizing and building ``RequestOutput``s (``engine._outputs``);
+- other Python: the rest of ``engine.step``.
+
+A torch.profiler pass over the same steps lists the top operators by self CPU time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+
+def _timed(fn: Callable, acc: dict[str, float], key: str) -> Callable:
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            acc[key] += time.perf_counter() - t0
+    return wrapper
+
+
+def _instrument(engine, acc: dict[str, float]) -> None:
+    sched, runner = engine.scheduler, engine.runner
+    for name in ("schedule", "commit", "append_token"):
+        setattr(sched, name, _timed(getattr(sched, name), acc, "scheduler"))
+    engine.kv.block_table = _timed(engine.kv.block_table, acc, "scheduler")
+    runner.forward = _timed(runner.forward, acc, "forward")
+    runner.sample = _timed(runner.sample, acc, "sampling")
+    engine._outputs = _timed(engine._outputs, acc, "outputs")
+    runner.model.compute_logits = _timed(runner.model.compute_logits, acc, "lm head")
+    start: list[float] = []
+    runner.model.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter()))
+
+    def done(m, a, out):
+        acc["decoder layers"] += time.perf_counter() - start.pop()
+    runner.model.register_forward_hook(done)
+
+
+def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str = "bfloat16",
+                   quantization: str | None = None, threads: int | None = None,
+                   checkpoint: Any = None, prompt_len: int = 16, top_ops: int = 8) -> dict[str, Any]:
+    """Profile ``steps`` decode steps at ``batch`` sequences; returns ms per step per part."""
+    import torch
+
+    from thinkstream.bench.workloads import decode_workload
+    from thinkstream.llm import LLM
+    from thinkstream.sampling_params import SamplingParams
+
+    options: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
+    if quantization:
+        options["quantization"] = quantization
+    llm = LLM(model, dtype=dtype, max_num_seqs=max(batch, 1), num_threads=threads, **options)
+    engine = llm.engine
+    vocab = engine.model_config.vocab_size
+    work = decode_workload(batch, vocab, output_len=2 * steps + 8, prompt_len=prompt_len)
+    for r in work.requests:
+        engine.add_request(None, list(r.prompt), SamplingParams(
+            temperature=0.0, max_tokens=r.max_tokens, ignore_eos=True))
+    for _ in range(8):  # prefill, then a few warm-up decode steps
+        engine.step()
+    acc: dict[str, float] = defaultdict(float)
+    _instrument(engine, acc)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    total = time.perf_counter() - t0
+    ms = {k: 1e3 * v / steps for k, v in acc.items()}  # before the profiler's steps add more
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(min(steps, 8)):
+            engine.step()
+    model_ms = ms.get("decoder layers", 0.0) + ms.get("lm head", 0.0)
+    parts = {
+        "model: decoder layers": ms.get("decoder layers", 0.0),
+        "model: lm head": ms.get("lm head", 0.0),
+        "runner prep (inputs, attention metadata)": ms.get("forward", 0.0) - model_ms,
+        "sampling": ms.get("sampling", 0.0),
+        "scheduler + kv bookkeeping": ms.get("scheduler", 0.0),
+        "outputs (detokenize, RequestOutput)": ms.get("outputs", 0.0),
+    }
+    parts["other Python in step()"] = 1e3 * total / steps - sum(parts.values())
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    n_prof = min(steps, 8)
+    ops = [(e.key, e.self_cpu_time_total / 1e3 / n_prof, e.count // n_prof)
+           for e in events[:top_ops]]
+    return {"batch": batch, "steps": steps, "dtype": dtype, "quantization": quantization,
+            "step_ms": 1e3 * total / steps, "tok_s": batch * steps / total, "parts_ms": parts,
+            "top_ops": ops}
+
+
+def format_profile(p: dict[str, Any]) -> str:
+    lines = [f"batch {p['batch']} ({p['dtype']}, quantization={p['quantization']}): "
+             f"{p['step_ms']:.1f} ms/step, {p['tok_s']:.0f} tok/s",
+             "| part | ms/step | share |", "|---|---|---|"]
+    for name, v in p["parts_ms"].items():
+        lines.append(f"| {name} | {v:.2f} | {100 * v / p['step_ms']:.0f}% |")
+    lines += ["", "| top operator (self CPU) | ms/step | calls/step |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {c} |" for k, v, c in p["top_ops"]]
+    return "\n".join(lines) + "\n"

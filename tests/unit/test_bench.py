@@ -1,0 +1,124 @@
+"""The benchmark harness: deterministic workloads, exact report math, and a --quick run on
+a tiny random model (thinkstream peer only, in process). No timing assertions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from helpers.tiny import tiny_checkpoint
+
+from thinkstream.bench import report, workloads
+from thinkstream.bench.cli import register, run
+from thinkstream.bench.llamacpp import common_prefix_len
+from thinkstream.bench.workloads import Request, Sizes, build_workloads
+
+VOCAB = 49152
+PINNED_SHAREGPT_LENGTHS = [58, 29, 18, 71, 39]
+PINNED_SHAREGPT_FIRST_IDS = (45660, 24297, 36937)
+
+
+def test_prefill_workload_exact():
+    w = workloads.prefill_workload(128, VOCAB, seed=0)
+    assert (w.kind, w.case, len(w.requests)) == ("prefill", "128", 1)
+    assert len(w.requests[0].prompt) == 128 and w.requests[0].max_tokens == 1
+    assert w.requests[0].prompt[:4] == workloads.prefill_workload(128, VOCAB).requests[0].prompt[:4]
+    assert all(256 <= t < VOCAB for t in w.requests[0].prompt)
+    assert w.requests[0].prompt != workloads.prefill_workload(128, VOCAB, seed=1).requests[0].prompt
+
+
+def test_workloads_are_deterministic_and_pinned():
+    w = workloads.sharegpt_workload(VOCAB)
+    assert len(w.requests) == 256
+    assert (w.num_prompt_tokens, w.num_output_tokens) == (11363, 7828)
+    assert [len(r.prompt) for r in w.requests[:5]] == PINNED_SHAREGPT_LENGTHS
+    assert w.requests[0].prompt[:3] == PINNED_SHAREGPT_FIRST_IDS
+    assert w == workloads.sharegpt_workload(VOCAB)
+    assert all(4 <= len(r.prompt) <= 512 and 4 <= r.max_tokens <= 128 for r in w.requests)
+
+
+def test_shared_prefix_mix():
+    w = workloads.shared_prefix_workload(VOCAB)
+    assert len(w.requests) == 64 and all(r.max_tokens == 32 for r in w.requests)
+    assert common_prefix_len(list(w.requests)) == 1024
+    assert all(1024 + 16 <= len(r.prompt) <= 1024 + 96 for r in w.requests)
+
+
+def test_decode_workload_and_sizes():
+    w = workloads.decode_workload(8, VOCAB, output_len=64)
+    assert [len(r.prompt) for r in w.requests] == [16] * 8
+    assert w.num_output_tokens == 8 * 64 and w.case == "batch 8"
+    kinds = [(x.kind, x.case) for x in build_workloads(("prefill", "decode", "throughput"), VOCAB,
+                                                       Sizes())]
+    assert kinds == [("prefill", "128"), ("prefill", "512"), ("prefill", "2048"),
+                     ("decode", "batch 1"), ("decode", "batch 8"), ("decode", "batch 32"),
+                     ("throughput", "sharegpt x256"), ("throughput", "shared-prefix x64")]
+
+
+def test_common_prefix_len():
+    reqs = [Request((1, 2, 3, 4), 1), Request((1, 2, 3), 1), Request((1, 2, 9, 4), 1)]
+    assert common_prefix_len(reqs) == 2
+    assert common_prefix_len(reqs[:2]) == 3
+
+
+def _sample(peer, kind, case, first, total, prompt=512, out=1, n=1, rep=0):
+    return {"workload": kind, "case": case, "peer": peer, "rep": rep, "prompt_tokens": prompt,
+            "output_tokens": out, "requests": n, "first_s": first, "total_s": total}
+
+
+def test_report_math_exact():
+    samples = [
+        _sample("thinkstream", "prefill", "512", 0.5, 0.5),
+        _sample("thinkstream", "prefill", "512", 0.25, 0.25),
+        _sample("thinkstream", "prefill", "512", 1.0, 1.0),
+        _sample("hf", "prefill", "512", 1.0, 1.0),
+        _sample("hf", "prefill", "512", 2.0, 2.0),
+        _sample("thinkstream", "decode", "batch 2", 0.5, 1.5, prompt=32, out=130, n=2),
+        _sample("hf", "decode", "batch 2", 1.0, 5.0, prompt=32, out=130, n=2),
+        _sample("thinkstream", "throughput", "mix", 0, 4.0, prompt=100, out=400, n=8),
+        _sample("hf", "throughput", "mix", 0, 8.0, prompt=100, out=400, n=8),
+    ]
+    summary = report.summarize(samples)
+    by = {(r["workload"], r["peer"]): r for r in summary}
+    assert by["prefill", "thinkstream"]["median"] == {"ttft_s": 0.5, "prefill_tok_s": 1024.0}
+    assert by["prefill", "thinkstream"]["reps"] == 3
+    assert by["prefill", "hf"]["median"] == {"ttft_s": 1.5, "prefill_tok_s": 384.0}
+    assert by["decode", "thinkstream"]["median"]["decode_tok_s"] == 128.0
+    assert by["decode", "hf"]["median"]["decode_tok_s"] == 32.0
+    assert by["throughput", "hf"]["median"] == {"req_s": 1.0, "output_tok_s": 50.0, "total_s": 8.0}
+    ratios = {(r["workload"], r["peer"]): r["ratio"] for r in report.ratios(summary)}
+    assert ratios == {("prefill", "hf"): 1024.0 / 384.0, ("decode", "hf"): 4.0,
+                      ("throughput", "hf"): 2.0}
+    doc = report.build_report({"peers": {"thinkstream": {}, "hf": {}}, "samples": samples}, {})
+    text = report.table(doc)
+    assert "| decode | batch 2 | decode_tok_s (tok/s) | 128 | 32.0 | 4.00x |" in text
+    assert "| prefill | 512 | ttft_s (s) | 0.5 | 1.5 | 3.00x |" in text
+
+
+def test_quick_run_tiny_model(tmp_path):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["bench", "all", "--quick", "--peers", "thinkstream", "--reps", "2",
+                              "--dtype", "float32", "--kv-cache-mb", "64", "--json", str(out)])
+    assert run(args, checkpoint=tiny_checkpoint()) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == report.SCHEMA
+    assert set(doc) >= {"command", "created", "model", "machine", "reps", "quick", "sizes",
+                        "peers", "summary", "ratios", "samples"}
+    assert set(doc["peers"]["thinkstream"]) >= {"settings", "load_s", "peak_rss_mb"}
+    cases = [(r["workload"], r["case"]) for r in doc["summary"]]
+    assert cases == [("prefill", "16"), ("prefill", "64"), ("decode", "batch 1"),
+                     ("decode", "batch 4"), ("throughput", "sharegpt x8"),
+                     ("throughput", "shared-prefix x4")]
+    assert len(doc["samples"]) == 2 * len(cases) and doc["ratios"] == []
+    assert all(r["reps"] == 2 and all(v > 0 for v in r["median"].values()) for r in doc["summary"])
+
+
+def test_unknown_peer_is_rejected():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    args = parser.parse_args(["bench", "decode", "--peers", "vllm"])
+    with pytest.raises(ValueError, match="unknown peer"):
+        run(args, checkpoint=tiny_checkpoint())

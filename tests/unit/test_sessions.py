@@ -1,0 +1,234 @@
+"""Streaming-input sessions on the tiny model: the answer after close equals a one-shot
+request on the final input (greedy, token for token) under any chunking, update mode keeps
+the KV of the common prefix, idle sessions give way under memory pressure, policies order
+the queue, and the pool is full again after everything."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from helpers.tiny import tiny_checkpoint
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from thinkstream.llm import LLM
+from thinkstream.request import SeqStatus
+from thinkstream.sampling_params import SamplingParams
+from thinkstream.streaming.errors import SessionClosedError, SessionLimitError
+from thinkstream.streaming.policy import POLICIES
+from thinkstream.streaming.sessions import SessionManager
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+TEXT = "The quick brown fox<|im_end|> jumps over café 東京🙂 the lazy dog. Paris is the capital"
+CKPT = tiny_checkpoint()
+
+
+def make_llm(**cfg) -> LLM:
+    base = dict(block_size=4, num_blocks=256, max_num_seqs=16, max_num_batched_tokens=64)
+    base.update(cfg)
+    return LLM(checkpoint=CKPT, **base)
+
+
+@pytest.fixture(scope="module")
+def llm() -> LLM:
+    return make_llm()
+
+
+def one_shot(llm: LLM, prompt) -> list[int]:
+    return llm.generate([prompt] if isinstance(prompt, str) else prompt, GREEDY)[0].outputs[0].token_ids
+
+
+def stream(llm: LLM, pieces, **open_kw) -> tuple[list[int], list[int]]:
+    s = llm.open_session(sampling_params=GREEDY, **open_kw)
+    for p in pieces:
+        s.append(p)
+        llm.engine.check_integrity()
+    out = s.complete()
+    return out.prompt_token_ids, out.outputs[0].token_ids
+
+
+def assert_pool_full(llm: LLM) -> None:
+    llm.engine.check_integrity()
+    assert not llm.engine.requests
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_one_char_chunks_match_one_shot(llm: LLM) -> None:
+    ids, answer = stream(llm, list(TEXT), prompt="")
+    assert ids == llm.tokenizer.encode(TEXT)
+    assert answer == one_shot(llm, TEXT)
+    assert_pool_full(llm)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.integers(0, len(TEXT.encode())), max_size=12))
+def test_random_byte_cuts_match_one_shot(llm: LLM, cuts: list[int]) -> None:
+    data = TEXT.encode()
+    points = sorted(set(cuts) | {0, len(data)})
+    ids, answer = stream(llm, [data[a:b] for a, b in zip(points, points[1:], strict=False)])
+    assert ids == llm.tokenizer.encode(TEXT)
+    assert answer == one_shot(llm, TEXT)
+    assert_pool_full(llm)
+
+
+def test_special_token_split_matches_one_shot(llm: LLM) -> None:
+    text = "hello <|im_end|> world"
+    ids, answer = stream(llm, ["hello <|im", "_en", "d|", "> world"], prompt="")
+    assert ids == llm.tokenizer.encode(text)
+    assert answer == one_shot(llm, text)
+
+
+def test_chat_session_matches_template(llm: LLM) -> None:
+    history = [{"role": "system", "content": "Be brief."}]
+    ids, answer = stream(llm, ["What is the capi", "tal of Fra", "nce?"], messages=history)
+    want = llm.tokenizer.apply_chat_template(
+        [*history, {"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True, tokenize=True)
+    assert ids == want
+    assert answer == one_shot(llm, want)
+
+
+def test_update_mode_keeps_common_prefix_kv(llm: LLM) -> None:
+    engine = llm.engine
+    s = llm.open_session("The quick brown fox jumps over the lazy dog again and again",
+                         sampling_params=GREEDY)
+    llm._prefill(s.id)
+    seq = engine.requests[s.id].seqs[0]
+    old_ids, old_table = list(seq.token_ids), engine.kv.block_table(seq.seq_id)
+    free_before = engine.kv.num_free_blocks
+    new_text = "The quick brown fox sleeps"
+    result = s.replace(new_text, prefill=False)
+    new_ids = llm.tokenizer.encode(new_text)
+    keep = next(i for i, (a, b) in enumerate(zip(old_ids, new_ids, strict=False)) if a != b)
+    assert result.tokens_kept == keep and seq.token_ids == new_ids
+    assert seq.num_computed_tokens == keep  # the KV of the common prefix stays
+    bs = engine.kv.block_size
+    kept_blocks = -(-keep // bs)
+    table = engine.kv.block_table(seq.seq_id)
+    assert table[: keep // bs] == old_table[: keep // bs]  # exact block ids kept
+    assert len(table) == kept_blocks
+    freed = len(old_table) - kept_blocks
+    assert engine.kv.num_free_blocks == free_before + freed  # the rolled-back ones, exactly
+    engine.check_integrity()
+    out = s.complete()
+    assert out.outputs[0].token_ids == one_shot(llm, new_text)
+    assert_pool_full(llm)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, len(TEXT)), st.integers(0, len(TEXT)), st.text("abc 東<|>", max_size=12))
+def test_replace_middle_matches_one_shot(llm: LLM, a: int, b: int, middle: str) -> None:
+    a, b = min(a, b), max(a, b)
+    s = llm.open_session(TEXT, sampling_params=GREEDY)
+    llm._prefill(s.id)
+    new = TEXT[:a] + middle + TEXT[b:]
+    s.replace(new)
+    out = s.complete()
+    assert out.prompt_token_ids == llm.tokenizer.encode(new)
+    assert out.outputs[0].token_ids == one_shot(llm, new)
+    assert_pool_full(llm)
+
+
+def test_token_sessions(llm: LLM) -> None:
+    ids, answer = stream(llm, [[7, 8, 9], [10], [11, 12, 13, 14, 15]], prompt=[5, 6])
+    assert ids == list(range(5, 16)) and ids[:2] == [5, 6]
+    assert answer == one_shot(llm, [list(range(5, 16))])
+
+
+def test_idle_sessions_give_way_and_recompute_the_same() -> None:
+    # 24 blocks of 4 tokens: two idle sessions hold most of them; ordinary requests still run.
+    llm = make_llm(num_blocks=24, max_num_batched_tokens=256)
+    engine = llm.engine
+    text = "The quick brown fox jumps over the lazy dog. " * 2
+    sessions = [llm.open_session(text, sampling_params=GREEDY) for _ in range(2)]
+    for s in sessions:
+        s.append(f" session {s.id}.")
+    held = engine.kv.num_blocks - engine.kv.num_free_blocks
+    assert held >= 16
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 + i] for i in range(3)]
+    outs = llm.generate([list(p) for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    assert all(o.outputs[0].finish_reason == "length" for o in outs)
+    assert engine.scheduler.parked  # an idle session was preempted and parked
+    parked = engine.scheduler.parked[0]
+    assert parked.num_computed_tokens == 0 and parked.status == SeqStatus.WAITING
+    for s in sessions:  # the next chunk recomputes; the answer is unchanged
+        s.append(" The end.")
+        out = s.complete()
+        assert out.outputs[0].token_ids == one_shot(llm, text + f" session {s.id}. The end.")
+    assert_pool_full(llm)
+
+
+def test_policies_order_the_queue() -> None:
+    engine = make_llm().engine
+    mgr = SessionManager(engine)
+    for i, n in enumerate([3, 9, 6]):
+        mgr.open(f"s{i}", [5] * n, params=GREEDY)
+    engine.step()
+    mgr.append("s0", [6])  # newest chunk: s0
+    mgr.close("s2")  # s2 finished input
+    seqs = {s.request_id: s for s in engine.scheduler.sequences()}
+    order = {name: [s.request_id for s in sorted(seqs.values(), key=key)]
+             for name, key in POLICIES.items()}
+    assert order["fcfs"] == ["s2", "s0", "s1"]  # closed input first, then arrival
+    assert order["lca"] == ["s1", "s0", "s2"]  # oldest newest-input first
+    assert order["mcf"] == ["s1", "s2", "s0"]  # most computed first (8, 5, 2)
+    for name in ("s0", "s1", "s2"):
+        mgr.abort(name)
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+
+def test_fcfs_runs_closed_sessions_first() -> None:
+    engine = make_llm(max_num_batched_tokens=8).engine
+    mgr = SessionManager(engine)
+    mgr.open("a", [5] * 30, params=GREEDY)
+    mgr.open("b", [6] * 30, params=GREEDY)
+    mgr.close("b")
+    out = engine.scheduler.schedule()
+    assert [s.seq.request_id for s in out.scheduled] == ["b"]  # the whole budget goes to b
+    engine.scheduler.commit(out)
+    mgr.abort("a"), mgr.abort("b")
+
+
+def test_closed_session_refuses_input_and_limits(llm: LLM) -> None:
+    s = llm.open_session("abc", sampling_params=GREEDY)
+    s.complete()
+    with pytest.raises(SessionClosedError):
+        s.append("more")
+    mgr = SessionManager(llm.engine, max_input_tokens=10)
+    mgr.open("tiny", "ab", params=GREEDY)
+    with pytest.raises(SessionLimitError) as err:
+        mgr.append("tiny", "a long text that is far more than ten tokens")
+    assert err.value.status == 413
+    assert mgr.info("tiny").tokens_received == 2  # refused whole: nothing changed
+    mgr.abort("tiny")
+    assert_pool_full(llm)
+
+
+def test_fifty_sessions_random_aborts_leave_pool_full() -> None:
+    llm = make_llm(num_blocks=64, max_num_seqs=64)
+    engine, mgr = llm.engine, SessionManager(llm.engine)
+    rng = random.Random(0)
+    live = [mgr.open(f"s{i}", "", params=GREEDY).session_id for i in range(50)]
+    for _ in range(300):
+        sid = rng.choice(live) if live else None
+        if sid is None:
+            break
+        action = rng.random()
+        if action < 0.6:
+            mgr.append(sid, rng.choice(["abc ", "東京 ", "fox<|im", "_end|> ", "dog. "]))
+        elif action < 0.7:
+            mgr.replace(sid, "replaced text")
+        elif action < 0.85:
+            mgr.abort(sid)
+            live.remove(sid)
+        elif mgr.info(sid).tokens_received:
+            mgr.close(sid)
+            live.remove(sid)
+        engine.step()
+        engine.check_integrity()
+    for sid in live:
+        mgr.abort(sid)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert_pool_full(llm)
