@@ -3,22 +3,13 @@ default model, Gemma 3 270M): tokenizer ids, decode, chat template, config, and 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from thinkstream.loading import (
-    NoChatTemplateError,
-    load_checkpoint,
-    load_tokenizer,
-    resolve_model_path,
-)
+from thinkstream.loading import NoChatTemplateError, load_tokenizer
 from thinkstream.loading.names import expected_names, hf_to_canonical
 
 pytestmark = pytest.mark.integration
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers")
 
 TEXTS = [
     "Hello world", " leading space", "trailing  ", "a  b   c    d", "12345 678.9 1,000,000 3.14e-10",
@@ -37,24 +28,14 @@ CHATS = [
 ]
 
 
-def _hf_tokenizer(path):
-    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-
-
-def _hf_model(path):
-    return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+@pytest.fixture(scope="module")
+def smol(refs):
+    return refs.path(None), refs.checkpoint(None), refs.hf_tokenizer(None)
 
 
 @pytest.fixture(scope="module")
-def smol():
-    path = resolve_model_path(None)
-    return path, load_checkpoint(None), _hf_tokenizer(path)
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    path = resolve_model_path("gemma3-270m")
-    return path, load_checkpoint("gemma3-270m"), _hf_tokenizer(path)
+def gemma(refs):
+    return refs.path("gemma3-270m"), refs.checkpoint("gemma3-270m"), refs.hf_tokenizer("gemma3-270m")
 
 
 def _assert_tokenizer_parity(ours, theirs) -> None:
@@ -104,9 +85,9 @@ def _assert_weights_equal(ck, hf_model, names) -> None:
         assert torch.equal(ck.tensors[canonical], ref), hf_name
 
 
-def test_smollm2_weights_match_transformers(smol) -> None:
-    path, ck, _ = smol
-    model = _hf_model(path)
+def test_smollm2_weights_match_transformers(smol, refs) -> None:
+    _, ck, _ = smol
+    model = refs.hf_model(None)
     # q/k: llama.cpp's row permutation undone; the 4-bit and 8-bit blocks dequantize identically
     _assert_weights_equal(ck, model, [
         "model.embed_tokens.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.weight",
@@ -125,9 +106,9 @@ def test_gemma3_tokenizer_parity_and_no_template(gemma) -> None:
         ck.tokenizer.apply_chat_template(CHATS[0])
 
 
-def test_gemma3_config_and_weights_match_transformers(gemma) -> None:
-    path, ck, _ = gemma
-    model = _hf_model(path)
+def test_gemma3_config_and_weights_match_transformers(gemma, refs) -> None:
+    _, ck, _ = gemma
+    model = refs.hf_model("gemma3-270m")
     hc, c = model.config, ck.config
     assert c.layer_types == tuple("sliding" if t == "sliding_attention" else "full" for t in hc.layer_types)
     assert c.layer_types.count("full") == 3 and c.layer_types[5] == "full"

@@ -3,16 +3,12 @@ prompt agree within 1e-3 (float32) and greedy continuations of chat prompts are 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from thinkstream import LLM, SamplingParams
-from thinkstream.loading import resolve_model_path
 
 pytestmark = pytest.mark.integration
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CHATS = [
     "What is the capital of France?",
@@ -26,13 +22,6 @@ TEXT = (
     "all at once. Speech is transcribed word by word, documents are retrieved one passage at a "
     "time, and users type their questions over several seconds. An engine that waits"
 )
-
-
-def _hf_model(path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    ).eval()
 
 
 def _hf_greedy(model, ids: list[int], n: int, eos: set[int]) -> list[int]:
@@ -52,11 +41,10 @@ def _hf_greedy(model, ids: list[int], n: int, eos: set[int]) -> list[int]:
 
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
-def pair(request):
+def pair(request, refs):
     name = None if request.param == "smollm2" else "gemma3-270m"
-    path = resolve_model_path(name)
-    llm = LLM(str(path), max_num_seqs=8)
-    return request.param, llm, _hf_model(path)
+    llm = LLM(checkpoint=refs.checkpoint(name), max_num_seqs=8)
+    return request.param, llm, refs.hf_model(name)
 
 
 def test_last_logits_match(pair) -> None:

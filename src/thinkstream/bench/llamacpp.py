@@ -38,7 +38,7 @@ class _Slot:
     remaining: int  # tokens still to generate
     last: int = -1  # last generated token (fed back while decoding)
     started: bool = False
-    outputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)  # generated tokens
 
 
 def common_prefix_len(requests: list[Request]) -> int:
@@ -121,20 +121,23 @@ class LlamaCppPeer:
             prefix = _Slot(list(requests[0].prompt[:shared]), 0, 0)
             while prefix.pending:
                 self._decode(ctx, batch, {0: prefix}, want_logits=False)
-        queue = deque(requests)
+        queue = deque(enumerate(requests))
+        self.last_tokens: list[list[int]] = [[] for _ in requests]  # for parity checks
         free = list(range(self.max_batch, 0, -1) if shared else range(self.max_batch - 1, -1, -1))
         slots: dict[int, _Slot] = {}
         first = None
         generated = 0
         while queue or slots:
             while queue and free:
-                seq, r = free.pop(), queue.popleft()
+                seq, (i, r) = free.pop(), queue.popleft()
                 if shared:
                     lc.llama_memory_seq_cp(mem, 0, seq, -1, -1)
-                slots[seq] = _Slot(list(r.prompt[shared:]), shared, r.max_tokens)
+                slots[seq] = _Slot(list(r.prompt[shared:]), shared, r.max_tokens,
+                                   outputs=self.last_tokens[i])
             for seq, token in self._decode(ctx, batch, slots, want_logits=True):
                 slot = slots[seq]
                 slot.started, slot.last, slot.remaining = True, token, slot.remaining - 1
+                slot.outputs.append(token)
                 generated += 1
                 if slot.remaining == 0:
                     lc.llama_memory_seq_rm(mem, seq, -1, -1)

@@ -132,15 +132,15 @@ class HFPeer:
                              use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             first_at = time.perf_counter()
-            past, pos = out.past_key_values, positions[:, -1:]
+            past, pos = out.cache, positions[:, -1:]
             generated = [token]
             for _ in range(steps - 1):
                 mask = torch.cat([mask, mask.new_ones(len(wave), 1)], dim=1)
                 pos = pos + 1
                 out = self.model(input_ids=token, attention_mask=mask, position_ids=pos,
-                                 past_key_values=past, use_cache=True)
+                                 cache=past, use_cache=True)
                 token = out.logits[:, -1].argmax(-1, keepdim=True)
-                past = out.past_key_values
+                past = out.cache
                 generated.append(token)
         self.last_tokens = torch.cat(generated, dim=1)  # (B, steps), for parity checks
         return first_at
