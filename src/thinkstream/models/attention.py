@@ -206,14 +206,18 @@ def _decode(
     scale: float, sliding: bool,
 ) -> torch.Tensor:
     """One query per sequence, grouped-query attention as two batched matmuls:
-    q (B, H, D) -> (B, KVH, G, D); scores (B, KVH, G, L). Returns (B, H, D)."""
+    q (B, H, D) -> (B, KVH, G, D); scores (B, KVH, G, L). Returns (B, H, D).
+
+    Computed in float32: CPU batched matmuls of these small shapes are many times slower
+    in bfloat16, and the gathered context is small."""
     b, h, d = q.shape
-    kg = k_cache[g.key_slots].to(q.dtype)  # (B, L, KVH, D)
-    vg = v_cache[g.key_slots].to(q.dtype)
+    kg = k_cache[g.key_slots].float()  # (B, L, KVH, D)
+    vg = v_cache[g.key_slots].float()
     kvh = kg.shape[2]
-    qg = q.view(b, kvh, h // kvh, d)
+    qg = q.float().view(b, kvh, h // kvh, d)
     scores = torch.matmul(qg, kg.permute(0, 2, 3, 1)) * scale  # (B, KVH, G, L)
     mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask  # (B, 1, 1, L)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1)
-    return torch.matmul(probs, vg.transpose(1, 2)).reshape(b, h, d)  # (B, KVH, G, D) -> (B, H, D)
+    out = torch.matmul(probs, vg.transpose(1, 2))  # (B, KVH, G, D)
+    return out.reshape(b, h, d).to(q.dtype)
