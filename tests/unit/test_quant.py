@@ -51,7 +51,7 @@ def test_dense_path_for_large_batches() -> None:
     w = torch.randn(32, 64)
     lin = QuantLinear(w, None, "int4", dense_min_rows=4)
     x = torch.randn(4, 64)
-    assert torch.allclose(lin(x), x @ w.t(), atol=1e-5)  # dense float path: exact
+    assert torch.allclose(lin(x), x @ w.t(), atol=1e-5)  # dense float32 path: exact
     assert not torch.allclose(lin(x[:3]), x[:3] @ w.t(), atol=1e-5)  # int4 path
 
 

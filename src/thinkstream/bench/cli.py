@@ -2,8 +2,8 @@
 
 Example (the full run of docs/benchmarks.md)::
 
-    thinkstream bench all --dtype bfloat16 --json benchmarks/results/smollm2.json \\
-        --plot benchmarks/results/smollm2.png
+    thinkstream bench all --dtype bfloat16 --reps 3 --throughput-reps 1 \\
+        --json benchmarks/results/smollm2.json --plot benchmarks/results/smollm2.png
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--max-batch", type=int, default=32,
                    help="most sequences in flight, for every peer (default 32)")
-    p.add_argument("--kv-cache-mb", type=int, default=1024, help="thinkstream's KV cache")
+    p.add_argument("--kv-cache-mb", type=int, default=512, help="thinkstream's KV cache")
     p.add_argument("--threads", type=int, default=None, help="default: the cores available")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         p.add_argument("--peers", default="thinkstream,hf,llamacpp",
                        help="comma-separated subset of thinkstream,hf,llamacpp")
         p.add_argument("--reps", type=int, default=3)
+        p.add_argument("--throughput-reps", type=int, default=None,
+                       help="repetitions of the (long) throughput workloads; default --reps")
         p.add_argument("--json", default=None, help="write the report here")
         p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")
         p.add_argument("--in-process", action="store_true",
@@ -100,13 +102,15 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     specs = _specs(args, checkpoint)
     raw = run_bench(specs, args.kinds, sizes, args.reps, args.seed,
-                    in_process=args.in_process or checkpoint is not None)
+                    in_process=args.in_process or checkpoint is not None,
+                    throughput_reps=args.throughput_reps)
     meta = {"command": "thinkstream " + " ".join(sys.argv[1:]) if checkpoint is None else "test",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "model": str(specs[0].gguf or specs[0].model or "<checkpoint>"),
             "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                         "python": platform.python_version()},
-            "reps": args.reps, "quick": args.quick, "sizes": asdict(sizes)}
+            "reps": args.reps, "throughput_reps": args.throughput_reps or args.reps,
+            "quick": args.quick, "sizes": asdict(sizes)}
     report = rep.build_report(raw, meta)
     print(rep.table(report))
     if args.json:

@@ -93,6 +93,14 @@ class LlamaCppPeer:
         if not ctx:
             raise RuntimeError("llama.cpp could not create a context")
         self._ctx = (key, ctx)
+        batch = self.lc.llama_batch_init(N_BATCH, 0, 1)
+        try:  # first evaluations on a fresh context allocate: keep that out of the timing
+            for n in (min(N_BATCH, n_ctx // n_seq - 1), 1):
+                warm = {0: _Slot([self.vocab_size // 2] * n, 0, 1)}
+                self._decode(ctx, batch, warm, want_logits=True)
+                self.lc.llama_memory_clear(self.lc.llama_get_memory(ctx), True)
+        finally:
+            self.lc.llama_batch_free(batch)
         return ctx
 
     def generate(self, requests: list[Request]) -> Timing:

@@ -132,9 +132,11 @@ class WorkerPeer:
 
 
 def run_bench(specs: list[PeerSpec], kinds: tuple[str, ...], sizes: Sizes, reps: int,
-              seed: int = 0, in_process: bool = False,
+              seed: int = 0, in_process: bool = False, throughput_reps: int | None = None,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
-    """Run every workload of ``kinds`` on every peer ``reps`` times, interleaved."""
+    """Run every workload of ``kinds`` on every peer ``reps`` times (the throughput
+    workloads ``throughput_reps`` times, default ``reps``), interleaved."""
+    reps_of = {k: throughput_reps or reps if k == "throughput" else reps for k in kinds}
     peers = [(LocalPeer if in_process else WorkerPeer)(s) for s in specs]
     samples: list[dict[str, Any]] = []
     try:
@@ -146,9 +148,10 @@ def run_bench(specs: list[PeerSpec], kinds: tuple[str, ...], sizes: Sizes, reps:
         for p in peers:
             for w in warm:
                 p.generate(list(w.requests))
-        for rep in range(reps):
+        for rep in range(max(reps_of.values())):
             order = peers[rep % len(peers):] + peers[:rep % len(peers)]
-            for w in build_workloads(kinds, vocab, sizes, seed=seed + rep):
+            now = tuple(k for k in kinds if rep < reps_of[k])
+            for w in build_workloads(now, vocab, sizes, seed=seed + rep):
                 for p in order:
                     timing = p.generate(list(w.requests))
                     if timing.generated != w.num_output_tokens:

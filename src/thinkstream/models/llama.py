@@ -48,7 +48,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> float32 logits (N, vocab)."""
-        logits = self.lm_head(hidden).float()
+        logits = self.lm_head(hidden.float())  # the head is float32 (see registry)
         cap = self.cfg.final_logit_softcap
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -1,5 +1,8 @@
 """Weight-only quantized linear layers (int8 per output channel, int4 in groups of 32)
-on PyTorch's CPU kernels, with a dense path (the model's dtype) for large batches.
+on PyTorch's CPU kernels, with a dense path (weights in the model's dtype) for large
+batches and prefill. Only the linear layers change: inputs are cast to bfloat16 for the
+int kernels and outputs back to the model's dtype, so with ``dtype="float32"`` the residual
+stream, norms, attention and prefill stay float32.
 
 Decode at small batch is bound by weight bytes, so 4- or 8-bit weights win there; large
 batches (and prefill) are bound by arithmetic, where bfloat16 on AMX wins. A
@@ -49,7 +52,7 @@ def dequantize_int4(q: torch.Tensor, scales_zeros: torch.Tensor, group: int = IN
 
 class QuantLinear(nn.Module):
     """y = x W^T (+ b) with W stored as int8 or int4; rows >= ``dense_min_rows`` use the
-    dense copy (in the model's dtype) when one is kept."""
+    dense copy (the model's dtype) when one is kept."""
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
@@ -92,8 +95,7 @@ class QuantLinear(nn.Module):
 
 
 def quantize_linears(model: nn.Module, kind: str, dense_min_rows: int = 8) -> int:
-    """Replace every ``nn.Linear`` under ``model`` (the LM head included) by a QuantLinear.
-    Returns how many were replaced."""
+    """Replace every ``nn.Linear`` under ``model`` by a QuantLinear; returns how many."""
     targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     for name, mod in targets:
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model

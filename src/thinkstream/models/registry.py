@@ -34,12 +34,14 @@ def build_model(
     state = {
         k: v.to(device=device, dtype=dtype) for k, v in fuse_canonical(tensors, cfg).items()
     }
-    if cfg.tie_word_embeddings:
-        state["lm_head.weight"] = state["embed.weight"]
+    # The LM head stays float32 whatever the compute dtype: bfloat16 logits are rounded to
+    # steps of 0.125 around 20, enough to flip near-tied greedy choices.
+    head = tensors["embed.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
+    state["lm_head.weight"] = head.to(device=device, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.init_rope(device)
     if quantization is not None:
-        quantize_linears(model, quantization)
+        quantize_linears(model.layers, quantization)
     return model.eval()

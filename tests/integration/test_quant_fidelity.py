@@ -1,0 +1,51 @@
+"""Quantized paths keep the model's behaviour: int8 and int4 greedy outputs match float32
+for the first 16 tokens of the parity prompts, and perplexity on a fixed text rises by
+under 1%. (Quantization changes only the linear layers; the residual stream stays float32.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from thinkstream import LLM, SamplingParams
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Explain what a KV cache is in one sentence.",
+    "Translate 'good morning' into Spanish.",
+]
+TEXT = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+    "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
+    "from 1887 to 1889. Locally nicknamed the Iron Lady, it was constructed as the centrepiece "
+    "of the 1889 World's Fair, and to crown the centennial anniversary of the French Revolution."
+)
+
+
+def _perplexity(llm: LLM) -> float:
+    out = llm.generate([TEXT], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))[0]
+    lps = [e.logprob for e in out.prompt_logprobs[1:]]
+    return math.exp(-sum(lps) / len(lps))
+
+
+@pytest.fixture(scope="module")
+def engines(refs):
+    ck = refs.checkpoint(None)
+    return {q: LLM(checkpoint=ck, dtype="float32", quantization=q) for q in (None, "int8", "int4")}
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_greedy_and_perplexity(engines, kind: str) -> None:
+    ref, llm = engines[None], engines[kind]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    prompts = [ref.chat_prompt([{"role": "user", "content": p}]) for p in PROMPTS]
+    want = [o.outputs[0].token_ids for o in ref.generate(prompts, params)]
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert got == want
+    base, quant = _perplexity(ref), _perplexity(llm)
+    assert quant / base < 1.01, (kind, base, quant)
