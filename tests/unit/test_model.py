@@ -90,3 +90,30 @@ def test_bfloat16_close_to_float32() -> None:
     assert out.dtype == torch.float32
     assert (out - ref).abs().max() < 0.02 * ref.abs().max()
     assert torch.equal(out.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_prefix_segment_view(arch: str) -> None:
+    """A sequence that sees another's first k cached tokens as a prefix segment (a view, no
+    copy) computes what the reference computes on the concatenation; decode and chunk paths."""
+    cfg = tiny_config(arch)
+    t = random_tensors(cfg, seed=6)
+    model = build_model(cfg, t)
+    caches = allocate_kv_caches(cfg.num_layers, 16 * BS, cfg.num_kv_heads, cfg.head_dim, torch.float32, "cpu")
+    source = [11, 22, 33, 44, 55, 66, 77]
+    _run(model, cfg, caches, [[([0, 1], 0, source, list(range(7)))]])
+    k = 5  # the view covers 5 of the source's 7 tokens
+    own = [90, 91, 92, 93]
+    ref = reference_logits(cfg, t, source[:k] + own)[k:]
+    meta_steps = [
+        [SeqSlice([4, 5], 0, 3, prefix=(([0, 1], k),))],  # chunk with a prefix
+        [SeqSlice([4, 5], 3, 1, prefix=(([0, 1], k),))],  # decode with a prefix
+    ]
+    ids_steps = [own[:3], own[3:]]
+    pos_steps = [[5, 6, 7], [8]]
+    outs = []
+    for slices, ids, pos in zip(meta_steps, ids_steps, pos_steps, strict=True):
+        meta = build_attention_metadata(slices, BS, caches, cfg.sliding_window)
+        with torch.inference_mode():
+            outs.append(model.compute_logits(model(torch.tensor(ids), torch.tensor(pos), meta)))
+    assert torch.allclose(torch.cat(outs), ref, atol=1e-4)

@@ -35,11 +35,23 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class SeqSlice:
     """What one sequence contributes to a step: its block table, tokens already in the
-    cache, and how many new tokens (packed contiguously in the step's input) follow."""
+    cache, and how many new tokens (packed contiguously in the step's input) follow.
+
+    ``prefix`` lists other KV segments, each ``(block_table, num_tokens)``, that the
+    sequence sees before its own tokens: a view, not a copy (a reasoning stream reading the
+    input read so far, say). Their keys keep the positions they were cached with.
+
+        context: | prefix segment 1 | prefix segment 2 | own computed | own new |
+    """
 
     block_table: Sequence[int]
     num_computed: int
     num_new: int
+    prefix: tuple[tuple[Sequence[int], int], ...] = ()
+
+    @property
+    def prefix_len(self) -> int:
+        return sum(n for _, n in self.prefix)
 
 
 @dataclass
@@ -72,16 +84,19 @@ def allocate_kv_caches(
     ]
 
 
-def _context_slots(tables: list[Sequence[int]], length: int, block_size: int) -> torch.Tensor:
-    """(B, length) slots of context indices 0..length-1 (rows past a table's end -> 0)."""
-    width = max(len(t) for t in tables)
-    padded = torch.zeros(len(tables), max(width, 1), dtype=torch.long)
-    for b, t in enumerate(tables):
-        if t:
-            padded[b, : len(t)] = torch.as_tensor(t, dtype=torch.long)
-    ctx = torch.arange(length)
-    blocks = padded[:, (ctx // block_size).clamp_max(padded.shape[1] - 1)]
-    return blocks * block_size + ctx % block_size
+def _table_slots(table: Sequence[int], length: int, block_size: int) -> torch.Tensor:
+    """Slots of context indices 0..length-1 of one block table."""
+    blocks = torch.as_tensor(list(table[: -(-length // block_size)]), dtype=torch.long)
+    return (blocks[:, None] * block_size + torch.arange(block_size)).flatten()[:length]
+
+
+def _context(s: SeqSlice, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slots of the whole context: prefix segments then own tokens, slots of own tokens)."""
+    own = _table_slots(s.block_table, s.num_computed + s.num_new, block_size)
+    if not s.prefix:
+        return own, own
+    parts = [_table_slots(t, n, block_size) for t, n in s.prefix]
+    return torch.cat([*parts, own]), own
 
 
 def _masks(
@@ -106,24 +121,23 @@ def build_attention_metadata(
     slot_chunks: list[torch.Tensor] = []
     groups: list[AttnGroup] = []
     decode_rows: list[int] = []
-    decode_seqs: list[SeqSlice] = []
+    decode_ctx: list[torch.Tensor] = []
     offset = 0
     for s in seqs:
         if s.num_new < 1:
             raise ValueError("every scheduled sequence needs at least one new token")
-        length = s.num_computed + s.num_new
-        slots = _context_slots([s.block_table], length, block_size)[0]
-        slot_chunks.append(slots[s.num_computed :])
+        context, own = _context(s, block_size)
+        slot_chunks.append(own[s.num_computed :])
         if s.num_new == 1:
             decode_rows.append(offset)
-            decode_seqs.append(s)
-        elif s.num_computed == 0:
+            decode_ctx.append(context)
+        elif s.num_computed == 0 and not s.prefix:
             groups.append(_fresh_group(offset, s, sliding_window, device))
         else:
-            groups.append(_chunk_group(offset, s, slots, sliding_window, device))
+            groups.append(_chunk_group(offset, s, context, sliding_window, device))
         offset += s.num_new
-    if decode_seqs:
-        groups.append(_decode_group(decode_rows, decode_seqs, block_size, sliding_window, device))
+    if decode_ctx:
+        groups.append(_decode_group(decode_rows, decode_ctx, sliding_window, device))
     return AttentionMetadata(
         slot_mapping=torch.cat(slot_chunks).to(device),
         groups=groups,
@@ -140,22 +154,23 @@ def _fresh_group(offset: int, s: SeqSlice, window: int | None, device) -> AttnGr
     return AttnGroup("fresh", offset, offset + s.num_new, None, None, sliding)
 
 
-def _chunk_group(offset: int, s: SeqSlice, slots: torch.Tensor, window: int | None, device) -> AttnGroup:
-    length = s.num_computed + s.num_new
-    mask, sliding = _masks(torch.arange(s.num_computed, length)[None], length, window)
+def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | None, device) -> AttnGroup:
+    length = context.shape[0]
+    mask, sliding = _masks(torch.arange(length - s.num_new, length)[None], length, window)
     return AttnGroup(
-        "chunk", offset, offset + s.num_new, slots[None].to(device), mask[:, None].to(device),
+        "chunk", offset, offset + s.num_new, context[None].to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
     )
 
 
 def _decode_group(
-    rows: list[int], seqs: list[SeqSlice], block_size: int, window: int | None, device
+    rows: list[int], contexts: list[torch.Tensor], window: int | None, device
 ) -> AttnGroup:
-    lengths = torch.tensor([s.num_computed + 1 for s in seqs])
-    max_len = int(lengths.max())
-    key_slots = _context_slots([s.block_table for s in seqs], max_len, block_size)
-    mask, sliding = _masks((lengths - 1)[:, None], max_len, window)  # (B, 1, L)
+    lengths = torch.tensor([c.shape[0] for c in contexts])
+    key_slots = torch.zeros(len(contexts), int(lengths.max()), dtype=torch.long)
+    for b, c in enumerate(contexts):
+        key_slots[b, : c.shape[0]] = c
+    mask, sliding = _masks((lengths - 1)[:, None], key_slots.shape[1], window)  # (B, 1, L)
     return AttnGroup(
         "decode", 0, 0, key_slots.to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
