@@ -205,7 +205,9 @@ class LLMEngine:
         self.num_preemptions += len(out.preempted)
         if not out.scheduled:
             return []
-        tables = {s.seq.seq_id: self.kv.block_table(s.seq.seq_id) for s in out.scheduled}
+        seq_ids = {s.seq.seq_id for s in out.scheduled}
+        seq_ids |= {sid for s in out.scheduled for sid, _ in s.seq.kv_prefix}
+        tables = {sid: self.kv.block_table(sid) for sid in seq_ids}
         logits, last_rows, prompt_rows = self.runner.forward(out, tables)
         self.scheduler.commit(out)
         samplers, rows = [], []

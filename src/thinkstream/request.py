@@ -80,6 +80,10 @@ class Sequence:
     num_preemptions: int = 0
     first_token_time: float | None = None
     salt: object = None  # prefix-cache salt (a position layout, say)
+    # KV views: (seq_id, num_tokens) segments of other sequences' caches this sequence
+    # attends to before its own tokens; RoPE position of own token i is position_offset + i.
+    kv_prefix: list[tuple[str, int]] = field(default_factory=list)
+    position_offset: int = 0
 
     @property
     def num_tokens(self) -> int:
