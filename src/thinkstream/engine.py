@@ -12,6 +12,7 @@ import itertools
 import os
 import random
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 
 import torch
@@ -67,6 +68,11 @@ class LLMEngine:
         self._rng = random.Random(cfg.seed)
         self._ids = itertools.count()
         self.num_preemptions = 0
+        # Attached sequences (a session's reasoning stream, say): scheduled like any other,
+        # owned by a request, finished with it; each sampled token goes to its hook, which
+        # returns the id of the request whose output should report it (or None).
+        self._attached: dict[str, list[Sequence]] = {}
+        self._token_hooks: dict[str, Callable[[Sequence, int], str | None]] = {}
 
     # ------------------------------------------------------------------ requests
     def encode_prompt(self, prompt: str | Seq[int], allow_empty: bool = False) -> list[int]:
@@ -140,7 +146,28 @@ class LLMEngine:
             return False
         for seq in state.seqs:
             self.scheduler.finish(seq, SeqStatus.FINISHED_ABORTED)
+        self._detach_all(request_id, SeqStatus.FINISHED_ABORTED)
         return True
+
+    # ------------------------------------------------------------ attached sequences
+    def attach(self, request_id: str, seq: Sequence,
+               on_token: Callable[[Sequence, int], str | None]) -> None:
+        """Schedule ``seq`` as part of request ``request_id`` without being one of its
+        outputs: its tokens go to ``on_token``; it ends when the request ends."""
+        if request_id not in self.requests:
+            raise RequestError("request_id", f"request_id: unknown request {request_id!r}")
+        self._attached.setdefault(request_id, []).append(seq)
+        self._token_hooks[seq.seq_id] = on_token
+        self.scheduler.add(seq)
+
+    def _detach_all(self, request_id: str, status: SeqStatus) -> None:
+        for seq in self._attached.pop(request_id, []):
+            self.scheduler.finish(seq, status)
+            self._token_hooks.pop(seq.seq_id, None)
+
+    def viewers_of(self, seq_id: str) -> list[tuple[Sequence, int]]:
+        """Live sequences viewing ``seq_id``'s cache, with how many of its tokens each sees."""
+        return [(s, k) for s in self.scheduler.sequences() for sid, k in s.kv_prefix if sid == seq_id]
 
     # ------------------------------------------------------- streaming input hooks
     def _open_seq(self, request_id: str) -> Sequence:
@@ -174,6 +201,10 @@ class LLMEngine:
         seq = self._open_seq(request_id)
         if not 0 <= num_tokens <= seq.num_tokens:
             raise RequestError("input", f"input: cannot truncate {seq.num_tokens} tokens to {num_tokens}")
+        for viewer, k in self.viewers_of(seq.seq_id):  # the owner rolls views back first
+            if k > num_tokens:
+                raise RuntimeError(f"truncating {seq.seq_id} to {num_tokens} tokens would break "
+                                   f"the view of {viewer.seq_id} ({k} tokens)")
         del seq.token_ids[num_tokens:]
         seq.num_prompt_tokens = num_tokens
         if seq.num_computed_tokens > num_tokens:
@@ -227,7 +258,10 @@ class LLMEngine:
             if lp is not None:
                 seq.logprobs.append(lp)
             self.scheduler.append_token(seq, token_id, self.eos_ids)
-            touched[seq.request_id] = self.requests[seq.request_id]
+            hook = self._token_hooks.get(seq.seq_id)
+            rid = hook(seq, token_id) if hook is not None else seq.request_id
+            if rid is not None and rid in self.requests:
+                touched[rid] = self.requests[rid]
         return self._outputs(touched.values())
 
     def _outputs(self, states) -> list[RequestOutput]:
@@ -240,6 +274,7 @@ class LLMEngine:
             outputs.append(state.make_output())
             if state.finished:
                 del self.requests[state.request_id]
+                self._detach_all(state.request_id, SeqStatus.FINISHED_STOPPED)
         return outputs
 
     # ------------------------------------------------------------------- checks
@@ -250,7 +285,17 @@ class LLMEngine:
             if self.kv.has(seq.seq_id):
                 table = self.kv.block_table(seq.seq_id)
                 assert len(table) * self.kv.block_size >= seq.num_computed_tokens, seq.seq_id
+        live = {s.seq_id: s for s in self.scheduler.sequences()}
+        for seq in live.values():  # views: see scheduler.py; sources outlive their viewers
+            for sid, k in seq.kv_prefix:
+                src = live.get(sid)
+                assert src is not None, f"{seq.seq_id} views {sid}, which is not live"
+                assert k <= src.num_tokens, f"{seq.seq_id} views {k} tokens of {sid} ({src.num_tokens})"
+                assert all(v <= sum(n for _, n in seq.kv_prefix) for v in seq.kv_prefix_visible)
+        for rid, seqs in self._attached.items():
+            assert rid in self.requests and seqs, f"attached sequences outlive request {rid}"
         if not self.requests:
+            assert not self._attached, "attached sequences with no requests"
             assert self.kv.num_free_blocks == self.kv.num_blocks, "blocks leaked with no requests"
 
 

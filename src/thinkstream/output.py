@@ -31,6 +31,8 @@ class RequestState:
     prompt_token_ids: list[int]
     seqs: list[Sequence]
     texts: list[_SeqText] = field(default_factory=list)
+    reasoning: str = ""  # reasoning text (think while reading), reported on output 0
+    reasoning_sent: int = 0
 
     @classmethod
     def create(cls, request_id: str, prompt: str | None, seqs: list[Sequence], tokenizer) -> RequestState:
@@ -99,6 +101,10 @@ class RequestState:
                     new_token_ids=list(ids[st.num_tokens_sent :]),
                 )
             )
+            if seq.index == 0 and self.reasoning:
+                outs[-1].reasoning_content = self.reasoning
+                outs[-1].new_reasoning_content = self.reasoning[self.reasoning_sent :]
+                self.reasoning_sent = len(self.reasoning)
             st.text_sent, st.num_tokens_sent = len(st.text), len(ids)
         head = self.seqs[0]
         return RequestOutput(

@@ -81,9 +81,19 @@ class Sequence:
     first_token_time: float | None = None
     salt: object = None  # prefix-cache salt (a position layout, say)
     # KV views: (seq_id, num_tokens) segments of other sequences' caches this sequence
-    # attends to before its own tokens; RoPE position of own token i is position_offset + i.
+    # attends to before its own tokens. ``kv_prefix_visible[i]`` (where given) is how many
+    # prefix tokens own token i sees (a note written earlier saw less input); tokens past
+    # the list see the whole prefix. RoPE position of own token i is ``positions[i]`` where
+    # given, else ``position_offset + i`` (explicit positions serve position layouts).
+    #
+    #     context of own token i: | prefix[:visible(i)] | (hidden) | own tokens 0..i |
     kv_prefix: list[tuple[str, int]] = field(default_factory=list)
+    kv_prefix_visible: list[int] = field(default_factory=list)
     position_offset: int = 0
+    positions: list[int] = field(default_factory=list)
+    # Tokens past this index are not computed yet (a layout whose positions are not known
+    # until something else finishes: interleaved reading waits for each note). None: no cap.
+    compute_limit: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -103,7 +113,30 @@ class Sequence:
         still change (re-tokenization), and computing it at close yields the logits to
         sample from, so the work after close is one token whatever the input length."""
         held = 0 if self.input_closed else 1
-        return max(self.num_tokens - held - self.num_computed_tokens, 0)
+        end = self.num_tokens - held
+        if self.compute_limit is not None:
+            end = min(end, self.compute_limit)
+        return max(end - self.num_computed_tokens, 0)
+
+    def position(self, i: int) -> int:
+        """RoPE position of own token i."""
+        return self.positions[i] if i < len(self.positions) else self.position_offset + i
+
+    def visible_prefix(self, i: int) -> int:
+        """How many tokens of the (concatenated) prefix segments own token i attends to."""
+        total = sum(n for _, n in self.kv_prefix)
+        return min(self.kv_prefix_visible[i], total) if i < len(self.kv_prefix_visible) else total
+
+    @property
+    def num_shareable_tokens(self) -> int:
+        """Leading tokens whose KV depends on this sequence's own tokens only (no view):
+        only those may enter the prefix cache."""
+        if not self.kv_prefix:
+            return self.num_tokens
+        n = 0
+        while n < len(self.kv_prefix_visible) and self.kv_prefix_visible[n] == 0:
+            n += 1
+        return n
 
     @property
     def wants_sample(self) -> bool:
@@ -125,6 +158,9 @@ class CompletionOutput:
     stop_reason: int | str | None = None
     new_text: str = ""  # delta since the previous output of this request
     new_token_ids: list[int] = field(default_factory=list)
+    # Think while reading: the reasoning so far (notes, passes), apart from the answer.
+    reasoning_content: str = ""
+    new_reasoning_content: str = ""
 
     @property
     def finished(self) -> bool:

@@ -80,10 +80,16 @@ class ModelRunner:
             seq, n, start = s.seq, s.num_new_tokens, s.seq.num_computed_tokens
             offset = len(ids)
             ids.extend(seq.token_ids[start : start + n])
-            base = start + seq.position_offset
-            positions.extend(range(base, base + n))
+            if seq.positions:
+                positions.extend(seq.position(i) for i in range(start, start + n))
+            else:
+                base = start + seq.position_offset
+                positions.extend(range(base, base + n))
             prefix = tuple((block_tables[sid], k) for sid, k in seq.kv_prefix)
-            slices.append(SeqSlice(block_tables[seq.seq_id], start, n, prefix))
+            visible = None
+            if seq.kv_prefix_visible and start < len(seq.kv_prefix_visible):
+                visible = tuple(seq.visible_prefix(i) for i in range(start, start + n))
+            slices.append(SeqSlice(block_tables[seq.seq_id], start, n, prefix, visible))
             if _needs_prompt_logprobs(seq, start):
                 first = len(rows)
                 count = min(start + n, seq.num_prompt_tokens) - start

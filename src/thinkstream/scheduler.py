@@ -16,6 +16,19 @@ pressure it is preempted before anything else and *parked*, out of the waiting q
 ``wake`` says its input changed; it then recomputes from the prefix cache. Idle sessions
 therefore never starve ordinary requests.
 
+KV views (``Sequence.kv_prefix``) take no block references, so the scheduler keeps them
+safe by one rule, checked when a step is planned and again after any preemption in it:
+
+    a viewer is computed in a step only if every source it views is resident and has
+    computed at least the viewed tokens before the step (``_views_ready``).
+
+A preempted source therefore stalls its viewers until it has recomputed (a parked source
+that a viewer waits for is woken); a viewer's own KV stays valid, and since each of its
+tokens records how much of the prefix it saw (``kv_prefix_visible``), a preempted viewer
+recomputes exactly. Viewer tokens that see a prefix never enter the prefix cache (their KV
+depends on another sequence), so lookups and commits stop at ``num_shareable_tokens``.
+Truncating a source below a view is the owner's job to prevent (``LLMEngine`` refuses).
+
 This module imports no torch.
 """
 
@@ -108,10 +121,11 @@ class Scheduler:
         if self.priority is not None:
             self.running.sort(key=self.priority)
             self.waiting = deque(sorted(self.waiting, key=self.priority))
+        by_id = self._wake_sources()
         queue, kept = list(self.running), []
         while queue:
             seq = queue.pop(0)
-            n = min(seq.num_pending_tokens, budget)
+            n = min(seq.num_pending_tokens, budget) if self._views_ready(seq, by_id) else 0
             if n == 0:
                 kept.append(seq)
                 continue
@@ -127,20 +141,40 @@ class Scheduler:
                 budget -= n
         self.running = kept
         if not out.preempted:
-            budget = self._admit(out, budget)
+            budget = self._admit(out, budget, by_id)
+        if out.preempted:  # a source preempted in this step takes its viewers' turn with it
+            out.scheduled = [s for s in out.scheduled if self._views_ready(s.seq, by_id)]
         return out
 
-    def _admit(self, out: SchedulerOutput, budget: int) -> int:
+    def _wake_sources(self) -> dict[str, Sequence]:
+        """Index live sequences by id; wake parked sources that a viewer waits for."""
+        by_id = {s.seq_id: s for s in self.sequences()}
+        for seq in list(by_id.values()):
+            if seq.kv_prefix and seq.num_pending_tokens:
+                for sid, _ in seq.kv_prefix:
+                    if sid in by_id and by_id[sid] in self.parked:
+                        self.wake(by_id[sid])
+        return by_id
+
+    def _views_ready(self, seq: Sequence, by_id: dict[str, Sequence]) -> bool:
+        for sid, k in seq.kv_prefix:
+            src = by_id.get(sid)
+            if src is None or not self.kv.has(sid) or src.num_computed_tokens < k:
+                return False
+        return True
+
+    def _admit(self, out: SchedulerOutput, budget: int, by_id: dict[str, Sequence]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
             if not self.kv.has(seq.seq_id):
                 use_cache = self.cfg.enable_prefix_caching and not seq.wants_prompt_logprobs
+                ids = seq.token_ids[: seq.num_shareable_tokens]
                 seq.num_computed_tokens = (
-                    self.kv.lookup_prefix(seq.seq_id, seq.token_ids, seq.salt) if use_cache else 0
+                    self.kv.lookup_prefix(seq.seq_id, ids, seq.salt) if use_cache else 0
                 )
                 if not use_cache:
                     self.kv.allocate(seq.seq_id, 0)
-            n = min(seq.num_pending_tokens, budget)
+            n = min(seq.num_pending_tokens, budget) if self._views_ready(seq, by_id) else 0
             if not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
                 idle = self._pop_idle(self.running, [])
                 if idle is not None:  # an idle session gives way, then try again
@@ -185,7 +219,8 @@ class Scheduler:
         for s in out.scheduled:
             seq = s.seq
             seq.num_computed_tokens += s.num_new_tokens
-            self.kv.commit(seq.seq_id, seq.token_ids, seq.num_computed_tokens)
+            shareable = min(seq.num_computed_tokens, seq.num_shareable_tokens)
+            self.kv.commit(seq.seq_id, seq.token_ids, shareable)
 
     def fork_children(self, parent: Sequence) -> list[Sequence]:
         """Fork the children of a sequence whose prompt was just computed (n > 1): they share

@@ -42,12 +42,17 @@ class SeqSlice:
     input read so far, say). Their keys keep the positions they were cached with.
 
         context: | prefix segment 1 | prefix segment 2 | own computed | own new |
+
+    ``prefix_visible`` (one entry per new token, or None for all) limits how many prefix
+    tokens each new token sees: new token i attends to prefix context ``[0, visible[i])``
+    and to every own token up to itself (a note written when less input had been read).
     """
 
     block_table: Sequence[int]
     num_computed: int
     num_new: int
     prefix: tuple[tuple[Sequence[int], int], ...] = ()
+    prefix_visible: tuple[int, ...] | None = None
 
     @property
     def prefix_len(self) -> int:
@@ -122,6 +127,7 @@ def build_attention_metadata(
     groups: list[AttnGroup] = []
     decode_rows: list[int] = []
     decode_ctx: list[torch.Tensor] = []
+    decode_hidden: list[tuple[int, int]] = []  # per decode row: hidden prefix range
     offset = 0
     for s in seqs:
         if s.num_new < 1:
@@ -131,13 +137,15 @@ def build_attention_metadata(
         if s.num_new == 1:
             decode_rows.append(offset)
             decode_ctx.append(context)
+            vis = s.prefix_len if s.prefix_visible is None else s.prefix_visible[0]
+            decode_hidden.append((vis, s.prefix_len))
         elif s.num_computed == 0 and not s.prefix:
             groups.append(_fresh_group(offset, s, sliding_window, device))
         else:
             groups.append(_chunk_group(offset, s, context, sliding_window, device))
         offset += s.num_new
     if decode_ctx:
-        groups.append(_decode_group(decode_rows, decode_ctx, sliding_window, device))
+        groups.append(_decode_group(decode_rows, decode_ctx, sliding_window, device, decode_hidden))
     return AttentionMetadata(
         slot_mapping=torch.cat(slot_chunks).to(device),
         groups=groups,
@@ -157,6 +165,12 @@ def _fresh_group(offset: int, s: SeqSlice, window: int | None, device) -> AttnGr
 def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | None, device) -> AttnGroup:
     length = context.shape[0]
     mask, sliding = _masks(torch.arange(length - s.num_new, length)[None], length, window)
+    if s.prefix_visible is not None:  # hide prefix keys [visible[i], prefix_len) from query i
+        key = torch.arange(length)[None, None, :]
+        vis = torch.tensor(s.prefix_visible)[None, :, None]
+        hidden = (key >= vis) & (key < s.prefix_len)
+        mask = mask & ~hidden
+        sliding = None if sliding is None else sliding & ~hidden
     return AttnGroup(
         "chunk", offset, offset + s.num_new, context[None].to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
@@ -164,13 +178,19 @@ def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | 
 
 
 def _decode_group(
-    rows: list[int], contexts: list[torch.Tensor], window: int | None, device
+    rows: list[int], contexts: list[torch.Tensor], window: int | None, device,
+    hidden: list[tuple[int, int]] | None = None,
 ) -> AttnGroup:
     lengths = torch.tensor([c.shape[0] for c in contexts])
     key_slots = torch.zeros(len(contexts), int(lengths.max()), dtype=torch.long)
     for b, c in enumerate(contexts):
         key_slots[b, : c.shape[0]] = c
     mask, sliding = _masks((lengths - 1)[:, None], key_slots.shape[1], window)  # (B, 1, L)
+    for b, (lo, hi) in enumerate(hidden or ()):
+        if lo < hi:  # prefix keys this query may not see
+            mask[b, :, lo:hi] = False
+            if sliding is not None:
+                sliding[b, :, lo:hi] = False
     return AttnGroup(
         "decode", 0, 0, key_slots.to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
