@@ -18,8 +18,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        # With tied embeddings the loader points lm_head.weight at embed.weight.
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head: nn.Module | None = None  # an LMHead, set by build_model (models/head.py)
         self.inv_freq = torch.empty(0)  # set by init_rope once the model leaves the meta device
 
     def init_rope(self, device: torch.device | str) -> None:
@@ -48,7 +47,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> float32 logits (N, vocab)."""
-        logits = self.lm_head(hidden.float())  # the head is float32 (see registry)
+        logits = self.lm_head(hidden)  # float32 (models/head.py)
         cap = self.cfg.final_logit_softcap
         if cap:
             logits = torch.tanh(logits / cap) * cap

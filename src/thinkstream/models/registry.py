@@ -6,6 +6,7 @@ import torch
 
 from thinkstream.config import ModelConfig
 from thinkstream.models.gemma3 import Gemma3ForCausalLM
+from thinkstream.models.head import LMHead
 from thinkstream.models.layers import fuse_canonical
 from thinkstream.models.llama import LlamaForCausalLM
 from thinkstream.models.quant import quantize_linears
@@ -34,14 +35,17 @@ def build_model(
     state = {
         k: v.to(device=device, dtype=dtype) for k, v in fuse_canonical(tensors, cfg).items()
     }
-    # The LM head stays float32 whatever the compute dtype: bfloat16 logits are rounded to
-    # steps of 0.125 around 20, enough to flip near-tied greedy choices.
-    head = tensors["embed.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
-    state["lm_head.weight"] = head.to(device=device, dtype=torch.float32)
+    state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.init_rope(device)
+    # The head stays float32 whatever the compute dtype (bfloat16 logits are rounded to steps
+    # of 0.125 around 20, enough to flip near-tied greedy choices); in the fast modes an
+    # approximate pass is refined exactly (models/head.py).
+    head = tensors["embed.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
+    fast = dtype != torch.float32 or quantization is not None
+    model.lm_head = LMHead(head.to(device), fast=fast)
     if quantization is not None:
         quantize_linears(model.layers, quantization)
     return model.eval()

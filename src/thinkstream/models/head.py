@@ -1,0 +1,47 @@
+"""The LM head: float32 logits, optionally from a fast low-precision pass refined exactly.
+
+The head is the largest matrix of a small model (SmolLM2-135M: 49,152 x 576, a quarter of a
+decode step in float32). The fast path computes approximate logits with an int4 copy (few
+rows) or a bfloat16 copy (many rows) of the weights, then recomputes the ``refine`` largest
+logits of each row exactly in float32 and writes them back. Greedy choices, top-k and the
+log-probabilities of the leading tokens are then those of the float32 head, as long as the
+true top tokens rank within the approximate top ``refine`` (the approximation errs by about
+0.4% of a logit); the rest of the distribution carries the approximation's rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from thinkstream.models.quant import INT4_GROUP, INT4_INNER_K_TILES, quantize_int4
+
+
+class LMHead(nn.Module):
+    def __init__(self, weight: torch.Tensor, fast: bool = False, refine: int = 16,
+                 int4_max_rows: int = 8) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.float())  # (V, H) exact head
+        self.refine = refine
+        self.int4_max_rows = int4_max_rows
+        self.fast = fast and weight.device.type == "cpu" and weight.shape[1] % INT4_GROUP == 0
+        if self.fast:
+            q, sz = quantize_int4(weight)
+            self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES))
+            self.register_buffer("scales", sz.to(torch.bfloat16))
+            self.register_buffer("bf16", weight.to(torch.bfloat16))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, H) -> (N, V) float32."""
+        x = hidden.float()
+        if not self.fast or x.shape[0] == 0:
+            return x @ self.weight.t()
+        xb = x.to(torch.bfloat16)
+        if x.shape[0] <= self.int4_max_rows:
+            approx = torch._weight_int4pack_mm_for_cpu(xb, self.packed, INT4_GROUP, self.scales)
+        else:
+            approx = xb @ self.bf16.t()
+        logits = approx.float()
+        top = logits.topk(self.refine, dim=-1).indices  # (N, R)
+        exact = torch.einsum("nh,nrh->nr", x, self.weight[top])  # (N, R)
+        return logits.scatter_(1, top, exact)
