@@ -118,3 +118,36 @@ def test_prefix_segment_view(arch: str) -> None:
         with torch.inference_mode():
             outs.append(model.compute_logits(model(torch.tensor(ids), torch.tensor(pos), meta)))
     assert torch.allclose(torch.cat(outs), ref, atol=1e-4)
+
+
+def test_cascade_decode_over_shared_prefix() -> None:
+    """Decoding several sequences that share a long prefix (shared blocks) reads the prefix
+    once (cascade) and matches each sequence's dense reference."""
+    from thinkstream.models import attention
+
+    cfg = tiny_config("llama")
+    t = random_tensors(cfg, seed=8)
+    model = build_model(cfg, t)
+    caches = allocate_kv_caches(cfg.num_layers, 64 * BS, cfg.num_kv_heads, cfg.head_dim, torch.float32, "cpu")
+    prefix = [(i * 7) % 300 + 3 for i in range(20)]  # 5 full blocks, shared below
+    shared_blocks = [10, 11, 12, 13, 14]
+    _run(model, cfg, caches, [[(shared_blocks, 0, prefix, list(range(20)))]])
+    tails = [[40, 41], [50], [60, 61, 62]]
+    tables = [shared_blocks + [20 + 2 * i, 21 + 2 * i] for i in range(3)]
+    for table, tail in zip(tables, tails, strict=True):  # each sequence's own tokens but the last
+        if len(tail) > 1:
+            _run(model, cfg, caches, [[(table, 20, tail[:-1], list(range(20, 20 + len(tail) - 1)))]])
+    slices = [SeqSlice(tb, 20 + len(tl) - 1, 1) for tb, tl in zip(tables, tails, strict=True)]
+    meta = build_attention_metadata(slices, BS, caches)
+    assert meta.groups[0].shared == 20
+    old = attention.CASCADE_MIN_SHARED
+    attention.CASCADE_MIN_SHARED = 8
+    try:
+        with torch.inference_mode():
+            h = model(torch.tensor([tl[-1] for tl in tails]),
+                      torch.tensor([20 + len(tl) - 1 for tl in tails]), meta)
+            out = model.compute_logits(h)
+    finally:
+        attention.CASCADE_MIN_SHARED = old
+    for i, tail in enumerate(tails):
+        assert torch.allclose(out[i], reference_logits(cfg, t, prefix + tail)[-1], atol=1e-4)

@@ -68,6 +68,7 @@ class AttnGroup:
     mask: torch.Tensor | None  # decode (B, 1, 1, L) / chunk (1, 1, Q, L); True = attend
     sliding_mask: torch.Tensor | None
     rows: torch.Tensor | None = None  # decode: packed index of each sequence's query
+    shared: int = 0  # decode: leading key slots identical in every row (a shared prefix)
 
 
 @dataclass
@@ -191,10 +192,14 @@ def _decode_group(
             mask[b, :, lo:hi] = False
             if sliding is not None:
                 sliding[b, :, lo:hi] = False
+    shared = 0
+    if len(contexts) > 1 and not any(lo < hi for lo, hi in hidden or ()) and window is None:
+        same = (key_slots == key_slots[:1]).all(dim=0)[: int(lengths.min()) - 1]
+        shared = int(same.long().cumprod(0).sum())  # never a row's own last (new) key
     return AttnGroup(
         "decode", 0, 0, key_slots.to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
-        torch.tensor(rows, dtype=torch.long, device=device),
+        torch.tensor(rows, dtype=torch.long, device=device), shared,
     )
 
 
@@ -246,6 +251,8 @@ def _decode(
     Computed in float32: CPU batched matmuls of these small shapes are many times slower
     in bfloat16, and the gathered context is small."""
     b, h, d = q.shape
+    if g.shared >= CASCADE_MIN_SHARED and not sliding:
+        return _decode_cascade(q, k_cache, v_cache, g, scale)
     kg = k_cache[g.key_slots].float()  # (B, L, KVH, D)
     vg = v_cache[g.key_slots].float()
     kvh = kg.shape[2]
@@ -255,4 +262,42 @@ def _decode(
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1)
     out = torch.matmul(probs, vg.transpose(1, 2))  # (B, KVH, G, D)
+    return out.reshape(b, h, d).to(q.dtype)
+
+
+CASCADE_MIN_SHARED = 64
+
+
+def _decode_cascade(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: AttnGroup, scale: float,
+) -> torch.Tensor:
+    """Decode attention when every row starts with the same ``g.shared`` keys (a shared
+    system prompt, forked threads): the shared keys are read once for all queries, the
+    rest per row, and the two softmax parts are merged by their log-sum-exp.
+
+        keys: | shared prefix (gathered once, S) | own suffix (per row, L - S) |
+    """
+    b, h, d = q.shape
+    s = g.shared
+    ks = k_cache[g.key_slots[0, :s]].float()  # (S, KVH, D)
+    vs = v_cache[g.key_slots[0, :s]].float()
+    kvh = ks.shape[1]
+    qg = q.float().view(b, kvh, h // kvh, d).transpose(0, 1).reshape(kvh, -1, d)  # (KVH, B*G, D)
+    s1 = torch.matmul(qg, ks.permute(1, 2, 0)) * scale  # (KVH, B*G, S)
+    m1 = s1.amax(dim=-1, keepdim=True)
+    e1 = torch.exp(s1 - m1)
+    o1 = torch.matmul(e1, vs.transpose(0, 1))  # (KVH, B*G, D)
+    l1 = e1.sum(dim=-1, keepdim=True)
+    m1, l1, o1 = (t.view(kvh, b, -1, t.shape[-1]).transpose(0, 1) for t in (m1, l1, o1))  # (B, KVH, G, *)
+    kr = k_cache[g.key_slots[:, s:]].float()  # (B, L-S, KVH, D)
+    vr = v_cache[g.key_slots[:, s:]].float()
+    s2 = torch.matmul(q.float().view(b, kvh, h // kvh, d), kr.permute(0, 2, 3, 1)) * scale
+    s2 = s2.masked_fill(~g.mask[..., s:], float("-inf"))  # (B, KVH, G, L-S)
+    m2 = s2.amax(dim=-1, keepdim=True)  # finite: each row's own new key is in its suffix
+    e2 = torch.exp(s2 - m2)
+    o2 = torch.matmul(e2, vr.transpose(1, 2))
+    l2 = e2.sum(dim=-1, keepdim=True)
+    m = torch.maximum(m1, m2)
+    w1, w2 = torch.exp(m1 - m), torch.exp(m2 - m)
+    out = (o1 * w1 + o2 * w2) / (l1 * w1 + l2 * w2)  # (B, KVH, G, D)
     return out.reshape(b, h, d).to(q.dtype)
