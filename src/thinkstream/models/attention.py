@@ -231,8 +231,8 @@ def paged_attention(
             vg = v[g.start : g.stop].transpose(0, 1)[None]
             causal = mask is None
         else:
-            kg = k_cache[g.key_slots].transpose(1, 2).to(q.dtype)  # (1, KVH, L, D)
-            vg = v_cache[g.key_slots].transpose(1, 2).to(q.dtype)
+            kg = k_cache.index_select(0, g.key_slots[0]).transpose(0, 1)[None].to(q.dtype)  # (1, KVH, L, D)
+            vg = v_cache.index_select(0, g.key_slots[0]).transpose(0, 1)[None].to(q.dtype)
             causal = False
         og = F.scaled_dot_product_attention(
             qg, kg, vg, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
@@ -253,16 +253,24 @@ def _decode(
     b, h, d = q.shape
     if g.shared >= CASCADE_MIN_SHARED and not sliding:
         return _decode_cascade(q, k_cache, v_cache, g, scale)
-    kg = k_cache[g.key_slots].float()  # (B, L, KVH, D)
-    vg = v_cache[g.key_slots].float()
-    kvh = kg.shape[2]
+    kg = _gather_heads_first(k_cache, g.key_slots)  # (B, KVH, L, D) float32
+    vg = _gather_heads_first(v_cache, g.key_slots)
+    kvh = kg.shape[1]
     qg = q.float().view(b, kvh, h // kvh, d)
-    scores = torch.matmul(qg, kg.permute(0, 2, 3, 1)) * scale  # (B, KVH, G, L)
+    scores = torch.matmul(qg, kg.transpose(-1, -2)) * scale  # (B, KVH, G, L)
     mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask  # (B, 1, 1, L)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1)
-    out = torch.matmul(probs, vg.transpose(1, 2))  # (B, KVH, G, D)
+    out = torch.matmul(probs, vg)  # (B, KVH, G, D)
     return out.reshape(b, h, d).to(q.dtype)
+
+
+def _gather_heads_first(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """cache (slots, KVH, D) at slots (..., L) -> float32 (..., KVH, L, D), contiguous:
+    one index_select (much faster than advanced indexing) and one copy that both converts
+    and puts heads first, the layout the batched matmuls want."""
+    got = cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
+    return got.transpose(-3, -2).to(torch.float32, memory_format=torch.contiguous_format)
 
 
 CASCADE_MIN_SHARED = 64
@@ -279,23 +287,23 @@ def _decode_cascade(
     """
     b, h, d = q.shape
     s = g.shared
-    ks = k_cache[g.key_slots[0, :s]].float()  # (S, KVH, D)
-    vs = v_cache[g.key_slots[0, :s]].float()
-    kvh = ks.shape[1]
+    ks = _gather_heads_first(k_cache, g.key_slots[0, :s])  # (KVH, S, D)
+    vs = _gather_heads_first(v_cache, g.key_slots[0, :s])
+    kvh = ks.shape[0]
     qg = q.float().view(b, kvh, h // kvh, d).transpose(0, 1).reshape(kvh, -1, d)  # (KVH, B*G, D)
-    s1 = torch.matmul(qg, ks.permute(1, 2, 0)) * scale  # (KVH, B*G, S)
+    s1 = torch.matmul(qg, ks.transpose(-1, -2)) * scale  # (KVH, B*G, S)
     m1 = s1.amax(dim=-1, keepdim=True)
     e1 = torch.exp(s1 - m1)
-    o1 = torch.matmul(e1, vs.transpose(0, 1))  # (KVH, B*G, D)
+    o1 = torch.matmul(e1, vs)  # (KVH, B*G, D)
     l1 = e1.sum(dim=-1, keepdim=True)
     m1, l1, o1 = (t.view(kvh, b, -1, t.shape[-1]).transpose(0, 1) for t in (m1, l1, o1))  # (B, KVH, G, *)
-    kr = k_cache[g.key_slots[:, s:]].float()  # (B, L-S, KVH, D)
-    vr = v_cache[g.key_slots[:, s:]].float()
-    s2 = torch.matmul(q.float().view(b, kvh, h // kvh, d), kr.permute(0, 2, 3, 1)) * scale
+    kr = _gather_heads_first(k_cache, g.key_slots[:, s:])  # (B, KVH, L-S, D)
+    vr = _gather_heads_first(v_cache, g.key_slots[:, s:])
+    s2 = torch.matmul(q.float().view(b, kvh, h // kvh, d), kr.transpose(-1, -2)) * scale
     s2 = s2.masked_fill(~g.mask[..., s:], float("-inf"))  # (B, KVH, G, L-S)
     m2 = s2.amax(dim=-1, keepdim=True)  # finite: each row's own new key is in its suffix
     e2 = torch.exp(s2 - m2)
-    o2 = torch.matmul(e2, vr.transpose(1, 2))
+    o2 = torch.matmul(e2, vr)
     l2 = e2.sum(dim=-1, keepdim=True)
     m = torch.maximum(m1, m2)
     w1, w2 = torch.exp(m1 - m), torch.exp(m2 - m)
