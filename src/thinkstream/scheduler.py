@@ -164,16 +164,23 @@ class Scheduler:
         return True
 
     def _admit(self, out: SchedulerOutput, budget: int, by_id: dict[str, Sequence]) -> int:
+        bs = self.kv.block_size
+        computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
             if not self.kv.has(seq.seq_id):
                 use_cache = self.cfg.enable_prefix_caching and not seq.wants_prompt_logprobs
+                head = (seq.salt, *seq.token_ids[:bs]) if seq.num_tokens > bs else None
+                if use_cache and head in computing:
+                    break  # its prefix is being computed now: next step it is a cache hit
                 ids = seq.token_ids[: seq.num_shareable_tokens]
                 seq.num_computed_tokens = (
                     self.kv.lookup_prefix(seq.seq_id, ids, seq.salt) if use_cache else 0
                 )
                 if not use_cache:
                     self.kv.allocate(seq.seq_id, 0)
+                elif seq.num_computed_tokens == 0 and head is not None:
+                    computing.add(head)
             n = min(seq.num_pending_tokens, budget) if self._views_ready(seq, by_id) else 0
             if not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
                 idle = self._pop_idle(self.running, [])

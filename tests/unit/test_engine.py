@@ -220,3 +220,17 @@ def test_open_input_extend_truncate_close_matches_one_shot(alone) -> None:
     assert out[-1].outputs[0].token_ids == alone[1]
     assert out[-1].prompt_token_ids == final
     engine.check_integrity()
+
+
+def test_shared_prefix_computed_once_per_step() -> None:
+    """Requests arriving together with the same long prefix: the second waits one step and
+    then hits the prefix cache instead of computing the same blocks again."""
+    engine = make_engine(max_num_batched_tokens=256)
+    common = [(7 * i) % 300 + 3 for i in range(24)]  # 6 full blocks
+    engine.add_request("a", common + [1, 2], GREEDY)
+    engine.add_request("b", common + [3, 4], GREEDY)
+    engine.step()
+    assert not engine.kv.has("b#0")  # held back while "a" computes the prefix
+    engine.step()
+    assert engine.kv.prefix_hits == 24
+    assert engine.kv.block_table("a#0")[:6] == engine.kv.block_table("b#0")[:6]
