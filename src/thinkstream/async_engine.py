@@ -53,6 +53,7 @@ class AsyncLLM:
         self.dead: BaseException | None = None
         self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._listeners: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
         self._stop = threading.Event()
         self._idle_wait_s = idle_wait_s
         self._thread = threading.Thread(target=self._run, name="thinkstream-engine", daemon=True)
@@ -85,6 +86,14 @@ class AsyncLLM:
                 self._deliver(rid, exc)
 
         self._commands.put(add)
+        async for item in self._follow(rid, q, lambda: self.abort(rid)):
+            yield item
+
+    async def _follow(
+        self, key: str, q: asyncio.Queue, on_abandon: Callable[[], None]
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield a stream's outputs until one is finished (errors are raised); if the
+        consumer stops first, ``on_abandon`` runs (the request is aborted)."""
         finished = False
         try:
             while True:
@@ -96,9 +105,9 @@ class AsyncLLM:
                     finished = True
                     return
         finally:
-            self._streams.pop(rid, None)
+            self._streams.pop(key, None)
             if not finished:
-                self.abort(rid)
+                on_abandon()
 
     def abort(self, request_id: str) -> None:
         """Abort a request (applied before the next step). A consumer still reading its
@@ -136,8 +145,30 @@ class AsyncLLM:
     async def open_session(self, prompt: str | Sequence[int] | None = None,
                            messages: Sequence[dict] | None = None,
                            params: SamplingParams | None = None,
-                           session_id: str | None = None) -> SessionInfo:
-        return await self.call(lambda _: self.sessions.open(session_id, prompt, messages, params))
+                           session_id: str | None = None, thinking=None) -> SessionInfo:
+        return await self.call(lambda _: self.sessions.open(session_id, prompt, messages, params,
+                                                            thinking=thinking))
+
+    async def session_events(self, session_id: str) -> AsyncIterator[RequestOutput]:
+        """Every output of a session from now on, while its input is still open too (think
+        while reading: ``new_reasoning_content`` as notes are written); ends when it finishes."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        self._listeners.setdefault(session_id, []).append((loop, q))
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            subs = self._listeners.get(session_id, [])
+            if (loop, q) in subs:
+                subs.remove((loop, q))
+            if not subs:
+                self._listeners.pop(session_id, None)
 
     async def append_session(self, session_id: str, data: str | bytes | Sequence[int],
                              seq: int | None = None) -> UpdateResult:
@@ -161,21 +192,9 @@ class AsyncLLM:
             raise
         return self._session_stream(session_id, q)
 
-    async def _session_stream(self, session_id: str, q: asyncio.Queue) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while True:
-                item = await q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finished:
-                    finished = True
-                    return
-        finally:
-            self._streams.pop(session_id, None)
-            if not finished:
-                self._commands.put(lambda: self._abort_session_now(session_id, "abort"))
+    def _session_stream(self, session_id: str, q: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+        return self._follow(session_id, q, lambda: self._commands.put(
+            lambda: self._abort_session_now(session_id, "abort")))
 
     async def abort_session(self, session_id: str, reason: str = "abort") -> bool:
         """Abort an open or answering session, freeing its blocks; False if already over."""
@@ -209,6 +228,8 @@ class AsyncLLM:
         target = self._streams.get(request_id)
         if target is not None:
             loop, q = target
+            loop.call_soon_threadsafe(q.put_nowait, item)
+        for loop, q in self._listeners.get(request_id, ()):
             loop.call_soon_threadsafe(q.put_nowait, item)
 
     def _abort_now(self, request_id: str) -> bool:
