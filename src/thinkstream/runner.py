@@ -16,7 +16,7 @@ from thinkstream.config import ModelConfig
 from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.models.llama import LlamaForCausalLM
 from thinkstream.request import Sequence, TokenLogprob
-from thinkstream.sampling import SamplingTensors, compute_logprobs, penalize, sample
+from thinkstream.sampling import build_sampling_tensors, compute_logprobs, penalize, sample
 from thinkstream.scheduler import SchedulerOutput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -123,7 +123,7 @@ class ModelRunner:
             return [], []
         x = logits[torch.tensor(rows, device=logits.device)]
         banned = [_banned_ids(seq, eos_ids) for seq in seqs]
-        st = SamplingTensors.build(
+        st = build_sampling_tensors(
             [s.params for s in seqs], [s.generator for s in seqs], x.shape[1], x.device, banned
         )
         processed = penalize(

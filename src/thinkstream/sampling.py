@@ -51,17 +51,6 @@ class SamplingTensors:
     no_top_p: bool
     no_min_p: bool
 
-    @classmethod
-    def build(
-        cls,
-        params: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        vocab_size: int,
-        device: torch.device | str = "cpu",
-        banned: Sequence[Sequence[int]] | None = None,
-    ) -> SamplingTensors:
-        return build_sampling_tensors(params, generators, vocab_size, device, banned)
-
 
 def build_sampling_tensors(
     params: Sequence[SamplingParams],

@@ -47,7 +47,7 @@ def test_build_sampling_tensors() -> None:
         SamplingParams(temperature=0.5, top_k=-1, top_p=0.9, min_p=0.1, presence_penalty=0.5),
         SamplingParams(top_k=0, repetition_penalty=1.2, frequency_penalty=-1.0),
     ]
-    st = SamplingTensors.build(params, [None, None, None], vocab_size=10, banned=[[1], [], [2, 3]])
+    st = build_sampling_tensors(params, [None, None, None], vocab_size=10, banned=[[1], [], [2, 3]])
     assert st.temperature.tolist() == [1.0, 0.5, 1.0]  # greedy row gets a safe placeholder
     assert st.top_k.tolist() == [3, 10, 10]  # off -> V
     assert st.top_k.dtype == torch.int64
