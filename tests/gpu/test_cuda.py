@@ -63,3 +63,27 @@ def test_cuda_real_model_chat() -> None:
         [{"role": "user", "content": "What is the capital of France?"}],
         SamplingParams(temperature=0, max_tokens=16))
     assert f32[0].outputs[0].token_ids == ref[0].outputs[0].token_ids
+
+
+def test_cuda_shared_prefix_cascade_equals_cpu() -> None:
+    """Sequences sharing a long prefix decode through cascade attention on both devices."""
+    common = [(i * 13) % 300 + 3 for i in range(80)]
+    prompts = [common + [7 + i] for i in range(4)]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+    def run(device: str) -> list[list[int]]:
+        engine = _engine(device, max_num_batched_tokens=512)
+        engine.add_request("warm", common + [1], SamplingParams(temperature=0, max_tokens=1))
+        while engine.has_unfinished_requests():
+            engine.step()
+        for i, p in enumerate(prompts):
+            engine.add_request(f"r{i}", p, params)
+        done = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out.outputs[0].token_ids
+        engine.check_integrity()
+        return [done[f"r{i}"] for i in range(4)]
+
+    assert run("cuda") == run("cpu")
