@@ -18,8 +18,8 @@ pytestmark = [
 PROMPTS = [[5, 6, 7, 8, 9], [100, 200, 300, 12, 13, 14, 15, 16, 17, 18], [42], [3, 1, 4, 1, 5, 9, 2, 6]]
 
 
-def _run(engine: LLMEngine, params: SamplingParams) -> list[list[int]]:
-    for i, p in enumerate(PROMPTS):
+def _run(engine: LLMEngine, params: SamplingParams, prompts=PROMPTS) -> list[list[int]]:
+    for i, p in enumerate(prompts):
         engine.add_request(f"r{i}", p, params)
     done = {}
     while engine.has_unfinished_requests():
@@ -27,7 +27,7 @@ def _run(engine: LLMEngine, params: SamplingParams) -> list[list[int]]:
             if out.finished:
                 done[out.request_id] = out.outputs[0].token_ids
     engine.check_integrity()
-    return [done[f"r{i}"] for i in range(len(PROMPTS))]
+    return [done[f"r{i}"] for i in range(len(prompts))]
 
 
 def _engine(device: str, **kw) -> LLMEngine:
@@ -73,17 +73,7 @@ def test_cuda_shared_prefix_cascade_equals_cpu() -> None:
 
     def run(device: str) -> list[list[int]]:
         engine = _engine(device, max_num_batched_tokens=512)
-        engine.add_request("warm", common + [1], SamplingParams(temperature=0, max_tokens=1))
-        while engine.has_unfinished_requests():
-            engine.step()
-        for i, p in enumerate(prompts):
-            engine.add_request(f"r{i}", p, params)
-        done = {}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished:
-                    done[out.request_id] = out.outputs[0].token_ids
-        engine.check_integrity()
-        return [done[f"r{i}"] for i in range(4)]
+        _run(engine, SamplingParams(temperature=0, max_tokens=1), [common + [1]])  # caches the prefix
+        return _run(engine, params, prompts)
 
     assert run("cuda") == run("cpu")
