@@ -10,6 +10,7 @@ from thinkstream.engine import LLMEngine
 from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
+from thinkstream.thinking.config import ThinkConfig
 
 Prompt = str | Sequence[int]
 Message = dict[str, str]
@@ -92,6 +93,7 @@ class LLM:
     def open_session(
         self, prompt: Prompt | None = None, *, messages: Sequence[Message] | None = None,
         sampling_params: SamplingParams | None = None, session_id: str | None = None,
+        thinking: ThinkConfig | None = None,
     ) -> Session:
         """Open a streaming-input session: its input is prefilled as it arrives.
 
@@ -101,7 +103,8 @@ class LLM:
         """
         if self._sessions is None:
             self._sessions = SessionManager(self.engine)
-        info = self._sessions.open(session_id, prompt, messages, sampling_params)
+        info = self._sessions.open(session_id, prompt, messages, sampling_params,
+                                   thinking=thinking)
         return Session(self, info.session_id)
 
     def _prefill(self, rid: str) -> None:
@@ -179,6 +182,26 @@ class Session:
         if prefill:
             self.llm._prefill(self.id)
         return result
+
+    @property
+    def reasoning_content(self) -> str:
+        """Think while reading: the reasoning so far (notes, passes)."""
+        state = self.llm.engine.requests.get(self.id)
+        return state.reasoning if state is not None else ""
+
+    def think(self) -> Iterator[RequestOutput]:
+        """Step the engine until the reasoning has caught up with the input received so
+        far, yielding this session's outputs as notes arrive (``new_reasoning_content``)."""
+        ctrl = self.llm._sessions.thinker(self.id)  # type: ignore[union-attr]
+        state = self.llm.engine.requests.get(self.id)
+        if ctrl is None or state is None:
+            return
+        while (ctrl.note is not None or ctrl.S.num_pending_tokens) and not state.finished:
+            if not self.llm.engine.scheduler.has_work():
+                break
+            for out in self.llm.engine.step():
+                if out.request_id == self.id:
+                    yield out
 
     def close(self) -> Iterator[RequestOutput]:
         """End the input and stream the answer (closing the iterator early aborts it)."""

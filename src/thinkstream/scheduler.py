@@ -19,8 +19,12 @@ therefore never starve ordinary requests.
 KV views (``Sequence.kv_prefix``) take no block references, so the scheduler keeps them
 safe by one rule, checked when a step is planned and again after any preemption in it:
 
-    a viewer is computed in a step only if every source it views is resident and has
-    computed at least the viewed tokens before the step (``_views_ready``).
+    a viewer's tokens that see a prefix are computed in a step only if every source it
+    views is resident and has computed at least the viewed tokens before the step
+    (``_computable``), and a viewer stalled on an evicted source is preempted too (it
+    recomputes exactly); its leading tokens that see no prefix need nothing (so two
+    sequences that view each other, an answer viewing its notes and the notes viewing the
+    input, recompute without waiting on each other).
 
 A preempted source therefore stalls its viewers until it has recomputed (a parked source
 that a viewer waits for is woken); a viewer's own KV stays valid, and since each of its
@@ -125,7 +129,11 @@ class Scheduler:
         queue, kept = list(self.running), []
         while queue:
             seq = queue.pop(0)
-            n = min(seq.num_pending_tokens, budget) if self._views_ready(seq, by_id) else 0
+            n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id))
+            if n == 0 and seq.num_pending_tokens and self._source_evicted(seq, by_id):
+                self._preempt(seq)  # stalled on an evicted source: give its blocks back
+                out.preempted.append(seq)
+                continue
             if n == 0:
                 kept.append(seq)
                 continue
@@ -143,7 +151,9 @@ class Scheduler:
         if not out.preempted:
             budget = self._admit(out, budget, by_id)
         if out.preempted:  # a source preempted in this step takes its viewers' turn with it
-            out.scheduled = [s for s in out.scheduled if self._views_ready(s.seq, by_id)]
+            clipped = [ScheduledSeq(s.seq, min(s.num_new_tokens, self._computable(s.seq, by_id)))
+                       for s in out.scheduled]
+            out.scheduled = [s for s in clipped if s.num_new_tokens > 0]
         return out
 
     def _wake_sources(self) -> dict[str, Sequence]:
@@ -156,21 +166,29 @@ class Scheduler:
                         self.wake(by_id[sid])
         return by_id
 
-    def _views_ready(self, seq: Sequence, by_id: dict[str, Sequence]) -> bool:
+    def _source_evicted(self, seq: Sequence, by_id: dict[str, Sequence]) -> bool:
+        return any(sid not in by_id or not self.kv.has(sid) for sid, _ in seq.kv_prefix)
+
+    def _computable(self, seq: Sequence, by_id: dict[str, Sequence]) -> int:
+        """How many pending tokens of ``seq`` its views allow computing now."""
         for sid, k in seq.kv_prefix:
             src = by_id.get(sid)
             if src is None or not self.kv.has(sid) or src.num_computed_tokens < k:
-                return False
-        return True
+                return max(seq.num_shareable_tokens - seq.num_computed_tokens, 0)
+        return seq.num_pending_tokens
 
     def _admit(self, out: SchedulerOutput, budget: int, by_id: dict[str, Sequence]) -> int:
         bs = self.kv.block_size
         computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
+        deferred: list[Sequence] = []  # viewers whose sources are not resident yet
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
+            if seq.kv_prefix and not seq.num_shareable_tokens and self._source_evicted(seq, by_id):
+                deferred.append(self.waiting.popleft())
+                continue
             if not self.kv.has(seq.seq_id):
                 use_cache = self.cfg.enable_prefix_caching and not seq.wants_prompt_logprobs
-                head = (seq.salt, *seq.token_ids[:bs]) if seq.num_tokens > bs else None
+                head = (seq.salt, *seq.token_ids[:bs]) if seq.num_shareable_tokens > bs else None
                 if use_cache and head in computing:
                     break  # its prefix is being computed now: next step it is a cache hit
                 ids = seq.token_ids[: seq.num_shareable_tokens]
@@ -181,7 +199,7 @@ class Scheduler:
                     self.kv.allocate(seq.seq_id, 0)
                 elif seq.num_computed_tokens == 0 and head is not None:
                     computing.add(head)
-            n = min(seq.num_pending_tokens, budget) if self._views_ready(seq, by_id) else 0
+            n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id))
             if not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
                 idle = self._pop_idle(self.running, [])
                 if idle is not None:  # an idle session gives way, then try again
@@ -197,6 +215,7 @@ class Scheduler:
             if n:
                 out.scheduled.append(ScheduledSeq(seq, n))
                 budget -= n
+        self.waiting.extendleft(reversed(deferred))
         return budget
 
     def _pop_idle(self, *lists: list[Sequence]) -> Sequence | None:

@@ -122,11 +122,14 @@ def _rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.T
 
 
 def reference_logits(cfg: ModelConfig, t: dict[str, torch.Tensor], ids: list[int],
-                     positions: list[int] | None = None) -> torch.Tensor:
-    """All-position logits (T, V) of a full causal pass, float32, no cache, written plainly."""
+                     positions: list[int] | None = None,
+                     allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """All-position logits (T, V) of a full causal pass, float32, no cache, written plainly.
+    ``allowed`` (T, T) replaces the causal mask (True: query row may attend to key column)."""
     from thinkstream.models.layers import rope_inv_freq
 
     n = len(ids)
+    mask = allowed
     pos = torch.tensor(positions if positions is not None else list(range(n)))
     x = t["embed.weight"][torch.tensor(ids)] * cfg.embedding_scale
     d, hq, hk = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
@@ -150,7 +153,7 @@ def reference_logits(cfg: ModelConfig, t: dict[str, torch.Tensor], ids: list[int
         v = v.repeat_interleave(hq // hk, dim=1)
         scores = torch.einsum("qhd,khd->hqk", q, k) * cfg.scale
         qi, ki = torch.arange(n)[:, None], torch.arange(n)[None, :]
-        allowed = ki <= qi
+        allowed = ki <= qi if mask is None else mask
         if sliding:
             allowed &= ki > qi - cfg.sliding_window
         scores = scores.masked_fill(~allowed, float("-inf"))

@@ -141,7 +141,8 @@ def test_idle_sessions_give_way_and_recompute_the_same() -> None:
     llm = make_llm(num_blocks=24, max_num_batched_tokens=256)
     engine = llm.engine
     text = "The quick brown fox jumps over the lazy dog. " * 2
-    sessions = [llm.open_session(text, sampling_params=GREEDY) for _ in range(2)]
+    # distinct texts, so the two sessions share no prefix blocks
+    sessions = [llm.open_session(f"{i}: {text}", sampling_params=GREEDY) for i in range(2)]
     for s in sessions:
         s.append(f" session {s.id}.")
     held = engine.kv.num_blocks - engine.kv.num_free_blocks
@@ -152,10 +153,10 @@ def test_idle_sessions_give_way_and_recompute_the_same() -> None:
     assert engine.scheduler.parked  # an idle session was preempted and parked
     parked = engine.scheduler.parked[0]
     assert parked.num_computed_tokens == 0 and parked.status == SeqStatus.WAITING
-    for s in sessions:  # the next chunk recomputes; the answer is unchanged
+    for i, s in enumerate(sessions):  # the next chunk recomputes; the answer is unchanged
         s.append(" The end.")
         out = s.complete()
-        assert out.outputs[0].token_ids == one_shot(llm, text + f" session {s.id}. The end.")
+        assert out.outputs[0].token_ids == one_shot(llm, f"{i}: {text} session {s.id}. The end.")
     assert_pool_full(llm)
 
 
@@ -163,7 +164,7 @@ def test_policies_order_the_queue() -> None:
     engine = make_llm().engine
     mgr = SessionManager(engine)
     for i, n in enumerate([3, 9, 6]):
-        mgr.open(f"s{i}", [5] * n, params=GREEDY)
+        mgr.open(f"s{i}", [5 + i] * n, params=GREEDY)  # distinct: no shared prefix
     engine.step()
     mgr.append("s0", [6])  # newest chunk: s0
     mgr.close("s2")  # s2 finished input

@@ -197,6 +197,7 @@ class ChatView(_View):
                                 "logprobs": None, "finish_reason": None}])
         completion = 0
         done: set[int] = set()
+        reasoned: dict[int, int] = {}  # reasoning characters sent (think while reading)
         async for _, out in outputs:
             for o in out.outputs:
                 if o.index in done:
@@ -208,6 +209,11 @@ class ChatView(_View):
                 if self.logprobs is not None and new_ids:
                     entries = list(o.logprobs or [])[start: start + len(new_ids)]
                     lps = self._logprobs(entries, new_ids)
+                if o.reasoning_content and len(o.reasoning_content) > reasoned.get(o.index, 0):
+                    delta = o.reasoning_content[reasoned.get(o.index, 0):]
+                    reasoned[o.index] = len(o.reasoning_content)
+                    yield self._chunk([{"index": o.index, "delta": {"reasoning_content": delta},
+                                        "logprobs": None, "finish_reason": None}])
                 if o.new_text or lps:
                     yield self._chunk([{"index": o.index, "delta": {"content": o.new_text},
                                         "logprobs": lps, "finish_reason": None}])

@@ -126,7 +126,8 @@ class SessionHub:
 
     # --------------------------------------------------------------- operations
     async def open(self, key: str, prompt: str | Sequence[int] | None,
-                   messages: list[dict] | None, params: SamplingParams) -> SessionInfo:
+                   messages: list[dict] | None, params: SamplingParams,
+                   thinking=None) -> SessionInfo:
         self.start_reaper()
         if self.open_count(key) >= self.limits.max_sessions_per_key:
             raise APIError(429, f"at most {self.limits.max_sessions_per_key} open sessions per "
@@ -134,7 +135,8 @@ class SessionHub:
         if isinstance(prompt, str) and len(prompt) > self.limits.max_chunk_chars:
             raise APIError(413, f"prompt: at most {self.limits.max_chunk_chars} characters",
                            "prompt", "chunk_too_large")
-        info = await self._run(self.llm.open_session(prompt, messages, params))
+        info = await self._run(self.llm.open_session(prompt, messages, params,
+                                                     thinking=thinking))
         self._owned[info.session_id] = _Owned(key, tokens=self.limits.chunk_burst)
         return info
 

@@ -53,12 +53,37 @@ from thinkstream.server.session_hub import SessionHub, SessionLimits, key_id
 from thinkstream.streaming.sessions import SessionInfo, UpdateResult
 
 
+class SessionThinking(P._Body):
+    """Think while reading (``thinking.ThinkConfig``): notes on each input unit while the
+    input streams, reported as ``reasoning_content`` deltas."""
+
+    layout: str = "gap"
+    gap: int = 48
+    depth: str = "D1"
+    unit: str = "sentence"
+    note_tokens: int = 24
+    pass_tokens: int = 64
+    max_reasoning_tokens: int = 512
+
+    def config(self):
+        from thinkstream.thinking import Layout, ThinkConfig, UnitPolicy
+
+        try:
+            return ThinkConfig(layout=Layout(self.layout, self.gap), units=UnitPolicy(self.unit),
+                               depth=self.depth, note_tokens=self.note_tokens,
+                               pass_tokens=self.pass_tokens,
+                               max_reasoning_tokens=self.max_reasoning_tokens)
+        except ValueError as exc:
+            raise APIError(400, f"thinking: {exc}", "thinking", "invalid_value") from None
+
+
 class SessionCreateRequest(P._Sampling):
     """``POST /v1/sessions``: ``prompt`` (text or token ids received so far) or ``messages``
     (the streamed text becomes a new user message after them; ``prompt`` is its start)."""
 
     prompt: P.Text | P.TokenIds | None = None
     messages: list[P.ChatMessage] | None = None
+    thinking: SessionThinking | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
@@ -159,7 +184,8 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
             state, hub, key = ctx(request)
             body = await parse_body(request, SessionCreateRequest)
             prompt, messages, params, logprobs = _open_args(state, body)
-            info = await hub.open(key, prompt, messages, params)
+            thinking = body.thinking.config() if body.thinking is not None else None
+            info = await hub.open(key, prompt, messages, params, thinking)
             views[info.session_id] = (logprobs, params.n)
             return JSONResponse(_info(info))
         except Exception as exc:  # noqa: BLE001 - every refusal is an error body
@@ -211,6 +237,29 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
         return JSONResponse(view.response([final]))
+
+    @router.get("/v1/sessions/{session_id}/events")
+    async def events(session_id: str, request: Request) -> Response:
+        """SSE of a thinking session's reasoning while its input streams: chunks whose delta
+        is ``{"reasoning_content": ...}``; ends when the session finishes."""
+        try:
+            state, hub, key = ctx(request)
+            await hub.info(key, session_id)  # exists and is this key's
+        except Exception as exc:  # noqa: BLE001
+            return _error(exc)
+        view = fmt.ChatView(session_id, state.config.served_model_name, state.llm.tokenizer, 0)
+
+        async def chunks() -> AsyncIterator[dict]:
+            sent = 0
+            async for out in state.llm.session_events(session_id):
+                text = out.outputs[0].reasoning_content if out.outputs else ""
+                if len(text) > sent:
+                    yield view._chunk([{"index": 0, "delta": {"reasoning_content": text[sent:]},
+                                        "logprobs": None, "finish_reason": None}])
+                    sent = len(text)
+
+        return StreamingResponse(_sse(chunks()), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
 
     @router.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str, request: Request) -> Response:

@@ -31,6 +31,8 @@ from thinkstream.output import RequestState
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.errors import SessionClosedError, SessionLimitError, SessionNotFoundError
 from thinkstream.streaming.state import Data, Plan, SessionInput
+from thinkstream.thinking.config import ThinkConfig
+from thinkstream.thinking.controller import ThinkController
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class _Session:
     created: float
     last_activity: float
     aborted: str | None = None
+    think: ThinkController | None = None  # think while reading (None: off)
 
 
 class SessionManager:
@@ -121,18 +124,34 @@ class SessionManager:
     # ----------------------------------------------------------------- updates
     def open(self, session_id: str | None = None, prompt: str | Sequence[int] | None = None,
              messages: Sequence[dict] | None = None, params: SamplingParams | None = None,
-             salt: object = None) -> SessionInfo:
+             salt: object = None, thinking: ThinkConfig | None = None) -> SessionInfo:
+        """``thinking``: reason about each input unit while the input streams (see
+        ``thinking.controller``); the reasoning is reported as ``reasoning_content``."""
         sid = session_id or f"sess-{next(self._ids)}"
         if sid in self._open or sid in self._ended or sid in self.engine.requests:
             raise RequestError("session_id", f"session_id: {sid!r} is already in use")
         inp = SessionInput.open(self.engine.tokenizer, prompt, messages, self.window)
         self._check_size(len(inp.ids))
+        if thinking is not None:  # input positions depend on the layout (and on the notes)
+            lay = thinking.layout
+            u = thinking.units
+            salt = ("think", sid) if lay.kind == "interleaved" else (
+                "think", lay.kind, lay.gap, u.kind, u.delimiter, u.num_tokens, u.min_tokens, salt)
         state = self.engine.make_request(sid, inp.ids, params, input_closed=False, salt=salt)
         state.prompt = inp.content if inp.mode != "tokens" else None
         self.engine.add(state)
         now = time.monotonic()
-        self._open[sid] = _Session(sid, inp, state, now, now)
+        s = self._open[sid] = _Session(sid, inp, state, now, now)
+        if thinking is not None:
+            tok = self.engine.tokenizer
+            start = 0 if inp.mode == "tokens" else (
+                len(inp.lead) + len(tok.encode(inp.prefix, add_special_tokens=False)))
+            s.think = ThinkController(self.engine, sid, thinking, min(start, len(inp.ids)))
+            s.think.on_input()
         return self.info(sid)
+
+    def thinker(self, sid: str) -> ThinkController | None:
+        return self._get(sid).think
 
     def append(self, sid: str, data: Data, seq: int | None = None) -> UpdateResult:
         s = self._get_open(sid)
@@ -156,10 +175,16 @@ class SessionManager:
             raise SessionLimitError("input: empty at close", "input", "empty_input")
         params = s.state.seqs[0].params
         self._check_size(plan.num_tokens, params.max_tokens)
-        self._edit(s, plan)
+        self._edit(s, plan, closing=True)
         if plan.text is not None:
             s.state.prompt = plan.text
-        self.engine.close_input(sid)
+        if s.think is not None:  # notes on the last unit and the passes first, then answer
+            suffix = self.engine.tokenizer.encode(s.input.suffix, add_special_tokens=False)
+            n = len(plan.ids)
+            content = n - len(suffix) if suffix and plan.ids[n - len(suffix):] == suffix else n
+            s.think.close(content)
+        else:
+            self.engine.close_input(sid)
         s.input.commit(plan, close=True)
         s.last_activity = time.monotonic()
         self._end(s)
@@ -190,12 +215,16 @@ class SessionManager:
         return UpdateResult(s.sid, number, plan.duplicate, s.input.next_seq, plan.num_tokens,
                             plan.edit.keep, len(plan.edit.add))
 
-    def _edit(self, s: _Session, plan: Plan) -> None:
+    def _edit(self, s: _Session, plan: Plan, closing: bool = False) -> None:
         have = s.state.seqs[0].num_tokens
         if plan.edit.keep < have:
+            if s.think is not None:
+                s.think.before_truncate(plan.edit.keep)
             self.engine.truncate_input(s.sid, plan.edit.keep)
         if plan.edit.add:
             self.engine.extend_input(s.sid, plan.edit.add)
+        if s.think is not None and not closing:
+            s.think.on_input()
 
     def _check_size(self, num_tokens: int, max_tokens: int | None = 0) -> None:
         if num_tokens > self.max_input_tokens:

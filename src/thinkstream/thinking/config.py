@@ -1,0 +1,54 @@
+"""``ThinkConfig``: what a think-while-reading session does (validated, frozen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from thinkstream.thinking.layouts import Layout
+from thinkstream.thinking.units import UnitPolicy
+
+DEPTHS = ("D1", "D2", "D3")
+
+
+@dataclass(frozen=True)
+class ThinkConfig:
+    """Steering templates are ChatML by default (the default model's format): the input is
+    an open user turn, a note closes it, answers as the assistant, and reopens it::
+
+        ... user text of unit k | <|im_end|>\\n<|im_start|>assistant\\nNote: ...note...
+        <|im_end|>\\n<|im_start|>user\\n | user text of unit k+1 ...
+
+    ``passes`` (after the input closes; D2: integrate, D3: integrate then reflect) are
+    user requests answered by the assistant, after the last note's tail.
+    """
+
+    layout: Layout = field(default_factory=Layout)
+    units: UnitPolicy = field(default_factory=UnitPolicy)
+    depth: str = "D1"
+    note_head: str = "<|im_end|>\n<|im_start|>assistant\nNote:"
+    note_tail: str = "<|im_end|>\n<|im_start|>user\n"
+    note_tokens: int = 24  # budget of one note
+    integrate_head: str = ("Summarize the facts needed to answer.<|im_end|>\n"
+                           "<|im_start|>assistant\n")
+    reflect_head: str = ("Check the summary against the text and correct it.<|im_end|>\n"
+                         "<|im_start|>assistant\n")
+    pass_tail: str = "<|im_end|>\n<|im_start|>user\n"
+    pass_tokens: int = 64  # budget of one integration / reflection pass
+    max_reasoning_tokens: int = 512  # budget forcing: then straight to the answer
+    stop_at_newline: bool = True  # a note ends at its first line break
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.depth not in DEPTHS:
+            raise ValueError(f"depth: {self.depth!r} is not one of {', '.join(DEPTHS)}")
+        for name in ("note_tokens", "pass_tokens", "max_reasoning_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+
+    @property
+    def passes(self) -> tuple[str, ...]:
+        return {"D1": (), "D2": (self.integrate_head,),
+                "D3": (self.integrate_head, self.reflect_head)}[self.depth]

@@ -1,0 +1,306 @@
+"""Think while reading on the tiny model: layout formulas, units, exact logits of a
+staircase view with gap positions, reading independent of thinking, notes computed in the
+same step as input prefill, invalidation on roll-back, depth, budget forcing, preemption and
+block accounting, and reasoning deltas before the input closes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.tiny import random_tensors, reference_logits, tiny_checkpoint, tiny_config
+
+from thinkstream.llm import LLM
+from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.models.registry import build_model
+from thinkstream.sampling_params import SamplingParams
+from thinkstream.thinking import Layout, ThinkConfig, UnitPolicy
+from thinkstream.thinking.layouts import after_all, input_positions, known_until, segment_start
+from thinkstream.thinking.units import find_unit_ends
+
+CKPT = tiny_checkpoint()
+GREEDY = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+PIECES = ["The quick brown fox. ", "Paris is the capital. ", "What is it? ", "The lazy dog"]
+
+
+def make_llm(**cfg) -> LLM:
+    base = dict(block_size=4, num_blocks=256, max_num_seqs=16, max_num_batched_tokens=64)
+    base.update(cfg)
+    return LLM(checkpoint=CKPT, **base)
+
+
+def think(kind: str = "gap", **kw) -> ThinkConfig:
+    kw.setdefault("note_tokens", 6)
+    kw.setdefault("pass_tokens", 5)
+    return ThinkConfig(layout=Layout(kind, gap=40), **kw)
+
+
+def run_session(llm: LLM, cfg: ThinkConfig, pieces=PIECES, check=True):
+    s = llm.open_session(messages=[], sampling_params=GREEDY, thinking=cfg)
+    ctrl = llm._sessions.thinker(s.id)
+    for p in pieces:
+        s.append(p)
+        list(s.think())
+        if check:
+            llm.engine.check_integrity()
+            ctrl.check()
+    return s, ctrl
+
+
+def assert_pool_full(llm: LLM) -> None:
+    llm.engine.check_integrity()
+    assert not llm.engine.requests
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+# ------------------------------------------------------------------ pure parts
+def test_layout_formulas() -> None:
+    ends, segs = [3, 7], [5, 2]
+    assert input_positions(Layout("grouped"), 9, ends, segs) == list(range(9))
+    assert input_positions(Layout("gap", gap=10), 9, ends, segs) == [0, 1, 2, 13, 14, 15, 16, 27, 28]
+    assert input_positions(Layout("interleaved"), 9, ends, segs) == [0, 1, 2, 8, 9, 10, 11, 14, 15]
+    assert known_until(Layout("interleaved"), ends, segs[:1]) == 7
+    assert known_until(Layout("gap"), ends, []) is None
+    pos = input_positions(Layout("gap", gap=10), 9, ends, segs)
+    assert segment_start(Layout("gap", gap=10), 7, pos, []) == 17  # right after unit 1
+    assert segment_start(Layout("grouped"), 7, list(range(9)), [0, 1, 2]) == 3
+    assert after_all([0, 1, 5], [9, 10]) == 11
+    with pytest.raises(ValueError):
+        Layout("diagonal")
+
+
+def test_unit_ends() -> None:
+    pieces = ["Tom", " has", " 3", ".", " He", " buys", "!", " x", "\n", "y"]
+    assert find_unit_ends(UnitPolicy(min_tokens=2), pieces, 0, 10) == [4, 7, 9]
+    assert find_unit_ends(UnitPolicy(min_tokens=4), pieces, 0, 10) == [4, 9]  # "He buys!" merges
+    assert find_unit_ends(UnitPolicy("tokens", num_tokens=3), pieces, 0, 10) == [3, 6, 9]
+    assert find_unit_ends(UnitPolicy("delimiter", delimiter="\n", min_tokens=1), pieces, 0, 10) == [9]
+
+
+# ------------------------------------------------------------- exact numerics
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_staircase_view_gap_positions_exact(arch: str) -> None:
+    """R's tokens see S[:visible] (a staircase: earlier notes saw less input) at gap-layout
+    positions; chunked recompute and decode both equal the dense reference."""
+    cfg = tiny_config(arch)
+    t = random_tensors(cfg, seed=3)
+    model = build_model(cfg, t)
+    bs = 4
+    caches = allocate_kv_caches(cfg.num_layers, 32 * bs, cfg.num_kv_heads, cfg.head_dim, torch.float32, "cpu")
+    lay = Layout("gap", gap=6)
+    src = [11, 22, 33, 44, 55, 66, 77, 88]
+    ends = [3, 6]
+    spos = input_positions(lay, len(src), ends, [])
+    meta = build_attention_metadata([SeqSlice([0, 1], 0, len(src))], bs, caches)
+    with torch.inference_mode():
+        model(torch.tensor(src), torch.tensor(spos), meta)
+    own = [90, 91, 92, 93, 94]  # tokens 0-2 noted unit 0 (see 3), tokens 3-4 unit 1 (see 6)
+    visible = (3, 3, 3, 6, 6)
+    rpos = [3, 4, 5, 12, 13]  # after unit 0 (pos 2); after unit 1 (S[5] sits at 3 + 6 + 2)
+    assert rpos[3] == spos[5] + 1 == segment_start(lay, 6, spos, [])
+    # reference: one dense pass over S[:6] + R; R token j sees S[:visible[j]] and R[:j+1]
+    n = 6 + len(own)
+    allowed = torch.ones(n, n).tril().bool()
+    for j, v in enumerate(visible):
+        allowed[6 + j, v:6] = False
+    ref = reference_logits(cfg, t, src[:6] + own, spos[:6] + rpos, allowed)[6:]
+    prefix = (([0, 1], 6),)
+    meta = build_attention_metadata([SeqSlice([5, 6], 0, 4, prefix, visible[:4])], bs, caches)
+    with torch.inference_mode():
+        a = model.compute_logits(model(torch.tensor(own[:4]), torch.tensor(rpos[:4]), meta))
+    meta = build_attention_metadata([SeqSlice([5, 6], 4, 1, prefix, visible[4:])], bs, caches)
+    with torch.inference_mode():
+        b = model.compute_logits(model(torch.tensor(own[4:]), torch.tensor(rpos[4:]), meta))
+    assert torch.allclose(torch.cat([a, b]), ref, atol=1e-4), (torch.cat([a, b]) - ref).abs().max()
+    # a decode that may see only part of the prefix
+    meta = build_attention_metadata([SeqSlice([5, 6], 4, 1, prefix, (3,))], bs, caches)
+    with torch.inference_mode():
+        c = model.compute_logits(model(torch.tensor(own[4:]), torch.tensor(rpos[4:]), meta))
+    allowed[-1, 3:6] = False
+    ref_c = reference_logits(cfg, t, src[:6] + own, spos[:6] + rpos, allowed)[-1]
+    assert torch.allclose(c[0], ref_c, atol=1e-4)
+
+
+def _input_kv(llm: LLM, sid: str, n: int) -> torch.Tensor:
+    table = llm.engine.kv.block_table(f"{sid}#0")
+    bs = llm.engine.kv.block_size
+    slots = torch.tensor([table[i // bs] * bs + i % bs for i in range(n)])
+    return torch.cat([torch.cat([k[slots], v[slots]]) for k, v in llm.engine.runner.kv_caches])
+
+
+def test_reading_is_independent_of_thinking() -> None:
+    """The input's KV is bit-identical whether notes run alongside or not (same layout:
+    budget forcing after one token leaves the notes out)."""
+    kvs = []
+    for budget in (1000, 1):
+        llm = make_llm()
+        s, ctrl = run_session(llm, think("gap", max_reasoning_tokens=budget))
+        n = ctrl.S.num_computed_tokens
+        kvs.append((_input_kv(llm, s.id, n), list(ctrl.S.positions[:n]), ctrl.reasoning_tokens))
+        s.abort()
+        assert_pool_full(llm)
+    (a, pa, ra), (b, pb, rb) = kvs
+    assert ra > rb == 1 and pa == pb
+    # Equal up to float rounding: the masks keep the input from seeing any note, but CPU
+    # matmuls are not batch-invariant (rows batched with note tokens round differently).
+    assert (a - b).abs().max() <= 1e-5, (a - b).abs().max()
+
+
+def test_notes_see_exactly_the_input_read_so_far() -> None:
+    llm = make_llm()
+    s, ctrl = run_session(llm, think("gap"))
+    R = ctrl.R
+    assert [g.view_end for g in ctrl.segs] == [u.end for u in ctrl.units]
+    for g, nxt in zip(ctrl.segs, [*ctrl.segs[1:], None], strict=True):
+        stop = nxt.start if nxt is not None else len(R.kv_prefix_visible)
+        assert set(R.kv_prefix_visible[g.start:stop]) <= {g.view_end}
+    assert R.kv_prefix == [(ctrl.S.seq_id, ctrl.segs[-1].view_end)]
+    s.abort()
+    assert_pool_full(llm)
+
+
+# ----------------------------------------------------------------- scheduling
+def test_note_and_next_unit_prefill_share_a_step() -> None:
+    llm = make_llm()
+    sched = llm.engine.scheduler
+    steps = []
+    orig = sched.schedule
+
+    def spy():
+        out = orig()
+        steps.append({s.seq.seq_id: s.num_new_tokens for s in out.scheduled})
+        return out
+
+    sched.schedule = spy
+    s = llm.open_session(messages=[], sampling_params=GREEDY, thinking=think("gap"))
+    s.append("The quick brown fox. Paris")  # unit 0 complete; note 0 can start
+    s.append(" is the capital of France and the lazy dog", prefill=False)
+    list(s.think())
+    both = [st for st in steps if f"{s.id}#0" in st and f"{s.id}#think" in st]
+    assert both, steps  # input prefill of unit 1 and note 0 in one engine step
+    assert any(st[f"{s.id}#0"] > 1 for st in both)
+    s.abort()
+    assert_pool_full(llm)
+
+
+def test_interleaved_reading_waits_for_each_note() -> None:
+    llm = make_llm()
+    s, ctrl = run_session(llm, think("interleaved"))
+    S = ctrl.S
+    lens = [u.seg_len for u in ctrl.units]
+    assert all(n is not None and n > 0 for n in lens)
+    assert S.positions == input_positions(Layout("interleaved"), S.num_tokens, [u.end for u in ctrl.units], lens)
+    for g, u in zip(ctrl.segs, ctrl.units, strict=True):  # notes sit right after their unit
+        assert ctrl.R.positions[g.start] == S.positions[u.end - 1] + 1
+    s.abort()
+    assert_pool_full(llm)
+
+
+@pytest.mark.parametrize("kind", ["gap", "interleaved", "grouped"])
+@pytest.mark.parametrize("depth,passes", [("D1", 0), ("D2", 1), ("D3", 2)])
+def test_depth_positions_and_pool(kind: str, depth: str, passes: int) -> None:
+    llm = make_llm()
+    s, ctrl = run_session(llm, think(kind, depth=depth))
+    out = s.complete()
+    assert len(out.outputs[0].token_ids) == GREEDY.max_tokens
+    assert len([g for g in ctrl.segs if g.unit is None]) == passes
+    assert len([g for g in ctrl.segs if g.unit is not None]) == len(ctrl.units)
+    S, R = ctrl.S, ctrl.R
+    end = ctrl.view_limit
+    # the answer prompt and the answer come after all reasoning, and see all of it
+    first = max(S.position(end - 1), R.positions[R.num_tokens - 2]) + 1
+    assert [S.position(i) for i in range(end, S.num_tokens)] == list(range(first, first + S.num_tokens - end))
+    if kind == "gap":
+        for g in ctrl.segs:
+            if g.unit is not None:
+                assert R.positions[g.start] == S.position(g.view_end - 1) + 1
+                assert R.positions[g.start:].__len__() and max(
+                    p for p in R.positions[g.start:g.start + 40] if p < S.position(g.view_end)
+                ) < S.position(g.view_end)
+    if kind == "grouped":
+        assert R.positions[: ctrl.segs[-1].start] == list(range(ctrl.segs[-1].start))
+    assert out.outputs[0].reasoning_content
+    assert_pool_full(llm)
+
+
+def test_budget_forcing_moves_to_the_answer() -> None:
+    llm = make_llm()
+    s, ctrl = run_session(llm, think("gap", depth="D3", max_reasoning_tokens=9))
+    out = s.complete()
+    assert ctrl.reasoning_tokens == 9
+    assert len(out.outputs[0].token_ids) == GREEDY.max_tokens
+    assert_pool_full(llm)
+
+
+# ------------------------------------------------------------ safety of views
+def test_rollback_below_a_view_invalidates_its_notes() -> None:
+    llm = make_llm()
+    s, ctrl = run_session(llm, think("gap"), PIECES[:3])
+    n_segs = len(ctrl.segs)
+    assert n_segs >= 2
+    s.replace("The quick brown fox. Paris")  # unit 1 ("Paris is the capital.") is gone
+    llm.engine.check_integrity()
+    ctrl.check()
+    assert len(ctrl.segs) == 1 and ctrl.R.num_tokens <= ctrl.segs[0].start + 40
+    s.append(" is big. And the end is near. ")
+    list(s.think())
+    ctrl.check()
+    assert len(ctrl.segs) >= 2
+    s.complete()
+    assert_pool_full(llm)
+
+
+def test_truncating_below_a_view_is_refused() -> None:
+    llm = make_llm()
+    s, ctrl = run_session(llm, think("gap"), PIECES[:2])
+    with pytest.raises(RuntimeError):
+        llm.engine.truncate_input(s.id, 3)
+    s.abort()
+    assert_pool_full(llm)
+
+
+def test_preemption_and_abort_keep_block_accounting() -> None:
+    llm = make_llm(num_blocks=72, max_num_batched_tokens=16)
+    sessions = []
+    for i in range(3):
+        s = llm.open_session(messages=[], sampling_params=GREEDY, thinking=think("gap", seed=i))
+        sessions.append(s)
+    for p in PIECES:
+        for s in sessions:
+            s.append(p, prefill=False)
+        for _ in range(30):
+            llm.engine.step()
+            llm.engine.check_integrity()
+            for s in sessions:
+                llm._sessions.thinker(s.id).check()
+    assert llm.engine.num_preemptions > 0
+    sessions[0].abort()
+    llm.engine.check_integrity()
+    outs = [s.complete() for s in sessions[1:]]
+    assert all(len(o.outputs[0].token_ids) == GREEDY.max_tokens for o in outs)
+    assert_pool_full(llm)
+
+
+def test_reasoning_deltas_arrive_before_the_input_closes() -> None:
+    llm = make_llm()
+    s = llm.open_session(messages=[], sampling_params=GREEDY, thinking=think("gap"))
+    s.append("The quick brown fox. Paris is")
+    deltas = [o.outputs[0].new_reasoning_content for o in s.think()]
+    assert s.info.state == "open"
+    assert "".join(deltas) == s.reasoning_content != ""
+    assert all(o.outputs[0].text == "" for o in [])
+    outs = list(s.close())
+    assert outs[-1].outputs[0].reasoning_content.startswith(s.reasoning_content if False else "".join(deltas))
+    assert outs[-1].outputs[0].text
+    assert_pool_full(llm)
+
+
+def test_thinking_off_is_unchanged() -> None:
+    llm = make_llm()
+    a = llm.open_session(messages=[], sampling_params=GREEDY)
+    for p in PIECES:
+        a.append(p)
+    out = a.complete()
+    ref = llm.chat([{"role": "user", "content": "".join(PIECES)}], GREEDY)[0]
+    assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+    assert out.outputs[0].reasoning_content == ""
+    assert_pool_full(llm)
