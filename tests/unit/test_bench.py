@@ -122,3 +122,51 @@ def test_unknown_peer_is_rejected():
     args = parser.parse_args(["bench", "decode", "--peers", "vllm"])
     with pytest.raises(ValueError, match="unknown peer"):
         run(args, checkpoint=tiny_checkpoint())
+
+
+def test_streaming_quick_tiny_model(tmp_path):
+    from thinkstream.bench import streaming
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    out = tmp_path / "streaming.json"
+    args = parser.parse_args(["bench", "streaming", "--lengths", "24,48", "--sessions", "2",
+                              "--session-tokens", "16", "--session-rate", "400",
+                              "--arrivals-per-s", "50", "--policies", "fcfs",
+                              "--rate", "2000", "--max-tokens", "3", "--kv-cache-mb", "16",
+                              "--peers", "thinkstream-stream,thinkstream-oneshot",
+                              "--json", str(out)])
+    assert args.fn is streaming.run and args.threads == 1 and args.pattern == "speech"
+    assert args.fn(args, checkpoint=tiny_checkpoint()) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == streaming.SCHEMA
+    assert set(doc) >= {"command", "created", "model", "machine", "pattern", "threads",
+                        "max_tokens", "rate_tok_per_s", "prefill_tok_per_s", "peers", "lengths",
+                        "concurrent", "targets"}
+    assert [r["doc_tokens"] for r in doc["lengths"]] == [24, 48]
+    for row in doc["lengths"]:
+        assert set(row["results"]) == {"thinkstream-stream", "thinkstream-oneshot"}
+        assert all(v["tokens"] == 3 and v["total_s"] >= v["ttft_s"] > 0
+                   for v in row["results"].values())
+        assert row["best_waiting"] == "thinkstream-oneshot" and row["prompt_tokens"] > 24
+    assert [(r["mode"], r["policy"]) for r in doc["concurrent"]] == [("session", "fcfs"),
+                                                                      ("one-shot", "-")]
+    assert all(r["output_tokens"] == r["expected_tokens"] == 6 for r in doc["concurrent"])
+    assert set(doc["targets"]) == {"throughput_ratio_vs_non_streaming",
+                                   "throughput_no_worse_than_non_streaming"}
+    assert "| 48 |" in streaming.table(doc)
+
+
+def test_streaming_bursts_document_and_unknown_peer():
+    from thinkstream.bench import streaming
+
+    tok = tiny_checkpoint().tokenizer
+    chunks = streaming.document(tok, 400, seed=1, pattern="bursts")
+    assert len(chunks) == streaming.BURSTS + 1 and chunks[-1] == streaming.QUESTION
+    speech = streaming.document(tok, 400, seed=1)
+    assert "".join(speech) == "".join(chunks) and len(speech) > len(chunks)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    args = parser.parse_args(["bench", "streaming", "--peers", "vllm"])
+    with pytest.raises(ValueError, match="unknown peer"):
+        args.fn(args, checkpoint=tiny_checkpoint())

@@ -1,4 +1,4 @@
-"""``thinkstream bench {prefill,decode,throughput,all,profile}``.
+"""``thinkstream bench {prefill,decode,throughput,all,profile,streaming}``.
 
 Example (the full run of docs/benchmarks.md)::
 
@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
                    help="batch size(s) to profile (default 1 and 32)")
     p.add_argument("--steps", type=int, default=32)
     p.set_defaults(fn=run_profile)
+    p = sub.add_parser("streaming", help="streaming input: latency after the input ends")
+    from thinkstream.bench.streaming import add_arguments
+    from thinkstream.bench.streaming import run as run_streaming
+
+    add_arguments(p)
+    p.set_defaults(fn=run_streaming)
 
 
 def _model_paths(model: str | None) -> tuple[str | None, Path | None]:
