@@ -96,14 +96,9 @@ class AsyncLLM:
         consumer stops first, ``on_abandon`` runs (the request is aborted)."""
         finished = False
         try:
-            while True:
-                item = await q.get()
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in _until_finished(q):
                 yield item
-                if item.finished:
-                    finished = True
-                    return
+            finished = True
         finally:
             self._streams.pop(key, None)
             if not finished:
@@ -156,13 +151,8 @@ class AsyncLLM:
         q: asyncio.Queue = asyncio.Queue()
         self._listeners.setdefault(session_id, []).append((loop, q))
         try:
-            while True:
-                item = await q.get()
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in _until_finished(q):
                 yield item
-                if item.finished:
-                    return
         finally:
             subs = self._listeners.get(session_id, [])
             if (loop, q) in subs:
@@ -295,3 +285,14 @@ def _set_result(fut: asyncio.Future, value: Any) -> None:
 def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+async def _until_finished(q: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+    """Outputs from a queue up to and including the finished one; an exception is raised."""
+    while True:
+        item = await q.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+        if item.finished:
+            return

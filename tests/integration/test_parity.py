@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.prompts import PARITY_PROMPTS
 
 from thinkstream import LLM, SamplingParams
 
 pytestmark = pytest.mark.integration
 
-CHATS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Explain what a KV cache is in one sentence.",
-    "Translate 'good morning' into Spanish.",
-]
+CHATS = PARITY_PROMPTS
 TEXT = (
     "The history of streaming inference begins with the observation that input rarely arrives "
     "all at once. Speech is transcribed word by word, documents are retrieved one passage at a "

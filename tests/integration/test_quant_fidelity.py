@@ -7,18 +7,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from helpers.prompts import PARITY_PROMPTS
 
 from thinkstream import LLM, SamplingParams
 
 pytestmark = pytest.mark.integration
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Explain what a KV cache is in one sentence.",
-    "Translate 'good morning' into Spanish.",
-]
+PROMPTS = PARITY_PROMPTS
 TEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
     "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "

@@ -112,11 +112,7 @@ class CompletionView(_View):
                 "usage": _usage(sum(map(len, self.prompt_ids)), completion)}
 
     def _chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
-        chunk = {"id": self.id, "object": "text_completion", "created": self.created,
-                 "model": self.model, "choices": choices}
-        if usage is not None:
-            chunk["usage"] = usage
-        return chunk
+        return _envelope(self, "text_completion", choices, usage)
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
@@ -183,11 +179,7 @@ class ChatView(_View):
                 "usage": _usage(self.num_prompt_tokens, completion)}
 
     def _chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
-        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                 "model": self.model, "choices": choices}
-        if usage is not None:
-            chunk["usage"] = usage
-        return chunk
+        return _envelope(self, "chat.completion.chunk", choices, usage)
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
@@ -225,3 +217,12 @@ class ChatView(_View):
                                         "stop_reason": o.stop_reason}])
         if include_usage:
             yield self._chunk([], _usage(self.num_prompt_tokens, completion))
+
+
+def _envelope(job, obj: str, choices: list[dict], usage: dict | None = None) -> dict:
+    """The fields every completion body and stream chunk carries."""
+    body = {"id": job.id, "object": obj, "created": job.created, "model": job.model,
+            "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return body
