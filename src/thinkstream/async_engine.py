@@ -145,12 +145,18 @@ class AsyncLLM:
                                                             thinking=thinking))
 
     async def session_events(self, session_id: str) -> AsyncIterator[RequestOutput]:
-        """Every output of a session from now on, while its input is still open too (think
-        while reading: ``new_reasoning_content`` as notes are written); ends when it finishes."""
+        """A session's outputs while its input is open too (think while reading: notes as
+        they are written), starting with a snapshot of it now; ends when it finishes (a
+        session already over yields the snapshot alone). Other consumers share the ``new_*``
+        deltas, so a listener reads the cumulative fields (``reasoning_content``)."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         self._listeners.setdefault(session_id, []).append((loop, q))
-        try:
+        try:  # subscribed first: whatever happens after the snapshot is seen on ``q``
+            now = await self.call(lambda _: self.sessions.snapshot(session_id))
+            yield now
+            if now.finished:
+                return
             async for item in _until_finished(q):
                 yield item
         finally:

@@ -82,7 +82,9 @@ class RequestState:
                 st.stopped_by_string = st.stops.matched
         return stopped
 
-    def make_output(self) -> RequestOutput:
+    def make_output(self, consume: bool = True) -> RequestOutput:
+        """The request's output now. ``new_*`` fields hold what was not reported yet, and
+        are marked reported unless ``consume`` is False (a snapshot for a late listener)."""
         outs = []
         for seq, st in zip(self.seqs, self.texts, strict=True):
             ids = seq.output_token_ids
@@ -104,8 +106,10 @@ class RequestState:
             if seq.index == 0 and self.reasoning:
                 outs[-1].reasoning_content = self.reasoning
                 outs[-1].new_reasoning_content = self.reasoning[self.reasoning_sent :]
-                self.reasoning_sent = len(self.reasoning)
-            st.text_sent, st.num_tokens_sent = len(st.text), len(ids)
+                if consume:
+                    self.reasoning_sent = len(self.reasoning)
+            if consume:
+                st.text_sent, st.num_tokens_sent = len(st.text), len(ids)
         head = self.seqs[0]
         return RequestOutput(
             request_id=self.request_id,

@@ -151,3 +151,37 @@ def test_cascade_decode_over_shared_prefix() -> None:
         attention.CASCADE_MIN_SHARED = old
     for i, tail in enumerate(tails):
         assert torch.allclose(out[i], reference_logits(cfg, t, prefix + tail)[-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> None:
+    """The grouped-matmul path for a short chunk over cached context equals the SDPA kernel
+    with the same mask (causal tail, hidden prefix keys, a sliding window)."""
+    import torch.nn.functional as F
+
+    from thinkstream.models.attention import _short_chunk
+
+    g = torch.Generator().manual_seed(0)
+    n, h, kvh, d, length = 7, 6, 2, 16, 50
+    q = torch.randn(n, h, d, generator=g).to(dtype)
+    k_cache = torch.randn(80, kvh, d, generator=g).to(dtype)
+    v_cache = torch.randn(80, kvh, d, generator=g).to(dtype)
+    slots = torch.randperm(80, generator=g)[:length]
+    key = torch.arange(length)[None, :]
+    qc = torch.arange(length - n, length)[:, None]
+    mask = (key <= qc) & (key > qc - 40) & ~((key >= 5) & (key < 9 + torch.arange(n)[:, None]))
+    got = _short_chunk(q, k_cache, v_cache, slots, None, mask, 0.25)
+    runs = ((3, 20), (40, 30))  # the same keys as views of two runs of slots
+    slots2 = torch.cat([torch.arange(3, 23), torch.arange(40, 70)])
+    got2 = _short_chunk(q, k_cache, v_cache, slots2, runs, mask, 0.25)
+    kg = k_cache[slots].transpose(0, 1)[None]
+    vg = v_cache[slots].transpose(0, 1)[None]
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None].float(), kg.float(), vg.float(),
+                                         attn_mask=mask, scale=0.25, enable_gqa=True)[0].transpose(0, 1)
+    assert got.dtype == dtype and got.shape == (n, h, d)
+    assert torch.allclose(got.float(), ref, atol=tol, rtol=tol), (got.float() - ref).abs().max()
+    kg2 = k_cache[slots2].transpose(0, 1)[None].float()
+    vg2 = v_cache[slots2].transpose(0, 1)[None].float()
+    ref2 = F.scaled_dot_product_attention(q.transpose(0, 1)[None].float(), kg2, vg2,
+                                          attn_mask=mask, scale=0.25, enable_gqa=True)[0].transpose(0, 1)
+    assert torch.allclose(got2.float(), ref2, atol=tol, rtol=tol), (got2.float() - ref2).abs().max()

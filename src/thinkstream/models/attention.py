@@ -14,7 +14,8 @@ Sequences fall into groups, each computed its own way:
 - ``fresh``: a chunk that starts at context 0 (a whole prompt): its keys are this step's
   own, so nothing is gathered and causal SDPA runs directly;
 - ``chunk``: a chunk after cached context (chunked prefill, prefix-cache hit, streaming
-  input): gathered context with an explicit mask.
+  input): gathered context with an explicit mask; a short chunk (``SHORT_CHUNK`` tokens
+  at most) as grouped-query matmuls instead of the flash kernel.
 
 For one sequence with ``n`` new tokens after ``k`` computed ones:
 
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+SHORT_CHUNK = 32  # chunks of at most this many tokens take ``_short_chunk``
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class AttnGroup:
     sliding_mask: torch.Tensor | None
     rows: torch.Tensor | None = None  # decode: packed index of each sequence's query
     shared: int = 0  # decode: leading key slots identical in every row (a shared prefix)
+    runs: tuple[tuple[int, int], ...] | None = None  # short chunk: context as slot ranges
 
 
 @dataclass
@@ -175,7 +179,18 @@ def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | 
     return AttnGroup(
         "chunk", offset, offset + s.num_new, context[None].to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
+        runs=_slot_runs(context) if s.num_new <= SHORT_CHUNK else None,
     )
+
+
+def _slot_runs(slots: torch.Tensor, most: int = 16) -> tuple[tuple[int, int], ...] | None:
+    """``slots`` as (first slot, length) ranges of consecutive slots, or None if there are
+    more than ``most`` (then a gather is cheaper than many small matmuls)."""
+    breaks = ((slots[1:] - slots[:-1]) != 1).nonzero().flatten()
+    if breaks.numel() >= most:
+        return None
+    bounds = [0, *(breaks + 1).tolist(), slots.numel()]
+    return tuple((int(slots[a]), b - a) for a, b in zip(bounds, bounds[1:], strict=False))
 
 
 def _decode_group(
@@ -224,8 +239,12 @@ def paged_attention(
         if g.kind == "decode":
             out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, scale, sliding)
             continue
-        qg = q[g.start : g.stop].transpose(0, 1)[None]  # (1, H, Q, D)
         mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask
+        if g.kind == "chunk" and g.stop - g.start <= SHORT_CHUNK:
+            out[g.start : g.stop] = _short_chunk(q[g.start : g.stop], k_cache, v_cache,
+                                                 g.key_slots[0], g.runs, mask[0, 0], scale)
+            continue
+        qg = q[g.start : g.stop].transpose(0, 1)[None]  # (1, H, Q, D)
         if g.kind == "fresh":
             kg = k[g.start : g.stop].transpose(0, 1)[None]  # (1, KVH, Q, D)
             vg = v[g.start : g.stop].transpose(0, 1)[None]
@@ -239,6 +258,44 @@ def paged_attention(
         )  # (1, H, Q, D)
         out[g.start : g.stop] = og[0].transpose(0, 1)
     return out
+
+
+def _short_chunk(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+    runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """A few new tokens over a long cached context (a streamed chunk, the end of a
+    session's input): grouped-query matmuls in the model's dtype. q (Q, H, D), slots (L,)
+    (or the same as ``runs`` of consecutive slots), mask (Q, L). Returns (Q, H, D).
+
+    The flash kernel tiles the queries, so a handful of them pays for whole tiles per key
+    block; per key/value head, two matmuls over (G*Q) rows are several times faster (bf16
+    on AMX), their cost proportional to Q x L. Keys and values are read where they lie:
+    a run of consecutive slots is a view of the cache, and a head's (L, D) slice of it a
+    strided matrix the matmul takes as is (a gather or a transposing copy would cost as
+    much as the matmul). Only the key columns some query may not see (the chunk's causal
+    tail, hidden prefix keys, a sliding window) are masked."""
+    n, h, d = q.shape
+    if runs is None:
+        parts = [(k_cache.index_select(0, slots), v_cache.index_select(0, slots))]
+    else:
+        parts = [(k_cache[a : a + m], v_cache[a : a + m]) for a, m in runs]
+    parts = [(k.to(q.dtype), v.to(q.dtype)) for k, v in parts]  # (m, KVH, D) each
+    length, kvh = slots.numel(), k_cache.shape[1]
+    qg = (q * scale).view(n, kvh, h // kvh, d).permute(1, 2, 0, 3).reshape(kvh, -1, d)
+    scores = torch.stack([torch.cat([qg[i] @ k[:, i].t() for k, _ in parts], dim=-1)
+                          for i in range(kvh)]).view(kvh, h // kvh, n, length)
+    seen_by_all = int(mask.all(dim=0).long().cumprod(dim=0).sum())  # leading open columns
+    if seen_by_all < length:
+        scores[..., seen_by_all:].masked_fill_(~mask[:, seen_by_all:], float("-inf"))
+    probs = scores.softmax(dim=-1).view(kvh, -1, length)  # float accumulation inside
+    out = q.new_zeros(kvh, probs.shape[1], d)
+    start = 0
+    for _, v in parts:
+        for i in range(kvh):
+            out[i].addmm_(probs[i, :, start : start + v.shape[0]], v[:, i])
+        start += v.shape[0]
+    return out.view(kvh, h // kvh, n, d).permute(2, 0, 1, 3).reshape(n, h, d)
 
 
 def _decode(
@@ -265,12 +322,14 @@ def _decode(
     return out.reshape(b, h, d).to(q.dtype)
 
 
-def _gather_heads_first(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """cache (slots, KVH, D) at slots (..., L) -> float32 (..., KVH, L, D), contiguous:
+def _gather_heads_first(cache: torch.Tensor, slots: torch.Tensor,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """cache (slots, KVH, D) at slots (..., L) -> (..., KVH, L, D) in ``dtype``, contiguous:
     one index_select (much faster than advanced indexing) and one copy that both converts
-    and puts heads first, the layout the batched matmuls want."""
+    and puts heads first, the layout the batched matmuls want (strided operands would be
+    copied inside the matmul, at three times the cost)."""
     got = cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
-    return got.transpose(-3, -2).to(torch.float32, memory_format=torch.contiguous_format)
+    return got.transpose(-3, -2).to(dtype, memory_format=torch.contiguous_format)
 
 
 CASCADE_MIN_SHARED = 64

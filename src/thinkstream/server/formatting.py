@@ -170,7 +170,10 @@ class ChatView(_View):
             lps = None
             if self.logprobs is not None:
                 lps = self._logprobs(list(o.logprobs or [])[: len(o.token_ids)], o.token_ids)
-            choices.append({"index": o.index, "message": {"role": "assistant", "content": o.text},
+            message = {"role": "assistant", "content": o.text}
+            if o.reasoning_content:  # think while reading: the reasoning, apart from the answer
+                message["reasoning_content"] = o.reasoning_content
+            choices.append({"index": o.index, "message": message,
                             "logprobs": lps, "finish_reason": o.finish_reason,
                             "stop_reason": o.stop_reason})
         completion = sum(len(o.token_ids) for o in out.outputs)

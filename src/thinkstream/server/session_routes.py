@@ -25,6 +25,20 @@ and may end inside a character)::
     -> {"type": "close"}        <- {"type": "chunk", ...chat.completion.chunk} ... {"type": "done"}
     -> {"type": "abort"}        <- {"type": "aborted"}
     errors: <- {"type": "error", "error": {"message", "type", "param", "code"}}
+
+Think while reading (``"thinking": {...}`` in the open body) keeps the reasoning apart from
+the answer, as ``reasoning_content`` (the field chat clients read), before the input ends:
+
+- HTTP: ``GET .../events`` streams chunks whose delta is ``{"reasoning_content": ...}`` while
+  the input is open and until the session ends. The close stream carries the whole reasoning
+  (from the first note) as ``delta.reasoning_content`` chunks, then the answer as
+  ``delta.content`` chunks; no chunk carries both. Without ``stream``, the answer's
+  ``message`` has ``reasoning_content`` beside ``content``.
+- WebSocket: the server pushes ``{"type": "reasoning", "delta": "..."}`` as notes are
+  written, between the acks, while the client still sends; after close, the rest of the
+  reasoning (last note, passes) comes the same way, then the answer as ``chunk`` messages
+  whose deltas hold ``content`` only. The reasoning deltas concatenate to the answer's
+  ``reasoning_content``.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
@@ -171,7 +185,7 @@ async def _pairs(stream: AsyncIterator[RequestOutput], view: fmt.ChatView):
 def session_router(limits: SessionLimits | None = None) -> APIRouter:
     """The session routes; include beside the OpenAI ones (``app.include_router``)."""
     router = APIRouter()
-    views: dict[str, tuple[int | None, int]] = {}  # session id -> (logprobs, n)
+    views: dict[str, tuple[int | None, int, bool]] = {}  # session id -> (logprobs, n, thinking)
 
     def ctx(request: Request) -> tuple[Any, SessionHub, str]:
         state = request.app.state.server
@@ -186,7 +200,7 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
             prompt, messages, params, logprobs = _open_args(state, body)
             thinking = body.thinking.config() if body.thinking is not None else None
             info = await hub.open(key, prompt, messages, params, thinking)
-            views[info.session_id] = (logprobs, params.n)
+            views[info.session_id] = (logprobs, params.n, thinking is not None)
             return JSONResponse(_info(info))
         except Exception as exc:  # noqa: BLE001 - every refusal is an error body
             return _error(exc)
@@ -221,7 +235,7 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
             stream = await hub.close(key, session_id, body.seq)
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
-        logprobs, n = views.pop(session_id, (None, 1))
+        logprobs, n, thinking = views.pop(session_id, (None, 1, False))
         view = fmt.ChatView(session_id, state.config.served_model_name, state.llm.tokenizer,
                             0, logprobs, n)
         if body.stream:
@@ -236,12 +250,16 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
             return Response(status_code=499)
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
-        return JSONResponse(view.response([final]))
+        answer = view.response([final])
+        for choice in answer["choices"] if thinking else ():  # the same shape, reasoning or not
+            choice["message"].setdefault("reasoning_content", "")
+        return JSONResponse(answer)
 
     @router.get("/v1/sessions/{session_id}/events")
     async def events(session_id: str, request: Request) -> Response:
         """SSE of a thinking session's reasoning while its input streams: chunks whose delta
-        is ``{"reasoning_content": ...}``; ends when the session finishes."""
+        is ``{"reasoning_content": ...}``, the first with all the reasoning so far (join at
+        any time); ends when the session ends. Leaving it early aborts nothing."""
         try:
             state, hub, key = ctx(request)
             await hub.info(key, session_id)  # exists and is this key's
@@ -319,7 +337,10 @@ class _WsSession:
         self.key = key_id(raw)
         self.sid: str | None = None
         self.answer: asyncio.Task | None = None
+        self.follower: asyncio.Task | None = None  # reasoning pushed while the input is open
+        self.reasoned = 0  # reasoning characters sent for the current session
         self.logprobs: tuple[int | None, int] = (None, 1)
+        self._sending = asyncio.Lock()  # one frame at a time from the reader and the tasks
 
     def _authorized(self) -> bool:
         want = self.state.config.api_key
@@ -328,8 +349,21 @@ class _WsSession:
         return self.raw_key is not None and hmac.compare_digest(_digest(self.raw_key),
                                                                 _digest(want.encode()))
 
+    async def send(self, msg: dict) -> None:
+        async with self._sending:
+            await self.ws.send_json(msg)
+
     async def send_error(self, exc: BaseException) -> None:
-        await self.ws.send_json({"type": "error", **to_api_error(exc).body()})
+        await self.send({"type": "error", **to_api_error(exc).body()})
+
+    async def send_reasoning(self, out: RequestOutput) -> None:
+        """The reasoning of ``out`` not sent yet, as one ``reasoning`` message. The cursor
+        moves under the send lock, so a follower stopped while waiting loses nothing."""
+        text = out.outputs[0].reasoning_content if out.outputs else ""
+        async with self._sending:
+            if len(text) > self.reasoned:
+                await self.ws.send_json({"type": "reasoning", "delta": text[self.reasoned:]})
+                self.reasoned = len(text)
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -351,14 +385,15 @@ class _WsSession:
         finally:
             await self._drop()
 
-    async def _drop(self) -> None:
+    async def _drop(self, reason: str = "client_gone") -> None:
+        await self._stop_follower()
         if self.answer is not None:
             self.answer.cancel()
             with contextlib.suppress(BaseException):
                 await self.answer
         if self.sid is not None:
             with contextlib.suppress(Exception):
-                await self.hub.abort(self.key, self.sid, "client_gone")
+                await self.hub.abort(self.key, self.sid, reason)
 
     async def handle(self, msg: dict) -> None:
         if msg.get("bytes") is not None:
@@ -380,9 +415,9 @@ class _WsSession:
             body = await _parse_ws(obj, SessionCloseRequest)
             await self._close(body.seq)
         elif kind == "abort":
-            await self._drop()
+            await self._drop("abort")
             self.sid, self.answer = None, None
-            await self.ws.send_json({"type": "aborted"})
+            await self.send({"type": "aborted"})
         else:
             raise APIError(400, f"type: unknown message type {kind!r}", "type", "invalid_value")
 
@@ -397,26 +432,60 @@ class _WsSession:
             raise APIError(409, "this connection already has a session", None, "session_open")
         body = await _parse_ws(obj, SessionCreateRequest)
         prompt, messages, params, logprobs = _open_args(self.state, body)
-        info = await self.hub.open(self.key, prompt, messages, params)
+        thinking = body.thinking.config() if body.thinking is not None else None
+        info = await self.hub.open(self.key, prompt, messages, params, thinking)
+        await self._stop_follower()
         self.sid, self.answer, self.logprobs = info.session_id, None, (logprobs, params.n)
-        await self.ws.send_json({"type": "opened", "session": _info(info)})
+        self.reasoned = 0
+        await self.send({"type": "opened", "session": _info(info)})
+        if thinking is not None:
+            self.follower = asyncio.ensure_future(self._follow(info.session_id))
+
+    async def _follow(self, sid: str) -> None:
+        """Push the reasoning while the input streams; stopped at close (the answer's
+        forwarder takes over) or when the session ends."""
+        try:
+            async for out in self.state.llm.session_events(sid):
+                await self.send_reasoning(out)
+        except Exception as exc:  # noqa: BLE001 - the engine died: tell the client
+            with contextlib.suppress(Exception):
+                await self.send_error(exc)
+
+    async def _stop_follower(self) -> None:
+        task, self.follower = self.follower, None
+        if task is None:
+            return
+        async with self._sending:  # never cut a frame: the follower is not inside a send
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
     async def _update(self, kind: str, data, seq: int | None) -> None:
         op = self.hub.replace if kind == "replace" else self.hub.append
         result = await op(self.key, self._current(), data, seq)
-        await self.ws.send_json({"type": "ack", **_ack(result)})
+        await self.send({"type": "ack", **_ack(result)})
 
     async def _close(self, seq: int | None) -> None:
         sid = self._current()
         stream = await self.hub.close(self.key, sid, seq)
+        await self._stop_follower()  # from here on one task sends reasoning, then the answer
         view = fmt.ChatView(sid, self.state.config.served_model_name, self.state.llm.tokenizer,
                             0, *self.logprobs)
 
+        async def answer_only() -> AsyncIterator[tuple[int, RequestOutput]]:
+            async for i, out in _pairs(stream, view):
+                if out.outputs and out.outputs[0].reasoning_content:
+                    await self.send_reasoning(out)  # before any answer text
+                    out = replace(out, outputs=[replace(o, reasoning_content="",
+                                                        new_reasoning_content="")
+                                                for o in out.outputs])
+                yield i, out
+
         async def forward() -> None:
             started = time.monotonic()
-            async for chunk in view.chunks(_pairs(stream, view), True):
-                await self.ws.send_json({"type": "chunk", **chunk})
-            await self.ws.send_json({"type": "done", "seconds": round(time.monotonic() - started, 4)})
+            async for chunk in view.chunks(answer_only(), True):
+                await self.send({"type": "chunk", **chunk})
+            await self.send({"type": "done", "seconds": round(time.monotonic() - started, 4)})
             self.sid = None  # finished: nothing to abort on disconnect
 
         self.answer = asyncio.ensure_future(forward())

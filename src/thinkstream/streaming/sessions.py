@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from thinkstream.engine import LLMEngine, RequestError
 from thinkstream.output import RequestState
+from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.errors import SessionClosedError, SessionLimitError, SessionNotFoundError
 from thinkstream.streaming.state import Data, Plan, SessionInput
@@ -146,9 +147,19 @@ class SessionManager:
             tok = self.engine.tokenizer
             start = 0 if inp.mode == "tokens" else (
                 len(inp.lead) + len(tok.encode(inp.prefix, add_special_tokens=False)))
-            s.think = ThinkController(self.engine, sid, thinking, min(start, len(inp.ids)))
+            try:
+                s.think = ThinkController(self.engine, sid, thinking, min(start, len(inp.ids)))
+            except ValueError as exc:  # a config this tokenizer cannot serve: undo the open
+                self.engine.abort(sid)
+                del self._open[sid]
+                raise RequestError("thinking", f"thinking: {exc}") from None
             s.think.on_input()
         return self.info(sid)
+
+    def snapshot(self, sid: str) -> RequestOutput:
+        """The session's output now (reasoning so far; ``finished`` once it is over), for a
+        listener that joins late. Reports nothing: the next output's deltas are unchanged."""
+        return self._get(sid).state.make_output(consume=False)
 
     def thinker(self, sid: str) -> ThinkController | None:
         return self._get(sid).think
