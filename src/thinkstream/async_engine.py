@@ -174,15 +174,17 @@ class AsyncLLM:
                               seq: int | None = None) -> UpdateResult:
         return await self.call(lambda _: self.sessions.replace(session_id, data, seq))
 
-    async def close_session(self, session_id: str,
-                            seq: int | None = None) -> AsyncIterator[RequestOutput]:
-        """End a session's input; returns the answer's stream (raises before streaming if
-        the close is refused). Leaving the stream early aborts the session."""
+    async def close_session(self, session_id: str, seq: int | None = None,
+                            data: str | bytes | Sequence[int] | None = None,
+                            ) -> AsyncIterator[RequestOutput]:
+        """End a session's input (after ``data``, a last chunk, if given); returns the
+        answer's stream (raises before streaming if the close is refused). Leaving the
+        stream early aborts the session."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         self._streams[session_id] = (loop, q)
         try:
-            await self.call(lambda _: self.sessions.close(session_id, seq))
+            await self.call(lambda _: self.sessions.close(session_id, seq, data))
         except BaseException:
             self._streams.pop(session_id, None)
             raise

@@ -203,14 +203,15 @@ class Session:
                 if out.request_id == self.id:
                     yield out
 
-    def close(self) -> Iterator[RequestOutput]:
-        """End the input and stream the answer (closing the iterator early aborts it)."""
-        self.llm._sessions.close(self.id)  # type: ignore[union-attr]
+    def close(self, data: str | bytes | Sequence[int] | None = None) -> Iterator[RequestOutput]:
+        """End the input (after ``data``, a last chunk, computed in the answer's first step)
+        and stream the answer (closing the iterator early aborts it)."""
+        self.llm._sessions.close(self.id, data=data)  # type: ignore[union-attr]
         return self.llm._follow(self.id)
 
-    def complete(self) -> RequestOutput:
-        """End the input and return the final output."""
-        *_, last = self.close()
+    def complete(self, data: str | bytes | Sequence[int] | None = None) -> RequestOutput:
+        """End the input (after ``data``, if given) and return the final output."""
+        *_, last = self.close(data)
         return last
 
     def abort(self) -> bool:

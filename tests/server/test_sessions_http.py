@@ -90,6 +90,33 @@ def test_append_close_matches_one_shot(client: TestClient) -> None:
     assert client.get(f"/v1/sessions/{sid}", headers=KEY).json()["state"] == "finished"
 
 
+def test_close_with_last_chunk(client: TestClient) -> None:
+    """The last chunk rides on the close (HTTP and WebSocket): same answer as a one-shot."""
+    sid = client.post("/v1/sessions", headers=KEY, json=OPEN).json()["id"]
+    assert client.post(f"/v1/sessions/{sid}/append", headers=KEY,
+                       json={"text": "What is the capital ", "seq": 0}).status_code == 200
+    bad = client.post(f"/v1/sessions/{sid}/close", headers=KEY,
+                      json={"text": "of France?", "token_ids": [1]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "text"
+    gap = client.post(f"/v1/sessions/{sid}/close", headers=KEY, json={"text": "of France?", "seq": 2})
+    assert gap.status_code == 409 and gap.headers["x-expected-seq"] == "1"
+    done = client.post(f"/v1/sessions/{sid}/close", headers=KEY, json={"text": "of France?", "seq": 1})
+    assert done.status_code == 200, done.text
+    want = one_shot(client, "What is the capital of France?")
+    assert done.json()["choices"][0]["message"]["content"] == want
+    with client.websocket_connect("/v1/sessions/ws") as ws:
+        ws.send_json({"type": "open", **OPEN})
+        assert ws.receive_json()["type"] == "opened"
+        ws.send_json({"type": "append", "text": "What is the capital ", "seq": 0})
+        assert ws.receive_json()["type"] == "ack"
+        ws.send_json({"type": "close", "text": "of France?", "seq": 1})
+        text, msg = "", ws.receive_json()
+        while msg["type"] == "chunk":
+            text += "".join(ch["delta"].get("content") or "" for ch in msg["choices"])
+            msg = ws.receive_json()
+        assert msg["type"] == "done" and text == want
+
+
 def test_update_mode_and_sse(client: TestClient) -> None:
     sid = client.post("/v1/sessions", headers=KEY, json=OPEN).json()["id"]
     client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "The quick brown fox", "seq": 0})

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from thinkstream.llm import LLM
 from thinkstream.request import SeqStatus
 from thinkstream.sampling_params import SamplingParams
-from thinkstream.streaming.errors import SessionClosedError, SessionLimitError
+from thinkstream.streaming.errors import SequenceGapError, SessionClosedError, SessionLimitError
 from thinkstream.streaming.policy import POLICIES
 from thinkstream.streaming.sessions import SessionManager
 
@@ -232,4 +232,31 @@ def test_fifty_sessions_random_aborts_leave_pool_full() -> None:
         mgr.abort(sid)
     while engine.has_unfinished_requests():
         engine.step()
+    assert_pool_full(llm)
+
+
+def test_close_with_last_chunk_is_one_step(llm: LLM) -> None:
+    """``close(data)``: the last chunk and the answer's first token come from one step, and
+    the answer equals a one-shot request; a numbered last chunk moves the close's number."""
+    s = llm.open_session("", sampling_params=GREEDY)
+    s.append(TEXT[:40])
+    steps = []
+    orig = llm.engine.step
+    llm.engine.step = lambda: steps.append(1) or orig()  # type: ignore[method-assign]
+    try:
+        outs = list(s.close(TEXT[40:]))
+    finally:
+        llm.engine.step = orig  # type: ignore[method-assign]
+    first = next(i for i, o in enumerate(outs) if o.outputs[0].token_ids)
+    assert first == 0 and len(outs[0].outputs[0].token_ids) == 1
+    assert len(steps) == GREEDY.max_tokens
+    assert outs[-1].prompt_token_ids == llm.tokenizer.encode(TEXT)
+    assert outs[-1].outputs[0].token_ids == one_shot(llm, TEXT)
+    n = llm.open_session("", sampling_params=GREEDY)
+    n.append("The quick ", seq=0)
+    with pytest.raises(SequenceGapError):
+        llm._sessions.close(n.id, seq=2, data="brown")  # the chunk must be number 1
+    llm._sessions.close(n.id, seq=1, data="brown fox")
+    assert n.info.state == "answering" and n.info.next_seq == 2
+    list(llm._follow(n.id))
     assert_pool_full(llm)

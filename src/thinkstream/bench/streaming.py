@@ -78,19 +78,21 @@ async def run_session(llm, chunks: list[str], rate_tps: float, params,
                       start_delay: float = 0.0) -> dict[str, float]:
     """Send ``chunks`` at a mean ``rate_tps`` tokens/s: each chunk goes out, then the time
     its tokens take at that rate passes before the next one (the question follows the
-    document's last chunk after that chunk's time); close; time the answer."""
+    document's last chunk after that chunk's time) and rides on the close, so it is
+    computed in the answer's first step; time the answer from then."""
     await asyncio.sleep(start_delay)
     tok = llm.tokenizer
     sid = (await llm.open_session("", params=params)).session_id
     acks = []  # appends are pipelined (commands run in order); acks are checked at the end
     t = time.perf_counter()
-    for chunk in chunks:
+    for chunk in chunks[:-1]:
         await asyncio.sleep(max(0.0, t - time.perf_counter()))
         acks.append(asyncio.ensure_future(llm.append_session(sid, chunk)))
         await asyncio.sleep(0)  # let the append enqueue before the next one
         t += _ntok(tok, chunk) / rate_tps
-    t_end = time.perf_counter()  # the last chunk was sent
-    stream = await llm.close_session(sid)
+    await asyncio.sleep(max(0.0, t - time.perf_counter()))
+    t_end = time.perf_counter()  # the last chunk is sent
+    stream = await llm.close_session(sid, data=chunks[-1])
     await asyncio.gather(*acks)
     return await _timed(stream, t_end)
 
@@ -165,12 +167,14 @@ async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dic
     from thinkstream.sampling_params import SamplingParams
     from thinkstream.streaming.policy import policy_key
 
-    cfg = EngineConfig(dtype=args.dtype, kv_cache_memory=args.kv_cache_mb << 20,
+    cfg = EngineConfig(dtype=args.dtype, quantization=args.quantization,
+                       kv_cache_memory=args.kv_cache_mb << 20,
                        max_num_batched_tokens=args.max_batched_tokens, num_threads=args.threads)
     t = time.perf_counter()
     llm = AsyncLLM(LLMEngine(args.model, cfg, checkpoint=checkpoint))
     report["model"] = str(llm.engine.model_path) if checkpoint is None else "<checkpoint>"
     report["peers"]["thinkstream"] = {"load_s": time.perf_counter() - t, "dtype": args.dtype,
+                                      "quantization": args.quantization,
                                       "threads": args.threads, "kv_cache_mb": args.kv_cache_mb,
                                       "max_num_batched_tokens": args.max_batched_tokens}
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
@@ -330,6 +334,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="GGUF file, HF directory, 'smollm2-135m' (default) or 'gemma3-270m'")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--quantization", default=None, choices=["int8", "int4"],
+                   help="thinkstream's weight-only quantization")
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--lengths", default=[256, 1024, 4096], type=ints,
                    help="document lengths in tokens (default 256,1024,4096)")

@@ -154,10 +154,13 @@ class SessionHub:
             self._take_chunk(owned, 0)  # the rate applies; the size is the session's limit
             return await self._run(self.llm.replace_session(sid, data, seq))
 
-    async def close(self, key: str, sid: str, seq: int | None) -> AsyncIterator[RequestOutput]:
+    async def close(self, key: str, sid: str, seq: int | None,
+                    data: str | Sequence[int] | None = None) -> AsyncIterator[RequestOutput]:
         owned = self._session(key, sid)
         async with owned.lock:
-            stream = await self._run(self.llm.close_session(sid, seq))
+            if data is not None:
+                self._take_chunk(owned, len(data))
+            stream = await self._run(self.llm.close_session(sid, seq, data))
             owned.open = False
             return stream
 

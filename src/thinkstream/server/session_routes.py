@@ -3,7 +3,7 @@
     POST   /v1/sessions                 open (model, prompt or messages, sampling params)
     POST   /v1/sessions/{id}/append     {"text" | "token_ids", "seq"}   -> acknowledgement
     PUT    /v1/sessions/{id}/input      update mode: the whole input    -> acknowledgement
-    POST   /v1/sessions/{id}/close      {"stream", "seq"?} -> the answer (chat.completion,
+    POST   /v1/sessions/{id}/close      {"stream", "seq"?, "text"?} -> the answer (chat.completion,
                                         or SSE chat.completion.chunk events ending in [DONE])
     GET    /v1/sessions/{id}            state, tokens received / computed, next seq
     DELETE /v1/sessions/{id}            abort, blocks freed
@@ -22,7 +22,7 @@ and may end inside a character)::
     -> {"type": "open", ...same body as POST /v1/sessions}   <- {"type": "opened", "session": {...}}
     -> {"type": "append", "text": "...", "seq": 0}          <- {"type": "ack", "seq": 0, ...}
     -> {"type": "replace", "text": "...", "seq": 1}         <- {"type": "ack", ...}
-    -> {"type": "close"}        <- {"type": "chunk", ...chat.completion.chunk} ... {"type": "done"}
+    -> {"type": "close", "text"?: "last chunk"}  <- {"type": "chunk", ...chat.completion.chunk} ... {"type": "done"}
     -> {"type": "abort"}        <- {"type": "aborted"}
     errors: <- {"type": "error", "error": {"message", "type", "param", "code"}}
 
@@ -43,23 +43,18 @@ the answer, as ``reasoning_content`` (the field chat clients read), before the i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hmac
 import json
-import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
 
 from thinkstream.request import RequestOutput
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
-from thinkstream.server.auth import _digest, presented_key
+from thinkstream.server.auth import presented_key
 from thinkstream.server.errors import APIError, to_api_error
 from thinkstream.server.openai_routes import _check_caps, _check_model, _params, parse_body
 from thinkstream.server.serving import ClientGone, until_disconnect
@@ -118,9 +113,19 @@ class SessionInputRequest(P._Body):
 
 
 class SessionCloseRequest(P._Body):
+    """A close, optionally with a last chunk (``text`` or ``token_ids``, numbered ``seq``;
+    the close takes the next number): computed in the answer's first step."""
+
     stream: bool = False
     stream_options: P.StreamOptions | None = None
     seq: int | None = None
+    text: P.Text | None = None
+    token_ids: P.TokenIds | None = None
+
+    def data(self) -> str | list[int] | None:
+        if self.text is not None and self.token_ids is not None:
+            raise APIError(400, "text or token_ids: give at most one", "text", "invalid_value")
+        return self.text if self.text is not None else self.token_ids
 
 
 # ------------------------------------------------------------------ plumbing
@@ -145,15 +150,6 @@ def _ack(r: UpdateResult) -> dict:
 def _error(exc: BaseException) -> JSONResponse:
     err = to_api_error(exc)
     return JSONResponse(err.body(), err.status, headers=err.headers)
-
-
-async def _parse_ws(obj: dict, model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        e = exc.errors(include_url=False, include_input=False)[0]
-        param = ".".join(str(p) for p in e["loc"]) or None
-        raise APIError(400, f"{param or 'message'}: {e['msg']}", param, "invalid_type") from None
 
 
 def _open_args(state, body: SessionCreateRequest):
@@ -232,7 +228,7 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
             state, hub, key = ctx(request)
             raw = await request.body()
             body = await parse_body(request, SessionCloseRequest) if raw.strip() else SessionCloseRequest()
-            stream = await hub.close(key, session_id, body.seq)
+            stream = await hub.close(key, session_id, body.seq, body.data())
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
         logprobs, n, thinking = views.pop(session_id, (None, 1, False))
@@ -302,7 +298,9 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
 
     @router.websocket("/v1/sessions/ws")
     async def websocket(ws: WebSocket) -> None:
-        await _WsSession(ws, limits).run()
+        from thinkstream.server.session_ws import WsSession  # it builds on this module
+
+        await WsSession(ws, _hub(ws.app, limits)).run()
 
     return router
 
@@ -321,171 +319,3 @@ async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
     except Exception as exc:  # noqa: BLE001 - reported in-band, then the stream ends
         yield f"data: {json.dumps(to_api_error(exc).body())}\n\n"
     yield "data: [DONE]\n\n"
-
-
-class _WsSession:
-    """One WebSocket connection: at most one session at a time; dropped -> aborted."""
-
-    def __init__(self, ws: WebSocket, limits: SessionLimits | None) -> None:
-        self.ws = ws
-        self.state = ws.app.state.server
-        self.hub = _hub(ws.app, limits)
-        raw = presented_key(ws.scope.get("headers", []))
-        if raw is None and "api_key" in ws.query_params:
-            raw = ws.query_params["api_key"].encode()
-        self.raw_key = raw
-        self.key = key_id(raw)
-        self.sid: str | None = None
-        self.answer: asyncio.Task | None = None
-        self.follower: asyncio.Task | None = None  # reasoning pushed while the input is open
-        self.reasoned = 0  # reasoning characters sent for the current session
-        self.logprobs: tuple[int | None, int] = (None, 1)
-        self._sending = asyncio.Lock()  # one frame at a time from the reader and the tasks
-
-    def _authorized(self) -> bool:
-        want = self.state.config.api_key
-        if want is None:
-            return True
-        return self.raw_key is not None and hmac.compare_digest(_digest(self.raw_key),
-                                                                _digest(want.encode()))
-
-    async def send(self, msg: dict) -> None:
-        async with self._sending:
-            await self.ws.send_json(msg)
-
-    async def send_error(self, exc: BaseException) -> None:
-        await self.send({"type": "error", **to_api_error(exc).body()})
-
-    async def send_reasoning(self, out: RequestOutput) -> None:
-        """The reasoning of ``out`` not sent yet, as one ``reasoning`` message. The cursor
-        moves under the send lock, so a follower stopped while waiting loses nothing."""
-        text = out.outputs[0].reasoning_content if out.outputs else ""
-        async with self._sending:
-            if len(text) > self.reasoned:
-                await self.ws.send_json({"type": "reasoning", "delta": text[self.reasoned:]})
-                self.reasoned = len(text)
-
-    async def run(self) -> None:
-        await self.ws.accept()
-        if not self._authorized():
-            await self.send_error(APIError(401, "missing or invalid API key", None, "invalid_api_key"))
-            await self.ws.close(code=1008)
-            return
-        try:
-            while True:
-                msg = await self.ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                try:
-                    await self.handle(msg)
-                except Exception as exc:  # noqa: BLE001 - reported, the connection stays
-                    await self.send_error(exc)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            await self._drop()
-
-    async def _drop(self, reason: str = "client_gone") -> None:
-        await self._stop_follower()
-        if self.answer is not None:
-            self.answer.cancel()
-            with contextlib.suppress(BaseException):
-                await self.answer
-        if self.sid is not None:
-            with contextlib.suppress(Exception):
-                await self.hub.abort(self.key, self.sid, reason)
-
-    async def handle(self, msg: dict) -> None:
-        if msg.get("bytes") is not None:
-            await self._update("append", msg["bytes"], None)
-            return
-        try:
-            obj = json.loads(msg.get("text") or "")
-        except ValueError:
-            raise APIError(400, "a text frame must be a JSON object", None, "invalid_json") from None
-        if not isinstance(obj, dict):
-            raise APIError(400, "a text frame must be a JSON object", None, "invalid_json")
-        kind = obj.pop("type", None)
-        if kind == "open":
-            await self._open(obj)
-        elif kind in ("append", "replace"):
-            body = await _parse_ws(obj, SessionInputRequest)
-            await self._update(kind, body.data(), body.seq)
-        elif kind == "close":
-            body = await _parse_ws(obj, SessionCloseRequest)
-            await self._close(body.seq)
-        elif kind == "abort":
-            await self._drop("abort")
-            self.sid, self.answer = None, None
-            await self.send({"type": "aborted"})
-        else:
-            raise APIError(400, f"type: unknown message type {kind!r}", "type", "invalid_value")
-
-    def _current(self) -> str:
-        if self.sid is None:
-            raise APIError(400, "no open session on this connection: send an open message",
-                           None, "no_session")
-        return self.sid
-
-    async def _open(self, obj: dict) -> None:
-        if self.sid is not None and (self.answer is None or not self.answer.done()):
-            raise APIError(409, "this connection already has a session", None, "session_open")
-        body = await _parse_ws(obj, SessionCreateRequest)
-        prompt, messages, params, logprobs = _open_args(self.state, body)
-        thinking = body.thinking.config() if body.thinking is not None else None
-        info = await self.hub.open(self.key, prompt, messages, params, thinking)
-        await self._stop_follower()
-        self.sid, self.answer, self.logprobs = info.session_id, None, (logprobs, params.n)
-        self.reasoned = 0
-        await self.send({"type": "opened", "session": _info(info)})
-        if thinking is not None:
-            self.follower = asyncio.ensure_future(self._follow(info.session_id))
-
-    async def _follow(self, sid: str) -> None:
-        """Push the reasoning while the input streams; stopped at close (the answer's
-        forwarder takes over) or when the session ends."""
-        try:
-            async for out in self.state.llm.session_events(sid):
-                await self.send_reasoning(out)
-        except Exception as exc:  # noqa: BLE001 - the engine died: tell the client
-            with contextlib.suppress(Exception):
-                await self.send_error(exc)
-
-    async def _stop_follower(self) -> None:
-        task, self.follower = self.follower, None
-        if task is None:
-            return
-        async with self._sending:  # never cut a frame: the follower is not inside a send
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-
-    async def _update(self, kind: str, data, seq: int | None) -> None:
-        op = self.hub.replace if kind == "replace" else self.hub.append
-        result = await op(self.key, self._current(), data, seq)
-        await self.send({"type": "ack", **_ack(result)})
-
-    async def _close(self, seq: int | None) -> None:
-        sid = self._current()
-        stream = await self.hub.close(self.key, sid, seq)
-        await self._stop_follower()  # from here on one task sends reasoning, then the answer
-        view = fmt.ChatView(sid, self.state.config.served_model_name, self.state.llm.tokenizer,
-                            0, *self.logprobs)
-
-        async def answer_only() -> AsyncIterator[tuple[int, RequestOutput]]:
-            async for i, out in _pairs(stream, view):
-                if out.outputs and out.outputs[0].reasoning_content:
-                    await self.send_reasoning(out)  # before any answer text
-                    out = replace(out, outputs=[replace(o, reasoning_content="",
-                                                        new_reasoning_content="")
-                                                for o in out.outputs])
-                yield i, out
-
-        async def forward() -> None:
-            started = time.monotonic()
-            async for chunk in view.chunks(answer_only(), True):
-                await self.send({"type": "chunk", **chunk})
-            await self.send({"type": "done", "seconds": round(time.monotonic() - started, 4)})
-            self.sid = None  # finished: nothing to abort on disconnect
-
-        self.answer = asyncio.ensure_future(forward())

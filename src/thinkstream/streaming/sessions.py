@@ -173,9 +173,15 @@ class SessionManager:
         s = self._get_open(sid)
         return self._apply(s, s.input.plan_replace(data, seq), seq)
 
-    def close(self, sid: str, seq: int | None = None) -> SessionInfo:
+    def close(self, sid: str, seq: int | None = None, data: Data | None = None) -> SessionInfo:
         """End the input; the request starts answering (outputs come from ``engine.step``).
-        ``seq``, if given, must be the next expected number: a close never overtakes a chunk."""
+        ``seq``, if given, must be the next expected number: a close never overtakes a chunk.
+        ``data``: a last chunk (numbered ``seq``; the close takes the next number), appended
+        in the same engine command, so it is computed in the answer's first step rather
+        than in a step of its own."""
+        if data is not None:
+            self.append(sid, data, seq)
+            seq = None if seq is None else seq + 1
         s = self._get_open(sid)
         if seq is not None and seq != s.input.next_seq:
             s.input.check_seq(seq)  # raises on a gap
