@@ -238,3 +238,32 @@ def test_websocket_needs_the_key(llm) -> None:
             assert ws.receive_json()["type"] == "opened"
         assert c.post("/v1/sessions", json={"prompt": "hi"}).status_code == 401
     wait_pool_full(llm)
+
+
+def test_websocket_on_a_live_uvicorn(llm) -> None:
+    """A real server (uvicorn with the ``websockets`` dependency) accepts the upgrade and
+    runs a session; the answer equals the same session over HTTP."""
+    import asyncio
+
+    from conftest import live_server
+    from websockets.asyncio.client import connect
+
+    async def run(url: str) -> str:
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"type": "open", **OPEN}))
+            assert json.loads(await ws.recv())["type"] == "opened"
+            await ws.send(json.dumps({"type": "append", "text": "What is the capital ", "seq": 0}))
+            assert json.loads(await ws.recv())["type"] == "ack"
+            await ws.send(json.dumps({"type": "close", "text": "of France?", "seq": 1}))
+            text, msg = "", json.loads(await ws.recv())
+            while msg["type"] == "chunk":
+                text += "".join(ch["delta"].get("content") or "" for ch in msg["choices"])
+                msg = json.loads(await ws.recv())
+            assert msg["type"] == "done", msg
+            return text
+
+    with live_server(llm, ServerConfig(served_model_name="tiny")) as live:
+        got = asyncio.run(run(live.url.replace("http://", "ws://") + "/v1/sessions/ws"))
+    with make_client(llm) as c:
+        assert got == one_shot(c, "What is the capital of France?")
+    wait_pool_full(llm)

@@ -17,9 +17,10 @@ sent to thinkstream one-shot at each input's end (p50 / p99 TTFT, output through
 Patterns: ``speech`` (chunks of 3 words, one second of speech each, at a steady rate) and
 ``bursts`` (retrieval-like: the document arrives as 4 whole passages, the gaps between
 them keeping the same mean rate, then the question). ``--rate`` is the mean input rate in
-tokens/s; by default 15% of the measured 256-token prefill rate, i.e. speech compressed
-in time so a 4k-token document takes minutes rather than a quarter of an hour (real speech,
-about 3 words or 4 tokens a second, is slower, which only makes streaming easier).
+tokens/s. By default: speech at ``SPEECH_RATE`` tokens/s, about 5x real speech (3 words or
+4 tokens a second) so a 4k-token document takes minutes rather than a quarter of an hour,
+still slow enough that the engine is mostly idle between chunks as with real speech;
+bursts at 15% of the measured 256-token prefill rate.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ WORDS = ("the river city market morning light quietly carried stories across old
          "harbor where ships from distant islands unloaded spices silk and salted fish").split()
 QUESTION = "\n\nQuestion: In one sentence, what is this document about?\nAnswer:"
 SPEECH_WORDS = 3  # words per chunk: one second of speech
+SPEECH_RATE = 20.0  # default input tokens/s of the speech pattern
 BURSTS = 4  # passages per document in the bursts pattern
 
 
@@ -181,7 +183,7 @@ async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dic
     prompts = []
     try:
         prefill = await calibrate(llm)
-        args.rate = args.rate or prefill * 0.15
+        args.rate = args.rate or (SPEECH_RATE if args.pattern == "speech" else prefill * 0.15)
         report.update(prefill_tok_per_s=prefill, rate_tok_per_s=args.rate)
         _log(f"prefill ~{prefill:.0f} tok/s; input arrives at {args.rate:.1f} tok/s ({args.pattern})")
         for n in args.lengths:
@@ -341,7 +343,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="document lengths in tokens (default 256,1024,4096)")
     p.add_argument("--pattern", default="speech", choices=["speech", "bursts"])
     p.add_argument("--rate", type=float, default=None,
-                   help="mean input tokens/s (default: 15%% of the measured prefill rate)")
+                   help="mean input tokens/s (default: speech 20, bursts 15%% of the measured "
+                        "prefill rate)")
     p.add_argument("--max-tokens", type=int, default=16, help="answer length (greedy)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     p.add_argument("--sessions", type=int, default=16, help="concurrent sessions (0: skip)")
