@@ -1,4 +1,4 @@
-"""``thinkstream bench {prefill,decode,throughput,all,profile,streaming}``.
+"""``thinkstream bench {prefill,decode,throughput,all,profile,streaming,think-while-reading}``.
 
 Example (the full run of docs/benchmarks.md)::
 
@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--batch", type=int, action="append", default=None,
                    help="batch size(s) to profile (default 1 and 32)")
     p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--compile-decode", action="store_true",
+                   help="EngineConfig.compile_decode: decode steps as compiled graphs")
     p.set_defaults(fn=run_profile)
     p = sub.add_parser("streaming", help="streaming input: latency after the input ends")
     from thinkstream.bench.streaming import add_arguments
@@ -64,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
 
     add_arguments(p)
     p.set_defaults(fn=run_streaming)
+    p = sub.add_parser("think-while-reading", help="reasoning while the input streams vs batch")
+    from thinkstream.bench import think
+
+    think.add_arguments(p)
+    p.set_defaults(fn=think.run)
 
 
 def _model_paths(model: str | None) -> tuple[str | None, Path | None]:
@@ -133,6 +140,6 @@ def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
     for batch in batches:
         result = profile_decode(args.model, batch, args.steps, dtype=args.dtype,
                                 quantization=args.quantization, threads=args.threads,
-                                checkpoint=checkpoint)
+                                checkpoint=checkpoint, compile_decode=args.compile_decode)
         print(format_profile(result))
     return 0

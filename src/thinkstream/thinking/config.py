@@ -36,6 +36,9 @@ class ThinkConfig:
     pass_tokens: int = 64  # budget of one integration / reflection pass
     max_reasoning_tokens: int = 512  # budget forcing: then straight to the answer
     stop_at_newline: bool = True  # a note ends at its first line break
+    # Batch thinking (a baseline): no note while reading; at close every unit is noted in
+    # order (none merged), each where the layout puts it, then the passes, then the answer.
+    defer_notes: bool = False
     temperature: float = 0.0
     seed: int = 0
 

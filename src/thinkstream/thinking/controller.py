@@ -21,10 +21,11 @@ Invariants (``check``):
   (``before_truncate``), and its units are noted again;
 - R has an explicit position for every token.
 
-After the input closes: a note for the last unit, the depth's passes (D2 integrate, D3
-integrate + reflect), then the answer: S's remaining tokens (the chat template's
-assistant header) are placed after all reasoning and see S plus all of R. Budget forcing:
-once ``max_reasoning_tokens`` are generated the current note ends and no other starts.
+After the input closes: a note for the last unit (``defer_notes``, batch thinking: for
+every unit, in order), the depth's passes (D2 integrate, D3 integrate + reflect), then the
+answer: S's remaining tokens (the chat template's assistant header) are placed after all
+reasoning and see S plus all of R. Budget forcing: once ``max_reasoning_tokens`` are
+generated the current note ends and no other starts.
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ class ThinkController:
         """Start the next note or pass if R is free; after the last, answer."""
         if self.note is not None or self.phase == "answering":
             return
+        if self.phase == "reading" and self.cfg.defer_notes:
+            return
         pending = [k for k, u in enumerate(self.units) if u.seg_len is None]
         forced = self.reasoning_tokens >= self.cfg.max_reasoning_tokens
         if pending and forced:
@@ -185,7 +188,7 @@ class ThinkController:
                 self.units[k].seg_len = 0
             self._place_input()
         elif pending:
-            if self.cfg.layout.kind == "interleaved":
+            if self.cfg.layout.kind == "interleaved" or self.cfg.defer_notes:
                 k = pending[0]
             else:  # R fell behind: one note for everything read since (the others merge)
                 k = pending[-1]
