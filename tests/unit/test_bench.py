@@ -134,7 +134,7 @@ def test_streaming_quick_tiny_model(tmp_path):
                               "--session-tokens", "16", "--session-rate", "400",
                               "--arrivals-per-s", "50", "--policies", "fcfs",
                               "--rate", "2000", "--max-tokens", "3", "--kv-cache-mb", "16",
-                              "--peers", "thinkstream-stream,thinkstream-oneshot",
+                              "--reps", "2", "--peers", "thinkstream-stream,thinkstream-oneshot",
                               "--json", str(out)])
     assert args.fn is streaming.run and args.threads == 1 and args.pattern == "speech"
     assert args.fn(args, checkpoint=tiny_checkpoint()) == 0
@@ -149,6 +149,10 @@ def test_streaming_quick_tiny_model(tmp_path):
         assert all(v["tokens"] == 3 and v["total_s"] >= v["ttft_s"] > 0
                    for v in row["results"].values())
         assert row["best_waiting"] == "thinkstream-oneshot" and row["prompt_tokens"] > 24
+        samples = row["results"]["thinkstream-stream"]["samples"]
+        assert len(samples) == 2
+        a, b = sorted(s["ttft_s"] for s in samples)
+        assert row["results"]["thinkstream-stream"]["ttft_s"] == pytest.approx((a + b) / 2)
     assert [(r["mode"], r["policy"]) for r in doc["concurrent"]] == [("session", "fcfs"),
                                                                       ("one-shot", "-")]
     assert all(r["output_tokens"] == r["expected_tokens"] == 6 for r in doc["concurrent"])

@@ -31,6 +31,7 @@ import datetime
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -193,9 +194,14 @@ async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dic
             prompts.append(tuple(int(i) for i in llm.tokenizer.encode(whole)))
             row = {"doc_tokens": n, "prompt_tokens": len(prompts[-1]), "chunks": len(chunks),
                    "input_s": input_duration(llm.tokenizer, chunks, args.rate), "results": {}}
-            if "thinkstream-stream" in peers:
-                row["results"]["thinkstream-stream"] = await run_session(llm, chunks, args.rate,
-                                                                         params)
+            if "thinkstream-stream" in peers:  # --reps documents (no prefix shared), medians
+                runs = [await run_session(llm, chunks if r == 0 else document(
+                    llm.tokenizer, n, args.seed + n + 1000 * r, args.pattern), args.rate, params)
+                        for r in range(args.reps)]
+                row["results"]["thinkstream-stream"] = {
+                    "ttft_s": statistics.median(x["ttft_s"] for x in runs),
+                    "total_s": statistics.median(x["total_s"] for x in runs),
+                    "tokens": runs[0]["tokens"], "samples": runs}
             if "thinkstream-oneshot" in peers:
                 t_end = time.perf_counter()  # the whole prompt, sent at input end
                 row["results"]["thinkstream-oneshot"] = await _timed(
@@ -346,6 +352,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mean input tokens/s (default: speech 20, bursts 15%% of the measured "
                         "prefill rate)")
     p.add_argument("--max-tokens", type=int, default=16, help="answer length (greedy)")
+    p.add_argument("--reps", type=int, default=3,
+                   help="streamed sessions per length (different documents; medians)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     p.add_argument("--sessions", type=int, default=16, help="concurrent sessions (0: skip)")
     p.add_argument("--session-tokens", type=int, default=128)
