@@ -117,6 +117,24 @@ def test_close_with_last_chunk(client: TestClient) -> None:
         assert msg["type"] == "done" and text == want
 
 
+def test_ended_sessions_are_forgotten_oldest_first(llm, client: TestClient) -> None:
+    """The hub keeps ended sessions' records only as long as the engine remembers them."""
+    old = llm.sessions.remember
+    llm.sessions.remember = 2
+    try:
+        ids = []
+        for _ in range(4):
+            sid = client.post("/v1/sessions", headers=KEY, json=OPEN).json()["id"]
+            assert client.post(f"/v1/sessions/{sid}/close", headers=KEY, json={"text": "Hi"}).status_code == 200
+            ids.append(sid)
+        hub = client.app.state.session_hub
+        assert [sid for sid in ids if sid in hub._owned] == ids[2:]
+        assert client.get(f"/v1/sessions/{ids[0]}", headers=KEY).status_code == 404
+        assert client.get(f"/v1/sessions/{ids[3]}", headers=KEY).json()["state"] == "finished"
+    finally:
+        llm.sessions.remember = old
+
+
 def test_update_mode_and_sse(client: TestClient) -> None:
     sid = client.post("/v1/sessions", headers=KEY, json=OPEN).json()["id"]
     client.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "The quick brown fox", "seq": 0})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +79,7 @@ class _Owned:
     tokens: float = 0.0  # rate bucket
     refilled: float = field(default_factory=time.monotonic)
     open: bool = True
+    view: tuple[int | None, int, bool] = (None, 1, False)  # answer format: logprobs, n, thinking
 
 
 class SessionHub:
@@ -87,6 +89,7 @@ class SessionHub:
         context = llm.engine.max_model_len - 1  # the engine enforces this limit per update
         llm.sessions.max_input_tokens = min(limits.max_tokens_per_session or context, context)
         self._owned: dict[str, _Owned] = {}
+        self._over: OrderedDict[str, None] = OrderedDict()  # ended sessions, oldest first
         self._reaper: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -114,9 +117,19 @@ class SessionHub:
         owned.tokens -= 1
 
     def _ended(self, sid: str) -> None:
+        """The session is over: still answerable (GET) while the engine remembers it, then
+        forgotten with it, oldest first, so the records stay bounded."""
         owned = self._owned.get(sid)
-        if owned is not None:
-            owned.open = False
+        if owned is None:
+            return
+        owned.open = False
+        self._over[sid] = None
+        while len(self._over) > self.llm.sessions.remember:
+            self._owned.pop(self._over.popitem(last=False)[0], None)
+
+    def view(self, key: str, sid: str) -> tuple[int | None, int, bool]:
+        """How the session's answer is formatted (set at open)."""
+        return self._session(key, sid).view
 
     async def _run(self, coro):
         try:
@@ -127,7 +140,8 @@ class SessionHub:
     # --------------------------------------------------------------- operations
     async def open(self, key: str, prompt: str | Sequence[int] | None,
                    messages: list[dict] | None, params: SamplingParams,
-                   thinking=None) -> SessionInfo:
+                   thinking=None, view: tuple[int | None, int, bool] = (None, 1, False),
+                   ) -> SessionInfo:
         self.start_reaper()
         if self.open_count(key) >= self.limits.max_sessions_per_key:
             raise APIError(429, f"at most {self.limits.max_sessions_per_key} open sessions per "
@@ -137,7 +151,7 @@ class SessionHub:
                            "prompt", "chunk_too_large")
         info = await self._run(self.llm.open_session(prompt, messages, params,
                                                      thinking=thinking))
-        self._owned[info.session_id] = _Owned(key, tokens=self.limits.chunk_burst)
+        self._owned[info.session_id] = _Owned(key, tokens=self.limits.chunk_burst, view=view)
         return info
 
     async def append(self, key: str, sid: str, data: str | bytes | Sequence[int],
@@ -161,7 +175,7 @@ class SessionHub:
             if data is not None:
                 self._take_chunk(owned, len(data))
             stream = await self._run(self.llm.close_session(sid, seq, data))
-            owned.open = False
+            self._ended(sid)
             return stream
 
     async def info(self, key: str, sid: str) -> SessionInfo:

@@ -181,7 +181,6 @@ async def _pairs(stream: AsyncIterator[RequestOutput], view: fmt.ChatView):
 def session_router(limits: SessionLimits | None = None) -> APIRouter:
     """The session routes; include beside the OpenAI ones (``app.include_router``)."""
     router = APIRouter()
-    views: dict[str, tuple[int | None, int, bool]] = {}  # session id -> (logprobs, n, thinking)
 
     def ctx(request: Request) -> tuple[Any, SessionHub, str]:
         state = request.app.state.server
@@ -195,8 +194,8 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
             body = await parse_body(request, SessionCreateRequest)
             prompt, messages, params, logprobs = _open_args(state, body)
             thinking = body.thinking.config() if body.thinking is not None else None
-            info = await hub.open(key, prompt, messages, params, thinking)
-            views[info.session_id] = (logprobs, params.n, thinking is not None)
+            info = await hub.open(key, prompt, messages, params, thinking,
+                                  (logprobs, params.n, thinking is not None))
             return JSONResponse(_info(info))
         except Exception as exc:  # noqa: BLE001 - every refusal is an error body
             return _error(exc)
@@ -228,10 +227,10 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
             state, hub, key = ctx(request)
             raw = await request.body()
             body = await parse_body(request, SessionCloseRequest) if raw.strip() else SessionCloseRequest()
+            logprobs, n, thinking = hub.view(key, session_id)
             stream = await hub.close(key, session_id, body.seq, body.data())
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
-        logprobs, n, thinking = views.pop(session_id, (None, 1, False))
         view = fmt.ChatView(session_id, state.config.served_model_name, state.llm.tokenizer,
                             0, logprobs, n)
         if body.stream:
@@ -290,7 +289,6 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
         try:
             _, hub, key = ctx(request)
             aborted = await hub.abort(key, session_id)
-            views.pop(session_id, None)
             return JSONResponse({"id": session_id, "object": "session.deleted", "deleted": True,
                                  "aborted": aborted})
         except Exception as exc:  # noqa: BLE001

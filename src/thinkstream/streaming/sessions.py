@@ -80,7 +80,7 @@ class SessionManager:
         self.max_input_tokens = min(max_input_tokens or engine.max_model_len, engine.max_model_len - 1)
         self._open: dict[str, _Session] = {}
         self._ended: OrderedDict[str, _Session] = OrderedDict()  # closed or aborted, newest last
-        self._remember = remember
+        self.remember = remember
         self._ids = itertools.count()
 
     # ----------------------------------------------------------------- queries
@@ -259,7 +259,7 @@ class SessionManager:
         self._open.pop(s.sid, None)
         self._ended[s.sid] = s
         self._ended.move_to_end(s.sid)
-        while len(self._ended) > self._remember:
+        while len(self._ended) > self.remember:
             self._ended.popitem(last=False)
 
 
