@@ -1,7 +1,9 @@
 """GPU check, run on a lent CUDA machine: the engine on a SmolLM2-135M-shaped model with
-random weights (no model file needed), bfloat16, prefill and decode throughput.
+random weights (no model file needed), bfloat16, prefill and decode throughput. With
+``--compile-decode`` the decode rows run again with ``compile_decode=True`` (CUDA graphs per
+batch / context bucket, compiled.py), side by side, and the greedy tokens are compared.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --json out.json
+    PYTHONPATH=src python benchmarks/gpu_check.py --json out.json [--compile-decode]
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def timed(fn) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compile-decode", action="store_true",
+                    help="also decode with compile_decode=True (CUDA graphs) and compare")
     args = ap.parse_args()
     cfg = ModelConfig(**SMOLLM2)
     ck = LoadedCheckpoint(cfg, random_tensors(cfg, 0), tiny_tokenizer(), Path("<random smollm2>"))
@@ -50,12 +54,26 @@ def main() -> None:
         dt = min(timed(lambda ids=ids: llm.generate([ids], SamplingParams(temperature=0, max_tokens=1)))
                  for _ in range(3))
         res[f"prefill_{n}_tok_s"] = n / dt
+    engines = {"": llm}
+    if args.compile_decode:
+        engines["_graphs"] = LLM(checkpoint=ck, device="cuda", dtype="bfloat16", max_num_seqs=256,
+                                 max_num_batched_tokens=8192, kv_cache_memory=4 << 30,
+                                 compile_decode=True)
+    p = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    tokens: dict[str, list] = {}
     for b in (1, 32, 128):
-        prompts = [torch.randint(3, 49000, (32,), generator=g).tolist() for _ in range(b)]
-        p = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
-        dt = timed(lambda prompts=prompts, p=p: llm.generate(prompts, p))
-        res[f"decode_b{b}_tok_s"] = b * 64 / dt
-    llm.engine.check_integrity()
+        warm, prompts = ([torch.randint(3, 49000, (32,), generator=g).tolist() for _ in range(b)]
+                         for _ in range(2))
+        for tag, eng in engines.items():
+            eng.generate(warm, p)  # warm-up, fresh prompts: CUDA graphs are captured here
+            out: list = []
+            dt = timed(lambda prompts=prompts, eng=eng, out=out: out.extend(eng.generate(prompts, p)))
+            tokens[f"{b}{tag}"] = [o.outputs[0].token_ids for o in out]
+            res[f"decode_b{b}{tag}_tok_s"] = b * 64 / dt
+            eng.engine.check_integrity()
+        if args.compile_decode:
+            same = sum(x == y for x, y in zip(tokens[str(b)], tokens[f"{b}_graphs"], strict=True))
+            res[f"decode_b{b}_graphs_same_tokens"] = f"{same}/{b}"
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

@@ -62,7 +62,8 @@ class LLMEngine:
                             cfg.enable_prefix_caching),
             self.kv, priority=policy_key(cfg.session_policy),
         )
-        self.runner = ModelRunner(self.model, mcfg, num_blocks, cfg.block_size, dtype, self.device)
+        self.runner = ModelRunner(self.model, mcfg, num_blocks, cfg.block_size, dtype, self.device,
+                                  cfg.compile_decode, cfg.max_num_seqs)
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(cfg.seed)

@@ -3,7 +3,9 @@ paged KV cache, and samples one token for every sequence that reached its last t
 
 Per step it builds the packed inputs (one row per new token, explicit positions), the
 attention metadata (once, shared by all layers), performs pending block copies (forks,
-truncations), and computes logits only for the rows that need them.
+truncations), and computes logits only for the rows that need them. With
+``compile_decode`` a pure decode step runs as a compiled / captured graph instead
+(``compiled.py``); every other step runs eagerly.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from thinkstream.compiled import CompiledDecode, GraphDecode, batch_buckets
 from thinkstream.config import ModelConfig
 from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.models.llama import LlamaForCausalLM
@@ -40,15 +43,25 @@ def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) ->
 class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, cfg: ModelConfig, num_blocks: int, block_size: int,
-        dtype: torch.dtype, device: torch.device | str,
+        dtype: torch.dtype, device: torch.device | str, compile_decode: bool = False,
+        max_num_seqs: int = 64,
     ) -> None:
         self.model = model
         self.cfg = cfg
         self.block_size = block_size
         self.device = torch.device(device)
-        self.kv_caches = allocate_kv_caches(
-            cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim, dtype, device
+        num_slots = num_blocks * block_size
+        self.kv_caches = allocate_kv_caches(  # compiled: + the scratch slot of padded rows
+            cfg.num_layers, num_slots + int(compile_decode), cfg.num_kv_heads, cfg.head_dim,
+            dtype, device,
         )
+        self.decode_graph: CompiledDecode | GraphDecode | None = None
+        if compile_decode and self.device.type == "cuda":
+            self.decode_graph = GraphDecode(
+                model, self.kv_caches, num_slots, batch_buckets(max_num_seqs), self.device
+            )
+        elif compile_decode:
+            self.decode_graph = CompiledDecode(model)
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         if not copies:
@@ -110,9 +123,11 @@ class ModelRunner:
         )
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        logits = None if self.decode_graph is None else self.decode_graph(input_ids, pos, meta)
+        if logits is not None:  # a pure decode step, run as a graph (logits of every row)
+            return _take(logits, rows), last_row, prompt_rows
         hidden = self.model(input_ids, pos, meta)
-        logits = self.model.compute_logits(hidden[torch.tensor(rows, dtype=torch.long, device=self.device)])
-        return logits, last_row, prompt_rows
+        return self.model.compute_logits(_take(hidden, rows)), last_row, prompt_rows
 
     @torch.inference_mode()
     def sample(
@@ -121,7 +136,7 @@ class ModelRunner:
         """One token per sequence, sequence i drawing from logits row rows[i]."""
         if not seqs:
             return [], []
-        x = logits[torch.tensor(rows, device=logits.device)]
+        x = _take(logits, rows)
         banned = [_banned_ids(seq, eos_ids) for seq in seqs]
         st = build_sampling_tensors(
             [s.params for s in seqs], [s.generator for s in seqs], x.shape[1], x.device, banned
@@ -165,6 +180,13 @@ class ModelRunner:
         ):
             entries.append(_entry(t, c, ti[:w], tv[:w]))
         return entries
+
+
+def _take(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """x[rows], without the copy when rows are exactly 0..len(x)-1 (a decode step)."""
+    if len(rows) == x.shape[0] and rows == list(range(len(rows))):
+        return x
+    return x[torch.tensor(rows, dtype=torch.long, device=x.device)]
 
 
 def _needs_prompt_logprobs(seq: Sequence, start: int) -> bool:

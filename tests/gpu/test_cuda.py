@@ -77,3 +77,35 @@ def test_cuda_shared_prefix_cascade_equals_cpu() -> None:
         return _run(engine, params, prompts)
 
     assert run("cuda") == run("cpu")
+
+
+def test_cuda_graph_decode_equals_eager() -> None:
+    """compile_decode on CUDA: pure decode steps padded to buckets and replayed as CUDA
+    graphs give the eager engine's tokens; batches 3 and 5 are not bucket sizes, and the two
+    late requests make a mixed prefill + decode step (eager) in between."""
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    late = [[7, 8, 9, 10, 11, 12], [250, 251]]
+
+    def run(compile_decode: bool) -> tuple[list[list[int]], LLMEngine]:
+        engine = _engine("cuda", compile_decode=compile_decode)
+        for i, p in enumerate(PROMPTS[:3]):
+            engine.add_request(f"r{i}", p, params)
+        done, steps = {}, 0
+        while engine.has_unfinished_requests():
+            if steps == 3:
+                for i, p in enumerate(late, 3):
+                    engine.add_request(f"r{i}", p, params)
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out.outputs[0].token_ids
+            engine.check_integrity()
+            steps += 1
+        assert engine.kv.num_free_blocks == engine.kv.num_blocks
+        return [done[f"r{i}"] for i in range(5)], engine
+
+    got, engine = run(True)
+    want, _ = run(False)
+    assert got == want
+    graphs = engine.runner.decode_graph.buckets
+    assert {bp for bp, _ in graphs} >= {4, 8}  # batches 3 and 5 padded
+    assert all(b.graph is not None for b in graphs.values())

@@ -4,7 +4,8 @@ The engine is left untouched: timers are wrapped around the bound methods of one
 instance (and forward hooks on its model), then ``steps`` decode steps of a batch of
 sequences run. Components (wall time, ms per step):
 
-- model: the decoder layers (``runner.model`` call) and the LM head (``compute_logits``);
+- model: the decoder layers (``runner.model`` call) and the LM head (``compute_logits``),
+  or with ``compile_decode`` the compiled decode step (both; ``runner.decode_graph``);
 - runner prep: ``runner.forward`` minus the model: token/position tensors, attention
   metadata (slot maps, block tables);
 - sampling: ``runner.sample``;
@@ -41,6 +42,9 @@ def _instrument(engine, acc: dict[str, float]) -> None:
     runner.forward = _timed(runner.forward, acc, "forward")
     runner.sample = _timed(runner.sample, acc, "sampling")
     engine._outputs = _timed(engine._outputs, acc, "outputs")
+    if runner.decode_graph is not None:  # no hooks inside what torch.compile traces
+        runner.decode_graph = _timed(runner.decode_graph, acc, "decode graph")
+        return
     runner.model.compute_logits = _timed(runner.model.compute_logits, acc, "lm head")
     start: list[float] = []
     runner.model.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter()))
@@ -52,7 +56,8 @@ def _instrument(engine, acc: dict[str, float]) -> None:
 
 def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str = "bfloat16",
                    quantization: str | None = None, threads: int | None = None,
-                   checkpoint: Any = None, prompt_len: int = 16, top_ops: int = 8) -> dict[str, Any]:
+                   checkpoint: Any = None, prompt_len: int = 16, top_ops: int = 8,
+                   compile_decode: bool = False) -> dict[str, Any]:
     """Profile ``steps`` decode steps at ``batch`` sequences; returns ms per step per part."""
     import torch
 
@@ -63,6 +68,8 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     options: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
     if quantization:
         options["quantization"] = quantization
+    if compile_decode:
+        options["compile_decode"] = True
     llm = LLM(model, dtype=dtype, max_num_seqs=max(batch, 1), num_threads=threads, **options)
     engine = llm.engine
     vocab = engine.model_config.vocab_size
@@ -70,7 +77,7 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     for r in work.requests:
         engine.add_request(None, list(r.prompt), SamplingParams(
             temperature=0.0, max_tokens=r.max_tokens, ignore_eos=True))
-    for _ in range(8):  # prefill, then a few warm-up decode steps
+    for _ in range(8):  # prefill, then a few warm-up decode steps (and the decode compile)
         engine.step()
     acc: dict[str, float] = defaultdict(float)
     _instrument(engine, acc)
@@ -82,10 +89,12 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(min(steps, 8)):
             engine.step()
-    model_ms = ms.get("decoder layers", 0.0) + ms.get("lm head", 0.0)
+    graph_ms = ms.get("decode graph", 0.0)
+    model_ms = ms.get("decoder layers", 0.0) + ms.get("lm head", 0.0) + graph_ms
     parts = {
         "model: decoder layers": ms.get("decoder layers", 0.0),
         "model: lm head": ms.get("lm head", 0.0),
+        "model: compiled decode step (layers + head)": graph_ms,
         "runner prep (inputs, attention metadata)": ms.get("forward", 0.0) - model_ms,
         "sampling": ms.get("sampling", 0.0),
         "scheduler + kv bookkeeping": ms.get("scheduler", 0.0),
@@ -97,12 +106,14 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     ops = [(e.key, e.self_cpu_time_total / 1e3 / n_prof, e.count // n_prof)
            for e in events[:top_ops]]
     return {"batch": batch, "steps": steps, "dtype": dtype, "quantization": quantization,
+            "compile_decode": compile_decode,
             "step_ms": 1e3 * total / steps, "tok_s": batch * steps / total, "parts_ms": parts,
             "top_ops": ops}
 
 
 def format_profile(p: dict[str, Any]) -> str:
-    lines = [f"batch {p['batch']} ({p['dtype']}, quantization={p['quantization']}): "
+    lines = [f"batch {p['batch']} ({p['dtype']}, quantization={p['quantization']}"
+             f"{', compile_decode' if p.get('compile_decode') else ''}): "
              f"{p['step_ms']:.1f} ms/step, {p['tok_s']:.0f} tok/s",
              "| part | ms/step | share |", "|---|---|---|"]
     for name, v in p["parts_ms"].items():
