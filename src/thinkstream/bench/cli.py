@@ -34,6 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="default: the cores available")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    p.add_argument("--compile-decode", action="store_true",
+                   help="thinkstream's EngineConfig.compile_decode: decode steps as compiled graphs")
 
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -57,8 +59,6 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--batch", type=int, action="append", default=None,
                    help="batch size(s) to profile (default 1 and 32)")
     p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--compile-decode", action="store_true",
-                   help="EngineConfig.compile_decode: decode steps as compiled graphs")
     p.set_defaults(fn=run_profile)
     p = sub.add_parser("streaming", help="streaming input: latency after the input ends")
     from thinkstream.bench.streaming import add_arguments
@@ -88,7 +88,7 @@ def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
     options = {
         "thinkstream": {"dtype": args.dtype, "quantization": args.quantization,
                         "max_batch": args.max_batch, "kv_cache_mb": args.kv_cache_mb,
-                        "threads": threads},
+                        "threads": threads, "compile_decode": args.compile_decode},
         "hf": {"dtype": args.hf_dtype or args.dtype, "max_batch": args.max_batch,
                "threads": threads},
         "llamacpp": {"max_batch": args.max_batch, "threads": threads},

@@ -43,7 +43,7 @@ class ThinkstreamPeer:
 
     def __init__(self, model: str | None, dtype: str = "float32", quantization: str | None = None,
                  max_batch: int = 32, kv_cache_mb: int = 1024, threads: int | None = None,
-                 checkpoint: Any = None) -> None:
+                 checkpoint: Any = None, compile_decode: bool = False) -> None:
         from thinkstream.llm import LLM
 
         options: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
@@ -51,11 +51,18 @@ class ThinkstreamPeer:
             options["quantization"] = quantization
         self._settings = {"dtype": dtype, "quantization": quantization, "max_num_seqs": max_batch,
                           "kv_cache_mb": kv_cache_mb, "max_num_batched_tokens": 2048,
-                          "prefix_caching": True, "threads": threads}
+                          "prefix_caching": True, "threads": threads,
+                          "compile_decode": compile_decode}
         self.llm = LLM(model, dtype=dtype, max_num_seqs=max_batch,
                        kv_cache_memory=kv_cache_mb << 20, max_num_batched_tokens=2048,
-                       num_threads=threads, **options)
+                       num_threads=threads, compile_decode=compile_decode, **options)
         self.vocab_size = self.llm.engine.model_config.vocab_size
+        if compile_decode:  # compile every graph now (one per batch range), not while timed
+            from thinkstream.sampling_params import SamplingParams
+
+            warm = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+            for batch in sorted({1, 4, 8, max_batch}):
+                self.llm.generate([[1 + i, 2, 3] for i in range(batch)], warm, use_tqdm=False)
 
     def settings(self) -> dict[str, Any]:
         return self._settings
