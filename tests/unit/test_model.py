@@ -159,7 +159,7 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
     with the same mask (causal tail, hidden prefix keys, a sliding window)."""
     import torch.nn.functional as F
 
-    from thinkstream.models.attention import _short_chunk
+    from thinkstream.models.short_attention import short_chunk
 
     g = torch.Generator().manual_seed(0)
     n, h, kvh, d, length = 7, 6, 2, 16, 50
@@ -170,10 +170,10 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
     key = torch.arange(length)[None, :]
     qc = torch.arange(length - n, length)[:, None]
     mask = (key <= qc) & (key > qc - 40) & ~((key >= 5) & (key < 9 + torch.arange(n)[:, None]))
-    got = _short_chunk(q, k_cache, v_cache, slots, None, mask, 0.25)
+    got = short_chunk(q, k_cache, v_cache, slots, None, mask, 0.25)
     runs = ((3, 20), (40, 30))  # the same keys as views of two runs of slots
     slots2 = torch.cat([torch.arange(3, 23), torch.arange(40, 70)])
-    got2 = _short_chunk(q, k_cache, v_cache, slots2, runs, mask, 0.25)
+    got2 = short_chunk(q, k_cache, v_cache, slots2, runs, mask, 0.25)
     kg = k_cache[slots].transpose(0, 1)[None]
     vg = v_cache[slots].transpose(0, 1)[None]
     ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None].float(), kg.float(), vg.float(),
@@ -185,3 +185,27 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
     ref2 = F.scaled_dot_product_attention(q.transpose(0, 1)[None].float(), kg2, vg2,
                                           attn_mask=mask, scale=0.25, enable_gqa=True)[0].transpose(0, 1)
     assert torch.allclose(got2.float(), ref2, atol=tol, rtol=tol), (got2.float() - ref2).abs().max()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_short_chunks_of_several_sequences_batched(arch: str) -> None:
+    """Short chunks of three sequences in one step (one ``short`` group, padded queries and
+    keys) next to a decode row: every sequence gets its dense reference logits."""
+    cfg = tiny_config(arch)
+    t = random_tensors(cfg, seed=4)
+    model = build_model(cfg, t)
+    caches = allocate_kv_caches(cfg.num_layers, 40 * BS, cfg.num_kv_heads, cfg.head_dim, torch.float32, "cpu")
+    seqs = [[(7 * i + 3 * j) % 300 + 2 for i in range(n)] for j, n in enumerate((13, 6, 10, 5))]
+    tables = [[0, 1, 2, 3], [4, 5], [6, 7, 8], [9, 10]]
+    first = [9, 4, 3, 4]  # computed before the step; then 4, 2, 7 and 1 new tokens
+    _run(model, cfg, caches, [[(tb, 0, s[:f], list(range(f))) for tb, s, f in zip(tables, seqs, first, strict=True)]])
+    step = [(tb, f, s[f:], list(range(f, len(s)))) for tb, s, f in zip(tables, seqs, first, strict=True)]
+    slices = [SeqSlice(tb, f, len(s) - f) for tb, s, f in zip(tables, seqs, first, strict=True)]
+    meta = build_attention_metadata(slices, BS, caches, cfg.sliding_window)
+    assert sorted(g.kind for g in meta.groups) == ["decode", "short"]
+    (out,) = _run(model, cfg, caches, [step])
+    at = 0
+    for s, f in zip(seqs, first, strict=True):
+        ref = reference_logits(cfg, t, s)[f:]
+        assert torch.allclose(out[at : at + len(ref)], ref, atol=1e-4), (s, (out[at : at + len(ref)] - ref).abs().max())
+        at += len(ref)

@@ -14,8 +14,9 @@ Sequences fall into groups, each computed its own way:
 - ``fresh``: a chunk that starts at context 0 (a whole prompt): its keys are this step's
   own, so nothing is gathered and causal SDPA runs directly;
 - ``chunk``: a chunk after cached context (chunked prefill, prefix-cache hit, streaming
-  input): gathered context with an explicit mask; a short chunk (``SHORT_CHUNK`` tokens
-  at most) as grouped-query matmuls instead of the flash kernel.
+  input): gathered context with an explicit mask; short chunks (``SHORT_CHUNK`` tokens
+  at most) as grouped-query matmuls instead of the flash kernel (``short_attention``),
+  several of them in one step merged into one padded ``short`` group.
 
 For one sequence with ``n`` new tokens after ``k`` computed ones:
 
@@ -32,7 +33,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-SHORT_CHUNK = 32  # chunks of at most this many tokens take ``_short_chunk``
+from thinkstream.models.short_attention import (
+    SHORT_CHUNK,
+    gather_heads_first,
+    short_batch,
+    short_chunk,
+    slot_runs,
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class AttnGroup:
     rows: torch.Tensor | None = None  # decode: packed index of each sequence's query
     shared: int = 0  # decode: leading key slots identical in every row (a shared prefix)
     runs: tuple[tuple[int, int], ...] | None = None  # short chunk: context as slot ranges
+    take: torch.Tensor | None = None  # short batch: the real queries among B x Qmax rows
 
 
 @dataclass
@@ -149,6 +157,9 @@ def build_attention_metadata(
         else:
             groups.append(_chunk_group(offset, s, context, sliding_window, device))
         offset += s.num_new
+    short = [g for g in groups if g.kind == "chunk" and g.stop - g.start <= SHORT_CHUNK]
+    if len(short) > 1:  # one batched group: a few matmuls per layer for any number of them
+        groups = [g for g in groups if g not in short] + [_short_group(short)]
     if decode_ctx:
         groups.append(_decode_group(decode_rows, decode_ctx, sliding_window, device, decode_hidden))
     return AttentionMetadata(
@@ -179,18 +190,33 @@ def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | 
     return AttnGroup(
         "chunk", offset, offset + s.num_new, context[None].to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
-        runs=_slot_runs(context) if s.num_new <= SHORT_CHUNK else None,
+        runs=slot_runs(context) if s.num_new <= SHORT_CHUNK else None,
     )
 
 
-def _slot_runs(slots: torch.Tensor, most: int = 16) -> tuple[tuple[int, int], ...] | None:
-    """``slots`` as (first slot, length) ranges of consecutive slots, or None if there are
-    more than ``most`` (then a gather is cheaper than many small matmuls)."""
-    breaks = ((slots[1:] - slots[:-1]) != 1).nonzero().flatten()
-    if breaks.numel() >= most:
-        return None
-    bounds = [0, *(breaks + 1).tolist(), slots.numel()]
-    return tuple((int(slots[a]), b - a) for a, b in zip(bounds, bounds[1:], strict=False))
+def _short_group(chunks: list[AttnGroup]) -> AttnGroup:
+    """Short chunk groups merged into one padded batch (``short_attention.short_batch``);
+    ``take`` lists the real queries among the B x Qmax rows."""
+    qmax = max(g.stop - g.start for g in chunks)
+    lmax = max(g.key_slots.shape[1] for g in chunks)
+    dev = chunks[0].key_slots.device
+    rows = torch.empty(len(chunks), qmax, dtype=torch.long, device=dev)
+    key_slots = torch.zeros(len(chunks), lmax, dtype=torch.long, device=dev)
+    windowed = any(g.sliding_mask is not None for g in chunks)
+    masks = [torch.zeros(len(chunks), qmax, lmax, dtype=torch.bool, device=dev)
+             for _ in range(1 + windowed)]
+    for i, g in enumerate(chunks):
+        n, length = g.stop - g.start, g.key_slots.shape[1]
+        rows[i, :n] = torch.arange(g.start, g.stop, device=dev)
+        rows[i, n:] = g.start
+        key_slots[i, :length] = g.key_slots[0]
+        for m, src in zip(masks, (g.mask, g.sliding_mask if g.sliding_mask is not None else g.mask),
+                          strict=False):
+            m[i, :n, :length] = src[0, 0]
+            m[i, n:, 0] = True  # padding queries: one key, output dropped
+    real = torch.tensor([j < g.stop - g.start for g in chunks for j in range(qmax)], device=dev)
+    return AttnGroup("short", 0, 0, key_slots, masks[0], masks[1] if windowed else None,
+                     rows=rows, take=real.nonzero().flatten())
 
 
 def _decode_group(
@@ -240,9 +266,13 @@ def paged_attention(
             out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, scale, sliding)
             continue
         mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask
+        if g.kind == "short":
+            got = short_batch(q, k_cache, v_cache, g.rows, g.key_slots, mask, scale)
+            out[g.rows.flatten()[g.take]] = got[g.take]
+            continue
         if g.kind == "chunk" and g.stop - g.start <= SHORT_CHUNK:
-            out[g.start : g.stop] = _short_chunk(q[g.start : g.stop], k_cache, v_cache,
-                                                 g.key_slots[0], g.runs, mask[0, 0], scale)
+            out[g.start : g.stop] = short_chunk(q[g.start : g.stop], k_cache, v_cache,
+                                                g.key_slots[0], g.runs, mask[0, 0], scale)
             continue
         qg = q[g.start : g.stop].transpose(0, 1)[None]  # (1, H, Q, D)
         if g.kind == "fresh":
@@ -260,44 +290,6 @@ def paged_attention(
     return out
 
 
-def _short_chunk(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
-    runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, scale: float,
-) -> torch.Tensor:
-    """A few new tokens over a long cached context (a streamed chunk, the end of a
-    session's input): grouped-query matmuls in the model's dtype. q (Q, H, D), slots (L,)
-    (or the same as ``runs`` of consecutive slots), mask (Q, L). Returns (Q, H, D).
-
-    The flash kernel tiles the queries, so a handful of them pays for whole tiles per key
-    block; per key/value head, two matmuls over (G*Q) rows are several times faster (bf16
-    on AMX), their cost proportional to Q x L. Keys and values are read where they lie:
-    a run of consecutive slots is a view of the cache, and a head's (L, D) slice of it a
-    strided matrix the matmul takes as is (a gather or a transposing copy would cost as
-    much as the matmul). Only the key columns some query may not see (the chunk's causal
-    tail, hidden prefix keys, a sliding window) are masked."""
-    n, h, d = q.shape
-    if runs is None:
-        parts = [(k_cache.index_select(0, slots), v_cache.index_select(0, slots))]
-    else:
-        parts = [(k_cache[a : a + m], v_cache[a : a + m]) for a, m in runs]
-    parts = [(k.to(q.dtype), v.to(q.dtype)) for k, v in parts]  # (m, KVH, D) each
-    length, kvh = slots.numel(), k_cache.shape[1]
-    qg = (q * scale).view(n, kvh, h // kvh, d).permute(1, 2, 0, 3).reshape(kvh, -1, d)
-    scores = torch.stack([torch.cat([qg[i] @ k[:, i].t() for k, _ in parts], dim=-1)
-                          for i in range(kvh)]).view(kvh, h // kvh, n, length)
-    seen_by_all = int(mask.all(dim=0).long().cumprod(dim=0).sum())  # leading open columns
-    if seen_by_all < length:
-        scores[..., seen_by_all:].masked_fill_(~mask[:, seen_by_all:], float("-inf"))
-    probs = scores.softmax(dim=-1).view(kvh, -1, length)  # float accumulation inside
-    out = q.new_zeros(kvh, probs.shape[1], d)
-    start = 0
-    for _, v in parts:
-        for i in range(kvh):
-            out[i].addmm_(probs[i, :, start : start + v.shape[0]], v[:, i])
-        start += v.shape[0]
-    return out.view(kvh, h // kvh, n, d).permute(2, 0, 1, 3).reshape(n, h, d)
-
-
 def _decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: AttnGroup,
     scale: float, sliding: bool,
@@ -310,8 +302,8 @@ def _decode(
     b, h, d = q.shape
     if g.shared >= CASCADE_MIN_SHARED and not sliding:
         return _decode_cascade(q, k_cache, v_cache, g, scale)
-    kg = _gather_heads_first(k_cache, g.key_slots)  # (B, KVH, L, D) float32
-    vg = _gather_heads_first(v_cache, g.key_slots)
+    kg = gather_heads_first(k_cache, g.key_slots)  # (B, KVH, L, D) float32
+    vg = gather_heads_first(v_cache, g.key_slots)
     kvh = kg.shape[1]
     qg = q.float().view(b, kvh, h // kvh, d)
     scores = torch.matmul(qg, kg.transpose(-1, -2)) * scale  # (B, KVH, G, L)
@@ -320,16 +312,6 @@ def _decode(
     probs = scores.softmax(dim=-1)
     out = torch.matmul(probs, vg)  # (B, KVH, G, D)
     return out.reshape(b, h, d).to(q.dtype)
-
-
-def _gather_heads_first(cache: torch.Tensor, slots: torch.Tensor,
-                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """cache (slots, KVH, D) at slots (..., L) -> (..., KVH, L, D) in ``dtype``, contiguous:
-    one index_select (much faster than advanced indexing) and one copy that both converts
-    and puts heads first, the layout the batched matmuls want (strided operands would be
-    copied inside the matmul, at three times the cost)."""
-    got = cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
-    return got.transpose(-3, -2).to(dtype, memory_format=torch.contiguous_format)
 
 
 CASCADE_MIN_SHARED = 64
@@ -346,8 +328,8 @@ def _decode_cascade(
     """
     b, h, d = q.shape
     s = g.shared
-    ks = _gather_heads_first(k_cache, g.key_slots[0, :s])  # (KVH, S, D)
-    vs = _gather_heads_first(v_cache, g.key_slots[0, :s])
+    ks = gather_heads_first(k_cache, g.key_slots[0, :s])  # (KVH, S, D)
+    vs = gather_heads_first(v_cache, g.key_slots[0, :s])
     kvh = ks.shape[0]
     qg = q.float().view(b, kvh, h // kvh, d).transpose(0, 1).reshape(kvh, -1, d)  # (KVH, B*G, D)
     s1 = torch.matmul(qg, ks.transpose(-1, -2)) * scale  # (KVH, B*G, S)
@@ -356,8 +338,8 @@ def _decode_cascade(
     o1 = torch.matmul(e1, vs)  # (KVH, B*G, D)
     l1 = e1.sum(dim=-1, keepdim=True)
     m1, l1, o1 = (t.view(kvh, b, -1, t.shape[-1]).transpose(0, 1) for t in (m1, l1, o1))  # (B, KVH, G, *)
-    kr = _gather_heads_first(k_cache, g.key_slots[:, s:])  # (B, KVH, L-S, D)
-    vr = _gather_heads_first(v_cache, g.key_slots[:, s:])
+    kr = gather_heads_first(k_cache, g.key_slots[:, s:])  # (B, KVH, L-S, D)
+    vr = gather_heads_first(v_cache, g.key_slots[:, s:])
     s2 = torch.matmul(q.float().view(b, kvh, h // kvh, d), kr.transpose(-1, -2)) * scale
     s2 = s2.masked_fill(~g.mask[..., s:], float("-inf"))  # (B, KVH, G, L-S)
     m2 = s2.amax(dim=-1, keepdim=True)  # finite: each row's own new key is in its suffix

@@ -1,0 +1,97 @@
+"""Attention for short chunks over cached context: a streamed chunk, the end of a
+session's input, the next few tokens of many sessions at once.
+
+The flash kernel tiles the queries, so a handful of them pays for whole tiles per key
+block; grouped-query matmuls over (G*Q) rows per key/value head are several times faster
+(bf16 on AMX) and cost in proportion to Q x L. Two shapes:
+
+- ``short_chunk``: one chunk. Keys and values are read where they lie: a run of consecutive
+  slots is a view of the cache and a head's (L, D) slice of it a strided matrix the matmul
+  takes as is (a gather, or a transposing copy, would cost as much as the matmul over a
+  long context).
+- ``short_batch``: several chunks in one step, padded to one batch (B, Qmax queries,
+  Lmax keys), so a step costs a few batched matmuls per layer however many sessions
+  send a chunk::
+
+      rows (B, Qmax):   | packed index of each query | padding: the row's first query |
+      mask (B, Qmax, L): its causal / visible keys; padded queries see key 0 only (their
+                         output is dropped; no row of softmax is empty)
+"""
+
+from __future__ import annotations
+
+import torch
+
+SHORT_CHUNK = 32  # chunks of at most this many tokens take this module's paths
+
+
+def gather_heads_first(cache: torch.Tensor, slots: torch.Tensor,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """cache (slots, KVH, D) at slots (..., L) -> (..., KVH, L, D) in ``dtype``, contiguous:
+    one index_select (much faster than advanced indexing) and one copy that both converts
+    and puts heads first, the layout the batched matmuls want (strided operands would be
+    copied inside the matmul, at three times the cost)."""
+    got = cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
+    return got.transpose(-3, -2).to(dtype, memory_format=torch.contiguous_format)
+
+
+def slot_runs(slots: torch.Tensor, most: int = 4) -> tuple[tuple[int, int], ...] | None:
+    """``slots`` as (first slot, length) ranges of consecutive slots, or None if there are
+    more than ``most`` (then a gather is cheaper than many small matmuls)."""
+    breaks = ((slots[1:] - slots[:-1]) != 1).nonzero().flatten()
+    if breaks.numel() >= most:
+        return None
+    bounds = [0, *(breaks + 1).tolist(), slots.numel()]
+    return tuple((int(slots[a]), b - a) for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def short_chunk(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+    runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """One chunk: q (Q, H, D), context slots (L,) (or the same as ``runs`` of consecutive
+    slots), mask (Q, L). Returns (Q, H, D). Only the key columns some query may not see
+    (the chunk's causal tail, hidden prefix keys, a sliding window) are masked."""
+    n, h, d = q.shape
+    if runs is None:
+        parts = [(k_cache.index_select(0, slots), v_cache.index_select(0, slots))]
+    else:
+        parts = [(k_cache[a : a + m], v_cache[a : a + m]) for a, m in runs]
+    parts = [(k.to(q.dtype), v.to(q.dtype)) for k, v in parts]  # (m, KVH, D) each
+    length, kvh = slots.numel(), k_cache.shape[1]
+    qg = (q * scale).view(n, kvh, h // kvh, d).permute(1, 2, 0, 3).reshape(kvh, -1, d)
+    scores = torch.stack([torch.cat([qg[i] @ k[:, i].t() for k, _ in parts], dim=-1)
+                          for i in range(kvh)]).view(kvh, h // kvh, n, length)
+    seen_by_all = int(mask.all(dim=0).long().cumprod(dim=0).sum())  # leading open columns
+    if seen_by_all < length:
+        scores[..., seen_by_all:].masked_fill_(~mask[:, seen_by_all:], float("-inf"))
+    probs = scores.softmax(dim=-1).view(kvh, -1, length)  # float accumulation inside
+    out = q.new_zeros(kvh, probs.shape[1], d)
+    start = 0
+    for _, v in parts:
+        for i in range(kvh):
+            out[i].addmm_(probs[i, :, start : start + v.shape[0]], v[:, i])
+        start += v.shape[0]
+    return out.view(kvh, h // kvh, n, d).permute(2, 0, 1, 3).reshape(n, h, d)
+
+
+def short_batch(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor,
+    key_slots: torch.Tensor, mask: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """Several chunks: q (T, H, D) packed, rows (B, Qmax), key_slots (B, L), mask
+    (B, Qmax, L). Returns (B * Qmax, H, D), row-major over ``rows``."""
+    b, qm = rows.shape
+    h, d = q.shape[1:]
+    kvh, length = k_cache.shape[1], key_slots.shape[1]
+    g = h // kvh
+    qb = (q[rows.flatten()] * scale).view(b, qm, kvh, g, d).permute(0, 2, 3, 1, 4)
+    qb = qb.reshape(b, kvh, g * qm, d)
+    kt = k_cache.index_select(0, key_slots.flatten()).view(b, length, kvh, d).permute(0, 2, 3, 1)
+    kt = kt.to(q.dtype, memory_format=torch.contiguous_format)  # (B, KVH, D, L)
+    vg = gather_heads_first(v_cache, key_slots, q.dtype)  # (B, KVH, L, D)
+    scores = torch.matmul(qb, kt).view(b, kvh, g, qm, length)
+    scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+    probs = scores.softmax(dim=-1).view(b, kvh, g * qm, length)
+    out = torch.matmul(probs, vg).view(b, kvh, g, qm, d)
+    return out.permute(0, 3, 1, 2, 4).reshape(b * qm, h, d)
