@@ -96,3 +96,16 @@ def tiny_server() -> Iterator[Live]:
     with live_server(llm) as live:
         yield live
     llm.shutdown()
+
+
+def wait_pool_full(llm, timeout: float = 20.0) -> None:
+    """Wait until the engine has no requests and every KV block is free, then check it."""
+    engine = llm.engine
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not engine.requests and engine.kv.num_free_blocks == engine.kv.num_blocks:
+            break
+        time.sleep(0.02)
+    assert not engine.requests, list(engine.requests)
+    engine.check_integrity()
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import tiny_llm
+from conftest import tiny_llm, wait_pool_full
 from fastapi.testclient import TestClient
 
 from thinkstream.server.app import create_app
@@ -39,18 +39,6 @@ def client(llm) -> Iterator[TestClient]:
     with make_client(llm) as c:
         yield c
     wait_pool_full(llm)
-
-
-def wait_pool_full(llm, timeout: float = 10.0) -> None:
-    engine = llm.engine
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not engine.requests and engine.kv.num_free_blocks == engine.kv.num_blocks:
-            break
-        time.sleep(0.02)
-    assert not engine.requests, list(engine.requests)
-    engine.check_integrity()
-    assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
 def one_shot(client: TestClient, content: str) -> str:

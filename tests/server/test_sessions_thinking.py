@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Live, live_server, tiny_llm
+from conftest import Live, live_server, tiny_llm, wait_pool_full
 from fastapi.testclient import TestClient
 
 from thinkstream.server.app import create_app
@@ -85,18 +85,6 @@ def settle(llm, sid: str) -> str:
 
 def reasoning_now(llm, sid: str) -> str:
     return on_engine(llm, lambda: llm.sessions.thinker(sid).state.reasoning)
-
-
-def wait_pool_full(llm, timeout: float = 20.0) -> None:
-    engine = llm.engine
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not engine.requests and engine.kv.num_free_blocks == engine.kv.num_blocks:
-            break
-        time.sleep(0.02)
-    assert not engine.requests, list(engine.requests)
-    engine.check_integrity()
-    assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
 def sse_chunks(lines: list[str]) -> list[dict]:
