@@ -222,6 +222,54 @@ def test_depth_positions_and_pool(kind: str, depth: str, passes: int) -> None:
     assert_pool_full(llm)
 
 
+def _answer_view(kind: str, depth: str, request: str | None):
+    llm = make_llm()
+    kw = {} if request is None else {"answer_request": request}
+    s, ctrl = run_session(llm, think(kind, depth=depth, **kw))
+    out = s.complete()
+    assert_pool_full(llm)
+    return ctrl, out.outputs[0]
+
+
+@pytest.mark.parametrize("kind,depth", [("gap", "D1"), ("interleaved", "D2"), ("grouped", "D3")])
+def test_answer_request_fills_the_last_user_turn(kind: str, depth: str) -> None:
+    """The answer request is computed in R after the last tail and the answer views all of
+    it: the answer prompt reads "user\\n<request><|im_end|>\\n<|im_start|>assistant\\n"."""
+    ctrl, out = _answer_view(kind, depth, None)
+    S, R, end, tok = ctrl.S, ctrl.R, ctrl.view_limit, ctrl.engine.tokenizer
+    req, tail = ctrl.request, ctrl.tail if depth == "D1" else ctrl.pass_tail
+    n, a = R.num_tokens, R.num_tokens - 1 - len(req)  # the request is R[a:n-1]
+    assert req == tok.encode("Now answer the question in a few words.", add_special_tokens=False)
+    assert R.token_ids[a - len(tail):n - 1] == tail + req
+    assert R.token_ids[-1] == S.token_ids[end]  # R's held token: a placeholder, never viewed
+    assert S.kv_prefix == [(R.seq_id, n - 1)] and R.num_computed_tokens == n - 1
+    prompt = S.token_ids[end:S.num_prompt_tokens]  # the chat template suffix
+    seen = tok.decode(R.token_ids[a - len(tail):n - 1] + prompt, skip_special_tokens=False)
+    assert seen == ("<|im_end|>\n<|im_start|>user\nNow answer the question in a few words."
+                    "<|im_end|>\n<|im_start|>assistant\n")
+    # positions: the request follows everything before it (grouped: R's own count), the
+    # answer prompt follows the request (and the input)
+    first = R.positions[a - 1] + 1 if kind == "grouped" else max(S.position(end - 1), R.positions[a - 1]) + 1
+    assert R.positions[a:] == list(range(first, first + len(req) + 1))
+    start = max(S.position(end - 1), R.positions[n - 2]) + 1
+    assert [S.position(i) for i in range(end, S.num_tokens)] == list(range(start, start + S.num_tokens - end))
+    assert all(R.kv_prefix_visible[i] == ctrl.segs[-1].view_end for i in range(a, n))
+    assert len(out.token_ids) == GREEDY.max_tokens
+
+
+def test_empty_answer_request_is_the_old_answer_prompt() -> None:
+    """``answer_request=""``: nothing is written; R ends with the last tail, S views it all but
+    its held last token, the notes are the same."""
+    ctrl, out = _answer_view("gap", "D2", "")
+    ref, ref_out = _answer_view("gap", "D2", None)
+    R, S = ctrl.R, ctrl.S
+    assert ctrl.request == [] and R.token_ids[-len(ctrl.pass_tail):] == ctrl.pass_tail
+    assert S.kv_prefix == [(R.seq_id, R.num_tokens - 1)]
+    assert ref.R.token_ids == R.token_ids + ref.request + [S.token_ids[ctrl.view_limit]]
+    assert ref.R.positions[: R.num_tokens] == R.positions
+    assert out.reasoning_content == ref_out.reasoning_content
+
+
 def test_budget_forcing_moves_to_the_answer() -> None:
     llm = make_llm()
     s, ctrl = run_session(llm, think("gap", depth="D3", max_reasoning_tokens=9))
@@ -245,6 +293,68 @@ def test_rollback_below_a_view_invalidates_its_notes() -> None:
     list(s.think())
     ctrl.check()
     assert len(ctrl.segs) >= 2
+    s.complete()
+    assert_pool_full(llm)
+
+
+# The tiny tokenizer merges " " + "The" into " The": each chunk ending in a space is rolled
+# back by one token by the next append (a truncation that adds tokens).
+SPACED = ["Tom has 3 apples. ", "The fox buys 4 more. ", "The dog eats 2 of them. ",
+          "the lazy dog is quick. "]
+
+
+def _notes_per_append(llm: LLM, pieces: list[str]) -> tuple[list[int], list[int]]:
+    s = llm.open_session(messages=[], sampling_params=GREEDY, thinking=think("gap"))
+    ctrl = llm._sessions.thinker(s.id)
+    cuts: list[int] = []
+    truncate_r = ctrl._truncate_r
+    ctrl._truncate_r = lambda cut: (cuts.append(cut), truncate_r(cut))
+    notes, kept = [], []
+    for p in pieces:
+        have = ctrl.S.num_tokens
+        kept.append(s.append(p).tokens_kept - have)
+        list(s.think())
+        llm.engine.check_integrity()
+        ctrl.check()
+        assert all(u.seg_len for u in ctrl.units)  # every unit noted, none merged or redone
+        assert [g.unit for g in ctrl.segs] == list(range(len(ctrl.units)))
+        for g, u in zip(ctrl.segs, ctrl.units, strict=True):
+            assert g.view_end == u.end and ctrl.R.positions[g.start] == ctrl.S.position(u.end - 1) + 1
+        notes.append(len(ctrl.segs))
+    assert cuts == []  # R was never rolled back
+    s.complete()
+    assert_pool_full(llm)
+    return notes, kept
+
+
+def test_chunks_ending_in_a_space_keep_their_notes() -> None:
+    """An append that rolls back the previous chunk's trailing space keeps the note on the
+    unit ending just before it: the same notes as with chunks ending in a line break."""
+    llm = make_llm()
+    spaced, kept = _notes_per_append(llm, SPACED)
+    assert kept[1:] == [-1] * (len(SPACED) - 1)  # each append replaced the trailing space
+    lines, kept = _notes_per_append(llm, [p.rstrip(" ") + "\n" for p in SPACED])
+    assert kept == [0] * len(SPACED)
+    assert spaced == lines == [1, 2, 3, 4]
+
+
+def test_truncating_to_a_unit_end_without_adding_drops_its_note() -> None:
+    """Cut back to a unit's last token and add nothing: that token is held again (it may
+    still change), so the note that saw it is rolled back and redone once the input grows."""
+    llm = make_llm()
+    s, ctrl = run_session(llm, think("gap"), SPACED[:2])
+    ends = [g.view_end for g in ctrl.segs]
+    assert len(ends) == 2
+    r = s.replace("Tom has 3 apples. The fox buys 4 more.")  # drops the trailing space only
+    assert (r.tokens_kept, r.tokens_added) == (ends[1], 0)
+    llm.engine.check_integrity()
+    ctrl.check()
+    assert [g.view_end for g in ctrl.segs] == [u.end for u in ctrl.units] == ends[:1]
+    assert ctrl.R.num_tokens == ctrl.segs[0].start + ctrl.units[0].seg_len  # note 1 rolled back
+    s.append(" The dog")  # "." is not the last token any more: unit 1 is noted again
+    list(s.think())
+    ctrl.check()
+    assert [g.view_end for g in ctrl.segs] == [u.end for u in ctrl.units] == ends
     s.complete()
     assert_pool_full(llm)
 

@@ -156,6 +156,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                 _log(f"{kind} #{i} {mode} {depth}: waited {r['waited_tokens']}/{r['input_tokens']} "
                      f"tok, final {r['final_answer_s']:.2f} s, {'ok' if r['correct'] else 'wrong'} "
                      f"({r['extracted']} vs {r['answer']})")
+    gap_cfg = think_config("gap", "D1", args.note_tokens, args.pass_tokens, llm.tokenizer)
     report = {
         "schema": rep.SCHEMA,
         "command": "thinkstream " + " ".join(sys.argv[1:]) if checkpoint is None else "test",
@@ -167,7 +168,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                      "threads": args.threads, "interval_s": args.interval,
                      "tasks_per_set": args.tasks, "seed": args.seed, "max_tokens": args.max_tokens,
                      "note_tokens": args.note_tokens, "pass_tokens": args.pass_tokens,
-                     "gap": think_config("gap", "D1", args.note_tokens, args.pass_tokens, llm.tokenizer).layout.gap, "system": SYSTEM, "load_s": load_s},
+                     "gap": gap_cfg.layout.gap, "answer_request": gap_cfg.answer_request,
+                     "system": SYSTEM, "load_s": load_s},
         "sets": sets, "configs": [list(c) for c in configs], "records": records,
     }
     rep.summarize(report)

@@ -236,7 +236,7 @@ class SessionManager:
         have = s.state.seqs[0].num_tokens
         if plan.edit.keep < have:
             if s.think is not None:
-                s.think.before_truncate(plan.edit.keep)
+                s.think.before_truncate(plan.edit.keep, len(plan.edit.add))
             self.engine.truncate_input(s.sid, plan.edit.keep)
         if plan.edit.add:
             self.engine.extend_input(s.sid, plan.edit.add)

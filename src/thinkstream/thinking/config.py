@@ -19,7 +19,13 @@ class ThinkConfig:
         <|im_end|>\\n<|im_start|>user\\n | user text of unit k+1 ...
 
     ``passes`` (after the input closes; D2: integrate, D3: integrate then reflect) are
-    user requests answered by the assistant, after the last note's tail.
+    user requests answered by the assistant, after the last note's tail. ``answer_request``
+    fills the user turn that the last tail opens, so the answer prompt reads::
+
+        ... <|im_end|>\\n<|im_start|>user\\n | Now answer ... | <|im_end|>\\n<|im_start|>assistant\\n
+          last note / pass tail (R)           answer_request (R)  chat template suffix (S)
+
+    ("": none; the template's suffix then closes an empty user turn).
     """
 
     layout: Layout = field(default_factory=Layout)
@@ -34,6 +40,7 @@ class ThinkConfig:
                          "<|im_start|>assistant\n")
     pass_tail: str = "<|im_end|>\n<|im_start|>user\n"
     pass_tokens: int = 64  # budget of one integration / reflection pass
+    answer_request: str = "Now answer the question in a few words."
     max_reasoning_tokens: int = 512  # budget forcing: then straight to the answer
     stop_at_newline: bool = True  # a note ends at its first line break
     # Batch thinking (a baseline): no note while reading; at close every unit is noted in

@@ -22,10 +22,11 @@ Invariants (``check``):
 - R has an explicit position for every token.
 
 After the input closes: a note for the last unit (``defer_notes``, batch thinking: for
-every unit, in order), the depth's passes (D2 integrate, D3 integrate + reflect), then the
-answer: S's remaining tokens (the chat template's assistant header) are placed after all
-reasoning and see S plus all of R. Budget forcing: once ``max_reasoning_tokens`` are
-generated the current note ends and no other starts.
+every unit, in order), the depth's passes (D2 integrate, D3 integrate + reflect), the
+answer request (``answer_request``, in R after the last tail), then the answer: S's remaining
+tokens (the chat template's assistant header) are placed after all reasoning and see S plus
+all of R. Budget forcing: once ``max_reasoning_tokens`` are generated the current note ends
+and no other starts.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class ThinkController:
         self.head, self.tail = self._enc(cfg.note_head), self._enc(cfg.note_tail)
         self.pass_heads = [self._enc(h) for h in cfg.passes]
         self.pass_tail = self._enc(cfg.pass_tail)
+        self.request = self._enc(cfg.answer_request)
         need = len(self.head) + cfg.note_tokens + len(self.tail)
         if cfg.layout.kind == "gap" and need > cfg.layout.gap:
             raise ValueError(f"layout gap {cfg.layout.gap} cannot hold a note segment of up to "
@@ -118,10 +120,14 @@ class ThinkController:
         pieces = [""] * start + [self.engine.tokenizer.decode([t]) for t in ids[start:limit]]
         self.units += [_Unit(e) for e in find_unit_ends(self.cfg.units, pieces, start, limit)]
 
-    def before_truncate(self, keep: int) -> None:
-        """The input is about to be cut to ``keep`` tokens: drop the units and reasoning
-        segments that saw past what remains viewable (``keep - 1`` while open)."""
-        limit = keep - 1
+    def before_truncate(self, keep: int, num_added: int = 0) -> None:
+        """The input is about to be cut to ``keep`` tokens, then extended by ``num_added``:
+        drop the units and reasoning segments that saw past what remains viewable. That is
+        ``keep - 1`` if nothing is added (the last token is held back and may still change),
+        else ``keep``: tokens ``[0, keep)`` stay and none of them is the last one any more (a
+        chunk ending in a space: the retokenizer merges it into the next word, so an append
+        replaces one token, and the unit ending just before it keeps its note)."""
+        limit = keep if num_added else keep - 1
         bad = next((i for i, s in enumerate(self.segs) if s.view_end > limit), None)
         if bad is not None:
             self._truncate_r(self.segs[bad].start)
@@ -202,14 +208,18 @@ class ThinkController:
         if self.phase == "final":
             if self.passes_left and not forced:
                 head = self.passes_left.pop(0)
-                start = (self.R.positions[-1] + 1 if self.cfg.layout.kind == "grouped" and self.R.positions
-                         else after_all(self._input_pos(self.view_limit), self.R.positions))
-                self._start(head, self.view_limit, start, self.cfg.pass_tokens, None)
+                self._start(head, self.view_limit, self._after_reasoning(), self.cfg.pass_tokens, None)
             else:
                 self._answer()
 
     def _input_pos(self, n: int) -> list[int]:
         return self.S.positions[:n] if self.S.positions else list(range(n))
+
+    def _after_reasoning(self) -> int:
+        """Where a pass or the answer request starts: after everything (grouped: after R)."""
+        if self.cfg.layout.kind == "grouped" and self.R.positions:
+            return self.R.positions[-1] + 1
+        return after_all(self._input_pos(self.view_limit), self.R.positions)
 
     def _start(self, head: list[int], view_end: int, pos: int, budget: int, unit: int | None) -> None:
         R = self.R
@@ -268,11 +278,14 @@ class ThinkController:
 
     # ----------------------------------------------------------------- answer
     def _answer(self) -> None:
-        """S's remaining tokens go after all reasoning and see all of R (but the last R
-        token, which R holds back); then the input closes and S answers."""
+        """Write the answer request into R, then S's remaining tokens go after all reasoning
+        and see all of R but its last token, which R holds back (never computed); then the
+        input closes and S answers."""
         S, R, end = self.S, self.R, self.view_limit
         self.phase = "answering"
         self.reasoning_done_time = time.monotonic()
+        if self.segs and self.request:
+            self._write_request()
         if R.num_tokens > 1:
             R.kv_prefix_visible += [sum(n for _, n in R.kv_prefix)] * (R.num_tokens - len(R.kv_prefix_visible))
             S.kv_prefix = [(R.seq_id, R.num_tokens - 1)]
@@ -282,6 +295,22 @@ class ThinkController:
             S.position_offset = start - end
         S.compute_limit = None
         self.engine.close_input(self.rid)
+
+    def _write_request(self) -> None:
+        """Append ``answer_request`` after the last tail, then a placeholder for the token R
+        holds back (never computed nor viewed; a copy of S's next token), so the answer
+        views all of the request::
+
+            R:         | ... last tail | request | placeholder (held) |
+            S answer:  | view of R[:-1]          | S's remaining tokens, after it all
+        """
+        R = self.R
+        ids = [*self.request, self.S.token_ids[self.view_limit]]
+        start = self._after_reasoning()
+        R.token_ids += ids
+        R.positions += range(start, start + len(ids))
+        R.num_prompt_tokens = R.num_tokens
+        self.engine.scheduler.wake(R)
 
     # ------------------------------------------------------------------ checks
     def check(self) -> None:
