@@ -145,3 +145,14 @@ def test_compiled_decode_equals_eager() -> None:
     engine.runner.decode_graph = counting = _Counting(engine.runner.decode_graph)
     assert _run(engine) == _run(_engine(compile_decode=False))
     assert counting.graph_steps > 10
+
+
+def test_cli_flag_sets_compile_decode() -> None:
+    import argparse
+
+    from thinkstream.cli import add_engine_args, engine_config
+
+    p = argparse.ArgumentParser()
+    add_engine_args(p)
+    assert engine_config(p.parse_args(["--compile-decode"])).compile_decode is True
+    assert engine_config(p.parse_args([])).compile_decode is False
