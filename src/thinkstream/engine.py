@@ -239,7 +239,8 @@ class LLMEngine:
             return []
         seq_ids = {s.seq.seq_id for s in out.scheduled}
         seq_ids |= {sid for s in out.scheduled for sid, _ in s.seq.kv_prefix}
-        tables = {sid: self.kv.block_table(sid) for sid in seq_ids}
+        # a source may be evicted while its viewer computes tokens that do not see it
+        tables = {sid: self.kv.block_table(sid) for sid in seq_ids if self.kv.has(sid)}
         logits, last_rows, prompt_rows = self.runner.forward(out, tables)
         self.scheduler.commit(out)
         samplers, rows = [], []

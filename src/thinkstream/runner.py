@@ -98,10 +98,13 @@ class ModelRunner:
             else:
                 base = start + seq.position_offset
                 positions.extend(range(base, base + n))
-            prefix = tuple((block_tables[sid], k) for sid, k in seq.kv_prefix)
             visible = None
             if seq.kv_prefix_visible and start < len(seq.kv_prefix_visible):
                 visible = tuple(seq.visible_prefix(i) for i in range(start, start + n))
+            if visible is not None and max(visible) == 0:  # these tokens see no other cache
+                prefix, visible = (), None  # (whose source may be evicted meanwhile)
+            else:
+                prefix = tuple((block_tables[sid], k) for sid, k in seq.kv_prefix)
             slices.append(SeqSlice(block_tables[seq.seq_id], start, n, prefix, visible))
             if _needs_prompt_logprobs(seq, start):
                 first = len(rows)

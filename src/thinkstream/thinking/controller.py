@@ -62,6 +62,9 @@ class _Seg:
     done: bool = False
 
 
+ANSWER_PROMPT_SLACK = 16  # tokens: the chat template's answer header, unknown while reading
+
+
 class ThinkController:
     def __init__(self, engine: LLMEngine, request_id: str, cfg: ThinkConfig,
                  content_start: int = 0) -> None:
@@ -188,7 +191,10 @@ class ThinkController:
         if self.phase == "reading" and self.cfg.defer_notes:
             return
         pending = [k for k, u in enumerate(self.units) if u.seg_len is None]
-        forced = self.reasoning_tokens >= self.cfg.max_reasoning_tokens
+        seg = (len(self.head) + self.cfg.note_tokens + len(self.tail) if pending
+               else len(max(self.pass_heads, key=len, default=[])) + self.cfg.pass_tokens
+               + len(self.pass_tail))
+        forced = self.reasoning_tokens >= self.cfg.max_reasoning_tokens or not self._fits(seg)
         if pending and forced:
             for k in pending:
                 self.units[k].seg_len = 0
@@ -211,6 +217,15 @@ class ThinkController:
                 self._start(head, self.view_limit, self._after_reasoning(), self.cfg.pass_tokens, None)
             else:
                 self._answer()
+
+    def _fits(self, more: int) -> bool:
+        """Whether R grown by ``more`` tokens (plus the answer request) and S with its answer
+        still fit the KV pool together, as the answer needs both resident: budget forcing by
+        memory, so a session never asks for more blocks than exist (it would wait forever)."""
+        kv, S = self.engine.kv, self.S
+        r = self.R.num_tokens + more + len(self.request) + 1
+        s = S.num_tokens + S.max_tokens + ANSWER_PROMPT_SLACK
+        return -(-r // kv.block_size) + -(-s // kv.block_size) <= kv.num_blocks
 
     def _input_pos(self, n: int) -> list[int]:
         return self.S.positions[:n] if self.S.positions else list(range(n))
