@@ -81,6 +81,7 @@ class AttnGroup:
     shared: int = 0  # decode: leading key slots identical in every row (a shared prefix)
     runs: tuple[tuple[int, int], ...] | None = None  # short chunk: context as slot ranges
     take: torch.Tensor | None = None  # short batch: the real queries among B x Qmax rows
+    short: bool = False  # a chunk on the short-chunk path
 
 
 @dataclass
@@ -141,6 +142,9 @@ def build_attention_metadata(
     decode_rows: list[int] = []
     decode_ctx: list[torch.Tensor] = []
     decode_hidden: list[tuple[int, int]] = []  # per decode row: hidden prefix range
+    # Short chunks take grouped matmuls in the fast dtypes; float32 (the parity mode) keeps
+    # the flash kernel's summation order, which the quantized-fidelity comparisons rely on.
+    short_ok = bool(kv_caches) and kv_caches[0][0].dtype != torch.float32
     offset = 0
     for s in seqs:
         if s.num_new < 1:
@@ -155,9 +159,9 @@ def build_attention_metadata(
         elif s.num_computed == 0 and not s.prefix:
             groups.append(_fresh_group(offset, s, sliding_window, device))
         else:
-            groups.append(_chunk_group(offset, s, context, sliding_window, device))
+            groups.append(_chunk_group(offset, s, context, sliding_window, device, short_ok))
         offset += s.num_new
-    short = [g for g in groups if g.kind == "chunk" and g.stop - g.start <= SHORT_CHUNK]
+    short = [g for g in groups if g.short]
     if len(short) > 1:  # one batched group: a few matmuls per layer for any number of them
         groups = [g for g in groups if g not in short] + [_short_group(short)]
     if decode_ctx:
@@ -178,7 +182,8 @@ def _fresh_group(offset: int, s: SeqSlice, window: int | None, device) -> AttnGr
     return AttnGroup("fresh", offset, offset + s.num_new, None, None, sliding)
 
 
-def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | None, device) -> AttnGroup:
+def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | None, device,
+                 short_ok: bool) -> AttnGroup:
     length = context.shape[0]
     mask, sliding = _masks(torch.arange(length - s.num_new, length)[None], length, window)
     if s.prefix_visible is not None:  # hide prefix keys [visible[i], prefix_len) from query i
@@ -191,6 +196,7 @@ def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | 
         "chunk", offset, offset + s.num_new, context[None].to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
         runs=slot_runs(context) if s.num_new <= SHORT_CHUNK else None,
+        short=short_ok and s.num_new <= SHORT_CHUNK,
     )
 
 
@@ -270,7 +276,7 @@ def paged_attention(
             got = short_batch(q, k_cache, v_cache, g.rows, g.key_slots, mask, scale)
             out[g.rows.flatten()[g.take]] = got[g.take]
             continue
-        if g.kind == "chunk" and g.stop - g.start <= SHORT_CHUNK:
+        if g.short:
             out[g.start : g.stop] = short_chunk(q[g.start : g.stop], k_cache, v_cache,
                                                 g.key_slots[0], g.runs, mask[0, 0], scale)
             continue
