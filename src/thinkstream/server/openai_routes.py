@@ -243,6 +243,18 @@ async def completions(request: Request) -> Response:
     return await _run(request, job, stream, view.response)
 
 
+def chat_params(state, body) -> tuple[SamplingParams, int | None]:
+    """Sampling params of a chat-shaped body (chat completions, sessions): logprobs as
+    ``top_logprobs``, ``max_completion_tokens`` before ``max_tokens``, the server's caps."""
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs: needs logprobs=true", "top_logprobs", "invalid_value")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    _check_caps(state, body, body.top_logprobs, "top_logprobs")
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
+        else body.max_tokens
+    return _params(body, max_tokens, logprobs), logprobs
+
+
 @router.post("/v1/chat/completions", openapi_extra=_body_doc(P.ChatCompletionRequest),
              responses={200: {"model": P.ChatCompletionResponse}, **_ERRORS})
 @_wrap_errors
@@ -253,13 +265,7 @@ async def chat_completions(request: Request) -> Response:
     _check_model(state, body.model)
     if not body.messages:
         raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
-    if body.top_logprobs is not None and not body.logprobs:
-        raise APIError(400, "top_logprobs: needs logprobs=true", "top_logprobs", "invalid_value")
-    logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    _check_caps(state, body, body.top_logprobs, "top_logprobs")
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
-        else body.max_tokens
-    params = _params(body, max_tokens, logprobs)
+    params, logprobs = chat_params(state, body)
     ids = fmt.render_chat(state.llm.tokenizer, body)
     if not ids:
         raise APIError(400, "messages: the rendered prompt is empty", "messages", "invalid_value")

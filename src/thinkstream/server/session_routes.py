@@ -56,7 +56,7 @@ from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
 from thinkstream.server.auth import presented_key
 from thinkstream.server.errors import APIError, to_api_error
-from thinkstream.server.openai_routes import _check_caps, _check_model, _params, parse_body
+from thinkstream.server.openai_routes import _check_model, chat_params, parse_body
 from thinkstream.server.serving import ClientGone, until_disconnect
 from thinkstream.server.session_hub import SessionHub, SessionLimits, key_id
 from thinkstream.streaming.sessions import SessionInfo, UpdateResult
@@ -154,13 +154,7 @@ def _error(exc: BaseException) -> JSONResponse:
 
 def _open_args(state, body: SessionCreateRequest):
     _check_model(state, body.model)
-    if body.top_logprobs is not None and not body.logprobs:
-        raise APIError(400, "top_logprobs: needs logprobs=true", "top_logprobs", "invalid_value")
-    logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    _check_caps(state, body, body.top_logprobs, "top_logprobs")
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
-        else body.max_tokens
-    params = _params(body, max_tokens, logprobs)
+    params, logprobs = chat_params(state, body)
     messages = None
     if body.messages is not None:
         if state.llm.tokenizer.chat_template is None:
