@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.runs import run_staggered
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream import LLM, SamplingParams
@@ -88,20 +89,7 @@ def test_cuda_graph_decode_equals_eager() -> None:
 
     def run(compile_decode: bool) -> tuple[list[list[int]], LLMEngine]:
         engine = _engine("cuda", compile_decode=compile_decode)
-        for i, p in enumerate(PROMPTS[:3]):
-            engine.add_request(f"r{i}", p, params)
-        done, steps = {}, 0
-        while engine.has_unfinished_requests():
-            if steps == 3:
-                for i, p in enumerate(late, 3):
-                    engine.add_request(f"r{i}", p, params)
-            for out in engine.step():
-                if out.finished:
-                    done[out.request_id] = out.outputs[0].token_ids
-            engine.check_integrity()
-            steps += 1
-        assert engine.kv.num_free_blocks == engine.kv.num_blocks
-        return [done[f"r{i}"] for i in range(5)], engine
+        return run_staggered(engine, PROMPTS[:3], late, params), engine
 
     got, engine = run(True)
     want, _ = run(False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.runs import run_staggered
 from helpers.tiny import random_tensors, tiny_checkpoint, tiny_config
 
 from thinkstream.compiled import (
@@ -91,20 +92,7 @@ def test_graph_decode_needs_scratch_slot() -> None:
 def _run(engine: LLMEngine, late: int = 3) -> list[list[int]]:
     """Three requests, two more after ``late`` steps (a mixed prefill + decode step)."""
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
-    done, steps = {}, 0
-    for i, p in enumerate(PROMPTS[:3]):
-        engine.add_request(f"r{i}", p, params)
-    while engine.has_unfinished_requests():
-        if steps == late:
-            for i, p in enumerate(PROMPTS[3:], 3):
-                engine.add_request(f"r{i}", p, params)
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.outputs[0].token_ids
-        engine.check_integrity()
-        steps += 1
-    assert engine.kv.num_free_blocks == engine.kv.num_blocks
-    return [done[f"r{i}"] for i in range(len(PROMPTS))]
+    return run_staggered(engine, PROMPTS[:3], PROMPTS[3:], params, late)
 
 
 class _Counting:

@@ -184,6 +184,7 @@ def _fresh_group(offset: int, s: SeqSlice, window: int | None, device) -> AttnGr
 
 def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | None, device,
                  short_ok: bool) -> AttnGroup:
+    short = short_ok and s.num_new <= SHORT_CHUNK
     length = context.shape[0]
     mask, sliding = _masks(torch.arange(length - s.num_new, length)[None], length, window)
     if s.prefix_visible is not None:  # hide prefix keys [visible[i], prefix_len) from query i
@@ -195,8 +196,8 @@ def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | 
     return AttnGroup(
         "chunk", offset, offset + s.num_new, context[None].to(device), mask[:, None].to(device),
         None if sliding is None else sliding[:, None].to(device),
-        runs=slot_runs(context) if s.num_new <= SHORT_CHUNK else None,
-        short=short_ok and s.num_new <= SHORT_CHUNK,
+        runs=slot_runs(context) if short else None,
+        short=short,
     )
 
 
