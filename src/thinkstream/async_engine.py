@@ -123,9 +123,9 @@ class AsyncLLM:
             try:
                 result = fn(self.engine)
             except Exception as exc:
-                loop.call_soon_threadsafe(_set_exception, fut, exc)
+                _post(loop, _set_exception, fut, exc)
             else:
-                loop.call_soon_threadsafe(_set_result, fut, result)
+                _post(loop, _set_result, fut, result)
 
         self._commands.put(run)
         while True:  # the loop may die with ``run`` still queued: never wait forever
@@ -223,12 +223,22 @@ class AsyncLLM:
 
     # ------------------------------------------------------------ engine thread
     def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
-        target = self._streams.get(request_id)
-        if target is not None:
-            loop, q = target
-            loop.call_soon_threadsafe(q.put_nowait, item)
-        for loop, q in self._listeners.get(request_id, ()):
-            loop.call_soon_threadsafe(q.put_nowait, item)
+        """Hand ``item`` to the request's stream and listeners. A consumer whose event loop
+        is closed is gone (its stream was never read to the end): it is dropped, and a
+        request nobody reads any more is aborted; the engine thread never fails for it."""
+        last = isinstance(item, BaseException) or item.finished
+        target = self._streams.pop(request_id, None) if last else self._streams.get(request_id)
+        if target is not None and not _post(target[0], target[1].put_nowait, item):
+            self._streams.pop(request_id, None)
+            if not last:
+                self._commands.put(lambda: self._abandon(request_id))
+        subs = self._listeners.get(request_id)
+        if subs:
+            subs[:] = [(loop, q) for loop, q in subs if _post(loop, q.put_nowait, item)]
+
+    def _abandon(self, request_id: str) -> None:
+        if request_id not in self._streams and not self._abort_session_now(request_id, "client_gone"):
+            self._abort_now(request_id)
 
     def _abort_now(self, request_id: str) -> bool:
         state = self.engine.requests.get(request_id)
@@ -283,6 +293,16 @@ class AsyncLLM:
         s.kv_blocks_used = e.kv.num_blocks - e.kv.num_free_blocks
         s.prefix_hit_rate = e.kv.prefix_hit_rate
         s.num_preemptions = e.num_preemptions
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
+    """Schedule ``fn(*args)`` on ``loop`` from the engine thread; False if the loop is closed
+    (its caller is gone), so a vanished consumer can never stop the engine."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # "Event loop is closed"
+        return False
+    return True
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:

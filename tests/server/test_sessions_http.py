@@ -257,7 +257,8 @@ def test_websocket_on_a_live_uvicorn(llm) -> None:
     async def run(url: str) -> str:
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "open", **OPEN}))
-            assert json.loads(await ws.recv())["type"] == "opened"
+            opened = json.loads(await ws.recv())
+            assert opened["type"] == "opened", (opened, llm.dead)
             await ws.send(json.dumps({"type": "append", "text": "What is the capital ", "seq": 0}))
             assert json.loads(await ws.recv())["type"] == "ack"
             await ws.send(json.dumps({"type": "close", "text": "of France?", "seq": 1}))
