@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -27,6 +28,7 @@ from thinkstream.runner import DTYPES, ModelRunner, kv_bytes_per_block
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.scheduler import Scheduler, SchedulerConfig
 from thinkstream.streaming.policy import policy_key
+from thinkstream.streaming.retokenize import common_prefix_len
 
 
 class RequestError(ValueError):
@@ -74,6 +76,10 @@ class LLMEngine:
         # returns the id of the request whose output should report it (or None).
         self._attached: dict[str, list[Sequence]] = {}
         self._token_hooks: dict[str, Callable[[Sequence, int], str | None]] = {}
+        # Closed inputs whose ids still await their reference tokenization (computed on
+        # ``_tokenizer_thread`` while the forward runs; see ``close_input``).
+        self._checks: dict[str, Future] = {}
+        self._tokenizer_thread: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ requests
     def encode_prompt(self, prompt: str | Seq[int], allow_empty: bool = False) -> list[int]:
@@ -148,6 +154,9 @@ class LLMEngine:
         for seq in state.seqs:
             self.scheduler.finish(seq, SeqStatus.FINISHED_ABORTED)
         self._detach_all(request_id, SeqStatus.FINISHED_ABORTED)
+        check = self._checks.pop(request_id, None)
+        if check is not None:
+            check.cancel()
         return True
 
     # ------------------------------------------------------------ attached sequences
@@ -212,8 +221,17 @@ class LLMEngine:
             self.scheduler.truncate(seq, num_tokens)
         self.requests[request_id].prompt_token_ids = list(seq.token_ids)
 
-    def close_input(self, request_id: str) -> None:
-        """The input is complete: compute its last token and start answering."""
+    def close_input(self, request_id: str,
+                    reference: Callable[[], Seq[int]] | None = None) -> None:
+        """The input is complete: compute its last token and start answering.
+
+        ``reference``: a function giving the exact ids of the input (the tokenizer over the
+        whole final text, O(input)) when the ids held are a cheaper construction of them
+        (the tail tokenizer's). It runs on a worker thread while the next forward pass
+        computes the input's last tokens; before any token of the answer is sampled the
+        ids are compared, and a difference rolls the input back to the common prefix and
+        recomputes the rest (``_settle``). The answer is exact, and its latency does not
+        pay for the check."""
         seq = self._open_seq(request_id)
         if seq.num_tokens == 0:
             raise RequestError("input", "input: empty at close")
@@ -227,6 +245,46 @@ class LLMEngine:
                 s.num_prompt_tokens = seq.num_prompt_tokens
                 s.max_tokens = seq.max_tokens
         state.reset_prompt(seq.token_ids)
+        if reference is not None:
+            if self._tokenizer_thread is None:
+                self._tokenizer_thread = ThreadPoolExecutor(1, "thinkstream-tokenize")
+            self._checks[request_id] = self._tokenizer_thread.submit(reference)
+
+    def _settle_checks(self, scheduled) -> set[str]:
+        """Compare the ids of closed inputs computed in this step with their reference;
+        returns the sequences whose step must be discarded (their ids were replaced)."""
+        redo: set[str] = set()
+        for s in scheduled:
+            rid = s.seq.request_id
+            check = self._checks.pop(rid, None)
+            if check is not None and not self._settle(self.requests[rid], check):
+                redo.update(q.seq_id for q in self.requests[rid].seqs)
+        return redo
+
+    def _settle(self, state: RequestState, check: Future) -> bool:
+        """True if the ids stand; else make them the reference (keeping the KV of the
+        common prefix) and return False."""
+        try:
+            ref = [int(t) for t in check.result()]
+        except Exception:  # noqa: BLE001 - no reference to compare with: the ids stand
+            return True
+        first = state.seqs[0]
+        have = first.token_ids[: first.num_prompt_tokens]
+        if ref == have or not ref or len(ref) >= self.max_model_len:
+            return True
+        keep = common_prefix_len(have, ref)
+        for q in state.seqs:
+            del q.token_ids[keep:]
+            q.token_ids.extend(ref[keep:])
+            q.num_prompt_tokens = len(ref)
+            q.max_tokens = min(q.params.max_tokens or self.max_model_len,
+                               self.max_model_len - len(ref))
+            if q.num_computed_tokens > keep:
+                self.scheduler.truncate(q, keep)
+            if q.prompt_logprobs:
+                del q.prompt_logprobs[keep:]
+        state.reset_prompt(ref)
+        return False
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -243,9 +301,12 @@ class LLMEngine:
         tables = {sid: self.kv.block_table(sid) for sid in seq_ids if self.kv.has(sid)}
         logits, last_rows, prompt_rows = self.runner.forward(out, tables)
         self.scheduler.commit(out)
+        redo = self._settle_checks(out.scheduled) if self._checks else set()
         samplers, rows = [], []
         for s, row, (first, count) in zip(out.scheduled, last_rows, prompt_rows, strict=True):
             seq = s.seq
+            if seq.seq_id in redo:
+                continue
             if count:
                 start = seq.num_computed_tokens - s.num_new_tokens
                 seq.prompt_logprobs = (seq.prompt_logprobs or []) + self.runner.prompt_logprobs(
@@ -296,6 +357,7 @@ class LLMEngine:
                 assert all(v <= sum(n for _, n in seq.kv_prefix) for v in seq.kv_prefix_visible)
         for rid, seqs in self._attached.items():
             assert rid in self.requests and seqs, f"attached sequences outlive request {rid}"
+        assert self._checks.keys() <= self.requests.keys(), "input checks outlive their requests"
         if not self.requests:
             assert not self._attached, "attached sequences with no requests"
             assert self.kv.num_free_blocks == self.kv.num_blocks, "blocks leaked with no requests"

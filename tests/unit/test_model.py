@@ -159,7 +159,7 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
     with the same mask (causal tail, hidden prefix keys, a sliding window)."""
     import torch.nn.functional as F
 
-    from thinkstream.models.short_attention import short_chunk
+    from thinkstream.models.short_attention import open_columns, short_chunk
 
     g = torch.Generator().manual_seed(0)
     n, h, kvh, d, length = 7, 6, 2, 16, 50
@@ -170,10 +170,15 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
     key = torch.arange(length)[None, :]
     qc = torch.arange(length - n, length)[:, None]
     mask = (key <= qc) & (key > qc - 40) & ~((key >= 5) & (key < 9 + torch.arange(n)[:, None]))
-    got = short_chunk(q, k_cache, v_cache, slots, None, mask, 0.25)
+    assert open_columns(mask) == 0  # the window hides key 0 from the last queries
+    got = short_chunk(q, k_cache, v_cache, slots, None, mask, 0, 0.25)
     runs = ((3, 20), (40, 30))  # the same keys as views of two runs of slots
     slots2 = torch.cat([torch.arange(3, 23), torch.arange(40, 70)])
-    got2 = short_chunk(q, k_cache, v_cache, slots2, runs, mask, 0.25)
+    got2 = short_chunk(q, k_cache, v_cache, slots2, runs, mask, 0, 0.25)
+    causal = key <= qc  # no window, no hidden keys: the first 43 columns are open
+    assert open_columns(causal) == length - n + 1
+    got3 = short_chunk(q, k_cache, v_cache, slots, None, causal, open_columns(causal), 0.25)
+    assert torch.equal(got3, short_chunk(q, k_cache, v_cache, slots, None, causal, 0, 0.25))
     kg = k_cache[slots].transpose(0, 1)[None]
     vg = v_cache[slots].transpose(0, 1)[None]
     ref = F.scaled_dot_product_attention(q.transpose(0, 1)[None].float(), kg.float(), vg.float(),

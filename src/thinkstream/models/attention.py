@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from thinkstream.models.short_attention import (
     SHORT_CHUNK,
     gather_heads_first,
+    open_columns,
     short_batch,
     short_chunk,
     slot_runs,
@@ -82,6 +83,7 @@ class AttnGroup:
     runs: tuple[tuple[int, int], ...] | None = None  # short chunk: context as slot ranges
     take: torch.Tensor | None = None  # short batch: the real queries among B x Qmax rows
     short: bool = False  # a chunk on the short-chunk path
+    open_cols: tuple[int, int] = (0, 0)  # short chunk: leading keys all queries see (mask, sliding)
 
 
 @dataclass
@@ -198,6 +200,8 @@ def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | 
         None if sliding is None else sliding[:, None].to(device),
         runs=slot_runs(context) if short else None,
         short=short,
+        open_cols=(open_columns(mask[0]), open_columns(mask[0] if sliding is None else sliding[0]))
+        if short else (0, 0),
     )
 
 
@@ -278,8 +282,9 @@ def paged_attention(
             out[g.rows.flatten()[g.take]] = got[g.take]
             continue
         if g.short:
+            cols = g.open_cols[1 if mask is g.sliding_mask else 0]
             out[g.start : g.stop] = short_chunk(q[g.start : g.stop], k_cache, v_cache,
-                                                g.key_slots[0], g.runs, mask[0, 0], scale)
+                                                g.key_slots[0], g.runs, mask[0, 0], cols, scale)
             continue
         qg = q[g.start : g.stop].transpose(0, 1)[None]  # (1, H, Q, D)
         if g.kind == "fresh":

@@ -45,34 +45,51 @@ def slot_runs(slots: torch.Tensor, most: int = 4) -> tuple[tuple[int, int], ...]
     return tuple((int(slots[a]), b - a) for a, b in zip(bounds, bounds[1:], strict=False))
 
 
+def open_columns(mask: torch.Tensor) -> int:
+    """How many leading key columns of a (Q, L) mask every query sees (never masked)."""
+    return int(mask.all(dim=0).long().cumprod(dim=0).sum())
+
+
 def short_chunk(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
-    runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, scale: float,
+    runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, open_cols: int, scale: float,
 ) -> torch.Tensor:
     """One chunk: q (Q, H, D), context slots (L,) (or the same as ``runs`` of consecutive
-    slots), mask (Q, L). Returns (Q, H, D). Only the key columns some query may not see
-    (the chunk's causal tail, hidden prefix keys, a sliding window) are masked."""
+    slots), mask (Q, L) whose first ``open_cols`` columns are all True (``open_columns``,
+    computed once per step, not per layer). Returns (Q, H, D). Scores and outputs are
+    written in place by one matmul per run and key/value head; only the columns past
+    ``open_cols`` (the chunk's causal tail, hidden prefix keys, a window) are masked."""
     n, h, d = q.shape
+    kvh, length = k_cache.shape[1], slots.numel()
+    g = h // kvh
     if runs is None:
         parts = [(k_cache.index_select(0, slots), v_cache.index_select(0, slots))]
     else:
         parts = [(k_cache[a : a + m], v_cache[a : a + m]) for a, m in runs]
-    parts = [(k.to(q.dtype), v.to(q.dtype)) for k, v in parts]  # (m, KVH, D) each
-    length, kvh = slots.numel(), k_cache.shape[1]
-    qg = (q * scale).view(n, kvh, h // kvh, d).permute(1, 2, 0, 3).reshape(kvh, -1, d)
-    scores = torch.stack([torch.cat([qg[i] @ k[:, i].t() for k, _ in parts], dim=-1)
-                          for i in range(kvh)]).view(kvh, h // kvh, n, length)
-    seen_by_all = int(mask.all(dim=0).long().cumprod(dim=0).sum())  # leading open columns
-    if seen_by_all < length:
-        scores[..., seen_by_all:].masked_fill_(~mask[:, seen_by_all:], float("-inf"))
-    probs = scores.softmax(dim=-1).view(kvh, -1, length)  # float accumulation inside
-    out = q.new_zeros(kvh, probs.shape[1], d)
+    if k_cache.dtype != q.dtype:
+        parts = [(k.to(q.dtype), v.to(q.dtype)) for k, v in parts]  # (m, KVH, D) each
+    qg = (q * scale).view(n, kvh, g, d).permute(1, 2, 0, 3).reshape(kvh, g * n, d)
+    scores = q.new_empty(kvh, g * n, length)
     start = 0
-    for _, v in parts:
+    for k, _ in parts:
         for i in range(kvh):
-            out[i].addmm_(probs[i, :, start : start + v.shape[0]], v[:, i])
+            torch.mm(qg[i], k[:, i].t(), out=scores[i, :, start : start + k.shape[0]])
+        start += k.shape[0]
+    if open_cols < length:
+        tail = scores.view(kvh, g, n, length)[..., open_cols:]
+        tail.masked_fill_(~mask[:, open_cols:], float("-inf"))
+    probs = scores.softmax(dim=-1)  # float accumulation inside
+    out = q.new_empty(kvh, g * n, d)
+    start = 0
+    for j, (_, v) in enumerate(parts):
+        for i in range(kvh):
+            p = probs[i, :, start : start + v.shape[0]]
+            if j == 0:
+                torch.mm(p, v[:, i], out=out[i])
+            else:
+                out[i].addmm_(p, v[:, i])
         start += v.shape[0]
-    return out.view(kvh, h // kvh, n, d).permute(2, 0, 1, 3).reshape(n, h, d)
+    return out.view(kvh, g, n, d).permute(2, 0, 1, 3).reshape(n, h, d)
 
 
 def short_batch(

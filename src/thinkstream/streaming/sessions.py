@@ -7,7 +7,8 @@ tokens that did not change (``truncate_input`` keeps their KV) and extend it wit
 ones (``extend_input``). The scheduler prefills them in the same steps as everyone else's
 work, holding back the last token while the input is open. ``close`` reconciles the ids with
 the reference tokenization of the final input, closes the input and the request answers like
-any other; its outputs come from ``engine.step`` as usual.
+any other; its outputs come from ``engine.step`` as usual. (Without thinking, the reference
+tokenization runs beside the answer's first step: ``LLMEngine.close_input``.)
 
 Life of a session::
 
@@ -187,7 +188,9 @@ class SessionManager:
             s.input.check_seq(seq)  # raises on a gap
             raise SessionClosedError(f"close numbered {seq} but the session expects seq "
                                      f"{s.input.next_seq}", s.input.next_seq)
-        plan = s.input.plan_close()
+        # thinking needs the final ids now (notes and passes are placed by them); otherwise
+        # the engine confirms the tail tokenizer's ids while the answer's first step runs
+        plan = s.input.plan_close(exact=s.think is not None)
         if not plan.ids:
             raise SessionLimitError("input: empty at close", "input", "empty_input")
         params = s.state.seqs[0].params
@@ -201,7 +204,8 @@ class SessionManager:
             content = n - len(suffix) if suffix and plan.ids[n - len(suffix):] == suffix else n
             s.think.close(content)
         else:
-            self.engine.close_input(sid)
+            exact = s.input.mode == "tokens"
+            self.engine.close_input(sid, None if exact else s.input.reference())
         s.input.commit(plan, close=True)
         s.last_activity = time.monotonic()
         self._end(s)

@@ -15,6 +15,8 @@ refuse it), then committed; a plan carries the ``Edit`` the engine applies: keep
 ``keep`` ids (and their KV), then append ``add``. At close the ids are compared once with
 the reference tokenization of the final input (``encode(text)``, or ``apply_chat_template``
 for chat) and the edit reconciles any difference: the final ids are exact by construction.
+The comparison may run beside the answer's first step (``plan_close(exact=False)`` and
+``reference()``; the engine settles it before sampling).
 
 Bytes may be sent too (a WebSocket binary frame): an unfinished UTF-8 character is held
 back until its remaining bytes arrive. Pure Python; no torch.
@@ -23,7 +25,7 @@ back until its remaining bytes arrive. Pure Python; no torch.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from thinkstream.streaming.errors import SequenceGapError, SessionClosedError, SessionError
@@ -193,8 +195,11 @@ class SessionInput:
         keep = len(self.lead) + retok.keep
         return Plan(ids, Edit(keep, ids[keep:]), full[len(self.prefix):], pending, retok)
 
-    def plan_close(self) -> Plan:
-        """The exact final ids (reference tokenization of the whole input) and the edit to them."""
+    def plan_close(self, exact: bool = True) -> Plan:
+        """The final ids and the edit to them. ``exact``: the reference tokenization of the
+        whole input (O(input)); otherwise the tail tokenizer's ids for it (O(window)), which
+        ``reference()`` then confirms off the critical path (the engine settles any
+        difference before the answer's first token: ``LLMEngine.close_input``)."""
         if self.closed:
             raise SessionClosedError("the session's input is already closed", self.next_seq)
         if self.pending:
@@ -202,14 +207,28 @@ class SessionInput:
         old = self.ids
         if self.mode == "tokens":
             final = old
+        elif exact:
+            final = self.reference()()
         elif self.mode == "text":
-            final = list(self.tokenizer.encode(self.content, add_special_tokens=True))
+            final = old
         else:
-            messages = [*self.messages, {"role": "user", "content": self.content}]
-            final = list(self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True))
+            retok = self._tail.plan(self._tail.text + self.suffix)  # type: ignore[union-attr]
+            final = self.lead + retok.ids
         keep = common_prefix_len(old, final)
         return Plan(final, Edit(keep, final[keep:]), self.content if self.mode != "tokens" else None)
+
+    def reference(self) -> Callable[[], list[int]]:
+        """The reference tokenization of the input as it is now, as a function safe to run
+        on another thread (it reads only values captured here)."""
+        tokenizer, content = self.tokenizer, self.content
+        if self.mode == "tokens":
+            ids = list(self.token_ids)
+            return lambda: ids
+        if self.mode == "text":
+            return lambda: list(tokenizer.encode(content, add_special_tokens=True))
+        messages = [*self.messages, {"role": "user", "content": content}]  # type: ignore[misc]
+        return lambda: list(tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True))
 
     def commit(self, plan: Plan, *, close: bool = False) -> None:
         if plan.duplicate:

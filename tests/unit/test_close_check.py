@@ -1,0 +1,117 @@
+"""The exactness check at close runs beside the answer's first step (``close_input`` with a
+``reference``): ids that differ from the reference tokenization are replaced before any
+answer token is sampled, keeping the KV of the common prefix, and the answer is the
+one-shot answer on the reference ids."""
+
+from __future__ import annotations
+
+import pytest
+from helpers.tiny import tiny_checkpoint
+
+from thinkstream.llm import LLM
+from thinkstream.sampling_params import SamplingParams
+from thinkstream.streaming.state import SessionInput
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+CKPT = tiny_checkpoint()
+TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital"
+
+
+@pytest.fixture()
+def llm() -> LLM:
+    return LLM(checkpoint=CKPT, block_size=4, num_blocks=128, max_num_seqs=8,
+               max_num_batched_tokens=64)
+
+
+def run(llm: LLM) -> list:
+    outs = []
+    while llm.engine.scheduler.has_work():  # an open input waits: its request stays
+        outs += llm.engine.step()
+    return outs
+
+
+def assert_pool_full(llm: LLM) -> None:
+    llm.engine.check_integrity()
+    assert not llm.engine.requests and not llm.engine._checks
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_wrong_ids_are_replaced_before_the_first_answer_token(llm: LLM) -> None:
+    right = llm.tokenizer.encode(TEXT)
+    wrong = right[:-3] + [right[-1], right[-2], right[-3], right[-1]]  # same prefix, other tail
+    one_shot = llm.generate([right], GREEDY)[0].outputs[0].token_ids
+    eng = llm.engine
+    eng.add(eng.make_request("r", wrong, GREEDY, input_closed=False))
+    run(llm)  # the input is computed but for its last token
+    assert eng.requests["r"].seqs[0].num_computed_tokens == len(wrong) - 1
+    eng.close_input("r", reference=lambda: list(right))
+    first = eng.step()  # the check fails: nothing sampled, the tail goes back to compute
+    assert first == [] and "r" not in eng._checks
+    seq = eng.requests["r"].seqs[0]
+    assert seq.token_ids == right and seq.num_prompt_tokens == len(right)
+    assert seq.num_computed_tokens == len(right) - 3  # the common prefix's KV was kept
+    eng.check_integrity()
+    outs = run(llm)
+    assert outs[-1].prompt_token_ids == right
+    assert outs[-1].outputs[0].token_ids == one_shot
+    assert_pool_full(llm)
+
+
+def test_matching_ids_answer_in_the_closing_step(llm: LLM) -> None:
+    right = llm.tokenizer.encode(TEXT)
+    one_shot = llm.generate([right], GREEDY)[0].outputs[0].token_ids
+    eng = llm.engine
+    eng.add(eng.make_request("r", right, GREEDY, input_closed=False))
+    run(llm)
+    eng.close_input("r", reference=lambda: list(right))
+    first = eng.step()
+    assert len(first) == 1 and first[0].outputs[0].token_ids == one_shot[:1]
+    assert run(llm)[-1].outputs[0].token_ids == one_shot
+    assert_pool_full(llm)
+
+
+def test_a_reference_that_fails_leaves_the_ids(llm: LLM) -> None:
+    right = llm.tokenizer.encode(TEXT)
+    eng = llm.engine
+    eng.add(eng.make_request("r", right, GREEDY, input_closed=False))
+
+    def broken() -> list[int]:
+        raise RuntimeError("tokenizer failed")
+
+    eng.close_input("r", reference=broken)
+    outs = run(llm)
+    assert outs[-1].prompt_token_ids == right and len(outs[-1].outputs[0].token_ids) == 6
+    assert_pool_full(llm)
+
+
+def test_abort_with_a_check_pending_frees_everything(llm: LLM) -> None:
+    eng = llm.engine
+    right = llm.tokenizer.encode(TEXT)
+    eng.add(eng.make_request("r", right, GREEDY, input_closed=False))
+    eng.step()
+    eng.close_input("r", reference=lambda: list(right))
+    assert "r" in eng._checks
+    assert eng.abort("r")
+    assert_pool_full(llm)
+
+
+def test_session_close_with_a_tail_that_went_wrong(llm: LLM, monkeypatch) -> None:
+    """Through the session API: if the tail tokenizer's ids at close were wrong, the
+    engine's check still makes the answer the one-shot answer on the exact ids."""
+    plan_close = SessionInput.plan_close
+
+    def skewed(self, exact: bool = True):
+        plan = plan_close(self, exact)
+        if exact:
+            return plan
+        ids = plan.ids[:-2] + [plan.ids[-1], plan.ids[-2]]
+        return type(plan)(ids, type(plan.edit)(len(ids) - 2, ids[-2:]), plan.text)
+
+    monkeypatch.setattr(SessionInput, "plan_close", skewed)
+    s = llm.open_session(prompt="", sampling_params=GREEDY)
+    for piece in ("The quick brown fox jumps ", "over the lazy dog. ", "Paris is the capital"):
+        s.append(piece)
+    out = s.complete()
+    assert out.prompt_token_ids == llm.tokenizer.encode(TEXT)
+    assert out.outputs[0].token_ids == llm.generate([TEXT], GREEDY)[0].outputs[0].token_ids
+    assert_pool_full(llm)
