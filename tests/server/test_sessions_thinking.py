@@ -21,7 +21,8 @@ from thinkstream.server.app import create_app
 from thinkstream.server.config import ServerConfig
 from thinkstream.thinking import ThinkConfig
 
-THINK = {"layout": "gap", "gap": 40, "note_tokens": 6, "pass_tokens": 5, "depth": "D2"}
+THINK = {"layout": "gap", "gap": 40, "note_tokens": 6, "pass_tokens": 5, "depth": "D2",
+         "fold_last_unit": False}  # the last unit's note and the D2 pass both come after close
 OPEN = {"messages": [], "temperature": 0, "max_tokens": 6, "ignore_eos": True, "thinking": THINK}
 FIRST = "The quick brown fox. Paris is"  # completes unit 0: its note starts at once
 REST = " the capital of France."
@@ -329,3 +330,15 @@ def test_websocket_abort_and_drop_mid_note_free_every_block(client: TestClient, 
     wait_pool_full(llm)
     assert_cut_mid_note(llm, sid)
     assert llm.sessions.info(sid).reason == "client_gone"
+
+
+def test_thinking_body_maps_answer_request_and_fold() -> None:
+    """The session body's ``thinking`` object reaches ``ThinkConfig``: ``answer_request``
+    (omitted: the default; "": none) and ``fold_last_unit``."""
+    from thinkstream.server.session_routes import SessionThinking
+
+    default = SessionThinking().config()
+    assert default.answer_request == ThinkConfig().answer_request and default.fold_last_unit
+    cfg = SessionThinking(answer_request="", fold_last_unit=False, depth="D3").config()
+    assert (cfg.answer_request, cfg.fold_last_unit, cfg.passes) == (
+        "", False, (ThinkConfig().integrate_head, ThinkConfig().reflect_head))

@@ -203,7 +203,13 @@ def test_depth_positions_and_pool(kind: str, depth: str, passes: int) -> None:
     out = s.complete()
     assert len(out.outputs[0].token_ids) == GREEDY.max_tokens
     assert len([g for g in ctrl.segs if g.unit is None]) == passes
-    assert len([g for g in ctrl.segs if g.unit is not None]) == len(ctrl.units)
+    noted = [g.unit for g in ctrl.segs if g.unit is not None]
+    # D2/D3: the unit the close completed is read by the integration pass, without a note
+    assert noted == list(range(len(ctrl.units) - (1 if passes else 0))), (noted, len(ctrl.units))
+    if passes:
+        assert ctrl.units[-1].seg_len == 0
+        first_pass = next(g for g in ctrl.segs if g.unit is None)
+        assert first_pass.view_end == ctrl.view_limit == ctrl.units[-1].end
     S, R = ctrl.S, ctrl.R
     end = ctrl.view_limit
     # the answer prompt and the answer come after all reasoning, and see all of it

@@ -73,15 +73,19 @@ class SessionThinking(P._Body):
     note_tokens: int = 24
     pass_tokens: int = 64
     max_reasoning_tokens: int = 512
+    answer_request: str | None = None  # None: ThinkConfig's default; "": none
+    fold_last_unit: bool = True
 
     def config(self):
         from thinkstream.thinking import Layout, ThinkConfig, UnitPolicy
 
+        extra = {} if self.answer_request is None else {"answer_request": self.answer_request}
         try:
             return ThinkConfig(layout=Layout(self.layout, self.gap), units=UnitPolicy(self.unit),
                                depth=self.depth, note_tokens=self.note_tokens,
                                pass_tokens=self.pass_tokens,
-                               max_reasoning_tokens=self.max_reasoning_tokens)
+                               max_reasoning_tokens=self.max_reasoning_tokens,
+                               fold_last_unit=self.fold_last_unit, **extra)
         except ValueError as exc:
             raise APIError(400, f"thinking: {exc}", "thinking", "invalid_value") from None
 

@@ -46,6 +46,9 @@ class ThinkConfig:
     # Batch thinking (a baseline): no note while reading; at close every unit is noted in
     # order (none merged), each where the layout puts it, then the passes, then the answer.
     defer_notes: bool = False
+    # D2/D3: the unit the close completes gets no note of its own; the integration pass
+    # that follows reads it with everything else (one reasoning step less before answering).
+    fold_last_unit: bool = True
     temperature: float = 0.0
     seed: int = 0
 

@@ -22,7 +22,8 @@ Invariants (``check``):
 - R has an explicit position for every token.
 
 After the input closes: a note for the last unit (``defer_notes``, batch thinking: for
-every unit, in order), the depth's passes (D2 integrate, D3 integrate + reflect), the
+every unit, in order; at D2/D3 the unit the close completes is left to the integration
+pass, ``fold_last_unit``), the depth's passes (D2 integrate, D3 integrate + reflect), the
 answer request (``answer_request``, in R after the last tail), then the answer: S's remaining
 tokens (the chat template's assistant header) are placed after all reasoning and see S plus
 all of R. Budget forcing: once ``max_reasoning_tokens`` are generated the current note ends
@@ -159,6 +160,8 @@ class ThinkController:
         self._scan(end)
         if end > self._last_end():
             self.units.append(_Unit(end))
+        if self.pass_heads and self.cfg.fold_last_unit and self.units and self.units[-1].seg_len is None:
+            self.units[-1].seg_len = 0  # the first pass reads it (``ThinkConfig.fold_last_unit``)
         self.view_limit = end
         self.passes_left = list(self.pass_heads)
         self._place_input()
