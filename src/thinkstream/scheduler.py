@@ -20,8 +20,12 @@ KV views (``Sequence.kv_prefix``) take no block references, so the scheduler kee
 safe by one rule, checked when a step is planned and again after any preemption in it:
 
     a viewer's tokens that see a prefix are computed in a step only if every source it
-    views is resident and has computed at least the viewed tokens before the step
-    (``_computable``), and a viewer stalled on an evicted source is preempted too (it
+    views is resident and has computed at least the viewed tokens by the end of the step
+    (``_computable``: before it, or in it: a step writes the keys and values of all its
+    tokens into the cache before any of them attends, layer by layer; a viewer waiting on
+    its source's tokens of this step is planned after the others, ``_plan_viewers``), and
+    after a preemption in the step only sources computed before it count; a viewer
+    stalled on an evicted source is preempted too (it
     recomputes exactly); its leading tokens that see no prefix need nothing (so two
     sequences that view each other, an answer viewing its notes and the notes viewing the
     input, recompute without waiting on each other).
@@ -126,7 +130,7 @@ class Scheduler:
             self.running.sort(key=self.priority)
             self.waiting = deque(sorted(self.waiting, key=self.priority))
         by_id = self._wake_sources()
-        queue, kept = list(self.running), []
+        queue, kept, stalled = list(self.running), [], []
         while queue:
             seq = queue.pop(0)
             n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id))
@@ -136,6 +140,8 @@ class Scheduler:
                 continue
             if n == 0:
                 kept.append(seq)
+                if seq.kv_prefix and seq.num_pending_tokens:
+                    stalled.append(seq)
                 continue
             while not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
                 victim = self._pop_idle(kept, queue) or (queue.pop() if queue else seq)
@@ -149,6 +155,7 @@ class Scheduler:
                 budget -= n
         self.running = kept
         if not out.preempted:
+            budget = self._plan_viewers(out, stalled, budget, by_id)
             budget = self._admit(out, budget, by_id)
         if out.preempted:  # a source preempted in this step takes its viewers' turn with it
             clipped = [ScheduledSeq(s.seq, min(s.num_new_tokens, self._computable(s.seq, by_id)))
@@ -169,13 +176,31 @@ class Scheduler:
     def _source_evicted(self, seq: Sequence, by_id: dict[str, Sequence]) -> bool:
         return any(sid not in by_id or not self.kv.has(sid) for sid, _ in seq.kv_prefix)
 
-    def _computable(self, seq: Sequence, by_id: dict[str, Sequence]) -> int:
-        """How many pending tokens of ``seq`` its views allow computing now."""
+    def _computable(self, seq: Sequence, by_id: dict[str, Sequence],
+                    planned: dict[str, int] | None = None) -> int:
+        """How many pending tokens of ``seq`` its views allow computing now; ``planned``:
+        tokens each sequence computes in this step (their KV is written before any
+        attention reads it)."""
         for sid, k in seq.kv_prefix:
             src = by_id.get(sid)
-            if src is None or not self.kv.has(sid) or src.num_computed_tokens < k:
+            done = 0 if src is None else src.num_computed_tokens + (planned or {}).get(sid, 0)
+            if src is None or not self.kv.has(sid) or done < k:
                 return max(seq.num_shareable_tokens - seq.num_computed_tokens, 0)
         return seq.num_pending_tokens
+
+    def _plan_viewers(self, out: SchedulerOutput, stalled: list[Sequence], budget: int,
+                      by_id: dict[str, Sequence]) -> int:
+        """Viewers that waited only for tokens their sources compute in this step join it
+        (a note starting on the input chunk computed now, an answer on the request its
+        notes just wrote). Nothing is preempted for them: they wait if memory is short."""
+        planned = {s.seq.seq_id: s.num_new_tokens for s in out.scheduled}
+        for seq in stalled:
+            n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id, planned))
+            if n > 0 and self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
+                out.scheduled.append(ScheduledSeq(seq, n))
+                planned[seq.seq_id] = n
+                budget -= n
+        return budget
 
     def _admit(self, out: SchedulerOutput, budget: int, by_id: dict[str, Sequence]) -> int:
         bs = self.kv.block_size

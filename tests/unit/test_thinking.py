@@ -435,3 +435,43 @@ def test_thinking_off_is_unchanged() -> None:
     assert out.outputs[0].token_ids == ref.outputs[0].token_ids
     assert out.outputs[0].reasoning_content == ""
     assert_pool_full(llm)
+
+
+def _closing_steps(plan_viewers: bool, monkeypatch) -> tuple[list[dict], list[int], str]:
+    """Steps after close of a gap D2 session (R's pass views the input chunk the close
+    brings; the answer views the request R writes), with or without same-step viewers."""
+    from thinkstream.scheduler import Scheduler
+
+    if not plan_viewers:
+        monkeypatch.setattr(Scheduler, "_plan_viewers", lambda self, out, stalled, budget, by_id: budget)
+    llm = make_llm()
+    s, ctrl = run_session(llm, think("gap", depth="D2"), PIECES[:-1])
+    s.append(PIECES[-1], prefill=False)
+    sched, steps = llm.engine.scheduler, []
+    orig = sched.schedule
+
+    def spy():
+        out = orig()
+        steps.append({s.seq.seq_id.split("#")[-1]: s.num_new_tokens for s in out.scheduled})
+        return out
+
+    sched.schedule = spy
+    out = s.complete()
+    ctrl.check()
+    assert_pool_full(llm)
+    monkeypatch.undo()
+    return steps, out.outputs[0].token_ids, out.outputs[0].reasoning_content
+
+
+def test_viewers_join_the_step_that_computes_their_source(monkeypatch) -> None:
+    """The integration pass starts in the step that computes the last input chunk, and the
+    answer's first token comes from the step that computes R's answer request: two steps
+    fewer after close, the same tokens and reasoning (a step writes every token's KV before
+    any attention reads it)."""
+    new, answer, reasoning = _closing_steps(True, monkeypatch)
+    old, ref_answer, ref_reasoning = _closing_steps(False, monkeypatch)
+    assert (answer, reasoning) == (ref_answer, ref_reasoning) and reasoning
+    assert len(new) == len(old) - 2, (new, old)
+    assert new[0].keys() == {"0", "think"} and old[0].keys() == {"0"}  # chunk + pass head
+    first_answer = next(i for i, st in enumerate(new) if st.get("0") and i > 0)
+    assert "think" in new[first_answer]  # the request and the answer prompt: one step
