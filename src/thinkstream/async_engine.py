@@ -66,10 +66,12 @@ class AsyncLLM:
 
     async def generate(
         self, prompt: str | Sequence[int], params: SamplingParams, request_id: str | None = None,
+        salt: object = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs; aborts the request if the consumer stops early."""
+        """Stream a request's outputs; aborts the request if the consumer stops early.
+        ``salt``: prefix-cache namespace (requests share cached blocks only with the same salt)."""
         self._check_alive()
-        state = self.engine.make_request(request_id, prompt, params)  # raises on bad input
+        state = self.engine.make_request(request_id, prompt, params, salt=salt)  # raises on bad input
         rid = state.request_id
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
@@ -140,9 +142,10 @@ class AsyncLLM:
     async def open_session(self, prompt: str | Sequence[int] | None = None,
                            messages: Sequence[dict] | None = None,
                            params: SamplingParams | None = None,
-                           session_id: str | None = None, thinking=None) -> SessionInfo:
+                           session_id: str | None = None, thinking=None,
+                           salt: object = None) -> SessionInfo:
         return await self.call(lambda _: self.sessions.open(session_id, prompt, messages, params,
-                                                            thinking=thinking))
+                                                            salt=salt, thinking=thinking))
 
     async def session_events(self, session_id: str) -> AsyncIterator[RequestOutput]:
         """A session's outputs while its input is open too (think while reading: notes as

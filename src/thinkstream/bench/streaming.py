@@ -78,14 +78,14 @@ async def _timed(stream, t0: float) -> dict[str, float]:
 
 
 async def run_session(llm, chunks: list[str], rate_tps: float, params,
-                      start_delay: float = 0.0) -> dict[str, float]:
+                      start_delay: float = 0.0, salt: object = None) -> dict[str, float]:
     """Send ``chunks`` at a mean ``rate_tps`` tokens/s: each chunk goes out, then the time
     its tokens take at that rate passes before the next one (the question follows the
     document's last chunk after that chunk's time) and rides on the close, so it is
     computed in the answer's first step; time the answer from then."""
     await asyncio.sleep(start_delay)
     tok = llm.tokenizer
-    sid = (await llm.open_session("", params=params)).session_id
+    sid = (await llm.open_session("", params=params, salt=salt)).session_id
     acks = []  # appends are pipelined (commands run in order); acks are checked at the end
     t = time.perf_counter()
     for chunk in chunks[:-1]:
@@ -106,13 +106,14 @@ def input_duration(tokenizer, chunks: list[str], rate_tps: float) -> float:
 
 
 async def run_one_shot(llm, chunks: list[str], rate_tps: float, params,
-                       start_delay: float = 0.0, wait: bool = True) -> dict[str, float]:
+                       start_delay: float = 0.0, wait: bool = True,
+                       salt: object = None) -> dict[str, float]:
     """Wait until the input would have ended (if ``wait``), then send it whole."""
     await asyncio.sleep(start_delay)
     if wait:
         await asyncio.sleep(input_duration(llm.tokenizer, chunks, rate_tps))
     t_end = time.perf_counter()
-    return await _timed(llm.generate("".join(chunks), params), t_end)
+    return await _timed(llm.generate("".join(chunks), params, salt=salt), t_end)
 
 
 async def calibrate(llm, n: int = 256) -> float:
@@ -135,17 +136,20 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def concurrent(llm, args, params, mode: str, run_index: int) -> dict[str, Any]:
-    """``args.sessions`` inputs with Poisson arrivals, streamed or sent whole at their end."""
+    """``args.sessions`` inputs with Poisson arrivals, streamed or sent whole at their end.
+    Every run has the same documents and arrival times (its wall time is bound by them);
+    a per-run salt keeps it from hitting the prefix cache that earlier runs filled."""
     rng = random.Random(args.seed)
-    docs = [document(llm.tokenizer, args.session_tokens, args.seed + 7919 * (run_index + 1) + i,
-                     args.pattern) for i in range(args.sessions)]  # fresh: no prefix-cache hits
+    docs = [document(llm.tokenizer, args.session_tokens, args.seed + 7919 + i, args.pattern)
+            for i in range(args.sessions)]
     delays, t = [], 0.0
     for _ in docs:
         delays.append(t)
         t += rng.expovariate(args.arrivals_per_s)
     fn = run_session if mode == "session" else run_one_shot
     t0 = time.perf_counter()
-    results = await asyncio.gather(*[fn(llm, d, args.session_rate, params, delay)
+    results = await asyncio.gather(*[fn(llm, d, args.session_rate, params, delay,
+                                        salt=("concurrent", run_index))
                                      for d, delay in zip(docs, delays, strict=True)])
     wall = time.perf_counter() - t0
     ttfts = [r["ttft_s"] for r in results]
