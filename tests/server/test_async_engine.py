@@ -45,3 +45,23 @@ def test_stream_left_unread_on_a_closed_loop_is_aborted_and_engine_lives() -> No
         assert not llm._streams and not llm._listeners
     finally:
         llm.shutdown()
+
+
+def test_salt_keeps_requests_out_of_each_others_prefix_cache() -> None:
+    """``generate(salt=)``: the same prompt hits the prefix cache only under the same salt
+    (the streaming benchmark's repeated runs rely on it); the answer is the same."""
+    llm = tiny_llm()
+    kv = llm.engine.kv
+    ids = list(range(5, 45))  # 40 tokens: 9 full blocks of 4 before the last token
+
+    async def run(salt) -> list[int]:
+        return [o async for o in llm.generate(ids, SHORT, salt=salt)][-1].outputs[0].token_ids
+
+    try:
+        first = asyncio.run(run("a"))
+        hits = kv.prefix_hits
+        assert asyncio.run(run("b")) == first and kv.prefix_hits == hits  # other salt: no hit
+        assert asyncio.run(run("a")) == first and kv.prefix_hits > hits  # same salt: hits
+        wait_pool_full(llm)
+    finally:
+        llm.shutdown()
