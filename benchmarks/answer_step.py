@@ -2,9 +2,10 @@
 
 For documents of 256 and 4,096 tokens streamed into a session (bfloat16 + int4, 1 thread):
 the close command (last chunk + the reference tokenization of the whole input) and the
-answer's first step, with the short-chunk path (``models/short_attention.py``) on and off;
-then one step computing a 3-word chunk for each of 16 sessions, on and off. Medians of
-``--reps`` sessions on different documents; on / off alternate, so noise hits both.
+answer's first step, with the short-chunk path (``models/short_attention.py``; its softmax
+native (``kernels/softmax_bf16.c``) or torch's) and with the flash kernel; then one step
+computing a 3-word chunk for each of 16 sessions, each way. Medians of ``--reps`` sessions
+on different documents; the ways alternate, so noise hits all of them.
 
     PYTHONPATH=src python benchmarks/answer_step.py [--reps 3] [--dtype bfloat16] [--quantization int4]
 """
@@ -19,7 +20,7 @@ import torch
 
 from thinkstream.bench.streaming import document
 from thinkstream.llm import LLM
-from thinkstream.models import attention
+from thinkstream.models import attention, short_attention
 from thinkstream.sampling_params import SamplingParams
 
 ONE = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
@@ -65,19 +66,21 @@ def main() -> None:
     torch.set_num_threads(1)
     llm = LLM(dtype=args.dtype, quantization=args.quantization or None, num_threads=1,
               kv_cache_memory=1024 << 20, max_num_batched_tokens=512)
-    short = attention.SHORT_CHUNK
+    short, native = attention.SHORT_CHUNK, short_attention.softmax_last
+    modes = {"short-chunk path": (short, native),
+             "short-chunk path, torch softmax": (short, lambda x: x.softmax(dim=-1)),
+             "flash kernel": (0, native)}
     rows: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.reps):
-        for on in (True, False):
-            attention.SHORT_CHUNK = short if on else 0
-            mode = "short-chunk path" if on else "flash kernel"
+        for i, (mode, (limit, softmax)) in enumerate(modes.items()):
+            attention.SHORT_CHUNK, short_attention.softmax_last = limit, softmax
             for n in (256, 4096):
-                close, step = answer_step(llm, n, 1000 * rep + n + on)
+                close, step = answer_step(llm, n, 1000 * rep + 10 * n + i)
                 rows.setdefault((f"close command, {n} tokens", mode), []).append(close)
                 rows.setdefault((f"answer step, {n} tokens", mode), []).append(step)
             rows.setdefault(("step with 16 sessions' chunks", mode), []).append(
-                sessions_step(llm, 7919 * (rep + 1) + on))
-    attention.SHORT_CHUNK = short
+                sessions_step(llm, 7919 * (rep + 1) + i))
+    attention.SHORT_CHUNK, short_attention.softmax_last = short, native
     print("| what | path | median ms |\n|---|---|---|")
     for (what, mode), xs in rows.items():
         print(f"| {what} | {mode} | {statistics.median(xs) * 1e3:.1f} |")

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from thinkstream.kernels import softmax_last
+
 SHORT_CHUNK = 32  # chunks of at most this many tokens take this module's paths
 
 
@@ -78,7 +80,7 @@ def short_chunk(
     if open_cols < length:
         tail = scores.view(kvh, g, n, length)[..., open_cols:]
         tail.masked_fill_(~mask[:, open_cols:], float("-inf"))
-    probs = scores.softmax(dim=-1)  # float accumulation inside
+    probs = softmax_last(scores)  # in place where the native kernel applies
     out = q.new_empty(kvh, g * n, d)
     start = 0
     for j, (_, v) in enumerate(parts):
@@ -109,6 +111,6 @@ def short_batch(
     vg = gather_heads_first(v_cache, key_slots, q.dtype)  # (B, KVH, L, D)
     scores = torch.matmul(qb, kt).view(b, kvh, g, qm, length)
     scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
-    probs = scores.softmax(dim=-1).view(b, kvh, g * qm, length)
+    probs = softmax_last(scores).view(b, kvh, g * qm, length)
     out = torch.matmul(probs, vg).view(b, kvh, g, qm, d)
     return out.permute(0, 3, 1, 2, 4).reshape(b * qm, h, d)
