@@ -18,6 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from thinkstream.kernels import softmax_last
 from thinkstream.models.short_attention import open_columns, short_chunk
 
 Q, H, KVH, D, LAYERS, L = 16, 9, 3, 64, 30, 4113
@@ -49,7 +50,7 @@ def layers_cold(layout: str, caches, q: torch.Tensor, junk: torch.Tensor, reps: 
             for i in range(KVH):
                 kh = k[:L, i] if layout == "slots-first" else k[i, :L]
                 torch.mm(q[i], kh.t(), out=s[i])
-            p = s.softmax(-1)
+            p = softmax_last(s)  # in place (the native kernel) where it applies
             o = torch.empty(KVH, Q * H // KVH, D, dtype=q.dtype)
             for i in range(KVH):
                 torch.mm(p[i], v[:L, i] if layout == "slots-first" else v[i, :L], out=o[i])
