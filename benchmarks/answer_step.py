@@ -7,7 +7,7 @@ native (``kernels/softmax_bf16.c``) or torch's) and with the flash kernel; then 
 computing a 3-word chunk for each of 16 sessions, each way. Medians of ``--reps`` sessions
 on different documents; the ways alternate, so noise hits all of them.
 
-    PYTHONPATH=src python benchmarks/answer_step.py [--reps 3] [--dtype bfloat16] [--quantization int4]
+    PYTHONPATH=src python benchmarks/answer_step.py [--reps 3] [--dtype bfloat16] [--quantization int4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -62,9 +62,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quantization", default="int4")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    llm = LLM(dtype=args.dtype, quantization=args.quantization or None, num_threads=1,
+    torch.set_num_threads(args.threads)
+    llm = LLM(dtype=args.dtype, quantization=args.quantization or None, num_threads=args.threads,
               kv_cache_memory=1024 << 20, max_num_batched_tokens=512)
     short, native = attention.SHORT_CHUNK, short_attention.softmax_last
     modes = {"short-chunk path": (short, native),

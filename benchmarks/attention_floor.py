@@ -3,10 +3,12 @@ limit it runs (docs/benchmarks.md, "Streaming input": why TTFT is not flat in in
 
 SmolLM2-135M shapes (9 query heads, 3 key/value heads, head dim 64, 30 layers), a 16-token
 chunk (the question), bfloat16, 1 thread:
-1. one grouped-query score matmul, (48 x 64) . (64 x L): GFLOP/s;
+1. one grouped-query score matmul, (48 x 64) . (64 x L), and a 1024^3 matmul: GFLOP/s;
 2. 30 layers of attention with the keys cold in cache, in the cache's layout (slots, heads,
    dim) and head-major (heads, slots, dim);
-3. ``short_chunk`` against the flash kernel (SDPA) per layer at several context lengths.
+3. ``short_chunk`` against the flash kernel (SDPA) per layer at several context lengths;
+4. the softmax of one layer's scores (3 x 48 x L), native kernel against torch's, and
+   ``short_chunk`` at L = 4,096 with each.
 
     PYTHONPATH=src python benchmarks/attention_floor.py
 """
@@ -18,7 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from thinkstream.kernels import softmax_last
+from thinkstream.kernels import load_softmax_bf16, softmax_last
+from thinkstream.models import short_attention
 from thinkstream.models.short_attention import open_columns, short_chunk
 
 Q, H, KVH, D, LAYERS, L = 16, 9, 3, 64, 30, 4113
@@ -65,6 +68,9 @@ def main() -> None:
     q48, k = torch.randn(48, D, dtype=bf), torch.randn(L, D, dtype=bf)
     us = timed_us(lambda: q48 @ k.t(), 200)
     print(f"score matmul (48 x 64) . (64 x {L}): {us:.0f} us, {2 * 48 * D * L / us / 1e3:.0f} GFLOP/s")
+    big = torch.randn(1024, 1024, dtype=bf)
+    us = timed_us(lambda: big @ big, 20)
+    print(f"1024^3 matmul: {2 * 1024**3 / us / 1e3:.0f} GFLOP/s")
 
     caches = [(torch.randn(L + 8, KVH, D, dtype=bf), torch.randn(L + 8, KVH, D, dtype=bf))
               for _ in range(LAYERS)]
@@ -81,6 +87,16 @@ def main() -> None:
     for length in (128, 256, 1024, 4096):
         short, flash = per_layer(q, kc, vc, length)
         print(f"one layer, {length} keys: short_chunk {short:.0f} us, flash kernel {flash:.0f} us")
+
+    scores = torch.randn(KVH, Q * H // KVH, L, dtype=bf) * 4
+    torch_softmax = timed_us(lambda: scores.softmax(-1), 200)
+    native = timed_us(lambda: softmax_last(scores), 200) if load_softmax_bf16() else float("nan")
+    print(f"softmax of one layer's scores: native {native:.0f} us, torch {torch_softmax:.0f} us")
+    with_native = per_layer(q, kc, vc, 4096)[0]
+    short_attention.softmax_last = lambda x: x.softmax(dim=-1)
+    with_torch = per_layer(q, kc, vc, 4096)[0]
+    short_attention.softmax_last = softmax_last
+    print(f"short_chunk at 4096 keys: native softmax {with_native:.0f} us, torch's {with_torch:.0f} us")
 
 
 def per_layer(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, length: int) -> tuple[float, float]:

@@ -22,6 +22,15 @@ def _avx512() -> bool:
     return all(f in flags for f in ("avx512f", "avx512bw", "avx512vl"))
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread, where ``softmax_last`` takes the native kernel."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CAN_RUN = platform.machine() == "x86_64" and _avx512() and shutil.which("cc") is not None
 needs_native = pytest.mark.skipif(not CAN_RUN, reason="needs x86-64 with AVX-512 and a C compiler")
 
@@ -33,7 +42,7 @@ def test_kernel_loads_where_it_can_run() -> None:
 
 @needs_native
 @pytest.mark.parametrize("cols", [1, 15, 16, 17, 100, 4113])
-def test_softmax_bf16_equals_torch(cols: int) -> None:
+def test_softmax_bf16_equals_torch(cols: int, one_thread) -> None:
     """In place, within one bfloat16 rounding of torch's softmax (nearly always the same
     bits), masked (-inf) keys exactly 0, every row summing to 1."""
     g = torch.Generator().manual_seed(cols)
@@ -50,15 +59,19 @@ def test_softmax_bf16_equals_torch(cols: int) -> None:
     assert torch.allclose(got.float().sum(-1), torch.ones(3, 7), atol=2e-2)
 
 
-def test_softmax_last_keeps_torch_where_the_kernel_does_not_apply() -> None:
+def test_softmax_last_keeps_torch_where_the_kernel_does_not_apply(one_thread) -> None:
     x = torch.randn(4, 33)
     assert torch.equal(softmax_last(x), torch.softmax(x, -1))  # float32: torch's op
     b = torch.randn(33, 4).to(torch.bfloat16).t()  # not contiguous
     out = softmax_last(b)
     assert out.data_ptr() != b.data_ptr() and torch.equal(out, torch.softmax(b, -1))
+    torch.set_num_threads(2)  # torch's parallel softmax (the fixture restores the count)
+    c = torch.randn(4, 33).to(torch.bfloat16)
+    out = softmax_last(c)
+    assert out.data_ptr() != c.data_ptr() and torch.equal(out, torch.softmax(c, -1))
 
 
-def test_disabled_by_environment(monkeypatch) -> None:
+def test_disabled_by_environment(monkeypatch, one_thread) -> None:
     monkeypatch.setenv("THINKSTREAM_NATIVE", "0")
     load_softmax_bf16.cache_clear()
     try:
@@ -85,13 +98,14 @@ def test_build_is_cached_by_source(tmp_path: Path) -> None:
     src.write_text("int answer(void) { return 43; }\n")
     second = build(src, tmp_path / "out")
     assert second is not None and second != first
+    assert not first.exists()  # the earlier source's build is gone
     src.write_text("this is not C\n")
     assert build(src, tmp_path / "out") is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([first.name, second.name])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [second.name]
 
 
 @needs_native
-def test_short_chunk_same_with_native_and_torch_softmax(monkeypatch) -> None:
+def test_short_chunk_same_with_native_and_torch_softmax(monkeypatch, one_thread) -> None:
     """A 17-token chunk over 600 cached keys (bfloat16): the native softmax gives the
     output of torch's within bfloat16 rounding."""
     from thinkstream.models import short_attention

@@ -3,8 +3,9 @@ compiler and called through ctypes (which releases the GIL during the call).
 
 No torch headers and no build step at install: a source file compiles in well under a
 second into ``$XDG_CACHE_HOME/thinkstream/kernels/<name>-<hash>.so`` (the hash covers the
-source and the compiler, so an edit rebuilds; the file is written under a temporary name
-and renamed, so concurrent processes never load half a library). Where there is no
+source and the compiler, so an edit rebuilds and the earlier build is removed; the file is
+written under a temporary name and renamed, so concurrent processes never load half a
+library). Where there is no
 compiler, the build fails, the CPU lacks the instructions, or ``THINKSTREAM_NATIVE=0`` is
 set, the loaders return None and callers keep their torch path: the kernels are an
 optimisation, never a requirement.
@@ -54,6 +55,9 @@ def build(src: Path, out_dir: Path, compiler: str | None = None) -> Path | None:
     except (OSError, subprocess.SubprocessError):
         Path(tmp).unlink(missing_ok=True)
         return None
+    for old in out_dir.glob(f"{src.stem}-*.so"):  # builds of earlier sources
+        if old != lib:
+            old.unlink(missing_ok=True)
     return lib
 
 
@@ -95,8 +99,10 @@ def load_softmax_bf16() -> SoftmaxFn | None:
 
 def softmax_last(x: torch.Tensor) -> torch.Tensor:
     """softmax over the last dim; in place with the native kernel where it applies
-    (contiguous bfloat16 on CPU), else torch's (a new tensor)."""
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous():
+    (contiguous bfloat16 on CPU, torch on one thread: the kernel runs on the calling thread,
+    and with more threads torch's parallel softmax is as fast), else torch's (a new tensor)."""
+    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous()
+            and torch.get_num_threads() == 1):
         native = load_softmax_bf16()
         if native is not None:
             return native(x)

@@ -29,6 +29,11 @@ int softmax_bf16_isa(void) {
     return __builtin_cpu_supports("avx512bf16") ? 2 : 1;
 }
 
+/* The mask of the lanes in use when ``left`` columns remain: all 16, or the row's tail. */
+static inline __mmask16 lanes(int64_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
 AVX512 static inline __m512 load_bf16(const uint16_t *p, __mmask16 k) {
     __m256i h = _mm256_maskz_loadu_epi16(k, p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -52,13 +57,13 @@ AVX512 static inline __m512 exp_nonpositive(__m512 y) {
 AVX512 static inline float exp_row(const uint16_t *row, int64_t cols, float *scratch) {
     __m512 m = _mm512_set1_ps(-INFINITY);
     for (int64_t c = 0; c < cols; c += 16) {
-        __mmask16 k = cols - c >= 16 ? 0xffff : (__mmask16)((1u << (cols - c)) - 1);
+        __mmask16 k = lanes(cols - c);
         m = _mm512_mask_max_ps(m, k, m, load_bf16(row + c, k));
     }
     __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
     __m512 s = _mm512_setzero_ps();
     for (int64_t c = 0; c < cols; c += 16) {
-        __mmask16 k = cols - c >= 16 ? 0xffff : (__mmask16)((1u << (cols - c)) - 1);
+        __mmask16 k = lanes(cols - c);
         __m512 e = exp_nonpositive(_mm512_sub_ps(load_bf16(row + c, k), mx));
         s = _mm512_mask_add_ps(s, k, s, e);
         _mm512_mask_storeu_ps(scratch + c, k, e);
@@ -74,31 +79,28 @@ AVX512 static inline __m256i to_bf16(__m512 x) {
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
 }
 
-AVX512 void softmax_bf16_avx512(uint16_t *x, int64_t rows, int64_t cols, int64_t stride,
-                                float *scratch) {
-    for (int64_t r = 0; r < rows; r++) {
-        uint16_t *row = x + r * stride;
-        __m512 inv = _mm512_set1_ps(exp_row(row, cols, scratch));
-        for (int64_t c = 0; c < cols; c += 16) {
-            __mmask16 k = cols - c >= 16 ? 0xffff : (__mmask16)((1u << (cols - c)) - 1);
-            __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scratch + c), inv);
-            _mm256_mask_storeu_epi16(row + c, k, to_bf16(p));
-        }
-    }
+AVX512_BF16 static inline __m256i to_bf16_native(__m512 x) {
+    return (__m256i)_mm512_cvtneps_pbh(x);
 }
 
-AVX512_BF16 void softmax_bf16_avx512bf16(uint16_t *x, int64_t rows, int64_t cols,
-                                         int64_t stride, float *scratch) {
-    for (int64_t r = 0; r < rows; r++) {
-        uint16_t *row = x + r * stride;
-        __m512 inv = _mm512_set1_ps(exp_row(row, cols, scratch));
-        for (int64_t c = 0; c < cols; c += 16) {
-            __mmask16 k = cols - c >= 16 ? 0xffff : (__mmask16)((1u << (cols - c)) - 1);
-            __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scratch + c), inv);
-            _mm256_mask_storeu_epi16(row + c, k, (__m256i)_mm512_cvtneps_pbh(p));
-        }
+/* The exported kernels, one per instruction set: pass 3 (scale and round) differs only
+ * in the conversion to bfloat16. */
+#define SOFTMAX_ROWS(NAME, TARGET, CONVERT)                                                \
+    TARGET void NAME(uint16_t *x, int64_t rows, int64_t cols, int64_t stride,              \
+                     float *scratch) {                                                     \
+        for (int64_t r = 0; r < rows; r++) {                                               \
+            uint16_t *row = x + r * stride;                                                \
+            __m512 inv = _mm512_set1_ps(exp_row(row, cols, scratch));                      \
+            for (int64_t c = 0; c < cols; c += 16) {                                       \
+                __mmask16 k = lanes(cols - c);                                             \
+                __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scratch + c), inv);      \
+                _mm256_mask_storeu_epi16(row + c, k, CONVERT(p));                          \
+            }                                                                              \
+        }                                                                                  \
     }
-}
+
+SOFTMAX_ROWS(softmax_bf16_avx512, AVX512, to_bf16)
+SOFTMAX_ROWS(softmax_bf16_avx512bf16, AVX512_BF16, to_bf16_native)
 
 #else  /* not x86-64 with GCC or Clang: nothing here runs; the caller keeps torch's softmax */
 int softmax_bf16_isa(void) { return 0; }
