@@ -245,6 +245,10 @@ class LLMEngine:
                 s.num_prompt_tokens = seq.num_prompt_tokens
                 s.max_tokens = seq.max_tokens
         state.reset_prompt(seq.token_ids)
+        if seq.num_computed_tokens >= seq.num_tokens:
+            # rolled back onto a computed token (an update to a token prefix of the input):
+            # its logits are gone, and the first answer token is sampled from them
+            self.scheduler.truncate(seq, seq.num_tokens - 1)
         if reference is not None:
             if self._tokenizer_thread is None:
                 self._tokenizer_thread = ThreadPoolExecutor(1, "thinkstream-tokenize")
@@ -272,7 +276,9 @@ class LLMEngine:
         have = first.token_ids[: first.num_prompt_tokens]
         if ref == have or not ref or len(ref) >= self.max_model_len:
             return True
-        keep = common_prefix_len(have, ref)
+        # the last token is always recomputed: its logits are the answer's first sample
+        # (``ref`` may be a strict prefix of the ids held)
+        keep = min(common_prefix_len(have, ref), len(ref) - 1)
         for q in state.seqs:
             del q.token_ids[keep:]
             q.token_ids.extend(ref[keep:])

@@ -57,6 +57,28 @@ def test_wrong_ids_are_replaced_before_the_first_answer_token(llm: LLM) -> None:
     assert_pool_full(llm)
 
 
+def test_a_reference_that_is_a_prefix_of_the_ids_still_answers(llm: LLM) -> None:
+    """The ids held end with a token the reference does not have: after the roll-back the
+    reference's last token is computed again (its logits give the first answer token),
+    rather than nothing being left to compute and the answer never starting."""
+    right = llm.tokenizer.encode(TEXT)
+    longer = right + [right[-1]]
+    one_shot = llm.generate([right], GREEDY)[0].outputs[0].token_ids
+    eng = llm.engine
+    eng.add(eng.make_request("r", longer, GREEDY, input_closed=False))
+    run(llm)
+    eng.close_input("r", reference=lambda: list(right))
+    assert eng.step() == []  # the closing step computed every held id; the check fails
+    seq = eng.requests["r"].seqs[0]
+    assert seq.token_ids == right and seq.num_computed_tokens == len(right) - 1
+    assert seq.num_pending_tokens == 1
+    eng.check_integrity()
+    outs = run(llm)
+    assert outs[-1].prompt_token_ids == right
+    assert outs[-1].outputs[0].token_ids == one_shot
+    assert_pool_full(llm)
+
+
 def test_matching_ids_answer_in_the_closing_step(llm: LLM) -> None:
     right = llm.tokenizer.encode(TEXT)
     one_shot = llm.generate([right], GREEDY)[0].outputs[0].token_ids

@@ -116,6 +116,28 @@ def test_update_mode_keeps_common_prefix_kv(llm: LLM) -> None:
     assert_pool_full(llm)
 
 
+def test_replace_by_a_token_prefix_then_close_answers(llm: LLM) -> None:
+    """An update whose ids are a strict prefix of the computed ones leaves every kept token
+    computed; the close computes the last one again (the answer's first token is sampled
+    from its logits) instead of finding nothing to compute and never answering."""
+    s = llm.open_session(TEXT, sampling_params=GREEDY)
+    llm._prefill(s.id)
+    seq = llm.engine.requests[s.id].seqs[0]
+    cut = next(i for i in range(40, len(TEXT))
+               if llm.tokenizer.encode(TEXT[:i]) == seq.token_ids[: len(llm.tokenizer.encode(TEXT[:i]))])
+    short = TEXT[:cut]
+    n = len(llm.tokenizer.encode(short))
+    assert seq.num_computed_tokens > n  # the cut drops computed tokens
+    s.replace(short)
+    assert seq.num_computed_tokens == n  # every kept token computed
+    answer = s.close()
+    assert seq.num_computed_tokens == n - 1 and seq.num_pending_tokens == 1
+    *_, out = answer
+    assert out.prompt_token_ids == llm.tokenizer.encode(short)
+    assert out.outputs[0].token_ids == one_shot(llm, short)
+    assert_pool_full(llm)
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, len(TEXT)), st.integers(0, len(TEXT)), st.text("abc 東<|>", max_size=12))
 def test_replace_middle_matches_one_shot(llm: LLM, a: int, b: int, middle: str) -> None:
