@@ -81,10 +81,15 @@ class LLM:
         finished = False
         try:
             while not finished:
-                for out in self.engine.step():
+                outs = self.engine.step()
+                for out in outs:
                     if out.request_id == rid:
                         finished = out.finished
                         yield out
+                if not outs and not self.engine.scheduler.has_work():
+                    # nothing to compute and no output: stepping again would spin forever
+                    raise RuntimeError(f"request {rid!r} cannot progress: it is unfinished but "
+                                       "the scheduler has nothing to compute")
         finally:
             if not finished:
                 self.engine.abort(rid)

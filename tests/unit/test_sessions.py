@@ -138,6 +138,19 @@ def test_replace_by_a_token_prefix_then_close_answers(llm: LLM) -> None:
     assert_pool_full(llm)
 
 
+def test_a_request_that_cannot_progress_raises_instead_of_spinning(llm: LLM) -> None:
+    """A closed input with nothing left to compute (state no engine path produces) makes
+    ``LLM`` raise rather than step forever, and the request is aborted."""
+    s = llm.open_session(TEXT, sampling_params=GREEDY)
+    llm._prefill(s.id)
+    answer = s.close()
+    seq = llm.engine.requests[s.id].seqs[0]
+    seq.num_computed_tokens = seq.num_tokens  # as if its last token's logits were lost
+    with pytest.raises(RuntimeError, match="cannot progress"):
+        list(answer)
+    assert_pool_full(llm)
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, len(TEXT)), st.integers(0, len(TEXT)), st.text("abc 東<|>", max_size=12))
 def test_replace_middle_matches_one_shot(llm: LLM, a: int, b: int, middle: str) -> None:
