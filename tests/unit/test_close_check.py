@@ -36,25 +36,36 @@ def assert_pool_full(llm: LLM) -> None:
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
 
 
+def close_held(llm: LLM, held: list[int], right: list[int]) -> None:
+    """Request "r" with input ``held``, computed but for its last token, closed with the
+    reference ``right``."""
+    eng = llm.engine
+    eng.add(eng.make_request("r", held, GREEDY, input_closed=False))
+    run(llm)  # the input is computed but for its last token
+    assert eng.requests["r"].seqs[0].num_computed_tokens == len(held) - 1
+    eng.close_input("r", reference=lambda: list(right))
+
+
+def assert_answers_one_shot(llm: LLM, right: list[int], one_shot: list[int]) -> None:
+    llm.engine.check_integrity()
+    outs = run(llm)
+    assert outs[-1].prompt_token_ids == right
+    assert outs[-1].outputs[0].token_ids == one_shot
+    assert_pool_full(llm)
+
+
 def test_wrong_ids_are_replaced_before_the_first_answer_token(llm: LLM) -> None:
     right = llm.tokenizer.encode(TEXT)
     wrong = right[:-3] + [right[-1], right[-2], right[-3], right[-1]]  # same prefix, other tail
     one_shot = llm.generate([right], GREEDY)[0].outputs[0].token_ids
+    close_held(llm, wrong, right)
     eng = llm.engine
-    eng.add(eng.make_request("r", wrong, GREEDY, input_closed=False))
-    run(llm)  # the input is computed but for its last token
-    assert eng.requests["r"].seqs[0].num_computed_tokens == len(wrong) - 1
-    eng.close_input("r", reference=lambda: list(right))
     first = eng.step()  # the check fails: nothing sampled, the tail goes back to compute
     assert first == [] and "r" not in eng._checks
     seq = eng.requests["r"].seqs[0]
     assert seq.token_ids == right and seq.num_prompt_tokens == len(right)
     assert seq.num_computed_tokens == len(right) - 3  # the common prefix's KV was kept
-    eng.check_integrity()
-    outs = run(llm)
-    assert outs[-1].prompt_token_ids == right
-    assert outs[-1].outputs[0].token_ids == one_shot
-    assert_pool_full(llm)
+    assert_answers_one_shot(llm, right, one_shot)
 
 
 def test_a_reference_that_is_a_prefix_of_the_ids_still_answers(llm: LLM) -> None:
@@ -62,31 +73,21 @@ def test_a_reference_that_is_a_prefix_of_the_ids_still_answers(llm: LLM) -> None
     reference's last token is computed again (its logits give the first answer token),
     rather than nothing being left to compute and the answer never starting."""
     right = llm.tokenizer.encode(TEXT)
-    longer = right + [right[-1]]
     one_shot = llm.generate([right], GREEDY)[0].outputs[0].token_ids
+    close_held(llm, right + [right[-1]], right)
     eng = llm.engine
-    eng.add(eng.make_request("r", longer, GREEDY, input_closed=False))
-    run(llm)
-    eng.close_input("r", reference=lambda: list(right))
     assert eng.step() == []  # the closing step computed every held id; the check fails
     seq = eng.requests["r"].seqs[0]
     assert seq.token_ids == right and seq.num_computed_tokens == len(right) - 1
     assert seq.num_pending_tokens == 1
-    eng.check_integrity()
-    outs = run(llm)
-    assert outs[-1].prompt_token_ids == right
-    assert outs[-1].outputs[0].token_ids == one_shot
-    assert_pool_full(llm)
+    assert_answers_one_shot(llm, right, one_shot)
 
 
 def test_matching_ids_answer_in_the_closing_step(llm: LLM) -> None:
     right = llm.tokenizer.encode(TEXT)
     one_shot = llm.generate([right], GREEDY)[0].outputs[0].token_ids
-    eng = llm.engine
-    eng.add(eng.make_request("r", right, GREEDY, input_closed=False))
-    run(llm)
-    eng.close_input("r", reference=lambda: list(right))
-    first = eng.step()
+    close_held(llm, right, right)
+    first = llm.engine.step()
     assert len(first) == 1 and first[0].outputs[0].token_ids == one_shot[:1]
     assert run(llm)[-1].outputs[0].token_ids == one_shot
     assert_pool_full(llm)

@@ -5,10 +5,9 @@ No torch headers and no build step at install: a source file compiles in well un
 second into ``$XDG_CACHE_HOME/thinkstream/kernels/<name>-<hash>.so`` (the hash covers the
 source and the compiler, so an edit rebuilds and the earlier build is removed; the file is
 written under a temporary name and renamed, so concurrent processes never load half a
-library). Where there is no
-compiler, the build fails, the CPU lacks the instructions, or ``THINKSTREAM_NATIVE=0`` is
-set, the loaders return None and callers keep their torch path: the kernels are an
-optimisation, never a requirement.
+library). Where there is no compiler, the build fails, the CPU lacks the instructions, or
+``THINKSTREAM_NATIVE=0`` is set, the loaders return None and callers keep their torch path:
+the kernels are an optimisation, never a requirement.
 """
 
 from __future__ import annotations
