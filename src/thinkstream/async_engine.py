@@ -212,7 +212,7 @@ class AsyncLLM:
         if not self.sessions.abort(session_id, reason):
             return False
         if state is not None:
-            self._deliver(session_id, state.make_output())
+            self._deliver(session_id, self._count_finished(state.make_output()))
         return True
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -248,8 +248,16 @@ class AsyncLLM:
         if not self.engine.abort(request_id):
             return False
         if state is not None:
-            self._deliver(request_id, state.make_output())
+            self._deliver(request_id, self._count_finished(state.make_output()))
         return True
+
+    def _count_finished(self, out: RequestOutput) -> RequestOutput:
+        """Count a finished request's sequences by finish reason (aborts included)."""
+        if out.finished:
+            for o in out.outputs:
+                reason = o.finish_reason or "unknown"
+                self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+        return out
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -275,10 +283,7 @@ class AsyncLLM:
                 self.stats.steps += 1
                 for out in outputs:
                     self.stats.generation_tokens += sum(len(o.new_token_ids) for o in out.outputs)
-                    if out.finished:
-                        for o in out.outputs:
-                            reason = o.finish_reason or "unknown"
-                            self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+                    self._count_finished(out)
                     self._deliver(out.request_id, out)
                 self._update_stats()
         except BaseException as exc:  # noqa: BLE001 - any failure must reach every caller
