@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from thinkstream.engine import LLMEngine
+from thinkstream.engine import LLMEngine, RequestError
+from thinkstream.output import RequestState
 from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
@@ -72,23 +73,15 @@ class AsyncLLM:
         ``salt``: prefix-cache namespace (requests share cached blocks only with the same salt)."""
         self._check_alive()
         state = self.engine.make_request(request_id, prompt, params, salt=salt)  # raises on bad input
-        rid = state.request_id
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        self._streams[rid] = (loop, q)
-        if self.dead is not None:  # died after the check above: its handler may not see us
-            self._streams.pop(rid, None)
-            self._check_alive()
-
-        def add() -> None:
-            try:
-                self.engine.add(state)
-                self.stats.prompt_tokens += len(state.prompt_token_ids)
-            except Exception as exc:  # e.g. a duplicate id: tell only this caller
-                self._deliver(rid, exc)
-
-        self._commands.put(add)
-        async for item in self._follow(rid, q, lambda: self.abort(rid)):
+        try:  # a refusal (a duplicate id, say) raises here and has touched nothing
+            await self.call(lambda _: self._add_now(state, (loop, q)))
+        except asyncio.CancelledError:  # the add may still run: undo it, if it was ours
+            self._commands.put(lambda: self._abort_own(state))
+            raise
+        async for item in self._follow(state.request_id, q,
+                                       lambda: self._commands.put(lambda: self._abort_own(state))):
             yield item
 
     async def _follow(
@@ -102,9 +95,14 @@ class AsyncLLM:
                 yield item
             finished = True
         finally:
-            self._streams.pop(key, None)
             if not finished:
                 on_abandon()
+            self._commands.put(lambda: self._drop_stream(key, q))
+
+    def in_use(self, request_id: str) -> bool:
+        """Whether a request or session holds ``request_id`` now (a read from any thread: a
+        check before admission; the engine thread's add stays the authority)."""
+        return request_id in self.engine.requests or request_id in self._streams
 
     def abort(self, request_id: str) -> None:
         """Abort a request (applied before the next step). A consumer still reading its
@@ -185,12 +183,12 @@ class AsyncLLM:
         stream early aborts the session."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        self._streams[session_id] = (loop, q)
-        try:
-            await self.call(lambda _: self.sessions.close(session_id, seq, data))
-        except BaseException:
-            self._streams.pop(session_id, None)
-            raise
+
+        def close() -> None:  # the stream is registered once the close is accepted
+            self.sessions.close(session_id, seq, data)
+            self._streams[session_id] = (loop, q)
+
+        await self.call(lambda _: close())
         return self._session_stream(session_id, q)
 
     def _session_stream(self, session_id: str, q: asyncio.Queue) -> AsyncIterator[RequestOutput]:
@@ -238,6 +236,27 @@ class AsyncLLM:
         subs = self._listeners.get(request_id)
         if subs:
             subs[:] = [(loop, q) for loop, q in subs if _post(loop, q.put_nowait, item)]
+
+    def _add_now(self, state: RequestState,
+                 target: tuple[asyncio.AbstractEventLoop, asyncio.Queue]) -> None:
+        """Queue a request and register its stream, or raise having touched neither."""
+        rid = state.request_id
+        if rid in self._streams:  # a closing session's answer, say: the engine may not know
+            raise RequestError("request_id", f"request_id: {rid!r} is already in use")
+        self.engine.add(state)
+        self._streams[rid] = target
+        self.stats.prompt_tokens += len(state.prompt_token_ids)
+
+    def _abort_own(self, state: RequestState) -> None:
+        """Abort the request ``state`` if it is still the one running under its id (never
+        another request that took the id since, or held it when ``state`` was refused)."""
+        if self.engine.requests.get(state.request_id) is state:
+            self._abort_now(state.request_id)
+
+    def _drop_stream(self, key: str, q: asyncio.Queue) -> None:
+        entry = self._streams.get(key)
+        if entry is not None and entry[1] is q:
+            del self._streams[key]
 
     def _abandon(self, request_id: str) -> None:
         if request_id not in self._streams and not self._abort_session_now(request_id, "client_gone"):

@@ -8,10 +8,10 @@ down; nothing is global.
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,7 +69,6 @@ class LLMEngine:
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(cfg.seed)
-        self._ids = itertools.count()
         self.num_preemptions = 0
         # Attached sequences (a session's reasoning stream, say): scheduled like any other,
         # owned by a request, finished with it; each sampled token goes to its hook, which
@@ -102,7 +101,7 @@ class LLMEngine:
         """Validate and tokenize a request without touching engine state (safe from any
         thread). Raises ``RequestError`` / ``ParamError`` before any block is taken."""
         params = params or SamplingParams()
-        request_id = request_id or f"req-{next(self._ids)}"
+        request_id = request_id or f"req-{uuid.uuid4().hex}"  # never one a caller chose
         ids = self.encode_prompt(prompt, allow_empty=not input_closed)
         self.check_length(len(ids), params)
         max_tokens = min(params.max_tokens or self.max_model_len, self.max_model_len - len(ids))

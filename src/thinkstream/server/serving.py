@@ -69,7 +69,8 @@ class Job:
         if st.draining:
             raise APIError(503, "the server is shutting down", None, "shutting_down",
                            {"Retry-After": str(st.config.retry_after_s)})
-        if self.public_id in st.live:
+        if self.public_id in st.live or any(
+                st.llm.in_use(self.engine_id(i)) for i in range(len(self.prompts))):
             raise APIError(400, "request_id is already in use by a running request",
                            "request_id", "duplicate_request_id")
         if not st.admission.try_admit(self.num_seqs):

@@ -21,8 +21,8 @@ runs it on its engine thread).
 
 from __future__ import annotations
 
-import itertools
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +82,6 @@ class SessionManager:
         self._open: dict[str, _Session] = {}
         self._ended: OrderedDict[str, _Session] = OrderedDict()  # closed or aborted, newest last
         self.remember = remember
-        self._ids = itertools.count()
 
     # ----------------------------------------------------------------- queries
     @property
@@ -129,8 +128,8 @@ class SessionManager:
              salt: object = None, thinking: ThinkConfig | None = None) -> SessionInfo:
         """``thinking``: reason about each input unit while the input streams (see
         ``thinking.controller``); the reasoning is reported as ``reasoning_content``."""
-        sid = session_id or f"sess-{next(self._ids)}"
-        if sid in self._open or sid in self._ended or sid in self.engine.requests:
+        sid = session_id or self._new_id()
+        if self._taken(sid):
             raise RequestError("session_id", f"session_id: {sid!r} is already in use")
         inp = SessionInput.open(self.engine.tokenizer, prompt, messages, self.window)
         self._check_size(len(inp.ids))
@@ -157,6 +156,17 @@ class SessionManager:
             s.think.on_input()
         return self.info(sid)
 
+    def _taken(self, sid: str) -> bool:
+        return sid in self._open or sid in self._ended or sid in self.engine.requests
+
+    def _new_id(self) -> str:
+        """A random id no session or request holds: callers may choose ids too (a request's
+        ``request_id``), so an automatic id is never one a client could take in advance."""
+        while True:
+            sid = f"sess-{uuid.uuid4().hex}"
+            if not self._taken(sid):
+                return sid
+
     def snapshot(self, sid: str) -> RequestOutput:
         """The session's output now (reasoning so far; ``finished`` once it is over), for a
         listener that joins late. Reports nothing: the next output's deltas are unchanged."""
@@ -181,6 +191,10 @@ class SessionManager:
         in the same engine command, so it is computed in the answer's first step rather
         than in a step of its own."""
         if data is not None:
+            s = self._get_open(sid)
+            ahead = s.input.plan_append(data, seq)  # changes nothing; raises on a bad chunk
+            if not ahead.duplicate:  # a close refused after its chunk went in would not be
+                self._check_close(s, s.input.after(ahead).plan_close(exact=False))  # clean
             self.append(sid, data, seq)
             seq = None if seq is None else seq + 1
         s = self._get_open(sid)
@@ -191,10 +205,7 @@ class SessionManager:
         # thinking needs the final ids now (notes and passes are placed by them); otherwise
         # the engine confirms the tail tokenizer's ids while the answer's first step runs
         plan = s.input.plan_close(exact=s.think is not None)
-        if not plan.ids:
-            raise SessionLimitError("input: empty at close", "input", "empty_input")
-        params = s.state.seqs[0].params
-        self._check_size(plan.num_tokens, params.max_tokens)
+        self._check_close(s, plan)
         self._edit(s, plan, closing=True)
         if plan.text is not None:
             s.state.prompt = plan.text
@@ -246,6 +257,11 @@ class SessionManager:
             self.engine.extend_input(s.sid, plan.edit.add)
         if s.think is not None and not closing:
             s.think.on_input()
+
+    def _check_close(self, s: _Session, plan: Plan) -> None:
+        if not plan.ids:
+            raise SessionLimitError("input: empty at close", "input", "empty_input")
+        self._check_size(plan.num_tokens, s.state.seqs[0].params.max_tokens)
 
     def _check_size(self, num_tokens: int, max_tokens: int | None = 0) -> None:
         if num_tokens > self.max_input_tokens:

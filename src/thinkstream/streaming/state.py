@@ -25,6 +25,7 @@ back until its remaining bytes arrive. Pure Python; no torch.
 from __future__ import annotations
 
 import codecs
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -229,6 +230,15 @@ class SessionInput:
         messages = [*self.messages, {"role": "user", "content": content}]  # type: ignore[misc]
         return lambda: list(tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True))
+
+    def after(self, plan: Plan) -> SessionInput:
+        """A copy of this input with ``plan`` committed (this one is unchanged): what a close
+        right after the update would see. Commits only rebind fields, so a shallow copy of
+        the input and of its tail tokenizer is independent."""
+        trial = copy.copy(self)
+        trial._tail = copy.copy(self._tail)
+        trial.commit(plan)
+        return trial
 
     def commit(self, plan: Plan, *, close: bool = False) -> None:
         if plan.duplicate:
