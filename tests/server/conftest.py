@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-import uvicorn
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream.async_engine import AsyncLLM
 from thinkstream.config import EngineConfig
 from thinkstream.engine import LLMEngine
-from thinkstream.server.app import DrainingServer, create_app
+from thinkstream.server.app import create_app
 from thinkstream.server.config import ServerConfig
+from thinkstream.server.lifecycle import DrainingServer, uvicorn_config
 
 TINY_ENGINE = dict(block_size=4, num_blocks=512, max_num_seqs=16, max_num_batched_tokens=256)
 
@@ -75,7 +80,8 @@ def live_server(llm: AsyncLLM, config: ServerConfig | None = None) -> Iterator[L
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    uv = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+    uv = uvicorn_config(app, app.state.server.config, log_level="warning",
+                        timeout_graceful_shutdown=2)
     server = DrainingServer(uv, app.state.server, app.state.server.config.shutdown_timeout)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -109,3 +115,69 @@ def wait_pool_full(llm, timeout: float = 20.0) -> None:
     assert not engine.requests, list(engine.requests)
     engine.check_integrity()
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+
+def slow_down(llm, delay: float) -> None:
+    """Make every engine step take at least ``delay`` s (test-only wrapper)."""
+    forward = llm.engine.runner.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(delay)
+        return forward(*args, **kwargs)
+
+    llm.engine.runner.forward = slow
+
+
+def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def server_process(tmp_path: Path, fields: dict | None = None,
+                   step_delay: float = 0.0) -> Iterator[Proc]:
+    """``serve_tiny.py`` as a child process (stdout and stderr into one log file); killed
+    on the way out if still running."""
+    import httpx
+
+    log = tmp_path / "server.log"
+    script = Path(__file__).with_name("serve_tiny.py")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(script), json.dumps(fields or {}),
+                                 str(step_delay)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        port = None
+        while port is None:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the server process did not start"
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("PORT "):
+                    port = int(line.split()[1])
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the server process does not answer"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield Proc(proc, url, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -18,7 +18,7 @@ ALLOWED = "https://app.example.com"
 @pytest.fixture(scope="module")
 def secured():
     llm = tiny_llm()
-    cfg = ServerConfig(served_model_name="tiny", api_key=KEY, allowed_origins=(ALLOWED,))
+    cfg = ServerConfig(served_model_name="tiny", api_keys=(KEY,), allowed_origins=(ALLOWED,))
     with live_server(llm, cfg) as live:
         yield live
     llm.shutdown()

@@ -11,31 +11,13 @@ import time
 
 import httpx
 import pytest
-from conftest import live_server, tiny_llm
+from conftest import live_server, slow_down, tiny_llm, wait_for
 
 from thinkstream.request import SeqStatus
 from thinkstream.server.config import ServerConfig
 
 LONG = {"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 400,
         "ignore_eos": True, "temperature": 0}
-
-
-def slow_down(llm, delay: float) -> None:
-    """Make every engine step take at least ``delay`` s (test-only wrapper)."""
-    forward = llm.engine.runner.forward
-
-    def slow(*args, **kwargs):
-        time.sleep(delay)
-        return forward(*args, **kwargs)
-
-    llm.engine.runner.forward = slow
-
-
-def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ def llm():
     llm.shutdown()
 
 
-def make_client(llm, api_key: str | None = None, **limits) -> TestClient:
-    cfg = ServerConfig(served_model_name="tiny", api_key=api_key)
+def make_client(llm, api_keys: tuple[str, ...] = ("k1", "k2"), **limits) -> TestClient:
+    cfg = ServerConfig(served_model_name="tiny", api_keys=api_keys)
     return TestClient(create_app(llm, cfg, SessionLimits(**limits)))
 
 
@@ -92,7 +92,7 @@ def test_close_with_last_chunk(client: TestClient) -> None:
     assert done.status_code == 200, done.text
     want = one_shot(client, "What is the capital of France?")
     assert done.json()["choices"][0]["message"]["content"] == want
-    with client.websocket_connect("/v1/sessions/ws") as ws:
+    with client.websocket_connect("/v1/sessions/ws", headers=KEY) as ws:
         ws.send_json({"type": "open", **OPEN})
         assert ws.receive_json()["type"] == "opened"
         ws.send_json({"type": "append", "text": "What is the capital ", "seq": 0})
@@ -199,7 +199,7 @@ def test_idle_timeout_frees_blocks(llm) -> None:
 
 
 def test_websocket_flow(client: TestClient) -> None:
-    with client.websocket_connect("/v1/sessions/ws") as ws:
+    with client.websocket_connect("/v1/sessions/ws", headers=KEY) as ws:
         ws.send_json({"type": "open", **OPEN})
         opened = ws.receive_json()
         assert opened["type"] == "opened"
@@ -225,7 +225,7 @@ def test_websocket_flow(client: TestClient) -> None:
 
 
 def test_websocket_disconnect_aborts(client: TestClient, llm) -> None:
-    with client.websocket_connect("/v1/sessions/ws") as ws:
+    with client.websocket_connect("/v1/sessions/ws", headers=KEY) as ws:
         ws.send_json({"type": "open", "prompt": "The quick brown fox jumps over", "max_tokens": 4})
         sid = ws.receive_json()["session"]["id"]
         ws.send_json({"type": "append", "text": " the lazy dog", "seq": 0})
@@ -236,7 +236,7 @@ def test_websocket_disconnect_aborts(client: TestClient, llm) -> None:
 
 
 def test_websocket_needs_the_key(llm) -> None:
-    with make_client(llm, api_key="secret") as c:
+    with make_client(llm, api_keys=("secret",)) as c:
         with c.websocket_connect("/v1/sessions/ws") as ws:
             assert ws.receive_json()["error"]["code"] == "invalid_api_key"
         with c.websocket_connect("/v1/sessions/ws?api_key=secret") as ws:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 from thinkstream.server.config import ServerConfig
 
@@ -12,10 +13,13 @@ from thinkstream.server.config import ServerConfig
 def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None,
-                   help="require this key (Bearer); default: $THINKSTREAM_API_KEY if set")
+    p.add_argument("--api-key", action="append", default=[],
+                   help="accept this key (Bearer); repeatable, each key owns its sessions "
+                        "and requests; default: $THINKSTREAM_API_KEY if set")
+    p.add_argument("--api-key-file", action="append", default=[],
+                   help="accept the keys in this file, one per line ('#' comments); repeatable")
     p.add_argument("--allowed-origins", action="append", default=[],
-                   help="CORS origin to allow (repeatable); none by default")
+                   help="CORS / WebSocket origin to allow (repeatable); none by default")
     p.add_argument("--served-model-name", default=None,
                    help="model id clients use (default: the model argument or smollm2-135m)")
     p.add_argument("--max-queue", type=int, default=256,
@@ -26,42 +30,57 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-stop-len", type=int, default=256)
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="seconds SIGTERM waits for requests in flight")
+                   help="seconds SIGTERM waits for requests and sessions in flight")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send its request headers")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--max-connections", type=int, default=1024,
+                   help="open connections past which a new one gets 503")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
 
 
+def read_key_files(paths: list[str]) -> list[str]:
+    """Keys from files, one per line; blank lines and lines starting with '#' are skipped."""
+    keys = []
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--api-key-file: cannot read {path}: {exc.strerror}") from None
+        keys += [line.strip() for line in text.splitlines()
+                 if line.strip() and not line.strip().startswith("#")]
+    return keys
+
+
 def server_config(args: argparse.Namespace) -> ServerConfig:
+    keys = list(args.api_key) + read_key_files(args.api_key_file)
+    if not keys and os.environ.get("THINKSTREAM_API_KEY"):
+        keys = [os.environ["THINKSTREAM_API_KEY"]]
     return ServerConfig(
-        host=args.host, port=args.port,
-        api_key=args.api_key or os.environ.get("THINKSTREAM_API_KEY") or None,
+        host=args.host, port=args.port, api_keys=tuple(keys),
         allowed_origins=tuple(args.allowed_origins),
         served_model_name=args.served_model_name or args.model or "smollm2-135m",
         max_queue=args.max_queue, max_n=args.max_n, max_logprobs=args.max_logprobs,
         max_stop=args.max_stop, max_stop_len=args.max_stop_len,
         max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout,
+        header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from thinkstream.async_engine import AsyncLLM
     from thinkstream.cli import engine_config
     from thinkstream.engine import LLMEngine
-    from thinkstream.server.app import DrainingServer, create_app
+    from thinkstream.server.app import create_app
+    from thinkstream.server.lifecycle import serve
 
     config = server_config(args)  # validate flags before loading the model
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     llm = AsyncLLM(LLMEngine(args.model, engine_config(args)))
-    app = create_app(llm, config)
-    uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level,
-                        timeout_graceful_shutdown=5, lifespan="off")
-    try:
-        DrainingServer(uv, app.state.server, config.shutdown_timeout).run()
-    finally:
-        llm.shutdown()
-    return 0
+    return serve(create_app(llm, config), args.log_level)
 
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:

@@ -11,12 +11,20 @@ class ServerConfig:
 
     ``max_queue`` bounds the sequences waiting beyond the engine's running slots: a request
     is admitted (all of its ``n`` sequences at once) only while running + waiting + its own
-    stay within ``max_num_seqs + max_queue``; otherwise it gets 429 with ``Retry-After``.
+    stay within ``max_num_seqs + max_queue``; otherwise it gets 429 with ``Retry-After``
+    (400 if it could never fit). Open sessions count against the same capacity.
+
+    ``api_keys``: every key that may use the server; each key owns the sessions and
+    requests it makes. With none, every client is the same anonymous owner.
+
+    Connections: ``header_timeout`` closes a connection whose request headers are not all
+    in after that many seconds, ``keep_alive_timeout`` an idle keep-alive connection, and
+    past ``max_connections`` open connections a new one is answered 503 and closed.
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_keys: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     served_model_name: str = "thinkstream"
     max_queue: int = 256
@@ -28,20 +36,29 @@ class ServerConfig:
     max_request_id_len: int = 128
     shutdown_timeout: float = 30.0
     retry_after_s: int = 1
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key must not be empty")
+        for key in self.api_keys:
+            if not isinstance(key, str) or not key.strip() or key != key.strip():
+                raise ValueError("api_keys: a key must be a non-empty string without "
+                                 "surrounding whitespace")
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
         for name in ("max_queue", "shutdown_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        for name in ("header_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
         for name in ("max_n", "max_stop", "max_stop_len", "max_body_bytes", "max_request_id_len",
-                     "retry_after_s"):
+                     "retry_after_s", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_logprobs < 0:

@@ -1,12 +1,15 @@
 """Prometheus metrics, one ``CollectorRegistry`` per app (no process-global state).
 
 Latency histograms are observed by the routes as outputs reach them (what a client sees);
-engine gauges and token counters are read from ``AsyncLLM.stats`` at scrape time.
+token counters and finish reasons (aborts included) are read from ``AsyncLLM.stats``, and
+the gauges (running, waiting, KV blocks) from the engine itself, at scrape time: a scrape
+during a long step sees the requests admitted since it began as waiting.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,8 +23,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _EngineCollector(Collector):
-    def __init__(self, llm: AsyncLLM, model: str) -> None:
-        self.llm, self.model = llm, model
+    def __init__(self, llm: AsyncLLM, model: str, queued: Callable[[], int]) -> None:
+        self.llm, self.model, self.queued = llm, model, queued
 
     def collect(self):
         s, labels = self.llm.stats, [self.model]
@@ -36,13 +39,20 @@ class _EngineCollector(Collector):
             c.add_metric(labels, value)
             return c
 
-        yield gauge("num_requests_running", "Sequences in the running batch.", s.num_running)
-        yield gauge("num_requests_waiting", "Sequences waiting to be scheduled.", s.num_waiting)
-        yield gauge("kv_blocks_used", "KV cache blocks in use.", s.kv_blocks_used)
-        yield gauge("kv_blocks_total", "KV cache blocks in the pool.", s.kv_blocks_total)
-        yield gauge("kv_cache_usage_ratio", "Fraction of KV blocks in use.",
-                    s.kv_blocks_used / max(1, s.kv_blocks_total))
-        yield gauge("prefix_cache_hit_rate", "Prefix-cache hit rate (tokens).", s.prefix_hit_rate)
+        # Read now, from the engine thread's structures: lengths and counters are single
+        # reads, so a scrape mid-step sees a consistent-enough snapshot without waiting.
+        engine = self.llm.engine
+        running = len(engine.scheduler.running)
+        waiting = len(engine.scheduler.waiting) + self.queued()
+        total = engine.kv.num_blocks
+        used = total - engine.kv.num_free_blocks
+        yield gauge("num_requests_running", "Sequences in the running batch.", running)
+        yield gauge("num_requests_waiting", "Sequences waiting to be scheduled.", waiting)
+        yield gauge("kv_blocks_used", "KV cache blocks in use.", used)
+        yield gauge("kv_blocks_total", "KV cache blocks in the pool.", total)
+        yield gauge("kv_cache_usage_ratio", "Fraction of KV blocks in use.", used / max(1, total))
+        yield gauge("prefix_cache_hit_rate", "Prefix-cache hit rate (tokens).",
+                    engine.kv.prefix_hit_rate)
         yield gauge("engine_healthy", "1 while the engine loop runs.", float(self.llm.dead is None))
         yield counter("prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens)
         yield counter("generation_tokens", "Tokens generated.", s.generation_tokens)
@@ -55,10 +65,14 @@ class _EngineCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, llm: AsyncLLM, model: str) -> None:
+    """``queued``: sequences the server admitted that have not reached the engine yet (they
+    wait in its command queue while a step runs); counted as waiting."""
+
+    def __init__(self, llm: AsyncLLM, model: str, queued: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         self.model = model
-        self.registry.register(_EngineCollector(llm, model))
+        self.queued = queued
+        self.registry.register(_EngineCollector(llm, model, lambda: self.queued()))
 
         def hist(name: str, doc: str) -> Histogram:
             return Histogram(f"thinkstream_{name}", doc, ["model_name"],

@@ -1,10 +1,10 @@
 """The OpenAI-compatible endpoints: ``/v1/models``, ``/v1/completions``,
 ``/v1/chat/completions`` and ``/v1/requests/{id}/cancel``.
 
-A request goes: raw body -> JSON object -> pydantic model (``protocol``) -> caps from
-``ServerConfig`` -> ``SamplingParams`` -> token ids with the context checked -> admission
--> engine. Every refusal happens before admission, so a bad request never takes a KV
-block. Output shapes live in ``formatting``.
+A request goes: ``Content-Type: application/json`` (else 415) -> raw body -> JSON object
+-> pydantic model (``protocol``) -> caps from ``ServerConfig`` -> ``SamplingParams`` ->
+token ids with the context checked -> admission -> engine. Every refusal happens before
+admission, so a bad request never takes a KV block. Output shapes live in ``formatting``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
+from thinkstream.server.auth import request_owner
 from thinkstream.server.errors import APIError, to_api_error
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
@@ -30,7 +31,7 @@ from thinkstream.server.serving import ClientGone, Job, ServerState, until_disco
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 _SEED_MOD = 1 << 62  # the engine seeds sequence i with seed + i: keep that in range
-_ERRORS = {code: {"model": P.ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503)}
+_ERRORS = {code: {"model": P.ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 500, 503)}
 
 
 def _body_doc(model: type[BaseModel]) -> dict:
@@ -43,7 +44,18 @@ def server_state(request: Request) -> ServerState:
 
 
 # ------------------------------------------------------------------ parsing
+def check_json_content_type(request: Request) -> None:
+    """415 unless the body is declared ``application/json``: a browser sends a cross-site
+    POST without a pre-flight only as ``text/plain``, form data or no type, so a web page
+    cannot drive the server."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise APIError(415, "Content-Type must be application/json", None,
+                       "unsupported_media_type")
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
+    check_json_content_type(request)
     raw = await request.body()
     try:
         text = raw.decode("utf-8")
@@ -58,33 +70,10 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        param = _param_name(err["loc"])
-        msg = _UNION_HINTS.get(param or "", err["msg"]) if err["type"] != "value_error" \
-            else err["msg"]
-        raise APIError(400, f"{param or 'body'}: {msg}", param, "invalid_type") from None
+        param, message = P.describe_error(exc)
+        raise APIError(400, message, param, "invalid_type") from None
     except RecursionError:
         raise APIError(400, "the request body is nested too deeply", None, "invalid_body") from None
-
-
-_UNION_HINTS = {
-    "prompt": "must be a string, a list of strings, a list of token ids or a list of lists "
-              "of token ids",
-    "stop": "must be a string or a list of strings",
-}
-
-
-def _param_name(loc: tuple) -> str | None:
-    name = ""
-    for part in loc:
-        if isinstance(part, int):
-            name += f"[{part}]"
-        elif part in ("str", "list[str]", "list[int]", "list[list[int]]", "TextPart",
-                      "function-after[_valid_unicode(), str]") or "[" in str(part):
-            continue  # pydantic names union members in the location; drop them
-        else:
-            name += f".{part}" if name else str(part)
-    return name or None
 
 
 def _check_model(state: ServerState, model: str | None) -> None:
@@ -234,7 +223,8 @@ async def completions(request: Request) -> Response:
     encoded = [state.llm.engine.encode_prompt(p) for p in prompts]
     for ids in encoded:
         _check_context(state, ids, params, "prompt")
-    job = Job(state, _public_id(request, body, "cmpl"), encoded, params)
+    job = Job(state, _public_id(request, body, "cmpl"), encoded, params,
+              request_owner(request.scope))
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
                               state.llm.tokenizer, prompts, encoded, body.echo,
                               body.logprobs, params.n)
@@ -274,7 +264,8 @@ async def chat_completions(request: Request) -> Response:
     except RequestError as exc:
         raise APIError(400, str(exc).replace("prompt", "messages", 1), "messages") from None
     _check_context(state, ids, params, "messages")
-    job = Job(state, _public_id(request, body, "chatcmpl"), [ids], params)
+    job = Job(state, _public_id(request, body, "chatcmpl"), [ids], params,
+              request_owner(request.scope))
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
                         len(ids), logprobs, params.n)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -284,8 +275,9 @@ async def chat_completions(request: Request) -> Response:
 
 @router.post("/v1/requests/{request_id}/cancel", responses=_ERRORS)
 async def cancel_request(request_id: str, request: Request) -> Response:
-    """Abort a running request by its id (the response ``id`` / ``X-Request-Id``)."""
-    job = server_state(request).live.get(request_id)
+    """Abort a running request by its id (the response ``id`` / ``X-Request-Id``); only
+    the API key that made it may (another key's request is a 404)."""
+    job = server_state(request).live.get((request_owner(request.scope), request_id))
     if job is None or not await job.cancel():
         return JSONResponse(P.ErrorResponse(error=P.ErrorDetail(
             message="no running request with this id", type="not_found_error",

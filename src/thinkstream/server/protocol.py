@@ -9,9 +9,10 @@ Unknown fields are ignored, as OpenAI and vLLM do.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 SEED_MAX = 2**63 - 1
 
@@ -200,3 +201,63 @@ def schema_components(*models: type[BaseModel]) -> dict[str, Any]:
         out.update(schema.pop("$defs", {}))
         out[m.__name__] = schema
     return out
+
+
+# ------------------------------------------------------------ validation errors
+_VALIDATOR = re.compile(r"function-[a-z-]+\[[^,\[\]]*, ([^\[\]]*(?:\[[^\[\]]*\])?)\]")
+_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean",
+          "list[str]": "a list of strings", "list[int]": "a list of token ids",
+          "list[list[int]]": "a list of lists of token ids", "list[TextPart]": "a list of text parts"}
+
+
+def _tag(part: Any) -> str | None:
+    """The type a union member's location part names (pydantic puts it in ``loc``), with
+    validators stripped (``function-after[_valid_unicode(), str]`` -> ``str``); None for a
+    field name or an index."""
+    if not isinstance(part, str):
+        return None
+    while (m := _VALIDATOR.search(part)) is not None:
+        part = part[:m.start()] + m.group(1) + part[m.end():]
+    return part if part in _WORDS or "[" in part or part[:1].isupper() else None
+
+
+def _path(loc: tuple) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif _tag(part) is None:
+            name += f".{part}" if name else str(part)
+    return name
+
+
+def _problem(err: dict) -> str:
+    if err["type"] in ("value_error", "assertion_error") and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])
+    msg = err["msg"]
+    if msg == "Field required":
+        return "is required"
+    return "must be " + msg[len("Input should be "):] if msg.startswith("Input should be ") else msg
+
+
+def describe_error(exc: ValidationError) -> tuple[str | None, str]:
+    """``(param, message)`` for a client: the field and what is wrong with it, in words
+    (no pydantic internals). A value that matches no member of a union is told the types
+    it may have; one that has a member's shape but a bad value is told that value's fault."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    cut = next((i for i, p in enumerate(first["loc"]) if _tag(p) is not None), None)
+    if cut is None:  # not a union: the field and its problem
+        param = _path(first["loc"]) or None
+        return param, f"{param or 'body'}: {_problem(first)}"
+    base = first["loc"][:cut]
+    group = [e for e in errors if e["loc"][:cut] == base and len(e["loc"]) > cut
+             and _tag(e["loc"][cut]) is not None]
+    param = _path(base) or None
+    bad_value = [e for e in group if not e["type"].endswith("_type")]
+    if len(bad_value) == 1:
+        return param, f"{_path(bad_value[0]['loc'])}: {_problem(bad_value[0])}"
+    kinds = list(dict.fromkeys(_WORDS.get(t, t) for e in group
+                               if (t := _tag(e["loc"][cut])) is not None))
+    allowed = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+    return param, f"{param or 'body'}: must be {allowed}"

@@ -1,10 +1,15 @@
 """Running one HTTP request on the engine: admission, fan-out over prompts, disconnects.
 
 A ``Job`` holds the engine requests made for one HTTP request (one per prompt; each has
-the request's ``n`` sequences). It is admitted whole or refused with 429, registered under
-its public id (for ``/v1/requests/{id}/cancel``), and merges the prompts' output streams.
-Whatever ends it (completion, a client disconnect, a cancel, an engine failure), leaving
-``outputs()`` aborts every engine request still running and releases its admission.
+the request's ``n`` sequences). It is admitted whole or refused (429 while the server is
+full, 400 if it could never fit), registered under its owner and public id (for
+``/v1/requests/{id}/cancel``), and merges the prompts' output streams. Whatever ends it
+(completion, a client disconnect, a cancel, an engine failure), leaving ``outputs()``
+aborts every engine request still running and releases its admission.
+
+Ids are per owner (``auth``): the engine id of a request made with an API key is
+``<owner>/<public id>``, so two keys may use the same id and neither reaches the other's
+request; the client only ever sees its public id.
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import Request
 
 from thinkstream.async_engine import AsyncLLM, EngineDeadError
 from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
+from thinkstream.server.auth import ANONYMOUS, KeyRing
 from thinkstream.server.config import ServerConfig
 from thinkstream.server.errors import APIError
 from thinkstream.server.limits import Admission
 from thinkstream.server.metrics import RequestTimer, ServerMetrics
+
+if TYPE_CHECKING:
+    from thinkstream.server.session_hub import SessionHub
 
 T = TypeVar("T")
 
@@ -36,9 +45,50 @@ class ServerState:
     config: ServerConfig
     metrics: ServerMetrics
     admission: Admission
-    live: dict[str, Job] = field(default_factory=dict)
+    keys: KeyRing = field(default_factory=KeyRing)
+    live: dict[tuple[str, str], Job] = field(default_factory=dict)  # (owner, public id)
+    hub: SessionHub | None = None  # the streaming-input sessions
     draining: bool = False
     started: float = field(default_factory=time.time)
+
+    def check_open(self) -> None:
+        """503 when the engine has stopped or the server is shutting down."""
+        if self.llm.dead is not None:
+            raise APIError(503, "the engine has stopped", None, "engine_unavailable")
+        if self.draining:
+            raise APIError(503, "the server is shutting down", None, "shutting_down",
+                           {"Retry-After": str(self.config.retry_after_s)})
+
+    def admit(self, num_seqs: int, param: str | None = "n") -> None:
+        """Take ``num_seqs`` sequences of the admission capacity, or raise: 400 if they
+        could never fit, 429 (with ``Retry-After``) while the server is full."""
+        capacity = self.admission.capacity
+        if num_seqs > capacity:
+            raise APIError(400, f"{param or 'request'}: {num_seqs} sequences can never be "
+                           f"admitted; the server holds at most {capacity} (max_num_seqs + "
+                           "max_queue)", param, "exceeds_capacity")
+        if not self.admission.try_admit(num_seqs):
+            raise APIError(429, "the server is at capacity; retry later", None,
+                           "queue_full", {"Retry-After": str(self.config.retry_after_s)})
+
+    def queued_seqs(self) -> int:
+        """Sequences of admitted requests the engine has not taken in yet (a metrics gauge;
+        read from the event loop while the engine thread steps: membership tests only)."""
+        engine = self.llm.engine
+        return sum(job.params.n for job in list(self.live.values())
+                   for i in range(len(job.prompts))
+                   if i not in job.answered and job.engine_id(i) not in engine.requests)
+
+    def in_flight(self) -> int:
+        """Requests and sessions (open or answering) still running: what a drain waits for."""
+        return len(self.live) + (self.hub.num_live() if self.hub is not None else 0)
+
+    async def abort_all(self) -> None:
+        """Abort every request and session in flight (streams end with ``abort``)."""
+        for job in list(self.live.values()):
+            await job.cancel()
+        if self.hub is not None:
+            await self.hub.abort_all()
 
 
 class ClientGone(Exception):
@@ -51,40 +101,37 @@ class Job:
     public_id: str
     prompts: list[list[int]]
     params: SamplingParams
+    owner: str = ANONYMOUS
     timer: RequestTimer | None = None
     admitted: bool = False
+    answered: set[int] = field(default_factory=set)  # prompts with an output so far
 
     @property
     def num_seqs(self) -> int:
         return len(self.prompts) * self.params.n
 
     def engine_id(self, i: int) -> str:
-        return self.public_id if len(self.prompts) == 1 else f"{self.public_id}#p{i}"
+        base = self.public_id if self.owner == ANONYMOUS else f"{self.owner}/{self.public_id}"
+        return base if len(self.prompts) == 1 else f"{base}#p{i}"
 
     def admit(self) -> None:
-        """Admit all sequences or raise 429 / 503; registers the job for cancels."""
+        """Admit all sequences or raise 503 / 400 / 429; registers the job for cancels."""
         st = self.state
-        if st.llm.dead is not None:
-            raise APIError(503, "the engine has stopped", None, "engine_unavailable")
-        if st.draining:
-            raise APIError(503, "the server is shutting down", None, "shutting_down",
-                           {"Retry-After": str(st.config.retry_after_s)})
-        if self.public_id in st.live or any(
+        st.check_open()
+        if (self.owner, self.public_id) in st.live or any(
                 st.llm.in_use(self.engine_id(i)) for i in range(len(self.prompts))):
             raise APIError(400, "request_id is already in use by a running request",
                            "request_id", "duplicate_request_id")
-        if not st.admission.try_admit(self.num_seqs):
-            raise APIError(429, "the server is at capacity; retry later", None,
-                           "queue_full", {"Retry-After": str(st.config.retry_after_s)})
+        st.admit(self.num_seqs, "n" if len(self.prompts) == 1 else "prompt")
         self.admitted = True
-        st.live[self.public_id] = self
+        st.live[(self.owner, self.public_id)] = self
         self.timer = RequestTimer(st.metrics)
 
     def release(self) -> None:
         if self.admitted:
             self.admitted = False
             self.state.admission.release(self.num_seqs)
-            self.state.live.pop(self.public_id, None)
+            self.state.live.pop((self.owner, self.public_id), None)
 
     async def cancel(self) -> bool:
         hits = [await self.state.llm.cancel(self.engine_id(i)) for i in range(len(self.prompts))]
@@ -117,6 +164,7 @@ class Job:
                     raise EngineDeadError("request cancelled inside the engine wrapper")
                 if isinstance(item, BaseException):
                     raise item
+                self.answered.add(i)
                 if self.timer is not None:
                     self.timer.tokens(sum(len(o.new_token_ids) for o in item.outputs))
                 yield i, item

@@ -1,23 +1,27 @@
 """``SessionHub``: streaming-input sessions for the server, with their limits.
 
 Transport-independent (the HTTP routes and the WebSocket both use it): it checks who owns a
-session (its API key; others get 404), how many open sessions a key has, the size and rate
-of chunks, and closes sessions idle past ``idle_timeout_s`` (reason ``idle_timeout``, blocks
-freed). Every refusal is an ``APIError`` with a 4xx status; session conflicts (a sequence
-gap, input after close) are 409 and carry the expected number in the message and in the
-``X-Expected-Seq`` header. Engine work goes through ``AsyncLLM``'s session commands.
+session (its owner, ``auth``; others get 404), how many open sessions an owner has, the size
+and rate of chunks, and closes sessions idle past ``idle_timeout_s`` (reason
+``idle_timeout``, blocks freed). Every refusal is an ``APIError`` with a 4xx status; session
+conflicts (a sequence gap, input after close) are 409 and carry the expected number in the
+message and in the ``X-Expected-Seq`` header. Engine work goes through ``AsyncLLM``'s
+session commands.
+
+A session is *live* from its open until its answer has streamed (or it is aborted): it holds
+its sequences of the server's admission capacity (``ServerState.admit``) all that time, and
+a drain (``lifecycle``) waits for it. Opens are refused with 503 while the server drains.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from thinkstream.async_engine import AsyncLLM
 from thinkstream.engine import RequestError
 from thinkstream.request import RequestOutput
 from thinkstream.sampling_params import ParamError, SamplingParams
@@ -30,6 +34,9 @@ from thinkstream.streaming.errors import (
     SessionNotFoundError,
 )
 from thinkstream.streaming.sessions import SessionInfo, UpdateResult
+
+if TYPE_CHECKING:
+    from thinkstream.server.serving import ServerState
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,6 @@ class SessionLimits:
             raise ValueError("max_tokens_per_session must be >= 1")
 
 
-def key_id(raw: bytes | None) -> str:
-    """A stable, non-secret name for an API key (the key itself is never stored)."""
-    return "anonymous" if raw is None else hashlib.sha256(raw).hexdigest()[:16]
-
-
 def api_error(exc: BaseException) -> BaseException:
     """A session or engine error as the APIError the client is told (others unchanged)."""
     if isinstance(exc, SessionNotFoundError):
@@ -78,13 +80,17 @@ class _Owned:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tokens: float = 0.0  # rate bucket
     refilled: float = field(default_factory=time.monotonic)
-    open: bool = True
+    open: bool = True  # input still open (counts against the owner's session limit)
     view: tuple[int | None, int, bool] = (None, 1, False)  # answer format: logprobs, n, thinking
+    num_seqs: int = 1  # admission held while live
+    live: bool = True  # open or answering: admission held, a drain waits for it
+    streaming: bool = False  # the answer stream is being read
 
 
 class SessionHub:
-    def __init__(self, llm: AsyncLLM, limits: SessionLimits | None = None) -> None:
-        self.llm = llm
+    def __init__(self, state: ServerState, limits: SessionLimits | None = None) -> None:
+        self.state = state
+        self.llm = llm = state.llm
         self.limits = limits = limits or SessionLimits()
         context = llm.engine.max_model_len - 1  # the engine enforces this limit per update
         llm.sessions.max_input_tokens = min(limits.max_tokens_per_session or context, context)
@@ -116,6 +122,16 @@ class SessionHub:
                            {"Retry-After": "1"})
         owned.tokens -= 1
 
+    def num_live(self) -> int:
+        return sum(o.live for o in self._owned.values())
+
+    def _finish(self, sid: str) -> None:
+        """The session is over for the server: its admission is released (once)."""
+        owned = self._owned.get(sid)
+        if owned is not None and owned.live:
+            owned.live = False
+            self.state.admission.release(owned.num_seqs)
+
     def _ended(self, sid: str) -> None:
         """The session is over: still answerable (GET) while the engine remembers it, then
         forgotten with it, oldest first, so the records stay bounded."""
@@ -125,7 +141,11 @@ class SessionHub:
         owned.open = False
         self._over[sid] = None
         while len(self._over) > self.llm.sessions.remember:
-            self._owned.pop(self._over.popitem(last=False)[0], None)
+            self._drop(self._over.popitem(last=False)[0])
+
+    def _drop(self, sid: str) -> None:
+        self._finish(sid)
+        self._owned.pop(sid, None)
 
     def view(self, key: str, sid: str) -> tuple[int | None, int, bool]:
         """How the session's answer is formatted (set at open)."""
@@ -142,6 +162,7 @@ class SessionHub:
                    messages: list[dict] | None, params: SamplingParams,
                    thinking=None, view: tuple[int | None, int, bool] = (None, 1, False),
                    ) -> SessionInfo:
+        self.state.check_open()
         self.start_reaper()
         if self.open_count(key) >= self.limits.max_sessions_per_key:
             raise APIError(429, f"at most {self.limits.max_sessions_per_key} open sessions per "
@@ -149,9 +170,16 @@ class SessionHub:
         if isinstance(prompt, str) and len(prompt) > self.limits.max_chunk_chars:
             raise APIError(413, f"prompt: at most {self.limits.max_chunk_chars} characters",
                            "prompt", "chunk_too_large")
-        info = await self._run(self.llm.open_session(prompt, messages, params,
-                                                     thinking=thinking))
-        self._owned[info.session_id] = _Owned(key, tokens=self.limits.chunk_burst, view=view)
+        num_seqs = params.n + (thinking is not None)  # a thinking session's reasoning sequence
+        self.state.admit(num_seqs)
+        try:
+            info = await self._run(self.llm.open_session(prompt, messages, params,
+                                                         thinking=thinking))
+        except BaseException:
+            self.state.admission.release(num_seqs)
+            raise
+        self._owned[info.session_id] = _Owned(key, tokens=self.limits.chunk_burst, view=view,
+                                              num_seqs=num_seqs)
         return info
 
     async def append(self, key: str, sid: str, data: str | bytes | Sequence[int],
@@ -176,7 +204,18 @@ class SessionHub:
                 self._take_chunk(owned, len(data))
             stream = await self._run(self.llm.close_session(sid, seq, data))
             self._ended(sid)
-            return stream
+            return self._answer(sid, owned, stream)
+
+    async def _answer(self, sid: str, owned: _Owned,
+                      stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+        """The answer stream; the session stops being live when it ends or is left."""
+        owned.streaming = True
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            self._finish(sid)
+            await stream.aclose()  # aborts the session if left early (no await inside)
 
     async def info(self, key: str, sid: str) -> SessionInfo:
         self._session(key, sid)
@@ -185,7 +224,22 @@ class SessionHub:
     async def abort(self, key: str, sid: str, reason: str = "abort") -> bool:
         self._session(key, sid)
         self._ended(sid)
+        self._finish(sid)
         return await self._run(self.llm.abort_session(sid, reason))
+
+    async def abort_all(self, reason: str = "abort") -> None:
+        """Abort every live session (shutdown). An answer being streamed ends with
+        ``finish_reason="abort"`` and stays live until its stream has sent that."""
+        for sid, owned in list(self._owned.items()):
+            if not owned.live:
+                continue
+            if not owned.streaming:
+                self._ended(sid)
+                self._finish(sid)
+            try:
+                await self.llm.abort_session(sid, reason)
+            except Exception:  # noqa: BLE001 - the engine died: nothing left to abort
+                self._finish(sid)
 
     # --------------------------------------------------------------- idle reaper
     def start_reaper(self) -> None:
@@ -198,7 +252,21 @@ class SessionHub:
         for sid in ids:
             await self.llm.abort_session(sid, "idle_timeout")
             self._ended(sid)
+            self._finish(sid)
+        await self._settle_unread()
         return ids
+
+    async def _settle_unread(self) -> None:
+        """A closed session whose answer stream was never read (its client left before the
+        response started) is over once the engine says so: release it."""
+        for sid, owned in list(self._owned.items()):
+            if owned.live and not owned.open and not owned.streaming:
+                try:
+                    over = (await self.llm.session_info(sid)).state in ("finished", "aborted")
+                except SessionNotFoundError:
+                    over = True
+                if over:
+                    self._finish(sid)
 
     async def _reap_forever(self) -> None:
         period = min(1.0, self.limits.idle_timeout_s / 4)
@@ -213,7 +281,7 @@ class SessionHub:
     def _forget(self, keep: int = 4096) -> None:
         ended = [sid for sid, o in self._owned.items() if not o.open]
         for sid in ended[: max(0, len(ended) - keep)]:
-            del self._owned[sid]
+            self._drop(sid)
 
     def shutdown(self) -> None:
         if self._reaper is not None:

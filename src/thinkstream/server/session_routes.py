@@ -54,11 +54,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from thinkstream.request import RequestOutput
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
-from thinkstream.server.auth import presented_key
+from thinkstream.server.auth import request_owner
 from thinkstream.server.errors import APIError, to_api_error
 from thinkstream.server.openai_routes import _check_model, chat_params, parse_body
 from thinkstream.server.serving import ClientGone, until_disconnect
-from thinkstream.server.session_hub import SessionHub, SessionLimits, key_id
+from thinkstream.server.session_hub import SessionHub
 from thinkstream.streaming.sessions import SessionInfo, UpdateResult
 
 
@@ -133,13 +133,6 @@ class SessionCloseRequest(P._Body):
 
 
 # ------------------------------------------------------------------ plumbing
-def _hub(app: Any, limits: SessionLimits | None) -> SessionHub:
-    hub = getattr(app.state, "session_hub", None)
-    if hub is None:
-        hub = app.state.session_hub = SessionHub(app.state.server.llm, limits)
-    return hub
-
-
 def _info(info: SessionInfo) -> dict:
     d = asdict(info)
     return {"id": d.pop("session_id"), "object": "session", **d}
@@ -176,13 +169,14 @@ async def _pairs(stream: AsyncIterator[RequestOutput], view: fmt.ChatView):
 
 
 # ------------------------------------------------------------------ router
-def session_router(limits: SessionLimits | None = None) -> APIRouter:
-    """The session routes; include beside the OpenAI ones (``app.include_router``)."""
+def session_router() -> APIRouter:
+    """The session routes; include beside the OpenAI ones (``app.include_router``). They use
+    the app's ``SessionHub`` (``ServerState.hub``)."""
     router = APIRouter()
 
     def ctx(request: Request) -> tuple[Any, SessionHub, str]:
         state = request.app.state.server
-        return state, _hub(request.app, limits), key_id(presented_key(request.scope["headers"]))
+        return state, state.hub, request_owner(request.scope)
 
     @router.post("/v1/sessions")
     async def open_session(request: Request) -> Response:
@@ -296,7 +290,7 @@ def session_router(limits: SessionLimits | None = None) -> APIRouter:
     async def websocket(ws: WebSocket) -> None:
         from thinkstream.server.session_ws import WsSession  # it builds on this module
 
-        await WsSession(ws, _hub(ws.app, limits)).run()
+        await WsSession(ws, ws.app.state.server.hub).run()
 
     return router
 

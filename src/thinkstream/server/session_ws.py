@@ -2,13 +2,17 @@
 (the message shapes are in ``session_routes``' docstring). One connection holds at most one
 session at a time; a connection that drops has its session aborted and its blocks freed.
 Frames go out one at a time (``_sending``): acks and errors from the reader, reasoning from
-the follower while the input is open, then the answer."""
+the follower while the input is open, then the answer.
+
+Before the handshake a browser's ``Origin`` must be in ``allowed_origins`` (no ``Origin``:
+not a browser, allowed); the key comes in a header or as ``?api_key=`` (redacted from logs,
+``redact``) and makes the connection's sessions its own. While the server drains an open
+is refused (``shutting_down``); a session already open may still be closed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -20,9 +24,10 @@ from pydantic import BaseModel, ValidationError
 
 from thinkstream.request import RequestOutput
 from thinkstream.server import formatting as fmt
-from thinkstream.server.auth import _digest, presented_key
+from thinkstream.server.auth import origin_allowed, presented_key
 from thinkstream.server.errors import APIError, to_api_error
-from thinkstream.server.session_hub import SessionHub, key_id
+from thinkstream.server.protocol import describe_error
+from thinkstream.server.session_hub import SessionHub
 from thinkstream.server.session_routes import (
     SessionCloseRequest,
     SessionCreateRequest,
@@ -38,9 +43,8 @@ async def _parse_ws(obj: dict, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        e = exc.errors(include_url=False, include_input=False)[0]
-        param = ".".join(str(p) for p in e["loc"]) or None
-        raise APIError(400, f"{param or 'message'}: {e['msg']}", param, "invalid_type") from None
+        param, message = describe_error(exc)
+        raise APIError(400, message, param, "invalid_type") from None
 
 
 class WsSession:
@@ -53,21 +57,13 @@ class WsSession:
         raw = presented_key(ws.scope.get("headers", []))
         if raw is None and "api_key" in ws.query_params:
             raw = ws.query_params["api_key"].encode()
-        self.raw_key = raw
-        self.key = key_id(raw)
+        self.key = self.state.keys.owner(raw)  # None: not authorized
         self.sid: str | None = None
         self.answer: asyncio.Task | None = None
         self.follower: asyncio.Task | None = None  # reasoning pushed while the input is open
         self.reasoned = 0  # reasoning characters sent for the current session
         self.logprobs: tuple[int | None, int] = (None, 1)
         self._sending = asyncio.Lock()  # one frame at a time from the reader and the tasks
-
-    def _authorized(self) -> bool:
-        want = self.state.config.api_key
-        if want is None:
-            return True
-        return self.raw_key is not None and hmac.compare_digest(_digest(self.raw_key),
-                                                                _digest(want.encode()))
 
     async def send(self, msg: dict) -> None:
         async with self._sending:
@@ -86,8 +82,11 @@ class WsSession:
                 self.reasoned = len(text)
 
     async def run(self) -> None:
+        if not origin_allowed(self.ws.scope.get("headers", []), self.state.config.allowed_origins):
+            await self.ws.close(code=1008)  # before the handshake: the server answers 403
+            return
         await self.ws.accept()
-        if not self._authorized():
+        if self.key is None:
             await self.send_error(APIError(401, "missing or invalid API key", None, "invalid_api_key"))
             await self.ws.close(code=1008)
             return
