@@ -14,7 +14,12 @@ bytes of a split character together). While the decoded window ends in U+FFFD (a
 UTF-8 character) nothing is emitted. Cost per token is O(window), not O(length).
 
 ``StopStringMatcher`` sits after it: it holds back any tail that could still become a stop
-string, and cuts the text at the first stop string that completes.
+string, and cuts the text at the first stop string that completes. Text fed while it is not
+*armed* (the first ``min_tokens`` tokens) can never end the text: a stop string counts only
+if it ends in armed text, as in vLLM (one that starts earlier and ends there counts)::
+
+    text: | fed unarmed (matches ending here are ignored) | armed: a match may end here |
+                                                          ^ floor
 """
 
 from __future__ import annotations
@@ -92,15 +97,17 @@ class StopStringMatcher:
         self.stopped = False
         self.matched: str | None = None  # the stop string that ended the text
         self._held = ""
+        self._floor = 0  # leading characters of ``_held`` fed unarmed: no match ends there
 
-    def feed(self, delta: str) -> tuple[str, bool]:
-        """Add a text delta; return (text safe to emit now, whether a stop string matched)."""
+    def feed(self, delta: str, armed: bool = True) -> tuple[str, bool]:
+        """Add a text delta; return (text safe to emit now, whether a stop string matched).
+        ``armed=False``: the delta cannot end the text (it is before ``min_tokens``)."""
         if self.stopped:
             return "", True
         if not self.stop:
             return delta, False
         text = self._held + delta
-        match = self._first_match(text)
+        match = self._first_match(text, self._floor) if armed else None
         if match is not None:
             start, end = match
             self.stopped = True
@@ -108,18 +115,21 @@ class StopStringMatcher:
             self._held = ""
             return text[: end if self.include_stop_str_in_output else start], True
         hold = self._partial_tail(text)
-        self._held = text[len(text) - hold :]
-        return text[: len(text) - hold], False
+        cut = len(text) - hold
+        self._held = text[cut:]
+        self._floor = max(0, self._floor - cut) if armed else hold
+        return text[:cut], False
 
     def flush(self) -> str:
         """At the end, when no stop string matched: the held-back text."""
-        held, self._held = self._held, ""
+        held, self._held, self._floor = self._held, "", 0
         return held
 
-    def _first_match(self, text: str) -> tuple[int, int] | None:
+    def _first_match(self, text: str, floor: int = 0) -> tuple[int, int] | None:
+        """The stop string that completes first in ``text`` and ends after ``floor``."""
         best: tuple[int, int] | None = None
         for s in self.stop:
-            start = text.find(s)
+            start = text.find(s, max(0, floor - len(s) + 1))
             if start < 0:
                 continue
             end = start + len(s)

@@ -64,17 +64,19 @@ class RequestState:
         seq, st = self.seqs[index], self.texts[index]
         out_ids = seq.output_token_ids
         stopped = False
+        min_tokens = seq.params.min_tokens  # no stop string ends the first min_tokens tokens
         while st.num_tokens_seen < len(out_ids) and not stopped:
             delta = st.detok.push(out_ids[st.num_tokens_seen])
             st.num_tokens_seen += 1
-            emit, stopped = st.stops.feed(delta)
+            emit, stopped = st.stops.feed(delta, armed=st.num_tokens_seen > min_tokens)
             st.text += emit
             if stopped:
                 st.stopped_by_string = st.stops.matched
                 # Tokens past the stop string are not part of the output.
                 del seq.token_ids[seq.num_prompt_tokens + st.num_tokens_seen :]
         if seq.status.finished and not stopped and st.stopped_by_string is None:
-            emit, stopped_late = st.stops.feed(st.detok.flush())
+            emit, stopped_late = st.stops.feed(st.detok.flush(),
+                                               armed=st.num_tokens_seen > min_tokens)
             st.text += emit
             if not stopped_late:
                 st.text += st.stops.flush()
