@@ -23,7 +23,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from thinkstream.loading.errors import UnsupportedArchitectureError
-from thinkstream.loading.tokenizer import Tokenizer
+from thinkstream.loading.tokenizer import Tokenizer, byte_alphabet
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,8 @@ _SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLA
 _END_OF_TURN = ("<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>")
 
 
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's printable spelling of each byte: printable latin-1 as itself, the rest from U+0100."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    spelling, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            spelling[b] = chr(b)
-        else:
-            spelling[b] = chr(256 + extra)
-            extra += 1
-    return spelling
-
-
 def _byte_level_model(tokens: Sequence[str], merges: Sequence[str], pre: str) -> Backend:
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     letters = set(alphabet.values())
     vocab = {(t if set(t) <= letters else "".join(alphabet[b] for b in t.encode())): i
              for i, t in enumerate(tokens)}

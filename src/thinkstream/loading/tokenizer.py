@@ -5,8 +5,10 @@ GGUF metadata (``gguf_tokenizer.build_gguf_tokenizer``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,24 @@ from thinkstream.loading.errors import CorruptModelError
 # forward pass itself); the library's own thread pool would only compete for the cores.
 # A value the user set is kept.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2's printable spelling of each byte (byte-level BPE vocabularies): printable
+    latin-1 as itself, the rest from U+0100 on."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    spelling, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            spelling[b] = chr(b)
+        else:
+            spelling[b] = chr(256 + extra)
+            extra += 1
+    return spelling
+
+
+_UNBYTE = {c: b for b, c in byte_alphabet().items()}
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 class Tokenizer:
@@ -44,6 +64,7 @@ class Tokenizer:
         self._special_ids = frozenset(
             i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
         )
+        self._bytes: dict[int, bytes] = {}  # token_bytes, filled on use
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         # encode_batch releases the GIL (encode does not), at the same cost: a long text
@@ -60,6 +81,51 @@ class Tokenizer:
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special_ids
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes token ``token_id`` stands for, as the vocabulary spells them: a byte
+        token's single byte (part of a UTF-8 character), a word piece with its leading space.
+        Concatenated over a sequence they are the bytes of its text (special tokens as their
+        text). Vocabularies whose decoder this does not know give the token's decoded text."""
+        token_id = int(token_id)
+        raw = self._bytes.get(token_id)
+        if raw is None:
+            raw = self._bytes[token_id] = self._spell(token_id)
+        return raw
+
+    def _spell(self, token_id: int) -> bytes:
+        added = self._added.get(token_id)
+        if added is not None:
+            return added.encode("utf-8")
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        kinds, replaces = self._decoder_steps
+        if "ByteLevel" in kinds and all(c in _UNBYTE for c in piece):
+            return bytes(_UNBYTE[c] for c in piece)
+        if "ByteFallback" in kinds and (m := _BYTE_PIECE.fullmatch(piece)):
+            return bytes([int(m.group(1), 16)])
+        if kinds <= {"Replace", "ByteFallback", "Fuse", "Strip"} and kinds:
+            for pattern, content in replaces:
+                piece = piece.replace(pattern, content)
+            return piece.encode("utf-8")
+        return self.decode([token_id]).encode("utf-8")
+
+    @functools.cached_property
+    def _added(self) -> dict[int, str]:
+        return {i: tok.content for i, tok in self.backend.get_added_tokens_decoder().items()}
+
+    @functools.cached_property
+    def _decoder_steps(self) -> tuple[frozenset[str], list[tuple[str, str]]]:
+        """The decoder's step types and its literal replacements (SentencePiece's "▁" -> " ")."""
+        decoder = self.backend.decoder
+        if decoder is None:
+            return frozenset(), []
+        spec = json.loads(decoder.__getstate__())
+        steps = spec.get("decoders", [spec]) if spec.get("type") == "Sequence" else [spec]
+        replaces = [(d["pattern"]["String"], d["content"]) for d in steps
+                    if d.get("type") == "Replace" and "String" in d.get("pattern", {})]
+        return frozenset(d.get("type") for d in steps), replaces
 
     def apply_chat_template(
         self,

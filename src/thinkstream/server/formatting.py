@@ -5,10 +5,19 @@ turns the final ``RequestOutput``s into a response body, or an output stream int
 shaped exactly like OpenAI's (the ``openai`` client parses them). Choice ``index`` is
 ``prompt_index * n + sequence_index``. Log-probabilities that are not finite become
 -9999.0, since JSON has no infinity.
+
+Token fields follow OpenAI's schema when a token holds only part of a UTF-8 character (an
+emoji or CJK character split by byte-level BPE): ``bytes`` is the token's own bytes, so the
+bytes of consecutive tokens concatenate to the text's; ``token`` is its text, or, when its
+bytes are not whole characters, the bytes escaped as ``\\xNN`` (chat) or ``bytes:\\xNN``
+(completions), as OpenAI writes them. ``text_offset`` counts characters of the response
+text: a token starts at the number of whole characters before its first byte, so the tokens
+of one split character share an offset, and a stream continues where its last chunk ended.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 import time
 from collections.abc import AsyncIterator
@@ -59,8 +68,30 @@ class _View:
     tokenizer: object
     created: int = field(default_factory=lambda: int(time.time()), init=False)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.tokenizer.token_bytes(token_id)
+
     def token_str(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+        """The token's text; bytes that are not whole UTF-8 characters escaped (``\\xNN``)."""
+        return self.token_bytes(token_id).decode("utf-8", "backslashreplace")
+
+
+class _Offsets:
+    """Character offsets of consecutive tokens in a text, from their bytes: a token starts
+    at the number of whole characters decoded before it (a character split over tokens
+    counts once it is complete). Special tokens count as their text unless skipped."""
+
+    def __init__(self, view: _View, start: int = 0, skip_special: bool = False) -> None:
+        self.view, self.chars, self.skip_special = view, start, skip_special
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def take(self, ids: list[int]) -> list[int]:
+        offsets = []
+        for tid in ids:
+            offsets.append(self.chars)
+            if not (self.skip_special and self.view.tokenizer.is_special(tid)):
+                self.chars += len(self._utf8.decode(self.view.token_bytes(tid)))
+        return offsets
 
 
 @dataclass
@@ -70,19 +101,31 @@ class CompletionView(_View):
     echo: bool = False
     logprobs: int | None = None
     n: int = 1
+    skip_special_tokens: bool = True  # as the output text was detokenized
 
     def prompt_text(self, i: int) -> str:
         p = self.prompts[i]
         return p if isinstance(p, str) else self.tokenizer.decode(p)
 
+    def token_str(self, token_id: int) -> str:
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:  # part of a character: OpenAI's "bytes:\\xNN" form
+            return "bytes:" + raw.decode("utf-8", "backslashreplace")
+
+    def _output_offsets(self, i: int) -> _Offsets:
+        """Offsets of prompt ``i``'s output tokens: after the prompt text when it is echoed
+        (the echoed prompt's own tokens count from 0)."""
+        return _Offsets(self, len(self.prompt_text(i)) if self.echo else 0,
+                        self.skip_special_tokens)
+
     def _logprobs(self, entries: list[TokenLogprob | None], ids: list[int],
-                  offset: int) -> dict:
-        tokens, lps, tops, offsets = [], [], [], []
+                  offsets: list[int]) -> dict:
+        tokens, lps, tops = [], [], []
         for tid, e in zip(ids, entries, strict=True):
             s = self.token_str(tid)
             tokens.append(s)
-            offsets.append(offset)
-            offset += len(s)
             if e is None:
                 lps.append(None)
                 tops.append(None)
@@ -96,11 +139,17 @@ class CompletionView(_View):
 
     def _choice(self, i: int, out: RequestOutput, o: CompletionOutput) -> dict:
         text, ids, entries = o.text, list(o.token_ids), list(o.logprobs or [])[: len(o.token_ids)]
+        num_prompt = 0
         if self.echo:
             text = self.prompt_text(i) + text
             plp = out.prompt_logprobs or [None] * len(self.prompt_ids[i])
             ids, entries = self.prompt_ids[i] + ids, list(plp) + entries
-        logprobs = self._logprobs(entries, ids, 0) if self.logprobs is not None else None
+            num_prompt = len(self.prompt_ids[i])
+        logprobs = None
+        if self.logprobs is not None:
+            prompt_offsets = _Offsets(self).take(ids[:num_prompt])
+            offsets = prompt_offsets + self._output_offsets(i).take(ids[num_prompt:])
+            logprobs = self._logprobs(entries, ids, offsets)
         return {"index": i * self.n + o.index, "text": text, "logprobs": logprobs,
                 "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
 
@@ -117,6 +166,7 @@ class CompletionView(_View):
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
         sent: dict[int, int] = {}  # choice index -> tokens sent
+        counters: dict[int, _Offsets] = {}  # choice index -> text offsets so far
         done: set[int] = set()
         completion = 0
         async for i, out in outputs:
@@ -130,16 +180,23 @@ class CompletionView(_View):
                 sent[idx] = len(o.token_ids)
                 text = o.new_text
                 ids, entries = new_ids, list(o.logprobs or [])[start: start + len(new_ids)]
-                if first and self.echo:
-                    text = self.prompt_text(i) + text
-                    plp = out.prompt_logprobs or [None] * len(self.prompt_ids[i])
-                    ids, entries = self.prompt_ids[i] + ids, list(plp) + entries
+                prompt_offsets: list[int] = []
+                if first:
+                    counters[idx] = self._output_offsets(i)
+                    if self.echo:
+                        text = self.prompt_text(i) + text
+                        plp = out.prompt_logprobs or [None] * len(self.prompt_ids[i])
+                        ids, entries = self.prompt_ids[i] + ids, list(plp) + entries
+                        prompt_offsets = _Offsets(self).take(self.prompt_ids[i])
                 if not (text or ids or o.finish_reason):
                     continue
                 if o.finish_reason:
                     completion += len(o.token_ids)
                     done.add(idx)
-                logprobs = self._logprobs(entries, ids, 0) if self.logprobs is not None else None
+                logprobs = None
+                if self.logprobs is not None:
+                    offsets = prompt_offsets + counters[idx].take(new_ids)
+                    logprobs = self._logprobs(entries, ids, offsets)
                 yield self._chunk([{"index": idx, "text": text, "logprobs": logprobs,
                                     "finish_reason": o.finish_reason,
                                     "stop_reason": o.stop_reason}])
@@ -156,11 +213,10 @@ class ChatView(_View):
     def _logprobs(self, entries: list[TokenLogprob], ids: list[int]) -> dict:
         content = []
         for tid, e in zip(ids, entries, strict=True):
-            s = self.token_str(tid)
-            top = [{"token": (t := self.token_str(k)), "logprob": _lp(lp),
-                    "bytes": list(t.encode("utf-8"))} for k, lp in e.top[: self.logprobs]]
-            content.append({"token": s, "logprob": _lp(e.logprob),
-                            "bytes": list(s.encode("utf-8")), "top_logprobs": top})
+            top = [{"token": self.token_str(k), "logprob": _lp(lp),
+                    "bytes": list(self.token_bytes(k))} for k, lp in e.top[: self.logprobs]]
+            content.append({"token": self.token_str(tid), "logprob": _lp(e.logprob),
+                            "bytes": list(self.token_bytes(tid)), "top_logprobs": top})
         return {"content": content}
 
     def response(self, finals: list[RequestOutput]) -> dict:

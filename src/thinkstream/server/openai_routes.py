@@ -227,7 +227,7 @@ async def completions(request: Request) -> Response:
               request_owner(request.scope))
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
                               state.llm.tokenizer, prompts, encoded, body.echo,
-                              body.logprobs, params.n)
+                              body.logprobs, params.n, params.skip_special_tokens)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
     return await _run(request, job, stream, view.response)
