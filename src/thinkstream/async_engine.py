@@ -294,7 +294,10 @@ class AsyncLLM:
         engine = self.engine
         try:
             while not self._stop.is_set():
-                self._drain_commands(block=not engine.scheduler.has_work())
+                # nothing to compute, or the last step could not progress (waiting for
+                # input or commands): wait for a command instead of spinning
+                self._drain_commands(block=not engine.scheduler.has_work()
+                                     or not engine.last_step_progress)
                 if not engine.has_unfinished_requests():
                     self._update_stats()
                     continue

@@ -8,6 +8,7 @@ down; nothing is global.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -29,6 +30,8 @@ from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.scheduler import Scheduler, SchedulerConfig
 from thinkstream.streaming.policy import policy_key
 from thinkstream.streaming.retokenize import common_prefix_len
+
+log = logging.getLogger("thinkstream.engine")
 
 
 class RequestError(ValueError):
@@ -53,11 +56,16 @@ class LLMEngine:
         dtype = DTYPES[cfg.dtype]
         self.device = torch.device(cfg.device)
         self.model = build_model(mcfg, ckpt.tensors, dtype, self.device, cfg.quantization)
-        self.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
-                                 mcfg.max_position_embeddings)
+        # the context a request may ask for, and the longest sequence the KV pool can hold
+        self.context_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
+                               mcfg.max_position_embeddings)
         num_blocks = cfg.num_blocks or max(
             1, cfg.kv_cache_memory // kv_bytes_per_block(mcfg, cfg.block_size, dtype)
         )
+        self.max_model_len = min(self.context_len, num_blocks * cfg.block_size)
+        if self.max_model_len < self.context_len:
+            log.warning("the KV cache holds %d tokens (%d blocks): sequences are capped at that "
+                        "(context %d)", self.max_model_len, num_blocks, self.context_len)
         self.kv = KVCacheManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
@@ -75,6 +83,10 @@ class LLMEngine:
         # returns the id of the request whose output should report it (or None).
         self._attached: dict[str, list[Sequence]] = {}
         self._token_hooks: dict[str, Callable[[Sequence, int], str | None]] = {}
+        # What to do with an attached sequence that can never get its blocks (see
+        # ``Scheduler.never_fits``): the hook must shrink it. Others end with "length".
+        self._starved_hooks: dict[str, Callable[[Sequence], None]] = {}
+        self.last_step_progress = True  # the last step computed, preempted or ended something
         # Closed inputs whose ids still await their reference tokenization (computed on
         # ``_tokenizer_thread`` while the forward runs; see ``close_input``).
         self._checks: dict[str, Future] = {}
@@ -104,7 +116,7 @@ class LLMEngine:
         request_id = request_id or f"req-{uuid.uuid4().hex}"  # never one a caller chose
         ids = self.encode_prompt(prompt, allow_empty=not input_closed)
         self.check_length(len(ids), params)
-        max_tokens = min(params.max_tokens or self.max_model_len, self.max_model_len - len(ids))
+        max_tokens = self.resolve_max_tokens(params, len(ids))
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         seqs = []
         for i in range(params.n):
@@ -135,11 +147,22 @@ class LLMEngine:
         return self.add(self.make_request(request_id, prompt, params, input_closed=input_closed,
                                           salt=salt))
 
+    def resolve_max_tokens(self, params: SamplingParams, num_prompt_tokens: int) -> int:
+        """Output tokens a sequence may generate: ``params.max_tokens``, or (unset) what the
+        context and the KV pool leave (``max_model_len``: a sequence never outgrows the
+        pool, it ends with "length")."""
+        return min(params.max_tokens or self.max_model_len, self.max_model_len - num_prompt_tokens)
+
     def check_length(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        """Raise ``RequestError`` for a prompt with no room to generate, or a ``max_tokens``
+        the KV pool could never hold."""
         if num_prompt_tokens >= self.max_model_len:
+            where = (f"the context of {self.max_model_len} tokens"
+                     if self.max_model_len == self.context_len else
+                     f"the KV cache's {self.max_model_len} tokens ({self.kv.num_blocks} blocks)")
             raise RequestError("prompt", f"prompt: {num_prompt_tokens} tokens leave no room to "
-                               f"generate within the context of {self.max_model_len} tokens")
-        blocks = -(-min(num_prompt_tokens + (params.max_tokens or 0) + 1, self.max_model_len)
+                               f"generate within {where}")
+        blocks = -(-min(num_prompt_tokens + (params.max_tokens or 0) + 1, self.context_len)
                    // self.kv.block_size)
         if blocks > self.kv.num_blocks:
             raise RequestError("max_tokens", f"max_tokens: prompt + max_tokens needs {blocks} KV blocks "
@@ -160,19 +183,38 @@ class LLMEngine:
 
     # ------------------------------------------------------------ attached sequences
     def attach(self, request_id: str, seq: Sequence,
-               on_token: Callable[[Sequence, int], str | None]) -> None:
+               on_token: Callable[[Sequence, int], str | None],
+               on_starved: Callable[[Sequence], None] | None = None) -> None:
         """Schedule ``seq`` as part of request ``request_id`` without being one of its
-        outputs: its tokens go to ``on_token``; it ends when the request ends."""
+        outputs: its tokens go to ``on_token``; it ends when the request ends.
+        ``on_starved(seq)``: called when ``seq`` with the sources it views can never fit
+        the KV pool; it must shrink ``seq`` (else the request ends with "length")."""
         if request_id not in self.requests:
             raise RequestError("request_id", f"request_id: unknown request {request_id!r}")
         self._attached.setdefault(request_id, []).append(seq)
         self._token_hooks[seq.seq_id] = on_token
+        if on_starved is not None:
+            self._starved_hooks[seq.seq_id] = on_starved
         self.scheduler.add(seq)
 
     def _detach_all(self, request_id: str, status: SeqStatus) -> None:
         for seq in self._attached.pop(request_id, []):
             self.scheduler.finish(seq, status)
             self._token_hooks.pop(seq.seq_id, None)
+            self._starved_hooks.pop(seq.seq_id, None)
+
+    def _starve(self, seqs: list[Sequence], touched: dict[str, RequestState]) -> None:
+        """Sequences that can never fit with their sources: their hook shrinks them, or
+        their request ends with "length" (what it generated so far is kept)."""
+        for seq in seqs:
+            hook = self._starved_hooks.get(seq.seq_id)
+            state = self.requests.get(seq.request_id)
+            if hook is not None:
+                hook(seq)
+            elif state is not None:
+                for q in state.seqs:
+                    self.scheduler.finish(q, SeqStatus.FINISHED_LENGTH)
+                touched[seq.request_id] = state
 
     def viewers_of(self, seq_id: str) -> list[tuple[Sequence, int]]:
         """Live sequences viewing ``seq_id``'s cache, with how many of its tokens each sees."""
@@ -235,8 +277,7 @@ class LLMEngine:
         if seq.num_tokens == 0:
             raise RequestError("input", "input: empty at close")
         state = self.requests[request_id]
-        seq.max_tokens = min(seq.params.max_tokens or self.max_model_len,
-                             self.max_model_len - seq.num_tokens)
+        seq.max_tokens = self.resolve_max_tokens(seq.params, seq.num_tokens)
         for s in state.seqs:
             s.input_closed = True
             if s is not seq:
@@ -282,8 +323,7 @@ class LLMEngine:
             del q.token_ids[keep:]
             q.token_ids.extend(ref[keep:])
             q.num_prompt_tokens = len(ref)
-            q.max_tokens = min(q.params.max_tokens or self.max_model_len,
-                               self.max_model_len - len(ref))
+            q.max_tokens = self.resolve_max_tokens(q.params, len(ref))
             if q.num_computed_tokens > keep:
                 self.scheduler.truncate(q, keep)
             if q.prompt_logprobs:
@@ -298,8 +338,12 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         out = self.scheduler.schedule()
         self.num_preemptions += len(out.preempted)
+        touched: dict[str, RequestState] = {}
+        if out.starved:
+            self._starve(out.starved, touched)
+        self.last_step_progress = bool(out.scheduled or out.preempted or out.starved)
         if not out.scheduled:
-            return []
+            return self._outputs(touched.values())
         seq_ids = {s.seq.seq_id for s in out.scheduled}
         seq_ids |= {sid for s in out.scheduled for sid, _ in s.seq.kv_prefix}
         # a source may be evicted while its viewer computes tokens that do not see it
@@ -321,7 +365,6 @@ class LLMEngine:
                     samplers.append(sampler)
                     rows.append(row)
         token_ids, logprobs = self.runner.sample(logits, rows, samplers, self.eos_ids)
-        touched: dict[str, RequestState] = {}
         for seq, token_id, lp in zip(samplers, token_ids, logprobs, strict=True):
             if lp is not None:
                 seq.logprobs.append(lp)

@@ -66,9 +66,11 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def chat_prompt(self, messages: Sequence[Message], **template_kwargs) -> list[int]:
-        return self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, **template_kwargs
-        )
+        """The prompt ids of a conversation (special-token text in messages is plain text
+        unless ``allow_special_tokens_in_content``)."""
+        return self.tokenizer.encode_chat(
+            list(messages), True, allow_special_tokens_in_content=(
+                self.engine.config.allow_special_tokens_in_content), **template_kwargs)
 
     def stream(
         self, prompt: Prompt, sampling_params: SamplingParams | None = None
@@ -86,10 +88,8 @@ class LLM:
                     if out.request_id == rid:
                         finished = out.finished
                         yield out
-                if not outs and not self.engine.scheduler.has_work():
-                    # nothing to compute and no output: stepping again would spin forever
-                    raise RuntimeError(f"request {rid!r} cannot progress: it is unfinished but "
-                                       "the scheduler has nothing to compute")
+                if not outs:
+                    self._check_progress([rid])
         finally:
             if not finished:
                 self.engine.abort(rid)
@@ -120,6 +120,15 @@ class LLM:
         seq, sched = state.seqs[0], self.engine.scheduler
         while seq.num_pending_tokens and seq not in sched.parked and not seq.status.finished:
             self.engine.step()
+            if not self.engine.last_step_progress:
+                return  # waits for memory or for the close (a thinking layout): not here
+
+    def _check_progress(self, ids) -> None:
+        """After a step with no output: raise if it changed nothing either (nothing else
+        runs the engine here, so stepping again would spin forever)."""
+        if not self.engine.last_step_progress:
+            raise RuntimeError(f"request(s) {sorted(ids)!r} cannot progress: unfinished, but the "
+                               "scheduler can compute nothing")
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         pending = set(ids)
@@ -132,7 +141,10 @@ class LLM:
         generated = 0
         try:
             while pending:
-                for out in self.engine.step():
+                outs = self.engine.step()
+                if not outs:
+                    self._check_progress(pending)
+                for out in outs:
                     generated += sum(len(o.new_token_ids) for o in out.outputs)
                     if out.finished and out.request_id in pending:
                         pending.discard(out.request_id)
@@ -207,6 +219,8 @@ class Session:
             for out in self.llm.engine.step():
                 if out.request_id == self.id:
                     yield out
+            if not self.llm.engine.last_step_progress:
+                break
 
     def close(self, data: str | bytes | Sequence[int] | None = None) -> Iterator[RequestOutput]:
         """End the input (after ``data``, a last chunk, computed in the answer's first step)

@@ -8,6 +8,14 @@ budget, sequence slots and KV blocks allow. When blocks run out, the most recent
 running sequence is preempted by recompute: its blocks are freed (full ones stay in the
 prefix cache) and it goes back to the front of the waiting queue.
 
+Forward progress: every sequence fits the pool alone (``LLMEngine`` caps the context at
+the pool's tokens), so a preempted one is re-admitted once the others finish. A waiting
+sequence that does not fit now is passed over by at most ``max_num_seqs`` admissions, then
+admission waits for it (no head-of-line blocking, no starvation). A sequence is never
+preempted for a viewer of it (the viewer would stall on the blocks freed for it: a cycle),
+and one that cannot fit even with only its sources resident is reported as ``starved``
+for its owner to shrink or end, never left waiting.
+
 Two hooks serve streaming input without a branch per feature. ``priority`` (a key function,
 smaller first; see ``streaming.policy``) orders running and waiting sequences each step, so
 the last in line is preempted first. And an *idle open input* (a session whose input is
@@ -80,6 +88,10 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq]
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # run before the forward
     preempted: list[Sequence] = field(default_factory=list)
+    # Sequences that can never get their blocks: together with the sources they view they
+    # need more than the whole pool (``Scheduler.never_fits``). The owner must shrink or
+    # end them (``LLMEngine`` asks the sequence's feature hook, else ends it with "length").
+    starved: list[Sequence] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -96,6 +108,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.parked: list[Sequence] = []  # idle open inputs preempted under pressure
         self._pending_copies: list[tuple[int, int]] = []
+        # Admissions that passed each waiting sequence while it did not fit (see ``_admit``).
+        self._passed: dict[str, int] = {}
 
     # ------------------------------------------------------------------ queues
     def add(self, seq: Sequence) -> None:
@@ -143,8 +157,12 @@ class Scheduler:
                 if seq.kv_prefix and seq.num_pending_tokens:
                     stalled.append(seq)
                 continue
+            if self.never_fits(seq, n, by_id):
+                kept.append(seq)
+                out.starved.append(seq)
+                continue
             while not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
-                victim = self._pop_idle(kept, queue) or (queue.pop() if queue else seq)
+                victim = self._pop_victim(seq, kept, queue) or seq
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
@@ -203,9 +221,16 @@ class Scheduler:
         return budget
 
     def _admit(self, out: SchedulerOutput, budget: int, by_id: dict[str, Sequence]) -> int:
+        """Admit waiting sequences in order while budget, slots and blocks allow.
+
+        A sequence that does not fit now is passed over (no head-of-line blocking), but
+        only ``max_num_seqs`` admissions may pass it; then admission waits for it, so it
+        is admitted once running sequences finish (each fits the pool alone). One that can
+        never fit is reported in ``out.starved`` instead of waiting forever."""
         bs = self.kv.block_size
         computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
-        deferred: list[Sequence] = []  # viewers whose sources are not resident yet
+        deferred: list[Sequence] = []  # passed over this step; back at the front, in order
+        blocked: list[Sequence] = []  # passed over for want of blocks
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
             if seq.kv_prefix and not seq.num_shareable_tokens and self._source_evicted(seq, by_id):
@@ -225,15 +250,26 @@ class Scheduler:
                 elif seq.num_computed_tokens == 0 and head is not None:
                     computing.add(head)
             n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id))
-            if not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
-                idle = self._pop_idle(self.running, [])
+            never = self.never_fits(seq, n, by_id)
+            if never or not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
+                idle = None if never else self._pop_victim(seq, self.running, [], idle_only=True)
                 if idle is not None:  # an idle session gives way, then try again
                     self._preempt(idle)
                     out.preempted.append(idle)
                     continue
                 self.kv.free(seq.seq_id)  # give back the prefix hits while it waits
                 seq.num_computed_tokens = 0
-                break
+                if never:
+                    out.starved.append(seq)
+                elif self._passed.get(seq.seq_id, 0) >= self.cfg.max_num_seqs:
+                    break  # passed over often enough: admission waits for it now
+                else:
+                    blocked.append(seq)
+                deferred.append(self.waiting.popleft())
+                continue
+            for b in blocked:
+                self._passed[b.seq_id] = self._passed.get(b.seq_id, 0) + 1
+            self._passed.pop(seq.seq_id, None)
             self.waiting.popleft()
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
@@ -243,13 +279,33 @@ class Scheduler:
         self.waiting.extendleft(reversed(deferred))
         return budget
 
-    def _pop_idle(self, *lists: list[Sequence]) -> Sequence | None:
-        """Remove and return the last idle open input found in ``lists`` (searched last first)."""
-        for seqs in reversed(lists):
+    def _pop_victim(self, seq: Sequence, kept: list[Sequence], queue: list[Sequence],
+                    idle_only: bool = False) -> Sequence | None:
+        """Remove and return what ``seq`` preempts to get blocks: the last idle open input
+        in ``kept`` or ``queue`` (searched last first), else (unless ``idle_only``) the last
+        of ``queue``. Never a source ``seq`` views: preempting it would stall ``seq`` on
+        the blocks just freed for it, a preemption cycle (``None``: ``seq`` gives way)."""
+        sources = {sid for sid, _ in seq.kv_prefix}
+        for seqs in (queue, kept):
             for i in range(len(seqs) - 1, -1, -1):
-                if self._idle_open(seqs[i]):
+                if self._idle_open(seqs[i]) and seqs[i].seq_id not in sources:
                     return seqs.pop(i)
+        if not idle_only:
+            for i in range(len(queue) - 1, -1, -1):
+                if queue[i].seq_id not in sources:
+                    return queue.pop(i)
         return None
+
+    def never_fits(self, seq: Sequence, n: int, by_id: dict[str, Sequence]) -> bool:
+        """Whether ``seq`` computing ``n`` more tokens needs more blocks than the pool has
+        while the sources it views hold theirs (views take no block references, so both
+        must be resident at once). Such a sequence would wait forever."""
+        need = self.kv.blocks_for(seq.num_computed_tokens + n)
+        for sid, k in seq.kv_prefix:
+            src = by_id.get(sid)
+            held = len(self.kv.block_table(sid)) if self.kv.has(sid) else 0
+            need += max(held, self.kv.blocks_for(min(k, src.num_tokens) if src else k))
+        return need > self.kv.num_blocks
 
     def _preempt(self, seq: Sequence) -> None:
         idle = self._idle_open(seq)
@@ -332,6 +388,7 @@ class Scheduler:
         if seq in self.parked:
             self.parked.remove(seq)
         self.kv.free(seq.seq_id)
+        self._passed.pop(seq.seq_id, None)
         for child in seq.fork_children:
             self.finish(child, status)
         seq.fork_children = []

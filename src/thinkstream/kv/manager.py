@@ -84,7 +84,7 @@ class KVCacheManager:
         """Token slots allocated for the sequence (see the module diagram)."""
         return self._seqs[seq_id].num_tokens
 
-    def _blocks_for(self, num_tokens: int) -> int:
+    def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
     # ---- prefix lookup, allocation, commit -------------------------------
@@ -120,7 +120,7 @@ class KVCacheManager:
         """Whether ``allocate(seq_id, num_tokens)`` would succeed (unknown ids: empty table)."""
         seq = self._seqs.get(seq_id)
         have = len(seq.table) if seq is not None else 0
-        return self._blocks_for(num_tokens) - have <= self.pool.num_free
+        return self.blocks_for(num_tokens) - have <= self.pool.num_free
 
     def allocate(self, seq_id: Hashable, num_tokens: int) -> bool:
         """Ensure blocks for the first ``num_tokens`` tokens (a total, not a delta).
@@ -133,7 +133,7 @@ class KVCacheManager:
         if not self.can_allocate(seq_id, num_tokens):
             return False
         seq = self._seqs.setdefault(seq_id, _SeqState())
-        need = self._blocks_for(num_tokens) - len(seq.table)
+        need = self.blocks_for(num_tokens) - len(seq.table)
         if need > 0:
             seq.table.extend(self.pool.allocate(need))
         seq.num_tokens = max(seq.num_tokens, num_tokens)
@@ -201,14 +201,14 @@ class KVCacheManager:
     def _truncate_needs_copy(self, seq: _SeqState, num_tokens: int) -> bool:
         if num_tokens % self.block_size == 0:
             return False
-        return self.pool.ref_count(seq.table[self._blocks_for(num_tokens) - 1]) > 1
+        return self.pool.ref_count(seq.table[self.blocks_for(num_tokens) - 1]) > 1
 
     def can_truncate(self, seq_id: Hashable, num_tokens: int) -> bool:
         """Whether ``truncate`` has the block a copy of a shared last block needs."""
         seq = self._seqs[seq_id]
         if num_tokens >= seq.num_tokens or not self._truncate_needs_copy(seq, num_tokens):
             return True
-        dropped = seq.table[self._blocks_for(num_tokens) :]
+        dropped = seq.table[self.blocks_for(num_tokens) :]
         freed = sum(self.pool.ref_count(b) == 1 for b in dropped)
         return self.pool.num_free + freed >= 1
 
@@ -236,7 +236,7 @@ class KVCacheManager:
             return []
         if not self.can_truncate(seq_id, num_tokens):
             raise NoFreeBlocksError(f"truncate of {seq_id!r} needs a block to copy into")
-        keep = self._blocks_for(num_tokens)
+        keep = self.blocks_for(num_tokens)
         self.pool.release(reversed(seq.table[keep:]), keep_hash=False)
         del seq.table[keep:]
         del seq.hashes[num_tokens // self.block_size :]
@@ -270,7 +270,7 @@ class KVCacheManager:
         for seq_id, seq in self._seqs.items():
             membership.update(seq.table)
             _check(
-                len(seq.table) == self._blocks_for(seq.num_tokens),
+                len(seq.table) == self.blocks_for(seq.num_tokens),
                 f"{seq_id!r}: {len(seq.table)} blocks for {seq.num_tokens} tokens",
             )
             _check(len(set(seq.table)) == len(seq.table), f"{seq_id!r}: a block appears twice")

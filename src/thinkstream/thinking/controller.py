@@ -64,6 +64,7 @@ class _Seg:
 
 
 ANSWER_PROMPT_SLACK = 16  # tokens: the chat template's answer header, unknown while reading
+ANSWER_ROOM = 32  # tokens of answer a memory cut of the reasoning leaves room for (at least)
 
 
 class ThinkController:
@@ -98,6 +99,7 @@ class ThinkController:
         self.onset_input_tokens: int | None = None  # input tokens received by then
         self.reasoning_done_time: float | None = None
         self._attached = False
+        self.starved = False  # the pool cannot hold S and R: no more reasoning (``_on_starved``)
 
     # ------------------------------------------------------------ input events
     @property
@@ -197,7 +199,8 @@ class ThinkController:
         seg = (len(self.head) + self.cfg.note_tokens + len(self.tail) if pending
                else len(max(self.pass_heads, key=len, default=[])) + self.cfg.pass_tokens
                + len(self.pass_tail))
-        forced = self.reasoning_tokens >= self.cfg.max_reasoning_tokens or not self._fits(seg)
+        forced = (self.starved or self.reasoning_tokens >= self.cfg.max_reasoning_tokens
+                  or not self._fits(seg))
         if pending and forced:
             for k in pending:
                 self.units[k].seg_len = 0
@@ -223,12 +226,16 @@ class ThinkController:
 
     def _fits(self, more: int) -> bool:
         """Whether R grown by ``more`` tokens (plus the answer request) and S with its answer
-        still fit the KV pool together, as the answer needs both resident: budget forcing by
-        memory, so a session never asks for more blocks than exist (it would wait forever)."""
+        still fit the KV pool together, as the answer needs both resident, and R stays
+        within ``max_model_len``: budget forcing by memory, so a session never asks for more
+        blocks than exist (it would wait forever). What this cannot foresee (S's input
+        growing past the room left) ends in ``_on_starved``."""
         kv, S = self.engine.kv, self.S
         r = self.R.num_tokens + more + len(self.request) + 1
         s = S.num_tokens + S.max_tokens + ANSWER_PROMPT_SLACK
-        return -(-r // kv.block_size) + -(-s // kv.block_size) <= kv.num_blocks
+        # R is a sequence too: the engine ends any at ``max_model_len`` tokens
+        return (kv.blocks_for(r) + kv.blocks_for(s) <= kv.num_blocks
+                and r < self.engine.max_model_len)
 
     def _input_pos(self, n: int) -> list[int]:
         return self.S.positions[:n] if self.S.positions else list(range(n))
@@ -251,7 +258,7 @@ class ThinkController:
         R.input_closed = True
         self.segs.append(seg)
         if not self._attached:
-            self.engine.attach(self.rid, R, self._on_token)
+            self.engine.attach(self.rid, R, self._on_token, self._on_starved)
             self._attached = True
         else:
             self.engine.scheduler.wake(R)
@@ -294,6 +301,43 @@ class ThinkController:
         self._place_input()
         self._advance()
 
+    # ---------------------------------------------------------- memory pressure
+    def _on_starved(self, R: Sequence) -> None:
+        """The engine says R can never get its blocks while S is resident (the pool is too
+        small for both): budget forcing by memory. The note in progress is dropped, R is
+        cut to the segments that fit beside S, and no reasoning starts again; the answer
+        follows as usual (it views what is left of R). S and R are never preempted
+        against each other in a cycle, and the session always answers."""
+        self.starved = True
+        self._cut_to_fit(0)
+        self._place_input()
+        self._advance()
+
+    def _cut_to_fit(self, extra: int) -> None:
+        """Drop R's unfinished segment and its last finished ones until R plus ``extra``
+        tokens and S with room for ``ANSWER_ROOM`` answer tokens fit the pool together.
+        Units keep their layout (computed input positions never move)."""
+        kv, S, R = self.engine.kv, self.S, self.R
+        room = kv.num_blocks - kv.blocks_for(S.num_tokens + min(S.max_tokens, ANSWER_ROOM))
+        keep = len(self.segs)
+        if self.note is not None:
+            keep -= 1
+        while keep and kv.blocks_for(self._seg_end(keep - 1) + extra) > room:
+            keep -= 1
+        if keep == len(self.segs):
+            return
+        cut = self.segs[keep].start
+        for seg in self.segs[keep:]:
+            if seg.unit is not None and self.units[seg.unit].seg_len is None:
+                self.units[seg.unit].seg_len = 0  # its note never ended: nothing placed for it
+        del self.segs[keep:]
+        self._truncate_r(cut)
+        R.kv_prefix = [(S.seq_id, self.segs[-1].view_end)] if self.segs else []
+
+    def _seg_end(self, i: int) -> int:
+        """R tokens up to the end of segment ``i`` (its tail included)."""
+        return self.segs[i + 1].start if i + 1 < len(self.segs) else self.R.num_tokens
+
     # ----------------------------------------------------------------- answer
     def _answer(self) -> None:
         """Write the answer request into R, then S's remaining tokens go after all reasoning
@@ -302,6 +346,7 @@ class ThinkController:
         S, R, end = self.S, self.R, self.view_limit
         self.phase = "answering"
         self.reasoning_done_time = time.monotonic()
+        self._cut_to_fit(len(self.request) + 1)  # the answer needs S and R resident together
         if self.segs and self.request:
             self._write_request()
         if R.num_tokens > 1:
