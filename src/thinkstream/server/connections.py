@@ -8,7 +8,7 @@ request. ``guarded_protocol`` builds uvicorn's HTTP protocol class with two addi
   first byte (or after it connects) is closed; the timer stops once the headers are in,
   and once the connection is upgraded to a WebSocket;
 - past ``max_connections`` open connections (HTTP and WebSocket), a new one is answered 503
-  with an OpenAI error body and closed at once, before anything is read from it.
+  with an OpenAI error body and closed (its request is read and dropped meanwhile).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import json
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from thinkstream.server.errors import error_body
+
+REFUSED_LINGER_S = 1.0
 
 
 def _refusal() -> bytes:
@@ -40,9 +42,14 @@ class _Guard:
 
     def connection_made(self, transport) -> None:
         if len(self.connections) >= self.max_connections:
+            # Answer, end our side, and drop what the client sends for a moment before
+            # closing: closing with its request unread would reset the connection and
+            # could destroy the answer before the client reads it.
             self._refused = True
             transport.write(_refusal())
-            transport.close()
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.close)
             return
         super().connection_made(transport)
         self._arm()
