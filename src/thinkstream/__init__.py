@@ -1,6 +1,14 @@
-"""thinkstream: an LLM inference engine for streaming input and parallel generation."""
+"""thinkstream: an LLM inference engine for streaming input and parallel generation.
 
+The package is lazy: ``from thinkstream import LLM`` loads the engine (and torch) on first
+use, so ``thinkstream.kv`` and ``thinkstream.scheduler`` import without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 import os
+from typing import TYPE_CHECKING
 
 # OpenMP threads that wait passively instead of spinning: on a machine shared with other
 # jobs, spinning workers make every small op wait for a descheduled thread (measured on 2
@@ -8,14 +16,30 @@ import os
 # it only takes effect if thinkstream is imported first; set the variable to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from thinkstream.config import EngineConfig, ModelConfig  # noqa: E402
-from thinkstream.engine import LLMEngine, RequestError  # noqa: E402
-from thinkstream.llm import LLM  # noqa: E402
-from thinkstream.request import CompletionOutput, RequestOutput  # noqa: E402
-from thinkstream.sampling_params import ParamError, SamplingParams  # noqa: E402
-
+_EXPORTS = {
+    "LLM": "thinkstream.llm", "LLMEngine": "thinkstream.engine",
+    "RequestError": "thinkstream.engine", "SamplingParams": "thinkstream.sampling_params",
+    "ParamError": "thinkstream.sampling_params", "EngineConfig": "thinkstream.config",
+    "ModelConfig": "thinkstream.config", "RequestOutput": "thinkstream.request",
+    "CompletionOutput": "thinkstream.request",
+}
 __all__ = [
     "LLM", "LLMEngine", "SamplingParams", "EngineConfig", "ModelConfig", "RequestOutput",
     "CompletionOutput", "RequestError", "ParamError",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from thinkstream.config import EngineConfig, ModelConfig
+    from thinkstream.engine import LLMEngine, RequestError
+    from thinkstream.llm import LLM
+    from thinkstream.request import CompletionOutput, RequestOutput
+    from thinkstream.sampling_params import ParamError, SamplingParams
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'thinkstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
