@@ -64,7 +64,8 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
-                       allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"],
+                       allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                       allow_headers=["*"],
                        expose_headers=["X-Request-Id", "Retry-After"])
     app.openapi = lambda: _openapi(app)
     return app

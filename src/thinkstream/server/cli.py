@@ -56,8 +56,8 @@ def read_key_files(paths: list[str]) -> list[str]:
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     keys = list(args.api_key) + read_key_files(args.api_key_file)
-    if not keys and os.environ.get("THINKSTREAM_API_KEY"):
-        keys = [os.environ["THINKSTREAM_API_KEY"]]
+    if not keys and os.environ.get("THINKSTREAM_API_KEY", "").strip():
+        keys = [os.environ["THINKSTREAM_API_KEY"].strip()]
     return ServerConfig(
         host=args.host, port=args.port, api_keys=tuple(keys),
         allowed_origins=tuple(args.allowed_origins),
