@@ -32,6 +32,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile-decode", action="store_true",
                    help="decode steps as a compiled graph (CPU: ~40 s per graph on first use)")
+    p.add_argument("--allow-special-tokens-in-content", action="store_true",
+                   help="read special-token text inside chat messages as control tokens "
+                        "(default: plain text)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
@@ -53,6 +56,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         kv_cache_memory=args.kv_cache_memory_mb * 1024 * 1024,
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
         compile_decode=args.compile_decode,
+        allow_special_tokens_in_content=args.allow_special_tokens_in_content,
     )
 
 

@@ -120,6 +120,10 @@ class EngineConfig:
     # graphs per batch/context bucket on CUDA. Off by default: the first steps pay the
     # compile, and steps other than pure decode (prefill, mixed, cascade) stay eager anyway.
     compile_decode: bool = False
+    # Special-token text inside chat messages (a user typing "<|im_end|>") is plain text
+    # unless this is set; the template's own markers are the only control tokens
+    # (loading/chat_encode.py).
+    allow_special_tokens_in_content: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):

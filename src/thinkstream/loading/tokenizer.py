@@ -15,6 +15,7 @@ from typing import Any
 
 import tokenizers
 
+from thinkstream.loading.chat_encode import encode_chat
 from thinkstream.loading.chat_template import NoChatTemplateError, render_chat
 from thinkstream.loading.errors import CorruptModelError
 
@@ -144,6 +145,27 @@ class Tokenizer:
             **template_kwargs,
         )
         return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    def encode_chat(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        *,
+        allow_special_tokens_in_content: bool = False,
+        **template_kwargs: Any,
+    ) -> list[int]:
+        """The ids a server should feed the model for ``messages``: those of
+        ``apply_chat_template(tokenize=True)``, except that special-token text inside a
+        message is tokenized as plain text (see ``chat_encode``) unless
+        ``allow_special_tokens_in_content``."""
+        if allow_special_tokens_in_content:
+            return list(self.apply_chat_template(messages, add_generation_prompt, tokenize=True,
+                                                 **template_kwargs))
+        if self.chat_template is None:
+            raise NoChatTemplateError(
+                "this model has no chat template; pass a plain-text prompt instead"
+            )
+        return encode_chat(self, list(messages), add_generation_prompt, **template_kwargs)
 
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token_id}, "

@@ -37,15 +37,19 @@ def split_prompts(prompt) -> list[str | list[int]]:
     return list(prompt)
 
 
-def render_chat(tokenizer, body: P.ChatCompletionRequest) -> list[int]:
+def render_chat(tokenizer, body: P.ChatCompletionRequest,
+                allow_special_tokens_in_content: bool = False) -> list[int]:
+    """The prompt ids of a chat request; special-token text in messages is plain text
+    unless the operator allows it (``EngineConfig.allow_special_tokens_in_content``)."""
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                 for m in body.messages]
     if tokenizer.chat_template is None:
         raise APIError(400, "messages: this model has no chat template; use /v1/completions",
                        "messages", "no_chat_template")
     try:
-        return list(tokenizer.apply_chat_template(
-            messages, add_generation_prompt=body.add_generation_prompt, tokenize=True))
+        return tokenizer.encode_chat(
+            messages, body.add_generation_prompt,
+            allow_special_tokens_in_content=allow_special_tokens_in_content)
     except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
         reason = type(exc).__name__
         raise APIError(400, f"messages: the chat template rejected them ({reason})",

@@ -256,7 +256,8 @@ async def chat_completions(request: Request) -> Response:
     if not body.messages:
         raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
     params, logprobs = chat_params(state, body)
-    ids = fmt.render_chat(state.llm.tokenizer, body)
+    ids = fmt.render_chat(state.llm.tokenizer, body,
+                          state.llm.engine.config.allow_special_tokens_in_content)
     if not ids:
         raise APIError(400, "messages: the rendered prompt is empty", "messages", "invalid_value")
     try:
