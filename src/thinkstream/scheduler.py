@@ -22,7 +22,7 @@ the last in line is preempted first. And an *idle open input* (a session whose i
 still arriving and has nothing left to compute) holds blocks it does not need now: under
 pressure it is preempted before anything else and *parked*, out of the waiting queue, until
 ``wake`` says its input changed; it then recomputes from the prefix cache. Idle sessions
-therefore never starve ordinary requests.
+therefore never starve ordinary requests, of blocks or of sequence slots.
 
 KV views (``Sequence.kv_prefix``) take no block references, so the scheduler keeps them
 safe by one rule, checked when a step is planned and again after any preemption in it:
@@ -231,8 +231,17 @@ class Scheduler:
         computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
         deferred: list[Sequence] = []  # passed over this step; back at the front, in order
         blocked: list[Sequence] = []  # passed over for want of blocks
-        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+        while self.waiting and budget > 0:
             seq = self.waiting[0]
+            if len(self.running) >= self.cfg.max_num_seqs:
+                # slots full: an idle open input gives its slot to work that can compute
+                idle = (self._pop_victim(seq, self.running, [], idle_only=True)
+                        if seq.num_pending_tokens else None)
+                if idle is None:
+                    break
+                self._preempt(idle)
+                out.preempted.append(idle)
+                continue
             if seq.kv_prefix and not seq.num_shareable_tokens and self._source_evicted(seq, by_id):
                 deferred.append(self.waiting.popleft())
                 continue

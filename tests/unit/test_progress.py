@@ -220,3 +220,28 @@ def test_reasoning_starved_by_input_growth_is_cut_and_the_session_answers() -> N
     out = s.complete()
     assert out.outputs[0].finish_reason == "length" and len(out.outputs[0].token_ids) == 2
     assert llm.engine.kv.num_free_blocks == 14
+
+
+def test_idle_open_sessions_give_their_slots_to_a_request() -> None:
+    """``max_num_seqs=2`` and three idle open inputs: a completion still runs (an idle input
+    is parked to free a slot) and the sessions answer once closed."""
+    e = engine(max_num_seqs=2, num_blocks=64)
+    for i in range(3):
+        e.add_request(f"s{i}", [5 + i, 6, 7, 8], SamplingParams(max_tokens=2, temperature=0.0),
+                      input_closed=False)
+    for _ in range(6):
+        e.step()
+    e.add_request("c", [9, 10, 11], SamplingParams(max_tokens=3, ignore_eos=True,
+                                                   temperature=0.0))
+    done: dict[str, object] = {}
+    for _ in range(50):
+        done.update({o.request_id: o for o in e.step() if o.finished})
+        e.check_integrity()
+        if "c" in done:
+            break
+    assert done["c"].outputs[0].finish_reason == "length"
+    for i in range(3):
+        e.close_input(f"s{i}")
+    done = drive(e)
+    assert sorted(done) == ["s0", "s1", "s2"]
+    assert e.kv.num_free_blocks == e.kv.num_blocks
