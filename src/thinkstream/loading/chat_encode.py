@@ -8,59 +8,99 @@ template's markers as the only special tokens:
 1. Special-token text in the messages (every string but ``role``, and in ``tools`` /
    ``documents``) is swapped for placeholders no tokenizer matches; with none, the ids are
    ``apply_chat_template``'s, token for token.
-2. The template is rendered with the placeholders, so every special token it yields is the
-   template's own. The text is tokenized once; its special tokens cut it into segments,
-   each tokenized on its own (a tokenizer matches added tokens before anything else)::
+2. The template is rendered with the placeholders, which are then put back, noting where
+   (``render_guarded``): every other special token in the text is the template's own.
+3. The text is tokenized once (``encode_guarded``); the template's special tokens cut it
+   into segments, each tokenized on its own (a tokenizer matches added tokens before
+   anything else)::
 
        | segment | <|im_start|> | segment: "user\\n" + content + ... | <|im_end|> | ...
 
-3. A segment holding a placeholder is tokenized again with the placeholders put back and
-   special tokens read as plain text (``encode_special_tokens``). BPE merges between a
-   message and the template text beside it are what they would be without the markers.
+   A segment holding special-token text from a message is tokenized again with special
+   tokens read as plain text (``encode_special_tokens``). BPE merges between a message and
+   the template text beside it are what they would be without the markers.
+
+Streaming sessions use ``encode_guarded`` too, guarding the streamed content's span.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import tokenizers
+
+Spans = list[tuple[int, int]]
 
 
 def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
                 **template_kwargs: Any) -> list[int]:
     """Token ids of ``messages`` through ``tokenizer``'s chat template, message text as text."""
+    text, spans = render_guarded(tokenizer, messages, add_generation_prompt, **template_kwargs)
+    if not spans:
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt, tokenize=True,
+                                                  **template_kwargs))
+    return encode_guarded(tokenizer, text, lambda s, e: overlaps(spans, s, e))[0]
+
+
+def render_guarded(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                   **template_kwargs: Any) -> tuple[str, Spans]:
+    """The template's text for ``messages`` and the spans of special-token text in it that
+    came from the messages (none: the text is ``apply_chat_template``'s)."""
     mask = _Mask(tokenizer)
     masked = mask.swap(messages, keep=("role",))
     kwargs = {k: mask.swap(v) if k in ("tools", "documents") else v
               for k, v in template_kwargs.items()}
     if not mask.originals:
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt, tokenize=True,
-                                                  **template_kwargs))
-    text = tokenizer.apply_chat_template(masked, add_generation_prompt, tokenize=False, **kwargs)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt, tokenize=False,
+                                             **template_kwargs), []
+    return mask.restore(tokenizer.apply_chat_template(masked, add_generation_prompt,
+                                                      tokenize=False, **kwargs))
+
+
+def encode_guarded(tokenizer, text: str, guarded: Callable[[int, int], bool], start: int = 0,
+                   ) -> tuple[list[int], Spans]:
+    """Ids and character offsets of ``text`` (which begins at character ``start`` of a longer
+    text); a special token whose span makes ``guarded(begin, end)`` true (positions in the
+    longer text) is read as plain text: its segment, between the other special tokens, is
+    tokenized again with special tokens off."""
     enc = tokenizer.backend.encode(text, add_special_tokens=False)
     ids: list[int] = []
-    start, pending = 0, []  # the current segment: its first character, its ids
+    offsets: Spans = []
+    seg, seg_ids, seg_offsets, plain = 0, [], [], False  # the segment since the last marker
+
+    def close_segment(end: int) -> None:
+        if not plain:
+            ids.extend(seg_ids)
+            offsets.extend(seg_offsets)
+            return
+        first, rest = _plain_backends(tokenizer.backend)
+        again = (first if start + seg == 0 else rest).encode(text[seg:end],
+                                                             add_special_tokens=False)
+        ids.extend(again.ids)
+        offsets.extend((seg + a, seg + b) for a, b in again.offsets)
+
     for tid, (s, e) in zip(enc.ids, enc.offsets, strict=True):
-        if tokenizer.is_special(tid):
-            ids += _segment(tokenizer, mask, text, start, s, pending)
+        special = tokenizer.is_special(tid)
+        if special and not guarded(start + s, start + e):  # the template's marker
+            close_segment(s)
             ids.append(tid)
-            start, pending = e, []
+            offsets.append((s, e))
+            seg, seg_ids, seg_offsets, plain = e, [], [], False
         else:
-            pending.append(tid)
-    return ids + _segment(tokenizer, mask, text, start, len(text), pending)
+            seg_ids.append(tid)
+            seg_offsets.append((s, e))
+            plain = plain or special
+    close_segment(len(text))
+    return ids, offsets
 
 
-def _segment(tokenizer, mask: _Mask, text: str, start: int, end: int,
-             ids: list[int]) -> list[int]:
-    piece = text[start:end]
-    if not mask.found_in(piece):
-        return ids
-    first, rest = _plain_backends(tokenizer.backend)
-    backend = first if start == 0 else rest
-    return list(backend.encode(mask.restore(piece), add_special_tokens=False).ids)
+def overlaps(spans: Spans, begin: int, end: int) -> bool:
+    return any(begin < b and a < end for a, b in spans)
 
 
 class _Mask:
@@ -87,22 +127,25 @@ class _Mask:
         if not any(c in text for c in self.first_chars):
             return text
         enc = self.tokenizer.backend.encode(text, add_special_tokens=False)
-        spans = [(s, e) for tid, (s, e) in zip(enc.ids, enc.offsets, strict=True)
-                 if self.tokenizer.is_special(tid)]
         out, i = [], 0
-        for s, e in spans:
-            self.originals.append(text[s:e])
-            out += [text[i:s], f"\ue000{self.nonce}:{len(self.originals) - 1}\ue001"]
-            i = e
+        for tid, (s, e) in zip(enc.ids, enc.offsets, strict=True):
+            if self.tokenizer.is_special(tid):
+                self.originals.append(text[s:e])
+                out += [text[i:s], f"\ue000{self.nonce}:{len(self.originals) - 1}\ue001"]
+                i = e
         return "".join(out) + text[i:]
 
-    def found_in(self, text: str) -> bool:
-        return self.nonce in text
-
-    def restore(self, text: str) -> str:
-        for k, original in enumerate(self.originals):
-            text = text.replace(f"\ue000{self.nonce}:{k}\ue001", original)
-        return text
+    def restore(self, text: str) -> tuple[str, Spans]:
+        """``text`` with the original special-token text back, and where it now stands."""
+        out, spans, i, length = [], [], 0, 0
+        for m in re.finditer(f"\ue000{self.nonce}:(\\d+)\ue001", text):
+            original = self.originals[int(m.group(1))]
+            length += m.start() - i
+            spans.append((length, length + len(original)))
+            length += len(original)
+            out += [text[i:m.start()], original]
+            i = m.end()
+        return "".join(out) + text[i:], spans
 
 
 @functools.lru_cache(maxsize=8)

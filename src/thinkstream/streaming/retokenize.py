@@ -25,7 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 Offsets = list[tuple[int, int]]
-EncodeFn = Callable[[str], tuple[list[int], Offsets | None]]
+# encode(text, start): ids and offsets of ``text``, which begins at character ``start`` of
+# the whole text (an encoder that treats regions of the whole text differently needs it)
+EncodeFn = Callable[[str, int], tuple[list[int], Offsets | None]]
 
 
 def common_prefix_len(a: Sequence, b: Sequence) -> int:
@@ -49,10 +51,10 @@ def offsets_encoder(tokenizer) -> tuple[EncodeFn, int]:
     give ``None`` offsets, which makes every update re-encode the whole text."""
     backend = getattr(tokenizer, "backend", None)
     if backend is None or not hasattr(backend, "encode"):
-        return (lambda text: (tokenizer.encode(text, add_special_tokens=False), None)), 0
+        return (lambda text, start=0: (tokenizer.encode(text, add_special_tokens=False), None)), 0
     longest = max((len(t.content) for t in backend.get_added_tokens_decoder().values()), default=0)
 
-    def encode(text: str) -> tuple[list[int], Offsets | None]:
+    def encode(text: str, start: int = 0) -> tuple[list[int], Offsets | None]:
         enc = backend.encode(text, add_special_tokens=False)
         return list(enc.ids), list(enc.offsets)
 
@@ -90,9 +92,9 @@ class TailTokenizer:
         """Tokenize ``new_text`` reusing the ids of the unchanged head; changes nothing."""
         first_change = common_prefix_len(self.text, new_text)
         k, anchor = self._anchor(first_change - self.window)
-        ids, offsets = self._encode(new_text[anchor:])
+        ids, offsets = self._encode(new_text[anchor:], anchor)
         if offsets is None:  # no offsets: whole text, no anchors
-            ids, offsets = self._encode(new_text) if anchor else (ids, None)
+            ids, offsets = self._encode(new_text, 0) if anchor else (ids, None)
             k, anchor = 0, 0
             starts = ends = [0] * len(ids)
         else:

@@ -131,7 +131,8 @@ class SessionManager:
         sid = session_id or self._new_id()
         if self._taken(sid):
             raise RequestError("session_id", f"session_id: {sid!r} is already in use")
-        inp = SessionInput.open(self.engine.tokenizer, prompt, messages, self.window)
+        inp = SessionInput.open(self.engine.tokenizer, prompt, messages, self.window,
+                                self.engine.config.allow_special_tokens_in_content)
         self._check_size(len(inp.ids))
         if thinking is not None:  # input positions depend on the layout (and on the notes)
             lay = thinking.layout
@@ -144,9 +145,7 @@ class SessionManager:
         now = time.monotonic()
         s = self._open[sid] = _Session(sid, inp, state, now, now)
         if thinking is not None:
-            tok = self.engine.tokenizer
-            start = 0 if inp.mode == "tokens" else (
-                len(inp.lead) + len(tok.encode(inp.prefix, add_special_tokens=False)))
+            start = 0 if inp.mode == "tokens" else len(inp.lead) + len(inp.prefix_ids())
             try:
                 s.think = ThinkController(self.engine, sid, thinking, min(start, len(inp.ids)))
             except ValueError as exc:  # a config this tokenizer cannot serve: undo the open

@@ -18,6 +18,12 @@ for chat) and the edit reconciles any difference: the final ids are exact by con
 The comparison may run beside the answer's first step (``plan_close(exact=False)`` and
 ``reference()``; the engine settles it before sampling).
 
+In a chat session, special-token text inside the messages and inside the streamed content is
+plain text, as in a chat completion (``loading.chat_encode``): the encoder guards the
+content's span and the spans of such text in the history, so the template's markers are the
+only control tokens, and the reference is ``encode_chat``. ``allow_special_tokens_in_content``
+reads it as control tokens (``apply_chat_template``).
+
 Bytes may be sent too (a WebSocket binary frame): an unfinished UTF-8 character is held
 back until its remaining bytes arrive. Pure Python; no torch.
 """
@@ -29,6 +35,7 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from thinkstream.loading.chat_encode import encode_guarded, overlaps, render_guarded
 from thinkstream.streaming.errors import SequenceGapError, SessionClosedError, SessionError
 from thinkstream.streaming.retokenize import (
     Retokenized,
@@ -95,15 +102,20 @@ class SessionInput:
     suffix: str = ""
     token_ids: list[int] = field(default_factory=list)  # tokens mode: the ids themselves
     pending: bytes = b""
+    allow_special: bool = False  # chat: special-token text in messages is read as such
     _tail: TailTokenizer | None = None
+    _history: list[tuple[int, int]] = field(default_factory=list)  # guarded spans in prefix
+    _content_end: int | None = None  # where the streamed content ends (None: text's end)
 
     @classmethod
     def open(cls, tokenizer, prompt: str | Sequence[int] | None = None,
-             messages: Sequence[dict] | None = None, window: int = 32) -> SessionInput:
+             messages: Sequence[dict] | None = None, window: int = 32,
+             allow_special_tokens_in_content: bool = False) -> SessionInput:
         if messages is not None:
             if prompt is not None and not isinstance(prompt, str):
                 raise SessionError("prompt: a chat session streams text", "prompt")
-            s = cls(tokenizer, "chat", [dict(m) for m in messages], window)
+            s = cls(tokenizer, "chat", [dict(m) for m in messages], window,
+                    allow_special=allow_special_tokens_in_content)
             s.prefix, s.suffix = s._split_template()
         elif prompt is None or isinstance(prompt, str):
             s = cls(tokenizer, "text", None, window)
@@ -111,6 +123,8 @@ class SessionInput:
         else:
             s = cls(tokenizer, "tokens", None, window)
         encode, longest = offsets_encoder(tokenizer)
+        if s._guarded:
+            encode = s._encode_guarded
         s._tail = TailTokenizer(encode, max(window, longest + 8))
         if s.mode == "tokens":
             s.token_ids = [int(t) for t in prompt]  # type: ignore[union-attr]
@@ -119,10 +133,13 @@ class SessionInput:
         return s
 
     def _split_template(self) -> tuple[str, str]:
+        chat = [*self.messages, {"role": "user", "content": _MARK}]
         try:
-            text = self.tokenizer.apply_chat_template(
-                [*self.messages, {"role": "user", "content": _MARK}],
-                add_generation_prompt=True, tokenize=False)
+            if self.allow_special:
+                text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                                          tokenize=False)
+            else:
+                text, self._history = render_guarded(self.tokenizer, chat, True)
         except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
             raise SessionError(f"messages: the chat template rejected them ({type(exc).__name__})",
                                "messages") from None
@@ -131,6 +148,26 @@ class SessionInput:
                                "verbatim, so it cannot be streamed", "messages")
         prefix, suffix = text.split(_MARK)
         return prefix, suffix
+
+    def _encode_guarded(self, text: str, start: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Chat text from character ``start`` on; special tokens in the streamed content or
+        from the history's messages are plain text."""
+        content, end = len(self.prefix), self._content_end
+
+        def guarded(s: int, e: int) -> bool:
+            return (e > content and (end is None or s < end)) or overlaps(self._history, s, e)
+
+        return encode_guarded(self.tokenizer, text, guarded, start)
+
+    @property
+    def _guarded(self) -> bool:
+        return self.mode == "chat" and not self.allow_special and hasattr(self.tokenizer, "backend")
+
+    def prefix_ids(self) -> list[int]:
+        """The ids of the template text before the content (as the session holds them)."""
+        if self._guarded:
+            return self._encode_guarded(self.prefix, 0)[0]
+        return list(self.tokenizer.encode(self.prefix, add_special_tokens=False))
 
     # ---------------------------------------------------------------- queries
     @property
@@ -213,7 +250,11 @@ class SessionInput:
         elif self.mode == "text":
             final = old
         else:
-            retok = self._tail.plan(self._tail.text + self.suffix)  # type: ignore[union-attr]
+            self._content_end = len(self._tail.text)  # type: ignore[union-attr]
+            try:  # the suffix is the template's: its markers are control tokens
+                retok = self._tail.plan(self._tail.text + self.suffix)  # type: ignore[union-attr]
+            finally:
+                self._content_end = None
             final = self.lead + retok.ids
         keep = common_prefix_len(old, final)
         return Plan(final, Edit(keep, final[keep:]), self.content if self.mode != "tokens" else None)
@@ -228,8 +269,9 @@ class SessionInput:
         if self.mode == "text":
             return lambda: list(tokenizer.encode(content, add_special_tokens=True))
         messages = [*self.messages, {"role": "user", "content": content}]  # type: ignore[misc]
-        return lambda: list(tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True))
+        allow = self.allow_special
+        return lambda: list(tokenizer.encode_chat(
+            messages, True, allow_special_tokens_in_content=allow))
 
     def after(self, plan: Plan) -> SessionInput:
         """A copy of this input with ``plan`` committed (this one is unchanged): what a close
