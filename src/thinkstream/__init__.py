@@ -21,11 +21,11 @@ _EXPORTS = {
     "RequestError": "thinkstream.engine", "SamplingParams": "thinkstream.sampling_params",
     "ParamError": "thinkstream.sampling_params", "EngineConfig": "thinkstream.config",
     "ModelConfig": "thinkstream.config", "RequestOutput": "thinkstream.request",
-    "CompletionOutput": "thinkstream.request",
+    "CompletionOutput": "thinkstream.request", "Logprob": "thinkstream.request",
 }
 __all__ = [
     "LLM", "LLMEngine", "SamplingParams", "EngineConfig", "ModelConfig", "RequestOutput",
-    "CompletionOutput", "RequestError", "ParamError",
+    "CompletionOutput", "Logprob", "RequestError", "ParamError",
 ]
 __version__ = "0.1.0"
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from thinkstream.config import EngineConfig, ModelConfig
     from thinkstream.engine import LLMEngine, RequestError
     from thinkstream.llm import LLM
-    from thinkstream.request import CompletionOutput, RequestOutput
+    from thinkstream.request import CompletionOutput, Logprob, RequestOutput
     from thinkstream.sampling_params import ParamError, SamplingParams
 
 

@@ -2,7 +2,8 @@
 
 One ``RequestState`` per request holds, for each of its sequences, an incremental
 detokenizer and a stop-string matcher. Text is emitted only when it can no longer change:
-a partial UTF-8 character or a possible start of a stop string is held back.
+a partial UTF-8 character or a possible start of a stop string is held back. Log-probs are
+handed out in vLLM's shape (``Logprob`` dicts), converted once per position as they come.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thinkstream.detokenize import IncrementalDetokenizer, StopStringMatcher
-from thinkstream.request import CompletionOutput, RequestOutput, Sequence
+from thinkstream.request import (
+    CompletionOutput,
+    Logprob,
+    PromptLogprobs,
+    RequestOutput,
+    Sequence,
+    TokenLogprob,
+)
 
 
 @dataclass
@@ -22,6 +30,7 @@ class _SeqText:
     num_tokens_sent: int = 0  # output tokens already reported
     text_sent: int = 0  # characters of text already reported
     stopped_by_string: str | None = None
+    logprobs: list[dict[int, Logprob]] = field(default_factory=list)  # converted so far
 
 
 @dataclass
@@ -33,6 +42,8 @@ class RequestState:
     texts: list[_SeqText] = field(default_factory=list)
     reasoning: str = ""  # reasoning text (think while reading), reported on output 0
     reasoning_sent: int = 0
+    _prompt_logprobs: PromptLogprobs = field(default_factory=list)  # converted so far
+    _prompt_sources: list[TokenLogprob | None] = field(default_factory=list)  # ... from these
 
     @classmethod
     def create(cls, request_id: str, prompt: str | None, seqs: list[Sequence], tokenizer) -> RequestState:
@@ -98,7 +109,7 @@ class RequestState:
                     index=seq.index,
                     text=st.text,
                     token_ids=list(ids),
-                    logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+                    logprobs=self._sample_logprobs(seq, st, len(ids)),
                     finish_reason=reason,
                     stop_reason=st.stopped_by_string if st.stopped_by_string is not None else seq.stop_reason,
                     new_text=st.text[st.text_sent :],
@@ -112,13 +123,47 @@ class RequestState:
                     self.reasoning_sent = len(self.reasoning)
             if consume:
                 st.text_sent, st.num_tokens_sent = len(st.text), len(ids)
-        head = self.seqs[0]
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt,
             prompt_token_ids=self.prompt_token_ids,
-            prompt_logprobs=head.prompt_logprobs,
+            prompt_logprobs=self._prompt_logprobs_now(),
             outputs=outs,
             finished=self.finished,
         )
 
+
+    # ------------------------------------------------------------ logprobs
+    def _decode(self, token_id: int) -> str:
+        return self.texts[0].detok.tokenizer.decode([token_id])
+
+    def _as_dict(self, entry: TokenLogprob) -> dict[int, Logprob]:
+        """vLLM's entry for a position: the chosen token first, then the top ones by rank."""
+        out = {entry.token_id: Logprob(entry.logprob, entry.rank, self._decode(entry.token_id))}
+        for rank, (tid, lp) in enumerate(entry.top, 1):
+            if tid not in out:
+                out[tid] = Logprob(lp, rank, self._decode(tid))
+        return out
+
+    def _sample_logprobs(self, seq: Sequence, st: _SeqText, num_tokens: int,
+                         ) -> list[dict[int, Logprob]] | None:
+        if seq.params.logprobs is None:
+            return None
+        for entry in seq.logprobs[len(st.logprobs):num_tokens]:  # entries are only appended
+            st.logprobs.append(self._as_dict(entry))
+        return st.logprobs[:num_tokens]
+
+    def _prompt_logprobs_now(self) -> PromptLogprobs | None:
+        """The head sequence's prompt logprobs, converted where they changed (an input that
+        is rolled back and recomputed replaces its tail)."""
+        src = self.seqs[0].prompt_logprobs
+        if src is None:
+            return None
+        done, have = 0, self._prompt_sources
+        while done < min(len(src), len(have)) and src[done] is have[done]:
+            done += 1
+        del self._prompt_logprobs[done:], have[done:]
+        for entry in src[done:]:
+            have.append(entry)
+            self._prompt_logprobs.append(None if entry is None else self._as_dict(entry))
+        return list(self._prompt_logprobs)

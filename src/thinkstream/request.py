@@ -48,9 +48,27 @@ class SeqStatus(enum.IntEnum):
 
 @dataclass(frozen=True)
 class TokenLogprob:
+    """The engine's record of one position (turned into ``Logprob`` dicts for callers)."""
+
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...]  # (token id, logprob), best first
+    rank: int = 1  # of ``token_id`` among all tokens (its place in ``top`` if there)
+
+
+@dataclass
+class Logprob:
+    """One token's log-probability at a position, as vLLM reports it: ``rank`` 1 is the
+    most likely token; ``decoded_token`` is the token decoded alone."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# vLLM's shapes: per position, the chosen token first, then the top tokens by rank
+SampleLogprobs = list[dict[int, Logprob]]
+PromptLogprobs = list[dict[int, Logprob] | None]  # None for the first prompt token
 
 
 @dataclass(eq=False)
@@ -153,7 +171,7 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    logprobs: list[TokenLogprob] | None
+    logprobs: SampleLogprobs | None  # one dict per token of ``token_ids``
     finish_reason: str | None
     stop_reason: int | str | None = None
     new_text: str = ""  # delta since the previous output of this request
@@ -172,7 +190,7 @@ class RequestOutput:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    prompt_logprobs: list[TokenLogprob | None] | None
+    prompt_logprobs: PromptLogprobs | None
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0

@@ -19,7 +19,7 @@ from thinkstream.config import ModelConfig
 from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.models.llama import LlamaForCausalLM
 from thinkstream.request import Sequence, TokenLogprob
-from thinkstream.sampling import build_sampling_tensors, compute_logprobs, penalize, sample
+from thinkstream.sampling import build_sampling_tensors, compute_ranked_logprobs, penalize, sample
 from thinkstream.scheduler import SchedulerOutput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -153,12 +153,12 @@ class ModelRunner:
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         if any(k is not None for k in want):
             k = max(k or 0 for k in want)
-            chosen, top_ids, top_vals = compute_logprobs(x, token_ids, max(k, 1))
+            chosen, ranks, top_ids, top_vals = compute_ranked_logprobs(x, token_ids, max(k, 1))
             logprobs = [
-                None if w is None else _entry(int(t), float(c), ti[:w], tv[:w])
-                for w, t, c, ti, tv in zip(
-                    want, token_ids.tolist(), chosen.tolist(), top_ids.tolist(), top_vals.tolist(),
-                    strict=True,
+                None if w is None else _entry(int(t), float(c), r, ti[:w], tv[:w])
+                for w, t, c, r, ti, tv in zip(
+                    want, token_ids.tolist(), chosen.tolist(), ranks.tolist(), top_ids.tolist(),
+                    top_vals.tolist(), strict=True,
                 )
             ]
         return token_ids.tolist(), logprobs
@@ -176,12 +176,13 @@ class ModelRunner:
             return entries
         x = logits[first_row : first_row + end - start]
         targets = torch.tensor(seq.token_ids[start + 1 : end + 1], device=x.device)
-        chosen, top_ids, top_vals = compute_logprobs(x, targets, k)
+        chosen, ranks, top_ids, top_vals = compute_ranked_logprobs(x, targets, k)
         w = seq.params.prompt_logprobs or 0
-        for t, c, ti, tv in zip(
-            targets.tolist(), chosen.tolist(), top_ids.tolist(), top_vals.tolist(), strict=True
+        for t, c, r, ti, tv in zip(
+            targets.tolist(), chosen.tolist(), ranks.tolist(), top_ids.tolist(),
+            top_vals.tolist(), strict=True
         ):
-            entries.append(_entry(t, c, ti[:w], tv[:w]))
+            entries.append(_entry(t, c, r, ti[:w], tv[:w]))
         return entries
 
 
@@ -204,5 +205,12 @@ def _banned_ids(seq: Sequence, eos_ids: frozenset[int]) -> tuple[int, ...]:
     return eos + tuple(seq.params.stop_token_ids)
 
 
-def _entry(token_id: int, logprob: float, top_ids: list[int], top_vals: list[float]) -> TokenLogprob:
-    return TokenLogprob(token_id, logprob, tuple(zip(top_ids, top_vals, strict=True)))
+def _entry(token_id: int, logprob: float, rank: int, top_ids: list[int],
+           top_vals: list[float]) -> TokenLogprob:
+    """A position's record. The chosen token's rank is its place among the top ones when it
+    is one of them, else past them (a tie with the last one does not make it a top one)."""
+    if token_id in top_ids:
+        rank = top_ids.index(token_id) + 1
+    else:
+        rank = max(rank, len(top_ids) + 1)
+    return TokenLogprob(token_id, logprob, tuple(zip(top_ids, top_vals, strict=True)), rank)

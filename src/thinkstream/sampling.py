@@ -244,7 +244,16 @@ def compute_logprobs(logits: Tensor, token_ids: Tensor, k: int) -> tuple[Tensor,
     log-probs (B, k), most likely first. For prompt logprobs pass the logits of positions
     0..n-2 with the tokens 1..n-1.
     """
+    chosen, _, top_ids, top_vals = compute_ranked_logprobs(logits, token_ids, k)
+    return chosen, top_ids, top_vals
+
+
+def compute_ranked_logprobs(logits: Tensor, token_ids: Tensor, k: int,
+                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``compute_logprobs`` and the chosen tokens' ranks (B,): 1 + the number of tokens
+    strictly more likely."""
     logprobs = logits.float().log_softmax(dim=1)
     chosen = logprobs.gather(1, token_ids.long().unsqueeze(1)).squeeze(1)
+    ranks = (logprobs > chosen.unsqueeze(1)).sum(dim=1) + 1
     top = logprobs.topk(k, dim=1)
-    return chosen, top.indices, top.values
+    return chosen, ranks, top.indices, top.values

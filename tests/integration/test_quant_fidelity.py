@@ -24,7 +24,8 @@ TEXT = (
 
 def _perplexity(llm: LLM) -> float:
     out = llm.generate([TEXT], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))[0]
-    lps = [e.logprob for e in out.prompt_logprobs[1:]]
+    lps = [e[t].logprob for e, t in zip(out.prompt_logprobs[1:], out.prompt_token_ids[1:],
+                                        strict=True)]
     return math.exp(-sum(lps) / len(lps))
 
 

@@ -57,7 +57,8 @@ def test_echo_logprobs_match_engine(client, tiny_server) -> None:
     out = final_output(tiny_server.llm, ids,
                        SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=1))
     for i in range(1, len(ids)):
-        assert lps["token_logprobs"][i] == pytest.approx(out.prompt_logprobs[i].logprob, abs=1e-5)
+        assert lps["token_logprobs"][i] == pytest.approx(out.prompt_logprobs[i][ids[i]].logprob,
+                                                         abs=1e-5)
     tiny_server.wait_idle()
 
 

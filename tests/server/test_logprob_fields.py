@@ -11,7 +11,7 @@ from conftest import tiny_llm, wait_pool_full
 from fastapi.testclient import TestClient
 from helpers.tiny import tiny_tokenizer
 
-from thinkstream.request import CompletionOutput, RequestOutput, TokenLogprob
+from thinkstream.request import CompletionOutput, Logprob, RequestOutput
 from thinkstream.server.app import create_app
 from thinkstream.server.config import ServerConfig
 from thinkstream.server.formatting import ChatView, CompletionView
@@ -85,7 +85,8 @@ def test_chat_top_logprobs_keep_a_partial_tokens_bytes(client: TestClient) -> No
 
 
 def _output(ids: list[int], text: str) -> RequestOutput:
-    lps = [TokenLogprob(t, -0.5, ((t, -0.5), (ids[0], -1.0))) for t in ids]
+    lps = [{t: Logprob(-0.5, 1), ids[0]: Logprob(-1.0, 2)} if t != ids[0] else
+           {t: Logprob(-0.5, 1)} for t in ids]
     o = CompletionOutput(0, text, ids, lps, "length", new_text=text, new_token_ids=ids)
     return RequestOutput("r", None, [1], None, [o], True)
 

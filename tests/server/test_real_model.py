@@ -105,7 +105,7 @@ def _own_loglikelihood(real, context: str, continuation: str) -> float:
 
     plp = final_output(real.llm, ids, SamplingParams(max_tokens=1, temperature=0,
                                                      prompt_logprobs=1)).prompt_logprobs
-    return sum(e.logprob for e in plp[len(ctx):])
+    return sum(e[t].logprob for e, t in zip(plp[len(ctx):], ids[len(ctx):], strict=True))
 
 
 @pytest.mark.parametrize("tokenized", [True, False])

@@ -175,11 +175,13 @@ def test_prompt_logprobs_match_reference() -> None:
     ref = torch.log_softmax(reference_logits(ck.config, ck.tensors, prompt), -1)
     assert plp[0] is None and len(plp) == len(prompt)
     for i in range(1, len(prompt)):
-        assert plp[i].token_id == prompt[i]
-        assert abs(plp[i].logprob - float(ref[i - 1, prompt[i]])) < 1e-4
-        assert len(plp[i].top) == 2 and plp[i].top[0][0] == int(ref[i - 1].argmax())
-    lp = out[-1].outputs[0].logprobs[0]
-    assert abs(lp.logprob - float(ref[-1].max())) < 1e-4
+        assert next(iter(plp[i])) == prompt[i]  # vLLM's shape: the prompt token first
+        assert abs(plp[i][prompt[i]].logprob - float(ref[i - 1, prompt[i]])) < 1e-4
+        top = sorted((lp.rank, t) for t, lp in plp[i].items() if lp.rank <= 2)
+        assert len(top) == 2 and top[0][1] == int(ref[i - 1].argmax())
+    out0 = out[-1].outputs[0]
+    lp = out0.logprobs[0][out0.token_ids[0]]
+    assert abs(lp.logprob - float(ref[-1].max())) < 1e-4 and lp.rank == 1
 
 
 def test_bad_requests_take_no_blocks() -> None:

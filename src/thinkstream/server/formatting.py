@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from thinkstream.request import CompletionOutput, RequestOutput, TokenLogprob
+from thinkstream.request import CompletionOutput, Logprob, RequestOutput
 from thinkstream.server import protocol as P
 from thinkstream.server.errors import APIError
 
@@ -58,6 +58,13 @@ def render_chat(tokenizer, body: P.ChatCompletionRequest,
 
 def _lp(x: float) -> float:
     return x if math.isfinite(x) else -9999.0
+
+
+def _top(entry: dict[int, Logprob], k: int | None) -> list[tuple[int, float]]:
+    """The ``k`` most likely tokens of a position (ids and log-probs), best first."""
+    ranked = sorted((lp.rank, tid, lp.logprob) for tid, lp in entry.items()
+                    if lp.rank is not None and lp.rank <= (k or 0))
+    return [(tid, logprob) for _, tid, logprob in ranked]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -124,7 +131,7 @@ class CompletionView(_View):
         return _Offsets(self, len(self.prompt_text(i)) if self.echo else 0,
                         self.skip_special_tokens)
 
-    def _logprobs(self, entries: list[TokenLogprob | None], ids: list[int],
+    def _logprobs(self, entries: list[dict[int, Logprob] | None], ids: list[int],
                   offsets: list[int]) -> dict:
         tokens, lps, tops = [], [], []
         for tid, e in zip(ids, entries, strict=True):
@@ -134,9 +141,9 @@ class CompletionView(_View):
                 lps.append(None)
                 tops.append(None)
                 continue
-            lps.append(_lp(e.logprob))
-            top = {self.token_str(t): _lp(lp) for t, lp in e.top[: self.logprobs]}
-            top.setdefault(s, _lp(e.logprob))
+            lps.append(_lp(e[tid].logprob))
+            top = {self.token_str(t): _lp(lp) for t, lp in _top(e, self.logprobs)}
+            top.setdefault(s, _lp(e[tid].logprob))
             tops.append(top)
         return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
                 "text_offset": offsets}
@@ -214,12 +221,12 @@ class ChatView(_View):
     logprobs: int | None = None
     n: int = 1
 
-    def _logprobs(self, entries: list[TokenLogprob], ids: list[int]) -> dict:
+    def _logprobs(self, entries: list[dict[int, Logprob]], ids: list[int]) -> dict:
         content = []
         for tid, e in zip(ids, entries, strict=True):
             top = [{"token": self.token_str(k), "logprob": _lp(lp),
-                    "bytes": list(self.token_bytes(k))} for k, lp in e.top[: self.logprobs]]
-            content.append({"token": self.token_str(tid), "logprob": _lp(e.logprob),
+                    "bytes": list(self.token_bytes(k))} for k, lp in _top(e, self.logprobs)]
+            content.append({"token": self.token_str(tid), "logprob": _lp(e[tid].logprob),
                             "bytes": list(self.token_bytes(tid)), "top_logprobs": top})
         return {"content": content}
 
