@@ -22,4 +22,4 @@ def test_the_package_still_exports_the_api_lazily() -> None:
     assert thinkstream.SamplingParams.__name__ == "SamplingParams"
     assert sorted(thinkstream.__all__) == sorted([
         "LLM", "LLMEngine", "SamplingParams", "EngineConfig", "ModelConfig", "RequestOutput",
-        "CompletionOutput", "RequestError", "ParamError"])
+        "CompletionOutput", "Logprob", "RequestError", "ParamError"])
