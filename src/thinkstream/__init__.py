@@ -1,7 +1,7 @@
 """thinkstream: an LLM inference engine for streaming input and parallel generation.
 
 The package is lazy: ``from thinkstream import LLM`` loads the engine (and torch) on first
-use, so ``thinkstream.kv`` and ``thinkstream.scheduler`` import without torch.
+use, so ``thinkstream.kv`` and ``thinkstream.engine.scheduler`` import without torch.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
-    "LLM": "thinkstream.llm", "LLMEngine": "thinkstream.engine",
-    "RequestError": "thinkstream.engine", "SamplingParams": "thinkstream.sampling_params",
+    "LLM": "thinkstream.llm", "LLMEngine": "thinkstream.engine.llm_engine",
+    "RequestError": "thinkstream.engine.llm_engine", "SamplingParams": "thinkstream.sampling_params",
     "ParamError": "thinkstream.sampling_params", "EngineConfig": "thinkstream.config",
-    "ModelConfig": "thinkstream.config", "RequestOutput": "thinkstream.request",
-    "CompletionOutput": "thinkstream.request", "Logprob": "thinkstream.request",
+    "ModelConfig": "thinkstream.config", "RequestOutput": "thinkstream.engine.request",
+    "CompletionOutput": "thinkstream.engine.request", "Logprob": "thinkstream.engine.request",
 }
 __all__ = [
     "LLM", "LLMEngine", "SamplingParams", "EngineConfig", "ModelConfig", "RequestOutput",
@@ -31,9 +31,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from thinkstream.config import EngineConfig, ModelConfig
-    from thinkstream.engine import LLMEngine, RequestError
+    from thinkstream.engine.llm_engine import LLMEngine, RequestError
+    from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
     from thinkstream.llm import LLM
-    from thinkstream.request import CompletionOutput, Logprob, RequestOutput
     from thinkstream.sampling_params import ParamError, SamplingParams
 
 

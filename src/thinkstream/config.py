@@ -114,7 +114,7 @@ class EngineConfig:
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads; None = cores available
     session_policy: str = "fcfs"  # order among streaming sessions: "fcfs" | "lca" | "mcf"
-    # Run pure decode steps as graphs (compiled.py): torch.compile on CPU (each batch-size
+    # Run pure decode steps as graphs (worker/graphs.py): torch.compile on CPU (each batch-size
     # range compiles on first use, 30-60 s for a 135M model on one core, cached on disk
     # afterwards; about 1.3-1.5x faster decode at batch 1 with int4, 1.1-1.2x at 32), CUDA
     # graphs per batch/context bucket on CUDA. Off by default: the first steps pay the

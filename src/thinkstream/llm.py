@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterator, Sequence
 
 from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine
-from thinkstream.request import RequestOutput
+from thinkstream.engine.llm_engine import LLMEngine
+from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
 from thinkstream.thinking.config import ThinkConfig

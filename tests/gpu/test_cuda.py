@@ -10,7 +10,7 @@ from helpers.tiny import tiny_checkpoint
 
 from thinkstream import LLM, SamplingParams
 from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine
+from thinkstream.engine.llm_engine import LLMEngine
 
 pytestmark = [
     pytest.mark.gpu,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from thinkstream.engine import LLMEngine
+from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.sampling_params import SamplingParams
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import live_server, slow_down, tiny_llm, wait_for
 
-from thinkstream.request import SeqStatus
+from thinkstream.engine.request import SeqStatus
 from thinkstream.server.config import ServerConfig
 
 LONG = {"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 400,

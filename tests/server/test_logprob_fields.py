@@ -11,7 +11,7 @@ from conftest import tiny_llm, wait_pool_full
 from fastapi.testclient import TestClient
 from helpers.tiny import tiny_tokenizer
 
-from thinkstream.request import CompletionOutput, Logprob, RequestOutput
+from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
 from thinkstream.server.app import create_app
 from thinkstream.server.config import ServerConfig
 from thinkstream.server.formatting import ChatView, CompletionView

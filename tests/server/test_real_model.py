@@ -10,9 +10,9 @@ import openai
 import pytest
 from conftest import final_output, live_server
 
-from thinkstream.async_engine import AsyncLLM
 from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine
+from thinkstream.engine.async_llm import AsyncLLM
+from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.server.config import ServerConfig
 

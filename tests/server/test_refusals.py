@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_llm, wait_pool_full
 from fastapi.testclient import TestClient
 
-from thinkstream.engine import RequestError
+from thinkstream.engine.llm_engine import RequestError
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.server.app import create_app
 from thinkstream.server.config import ServerConfig

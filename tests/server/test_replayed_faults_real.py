@@ -7,9 +7,9 @@ import httpx
 import pytest
 from conftest import live_server
 
-from thinkstream.async_engine import AsyncLLM
 from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine
+from thinkstream.engine.async_llm import AsyncLLM
+from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.server.config import ServerConfig
 
 pytestmark = pytest.mark.integration

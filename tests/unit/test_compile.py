@@ -1,4 +1,4 @@
-"""Compiled decode (compiled.py) against the eager step on the tiny model: the buckets, the
+"""Compiled decode (worker/graphs.py) against the eager step on the tiny model: the buckets, the
 padded step that CUDA graphs capture (run eagerly here), and one real torch.compile run.
 Batches 3 and 5 are not bucket sizes, so rows and context are padded."""
 
@@ -9,18 +9,18 @@ import torch
 from helpers.runs import run_staggered
 from helpers.tiny import random_tensors, tiny_checkpoint, tiny_config
 
-from thinkstream.compiled import (
+from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.config import EngineConfig
+from thinkstream.engine.llm_engine import LLMEngine
+from thinkstream.models.registry import build_model
+from thinkstream.sampling_params import SamplingParams
+from thinkstream.worker.graphs import (
     CompiledDecode,
     GraphDecode,
     batch_buckets,
     context_bucket,
     plain_decode,
 )
-from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine
-from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
-from thinkstream.models.registry import build_model
-from thinkstream.sampling_params import SamplingParams
 
 BS = 4
 SLOTS = 64 * BS  # the scratch slot is SLOTS, one past the pool

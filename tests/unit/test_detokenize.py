@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import ByteLevelBPETokenizer, SentencePieceBPETokenizer
 
-from thinkstream.detokenize import IncrementalDetokenizer, StopStringMatcher
+from thinkstream.engine.detokenize import IncrementalDetokenizer, StopStringMatcher
 
 CORPUS = [
     "hello world, the quick brown fox jumps over the lazy dog.",

@@ -8,7 +8,7 @@ import torch
 from helpers.tiny import reference_logits, tiny_checkpoint
 
 from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine, RequestError
+from thinkstream.engine.llm_engine import LLMEngine, RequestError
 from thinkstream.sampling_params import SamplingParams
 
 PROMPTS = [

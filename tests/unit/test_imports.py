@@ -8,7 +8,7 @@ import sys
 
 def test_kv_and_scheduler_import_without_torch() -> None:
     code = ("import sys\n"
-            "import thinkstream.kv.block_pool, thinkstream.kv.manager, thinkstream.scheduler\n"
+            "import thinkstream.kv.block_pool, thinkstream.kv.manager, thinkstream.engine.scheduler\n"
             "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
             "print(len(loaded))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,7 @@ import torch
 from helpers.tiny import reference_logits, tiny_checkpoint
 
 from thinkstream import LLM, SamplingParams
-from thinkstream.request import Logprob
+from thinkstream.engine.request import Logprob
 
 PROMPT = [100, 200, 300, 12, 13, 14, 15]
 

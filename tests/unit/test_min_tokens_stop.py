@@ -7,8 +7,8 @@ from __future__ import annotations
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream.config import EngineConfig
-from thinkstream.detokenize import StopStringMatcher
-from thinkstream.engine import LLMEngine
+from thinkstream.engine.detokenize import StopStringMatcher
+from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.sampling_params import SamplingParams
 
 

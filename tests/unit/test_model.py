@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers.tiny import random_tensors, reference_logits, tiny_config
 
-from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.models.registry import build_model
 
 ARCHS = ["llama", "llama3", "qwen2", "qwen3", "gemma3"]
@@ -123,7 +123,7 @@ def test_prefix_segment_view(arch: str) -> None:
 def test_cascade_decode_over_shared_prefix() -> None:
     """Decoding several sequences that share a long prefix (shared blocks) reads the prefix
     once (cascade) and matches each sequence's dense reference."""
-    from thinkstream.models import attention
+    from thinkstream.attention import paged as attention
 
     cfg = tiny_config("llama")
     t = random_tensors(cfg, seed=8)
@@ -159,7 +159,7 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
     with the same mask (causal tail, hidden prefix keys, a sliding window)."""
     import torch.nn.functional as F
 
-    from thinkstream.models.short_attention import open_columns, short_chunk
+    from thinkstream.attention.short import open_columns, short_chunk
 
     g = torch.Generator().manual_seed(0)
     n, h, kvh, d, length = 7, 6, 2, 16, 50
@@ -197,7 +197,7 @@ def test_short_chunks_of_several_sequences_batched(arch: str, monkeypatch) -> No
     """Short chunks of three sequences in one step (one ``short`` group, padded queries and
     keys) next to a decode row give the flash kernel's result; float32 caches keep the
     flash kernel (the parity mode's summation order)."""
-    from thinkstream.models import attention
+    from thinkstream.attention import paged as attention
 
     cfg = tiny_config(arch)
     t = random_tensors(cfg, seed=4)

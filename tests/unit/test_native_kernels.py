@@ -108,8 +108,8 @@ def test_build_is_cached_by_source(tmp_path: Path) -> None:
 def test_short_chunk_same_with_native_and_torch_softmax(monkeypatch, one_thread) -> None:
     """A 17-token chunk over 600 cached keys (bfloat16): the native softmax gives the
     output of torch's within bfloat16 rounding."""
-    from thinkstream.models import short_attention
-    from thinkstream.models.short_attention import open_columns, short_chunk
+    from thinkstream.attention import short as short_attention
+    from thinkstream.attention.short import open_columns, short_chunk
 
     g = torch.Generator().manual_seed(1)
     n, h, kvh, d, length = 17, 9, 3, 64, 600

@@ -11,12 +11,12 @@ import pytest
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine, RequestError
+from thinkstream.engine.llm_engine import LLMEngine, RequestError
+from thinkstream.engine.request import Sequence
+from thinkstream.engine.scheduler import Scheduler, SchedulerConfig
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.llm import LLM
-from thinkstream.request import Sequence
 from thinkstream.sampling_params import SamplingParams
-from thinkstream.scheduler import Scheduler, SchedulerConfig
 from thinkstream.thinking import Layout, ThinkConfig
 
 CKPT = tiny_checkpoint()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thinkstream.config import EngineConfig
-from thinkstream.engine import LLMEngine, RequestError
+from thinkstream.engine.llm_engine import LLMEngine, RequestError
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.streaming.errors import SessionError
 from thinkstream.streaming.sessions import SessionManager

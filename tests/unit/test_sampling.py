@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from thinkstream.sampling import (
+from thinkstream.sampling_params import SamplingParams
+from thinkstream.worker.sampling import (
     SamplingTensors,
     apply_banned,
     apply_min_p,
@@ -19,7 +20,6 @@ from thinkstream.sampling import (
     sample,
     token_counts,
 )
-from thinkstream.sampling_params import SamplingParams
 
 INF = float("-inf")
 PROBS = [0.1, 0.2, 0.3, 0.4]

@@ -12,11 +12,11 @@ from helpers.tiny import tiny_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from thinkstream.engine.policy import POLICIES
+from thinkstream.engine.request import SeqStatus
 from thinkstream.llm import LLM
-from thinkstream.request import SeqStatus
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.errors import SequenceGapError, SessionClosedError, SessionLimitError
-from thinkstream.streaming.policy import POLICIES
 from thinkstream.streaming.sessions import SessionManager
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers.tiny import random_tensors, reference_logits, tiny_checkpoint, tiny_config
 
+from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.llm import LLM
-from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.thinking import Layout, ThinkConfig, UnitPolicy
@@ -440,7 +440,7 @@ def test_thinking_off_is_unchanged() -> None:
 def _closing_steps(plan_viewers: bool, monkeypatch) -> tuple[list[dict], list[int], str]:
     """Steps after close of a gap D2 session (R's pass views the input chunk the close
     brings; the answer views the request R writes), with or without same-step viewers."""
-    from thinkstream.scheduler import Scheduler
+    from thinkstream.engine.scheduler import Scheduler
 
     if not plan_viewers:
         monkeypatch.setattr(Scheduler, "_plan_viewers", lambda self, out, stalled, budget, by_id: budget)

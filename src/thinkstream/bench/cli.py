@@ -3,7 +3,7 @@
 Example (the full run of docs/benchmarks.md)::
 
     thinkstream bench all --dtype bfloat16 --reps 3 --throughput-reps 1 \\
-        --json benchmarks/results/smollm2.json --plot benchmarks/results/smollm2.png
+        --json docs/results/smollm2.json --plot docs/results/smollm2.png
 """
 
 from __future__ import annotations

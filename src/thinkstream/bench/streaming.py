@@ -168,11 +168,11 @@ def _gguf(model: str | None) -> Path | None:
 
 async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dict) -> list:
     """The thinkstream peers and the concurrent load; returns every length's prompt ids."""
-    from thinkstream.async_engine import AsyncLLM
     from thinkstream.config import EngineConfig
-    from thinkstream.engine import LLMEngine
+    from thinkstream.engine.async_llm import AsyncLLM
+    from thinkstream.engine.llm_engine import LLMEngine
+    from thinkstream.engine.policy import policy_key
     from thinkstream.sampling_params import SamplingParams
-    from thinkstream.streaming.policy import policy_key
 
     cfg = EngineConfig(dtype=args.dtype, quantization=args.quantization,
                        kv_cache_memory=args.kv_cache_mb << 20,
@@ -340,7 +340,7 @@ def plot(report: dict, path: str | Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from thinkstream.streaming.policy import POLICIES
+    from thinkstream.engine.policy import POLICIES
 
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     p.add_argument("--model", default=None,

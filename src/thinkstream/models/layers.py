@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from thinkstream.attention.paged import AttentionMetadata, paged_attention
 from thinkstream.config import ModelConfig, RopeScaling
-from thinkstream.models.attention import AttentionMetadata, paged_attention
 
 
 class RMSNorm(nn.Module):

@@ -71,9 +71,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from thinkstream.async_engine import AsyncLLM
     from thinkstream.cli import engine_config
-    from thinkstream.engine import LLMEngine
+    from thinkstream.engine.async_llm import AsyncLLM
+    from thinkstream.engine.llm_engine import LLMEngine
     from thinkstream.server.app import create_app
     from thinkstream.server.lifecycle import serve
 

@@ -16,8 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from thinkstream.async_engine import EngineDeadError
-from thinkstream.engine import RequestError
+from thinkstream.engine.async_llm import EngineDeadError
+from thinkstream.engine.llm_engine import RequestError
 from thinkstream.sampling_params import ParamError
 
 log = logging.getLogger("thinkstream.server")

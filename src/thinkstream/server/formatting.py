@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from thinkstream.request import CompletionOutput, Logprob, RequestOutput
+from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
 from thinkstream.server import protocol as P
 from thinkstream.server.errors import APIError
 

@@ -18,8 +18,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from thinkstream.engine import RequestError
-from thinkstream.request import RequestOutput
+from thinkstream.engine.llm_engine import RequestError
+from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import Request
 
-from thinkstream.async_engine import AsyncLLM, EngineDeadError
-from thinkstream.request import RequestOutput
+from thinkstream.engine.async_llm import AsyncLLM, EngineDeadError
+from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.server.auth import ANONYMOUS, KeyRing
 from thinkstream.server.config import ServerConfig

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from thinkstream.engine import RequestError
-from thinkstream.request import RequestOutput
+from thinkstream.engine.llm_engine import RequestError
+from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.server.errors import APIError
 from thinkstream.streaming.errors import (

@@ -51,7 +51,7 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from thinkstream.request import RequestOutput
+from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
 from thinkstream.server.auth import request_owner

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ValidationError
 
-from thinkstream.request import RequestOutput
+from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
 from thinkstream.server.auth import origin_allowed, presented_key
 from thinkstream.server.errors import APIError, to_api_error

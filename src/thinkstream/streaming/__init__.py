@@ -5,13 +5,13 @@ exported here; ``streaming.sessions.SessionManager`` drives an ``LLMEngine`` and
 from its module (it depends on the engine, which depends on ``streaming.policy``).
 """
 
+from thinkstream.engine.policy import POLICIES, policy_key
 from thinkstream.streaming.errors import (
     SequenceGapError,
     SessionClosedError,
     SessionError,
     SessionNotFoundError,
 )
-from thinkstream.streaming.policy import POLICIES, policy_key
 from thinkstream.streaming.retokenize import TailTokenizer, common_prefix_len
 from thinkstream.streaming.state import Edit, SessionInput
 

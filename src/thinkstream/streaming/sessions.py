@@ -27,9 +27,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from thinkstream.engine import LLMEngine, RequestError
-from thinkstream.output import RequestState
-from thinkstream.request import RequestOutput
+from thinkstream.engine.llm_engine import LLMEngine, RequestError
+from thinkstream.engine.output import RequestState
+from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.errors import SessionClosedError, SessionLimitError, SessionNotFoundError
 from thinkstream.streaming.state import Data, Plan, SessionInput

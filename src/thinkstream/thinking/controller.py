@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from thinkstream.engine import LLMEngine
-from thinkstream.request import Sequence
+from thinkstream.engine.llm_engine import LLMEngine
+from thinkstream.engine.request import Sequence
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.thinking.config import ThinkConfig
 from thinkstream.thinking.layouts import after_all, input_positions, known_until, segment_start

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from thinkstream.detokenize import IncrementalDetokenizer, StopStringMatcher
-from thinkstream.request import (
+from thinkstream.engine.detokenize import IncrementalDetokenizer, StopStringMatcher
+from thinkstream.engine.request import (
     CompletionOutput,
     Logprob,
     PromptLogprobs,

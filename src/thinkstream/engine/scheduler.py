@@ -55,8 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from thinkstream.engine.request import SeqStatus, Sequence
 from thinkstream.kv.manager import KVCacheManager
-from thinkstream.request import SeqStatus, Sequence
 
 
 @dataclass(frozen=True)

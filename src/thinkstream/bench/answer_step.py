@@ -2,12 +2,12 @@
 
 For documents of 256 and 4,096 tokens streamed into a session (bfloat16 + int4, 1 thread):
 the close command (last chunk + the reference tokenization of the whole input) and the
-answer's first step, with the short-chunk path (``models/short_attention.py``; its softmax
+answer's first step, with the short-chunk path (``attention/short.py``; its softmax
 native (``kernels/softmax_bf16.c``) or torch's) and with the flash kernel; then one step
 computing a 3-word chunk for each of 16 sessions, each way. Medians of ``--reps`` sessions
 on different documents; the ways alternate, so noise hits all of them.
 
-    PYTHONPATH=src python benchmarks/answer_step.py [--reps 3] [--dtype bfloat16] [--quantization int4] [--threads 1]
+    python -m thinkstream.bench.answer_step [--reps 3] [--dtype bfloat16] [--quantization int4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import time
 
 import torch
 
+from thinkstream.attention import paged as attention
+from thinkstream.attention import short as short_attention
 from thinkstream.bench.streaming import document
 from thinkstream.llm import LLM
-from thinkstream.models import attention, short_attention
 from thinkstream.sampling_params import SamplingParams
 
 ONE = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)

@@ -15,7 +15,7 @@ Sequences fall into groups, each computed its own way:
   own, so nothing is gathered and causal SDPA runs directly;
 - ``chunk``: a chunk after cached context (chunked prefill, prefix-cache hit, streaming
   input): gathered context with an explicit mask; short chunks (``SHORT_CHUNK`` tokens
-  at most) as grouped-query matmuls instead of the flash kernel (``short_attention``),
+  at most) as grouped-query matmuls instead of the flash kernel (``attention.short``),
   several of them in one step merged into one padded ``short`` group.
 
 For one sequence with ``n`` new tokens after ``k`` computed ones:
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from thinkstream.models.short_attention import (
+from thinkstream.attention.short import (
     SHORT_CHUNK,
     gather_heads_first,
     open_columns,
@@ -206,7 +206,7 @@ def _chunk_group(offset: int, s: SeqSlice, context: torch.Tensor, window: int | 
 
 
 def _short_group(chunks: list[AttnGroup]) -> AttnGroup:
-    """Short chunk groups merged into one padded batch (``short_attention.short_batch``);
+    """Short chunk groups merged into one padded batch (``short.short_batch``);
     ``take`` lists the real queries among the B x Qmax rows."""
     qmax = max(g.stop - g.start for g in chunks)
     lmax = max(g.key_slots.shape[1] for g in chunks)

@@ -10,7 +10,7 @@ chunk (the question), bfloat16, 1 thread:
 4. the softmax of one layer's scores (3 x 48 x L), native kernel against torch's, and
    ``short_chunk`` at L = 4,096 with each.
 
-    PYTHONPATH=src python benchmarks/attention_floor.py
+    python -m thinkstream.bench.attention_floor
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from thinkstream.attention import short as short_attention
+from thinkstream.attention.short import open_columns, short_chunk
 from thinkstream.kernels import load_softmax_bf16, softmax_last
-from thinkstream.models import short_attention
-from thinkstream.models.short_attention import open_columns, short_chunk
 
 Q, H, KVH, D, LAYERS, L = 16, 9, 3, 64, 30, 4113
 

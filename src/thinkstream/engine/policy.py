@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from thinkstream.request import Sequence
+from thinkstream.engine.request import Sequence
 
 PriorityKey = Callable[[Sequence], Any]
 

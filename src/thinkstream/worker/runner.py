@@ -5,7 +5,7 @@ Per step it builds the packed inputs (one row per new token, explicit positions)
 attention metadata (once, shared by all layers), performs pending block copies (forks,
 truncations), and computes logits only for the rows that need them. With
 ``compile_decode`` a pure decode step runs as a compiled / captured graph instead
-(``compiled.py``); every other step runs eagerly.
+(``worker/graphs.py``); every other step runs eagerly.
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ from dataclasses import dataclass
 
 import torch
 
-from thinkstream.compiled import CompiledDecode, GraphDecode, batch_buckets
+from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.config import ModelConfig
-from thinkstream.models.attention import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.engine.request import Sequence, TokenLogprob
+from thinkstream.engine.scheduler import SchedulerOutput
 from thinkstream.models.llama import LlamaForCausalLM
-from thinkstream.request import Sequence, TokenLogprob
-from thinkstream.sampling import build_sampling_tensors, compute_ranked_logprobs, penalize, sample
-from thinkstream.scheduler import SchedulerOutput
+from thinkstream.worker.graphs import CompiledDecode, GraphDecode, batch_buckets
+from thinkstream.worker.sampling import (
+    build_sampling_tensors,
+    compute_ranked_logprobs,
+    penalize,
+    sample,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,9 +1,9 @@
 """GPU check, run on a lent CUDA machine: the engine on a SmolLM2-135M-shaped model with
 random weights (no model file needed), bfloat16, prefill and decode throughput. With
 ``--compile-decode`` the decode rows run again with ``compile_decode=True`` (CUDA graphs per
-batch / context bucket, compiled.py), side by side, and the greedy tokens are compared.
+batch / context bucket, worker/graphs.py), side by side, and the greedy tokens are compared.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --json out.json [--compile-decode]
+    python -m thinkstream.bench.gpu_check --json out.json [--compile-decode]
 """
 
 from __future__ import annotations

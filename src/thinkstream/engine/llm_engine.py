@@ -20,18 +20,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from thinkstream.config import EngineConfig
+from thinkstream.engine.output import RequestState
+from thinkstream.engine.policy import policy_key
+from thinkstream.engine.request import RequestOutput, SeqStatus, Sequence
+from thinkstream.engine.scheduler import Scheduler, SchedulerConfig
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
 from thinkstream.models.registry import build_model
-from thinkstream.output import RequestState
-from thinkstream.request import RequestOutput, SeqStatus, Sequence
-from thinkstream.runner import DTYPES, ModelRunner, kv_bytes_per_block
 from thinkstream.sampling_params import ParamError, SamplingParams
-from thinkstream.scheduler import Scheduler, SchedulerConfig
-from thinkstream.streaming.policy import policy_key
 from thinkstream.streaming.retokenize import common_prefix_len
+from thinkstream.worker.runner import DTYPES, ModelRunner, kv_bytes_per_block
 
-log = logging.getLogger("thinkstream.engine")
+log = logging.getLogger("thinkstream.engine.llm_engine")
 
 
 class RequestError(ValueError):

@@ -5,7 +5,7 @@ alternate between them (the machine is noisy: compare the ratio, not the absolut
 compiled engine's warm-up includes the compile of its graph (set TORCHINDUCTOR_CACHE_DIR to
 an empty folder to time a cold compile).
 
-    PYTHONPATH=src python benchmarks/compile_decode.py --batch 1 --batch 32
+    python -m thinkstream.bench.compile_decode --batch 1 --batch 32
 """
 
 from __future__ import annotations

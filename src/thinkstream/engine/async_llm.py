@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from thinkstream.engine import LLMEngine, RequestError
-from thinkstream.output import RequestState
-from thinkstream.request import RequestOutput
+from thinkstream.engine.llm_engine import LLMEngine, RequestError
+from thinkstream.engine.output import RequestState
+from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
 

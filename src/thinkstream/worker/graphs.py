@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 import torch
 
-from thinkstream.models.attention import CASCADE_MIN_SHARED, AttentionMetadata, AttnGroup
+from thinkstream.attention.paged import CASCADE_MIN_SHARED, AttentionMetadata, AttnGroup
 from thinkstream.models.llama import LlamaForCausalLM
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
