@@ -60,6 +60,15 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
+def set_process_threads(cfg: EngineConfig) -> None:
+    """The entry points (``run``, ``chat``, ``serve``, ``bench``) set torch's intra-op threads
+    once for the process; an engine itself only scopes them to its steps."""
+    if cfg.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+
+
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -72,6 +81,7 @@ def _llm(args: argparse.Namespace):
     from thinkstream.llm import LLM
 
     cfg = engine_config(args)
+    set_process_threads(cfg)
     return LLM(args.model, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
 
 

@@ -117,8 +117,8 @@ class LLM:
         state = self.engine.requests.get(rid)
         if state is None:
             return
-        seq, sched = state.seqs[0], self.engine.scheduler
-        while seq.num_pending_tokens and seq not in sched.parked and not seq.status.finished:
+        seq = state.seqs[0]
+        while seq.num_pending_tokens and not self.engine.is_parked(seq) and not seq.status.finished:
             self.engine.step()
             if not self.engine.last_step_progress:
                 return  # waits for memory or for the close (a thinking layout): not here
@@ -214,7 +214,7 @@ class Session:
         if ctrl is None or state is None:
             return
         while (ctrl.note is not None or ctrl.S.num_pending_tokens) and not state.finished:
-            if not self.llm.engine.scheduler.has_work():
+            if not self.llm.engine.has_work():
                 break
             for out in self.llm.engine.step():
                 if out.request_id == self.id:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from helpers.tiny import tiny_checkpoint
 
+from thinkstream.async_llm import AsyncLLM
 from thinkstream.config import EngineConfig
-from thinkstream.engine.async_llm import AsyncLLM
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.server.app import create_app
 from thinkstream.server.config import ServerConfig

@@ -10,8 +10,8 @@ import openai
 import pytest
 from conftest import final_output, live_server
 
+from thinkstream.async_llm import AsyncLLM
 from thinkstream.config import EngineConfig
-from thinkstream.engine.async_llm import AsyncLLM
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.server.config import ServerConfig

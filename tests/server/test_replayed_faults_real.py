@@ -7,8 +7,8 @@ import httpx
 import pytest
 from conftest import live_server
 
+from thinkstream.async_llm import AsyncLLM
 from thinkstream.config import EngineConfig
-from thinkstream.engine.async_llm import AsyncLLM
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.server.config import ServerConfig
 

@@ -335,7 +335,7 @@ def test_websocket_abort_and_drop_mid_note_free_every_block(client: TestClient, 
 def test_thinking_body_maps_answer_request_and_fold() -> None:
     """The session body's ``thinking`` object reaches ``ThinkConfig``: ``answer_request``
     (omitted: the default; "": none) and ``fold_last_unit``."""
-    from thinkstream.server.session_routes import SessionThinking
+    from thinkstream.server.session_protocol import SessionThinking
 
     default = SessionThinking().config()
     assert default.answer_request == ThinkConfig().answer_request and default.fold_last_unit

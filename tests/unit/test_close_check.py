@@ -1,5 +1,5 @@
-"""The exactness check at close runs beside the answer's first step (``close_input`` with a
-``reference``): ids that differ from the reference tokenization are replaced before any
+"""The exactness check at close runs beside the answer's first step (the engine hook
+``streaming.close_check.CloseCheck``): ids that differ from the reference tokenization are replaced before any
 answer token is sampled, keeping the KV of the common prefix, and the answer is the
 one-shot answer on the reference ids."""
 
@@ -10,6 +10,7 @@ from helpers.tiny import tiny_checkpoint
 
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams
+from thinkstream.streaming.close_check import CloseCheck
 from thinkstream.streaming.state import SessionInput
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
@@ -19,20 +20,28 @@ TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital"
 
 @pytest.fixture()
 def llm() -> LLM:
-    return LLM(checkpoint=CKPT, block_size=4, num_blocks=128, max_num_seqs=8,
-               max_num_batched_tokens=64)
+    llm = LLM(checkpoint=CKPT, block_size=4, num_blocks=128, max_num_seqs=8,
+              max_num_batched_tokens=64)
+    llm.check = CloseCheck(llm.engine)
+    llm.engine.add_hook(llm.check)
+    return llm
+
+
+def close_with(llm: LLM, rid: str, reference) -> None:
+    llm.engine.close_input(rid)
+    llm.check.submit(rid, reference)
 
 
 def run(llm: LLM) -> list:
     outs = []
-    while llm.engine.scheduler.has_work():  # an open input waits: its request stays
+    while llm.engine.has_work():  # an open input waits: its request stays
         outs += llm.engine.step()
     return outs
 
 
 def assert_pool_full(llm: LLM) -> None:
     llm.engine.check_integrity()
-    assert not llm.engine.requests and not llm.engine._checks
+    assert not llm.engine.requests and not llm.check._pending
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
 
 
@@ -43,7 +52,7 @@ def close_held(llm: LLM, held: list[int], right: list[int]) -> None:
     eng.add(eng.make_request("r", held, GREEDY, input_closed=False))
     run(llm)  # the input is computed but for its last token
     assert eng.requests["r"].seqs[0].num_computed_tokens == len(held) - 1
-    eng.close_input("r", reference=lambda: list(right))
+    close_with(llm, "r", lambda: list(right))
 
 
 def assert_answers_one_shot(llm: LLM, right: list[int], one_shot: list[int]) -> None:
@@ -61,7 +70,7 @@ def test_wrong_ids_are_replaced_before_the_first_answer_token(llm: LLM) -> None:
     close_held(llm, wrong, right)
     eng = llm.engine
     first = eng.step()  # the check fails: nothing sampled, the tail goes back to compute
-    assert first == [] and "r" not in eng._checks
+    assert first == [] and "r" not in llm.check._pending
     seq = eng.requests["r"].seqs[0]
     assert seq.token_ids == right and seq.num_prompt_tokens == len(right)
     assert seq.num_computed_tokens == len(right) - 3  # the common prefix's KV was kept
@@ -101,7 +110,7 @@ def test_a_reference_that_fails_leaves_the_ids(llm: LLM) -> None:
     def broken() -> list[int]:
         raise RuntimeError("tokenizer failed")
 
-    eng.close_input("r", reference=broken)
+    close_with(llm, "r", broken)
     outs = run(llm)
     assert outs[-1].prompt_token_ids == right and len(outs[-1].outputs[0].token_ids) == 6
     assert_pool_full(llm)
@@ -112,8 +121,8 @@ def test_abort_with_a_check_pending_frees_everything(llm: LLM) -> None:
     right = llm.tokenizer.encode(TEXT)
     eng.add(eng.make_request("r", right, GREEDY, input_closed=False))
     eng.step()
-    eng.close_input("r", reference=lambda: list(right))
-    assert "r" in eng._checks
+    close_with(llm, "r", lambda: list(right))
+    assert "r" in llm.check._pending
     assert eng.abort("r")
     assert_pool_full(llm)
 

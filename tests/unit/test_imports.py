@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_kv_and_scheduler_import_without_torch() -> None:
@@ -23,3 +25,66 @@ def test_the_package_still_exports_the_api_lazily() -> None:
     assert sorted(thinkstream.__all__) == sorted([
         "LLM", "LLMEngine", "SamplingParams", "EngineConfig", "ModelConfig", "RequestOutput",
         "CompletionOutput", "Logprob", "RequestError", "ParamError"])
+
+
+# ------------------------------------------------------------ import direction
+SRC = Path(__file__).resolve().parents[2] / "src" / "thinkstream"
+# Lower layers never import the ones above them (features, front-ends, server).
+LOWER = ("kv", "engine", "worker", "attention", "models", "kernels", "loading")
+UPPER = ("streaming", "thinking", "server", "bench", "llm", "async_llm", "cli")
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Module -> thinkstream modules it imports at run time (``TYPE_CHECKING`` blocks are
+    left out; function-local imports count)."""
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(("thinkstream", *parts)).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and getattr(node.test, "id", None) == "TYPE_CHECKING"
+                for n in ast.walk(node)}
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("thinkstream"):
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("thinkstream"))
+    return graph
+
+
+def test_lower_layers_never_import_features_or_front_ends() -> None:
+    upward = [(m, d) for m, deps in _module_imports().items() for d in deps
+              if m.split(".")[1] in LOWER and d.split(".")[1] in UPPER]
+    assert upward == []
+
+
+def test_no_import_cycles() -> None:
+    graph = _module_imports()
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]) -> None:
+        if m in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+        if m in done:
+            return
+        for d in sorted(graph.get(m, ())):
+            if d in graph and d != m:
+                visit(d, [*path, m])
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    private = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("thinkstream"):
+                private += [(str(path.relative_to(SRC)), node.module, a.name)
+                            for a in node.names if a.name.startswith("_")]
+    assert private == []

@@ -168,8 +168,8 @@ def _gguf(model: str | None) -> Path | None:
 
 async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dict) -> list:
     """The thinkstream peers and the concurrent load; returns every length's prompt ids."""
+    from thinkstream.async_llm import AsyncLLM
     from thinkstream.config import EngineConfig
-    from thinkstream.engine.async_llm import AsyncLLM
     from thinkstream.engine.llm_engine import LLMEngine
     from thinkstream.engine.policy import policy_key
     from thinkstream.sampling_params import SamplingParams

@@ -1,7 +1,8 @@
 """The execution core above the KV cache: requests and their sequences (``request``), the
 scheduler and its priority policy, output processing (``output``, ``detokenize``), the
-synchronous ``LLMEngine`` (``llm_engine``) and ``AsyncLLM`` that runs it on a thread for
-asyncio callers (``async_llm``).
+fixed points where features plug in (``hooks``) and the synchronous ``LLMEngine``
+(``llm_engine``). The front-ends with features (``thinkstream.llm``, ``thinkstream.async_llm``)
+sit above it.
 
 Lazy: ``from thinkstream.engine import LLMEngine`` loads torch; ``thinkstream.engine.scheduler``
 and ``thinkstream.engine.request`` import without it.
@@ -12,11 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_EXPORTS = {"LLMEngine": "llm_engine", "RequestError": "llm_engine", "AsyncLLM": "async_llm"}
-__all__ = ["AsyncLLM", "LLMEngine", "RequestError"]
+_EXPORTS = {"LLMEngine": "llm_engine", "RequestError": "llm_engine"}
+__all__ = ["LLMEngine", "RequestError"]
 
 if TYPE_CHECKING:
-    from thinkstream.engine.async_llm import AsyncLLM
     from thinkstream.engine.llm_engine import LLMEngine, RequestError
 
 

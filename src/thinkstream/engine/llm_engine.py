@@ -2,33 +2,36 @@
 
 A step reads in four lines: the scheduler picks tokens to compute, the runner computes
 them and samples, the scheduler records the tokens, the output processor turns them into
-text. Everything the engine owns (KV pool, scheduler, model) is created here and passed
-down; nothing is global.
+text. Features plug in at fixed points of those phases (``engine.hooks``: step hooks and
+the owners of attached sequences), never as a branch here. Everything the engine owns (KV
+pool, scheduler, model) is created here and passed down; nothing is global, and torch's
+thread count is changed only for the duration of a step (``intra_op_threads``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
 from thinkstream.config import EngineConfig
+from thinkstream.engine.hooks import SequenceOwner, StepHook
 from thinkstream.engine.output import RequestState
 from thinkstream.engine.policy import policy_key
 from thinkstream.engine.request import RequestOutput, SeqStatus, Sequence
-from thinkstream.engine.scheduler import Scheduler, SchedulerConfig
+from thinkstream.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import ParamError, SamplingParams
-from thinkstream.streaming.retokenize import common_prefix_len
 from thinkstream.worker.runner import DTYPES, ModelRunner, kv_bytes_per_block
 
 log = logging.getLogger("thinkstream.engine.llm_engine")
@@ -42,20 +45,57 @@ class RequestError(ValueError):
         self.param = param
 
 
+@dataclass(frozen=True)
+class EngineUsage:
+    """What the engine holds at one moment (``LLMEngine.usage``)."""
+
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    prefix_hit_rate: float
+    num_preemptions: int
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """What a step sampled: one token (and its logprobs, if asked) per sequence."""
+
+    seqs: list[Sequence]
+    token_ids: list[int]
+    logprobs: list
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block, then restored (``None``: as
+    they are). Constructing or stepping an engine changes nothing for the rest of the
+    process; the CLI and server set the process's threads once, so this is then a no-op."""
+    prev = torch.get_num_threads()
+    if n is None or n == prev:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 class LLMEngine:
     def __init__(
         self, model: str | os.PathLike | None = None, config: EngineConfig | None = None,
         checkpoint: LoadedCheckpoint | None = None,
     ) -> None:
         self.config = cfg = config or EngineConfig()
-        torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
         ckpt = checkpoint or load_checkpoint(model)
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
         self.tokenizer = ckpt.tokenizer
         dtype = DTYPES[cfg.dtype]
         self.device = torch.device(cfg.device)
-        self.model = build_model(mcfg, ckpt.tensors, dtype, self.device, cfg.quantization)
+        with intra_op_threads(cfg.num_threads):
+            self.model = build_model(mcfg, ckpt.tensors, dtype, self.device, cfg.quantization)
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
                                mcfg.max_position_embeddings)
@@ -78,19 +118,12 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(cfg.seed)
         self.num_preemptions = 0
-        # Attached sequences (a session's reasoning stream, say): scheduled like any other,
-        # owned by a request, finished with it; each sampled token goes to its hook, which
-        # returns the id of the request whose output should report it (or None).
-        self._attached: dict[str, list[Sequence]] = {}
-        self._token_hooks: dict[str, Callable[[Sequence, int], str | None]] = {}
-        # What to do with an attached sequence that can never get its blocks (see
-        # ``Scheduler.never_fits``): the hook must shrink it. Others end with "length".
-        self._starved_hooks: dict[str, Callable[[Sequence], None]] = {}
         self.last_step_progress = True  # the last step computed, preempted or ended something
-        # Closed inputs whose ids still await their reference tokenization (computed on
-        # ``_tokenizer_thread`` while the forward runs; see ``close_input``).
-        self._checks: dict[str, Future] = {}
-        self._tokenizer_thread: ThreadPoolExecutor | None = None
+        self._hooks: list[StepHook] = []
+        # Attached sequences (``attach``): scheduled like any other, not outputs of their
+        # request, ended with it; their owner hears of their tokens and starvation.
+        self._attached: dict[str, list[Sequence]] = {}
+        self._owners: dict[str, SequenceOwner] = {}
 
     # ------------------------------------------------------------------ requests
     def encode_prompt(self, prompt: str | Seq[int], allow_empty: bool = False) -> list[int]:
@@ -175,46 +208,76 @@ class LLMEngine:
             return False
         for seq in state.seqs:
             self.scheduler.finish(seq, SeqStatus.FINISHED_ABORTED)
-        self._detach_all(request_id, SeqStatus.FINISHED_ABORTED)
-        check = self._checks.pop(request_id, None)
-        if check is not None:
-            check.cancel()
+        self._ended(request_id, SeqStatus.FINISHED_ABORTED)
         return True
 
-    # ------------------------------------------------------------ attached sequences
-    def attach(self, request_id: str, seq: Sequence,
-               on_token: Callable[[Sequence, int], str | None],
-               on_starved: Callable[[Sequence], None] | None = None) -> None:
+    def _ended(self, request_id: str, status: SeqStatus) -> None:
+        """A request left ``requests``: its attached sequences end too, hooks forget it."""
+        for seq in self._attached.pop(request_id, []):
+            self.scheduler.finish(seq, status)
+            self._owners.pop(seq.seq_id, None)
+        for hook in self._hooks:
+            hook.on_finish(request_id)
+
+    # ------------------------------------------------------------ features' surface
+    def add_hook(self, hook: StepHook) -> None:
+        """Plug a feature into every step (``engine.hooks.StepHook``)."""
+        self._hooks.append(hook)
+
+    def attach(self, request_id: str, seq: Sequence, owner: SequenceOwner) -> None:
         """Schedule ``seq`` as part of request ``request_id`` without being one of its
-        outputs: its tokens go to ``on_token``; it ends when the request ends.
-        ``on_starved(seq)``: called when ``seq`` with the sources it views can never fit
-        the KV pool; it must shrink ``seq`` (else the request ends with "length")."""
+        outputs; ``owner`` hears of its tokens and of its starvation (``SequenceOwner``).
+        It ends when the request ends."""
         if request_id not in self.requests:
             raise RequestError("request_id", f"request_id: unknown request {request_id!r}")
         self._attached.setdefault(request_id, []).append(seq)
-        self._token_hooks[seq.seq_id] = on_token
-        if on_starved is not None:
-            self._starved_hooks[seq.seq_id] = on_starved
+        self._owners[seq.seq_id] = owner
         self.scheduler.add(seq)
 
-    def _detach_all(self, request_id: str, status: SeqStatus) -> None:
-        for seq in self._attached.pop(request_id, []):
-            self.scheduler.finish(seq, status)
-            self._token_hooks.pop(seq.seq_id, None)
-            self._starved_hooks.pop(seq.seq_id, None)
+    def wake(self, seq: Sequence) -> None:
+        """``seq`` has tokens to compute again: a sequence parked while idle recomputes."""
+        self.scheduler.wake(seq)
 
-    def _starve(self, seqs: list[Sequence], touched: dict[str, RequestState]) -> None:
-        """Sequences that can never fit with their sources: their hook shrinks them, or
-        their request ends with "length" (what it generated so far is kept)."""
-        for seq in seqs:
-            hook = self._starved_hooks.get(seq.seq_id)
-            state = self.requests.get(seq.request_id)
-            if hook is not None:
-                hook(seq)
-            elif state is not None:
-                for q in state.seqs:
-                    self.scheduler.finish(q, SeqStatus.FINISHED_LENGTH)
-                touched[seq.request_id] = state
+    def truncate_kv(self, seq: Sequence, num_tokens: int) -> None:
+        """Drop ``seq``'s computed KV past ``num_tokens`` (its tokens are the caller's)."""
+        if seq.num_computed_tokens > num_tokens:
+            self.scheduler.truncate(seq, num_tokens)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.kv.num_blocks
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """KV blocks that ``num_tokens`` tokens of one sequence take."""
+        return self.kv.blocks_for(num_tokens)
+
+    def has_work(self) -> bool:
+        """Whether a step could compute something now."""
+        return self.scheduler.has_work()
+
+    def is_parked(self, seq: Sequence) -> bool:
+        """An idle open input preempted under pressure (recomputes once its input changes)."""
+        return seq in self.scheduler.parked
+
+    def input_ids(self, request_id: str) -> list[int]:
+        """The prompt (input) ids a request holds now."""
+        state = self.requests.get(request_id)
+        if state is None:
+            return []
+        return list(state.seqs[0].token_ids[: state.seqs[0].num_prompt_tokens])
+
+    def sequence_ids(self, request_id: str) -> list[str]:
+        state = self.requests.get(request_id)
+        return [q.seq_id for q in state.seqs] if state is not None else []
+
+    def usage(self) -> EngineUsage:
+        """Sequences and KV blocks held now. Each field is one read, so another thread
+        (a metrics scrape) gets a consistent-enough snapshot without waiting for a step."""
+        return EngineUsage(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            kv_blocks_used=self.kv.num_blocks - self.kv.num_free_blocks,
+            kv_blocks_total=self.kv.num_blocks, prefix_hit_rate=self.kv.prefix_hit_rate,
+            num_preemptions=self.num_preemptions)
 
     def viewers_of(self, seq_id: str) -> list[tuple[Sequence, int]]:
         """Live sequences viewing ``seq_id``'s cache, with how many of its tokens each sees."""
@@ -262,17 +325,9 @@ class LLMEngine:
             self.scheduler.truncate(seq, num_tokens)
         self.requests[request_id].prompt_token_ids = list(seq.token_ids)
 
-    def close_input(self, request_id: str,
-                    reference: Callable[[], Seq[int]] | None = None) -> None:
-        """The input is complete: compute its last token and start answering.
-
-        ``reference``: a function giving the exact ids of the input (the tokenizer over the
-        whole final text, O(input)) when the ids held are a cheaper construction of them
-        (the tail tokenizer's). It runs on a worker thread while the next forward pass
-        computes the input's last tokens; before any token of the answer is sampled the
-        ids are compared, and a difference rolls the input back to the common prefix and
-        recomputes the rest (``_settle``). The answer is exact, and its latency does not
-        pay for the check."""
+    def close_input(self, request_id: str) -> None:
+        """The input is complete: compute its last token and start answering (an exactness
+        check of the ids may follow: ``streaming.close_check``)."""
         seq = self._open_seq(request_id)
         if seq.num_tokens == 0:
             raise RequestError("input", "input: empty at close")
@@ -289,91 +344,99 @@ class LLMEngine:
             # rolled back onto a computed token (an update to a token prefix of the input):
             # its logits are gone, and the first answer token is sampled from them
             self.scheduler.truncate(seq, seq.num_tokens - 1)
-        if reference is not None:
-            if self._tokenizer_thread is None:
-                self._tokenizer_thread = ThreadPoolExecutor(1, "thinkstream-tokenize")
-            self._checks[request_id] = self._tokenizer_thread.submit(reference)
 
-    def _settle_checks(self, scheduled) -> set[str]:
-        """Compare the ids of closed inputs computed in this step with their reference;
-        returns the sequences whose step must be discarded (their ids were replaced)."""
-        redo: set[str] = set()
-        for s in scheduled:
-            rid = s.seq.request_id
-            check = self._checks.pop(rid, None)
-            if check is not None and not self._settle(self.requests[rid], check):
-                redo.update(q.seq_id for q in self.requests[rid].seqs)
-        return redo
-
-    def _settle(self, state: RequestState, check: Future) -> bool:
-        """True if the ids stand; else make them the reference (keeping the KV of the
-        common prefix) and return False."""
-        try:
-            ref = [int(t) for t in check.result()]
-        except Exception:  # noqa: BLE001 - no reference to compare with: the ids stand
-            return True
+    def replace_input(self, request_id: str, ids: list[int], keep: int) -> bool:
+        """Make a closed input's ids ``ids`` before its answer starts, keeping the KV of its
+        first ``keep`` tokens (the caller's common prefix of old and new ids); False
+        (nothing changed) if they are the same, empty or too long. The last token is
+        always recomputed: its logits give the answer's first token (``ids`` may be a
+        strict prefix of the ids held)."""
+        state = self.requests.get(request_id)
+        if state is None:
+            return False
         first = state.seqs[0]
         have = first.token_ids[: first.num_prompt_tokens]
-        if ref == have or not ref or len(ref) >= self.max_model_len:
-            return True
-        # the last token is always recomputed: its logits are the answer's first sample
-        # (``ref`` may be a strict prefix of the ids held)
-        keep = min(common_prefix_len(have, ref), len(ref) - 1)
+        if ids == have or not ids or len(ids) >= self.max_model_len:
+            return False
+        keep = min(keep, len(ids) - 1)
         for q in state.seqs:
             del q.token_ids[keep:]
-            q.token_ids.extend(ref[keep:])
-            q.num_prompt_tokens = len(ref)
-            q.max_tokens = self.resolve_max_tokens(q.params, len(ref))
-            if q.num_computed_tokens > keep:
-                self.scheduler.truncate(q, keep)
+            q.token_ids.extend(ids[keep:])
+            q.num_prompt_tokens = len(ids)
+            q.max_tokens = self.resolve_max_tokens(q.params, len(ids))
+            self.truncate_kv(q, keep)
             if q.prompt_logprobs:
                 del q.prompt_logprobs[keep:]
-        state.reset_prompt(ref)
-        return False
+        state.reset_prompt(ids)
+        return True
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
     # ---------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
+        out, touched = self._schedule()  # what to compute; starved sequences shrunk or ended
+        samples = self._execute(out)  # forward, prompt logprobs, hooks' vetoes, sampling
+        self._update(samples, touched)  # tokens appended, token-level stops, owners told
+        return self._outputs(touched.values())  # text, deltas, finished requests
+
+    def _schedule(self) -> tuple[SchedulerOutput, dict[str, RequestState]]:
         out = self.scheduler.schedule()
         self.num_preemptions += len(out.preempted)
-        touched: dict[str, RequestState] = {}
-        if out.starved:
-            self._starve(out.starved, touched)
         self.last_step_progress = bool(out.scheduled or out.preempted or out.starved)
+        touched: dict[str, RequestState] = {}
+        for seq in out.starved:  # can never fit beside what it views: its owner shrinks it
+            owner = self._owners.get(seq.seq_id)
+            state = self.requests.get(seq.request_id)
+            if owner is not None:
+                owner.on_starved(seq)
+            elif state is not None:  # or it ends, keeping what it generated
+                for q in state.seqs:
+                    self.scheduler.finish(q, SeqStatus.FINISHED_LENGTH)
+                touched[seq.request_id] = state
+        return out, touched
+
+    def _execute(self, out: SchedulerOutput) -> _Samples:
+        """Run the step's forward; record prompt logprobs; sample every sequence whose
+        last token was computed (and the children it forks), unless a hook voids it."""
         if not out.scheduled:
-            return self._outputs(touched.values())
+            return _Samples([], [], [])
         seq_ids = {s.seq.seq_id for s in out.scheduled}
         seq_ids |= {sid for s in out.scheduled for sid, _ in s.seq.kv_prefix}
         # a source may be evicted while its viewer computes tokens that do not see it
         tables = {sid: self.kv.block_table(sid) for sid in seq_ids if self.kv.has(sid)}
-        logits, last_rows, prompt_rows = self.runner.forward(out, tables)
-        self.scheduler.commit(out)
-        redo = self._settle_checks(out.scheduled) if self._checks else set()
-        samplers, rows = [], []
-        for s, row, (first, count) in zip(out.scheduled, last_rows, prompt_rows, strict=True):
-            seq = s.seq
-            if seq.seq_id in redo:
-                continue
-            if count:
-                start = seq.num_computed_tokens - s.num_new_tokens
-                seq.prompt_logprobs = (seq.prompt_logprobs or []) + self.runner.prompt_logprobs(
-                    logits, seq, first, count, start)
-            if row >= 0:
-                for sampler in [seq, *self.scheduler.fork_children(seq)]:
-                    samplers.append(sampler)
-                    rows.append(row)
-        token_ids, logprobs = self.runner.sample(logits, rows, samplers, self.eos_ids)
-        for seq, token_id, lp in zip(samplers, token_ids, logprobs, strict=True):
+        with intra_op_threads(self.config.num_threads):
+            logits, last_rows, prompt_rows = self.runner.forward(out, tables)
+            self.scheduler.commit(out)
+            void = set().union(*(h.after_forward(out.scheduled) for h in self._hooks))
+            samplers, rows = [], []
+            for s, row, (first, count) in zip(out.scheduled, last_rows, prompt_rows, strict=True):
+                seq = s.seq
+                if seq.seq_id in void:
+                    continue
+                if count:
+                    start = seq.num_computed_tokens - s.num_new_tokens
+                    seq.prompt_logprobs = (seq.prompt_logprobs or []) + self.runner.prompt_logprobs(
+                        logits, seq, first, count, start)
+                if row >= 0:
+                    for sampler in [seq, *self.scheduler.fork_children(seq)]:
+                        samplers.append(sampler)
+                        rows.append(row)
+            token_ids, logprobs = self.runner.sample(logits, rows, samplers, self.eos_ids)
+        return _Samples(samplers, token_ids, logprobs)
+
+    def _update(self, samples: _Samples, touched: dict[str, RequestState]) -> None:
+        """Append each sampled token (finishing on token-level stops); an attached
+        sequence's owner says which request's output the token changes."""
+        for seq, token_id, lp in zip(samples.seqs, samples.token_ids, samples.logprobs,
+                                     strict=True):
             if lp is not None:
                 seq.logprobs.append(lp)
             self.scheduler.append_token(seq, token_id, self.eos_ids)
-            hook = self._token_hooks.get(seq.seq_id)
-            rid = hook(seq, token_id) if hook is not None else seq.request_id
+            owner = self._owners.get(seq.seq_id)
+            rid = owner.on_token(seq, token_id) if owner is not None else seq.request_id
             if rid is not None and rid in self.requests:
                 touched[rid] = self.requests[rid]
-        return self._outputs(touched.values())
 
     def _outputs(self, states) -> list[RequestOutput]:
         outputs = []
@@ -385,7 +448,7 @@ class LLMEngine:
             outputs.append(state.make_output())
             if state.finished:
                 del self.requests[state.request_id]
-                self._detach_all(state.request_id, SeqStatus.FINISHED_STOPPED)
+                self._ended(state.request_id, SeqStatus.FINISHED_STOPPED)
         return outputs
 
     # ------------------------------------------------------------------- checks
@@ -405,7 +468,8 @@ class LLMEngine:
                 assert all(v <= sum(n for _, n in seq.kv_prefix) for v in seq.kv_prefix_visible)
         for rid, seqs in self._attached.items():
             assert rid in self.requests and seqs, f"attached sequences outlive request {rid}"
-        assert self._checks.keys() <= self.requests.keys(), "input checks outlive their requests"
+        for hook in self._hooks:
+            hook.check(self.requests.keys())
         if not self.requests:
             assert not self._attached, "attached sequences with no requests"
             assert self.kv.num_free_blocks == self.kv.num_blocks, "blocks leaked with no requests"

@@ -17,33 +17,17 @@ and one that cannot fit even with only its sources resident is reported as ``sta
 for its owner to shrink or end, never left waiting.
 
 Two hooks serve streaming input without a branch per feature. ``priority`` (a key function,
-smaller first; see ``streaming.policy``) orders running and waiting sequences each step, so
+smaller first; see ``engine.policy``) orders running and waiting sequences each step, so
 the last in line is preempted first. And an *idle open input* (a session whose input is
 still arriving and has nothing left to compute) holds blocks it does not need now: under
 pressure it is preempted before anything else and *parked*, out of the waiting queue, until
 ``wake`` says its input changed; it then recomputes from the prefix cache. Idle sessions
 therefore never starve ordinary requests, of blocks or of sequence slots.
 
-KV views (``Sequence.kv_prefix``) take no block references, so the scheduler keeps them
-safe by one rule, checked when a step is planned and again after any preemption in it:
-
-    a viewer's tokens that see a prefix are computed in a step only if every source it
-    views is resident and has computed at least the viewed tokens by the end of the step
-    (``_computable``: before it, or in it: a step writes the keys and values of all its
-    tokens into the cache before any of them attends, layer by layer; a viewer waiting on
-    its source's tokens of this step is planned after the others, ``_plan_viewers``), and
-    after a preemption in the step only sources computed before it count; a viewer
-    stalled on an evicted source is preempted too (it
-    recomputes exactly); its leading tokens that see no prefix need nothing (so two
-    sequences that view each other, an answer viewing its notes and the notes viewing the
-    input, recompute without waiting on each other).
-
-A preempted source therefore stalls its viewers until it has recomputed (a parked source
-that a viewer waits for is woken); a viewer's own KV stays valid, and since each of its
-tokens records how much of the prefix it saw (``kv_prefix_visible``), a preempted viewer
-recomputes exactly. Viewer tokens that see a prefix never enter the prefix cache (their KV
-depends on another sequence), so lookups and commits stop at ``num_shareable_tokens``.
-Truncating a source below a view is the owner's job to prevent (``LLMEngine`` refuses).
+KV views (a sequence reading other sequences' KV: a session's reasoning, its answer) follow
+one rule the scheduler asks about, not a branch per feature: ``engine.views.ViewRule``
+(how many of a sequence's tokens its views allow now, whether it can ever fit beside its
+sources, which sequences it must never preempt).
 
 This module imports no torch.
 """
@@ -56,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thinkstream.engine.request import SeqStatus, Sequence
+from thinkstream.engine.views import ViewRule
 from thinkstream.kv.manager import KVCacheManager
 
 
@@ -89,7 +74,7 @@ class SchedulerOutput:
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # run before the forward
     preempted: list[Sequence] = field(default_factory=list)
     # Sequences that can never get their blocks: together with the sources they view they
-    # need more than the whole pool (``Scheduler.never_fits``). The owner must shrink or
+    # need more than the whole pool (``ViewRule.never_fits``). The owner must shrink or
     # end them (``LLMEngine`` asks the sequence's feature hook, else ends it with "length").
     starved: list[Sequence] = field(default_factory=list)
 
@@ -107,6 +92,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.parked: list[Sequence] = []  # idle open inputs preempted under pressure
+        self.views = ViewRule(kv)
         self._pending_copies: list[tuple[int, int]] = []
         # Admissions that passed each waiting sequence while it did not fit (see ``_admit``).
         self._passed: dict[str, int] = {}
@@ -114,9 +100,6 @@ class Scheduler:
     # ------------------------------------------------------------------ queues
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
-
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running or self.parked)
 
     def has_work(self) -> bool:
         """Whether a step could compute something (idle open inputs and parked ones can't)."""
@@ -143,21 +126,22 @@ class Scheduler:
         if self.priority is not None:
             self.running.sort(key=self.priority)
             self.waiting = deque(sorted(self.waiting, key=self.priority))
-        by_id = self._wake_sources()
+        for src in self.views.begin(self.sequences(), self.parked):
+            self.wake(src)  # a viewer waits for it
         queue, kept, stalled = list(self.running), [], []
         while queue:
             seq = queue.pop(0)
-            n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id))
-            if n == 0 and seq.num_pending_tokens and self._source_evicted(seq, by_id):
+            n = min(seq.num_pending_tokens, budget, self.views.computable(seq))
+            if n == 0 and seq.num_pending_tokens and self.views.source_evicted(seq):
                 self._preempt(seq)  # stalled on an evicted source: give its blocks back
                 out.preempted.append(seq)
                 continue
             if n == 0:
                 kept.append(seq)
-                if seq.kv_prefix and seq.num_pending_tokens:
+                if self.views.waits(seq):
                     stalled.append(seq)
                 continue
-            if self.never_fits(seq, n, by_id):
+            if self.views.never_fits(seq, n):
                 kept.append(seq)
                 out.starved.append(seq)
                 continue
@@ -173,61 +157,34 @@ class Scheduler:
                 budget -= n
         self.running = kept
         if not out.preempted:
-            budget = self._plan_viewers(out, stalled, budget, by_id)
-            budget = self._admit(out, budget, by_id)
+            budget = self._plan_viewers(out, stalled, budget)
+            budget = self._admit(out, budget)
         if out.preempted:  # a source preempted in this step takes its viewers' turn with it
-            clipped = [ScheduledSeq(s.seq, min(s.num_new_tokens, self._computable(s.seq, by_id)))
+            clipped = [ScheduledSeq(s.seq, min(s.num_new_tokens, self.views.computable(s.seq)))
                        for s in out.scheduled]
             out.scheduled = [s for s in clipped if s.num_new_tokens > 0]
         return out
 
-    def _wake_sources(self) -> dict[str, Sequence]:
-        """Index live sequences by id; wake parked sources that a viewer waits for."""
-        by_id = {s.seq_id: s for s in self.sequences()}
-        for seq in list(by_id.values()):
-            if seq.kv_prefix and seq.num_pending_tokens:
-                for sid, _ in seq.kv_prefix:
-                    if sid in by_id and by_id[sid] in self.parked:
-                        self.wake(by_id[sid])
-        return by_id
-
-    def _source_evicted(self, seq: Sequence, by_id: dict[str, Sequence]) -> bool:
-        return any(sid not in by_id or not self.kv.has(sid) for sid, _ in seq.kv_prefix)
-
-    def _computable(self, seq: Sequence, by_id: dict[str, Sequence],
-                    planned: dict[str, int] | None = None) -> int:
-        """How many pending tokens of ``seq`` its views allow computing now; ``planned``:
-        tokens each sequence computes in this step (their KV is written before any
-        attention reads it)."""
-        for sid, k in seq.kv_prefix:
-            src = by_id.get(sid)
-            done = 0 if src is None else src.num_computed_tokens + (planned or {}).get(sid, 0)
-            if src is None or not self.kv.has(sid) or done < k:
-                return max(seq.num_shareable_tokens - seq.num_computed_tokens, 0)
-        return seq.num_pending_tokens
-
-    def _plan_viewers(self, out: SchedulerOutput, stalled: list[Sequence], budget: int,
-                      by_id: dict[str, Sequence]) -> int:
+    def _plan_viewers(self, out: SchedulerOutput, stalled: list[Sequence], budget: int) -> int:
         """Viewers that waited only for tokens their sources compute in this step join it
         (a note starting on the input chunk computed now, an answer on the request its
         notes just wrote). Nothing is preempted for them: they wait if memory is short."""
         planned = {s.seq.seq_id: s.num_new_tokens for s in out.scheduled}
         for seq in stalled:
-            n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id, planned))
+            n = min(seq.num_pending_tokens, budget, self.views.computable(seq, planned))
             if n > 0 and self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
                 out.scheduled.append(ScheduledSeq(seq, n))
                 planned[seq.seq_id] = n
                 budget -= n
         return budget
 
-    def _admit(self, out: SchedulerOutput, budget: int, by_id: dict[str, Sequence]) -> int:
+    def _admit(self, out: SchedulerOutput, budget: int) -> int:
         """Admit waiting sequences in order while budget, slots and blocks allow.
 
         A sequence that does not fit now is passed over (no head-of-line blocking), but
         only ``max_num_seqs`` admissions may pass it; then admission waits for it, so it
         is admitted once running sequences finish (each fits the pool alone). One that can
         never fit is reported in ``out.starved`` instead of waiting forever."""
-        bs = self.kv.block_size
         computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
         deferred: list[Sequence] = []  # passed over this step; back at the front, in order
         blocked: list[Sequence] = []  # passed over for want of blocks
@@ -235,37 +192,19 @@ class Scheduler:
             seq = self.waiting[0]
             if len(self.running) >= self.cfg.max_num_seqs:
                 # slots full: an idle open input gives its slot to work that can compute
-                idle = (self._pop_victim(seq, self.running, [], idle_only=True)
-                        if seq.num_pending_tokens else None)
-                if idle is None:
+                if not (seq.num_pending_tokens and self._idle_gives_way(seq, out)):
                     break
-                self._preempt(idle)
-                out.preempted.append(idle)
                 continue
-            if seq.kv_prefix and not seq.num_shareable_tokens and self._source_evicted(seq, by_id):
+            if not self.views.admissible(seq):
                 deferred.append(self.waiting.popleft())
                 continue
-            if not self.kv.has(seq.seq_id):
-                use_cache = self.cfg.enable_prefix_caching and not seq.wants_prompt_logprobs
-                head = (seq.salt, *seq.token_ids[:bs]) if seq.num_shareable_tokens > bs else None
-                if use_cache and head in computing:
-                    break  # its prefix is being computed now: next step it is a cache hit
-                ids = seq.token_ids[: seq.num_shareable_tokens]
-                seq.num_computed_tokens = (
-                    self.kv.lookup_prefix(seq.seq_id, ids, seq.salt) if use_cache else 0
-                )
-                if not use_cache:
-                    self.kv.allocate(seq.seq_id, 0)
-                elif seq.num_computed_tokens == 0 and head is not None:
-                    computing.add(head)
-            n = min(seq.num_pending_tokens, budget, self._computable(seq, by_id))
-            never = self.never_fits(seq, n, by_id)
+            if not self.kv.has(seq.seq_id) and not self._lookup(seq, computing):
+                break  # its prefix is being computed now: next step it is a cache hit
+            n = min(seq.num_pending_tokens, budget, self.views.computable(seq))
+            never = self.views.never_fits(seq, n)
             if never or not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
-                idle = None if never else self._pop_victim(seq, self.running, [], idle_only=True)
-                if idle is not None:  # an idle session gives way, then try again
-                    self._preempt(idle)
-                    out.preempted.append(idle)
-                    continue
+                if not never and self._idle_gives_way(seq, out):
+                    continue  # then try again
                 self.kv.free(seq.seq_id)  # give back the prefix hits while it waits
                 seq.num_computed_tokens = 0
                 if never:
@@ -288,13 +227,39 @@ class Scheduler:
         self.waiting.extendleft(reversed(deferred))
         return budget
 
+    def _lookup(self, seq: Sequence, computing: set[tuple[int, ...]]) -> bool:
+        """Start ``seq``'s block table on its longest cached prefix. False (nothing taken)
+        when its first block is being computed from scratch in this step by another
+        sequence: next step that is a cache hit."""
+        bs = self.kv.block_size
+        use_cache = self.cfg.enable_prefix_caching and not seq.wants_prompt_logprobs
+        head = (seq.salt, *seq.token_ids[:bs]) if seq.num_shareable_tokens > bs else None
+        if use_cache and head in computing:
+            return False
+        ids = seq.token_ids[: seq.num_shareable_tokens]
+        seq.num_computed_tokens = self.kv.lookup_prefix(seq.seq_id, ids, seq.salt) if use_cache else 0
+        if not use_cache:
+            self.kv.allocate(seq.seq_id, 0)
+        elif seq.num_computed_tokens == 0 and head is not None:
+            computing.add(head)
+        return True
+
+    def _idle_gives_way(self, seq: Sequence, out: SchedulerOutput) -> bool:
+        """Park a running idle open input (not one ``seq`` views) for ``seq``; False if none."""
+        idle = self._pop_victim(seq, self.running, [], idle_only=True)
+        if idle is None:
+            return False
+        self._preempt(idle)
+        out.preempted.append(idle)
+        return True
+
     def _pop_victim(self, seq: Sequence, kept: list[Sequence], queue: list[Sequence],
                     idle_only: bool = False) -> Sequence | None:
         """Remove and return what ``seq`` preempts to get blocks: the last idle open input
         in ``kept`` or ``queue`` (searched last first), else (unless ``idle_only``) the last
         of ``queue``. Never a source ``seq`` views: preempting it would stall ``seq`` on
         the blocks just freed for it, a preemption cycle (``None``: ``seq`` gives way)."""
-        sources = {sid for sid, _ in seq.kv_prefix}
+        sources = self.views.sources(seq)
         for seqs in (queue, kept):
             for i in range(len(seqs) - 1, -1, -1):
                 if self._idle_open(seqs[i]) and seqs[i].seq_id not in sources:
@@ -304,17 +269,6 @@ class Scheduler:
                 if queue[i].seq_id not in sources:
                     return queue.pop(i)
         return None
-
-    def never_fits(self, seq: Sequence, n: int, by_id: dict[str, Sequence]) -> bool:
-        """Whether ``seq`` computing ``n`` more tokens needs more blocks than the pool has
-        while the sources it views hold theirs (views take no block references, so both
-        must be resident at once). Such a sequence would wait forever."""
-        need = self.kv.blocks_for(seq.num_computed_tokens + n)
-        for sid, k in seq.kv_prefix:
-            src = by_id.get(sid)
-            held = len(self.kv.block_table(sid)) if self.kv.has(sid) else 0
-            need += max(held, self.kv.blocks_for(min(k, src.num_tokens) if src else k))
-        return need > self.kv.num_blocks
 
     def _preempt(self, seq: Sequence) -> None:
         idle = self._idle_open(seq)

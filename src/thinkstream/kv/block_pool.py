@@ -32,7 +32,7 @@ class NoFreeBlocksError(RuntimeError):
     """More blocks were asked for than the pool has free (free + cached)."""
 
 
-def _check(condition: bool, message: str) -> None:
+def check_invariant(condition: bool, message: str) -> None:
     # Integrity checks must survive ``python -O``, so no bare assert.
     if not condition:
         raise AssertionError(message)
@@ -157,8 +157,8 @@ class BlockPool:
         free = cached = in_use = 0
         for block_id in range(self.num_blocks):
             ref, block_hash = self._ref[block_id], self._hash[block_id]
-            _check(ref >= 0, f"block {block_id} has ref count {ref}")
-            _check((ref == 0) == (block_id in self._free), f"block {block_id}: ref {ref} vs queue")
+            check_invariant(ref >= 0, f"block {block_id} has ref count {ref}")
+            check_invariant((ref == 0) == (block_id in self._free), f"block {block_id}: ref {ref} vs queue")
             if ref > 0:
                 in_use += 1
             elif block_hash is None:
@@ -167,15 +167,15 @@ class BlockPool:
                 cached += 1
             if block_hash is not None:
                 owner = self._cached.get(block_hash)
-                _check(owner == block_id, f"block {block_id}'s hash maps to block {owner}")
+                check_invariant(owner == block_id, f"block {block_id}'s hash maps to block {owner}")
             if expected_refs is not None:
                 want = expected_refs.get(block_id, 0)
-                _check(ref == want, f"block {block_id}: ref {ref}, in {want} tables")
-        _check(free + cached + in_use == self.num_blocks, "block states do not add up")
-        _check(len(self._free) == free + cached, "free queue size disagrees with ref counts")
-        _check(len(self._cached) == sum(h is not None for h in self._hash), "stale hash entries")
+                check_invariant(ref == want, f"block {block_id}: ref {ref}, in {want} tables")
+        check_invariant(free + cached + in_use == self.num_blocks, "block states do not add up")
+        check_invariant(len(self._free) == free + cached, "free queue size disagrees with ref counts")
+        check_invariant(len(self._cached) == sum(h is not None for h in self._hash), "stale hash entries")
         for block_hash, block_id in self._cached.items():
-            _check(self._hash[block_id] == block_hash, f"hash map entry for block {block_id} stale")
+            check_invariant(self._hash[block_id] == block_hash, f"hash map entry for block {block_id} stale")
         if expected_refs is not None:
             unknown = [b for b in expected_refs if not 0 <= b < self.num_blocks]
-            _check(not unknown, f"tables hold unknown blocks {unknown}")
+            check_invariant(not unknown, f"tables hold unknown blocks {unknown}")

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-from thinkstream.kv.block_pool import BlockPool, NoFreeBlocksError, _check
+from thinkstream.kv.block_pool import BlockPool, NoFreeBlocksError, check_invariant
 from thinkstream.kv.prefix import BlockHash, iter_block_hashes
 
 CopyPair = tuple[int, int]
@@ -269,12 +269,12 @@ class KVCacheManager:
         membership: Counter[int] = Counter()
         for seq_id, seq in self._seqs.items():
             membership.update(seq.table)
-            _check(
+            check_invariant(
                 len(seq.table) == self.blocks_for(seq.num_tokens),
                 f"{seq_id!r}: {len(seq.table)} blocks for {seq.num_tokens} tokens",
             )
-            _check(len(set(seq.table)) == len(seq.table), f"{seq_id!r}: a block appears twice")
-            _check(
+            check_invariant(len(set(seq.table)) == len(seq.table), f"{seq_id!r}: a block appears twice")
+            check_invariant(
                 len(seq.hashes) <= seq.num_tokens // self.block_size,
                 f"{seq_id!r}: {len(seq.hashes)} hashes for {seq.num_tokens} tokens",
             )
@@ -284,11 +284,11 @@ class KVCacheManager:
                     continue
                 # A hashed block is full, and its hash is the chain hash at its position
                 # (a sharer that has not committed it yet may not have that hash listed).
-                _check(
+                check_invariant(
                     (i + 1) * self.block_size <= seq.num_tokens,
                     f"{seq_id!r}: hashed block {block_id} at {i} is not full",
                 )
-                _check(
+                check_invariant(
                     i >= len(seq.hashes) or seq.hashes[i] == block_hash,
                     f"{seq_id!r}: block {block_id} at {i} holds a hash the table disagrees with",
                 )

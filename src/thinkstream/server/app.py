@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
-from thinkstream.engine.async_llm import AsyncLLM
+from thinkstream.async_llm import AsyncLLM
 from thinkstream.server import protocol as P
 from thinkstream.server.auth import ApiKeyMiddleware, KeyRing
 from thinkstream.server.config import ServerConfig

@@ -71,15 +71,17 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from thinkstream.cli import engine_config
-    from thinkstream.engine.async_llm import AsyncLLM
+    from thinkstream.async_llm import AsyncLLM
+    from thinkstream.cli import engine_config, set_process_threads
     from thinkstream.engine.llm_engine import LLMEngine
     from thinkstream.server.app import create_app
     from thinkstream.server.lifecycle import serve
 
     config = server_config(args)  # validate flags before loading the model
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    llm = AsyncLLM(LLMEngine(args.model, engine_config(args)))
+    engine_cfg = engine_config(args)
+    set_process_threads(engine_cfg)
+    llm = AsyncLLM(LLMEngine(args.model, engine_cfg))
     return serve(create_app(llm, config), args.log_level)
 
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from thinkstream.engine.async_llm import EngineDeadError
+from thinkstream.async_llm import EngineDeadError
 from thinkstream.engine.llm_engine import RequestError
 from thinkstream.sampling_params import ParamError
 

@@ -171,7 +171,7 @@ class CompletionView(_View):
                 "model": self.model, "choices": choices,
                 "usage": _usage(sum(map(len, self.prompt_ids)), completion)}
 
-    def _chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         return _envelope(self, "text_completion", choices, usage)
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
@@ -208,11 +208,11 @@ class CompletionView(_View):
                 if self.logprobs is not None:
                     offsets = prompt_offsets + counters[idx].take(new_ids)
                     logprobs = self._logprobs(entries, ids, offsets)
-                yield self._chunk([{"index": idx, "text": text, "logprobs": logprobs,
+                yield self.chunk([{"index": idx, "text": text, "logprobs": logprobs,
                                     "finish_reason": o.finish_reason,
                                     "stop_reason": o.stop_reason}])
         if include_usage:
-            yield self._chunk([], _usage(sum(map(len, self.prompt_ids)), completion))
+            yield self.chunk([], _usage(sum(map(len, self.prompt_ids)), completion))
 
 
 @dataclass
@@ -248,14 +248,14 @@ class ChatView(_View):
                 "model": self.model, "choices": choices,
                 "usage": _usage(self.num_prompt_tokens, completion)}
 
-    def _chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         return _envelope(self, "chat.completion.chunk", choices, usage)
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
         sent: dict[int, int] = {}
         for idx in range(self.n):  # the role comes first, as OpenAI sends it
-            yield self._chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
+            yield self.chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
                                 "logprobs": None, "finish_reason": None}])
         completion = 0
         done: set[int] = set()
@@ -274,19 +274,19 @@ class ChatView(_View):
                 if o.reasoning_content and len(o.reasoning_content) > reasoned.get(o.index, 0):
                     delta = o.reasoning_content[reasoned.get(o.index, 0):]
                     reasoned[o.index] = len(o.reasoning_content)
-                    yield self._chunk([{"index": o.index, "delta": {"reasoning_content": delta},
+                    yield self.chunk([{"index": o.index, "delta": {"reasoning_content": delta},
                                         "logprobs": None, "finish_reason": None}])
                 if o.new_text or lps:
-                    yield self._chunk([{"index": o.index, "delta": {"content": o.new_text},
+                    yield self.chunk([{"index": o.index, "delta": {"content": o.new_text},
                                         "logprobs": lps, "finish_reason": None}])
                 if o.finish_reason:
                     completion += len(o.token_ids)
                     done.add(o.index)
-                    yield self._chunk([{"index": o.index, "delta": {}, "logprobs": None,
+                    yield self.chunk([{"index": o.index, "delta": {}, "logprobs": None,
                                         "finish_reason": o.finish_reason,
                                         "stop_reason": o.stop_reason}])
         if include_usage:
-            yield self._chunk([], _usage(self.num_prompt_tokens, completion))
+            yield self.chunk([], _usage(self.num_prompt_tokens, completion))
 
 
 def _envelope(job, obj: str, choices: list[dict], usage: dict | None = None) -> dict:

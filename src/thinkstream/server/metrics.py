@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from thinkstream.engine.async_llm import AsyncLLM
+from thinkstream.async_llm import AsyncLLM
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                     7.5, 10.0, 20.0, 40.0, 80.0)
@@ -41,22 +41,20 @@ class _EngineCollector(Collector):
 
         # Read now, from the engine thread's structures: lengths and counters are single
         # reads, so a scrape mid-step sees a consistent-enough snapshot without waiting.
-        engine = self.llm.engine
-        running = len(engine.scheduler.running)
-        waiting = len(engine.scheduler.waiting) + self.queued()
-        total = engine.kv.num_blocks
-        used = total - engine.kv.num_free_blocks
+        usage = self.llm.engine.usage()
+        running, waiting = usage.num_running, usage.num_waiting + self.queued()
+        total, used = usage.kv_blocks_total, usage.kv_blocks_used
         yield gauge("num_requests_running", "Sequences in the running batch.", running)
         yield gauge("num_requests_waiting", "Sequences waiting to be scheduled.", waiting)
         yield gauge("kv_blocks_used", "KV cache blocks in use.", used)
         yield gauge("kv_blocks_total", "KV cache blocks in the pool.", total)
         yield gauge("kv_cache_usage_ratio", "Fraction of KV blocks in use.", used / max(1, total))
         yield gauge("prefix_cache_hit_rate", "Prefix-cache hit rate (tokens).",
-                    engine.kv.prefix_hit_rate)
+                    usage.prefix_hit_rate)
         yield gauge("engine_healthy", "1 while the engine loop runs.", float(self.llm.dead is None))
         yield counter("prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens)
         yield counter("generation_tokens", "Tokens generated.", s.generation_tokens)
-        yield counter("num_preemptions", "Sequences preempted.", s.num_preemptions)
+        yield counter("num_preemptions", "Sequences preempted.", usage.num_preemptions)
         finished = CounterMetricFamily("thinkstream_request_success", "Finished sequences.",
                                        labels=["model_name", "finished_reason"])
         for reason, count in sorted(s.finished.items()):

@@ -76,13 +76,13 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise APIError(400, "the request body is nested too deeply", None, "invalid_body") from None
 
 
-def _check_model(state: ServerState, model: str | None) -> None:
+def check_model(state: ServerState, model: str | None) -> None:
     if model is not None and model != state.config.served_model_name:
         raise APIError(400, f"model: {model!r} is not served here; use "
                        f"{state.config.served_model_name!r}", "model", "model_not_found")
 
 
-def _check_caps(state: ServerState, body: P._Sampling, logprobs: int | None, lp_name: str) -> None:
+def _check_caps(state: ServerState, body: P.SamplingRequest, logprobs: int | None, lp_name: str) -> None:
     cfg = state.config
     if body.n > cfg.max_n:
         raise APIError(400, f"n: must be <= {cfg.max_n}, got {body.n}", "n", "invalid_value")
@@ -98,7 +98,7 @@ def _check_caps(state: ServerState, body: P._Sampling, logprobs: int | None, lp_
                        "characters", "stop", "invalid_value")
 
 
-def _params(body: P._Sampling, max_tokens: int | None, logprobs: int | None,
+def _params(body: P.SamplingRequest, max_tokens: int | None, logprobs: int | None,
             prompt_logprobs: int | None = None) -> SamplingParams:
     def pick(value, default):
         return default if value is None else value
@@ -135,7 +135,7 @@ def _check_context(state: ServerState, ids: list[int], params: SamplingParams,
         raise APIError(400, str(exc), exc.param, "context_length_exceeded") from None
 
 
-def _public_id(request: Request, body: P._Sampling, prefix: str) -> str:
+def _public_id(request: Request, body: P.SamplingRequest, prefix: str) -> str:
     raw = body.request_id or request.headers.get("x-request-id")
     if raw:
         return clean_request_id(raw, server_state(request).config.max_request_id_len)
@@ -209,7 +209,7 @@ async def completions(request: Request) -> Response:
     """OpenAI text completions (``stream`` sends server-sent events ending in ``[DONE]``)."""
     state = server_state(request)
     body = await parse_body(request, P.CompletionRequest)
-    _check_model(state, body.model)
+    check_model(state, body.model)
     if body.suffix is not None:
         raise APIError(400, "suffix: not supported", "suffix", "unsupported")
     if body.best_of is not None and body.best_of != body.n:
@@ -252,7 +252,7 @@ async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions through the model's chat template."""
     state = server_state(request)
     body = await parse_body(request, P.ChatCompletionRequest)
-    _check_model(state, body.model)
+    check_model(state, body.model)
     if not body.messages:
         raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
     params, logprobs = chat_params(state, body)

@@ -29,15 +29,15 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 TokenIds = list[int]
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-class StreamOptions(_Body):
+class StreamOptions(StrictBody):
     include_usage: bool = False
 
 
-class _Sampling(_Body):
+class SamplingRequest(StrictBody):
     """Fields shared by completions and chat completions (with vLLM's extras)."""
 
     model: Text | None = None
@@ -62,7 +62,7 @@ class _Sampling(_Body):
     request_id: Text | None = None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     """``POST /v1/completions``: prompt as text, texts, token ids or lists of token ids."""
 
     prompt: Text | list[Text] | TokenIds | list[TokenIds]
@@ -73,12 +73,12 @@ class CompletionRequest(_Sampling):
     best_of: int | None = None
 
 
-class TextPart(_Body):
+class TextPart(StrictBody):
     type: Literal["text"]
     text: Text
 
 
-class ChatMessage(_Body):
+class ChatMessage(StrictBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = None
@@ -91,7 +91,7 @@ class ChatMessage(_Body):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     """``POST /v1/chat/completions``: messages rendered with the model's chat template."""
 
     messages: list[ChatMessage]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import Request
 
-from thinkstream.engine.async_llm import AsyncLLM, EngineDeadError
+from thinkstream.async_llm import AsyncLLM, EngineDeadError
 from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.server.auth import ANONYMOUS, KeyRing

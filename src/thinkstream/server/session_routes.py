@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
@@ -53,119 +52,26 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
-from thinkstream.server import protocol as P
 from thinkstream.server.auth import request_owner
-from thinkstream.server.errors import APIError, to_api_error
-from thinkstream.server.openai_routes import _check_model, chat_params, parse_body
+from thinkstream.server.errors import to_api_error
+from thinkstream.server.openai_routes import parse_body
 from thinkstream.server.serving import ClientGone, until_disconnect
 from thinkstream.server.session_hub import SessionHub
-from thinkstream.streaming.sessions import SessionInfo, UpdateResult
-
-
-class SessionThinking(P._Body):
-    """Think while reading (``thinking.ThinkConfig``): notes on each input unit while the
-    input streams, reported as ``reasoning_content`` deltas."""
-
-    layout: str = "gap"
-    gap: int = 48
-    depth: str = "D1"
-    unit: str = "sentence"
-    note_tokens: int = 24
-    pass_tokens: int = 64
-    max_reasoning_tokens: int = 512
-    answer_request: str | None = None  # None: ThinkConfig's default; "": none
-    fold_last_unit: bool = True
-
-    def config(self):
-        from thinkstream.thinking import Layout, ThinkConfig, UnitPolicy
-
-        extra = {} if self.answer_request is None else {"answer_request": self.answer_request}
-        try:
-            return ThinkConfig(layout=Layout(self.layout, self.gap), units=UnitPolicy(self.unit),
-                               depth=self.depth, note_tokens=self.note_tokens,
-                               pass_tokens=self.pass_tokens,
-                               max_reasoning_tokens=self.max_reasoning_tokens,
-                               fold_last_unit=self.fold_last_unit, **extra)
-        except ValueError as exc:
-            raise APIError(400, f"thinking: {exc}", "thinking", "invalid_value") from None
-
-
-class SessionCreateRequest(P._Sampling):
-    """``POST /v1/sessions``: ``prompt`` (text or token ids received so far) or ``messages``
-    (the streamed text becomes a new user message after them; ``prompt`` is its start)."""
-
-    prompt: P.Text | P.TokenIds | None = None
-    messages: list[P.ChatMessage] | None = None
-    thinking: SessionThinking | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
-
-
-class SessionInputRequest(P._Body):
-    """An append, or (``PUT .../input``) the whole new input."""
-
-    text: P.Text | None = None
-    token_ids: P.TokenIds | None = None
-    seq: int | None = None
-
-    def data(self) -> str | list[int]:
-        if (self.text is None) == (self.token_ids is None):
-            raise APIError(400, "text or token_ids: give exactly one", "text", "invalid_value")
-        return self.text if self.text is not None else self.token_ids  # type: ignore[return-value]
-
-
-class SessionCloseRequest(P._Body):
-    """A close, optionally with a last chunk (``text`` or ``token_ids``, numbered ``seq``;
-    the close takes the next number): computed in the answer's first step."""
-
-    stream: bool = False
-    stream_options: P.StreamOptions | None = None
-    seq: int | None = None
-    text: P.Text | None = None
-    token_ids: P.TokenIds | None = None
-
-    def data(self) -> str | list[int] | None:
-        if self.text is not None and self.token_ids is not None:
-            raise APIError(400, "text or token_ids: give at most one", "text", "invalid_value")
-        return self.text if self.text is not None else self.token_ids
-
-
-# ------------------------------------------------------------------ plumbing
-def _info(info: SessionInfo) -> dict:
-    d = asdict(info)
-    return {"id": d.pop("session_id"), "object": "session", **d}
-
-
-def _ack(r: UpdateResult) -> dict:
-    return {"id": r.session_id, "object": "session.ack", "seq": r.seq, "duplicate": r.duplicate,
-            "next_seq": r.next_seq, "tokens_received": r.tokens_received,
-            "tokens_kept": r.tokens_kept, "tokens_added": r.tokens_added}
+from thinkstream.server.session_protocol import (
+    SessionCloseRequest,
+    SessionCreateRequest,
+    SessionInputRequest,
+    ack_body,
+    open_args,
+    output_pairs,
+    session_body,
+)
+from thinkstream.server.session_ws import WsSession
 
 
 def _error(exc: BaseException) -> JSONResponse:
     err = to_api_error(exc)
     return JSONResponse(err.body(), err.status, headers=err.headers)
-
-
-def _open_args(state, body: SessionCreateRequest):
-    _check_model(state, body.model)
-    params, logprobs = chat_params(state, body)
-    messages = None
-    if body.messages is not None:
-        if state.llm.tokenizer.chat_template is None:
-            raise APIError(400, "messages: this model has no chat template; stream a prompt",
-                           "messages", "no_chat_template")
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in body.messages]
-    return body.prompt, messages, params, logprobs
-
-
-async def _pairs(stream: AsyncIterator[RequestOutput], view: fmt.ChatView):
-    async for out in stream:
-        view.num_prompt_tokens = len(out.prompt_token_ids)
-        yield 0, out
 
 
 # ------------------------------------------------------------------ router
@@ -184,11 +90,11 @@ def session_router() -> APIRouter:
         try:
             state, hub, key = ctx(request)
             body = await parse_body(request, SessionCreateRequest)
-            prompt, messages, params, logprobs = _open_args(state, body)
+            prompt, messages, params, logprobs = open_args(state, body)
             thinking = body.thinking.config() if body.thinking is not None else None
             info = await hub.open(key, prompt, messages, params, thinking,
                                   (logprobs, params.n, thinking is not None))
-            return JSONResponse(_info(info))
+            return JSONResponse(session_body(info))
         except Exception as exc:  # noqa: BLE001 - every refusal is an error body
             return _error(exc)
 
@@ -198,7 +104,7 @@ def session_router() -> APIRouter:
             body = await parse_body(request, SessionInputRequest)
             data = body.data()
             op = hub.replace if replace else hub.append
-            return JSONResponse(_ack(await op(key, sid, data, body.seq)))
+            return JSONResponse(ack_body(await op(key, sid, data, body.seq)))
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
 
@@ -227,11 +133,11 @@ def session_router() -> APIRouter:
                             0, logprobs, n)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(view.chunks(_pairs(stream, view), usage)),
+            return StreamingResponse(_sse(view.chunks(output_pairs(stream, view), usage)),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
-            final = await until_disconnect(request, _last(_pairs(stream, view)))
+            final = await until_disconnect(request, _last(output_pairs(stream, view)))
         except ClientGone:
             await hub.abort(key, session_id, "client_gone")
             return Response(status_code=499)
@@ -259,7 +165,7 @@ def session_router() -> APIRouter:
             async for out in state.llm.session_events(session_id):
                 text = out.outputs[0].reasoning_content if out.outputs else ""
                 if len(text) > sent:
-                    yield view._chunk([{"index": 0, "delta": {"reasoning_content": text[sent:]},
+                    yield view.chunk([{"index": 0, "delta": {"reasoning_content": text[sent:]},
                                         "logprobs": None, "finish_reason": None}])
                     sent = len(text)
 
@@ -271,7 +177,7 @@ def session_router() -> APIRouter:
         """State (open / answering / finished / aborted), tokens received and computed."""
         try:
             _, hub, key = ctx(request)
-            return JSONResponse(_info(await hub.info(key, session_id)))
+            return JSONResponse(session_body(await hub.info(key, session_id)))
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
 
@@ -288,8 +194,6 @@ def session_router() -> APIRouter:
 
     @router.websocket("/v1/sessions/ws")
     async def websocket(ws: WebSocket) -> None:
-        from thinkstream.server.session_ws import WsSession  # it builds on this module
-
         await WsSession(ws, ws.app.state.server.hub).run()
 
     return router

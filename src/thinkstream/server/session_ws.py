@@ -28,14 +28,14 @@ from thinkstream.server.auth import origin_allowed, presented_key
 from thinkstream.server.errors import APIError, to_api_error
 from thinkstream.server.protocol import describe_error
 from thinkstream.server.session_hub import SessionHub
-from thinkstream.server.session_routes import (
+from thinkstream.server.session_protocol import (
     SessionCloseRequest,
     SessionCreateRequest,
     SessionInputRequest,
-    _ack,
-    _info,
-    _open_args,
-    _pairs,
+    ack_body,
+    open_args,
+    output_pairs,
+    session_body,
 )
 
 
@@ -150,13 +150,13 @@ class WsSession:
         if self.sid is not None and (self.answer is None or not self.answer.done()):
             raise APIError(409, "this connection already has a session", None, "session_open")
         body = await _parse_ws(obj, SessionCreateRequest)
-        prompt, messages, params, logprobs = _open_args(self.state, body)
+        prompt, messages, params, logprobs = open_args(self.state, body)
         thinking = body.thinking.config() if body.thinking is not None else None
         info = await self.hub.open(self.key, prompt, messages, params, thinking)
         await self._stop_follower()
         self.sid, self.answer, self.logprobs = info.session_id, None, (logprobs, params.n)
         self.reasoned = 0
-        await self.send({"type": "opened", "session": _info(info)})
+        await self.send({"type": "opened", "session": session_body(info)})
         if thinking is not None:
             self.follower = asyncio.ensure_future(self._follow(info.session_id))
 
@@ -182,7 +182,7 @@ class WsSession:
     async def _update(self, kind: str, data, seq: int | None) -> None:
         op = self.hub.replace if kind == "replace" else self.hub.append
         result = await op(self.key, self._current(), data, seq)
-        await self.send({"type": "ack", **_ack(result)})
+        await self.send({"type": "ack", **ack_body(result)})
 
     async def _close(self, seq: int | None, data: str | list[int] | None) -> None:
         sid = self._current()
@@ -192,7 +192,7 @@ class WsSession:
                             0, *self.logprobs)
 
         async def answer_only() -> AsyncIterator[tuple[int, RequestOutput]]:
-            async for i, out in _pairs(stream, view):
+            async for i, out in output_pairs(stream, view):
                 if out.outputs and out.outputs[0].reasoning_content:
                     await self.send_reasoning(out)  # before any answer text
                     out = replace(out, outputs=[replace(o, reasoning_content="",

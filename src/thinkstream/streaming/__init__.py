@@ -1,8 +1,9 @@
 """Streaming input: sessions whose prompt is still arriving while it is prefilled.
 
-The pure parts (re-tokenization, session input state, scheduling policies, errors) are
-exported here; ``streaming.sessions.SessionManager`` drives an ``LLMEngine`` and is imported
-from its module (it depends on the engine, which depends on ``streaming.policy``).
+The pure parts (re-tokenization, session input state, errors; the scheduling policies live
+in ``engine.policy``) are exported here; ``streaming.sessions.SessionManager`` drives an
+``LLMEngine`` and is imported from its module, as is ``streaming.close_check`` (the
+engine hook that confirms a closed input's ids beside the answer's first step).
 """
 
 from thinkstream.engine.policy import POLICIES, policy_key

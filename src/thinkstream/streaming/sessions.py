@@ -8,7 +8,7 @@ ones (``extend_input``). The scheduler prefills them in the same steps as everyo
 work, holding back the last token while the input is open. ``close`` reconciles the ids with
 the reference tokenization of the final input, closes the input and the request answers like
 any other; its outputs come from ``engine.step`` as usual. (Without thinking, the reference
-tokenization runs beside the answer's first step: ``LLMEngine.close_input``.)
+tokenization runs beside the answer's first step: ``streaming.close_check``.)
 
 Life of a session::
 
@@ -31,6 +31,7 @@ from thinkstream.engine.llm_engine import LLMEngine, RequestError
 from thinkstream.engine.output import RequestState
 from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
+from thinkstream.streaming.close_check import CloseCheck
 from thinkstream.streaming.errors import SessionClosedError, SessionLimitError, SessionNotFoundError
 from thinkstream.streaming.state import Data, Plan, SessionInput
 from thinkstream.thinking.config import ThinkConfig
@@ -78,16 +79,14 @@ class SessionManager:
                  remember: int = 4096) -> None:
         self.engine = engine
         self.window = window
+        self.close_check = CloseCheck(engine)  # exact ids at close, beside the first step
+        engine.add_hook(self.close_check)
         self.max_input_tokens = min(max_input_tokens or engine.max_model_len, engine.max_model_len - 1)
         self._open: dict[str, _Session] = {}
         self._ended: OrderedDict[str, _Session] = OrderedDict()  # closed or aborted, newest last
         self.remember = remember
 
     # ----------------------------------------------------------------- queries
-    @property
-    def num_open(self) -> int:
-        return len(self._open)
-
     def _get(self, sid: str) -> _Session:
         s = self._open.get(sid) or self._ended.get(sid)
         if s is None:
@@ -214,8 +213,9 @@ class SessionManager:
             content = n - len(suffix) if suffix and plan.ids[n - len(suffix):] == suffix else n
             s.think.close(content)
         else:
-            exact = s.input.mode == "tokens"
-            self.engine.close_input(sid, None if exact else s.input.reference())
+            self.engine.close_input(sid)
+            if s.input.mode != "tokens":  # token sessions' ids are exact already
+                self.close_check.submit(sid, s.input.reference())
         s.input.commit(plan, close=True)
         s.last_activity = time.monotonic()
         self._end(s)
@@ -267,12 +267,11 @@ class SessionManager:
             raise SessionLimitError(
                 f"input: {num_tokens} tokens exceed the session limit of {self.max_input_tokens}",
                 "input", "session_tokens_exceeded", 413)
-        kv = self.engine.kv
-        blocks = -(-(num_tokens + (max_tokens or 0) + 1) // kv.block_size)
-        if blocks > kv.num_blocks:
+        blocks = self.engine.blocks_for(num_tokens + (max_tokens or 0) + 1)
+        if blocks > self.engine.num_kv_blocks:
             raise SessionLimitError(
                 f"input: {num_tokens} tokens (+ max_tokens) need {blocks} KV blocks but the cache "
-                f"has {kv.num_blocks}", "input", "session_tokens_exceeded", 413)
+                f"has {self.engine.num_kv_blocks}", "input", "session_tokens_exceeded", 413)
 
     def _end(self, s: _Session) -> None:
         self._open.pop(s.sid, None)

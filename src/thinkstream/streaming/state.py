@@ -237,7 +237,7 @@ class SessionInput:
         """The final ids and the edit to them. ``exact``: the reference tokenization of the
         whole input (O(input)); otherwise the tail tokenizer's ids for it (O(window)), which
         ``reference()`` then confirms off the critical path (the engine settles any
-        difference before the answer's first token: ``LLMEngine.close_input``)."""
+        difference before the answer's first token: ``streaming.close_check``)."""
         if self.closed:
             raise SessionClosedError("the session's input is already closed", self.next_seq)
         if self.pending:

@@ -1,7 +1,7 @@
 """``ThinkController``: one session's reasoning while its input streams in.
 
 The session's input is its request's sequence S; the reasoning is one attached sequence R
-(``engine.attach``) whose own tokens are the notes so far, viewing S's cache::
+(``engine.attach``, this controller its ``SequenceOwner``) whose own tokens are the notes so far, viewing S's cache::
 
     S (input, never sees R while reading):  | unit 0 | unit 1 | unit 2 ...     | answer |
     R (notes):  view of S[:end_k] + own:    | seg 0: head note tail | seg 1 ... |
@@ -99,7 +99,7 @@ class ThinkController:
         self.onset_input_tokens: int | None = None  # input tokens received by then
         self.reasoning_done_time: float | None = None
         self._attached = False
-        self.starved = False  # the pool cannot hold S and R: no more reasoning (``_on_starved``)
+        self.starved = False  # the pool cannot hold S and R: no more reasoning (``on_starved``)
 
     # ------------------------------------------------------------ input events
     @property
@@ -149,8 +149,7 @@ class ThinkController:
         R = self.R
         del R.token_ids[cut:], R.positions[cut:], R.kv_prefix_visible[cut:]
         R.num_prompt_tokens = min(R.num_prompt_tokens, cut)
-        if R.num_computed_tokens > cut:
-            self.engine.scheduler.truncate(R, cut)
+        self.engine.truncate_kv(R, cut)
         R.input_closed = False
 
     def close(self, num_content: int) -> None:
@@ -229,13 +228,12 @@ class ThinkController:
         still fit the KV pool together, as the answer needs both resident, and R stays
         within ``max_model_len``: budget forcing by memory, so a session never asks for more
         blocks than exist (it would wait forever). What this cannot foresee (S's input
-        growing past the room left) ends in ``_on_starved``."""
-        kv, S = self.engine.kv, self.S
+        growing past the room left) ends in ``on_starved``."""
+        e, S = self.engine, self.S
         r = self.R.num_tokens + more + len(self.request) + 1
         s = S.num_tokens + S.max_tokens + ANSWER_PROMPT_SLACK
         # R is a sequence too: the engine ends any at ``max_model_len`` tokens
-        return (kv.blocks_for(r) + kv.blocks_for(s) <= kv.num_blocks
-                and r < self.engine.max_model_len)
+        return e.blocks_for(r) + e.blocks_for(s) <= e.num_kv_blocks and r < e.max_model_len
 
     def _input_pos(self, n: int) -> list[int]:
         return self.S.positions[:n] if self.S.positions else list(range(n))
@@ -258,13 +256,14 @@ class ThinkController:
         R.input_closed = True
         self.segs.append(seg)
         if not self._attached:
-            self.engine.attach(self.rid, R, self._on_token, self._on_starved)
+            self.engine.attach(self.rid, R, self)
             self._attached = True
         else:
-            self.engine.scheduler.wake(R)
+            self.engine.wake(R)
 
     # -------------------------------------------------------------- R's tokens
-    def _on_token(self, R: Sequence, token_id: int) -> str | None:
+    def on_token(self, R: Sequence, token_id: int) -> str | None:
+        """``SequenceOwner``: a token of R was sampled; returns the session's request id."""
         seg = self.note
         if seg is None:  # not expected: R only samples inside a segment
             return None
@@ -302,8 +301,8 @@ class ThinkController:
         self._advance()
 
     # ---------------------------------------------------------- memory pressure
-    def _on_starved(self, R: Sequence) -> None:
-        """The engine says R can never get its blocks while S is resident (the pool is too
+    def on_starved(self, R: Sequence) -> None:
+        """``SequenceOwner``: the engine says R can never get its blocks while S is resident (the pool is too
         small for both): budget forcing by memory. The note in progress is dropped, R is
         cut to the segments that fit beside S, and no reasoning starts again; the answer
         follows as usual (it views what is left of R). S and R are never preempted
@@ -317,12 +316,12 @@ class ThinkController:
         """Drop R's unfinished segment and its last finished ones until R plus ``extra``
         tokens and S with room for ``ANSWER_ROOM`` answer tokens fit the pool together.
         Units keep their layout (computed input positions never move)."""
-        kv, S, R = self.engine.kv, self.S, self.R
-        room = kv.num_blocks - kv.blocks_for(S.num_tokens + min(S.max_tokens, ANSWER_ROOM))
+        e, S, R = self.engine, self.S, self.R
+        room = e.num_kv_blocks - e.blocks_for(S.num_tokens + min(S.max_tokens, ANSWER_ROOM))
         keep = len(self.segs)
         if self.note is not None:
             keep -= 1
-        while keep and kv.blocks_for(self._seg_end(keep - 1) + extra) > room:
+        while keep and e.blocks_for(self._seg_end(keep - 1) + extra) > room:
             keep -= 1
         if keep == len(self.segs):
             return
@@ -373,7 +372,7 @@ class ThinkController:
         R.token_ids += ids
         R.positions += range(start, start + len(ids))
         R.num_prompt_tokens = R.num_tokens
-        self.engine.scheduler.wake(R)
+        self.engine.wake(R)
 
     # ------------------------------------------------------------------ checks
     def check(self) -> None:

@@ -32,17 +32,12 @@ class EngineDeadError(RuntimeError):
 
 @dataclass
 class EngineStats:
-    """Counters the metrics endpoint reads (updated by the engine thread only)."""
+    """Counters the metrics endpoint reads (updated by the engine thread only; what the
+    engine holds now is ``LLMEngine.usage()``)."""
 
     steps: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
-    num_running: int = 0
-    num_waiting: int = 0
-    kv_blocks_used: int = 0
-    kv_blocks_total: int = 0
-    prefix_hit_rate: float = 0.0
-    num_preemptions: int = 0
     finished: dict[str, int] = field(default_factory=dict)
 
 
@@ -50,7 +45,7 @@ class AsyncLLM:
     def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.05) -> None:
         self.engine = engine
         self.sessions = SessionManager(engine)  # touched on the engine thread only
-        self.stats = EngineStats(kv_blocks_total=engine.kv.num_blocks)
+        self.stats = EngineStats()
         self.dead: BaseException | None = None
         self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -296,10 +291,9 @@ class AsyncLLM:
             while not self._stop.is_set():
                 # nothing to compute, or the last step could not progress (waiting for
                 # input or commands): wait for a command instead of spinning
-                self._drain_commands(block=not engine.scheduler.has_work()
+                self._drain_commands(block=not engine.has_work()
                                      or not engine.last_step_progress)
                 if not engine.has_unfinished_requests():
-                    self._update_stats()
                     continue
                 outputs = engine.step()
                 self.stats.steps += 1
@@ -307,7 +301,6 @@ class AsyncLLM:
                     self.stats.generation_tokens += sum(len(o.new_token_ids) for o in out.outputs)
                     self._count_finished(out)
                     self._deliver(out.request_id, out)
-                self._update_stats()
         except BaseException as exc:  # noqa: BLE001 - any failure must reach every caller
             self.dead = exc
             error = EngineDeadError(f"engine step failed: {exc!r}")
@@ -315,14 +308,6 @@ class AsyncLLM:
                 engine.abort(rid)  # bookkeeping only: gives every block back
             for rid in list(self._streams):
                 self._deliver(rid, error)
-
-    def _update_stats(self) -> None:
-        e, s = self.engine, self.stats
-        s.num_running = len(e.scheduler.running)
-        s.num_waiting = len(e.scheduler.waiting)
-        s.kv_blocks_used = e.kv.num_blocks - e.kv.num_free_blocks
-        s.prefix_hit_rate = e.kv.prefix_hit_rate
-        s.num_preemptions = e.num_preemptions
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:

@@ -1,0 +1,51 @@
+"""The fixed points where a feature plugs into ``LLMEngine.step`` (no branch per feature).
+
+A step is four phases: schedule, execute, update, outputs. Features see it through two
+small interfaces:
+
+- ``StepHook`` (``LLMEngine.add_hook``): after the forward, before anything is sampled,
+  a hook may void the samples of sequences whose inputs it changed (the close-time
+  exactness check of streamed input, ``streaming.close_check``); when a request ends the
+  hook forgets it; ``check`` asserts its invariants in ``LLMEngine.check_integrity``.
+- ``SequenceOwner`` (``LLMEngine.attach``): a feature that adds sequences of its own to a
+  request (a session's reasoning stream, ``thinking.controller``; fork/join threads and
+  draft tokens plug in the same way). The engine schedules them like any other; each
+  sampled token goes to ``on_token``, which says which request's output it changes; one
+  that can never fit the KV pool beside the sequences it views goes to ``on_starved``,
+  which must shrink it. Attached sequences end with their request.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from thinkstream.engine.request import Sequence
+    from thinkstream.engine.scheduler import ScheduledSeq
+
+
+class StepHook:
+    """No-op defaults; override what the feature needs."""
+
+    def after_forward(self, scheduled: list[ScheduledSeq]) -> set[str]:
+        """The step's KV is written, nothing is sampled yet. Returns the ids of sequences
+        whose sample this step is void (their inputs were changed; they recompute)."""
+        return set()
+
+    def on_finish(self, request_id: str) -> None:
+        """``request_id`` ended (finished or aborted): drop anything held for it."""
+
+    def check(self, live_requests: Collection[str]) -> None:
+        """Assert the hook's invariants (``LLMEngine.check_integrity``)."""
+
+
+class SequenceOwner(Protocol):
+    def on_token(self, seq: Sequence, token_id: int) -> str | None:
+        """A token was sampled for ``seq`` (already appended). Returns the id of the
+        request whose output it changes, or None."""
+
+    def on_starved(self, seq: Sequence) -> None:
+        """``seq`` can never get its blocks beside the sequences it views: shrink it."""
