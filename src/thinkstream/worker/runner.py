@@ -10,8 +10,6 @@ truncations), and computes logits only for the rows that need them. With
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
@@ -28,16 +26,6 @@ from thinkstream.worker.sampling import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class StepResult:
-    """What one forward produced: a sampled token per sampling row, and prompt logprobs."""
-
-    samplers: list[Sequence]  # rows, in order; forked children share their parent's logits
-    token_ids: list[int]
-    logprobs: list[TokenLogprob | None]
-    prompt_logprobs: dict[str, list[TokenLogprob | None]]  # seq_id -> entries for this chunk
 
 
 def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
