@@ -61,7 +61,7 @@ def test_last_logits_match(pair) -> None:
 
 
 def _engine_last_logits(llm, ids: list[int]) -> torch.Tensor:
-    from thinkstream.attention.paged import SeqSlice, build_attention_metadata
+    from thinkstream.attention.metadata import SeqSlice, build_attention_metadata
 
     eng = llm.engine
     assert eng.kv.allocate("probe", len(ids))

@@ -9,7 +9,7 @@ import torch
 from helpers.runs import run_staggered
 from helpers.tiny import random_tensors, tiny_checkpoint, tiny_config
 
-from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.attention.metadata import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.models.registry import build_model

@@ -7,14 +7,20 @@ import pytest
 import torch
 from helpers.tiny import random_tensors, reference_logits, tiny_config
 
-from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.attention.metadata import (
+    AttentionConfig,
+    Precision,
+    SeqSlice,
+    allocate_kv_caches,
+    build_attention_metadata,
+)
 from thinkstream.models.registry import build_model
 
 ARCHS = ["llama", "llama3", "qwen2", "qwen3", "gemma3"]
 BS = 4
 
 
-def _run(model, cfg, caches, steps):
+def _run(model, cfg, caches, steps, config: AttentionConfig | None = None):
     """steps: list of lists of (table, computed, ids, positions); returns logits per step."""
     outs = []
     for step in steps:
@@ -23,7 +29,7 @@ def _run(model, cfg, caches, steps):
             ids += toks
             pos += p
             slices.append(SeqSlice(table, computed, len(toks)))
-        meta = build_attention_metadata(slices, BS, caches, cfg.sliding_window)
+        meta = build_attention_metadata(slices, BS, caches, cfg.sliding_window, config=config)
         with torch.inference_mode():
             h = model(torch.tensor(ids), torch.tensor(pos), meta)
             outs.append(model.compute_logits(h))
@@ -123,8 +129,6 @@ def test_prefix_segment_view(arch: str) -> None:
 def test_cascade_decode_over_shared_prefix() -> None:
     """Decoding several sequences that share a long prefix (shared blocks) reads the prefix
     once (cascade) and matches each sequence's dense reference."""
-    from thinkstream.attention import paged as attention
-
     cfg = tiny_config("llama")
     t = random_tensors(cfg, seed=8)
     model = build_model(cfg, t)
@@ -138,17 +142,13 @@ def test_cascade_decode_over_shared_prefix() -> None:
         if len(tail) > 1:
             _run(model, cfg, caches, [[(table, 20, tail[:-1], list(range(20, 20 + len(tail) - 1)))]])
     slices = [SeqSlice(tb, 20 + len(tl) - 1, 1) for tb, tl in zip(tables, tails, strict=True)]
-    meta = build_attention_metadata(slices, BS, caches)
+    assert build_attention_metadata(slices, BS, caches).groups[0].shared == 0  # 20 < 64
+    meta = build_attention_metadata(slices, BS, caches, config=AttentionConfig(cascade_min_shared=8))
     assert meta.groups[0].shared == 20
-    old = attention.CASCADE_MIN_SHARED
-    attention.CASCADE_MIN_SHARED = 8
-    try:
-        with torch.inference_mode():
-            h = model(torch.tensor([tl[-1] for tl in tails]),
-                      torch.tensor([20 + len(tl) - 1 for tl in tails]), meta)
-            out = model.compute_logits(h)
-    finally:
-        attention.CASCADE_MIN_SHARED = old
+    with torch.inference_mode():
+        h = model(torch.tensor([tl[-1] for tl in tails]),
+                  torch.tensor([20 + len(tl) - 1 for tl in tails]), meta)
+        out = model.compute_logits(h)
     for i, tail in enumerate(tails):
         assert torch.allclose(out[i], reference_logits(cfg, t, prefix + tail)[-1], atol=1e-4)
 
@@ -159,7 +159,8 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
     with the same mask (causal tail, hidden prefix keys, a sliding window)."""
     import torch.nn.functional as F
 
-    from thinkstream.attention.short import open_columns, short_chunk
+    from thinkstream.attention.few_query import short_chunk
+    from thinkstream.attention.metadata import open_columns
 
     g = torch.Generator().manual_seed(0)
     n, h, kvh, d, length = 7, 6, 2, 16, 50
@@ -193,12 +194,11 @@ def test_short_chunk_matches_flash_kernel(dtype: torch.dtype, tol: float) -> Non
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_short_chunks_of_several_sequences_batched(arch: str, monkeypatch) -> None:
-    """Short chunks of three sequences in one step (one ``short`` group, padded queries and
-    keys) next to a decode row give the flash kernel's result; float32 caches keep the
-    flash kernel (the parity mode's summation order)."""
-    from thinkstream.attention import paged as attention
-
+def test_short_chunks_of_several_sequences_batched(arch: str) -> None:
+    """Short chunks of three sequences in one step (one ``ShortBatch`` group, padded queries
+    and keys) next to a decode row give the flash kernel's result. The precision setting,
+    not the KV dtype, picks the path: "auto" keeps the flash kernel in float32 (the parity
+    mode's summation order)."""
     cfg = tiny_config(arch)
     t = random_tensors(cfg, seed=4)
     model = build_model(cfg, t)
@@ -208,17 +208,22 @@ def test_short_chunks_of_several_sequences_batched(arch: str, monkeypatch) -> No
     slices = [SeqSlice(tb, f, len(s) - f) for tb, s, f in zip(tables, seqs, first, strict=True)]
     step = [(tb, f, s[f:], list(range(f, len(s)))) for tb, s, f in zip(tables, seqs, first, strict=True)]
     f32 = allocate_kv_caches(cfg.num_layers, 40 * BS, cfg.num_kv_heads, cfg.head_dim, torch.float32, "cpu")
-    assert sorted(g.kind for g in build_attention_metadata(slices, BS, f32, cfg.sliding_window).groups) \
-        == ["chunk", "chunk", "chunk", "decode"]
     caches = allocate_kv_caches(cfg.num_layers, 40 * BS, cfg.num_kv_heads, cfg.head_dim, torch.bfloat16, "cpu")
+
+    def kinds(kv, config: AttentionConfig) -> list[str]:
+        groups = build_attention_metadata(slices, BS, kv, cfg.sliding_window, config=config).groups
+        return sorted(type(g).__name__ for g in groups)
+
+    mixed, parity = AttentionConfig(Precision.MIXED), AttentionConfig(Precision.PARITY)
+    assert kinds(f32, AttentionConfig.for_engine("auto", torch.float32)) \
+        == ["Decode", "Prefill", "Prefill", "Prefill"]
+    assert kinds(caches, AttentionConfig.for_engine("auto", torch.bfloat16)) == ["Decode", "ShortBatch"]
+    assert kinds(f32, mixed) == ["Decode", "ShortBatch"]  # the setting decides, not the dtype
     _run(model, cfg, caches, [[(tb, 0, s[:f], list(range(f))) for tb, s, f in zip(tables, seqs, first, strict=True)]])
     saved = [(k.clone(), v.clone()) for k, v in caches]
-    assert sorted(g.kind for g in build_attention_metadata(slices, BS, caches, cfg.sliding_window).groups) \
-        == ["decode", "short"]
-    (got,) = _run(model, cfg, caches, [step])
+    (got,) = _run(model, cfg, caches, [step], mixed)
     for (k, v), (k0, v0) in zip(caches, saved, strict=True):
         k.copy_(k0)
         v.copy_(v0)
-    monkeypatch.setattr(attention, "SHORT_CHUNK", 0)  # every chunk on the flash kernel
-    (want,) = _run(model, cfg, caches, [step])
+    (want,) = _run(model, cfg, caches, [step], parity)  # every chunk on the flash kernel
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from helpers.tiny import random_tensors, reference_logits, tiny_config
 
-from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.attention.metadata import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.models.quant import QuantLinear, dequantize_int4, quantize_int4, quantize_int8
 from thinkstream.models.registry import build_model
 

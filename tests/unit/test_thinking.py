@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers.tiny import random_tensors, reference_logits, tiny_checkpoint, tiny_config
 
-from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.attention.metadata import SeqSlice, allocate_kv_caches, build_attention_metadata
 from thinkstream.llm import LLM
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import SamplingParams

@@ -2,8 +2,9 @@
 
 For documents of 256 and 4,096 tokens streamed into a session (bfloat16 + int4, 1 thread):
 the close command (last chunk + the reference tokenization of the whole input) and the
-answer's first step, with the short-chunk path (``attention/short.py``; its softmax
-native (``kernels/softmax_bf16.c``) or torch's) and with the flash kernel; then one step
+answer's first step, with the short-chunk path (``attention/few_query.py``, precision
+"mixed"; its softmax native (``kernels/softmax_bf16.c``) or torch's) and with the flash
+kernel (precision "parity"); then one step
 computing a 3-word chunk for each of 16 sessions, each way. Medians of ``--reps`` sessions
 on different documents; the ways alternate, so noise hits all of them.
 
@@ -18,8 +19,7 @@ import time
 
 import torch
 
-from thinkstream.attention import paged as attention
-from thinkstream.attention import short as short_attention
+from thinkstream.attention.metadata import AttentionConfig, Precision
 from thinkstream.bench.streaming import document
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams
@@ -68,21 +68,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     llm = LLM(dtype=args.dtype, quantization=args.quantization or None, num_threads=args.threads,
               kv_cache_memory=1024 << 20, max_num_batched_tokens=512)
-    short, native = attention.SHORT_CHUNK, short_attention.softmax_last
-    modes = {"short-chunk path": (short, native),
-             "short-chunk path, torch softmax": (short, lambda x: x.softmax(dim=-1)),
-             "flash kernel": (0, native)}
+    runner = llm.engine.runner
+    engine_default = runner.attention
+    modes = {"short-chunk path": AttentionConfig(Precision.MIXED),
+             "short-chunk path, torch softmax": AttentionConfig(Precision.MIXED, native_softmax=False),
+             "flash kernel": AttentionConfig(Precision.PARITY)}
     rows: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.reps):
-        for i, (mode, (limit, softmax)) in enumerate(modes.items()):
-            attention.SHORT_CHUNK, short_attention.softmax_last = limit, softmax
+        for i, (mode, attention) in enumerate(modes.items()):
+            runner.attention = attention  # the settings of the steps that follow
             for n in (256, 4096):
                 close, step = answer_step(llm, n, 1000 * rep + 10 * n + i)
                 rows.setdefault((f"close command, {n} tokens", mode), []).append(close)
                 rows.setdefault((f"answer step, {n} tokens", mode), []).append(step)
             rows.setdefault(("step with 16 sessions' chunks", mode), []).append(
                 sessions_step(llm, 7919 * (rep + 1) + i))
-    attention.SHORT_CHUNK, short_attention.softmax_last = short, native
+    runner.attention = engine_default
     print("| what | path | median ms |\n|---|---|---|")
     for (what, mode), xs in rows.items():
         print(f"| {what} | {mode} | {statistics.median(xs) * 1e3:.1f} |")

@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from thinkstream.attention import short as short_attention
-from thinkstream.attention.short import open_columns, short_chunk
+from thinkstream.attention.few_query import short_chunk
+from thinkstream.attention.metadata import open_columns
 from thinkstream.kernels import load_softmax_bf16, softmax_last
 
 Q, H, KVH, D, LAYERS, L = 16, 9, 3, 64, 30, 4113
@@ -93,13 +93,12 @@ def main() -> None:
     native = timed_us(lambda: softmax_last(scores), 200) if load_softmax_bf16() else float("nan")
     print(f"softmax of one layer's scores: native {native:.0f} us, torch {torch_softmax:.0f} us")
     with_native = per_layer(q, kc, vc, 4096)[0]
-    short_attention.softmax_last = lambda x: x.softmax(dim=-1)
-    with_torch = per_layer(q, kc, vc, 4096)[0]
-    short_attention.softmax_last = softmax_last
+    with_torch = per_layer(q, kc, vc, 4096, native_softmax=False)[0]
     print(f"short_chunk at 4096 keys: native softmax {with_native:.0f} us, torch's {with_torch:.0f} us")
 
 
-def per_layer(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, length: int) -> tuple[float, float]:
+def per_layer(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, length: int,
+              native_softmax: bool = True) -> tuple[float, float]:
     """us per layer: ``short_chunk`` on a view of the cache, the flash kernel on a gather."""
     slots, mask = torch.arange(100, 100 + length), causal_tail(length)
     cols = open_columns(mask)
@@ -110,7 +109,8 @@ def per_layer(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, length: int) 
         return F.scaled_dot_product_attention(q.transpose(0, 1)[None], kg, vg, attn_mask=mask,
                                               scale=0.125, enable_gqa=True)
 
-    return (timed_us(lambda: short_chunk(q, kc, vc, slots, ((100, length),), mask, cols, 0.125)),
+    return (timed_us(lambda: short_chunk(q, kc, vc, slots, ((100, length),), mask, cols, 0.125,
+                                         native_softmax)),
             timed_us(flash))
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 /* Row softmax over bfloat16, in place: the attention scores of a short chunk over a long
- * context (models/short_attention.py), where torch's softmax costs about as much as the
+ * context (attention/few_query.py), where torch's softmax costs about as much as the
  * two matmuls around it. Per row, three passes over the row:
  *
  *   max m  ->  e = exp(x - m) into a float32 scratch row, summed  ->  x = bf16(e / sum)

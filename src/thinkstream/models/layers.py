@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thinkstream.attention.paged import AttentionMetadata, paged_attention
+from thinkstream.attention.metadata import AttentionMetadata
+from thinkstream.attention.paged import paged_attention
 from thinkstream.config import ModelConfig, RopeScaling
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from thinkstream.attention.paged import AttentionMetadata
+from thinkstream.attention.metadata import AttentionMetadata
 from thinkstream.config import ModelConfig
 from thinkstream.models.layers import DecoderLayer, RMSNorm, rope_cos_sin, rope_inv_freq
 

@@ -1,7 +1,7 @@
 """Compiled decode: a pure decode step runs as a graph instead of op by op.
 
 A step is *pure decode* when every scheduled sequence computes one token and the
-attention metadata is a single "decode" group on the plain path (no cascade over a shared
+attention metadata is a single ``Decode`` group on the plain path (no cascade over a shared
 prefix: that path stays eager, its split point is a Python int). Such a step is a fixed
 function of a few tensors, ``decode_logits``:
 
@@ -39,10 +39,13 @@ from collections.abc import Sequence
 
 import torch
 
-from thinkstream.attention.paged import CASCADE_MIN_SHARED, AttentionMetadata, AttnGroup
+from thinkstream.attention.metadata import AttentionConfig, AttentionMetadata, Decode
 from thinkstream.models.llama import LlamaForCausalLM
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+# Decode computes alike in every precision mode; passed explicitly (a constant the graph
+# guards on) because dynamo cannot build a dataclass default inside the graph.
+DECODE_CONFIG = AttentionConfig()
 
 
 def decode_logits(
@@ -51,17 +54,18 @@ def decode_logits(
     sliding_mask: torch.Tensor | None, kv_caches: KVCaches,
 ) -> torch.Tensor:
     """One pure decode step: (B,) tokens -> float32 logits (B, V); writes the new keys."""
-    group = AttnGroup("decode", 0, 0, key_slots, mask, sliding_mask)
-    meta = AttentionMetadata(slot_mapping, [group], kv_caches, model.cfg.sliding_window)
+    group = Decode(key_slots, mask, sliding_mask)
+    meta = AttentionMetadata(slot_mapping, [group], kv_caches, model.cfg.sliding_window,
+                             DECODE_CONFIG)
     return model.compute_logits(model(input_ids, positions, meta))
 
 
-def plain_decode(meta: AttentionMetadata) -> AttnGroup | None:
+def plain_decode(meta: AttentionMetadata) -> Decode | None:
     """The step's decode group if the step is pure decode on the plain path, else None."""
     if len(meta.groups) != 1:
         return None
     g = meta.groups[0]
-    if g.kind != "decode" or g.shared >= CASCADE_MIN_SHARED:
+    if not isinstance(g, Decode) or g.shared:
         return None
     return g
 
@@ -122,7 +126,7 @@ class _Buffers:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def load(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-             g: AttnGroup, scratch: int) -> None:
+             g: Decode, scratch: int) -> None:
         """Copy one step's inputs in, padding rows and context as the module docstring draws."""
         b, n = g.key_slots.shape
         self.input_ids.zero_()[:b].copy_(input_ids)

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from thinkstream.attention.paged import SeqSlice, allocate_kv_caches, build_attention_metadata
+from thinkstream.attention.metadata import (
+    AttentionConfig,
+    SeqSlice,
+    allocate_kv_caches,
+    build_attention_metadata,
+)
 from thinkstream.config import ModelConfig
 from thinkstream.engine.request import Sequence, TokenLogprob
 from thinkstream.engine.scheduler import SchedulerOutput
@@ -37,11 +42,13 @@ class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, cfg: ModelConfig, num_blocks: int, block_size: int,
         dtype: torch.dtype, device: torch.device | str, compile_decode: bool = False,
-        max_num_seqs: int = 64,
+        max_num_seqs: int = 64, attention: AttentionConfig | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
         self.block_size = block_size
+        # precision and thresholds of every step's attention; default: "auto" for ``dtype``
+        self.attention = attention or AttentionConfig.for_engine("auto", dtype)
         self.device = torch.device(device)
         num_slots = num_blocks * block_size
         self.kv_caches = allocate_kv_caches(  # compiled: + the scratch slot of padded rows
@@ -114,9 +121,8 @@ class ModelRunner:
                     rows.append(offset + n - 1)
             else:
                 last_row.append(-1)
-        meta = build_attention_metadata(
-            slices, self.block_size, self.kv_caches, self.cfg.sliding_window, self.device
-        )
+        meta = build_attention_metadata(slices, self.block_size, self.kv_caches,
+                                        self.cfg.sliding_window, self.device, self.attention)
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         logits = None if self.decode_graph is None else self.decode_graph(input_ids, pos, meta)

@@ -1,21 +1,23 @@
-"""Attention for short chunks over cached context: a streamed chunk, the end of a
-session's input, the next few tokens of many sessions at once.
+"""Path 2: a few queries per sequence over the paged cache, as grouped-query matmuls.
 
-The flash kernel tiles the queries, so a handful of them pays for whole tiles per key
-block; grouped-query matmuls over (G*Q) rows per key/value head are several times faster
-(bf16 on AMX) and cost in proportion to Q x L. Two shapes:
+Decode is its one-query case; short chunks after cached context (a streamed chunk, the end
+of a session's input, the next few tokens of many sessions at once) are the rest. The flash
+kernel tiles the queries, so a handful of them pays for whole tiles per key block;
+grouped-query matmuls over (G*Q) rows per key/value head cost in proportion to Q x L and
+need no key/value head repetition. Three shapes (``metadata``'s groups):
 
+- ``decode``: B rows of one query: two batched matmuls over the gathered context, in float32
+  in every precision mode (CPU batched matmuls of these small shapes are many times slower
+  in bfloat16, and the gathered context is small);
 - ``short_chunk``: one chunk. Keys and values are read where they lie: a run of consecutive
   slots is a view of the cache and a head's (L, D) slice of it a strided matrix the matmul
   takes as is (a gather, or a transposing copy, would cost as much as the matmul over a
-  long context).
-- ``short_batch``: several chunks in one step, padded to one batch (B, Qmax queries,
-  Lmax keys), so a step costs a few batched matmuls per layer however many sessions
-  send a chunk::
+  long context);
+- ``short_batch``: several chunks in one step, padded to one batch (B, Qmax queries, Lmax
+  keys), so a step costs a few batched matmuls per layer however many sessions send one.
 
-      rows (B, Qmax):   | packed index of each query | padding: the row's first query |
-      mask (B, Qmax, L): its causal / visible keys; padded queries see key 0 only (their
-                         output is dropped; no row of softmax is empty)
+The chunk shapes compute in the dtype of ``q`` (the caller upcasts for float32 precision):
+matmuls accumulate in float32, scores and probabilities are rounded to that dtype.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from __future__ import annotations
 import torch
 
 from thinkstream.kernels import softmax_last
-
-SHORT_CHUNK = 32  # chunks of at most this many tokens take this module's paths
 
 
 def gather_heads_first(cache: torch.Tensor, slots: torch.Tensor,
@@ -37,30 +37,40 @@ def gather_heads_first(cache: torch.Tensor, slots: torch.Tensor,
     return got.transpose(-3, -2).to(dtype, memory_format=torch.contiguous_format)
 
 
-def slot_runs(slots: torch.Tensor, most: int = 4) -> tuple[tuple[int, int], ...] | None:
-    """``slots`` as (first slot, length) ranges of consecutive slots, or None if there are
-    more than ``most`` (then a gather is cheaper than many small matmuls)."""
-    breaks = ((slots[1:] - slots[:-1]) != 1).nonzero().flatten()
-    if breaks.numel() >= most:
-        return None
-    bounds = [0, *(breaks + 1).tolist(), slots.numel()]
-    return tuple((int(slots[a]), b - a) for a, b in zip(bounds, bounds[1:], strict=False))
+def _softmax(scores: torch.Tensor, native: bool) -> torch.Tensor:
+    """Row softmax; the native kernel (in place) where it applies and ``native`` is set."""
+    return softmax_last(scores) if native else scores.softmax(dim=-1)
 
 
-def open_columns(mask: torch.Tensor) -> int:
-    """How many leading key columns of a (Q, L) mask every query sees (never masked)."""
-    return int(mask.all(dim=0).long().cumprod(dim=0).sum())
+def decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
+    mask: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """One query per row: q (B, H, D), key_slots (B, L), mask (B, 1, 1, L) -> (B, H, D).
+    q (B, H, D) -> (B, KVH, G, D); scores (B, KVH, G, L), in float32."""
+    b, h, d = q.shape
+    kg = gather_heads_first(k_cache, key_slots)  # (B, KVH, L, D) float32
+    vg = gather_heads_first(v_cache, key_slots)
+    kvh = kg.shape[1]
+    qg = q.float().view(b, kvh, h // kvh, d)
+    scores = torch.matmul(qg, kg.transpose(-1, -2)) * scale  # (B, KVH, G, L)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    out = torch.matmul(probs, vg)  # (B, KVH, G, D)
+    return out.reshape(b, h, d).to(q.dtype)
 
 
 def short_chunk(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
     runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, open_cols: int, scale: float,
+    native_softmax: bool = True,
 ) -> torch.Tensor:
     """One chunk: q (Q, H, D), context slots (L,) (or the same as ``runs`` of consecutive
-    slots), mask (Q, L) whose first ``open_cols`` columns are all True (``open_columns``,
-    computed once per step, not per layer). Returns (Q, H, D). Scores and outputs are
-    written in place by one matmul per run and key/value head; only the columns past
-    ``open_cols`` (the chunk's causal tail, hidden prefix keys, a window) are masked."""
+    slots), mask (Q, L) whose first ``open_cols`` columns are all True
+    (``metadata.open_columns``, computed once per step, not per layer). Returns (Q, H, D).
+    Scores and outputs are written in place by one matmul per run and key/value head; only
+    the columns past ``open_cols`` (the chunk's causal tail, hidden prefix keys, a window)
+    are masked."""
     n, h, d = q.shape
     kvh, length = k_cache.shape[1], slots.numel()
     g = h // kvh
@@ -80,7 +90,7 @@ def short_chunk(
     if open_cols < length:
         tail = scores.view(kvh, g, n, length)[..., open_cols:]
         tail.masked_fill_(~mask[:, open_cols:], float("-inf"))
-    probs = softmax_last(scores)  # in place where the native kernel applies
+    probs = _softmax(scores, native_softmax)  # in place where the native kernel applies
     out = q.new_empty(kvh, g * n, d)
     start = 0
     for j, (_, v) in enumerate(parts):
@@ -96,7 +106,7 @@ def short_chunk(
 
 def short_batch(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor,
-    key_slots: torch.Tensor, mask: torch.Tensor, scale: float,
+    key_slots: torch.Tensor, mask: torch.Tensor, scale: float, native_softmax: bool = True,
 ) -> torch.Tensor:
     """Several chunks: q (T, H, D) packed, rows (B, Qmax), key_slots (B, L), mask
     (B, Qmax, L). Returns (B * Qmax, H, D), row-major over ``rows``."""
@@ -111,6 +121,6 @@ def short_batch(
     vg = gather_heads_first(v_cache, key_slots, q.dtype)  # (B, KVH, L, D)
     scores = torch.matmul(qb, kt).view(b, kvh, g, qm, length)
     scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
-    probs = softmax_last(scores).view(b, kvh, g * qm, length)
+    probs = _softmax(scores, native_softmax).view(b, kvh, g * qm, length)
     out = torch.matmul(probs, vg).view(b, kvh, g, qm, d)
     return out.permute(0, 3, 1, 2, 4).reshape(b * qm, h, d)

@@ -1,0 +1,37 @@
+"""Path 1: prefill / extend on the flash kernel (``F.scaled_dot_product_attention``).
+
+A prompt from context 0 attends to this step's own keys (nothing gathered; causal, or the
+sliding-window mask); a chunk after cached context that is not short (or any chunk in the
+parity mode) gathers its context from the cache and runs with an explicit mask. The
+kernel tiles queries and keys and accumulates in float32; its summation order is what the
+float32 reference comparisons are made against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from thinkstream.attention.metadata import Prefill
+
+
+def prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+    v_cache: torch.Tensor, g: Prefill, mask: torch.Tensor | None, scale: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The group's queries: q (T, H, D) packed, this step's k / v (T, KVH, D), ``mask`` the
+    group's (sliding) mask or None, computed in ``dtype``. Returns (Q, H, D) in q's dtype."""
+    qg = q[g.start : g.stop].transpose(0, 1)[None].to(dtype)  # (1, H, Q, D)
+    if g.key_slots is None:  # a fresh prompt: its own keys, this step's
+        kg = k[g.start : g.stop].transpose(0, 1)[None].to(dtype)  # (1, KVH, Q, D)
+        vg = v[g.start : g.stop].transpose(0, 1)[None].to(dtype)
+        causal = mask is None
+    else:
+        kg = k_cache.index_select(0, g.key_slots).transpose(0, 1)[None].to(dtype)  # (1, KVH, L, D)
+        vg = v_cache.index_select(0, g.key_slots).transpose(0, 1)[None].to(dtype)
+        causal = False
+    og = F.scaled_dot_product_attention(
+        qg, kg, vg, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
+    )  # (1, H, Q, D)
+    return og[0].transpose(0, 1).to(q.dtype)
