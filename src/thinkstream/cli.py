@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from thinkstream.config import EngineConfig
+from thinkstream.config import ATTENTION_PRECISIONS, EngineConfig
 from thinkstream.loading.errors import ModelLoadError
 from thinkstream.sampling_params import SamplingParams
 
@@ -32,6 +32,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile-decode", action="store_true",
                    help="decode steps as a compiled graph (CPU: ~40 s per graph on first use)")
+    p.add_argument("--attention-precision", default="auto", choices=list(ATTENTION_PRECISIONS),
+                   help="auto: parity in float32, mixed in bfloat16/float16; parity: every "
+                        "chunk on the flash kernel; mixed: short chunks as matmuls in the "
+                        "model dtype; float32: all attention in float32")
     p.add_argument("--allow-special-tokens-in-content", action="store_true",
                    help="read special-token text inside chat messages as control tokens "
                         "(default: plain text)")
@@ -57,6 +61,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
         compile_decode=args.compile_decode,
         allow_special_tokens_in_content=args.allow_special_tokens_in_content,
+        attention_precision=args.attention_precision,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+ATTENTION_PRECISIONS = ("auto", "parity", "mixed", "float32")
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,13 @@ class EngineConfig:
     # unless this is set; the template's own markers are the only control tokens
     # (loading/chat_encode.py).
     allow_special_tokens_in_content: bool = False
+    # How attention computes (attention/metadata.py, Precision): "auto" = "parity" for
+    # float32, "mixed" for bfloat16 / float16. "parity": every chunk of 2+ tokens on the
+    # flash kernel (SDPA), the summation order the reference comparisons rely on; "mixed":
+    # chunks of at most 32 tokens after cached context (streamed input) as grouped-query
+    # matmuls in the model dtype, several times faster; "float32": every attention path
+    # computes in float32 (keys and values upcast as read). Decode is float32 in all.
+    attention_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -142,5 +150,8 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("max_model_len must be >= 1")
+        if self.attention_precision not in ATTENTION_PRECISIONS:
+            raise ValueError(f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}, "
+                             f"got {self.attention_precision!r}")
         if self.session_policy not in ("fcfs", "lca", "mcf"):
             raise ValueError(f"session_policy must be fcfs, lca or mcf, got {self.session_policy!r}")
