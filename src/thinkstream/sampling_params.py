@@ -7,8 +7,9 @@ it, so the server can answer 400 pointing at the field.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -31,6 +32,53 @@ def _as_tuple(value: object, kind: type) -> tuple:
     raise TypeError(f"expected {kind.__name__} or a sequence of them, got {type(value).__name__}")
 
 
+def _as_bias(value: object) -> tuple[tuple[int, float], ...]:
+    """``{token_id: bias}`` (keys may be strings of ids, as in JSON) -> sorted pairs."""
+    if value is None:
+        return ()
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = {int(k): float(v) for k, v in items}  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ParamError("logit_bias", "must map token ids to numbers") from None
+    return tuple(sorted(pairs.items()))
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """A constraint on the output's text, shaped like vLLM's: exactly one of ``json`` (a
+    JSON schema, stored as canonical JSON text so the params stay hashable), ``json_object``
+    (any JSON object), ``regex``, ``choice`` (one of these strings) or ``grammar`` (EBNF).
+
+    This is the seam between the API and the sampler: the server fills it (a required or
+    named tool call's schema, the Responses API's ``text.format``); the sampler's token
+    mask honours it. Until the grammar backend lands, requests carrying it run unconstrained.
+    """
+
+    json: str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.json is not None and not isinstance(self.json, str):
+            object.__setattr__(self, "json", json.dumps(self.json, sort_keys=True))
+        if self.choice is not None:
+            object.__setattr__(self, "choice", tuple(self.choice))
+        chosen = [n for n in ("json", "regex", "choice", "grammar") if getattr(self, n) is not None]
+        chosen += ["json_object"] if self.json_object else []
+        if len(chosen) != 1:
+            raise ParamError("structured_outputs", "must set exactly one of json, json_object, "
+                             f"regex, choice, grammar; got {chosen or 'none'}")
+        if self.choice is not None and not self.choice:
+            raise ParamError("structured_outputs", "choice must not be empty")
+
+    @property
+    def json_schema(self) -> dict | None:
+        return None if self.json is None else json.loads(self.json)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens for one request and when to stop.
@@ -39,7 +87,9 @@ class SamplingParams:
     ``max_tokens=None`` means "until the context is full". ``logprobs=k`` returns the chosen
     token's log-probability plus the ``k`` most likely; ``prompt_logprobs`` likewise for the
     prompt. ``stop`` and ``stop_token_ids`` accept lists (or a single string) and are stored
-    as tuples.
+    as tuples. ``logit_bias`` ``{token_id: bias}`` (bias in [-100, 100], added to the
+    logits before sampling; -100 bans a token) is stored as sorted ``(id, bias)`` pairs.
+    ``structured_outputs`` constrains the text (``StructuredOutputsParams``).
     """
 
     n: int = 1
@@ -60,9 +110,12 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", _as_tuple(self.stop, str))
+        object.__setattr__(self, "logit_bias", _as_bias(self.logit_bias))
         object.__setattr__(self, "stop_token_ids", _as_tuple(self.stop_token_ids, int))
         self._validate()
 
@@ -102,6 +155,15 @@ class SamplingParams:
             raise ParamError("stop", "must not contain empty strings")
         if any(t < 0 for t in self.stop_token_ids):
             raise ParamError("stop_token_ids", f"must be >= 0, got {list(self.stop_token_ids)}")
+        for token_id, bias in self.logit_bias:
+            if token_id < 0:
+                raise ParamError("logit_bias", f"token ids must be >= 0, got {token_id}")
+            if not -100.0 <= bias <= 100.0:
+                raise ParamError("logit_bias", f"biases must be in [-100, 100], got {bias} "
+                                 f"for token {token_id}")
+        if self.structured_outputs is not None and not isinstance(
+                self.structured_outputs, StructuredOutputsParams):
+            raise ParamError("structured_outputs", "must be a StructuredOutputsParams")
 
     @property
     def greedy(self) -> bool:
