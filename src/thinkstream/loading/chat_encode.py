@@ -34,6 +34,8 @@ from typing import Any
 
 import tokenizers
 
+from thinkstream.loading.chat_template import final_message_end
+
 Spans = list[tuple[int, int]]
 
 
@@ -58,8 +60,13 @@ def render_guarded(tokenizer, messages: list[dict], add_generation_prompt: bool 
     if not mask.originals:
         return tokenizer.apply_chat_template(messages, add_generation_prompt, tokenize=False,
                                              **template_kwargs), []
-    return mask.restore(tokenizer.apply_chat_template(masked, add_generation_prompt,
-                                                      tokenize=False, **kwargs))
+    continue_final = kwargs.pop("continue_final_message", False)
+    text, spans = mask.restore(tokenizer.apply_chat_template(masked, add_generation_prompt,
+                                                             tokenize=False, **kwargs))
+    if not continue_final:
+        return text, spans
+    end = final_message_end(text, messages)  # cut where the unmasked text would be cut
+    return text[:end], [(a, min(b, end)) for a, b in spans if a < end]
 
 
 def encode_guarded(tokenizer, text: str, guarded: Callable[[int, int], bool], start: int = 0,

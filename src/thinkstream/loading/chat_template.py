@@ -102,6 +102,25 @@ def _alias_reasoning(message: dict) -> dict:
     return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
+def final_message_end(rendered: str, messages: list[dict]) -> int:
+    """Where ``rendered`` is cut to continue the last message (``continue_final_message``):
+    just after that message's text, found from the end (as transformers finds it; a
+    template that trims the text is matched on the trimmed text)."""
+    content = messages[-1].get("content") if messages else None
+    if isinstance(content, list | tuple):
+        texts = [p["text"] for p in content if isinstance(p, dict) and "text" in p]
+        content = texts[-1] if texts else None
+    if not isinstance(content, str):
+        raise ValueError("continue_final_message: the last message has no text to continue")
+    core = content.strip()
+    at = rendered.rfind(core)
+    if at < 0:
+        raise ValueError("continue_final_message: the chat template does not write the last "
+                         "message's text as given")
+    whole = content.lstrip()
+    return at + (len(whole) if rendered.startswith(whole, at) else len(core))
+
+
 def render_chat(
     source: str,
     messages: list[dict],
@@ -111,13 +130,19 @@ def render_chat(
     documents: list[dict] | None = None,
     **kwargs: Any,
 ) -> str:
-    """Render one conversation. ``special_tokens`` maps e.g. ``bos_token`` to its text."""
+    """Render one conversation. ``special_tokens`` maps e.g. ``bos_token`` to its text.
+    ``continue_final_message=True`` (with ``add_generation_prompt=False``) ends the text
+    inside the last message, so the model continues it (an assistant prefill)."""
     for message in messages:
         if not isinstance(message, dict):
             raise TypeError(f"chat messages must be dicts, got {message!r}")
+    continue_final = bool(kwargs.pop("continue_final_message", False))
+    if continue_final and add_generation_prompt:
+        raise ValueError("continue_final_message and add_generation_prompt cannot both be set")
     chat = [_alias_reasoning(m) for m in copy.deepcopy(messages)]
     variables = {**special_tokens, **kwargs}
-    return compile_template(source).render(
+    text = compile_template(source).render(
         messages=chat, tools=copy.deepcopy(tools), documents=copy.deepcopy(documents),
         add_generation_prompt=add_generation_prompt, **variables,
     )
+    return text[: final_message_end(text, messages)] if continue_final else text
