@@ -25,7 +25,9 @@ def secured():
 
 
 ROUTES = [("GET", "/v1/models"), ("GET", "/v1/models/"), ("POST", "/v1/completions"),
-          ("POST", "/v1/completions/"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"),
+          ("POST", "/v1/completions/"), ("POST", "/v1/chat/completions"), ("GET", "/metrics/"),
+          ("POST", "/metrics"), ("POST", "/v1/responses"), ("POST", "/tokenize"),
+          ("POST", "/detokenize"), ("GET", "/tokenizer_info"),
           ("GET", "/openapi.json"), ("GET", "/docs"), ("POST", "/v1/requests/x/cancel"),
           ("OPTIONS", "/v1/models"), ("OPTIONS", "/v1/completions"), ("GET", "//v1/models"),
           ("POST", "/health"), ("GET", "/nope"), ("HEAD", "/v1/models")]

@@ -27,8 +27,6 @@ _DROP = object()
 
 # (endpoint, body, expected param)
 CASES = [
-    ("completions", _with(COMPLETION, model="no-such-model"), "model"),
-    ("chat", _with(CHAT, model="no-such-model"), "model"),
     ("completions", _with(COMPLETION, prompt=""), "prompt"),
     ("completions", _with(COMPLETION, prompt=[]), "prompt"),
     ("completions", _with(COMPLETION, prompt=_DROP), "prompt"),

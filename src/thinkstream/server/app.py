@@ -1,7 +1,8 @@
 """``create_app(async_llm, ServerConfig)``: the FastAPI app and its middleware.
 
 Middleware, outermost first: CORS (denies unless ``allowed_origins`` lists the origin) ->
-API key (everything but ``GET /health``; the key found becomes the request's owner) ->
+API key (everything but ``GET /health`` and, unless ``metrics_require_key``, ``GET
+/metrics``; the key found becomes the request's owner) ->
 body-size limit (413) -> routes. Routes are mounted as routers, so other route groups (the
 streaming-input sessions) are added the same way beside the OpenAI ones:
 ``app.include_router(router)``; they reach the shared ``ServerState`` through
@@ -17,16 +18,18 @@ from fastapi.responses import JSONResponse, Response
 
 from thinkstream.async_llm import AsyncLLM
 from thinkstream.server import protocol as P
-from thinkstream.server.auth import ApiKeyMiddleware, KeyRing
+from thinkstream.server.auth import OPEN_PATHS, ApiKeyMiddleware, KeyRing
 from thinkstream.server.config import ServerConfig
 from thinkstream.server.errors import install_handlers
 from thinkstream.server.limits import Admission, BodyLimitMiddleware
 from thinkstream.server.metrics import CONTENT_TYPE, ServerMetrics
 from thinkstream.server.openai_routes import router as openai_router
 from thinkstream.server.redact import install_redaction
+from thinkstream.server.responses_routes import router as responses_router
 from thinkstream.server.serving import ServerState
 from thinkstream.server.session_hub import SessionHub, SessionLimits
 from thinkstream.server.session_routes import session_router
+from thinkstream.server.tokenize_routes import router as tokenize_router
 
 
 def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
@@ -43,6 +46,8 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
     install_redaction()
     install_handlers(app)
     app.include_router(openai_router)
+    app.include_router(responses_router)
+    app.include_router(tokenize_router)
     app.include_router(session_router())
 
     @app.get("/health", responses={503: {"model": P.ErrorResponse}})
@@ -62,7 +67,8 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
     if keys:
-        app.add_middleware(ApiKeyMiddleware, keys=keys)
+        open_paths = OPEN_PATHS if config.metrics_require_key else OPEN_PATHS | {"/metrics"}
+        app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=open_paths)
     app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
                        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
                        allow_headers=["*"],

@@ -1,6 +1,7 @@
 """API keys and who owns what: a ``KeyRing`` and the key check as a pure ASGI middleware.
 
-Every HTTP request but ``GET /health`` (exact path) needs ``Authorization: Bearer <key>``
+Every HTTP request but ``GET /health`` (exact path; ``GET /metrics`` too unless the server
+requires a key for it, ``ServerConfig.metrics_require_key``) needs ``Authorization: Bearer <key>``
 (or ``X-API-Key: <key>``) with one of the configured keys. The check runs before routing,
 so neither a trailing slash, a redirect nor an ``OPTIONS`` request gets past it. Keys are
 compared as SHA-256 digests with ``hmac.compare_digest``, against every key without an early
@@ -85,12 +86,18 @@ def origin_allowed(headers: list[tuple[bytes, bytes]], allowed: Iterable[str]) -
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+    """``open_paths``: the exact paths a ``GET`` may read without a key (``/health``, and
+    ``/metrics`` unless the operator requires a key for it)."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing,
+                 open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.keys = keys
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["path"] in OPEN_PATHS and scope["method"] == "GET"):
+        if scope["type"] != "http" or (scope["path"] in self.open_paths
+                                       and scope["method"] == "GET"):
             await self.app(scope, receive, send)
             return
         owner = self.keys.owner(presented_key(scope.get("headers", [])))

@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from thinkstream.parsers.reasoning import REASONING_PARSERS
+from thinkstream.parsers.tool_calls import TOOL_PARSERS
 from thinkstream.server.config import ServerConfig
 
 
@@ -37,6 +39,15 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="seconds an idle keep-alive connection stays open")
     p.add_argument("--max-connections", type=int, default=1024,
                    help="open connections past which a new one gets 503")
+    p.add_argument("--tool-call-parser", default="hermes", choices=sorted(TOOL_PARSERS),
+                   help="format of the model's tool calls (requests with tools)")
+    p.add_argument("--reasoning-parser", default=None, choices=sorted(REASONING_PARSERS),
+                   help="split <think>...</think> output into reasoning_content (off by default)")
+    p.add_argument("--no-tool-prompt", dest="tool_prompt", action="store_false",
+                   help="a model whose chat template has no tool support answers requests "
+                        "with tools with 400 instead of getting the tool prompt")
+    p.add_argument("--metrics-require-key", action="store_true",
+                   help="/metrics needs an API key (by default it is open)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
 
@@ -66,7 +77,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_stop=args.max_stop, max_stop_len=args.max_stop_len,
         max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout,
         header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
-        max_connections=args.max_connections,
+        max_connections=args.max_connections, tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser, tool_prompt=args.tool_prompt,
+        metrics_require_key=args.metrics_require_key,
     )
 
 

@@ -20,6 +20,13 @@ class ServerConfig:
     Connections: ``header_timeout`` closes a connection whose request headers are not all
     in after that many seconds, ``keep_alive_timeout`` an idle keep-alive connection, and
     past ``max_connections`` open connections a new one is answered 503 and closed.
+
+    Output parsing: ``tool_call_parser`` names the tool-call format (``parsers.tool_calls``;
+    used when a request has ``tools``), ``reasoning_parser`` the reasoning format
+    (``parsers.reasoning``; None: off, the output is all content). ``tool_prompt``: a model
+    whose template has no tool support gets the tool prompt (``server.chat_tools``); off,
+    such a request is a 400. ``metrics_require_key``: ``/metrics`` needs an API key like the
+    other routes (by default it is open, as vLLM serves it).
     """
 
     host: str = "127.0.0.1"
@@ -39,8 +46,18 @@ class ServerConfig:
     header_timeout: float = 10.0
     keep_alive_timeout: float = 5.0
     max_connections: int = 1024
+    tool_call_parser: str = "hermes"
+    reasoning_parser: str | None = None
+    tool_prompt: bool = True
+    metrics_require_key: bool = False
 
     def __post_init__(self) -> None:
+        from thinkstream.parsers.reasoning import reasoning_stream_factory
+        from thinkstream.parsers.tool_calls import tool_stream_factory
+
+        tool_stream_factory(self.tool_call_parser)  # ValueError naming the choices
+        if self.reasoning_parser is not None:
+            reasoning_stream_factory(self.reasoning_parser)
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         object.__setattr__(self, "api_keys", tuple(self.api_keys))
         if not 0 <= self.port <= 65535:

@@ -35,19 +35,23 @@ class APIError(Exception):
     """An error answered to the client as is."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None,
+                 type: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.headers = headers
+        self.headers, self.type = headers, type
 
     def body(self) -> dict:
-        return error_body(self.status, self.message, self.param, self.code)
+        return error_body(self.status, self.message, self.param, self.code, self.type)
 
 
 def error_body(status: int, message: str, param: str | None = None,
-               code: str | None = None) -> dict:
+               code: str | None = None, type: str | None = None) -> dict:
+    """``type`` defaults to the status's (OpenAI answers some 404s, an unknown model's,
+    as ``invalid_request_error``)."""
     message = message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
-    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
+    return {"error": {"message": message,
+                      "type": type or _TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
 
 
@@ -71,7 +75,7 @@ def to_api_error(exc: BaseException) -> APIError:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

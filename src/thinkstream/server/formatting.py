@@ -18,13 +18,17 @@ of one split character share an offset, and a stream continues where its last ch
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
+from thinkstream.parsers.output import Delta, OutputParser, ParserSpec, parse_output
+from thinkstream.parsers.tool_calls import CallStart
 from thinkstream.server import protocol as P
+from thinkstream.server.chat_tools import ToolPlan, template_messages
 from thinkstream.server.errors import APIError
 
 
@@ -37,19 +41,42 @@ def split_prompts(prompt) -> list[str | list[int]]:
     return list(prompt)
 
 
+_RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "documents", "add_generation_prompt",
+                             "continue_final_message")
+
+
 def render_chat(tokenizer, body: P.ChatCompletionRequest,
-                allow_special_tokens_in_content: bool = False) -> list[int]:
+                allow_special_tokens_in_content: bool = False,
+                plan: ToolPlan | None = None) -> list[int]:
     """The prompt ids of a chat request; special-token text in messages is plain text
-    unless the operator allows it (``EngineConfig.allow_special_tokens_in_content``)."""
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                for m in body.messages]
+    unless the operator allows it (``EngineConfig.allow_special_tokens_in_content``).
+    ``plan`` says how the request's tools reach the template (``chat_tools``)."""
     if tokenizer.chat_template is None:
         raise APIError(400, "messages: this model has no chat template; use /v1/completions",
                        "messages", "no_chat_template")
+    plan = plan or ToolPlan(None, None, "auto", None)
+    kwargs = dict(body.chat_template_kwargs or {})
+    for key in _RESERVED_TEMPLATE_KWARGS:
+        if key in kwargs:
+            raise APIError(400, f"chat_template_kwargs: {key!r} is set by the request's own "
+                           "fields", "chat_template_kwargs", "invalid_value")
+    if body.continue_final_message:
+        if body.add_generation_prompt:
+            raise APIError(400, "continue_final_message: needs add_generation_prompt=false",
+                           "continue_final_message", "invalid_value")
+        kwargs["continue_final_message"] = True
+    if plan.template_tools:
+        kwargs["tools"] = plan.template_tools
+    messages = template_messages(body.messages, plan)
     try:
         return tokenizer.encode_chat(
             messages, body.add_generation_prompt,
-            allow_special_tokens_in_content=allow_special_tokens_in_content)
+            allow_special_tokens_in_content=allow_special_tokens_in_content, **kwargs)
+    except ValueError as exc:
+        if str(exc).startswith("continue_final_message"):
+            raise APIError(400, str(exc), "continue_final_message", "invalid_value") from None
+        raise APIError(400, f"messages: the chat template rejected them ({type(exc).__name__})",
+                       "messages", "invalid_value") from None
     except Exception as exc:  # noqa: BLE001 - a template that rejects these messages
         reason = type(exc).__name__
         raise APIError(400, f"messages: the chat template rejected them ({reason})",
@@ -113,6 +140,7 @@ class CompletionView(_View):
     logprobs: int | None = None
     n: int = 1
     skip_special_tokens: bool = True  # as the output text was detokenized
+    score_only: bool = False  # max_tokens=0 with echo: the prompt is the whole answer
 
     def prompt_text(self, i: int) -> str:
         p = self.prompts[i]
@@ -149,6 +177,7 @@ class CompletionView(_View):
                 "text_offset": offsets}
 
     def _choice(self, i: int, out: RequestOutput, o: CompletionOutput) -> dict:
+        o = self._scored(o)
         text, ids, entries = o.text, list(o.token_ids), list(o.logprobs or [])[: len(o.token_ids)]
         num_prompt = 0
         if self.echo:
@@ -166,13 +195,22 @@ class CompletionView(_View):
 
     def response(self, finals: list[RequestOutput]) -> dict:
         choices = [self._choice(i, out, o) for i, out in enumerate(finals) for o in out.outputs]
-        completion = sum(len(o.token_ids) for out in finals for o in out.outputs)
+        completion = sum(len(self._scored(o).token_ids) for out in finals for o in out.outputs)
         return {"id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model, "choices": choices,
                 "usage": _usage(sum(map(len, self.prompt_ids)), completion)}
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         return _envelope(self, "text_completion", choices, usage)
+
+    def _scored(self, o: CompletionOutput) -> CompletionOutput:
+        """Prompt scoring (``max_tokens: 0``): the engine sampled one token to finish the
+        prompt's pass; the answer holds none of it and ends with ``length``."""
+        if not self.score_only:
+            return o
+        return dataclasses.replace(o, text="", token_ids=[], logprobs=[], new_text="",
+                                   new_token_ids=[], stop_reason=None,
+                                   finish_reason="length" if o.finish_reason else None)
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
@@ -181,7 +219,7 @@ class CompletionView(_View):
         done: set[int] = set()
         completion = 0
         async for i, out in outputs:
-            for o in out.outputs:
+            for o in map(self._scored, out.outputs):
                 idx = i * self.n + o.index
                 if idx in done:
                     continue
@@ -220,6 +258,7 @@ class ChatView(_View):
     num_prompt_tokens: int = 0
     logprobs: int | None = None
     n: int = 1
+    parser: ParserSpec = field(default_factory=ParserSpec)  # reasoning and tool calls
 
     def _logprobs(self, entries: list[dict[int, Logprob]], ids: list[int]) -> dict:
         content = []
@@ -230,6 +269,23 @@ class ChatView(_View):
                             "bytes": list(self.token_bytes(tid)), "top_logprobs": top})
         return {"content": content}
 
+    def message(self, o: CompletionOutput) -> tuple[dict, str | None]:
+        """The assistant message of a finished choice and its finish reason."""
+        message: dict = {"role": "assistant", "content": o.text}
+        reason = o.finish_reason
+        if self.parser.active:
+            parsed = parse_output(self.parser.make(), o.text)
+            message["content"] = parsed.content or (None if parsed.calls else "")
+            if parsed.reasoning:
+                message["reasoning_content"] = parsed.reasoning
+            if parsed.calls:
+                message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                    "name": c.name, "arguments": c.arguments}} for c in parsed.calls]
+                reason = call_finish_reason(reason)
+        if o.reasoning_content:  # think while reading: the reasoning, apart from the answer
+            message["reasoning_content"] = o.reasoning_content
+        return message, reason
+
     def response(self, finals: list[RequestOutput]) -> dict:
         out = finals[0]
         choices = []
@@ -237,11 +293,9 @@ class ChatView(_View):
             lps = None
             if self.logprobs is not None:
                 lps = self._logprobs(list(o.logprobs or [])[: len(o.token_ids)], o.token_ids)
-            message = {"role": "assistant", "content": o.text}
-            if o.reasoning_content:  # think while reading: the reasoning, apart from the answer
-                message["reasoning_content"] = o.reasoning_content
+            message, reason = self.message(o)
             choices.append({"index": o.index, "message": message,
-                            "logprobs": lps, "finish_reason": o.finish_reason,
+                            "logprobs": lps, "finish_reason": reason,
                             "stop_reason": o.stop_reason})
         completion = sum(len(o.token_ids) for o in out.outputs)
         return {"id": self.id, "object": "chat.completion", "created": self.created,
@@ -250,6 +304,32 @@ class ChatView(_View):
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         return _envelope(self, "chat.completion.chunk", choices, usage)
+
+    def _deltas(self, parsers: dict[int, OutputParser], o: CompletionOutput) -> list[dict]:
+        """The delta bodies of a step's new text: content (and reasoning) first, then one
+        per tool-call event: a call's id, type and name, then its argument fragments."""
+        if not self.parser.active:
+            return [{"content": o.new_text}] if o.new_text else []
+        parser = parsers.setdefault(o.index, self.parser.make())
+        delta = parser.feed(o.new_text)
+        if o.finish_reason:
+            delta = _merge(delta, parser.finish())
+        bodies: list[dict] = []
+        text: dict = {}
+        if delta.reasoning:
+            text["reasoning_content"] = delta.reasoning
+        if delta.content:
+            text["content"] = delta.content
+        if text:
+            bodies.append(text)
+        for ev in delta.calls:
+            if isinstance(ev, CallStart):
+                entry = {"index": ev.index, "id": ev.id, "type": "function",
+                         "function": {"name": ev.name, "arguments": ""}}
+            else:
+                entry = {"index": ev.index, "function": {"arguments": ev.text}}
+            bodies.append({"tool_calls": [entry]})
+        return bodies
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
@@ -260,6 +340,7 @@ class ChatView(_View):
         completion = 0
         done: set[int] = set()
         reasoned: dict[int, int] = {}  # reasoning characters sent (think while reading)
+        parsers: dict[int, OutputParser] = {}
         async for _, out in outputs:
             for o in out.outputs:
                 if o.index in done:
@@ -276,17 +357,33 @@ class ChatView(_View):
                     reasoned[o.index] = len(o.reasoning_content)
                     yield self.chunk([{"index": o.index, "delta": {"reasoning_content": delta},
                                         "logprobs": None, "finish_reason": None}])
-                if o.new_text or lps:
-                    yield self.chunk([{"index": o.index, "delta": {"content": o.new_text},
-                                        "logprobs": lps, "finish_reason": None}])
+                bodies = self._deltas(parsers, o)
+                if lps and not bodies:
+                    bodies = [{"content": ""}]
+                for k, body in enumerate(bodies):
+                    yield self.chunk([{"index": o.index, "delta": body,
+                                        "logprobs": lps if k == 0 else None,
+                                        "finish_reason": None}])
                 if o.finish_reason:
                     completion += len(o.token_ids)
                     done.add(o.index)
+                    reason = o.finish_reason
+                    if o.index in parsers and parsers[o.index].num_calls:
+                        reason = call_finish_reason(reason)
                     yield self.chunk([{"index": o.index, "delta": {}, "logprobs": None,
-                                        "finish_reason": o.finish_reason,
+                                        "finish_reason": reason,
                                         "stop_reason": o.stop_reason}])
         if include_usage:
             yield self.chunk([], _usage(self.num_prompt_tokens, completion))
+
+
+def call_finish_reason(reason: str | None) -> str | None:
+    """A choice that made tool calls and stopped by itself finishes with ``tool_calls``."""
+    return "tool_calls" if reason == "stop" else reason
+
+
+def _merge(a: Delta, b: Delta) -> Delta:
+    return Delta(a.reasoning + b.reasoning, a.content + b.content, a.calls + b.calls)
 
 
 def _envelope(job, obj: str, choices: list[dict], usage: dict | None = None) -> dict:

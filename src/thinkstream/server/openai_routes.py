@@ -9,6 +9,7 @@ admission, so a bad request never takes a KV block. Output shapes live in ``form
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,10 +21,12 @@ from pydantic import BaseModel, ValidationError
 
 from thinkstream.engine.llm_engine import RequestError
 from thinkstream.engine.request import RequestOutput
-from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.parsers.output import ParserSpec
+from thinkstream.sampling_params import ParamError, SamplingParams, StructuredOutputsParams
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
 from thinkstream.server.auth import request_owner
+from thinkstream.server.chat_tools import opens_reasoning, plan_tools
 from thinkstream.server.errors import APIError, to_api_error
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
@@ -77,9 +80,11 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 
 def check_model(state: ServerState, model: str | None) -> None:
+    """An unknown model is a 404 ``model_not_found``, as OpenAI answers it."""
     if model is not None and model != state.config.served_model_name:
-        raise APIError(400, f"model: {model!r} is not served here; use "
-                       f"{state.config.served_model_name!r}", "model", "model_not_found")
+        raise APIError(404, f"The model {model!r} does not exist; this server serves "
+                       f"{state.config.served_model_name!r}", "model", "model_not_found",
+                       type="invalid_request_error")
 
 
 def _check_caps(state: ServerState, body: P.SamplingRequest, logprobs: int | None, lp_name: str) -> None:
@@ -98,8 +103,21 @@ def _check_caps(state: ServerState, body: P.SamplingRequest, logprobs: int | Non
                        "characters", "stop", "invalid_value")
 
 
+def _logit_bias(state: ServerState, bias: dict[str, float] | None) -> dict[int, float]:
+    """``logit_bias`` keys are token ids written as strings (JSON object keys)."""
+    vocab = state.llm.tokenizer.vocab_size
+    out = {}
+    for key, value in (bias or {}).items():
+        if not key.strip().isdigit() or int(key) >= vocab:
+            raise APIError(400, f"logit_bias: {key!r} is not a token id of this model "
+                           f"(0 to {vocab - 1})", "logit_bias", "invalid_value")
+        out[int(key)] = value
+    return out
+
+
 def _params(body: P.SamplingRequest, max_tokens: int | None, logprobs: int | None,
-            prompt_logprobs: int | None = None) -> SamplingParams:
+            prompt_logprobs: int | None = None,
+            logit_bias: dict[int, float] | None = None) -> SamplingParams:
     def pick(value, default):
         return default if value is None else value
 
@@ -113,7 +131,7 @@ def _params(body: P.SamplingRequest, max_tokens: int | None, logprobs: int | Non
         stop=body.stop, stop_token_ids=tuple(body.stop_token_ids or ()), max_tokens=max_tokens,
         min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, logprobs=logprobs,
         prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
-        include_stop_str_in_output=body.include_stop_str_in_output,
+        include_stop_str_in_output=body.include_stop_str_in_output, logit_bias=logit_bias,
     )
 
 
@@ -216,7 +234,12 @@ async def completions(request: Request) -> Response:
         raise APIError(400, "best_of: only best_of == n is supported", "best_of", "unsupported")
     _check_caps(state, body, body.logprobs, "logprobs")
     prompt_lp = body.logprobs if body.echo and body.logprobs is not None else None
-    params = _params(body, body.max_tokens, body.logprobs, prompt_lp)
+    score_only = body.max_tokens == 0  # prompt scoring: the echo, no output
+    if score_only and not body.echo:
+        raise APIError(400, "max_tokens: 0 is only allowed with echo=true (prompt scoring)",
+                       "max_tokens", "invalid_value")
+    params = _params(body, 1 if score_only else body.max_tokens, body.logprobs, prompt_lp,
+                     _logit_bias(state, body.logit_bias))
     prompts = fmt.split_prompts(body.prompt)
     if not prompts:
         raise APIError(400, "prompt: must not be empty", "prompt", "invalid_value")
@@ -227,7 +250,7 @@ async def completions(request: Request) -> Response:
               request_owner(request.scope))
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
                               state.llm.tokenizer, prompts, encoded, body.echo,
-                              body.logprobs, params.n, params.skip_special_tokens)
+                              body.logprobs, params.n, params.skip_special_tokens, score_only)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
     return await _run(request, job, stream, view.response)
@@ -242,22 +265,34 @@ def chat_params(state, body) -> tuple[SamplingParams, int | None]:
     _check_caps(state, body, body.top_logprobs, "top_logprobs")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens
-    return _params(body, max_tokens, logprobs), logprobs
+    return _params(body, max_tokens, logprobs, None, _logit_bias(state, body.logit_bias)), logprobs
 
 
-@router.post("/v1/chat/completions", openapi_extra=_body_doc(P.ChatCompletionRequest),
-             responses={200: {"model": P.ChatCompletionResponse}, **_ERRORS})
-@_wrap_errors
-async def chat_completions(request: Request) -> Response:
-    """OpenAI chat completions through the model's chat template."""
-    state = server_state(request)
-    body = await parse_body(request, P.ChatCompletionRequest)
-    check_model(state, body.model)
+@dataclasses.dataclass
+class PreparedChat:
+    """A chat-shaped request ready for the engine: prompt ids, params, how to parse."""
+
+    ids: list[int]
+    params: SamplingParams
+    logprobs: int | None
+    parser: ParserSpec
+
+
+def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
+                 constraint: StructuredOutputsParams | None = None) -> PreparedChat:
+    """Template, tools, params and context checks of a chat request (chat completions and
+    the Responses API). A required or named tool call's schema (``chat_tools``) goes to
+    ``structured_outputs`` before ``constraint`` (a response format)."""
     if not body.messages:
         raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
     params, logprobs = chat_params(state, body)
-    ids = fmt.render_chat(state.llm.tokenizer, body,
-                          state.llm.engine.config.allow_special_tokens_in_content)
+    tokenizer, cfg = state.llm.tokenizer, state.config
+    plan = plan_tools(body, tokenizer.chat_template, cfg.tool_prompt)
+    constraint = plan.constraint or constraint
+    if constraint is not None:
+        params = dataclasses.replace(params, structured_outputs=constraint)
+    ids = fmt.render_chat(tokenizer, body,
+                          state.llm.engine.config.allow_special_tokens_in_content, plan)
     if not ids:
         raise APIError(400, "messages: the rendered prompt is empty", "messages", "invalid_value")
     try:
@@ -265,10 +300,25 @@ async def chat_completions(request: Request) -> Response:
     except RequestError as exc:
         raise APIError(400, str(exc).replace("prompt", "messages", 1), "messages") from None
     _check_context(state, ids, params, "messages")
-    job = Job(state, _public_id(request, body, "chatcmpl"), [ids], params,
+    spec = plan.parser_spec(cfg.tool_call_parser, cfg.reasoning_parser,
+                            opens_reasoning(tokenizer, ids))
+    return PreparedChat(ids, params, logprobs, spec)
+
+
+@router.post("/v1/chat/completions", openapi_extra=_body_doc(P.ChatCompletionRequest),
+             responses={200: {"model": P.ChatCompletionResponse}, **_ERRORS})
+@_wrap_errors
+async def chat_completions(request: Request) -> Response:
+    """OpenAI chat completions through the model's chat template (``tools``: calls parsed
+    into ``tool_calls``; a reasoning parser splits off ``reasoning_content``)."""
+    state = server_state(request)
+    body = await parse_body(request, P.ChatCompletionRequest)
+    check_model(state, body.model)
+    chat = prepare_chat(state, body)
+    job = Job(state, _public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
               request_owner(request.scope))
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
-                        len(ids), logprobs, params.n)
+                        len(chat.ids), chat.logprobs, chat.params.n, chat.parser)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
     return await _run(request, job, stream, view.response)

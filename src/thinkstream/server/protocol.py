@@ -10,9 +10,18 @@ Unknown fields are ignored, as OpenAI and vLLM do.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+import types
+import typing
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 SEED_MAX = 2**63 - 1
 
@@ -29,8 +38,36 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 TokenIds = list[int]
 
 
+def _admits_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None):
+        return True
+    if typing.get_origin(annotation) is Annotated:
+        return _admits_none(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_admits_none(a) for a in typing.get_args(annotation))
+    return annotation is Any
+
+
 class StrictBody(BaseModel):
+    """Strict types; an explicit ``null`` for a field that has a default but no null value
+    (``"n": null``, ``"stream": null``) means the default, as OpenAI reads it."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
+    _null_defaults: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._null_defaults = frozenset(
+            name for name, f in cls.model_fields.items()
+            if not f.is_required() and not _admits_none(f.annotation))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(data.get(k, 0) is None for k in cls._null_defaults):
+            return {k: v for k, v in data.items() if not (v is None and k in cls._null_defaults)}
+        return data
 
 
 class StreamOptions(StrictBody):
@@ -56,6 +93,7 @@ class SamplingRequest(StrictBody):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[str, float] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Text | None = None
@@ -73,22 +111,81 @@ class CompletionRequest(SamplingRequest):
     best_of: int | None = None
 
 
-class TextPart(StrictBody):
-    type: Literal["text"]
-    text: Text
+TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal")
+
+
+def _text_only(part: ContentPart) -> ContentPart:
+    if part.type not in TEXT_PART_TYPES:
+        raise ValueError(f"content parts of type {part.type!r} are not supported: this model "
+                         "takes text only")
+    if part.text is None and part.refusal is None:
+        raise ValueError(f"a {part.type!r} part needs its text")
+    return part
+
+
+class ContentPart(StrictBody):
+    """A part of a message's content; only text parts are accepted (a model served here
+    takes no images, audio or files: those get a 400 saying so)."""
+
+    type: Text
+    text: Text | None = None
+    refusal: Text | None = None
+
+
+TextPart = Annotated[ContentPart, AfterValidator(_text_only)]
+
+
+class FunctionCallIn(StrictBody):
+    name: Text
+    arguments: Text = "{}"  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(StrictBody):
+    id: Text | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
 
 
 class ChatMessage(StrictBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant
+    tool_call_id: Text | None = None  # tool
+    reasoning_content: Text | None = None  # assistant (a reasoning model's earlier turn)
+    reasoning: Text | None = None
 
     def text(self) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text if part.text is not None else part.refusal or ""
+                       for part in self.content)
+
+
+class FunctionDef(StrictBody):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(StrictBody):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(StrictBody):
+    name: Text
+
+
+class ToolChoiceFunction(StrictBody):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | ToolChoiceFunction
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -100,6 +197,11 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 # ------------------------------------------------------------ responses (documented)
@@ -147,9 +249,22 @@ class ChatChoiceLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None = None
 
 
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunctionCall
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -207,7 +322,8 @@ def schema_components(*models: type[BaseModel]) -> dict[str, Any]:
 _VALIDATOR = re.compile(r"function-[a-z-]+\[[^,\[\]]*, ([^\[\]]*(?:\[[^\[\]]*\])?)\]")
 _WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean",
           "list[str]": "a list of strings", "list[int]": "a list of token ids",
-          "list[list[int]]": "a list of lists of token ids", "list[TextPart]": "a list of text parts"}
+          "list[list[int]]": "a list of lists of token ids", "list[TextPart]": "a list of text parts",
+          "list[ContentPart]": "a list of content parts"}
 
 
 def _tag(part: Any) -> str | None:

@@ -1,0 +1,191 @@
+"""Tools on the chat route: what the template sees, how the output is parsed, and the
+constraint a required or named call will get from the sampler.
+
+Messages go to the template as transformers takes them: an assistant turn's ``tool_calls``
+with ``function.arguments`` parsed to an object (templates write it with ``tojson``), a
+``tool`` turn with its ``tool_call_id``, and ``tools=`` the request's tool list.
+
+A template that never mentions ``tools`` (SmolLM2's) gets the tool prompt instead
+(``ServerConfig.tool_prompt``; ``--no-tool-prompt`` makes such a request a 400): the
+function signatures as JSON and the Hermes ``<tool_call>`` format, appended to the first
+system message (or as one); earlier calls are written into the assistant turns
+in that format and tool results become user turns wrapped in ``<tool_response>`` tags.
+
+``tool_choice``: ``none`` gives the template no tools and parses no calls; ``auto`` parses
+calls when the model makes them; ``required`` and a named function also set
+``SamplingParams.structured_outputs`` to the call's JSON schema (``call_constraint``), which
+the sampler's token mask will enforce once structured outputs land. Until then the output is
+parsed best effort: a model may still answer in text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from thinkstream.parsers.output import ParserSpec
+from thinkstream.sampling_params import StructuredOutputsParams
+from thinkstream.server import protocol as P
+from thinkstream.server.errors import APIError
+
+TOOL_PROMPT = """# Tools
+
+You can call functions to help with the user's request. Their signatures, one JSON object \
+per line, are inside <tools></tools> tags:
+<tools>
+{signatures}
+</tools>
+
+To call a function, answer with a JSON object holding its name and its arguments inside \
+<tool_call></tool_call> tags, one block per call:
+<tool_call>
+{{"name": <function-name>, "arguments": <arguments-as-a-JSON-object>}}
+</tool_call>
+The results come back inside <tool_response></tool_response> tags."""
+
+_USES_TOOLS = re.compile(r"\btools\b")
+
+
+def template_supports_tools(template: str | None) -> bool:
+    """Whether a chat template reads the ``tools`` variable (else it needs the tool prompt)."""
+    return template is not None and _USES_TOOLS.search(template) is not None
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a chat request's tools turn into."""
+
+    template_tools: list[dict] | None  # given to the template as ``tools=``
+    prompt_tools: list[dict] | None  # written into the tool prompt instead
+    choice: str  # "none", "auto", "required" or a function's name
+    constraint: StructuredOutputsParams | None
+
+    @property
+    def parses_calls(self) -> bool:
+        return self.choice != "none" and bool(self.template_tools or self.prompt_tools)
+
+    def parser_spec(self, tool_parser: str, reasoning_parser: str | None,
+                    in_reasoning: bool) -> ParserSpec:
+        return ParserSpec(reasoning_parser, tool_parser if self.parses_calls else None,
+                          self.choice if self.parses_calls else "auto", in_reasoning)
+
+
+def plan_tools(body: P.ChatCompletionRequest, template: str | None,
+               tool_prompt: bool) -> ToolPlan:
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    choice = _choice_name(body.tool_choice, tools)
+    if not tools or choice == "none":
+        return ToolPlan(None, None, "none" if tools else "auto", None)
+    constraint = call_constraint(tools, choice, body.parallel_tool_calls)
+    if template_supports_tools(template):
+        return ToolPlan(tools, None, choice, constraint)
+    if not tool_prompt:
+        raise APIError(400, "tools: this model's chat template has no tool support and the "
+                       "server runs with --no-tool-prompt", "tools", "tools_unsupported")
+    return ToolPlan(None, tools, choice, constraint)
+
+
+def _choice_name(choice: str | P.ToolChoiceFunction | None, tools: list[dict]) -> str:
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise APIError(400, "tools: function names must be unique", "tools", "invalid_value")
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        if choice == "required" and not tools:
+            raise APIError(400, "tool_choice: 'required' needs tools", "tool_choice",
+                           "invalid_value")
+        return choice
+    if choice.function.name not in names:
+        raise APIError(400, f"tool_choice: no tool named {choice.function.name!r} in tools",
+                       "tool_choice", "invalid_value")
+    return choice.function.name
+
+
+def call_constraint(tools: list[dict], choice: str,
+                    parallel: bool) -> StructuredOutputsParams | None:
+    """The JSON a required or named call must be (None for ``auto`` / ``none``): named, the
+    function's arguments object; required, an array of ``{"name", "arguments"}`` with one
+    call (``parallel_tool_calls: false``) or more."""
+    params = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
+              for t in tools}
+    if choice in ("auto", "none"):
+        return None
+    if choice != "required":
+        return StructuredOutputsParams(json=params[choice])
+    call = {"anyOf": [{"type": "object",
+                       "properties": {"name": {"const": name}, "arguments": schema},
+                       "required": ["name", "arguments"]}
+                      for name, schema in params.items()]}
+    array = {"type": "array", "items": call, "minItems": 1}
+    if not parallel:
+        array["maxItems"] = 1
+    return StructuredOutputsParams(json=array)
+
+
+# ------------------------------------------------------------------ messages
+def template_messages(messages: list[P.ChatMessage], plan: ToolPlan) -> list[dict]:
+    """The messages as the template takes them (see the module doc)."""
+    inline = plan.template_tools is None  # calls and results written as text
+    out: list[dict] = []
+    for m in messages:
+        msg: dict = {"role": m.role, "content": m.text()}
+        if m.name:
+            msg["name"] = m.name
+        reasoning = m.reasoning_content if m.reasoning_content is not None else m.reasoning
+        if reasoning is not None:
+            msg["reasoning_content"] = reasoning
+        if m.role == "assistant" and m.tool_calls:
+            if inline:
+                blocks = [_call_block(c.function.name, c.function.arguments) for c in m.tool_calls]
+                msg["content"] = "\n".join(([msg["content"]] if msg["content"] else []) + blocks)
+            else:
+                msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                    "name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                    for c in m.tool_calls]
+        if m.role == "tool":
+            if inline:
+                body = f"<tool_response>\n{msg['content']}\n</tool_response>"
+                if out and out[-1].get("tool_result"):  # one user turn for a run of results
+                    out[-1]["content"] += "\n" + body
+                    continue
+                msg = {"role": "user", "content": body, "tool_result": True}
+            elif m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
+    for msg in out:
+        msg.pop("tool_result", None)
+    if plan.prompt_tools:
+        _insert_tool_prompt(out, plan.prompt_tools)
+    return out
+
+
+def _arguments(text: str) -> dict | str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def _call_block(name: str, arguments: str) -> str:
+    args = _arguments(arguments)
+    raw = json.dumps(args, ensure_ascii=False) if isinstance(args, dict) else json.dumps(arguments)
+    return f'<tool_call>\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {raw}}}' \
+           "\n</tool_call>"
+
+
+def _insert_tool_prompt(messages: list[dict], tools: list[dict]) -> None:
+    prompt = TOOL_PROMPT.format(signatures="\n".join(json.dumps(t, ensure_ascii=False)
+                                                     for t in tools))
+    if messages and messages[0]["role"] in ("system", "developer"):
+        messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + prompt}
+    else:
+        messages.insert(0, {"role": "system", "content": prompt})
+
+
+def opens_reasoning(tokenizer, ids: list[int]) -> bool:
+    """The prompt ends inside a reasoning block (a template that writes ``<think>`` itself),
+    so the output starts as reasoning."""
+    return tokenizer.decode(ids[-8:]).rstrip().endswith("<think>")

@@ -1,0 +1,196 @@
+"""Engine outputs -> Responses API bodies and their typed event stream.
+
+``ItemBuilder`` turns the parser's deltas (``parsers.output``) into output items in the
+order the model wrote them (``reasoning``, ``message``, ``function_call``) and returns the
+events each delta makes. A non-streamed response runs the same builder over the whole
+output, so its ``output`` equals the streamed items. A stream goes::
+
+    response.created, response.in_progress,
+      per item: response.output_item.added,
+        text:   response.content_part.added, response.output_text.delta (or
+                response.reasoning_text.delta) ..., response.output_text.done,
+                response.content_part.done
+        call:   response.function_call_arguments.delta ..., .._arguments.done
+      response.output_item.done,
+    response.completed (response.incomplete when max_output_tokens cut it)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from thinkstream.engine.request import RequestOutput
+from thinkstream.parsers.output import Delta, ParserSpec
+from thinkstream.parsers.tool_calls import CallStart
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+_TEXT_PART = {"message": ("output_text", "response.output_text"),
+              "reasoning": ("reasoning_text", "response.reasoning_text")}
+
+
+class ItemBuilder:
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+        self.open: dict | None = None  # the item receiving text or arguments
+        self.calls: dict[int, dict] = {}  # parser call index -> function_call item
+        self.seq = 0
+
+    def event(self, kind: str, **fields) -> dict:
+        ev = {"type": kind, "sequence_number": self.seq, **copy.deepcopy(fields)}
+        self.seq += 1
+        return ev
+
+    def feed(self, delta: Delta) -> list[dict]:
+        events: list[dict] = []
+        if delta.reasoning:
+            events += self._text("reasoning", delta.reasoning)
+        if delta.content:
+            events += self._text("message", delta.content)
+        for ev in delta.calls:
+            if isinstance(ev, CallStart):
+                events += self._close()
+                item = {"type": "function_call", "id": _id("fc"), "call_id": ev.id,
+                        "name": ev.name, "arguments": "", "status": "in_progress"}
+                self.calls[ev.index] = item
+                events += self._add(item)
+            else:
+                item = self.calls[ev.index]
+                item["arguments"] += ev.text
+                events.append(self.event("response.function_call_arguments.delta",
+                                         item_id=item["id"], output_index=self._at(item),
+                                         delta=ev.text))
+        return events
+
+    def finish(self) -> list[dict]:
+        """Close what is open; an output with no item gets an empty message."""
+        events = self._close()
+        if not self.items:
+            events += self._text("message", "") + self._close()
+        return events
+
+    def _at(self, item: dict) -> int:
+        return next(i for i, it in enumerate(self.items) if it is item)
+
+    def _add(self, item: dict) -> list[dict]:
+        self.items.append(item)
+        self.open = item
+        return [self.event("response.output_item.added", output_index=len(self.items) - 1,
+                           item=item)]
+
+    def _text(self, kind: str, text: str) -> list[dict]:
+        events: list[dict] = []
+        part_type, prefix = _TEXT_PART[kind]
+        if self.open is None or self.open["type"] != kind:
+            events += self._close()
+            item = ({"type": "message", "id": _id("msg"), "status": "in_progress",
+                     "role": "assistant", "content": []} if kind == "message" else
+                    {"type": "reasoning", "id": _id("rs"), "summary": [], "content": [],
+                     "status": "in_progress"})
+            events += self._add(item)
+            part = {"type": part_type, "text": ""}
+            if kind == "message":
+                part.update(annotations=[], logprobs=[])
+            events.append(self.event("response.content_part.added", item_id=item["id"],
+                                     output_index=self._at(item), content_index=0, part=part))
+            item["content"].append(part)
+        item = self.open
+        item["content"][0]["text"] += text
+        if text:
+            extra = {"logprobs": []} if kind == "message" else {}
+            events.append(self.event(f"{prefix}.delta", item_id=item["id"],
+                                     output_index=self._at(item), content_index=0,
+                                     delta=text, **extra))
+        return events
+
+    def _close(self) -> list[dict]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        at, events = self._at(item), []
+        item["status"] = "completed"
+        if item["type"] == "function_call":
+            events.append(self.event("response.function_call_arguments.done", item_id=item["id"],
+                                     output_index=at, arguments=item["arguments"],
+                                     name=item["name"]))
+        else:
+            part = item["content"][0]
+            prefix = _TEXT_PART[item["type"]][1]
+            extra = {"logprobs": []} if item["type"] == "message" else {}
+            events.append(self.event(f"{prefix}.done", item_id=item["id"], output_index=at,
+                                     content_index=0, text=part["text"], **extra))
+            events.append(self.event("response.content_part.done", item_id=item["id"],
+                                     output_index=at, content_index=0, part=part))
+        events.append(self.event("response.output_item.done", output_index=at, item=item))
+        return events
+
+
+@dataclass
+class ResponsesView:
+    """One response's id and echoed settings (``echo``: instructions, tools, text, ...)."""
+
+    id: str
+    model: str
+    echo: dict
+    parser: ParserSpec
+    num_prompt_tokens: int = 0
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def body(self, status: str, items: list[dict], usage: dict | None,
+             incomplete: str | None = None) -> dict:
+        return {"id": self.id, "object": "response", "created_at": self.created_at,
+                "status": status, "error": None,
+                "incomplete_details": {"reason": incomplete} if incomplete else None,
+                "model": self.model, "output": items, "usage": usage,
+                "previous_response_id": None, "store": False, "truncation": "disabled",
+                **self.echo}
+
+    def _usage(self, out: RequestOutput) -> dict:
+        completion = sum(len(o.token_ids) for o in out.outputs)
+        return {"input_tokens": self.num_prompt_tokens,
+                "input_tokens_details": {"cached_tokens": out.num_cached_tokens,
+                                         "cache_write_tokens": 0},
+                "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.num_prompt_tokens + completion}
+
+    def _ending(self, out: RequestOutput) -> tuple[str, str | None]:
+        reason = out.outputs[0].finish_reason
+        if reason == "length":
+            return "incomplete", "max_output_tokens"
+        return "completed", None
+
+    def response(self, finals: list[RequestOutput]) -> dict:
+        out = finals[0]
+        builder, parser = ItemBuilder(), self.parser.make()
+        builder.feed(parser.feed(out.outputs[0].text))
+        builder.feed(parser.finish())
+        builder.finish()
+        status, incomplete = self._ending(out)
+        return self.body(status, builder.items, self._usage(out), incomplete)
+
+    async def events(self, outputs: AsyncIterator[tuple[int, RequestOutput]]
+                     ) -> AsyncIterator[dict]:
+        builder, parser = ItemBuilder(), self.parser.make()
+        start = self.body("in_progress", [], None)
+        yield builder.event("response.created", response=start)
+        yield builder.event("response.in_progress", response=start)
+        async for _, out in outputs:
+            o = out.outputs[0]
+            for ev in builder.feed(parser.feed(o.new_text)):
+                yield ev
+            if o.finish_reason is None:
+                continue
+            for ev in builder.feed(parser.finish()) + builder.finish():
+                yield ev
+            status, incomplete = self._ending(out)
+            kind = "response.completed" if status == "completed" else "response.incomplete"
+            yield builder.event(kind, response=self.body(status, builder.items, self._usage(out),
+                                                         incomplete))
+            return

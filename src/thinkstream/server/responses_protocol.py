@@ -1,0 +1,195 @@
+"""``POST /v1/responses`` request bodies, turned into the chat request they stand for.
+
+The subset the ``openai`` SDK's ``responses.create`` and openai-agents send: ``input`` as
+text or items (messages with ``input_text`` / ``output_text`` parts, ``function_call``,
+``function_call_output``; ``reasoning`` items are accepted and dropped, as templates drop
+earlier turns' reasoning), ``instructions`` (a system message first), ``max_output_tokens``,
+the sampling fields, ``text.format`` (``json_schema`` / ``json_object``: the structured-
+outputs seam), function ``tools`` (flat: ``{"type": "function", "name", "parameters"}``) and
+``tool_choice``. The server is stateless: ``previous_response_id`` and ``store: true`` are
+400s (send the whole conversation in ``input``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from thinkstream.sampling_params import StructuredOutputsParams
+from thinkstream.server import protocol as P
+from thinkstream.server.errors import APIError
+
+
+class ResponseTextFormat(P.StrictBody):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: P.Text | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: P.Text | None = None
+
+    def dump(self) -> dict:
+        out: dict = {"type": self.type}
+        if self.type == "json_schema":
+            out.update(name=self.name, schema=self.schema_, strict=self.strict)
+        return out
+
+
+class ResponseText(P.StrictBody):
+    format: ResponseTextFormat | None = None
+
+
+class ResponsesRequest(P.SamplingRequest):
+    input: P.Text | list[dict[str, Any]]
+    instructions: P.Text | None = None
+    max_output_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    text: ResponseText | None = None
+    store: bool | None = None
+    previous_response_id: P.Text | None = None
+    metadata: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    top_logprobs: int | None = None
+
+
+def check_stateless(body: ResponsesRequest) -> None:
+    if body.previous_response_id is not None:
+        raise APIError(400, "previous_response_id: this server keeps no responses; send the "
+                       "whole conversation in input", "previous_response_id", "unsupported")
+    if body.store:
+        raise APIError(400, "store: this server keeps no responses; leave store unset or "
+                       "false", "store", "unsupported")
+    if body.n != 1:
+        raise APIError(400, "n: the Responses API makes one output", "n", "unsupported")
+
+
+def chat_request(body: ResponsesRequest) -> P.ChatCompletionRequest:
+    """The chat request a Responses request stands for (validated like one)."""
+    fields = body.model_dump(include=set(P.SamplingRequest.model_fields), exclude_none=True)
+    fields.update(messages=input_messages(body), max_tokens=body.max_output_tokens,
+                  parallel_tool_calls=body.parallel_tool_calls)
+    if body.tools:
+        fields["tools"] = [_chat_tool(i, t) for i, t in enumerate(body.tools)]
+    if body.tool_choice is not None:
+        fields["tool_choice"] = _chat_tool_choice(body.tool_choice)
+    if body.top_logprobs is not None:
+        fields.update(logprobs=True, top_logprobs=body.top_logprobs)
+    try:
+        return P.ChatCompletionRequest.model_validate(fields)
+    except ValidationError as exc:
+        param, message = P.describe_error(exc)
+        raise APIError(400, message, param, "invalid_value") from None
+
+
+def text_constraint(body: ResponsesRequest) -> StructuredOutputsParams | None:
+    """``text.format`` as a structured-outputs constraint (None for plain text)."""
+    fmt = body.text.format if body.text is not None else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if fmt.schema_ is None:
+        raise APIError(400, "text.format.schema: is required for json_schema", "text.format.schema",
+                       "invalid_value")
+    return StructuredOutputsParams(json=fmt.schema_)
+
+
+def _chat_tool(i: int, tool: dict) -> dict:
+    if tool.get("type") != "function":
+        raise APIError(400, f"tools[{i}].type: only function tools are supported, got "
+                       f"{tool.get('type')!r}", f"tools[{i}].type", "unsupported")
+    fn = {k: tool[k] for k in ("name", "description", "parameters", "strict")
+          if tool.get(k) is not None}
+    return {"type": "function", "function": fn}
+
+
+def _chat_tool_choice(choice: str | dict) -> str | dict:
+    if isinstance(choice, str):
+        return choice
+    if choice.get("type") != "function" or not isinstance(choice.get("name"), str):
+        raise APIError(400, "tool_choice: must be 'none', 'auto', 'required' or "
+                       '{"type": "function", "name": ...}', "tool_choice", "invalid_value")
+    return {"type": "function", "function": {"name": choice["name"]}}
+
+
+# ------------------------------------------------------------------ input items
+def input_messages(body: ResponsesRequest) -> list[dict]:
+    """Chat messages of ``instructions`` and ``input``."""
+    messages: list[dict] = []
+    if body.instructions:
+        messages.append({"role": "system", "content": body.instructions})
+    if isinstance(body.input, str):
+        return messages + [{"role": "user", "content": body.input}]
+    for i, item in enumerate(body.input):
+        kind = item.get("type", "message")
+        where = f"input[{i}]"
+        if kind == "message":
+            messages.append(_message(where, item))
+        elif kind == "function_call":
+            _add_call(messages, where, item)
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": _str(where, item, "call_id"),
+                             "content": _text(f"{where}.output", item.get("output"))})
+        elif kind == "reasoning":
+            continue
+        elif kind == "item_reference":
+            raise APIError(400, f"{where}: item references need stored responses; this server "
+                           "keeps none", where, "unsupported")
+        else:
+            raise APIError(400, f"{where}.type: {kind!r} items are not supported", where,
+                           "unsupported")
+    return messages
+
+
+def _message(where: str, item: dict) -> dict:
+    role = item.get("role")
+    if role not in ("user", "system", "developer", "assistant"):
+        raise APIError(400, f"{where}.role: must be user, system, developer or assistant",
+                       f"{where}.role", "invalid_value")
+    return {"role": role, "content": _text(f"{where}.content", item.get("content"))}
+
+
+def _add_call(messages: list[dict], where: str, item: dict) -> None:
+    """A function call joins the assistant turn just before it (or starts one)."""
+    call = {"id": _str(where, item, "call_id"), "type": "function",
+            "function": {"name": _str(where, item, "name"),
+                         "arguments": item.get("arguments") or "{}"}}
+    if not isinstance(call["function"]["arguments"], str):
+        raise APIError(400, f"{where}.arguments: must be a string (JSON text)",
+                       f"{where}.arguments", "invalid_value")
+    if messages and messages[-1]["role"] == "assistant":
+        messages[-1].setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _str(where: str, item: dict, key: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise APIError(400, f"{where}.{key}: must be a non-empty string", f"{where}.{key}",
+                       "invalid_value")
+    return value
+
+
+def _text(where: str, content: Any) -> str:
+    """Text of a message's content: a string or text parts; other parts are a 400."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise APIError(400, f"{where}: must be a string or a list of content parts", where,
+                       "invalid_value")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text", "text", "refusal"):
+            raise APIError(400, f"{where}[{j}]: content parts of type {kind!r} are not "
+                           "supported: this model takes text only", f"{where}[{j}]",
+                           "unsupported_content")
+        text = part.get("text", part.get("refusal"))
+        if not isinstance(text, str):
+            raise APIError(400, f"{where}[{j}].text: must be a string", f"{where}[{j}].text",
+                           "invalid_value")
+        texts.append(text)
+    return "".join(texts)

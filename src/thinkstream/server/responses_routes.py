@@ -1,0 +1,77 @@
+"""``POST /v1/responses``: the Responses API subset that the ``openai`` SDK's
+``responses.create`` and openai-agents use, on the chat pipeline.
+
+A request becomes the chat request it stands for (``responses_protocol``), runs through the
+same template, tools, parsers and admission as ``/v1/chat/completions``, and comes back as
+output items (``responses_format``): a body, or with ``stream`` the typed events as SSE
+(``event: <type>`` + ``data: {...}``; no ``[DONE]``, as OpenAI streams them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from thinkstream.server import responses_protocol as R
+from thinkstream.server.auth import request_owner
+from thinkstream.server.errors import to_api_error
+from thinkstream.server.openai_routes import (
+    _ERRORS,
+    _body_doc,
+    _public_id,
+    _run,
+    _wrap_errors,
+    check_model,
+    parse_body,
+    prepare_chat,
+    server_state,
+)
+from thinkstream.server.responses_format import ResponsesView
+from thinkstream.server.serving import Job
+
+router = APIRouter()
+
+
+def _echo(body: R.ResponsesRequest) -> dict:
+    """The request's settings a response repeats."""
+    fmt = body.text.format.dump() if body.text and body.text.format else {"type": "text"}
+    return {"instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+            "temperature": body.temperature if body.temperature is not None else 1.0,
+            "top_p": body.top_p if body.top_p is not None else 1.0,
+            "tools": body.tools or [], "tool_choice": body.tool_choice or "auto",
+            "parallel_tool_calls": body.parallel_tool_calls, "text": {"format": fmt},
+            "metadata": body.metadata or {}, "user": body.user,
+            "reasoning": {"effort": None, "summary": None}}
+
+
+@router.post("/v1/responses", openapi_extra=_body_doc(R.ResponsesRequest), responses=_ERRORS)
+@_wrap_errors
+async def responses(request: Request) -> Response:
+    """OpenAI Responses API (stateless: no ``previous_response_id`` or ``store``)."""
+    state = server_state(request)
+    body = await parse_body(request, R.ResponsesRequest)
+    check_model(state, body.model)
+    R.check_stateless(body)
+    chat = prepare_chat(state, R.chat_request(body), R.text_constraint(body))
+    job = Job(state, _public_id(request, body, "resp"), [chat.ids], chat.params,
+              request_owner(request.scope))
+    view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
+                         chat.parser, len(chat.ids))
+    stream = (lambda: _events(view.events(job.outputs()))) if body.stream else None
+    return await _run(request, job, stream, view.response)
+
+
+async def _events(events: AsyncIterator[dict]) -> AsyncIterator[str]:
+    seq = 0
+    try:
+        async for ev in events:
+            seq = ev["sequence_number"] + 1
+            yield f"event: {ev['type']}\ndata: {json.dumps(ev, ensure_ascii=False)}\n\n"
+    except Exception as exc:  # noqa: BLE001 - reported in-band, then the stream ends
+        err = to_api_error(exc)
+        data = {"type": "error", "sequence_number": seq, "code": err.code,
+                "message": err.message, "param": err.param}
+        yield f"event: error\ndata: {json.dumps(data)}\n\n"
