@@ -1,9 +1,14 @@
 """Tiny random-weight models for unit tests: a config per architecture, canonical tensors,
 a small byte-level BPE tokenizer with ChatML specials, and a dense reference forward that
-shares no code with the engine's paged model."""
+shares no code with the engine's paged model.
+
+``tiny_tokenizer`` and ``tiny_checkpoint`` are built once per process and shared by every
+test (``tests/conftest.py`` hands them out as the ``tiny_tok`` and ``tiny_ckpt`` fixtures):
+read them, never change them."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -84,7 +89,9 @@ def random_tensors(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     return t
 
 
+@functools.cache
 def tiny_tokenizer():
+    """The BPE tokenizer trained on ``CORPUS`` (one per process, shared)."""
     from thinkstream.loading.tokenizer import Tokenizer
 
     tok = tokenizers.Tokenizer(models.BPE())
@@ -101,7 +108,10 @@ def tiny_tokenizer():
     )
 
 
+@functools.cache
 def tiny_checkpoint(arch: str = "llama", seed: int = 0, **overrides):
+    """One per (arch, seed, overrides) and process, shared: engines built from it alias its
+    float32 tensors (nothing writes to them)."""
     from thinkstream.loading import LoadedCheckpoint
 
     cfg = tiny_config(arch, **overrides)

@@ -9,7 +9,6 @@ import json
 import pytest
 from conftest import tiny_llm, wait_pool_full
 from fastapi.testclient import TestClient
-from helpers.tiny import tiny_tokenizer
 
 from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
 from thinkstream.server.app import create_app
@@ -91,13 +90,12 @@ def _output(ids: list[int], text: str) -> RequestOutput:
     return RequestOutput("r", None, [1], None, [o], True)
 
 
-def test_chat_fields_of_split_characters() -> None:
+def test_chat_fields_of_split_characters(tiny_tok) -> None:
     """Each byte token of 東 and 🙂: ``token`` escaped, ``bytes`` its own byte; the bytes of
     consecutive tokens concatenate to the text's UTF-8."""
-    tok = tiny_tokenizer()
     text = "東🙂!"
-    ids = tok.encode(text, add_special_tokens=False)
-    body = ChatView("c", "tiny", tok, 1, 2, 1).response([_output(ids, text)])
+    ids = tiny_tok.encode(text, add_special_tokens=False)
+    body = ChatView("c", "tiny", tiny_tok, 1, 2, 1).response([_output(ids, text)])
     content = body["choices"][0]["logprobs"]["content"]
     assert [c["token"] for c in content] == ["\\xe6", "\\x9d", "\\xb1", "\\xf0", "\\x9f", "\\x99",
                                              "\\x82", "!"]
@@ -108,13 +106,12 @@ def test_chat_fields_of_split_characters() -> None:
                                           {"token": "\\xe6", "logprob": -1.0, "bytes": [0xE6]}]
 
 
-def test_completion_offsets_skip_special_tokens_the_text_skips() -> None:
+def test_completion_offsets_skip_special_tokens_the_text_skips(tiny_tok) -> None:
     """An end-of-turn token inside the output (ignore_eos) is not in the text, so it takes
     no characters; with ``skip_special_tokens=False`` it is, and it does."""
-    tok = tiny_tokenizer()
-    ids = tok.encode("ab<|im_end|>c", add_special_tokens=False)
-    assert tok.is_special(ids[2])
+    ids = tiny_tok.encode("ab<|im_end|>c", add_special_tokens=False)
+    assert tiny_tok.is_special(ids[2])
     for skip, text, offsets in ((True, "abc", [0, 1, 2, 2]), (False, "ab<|im_end|>c", [0, 1, 2, 12])):
-        view = CompletionView("c", "tiny", tok, ["x"], [[1]], False, 0, 1, skip)
+        view = CompletionView("c", "tiny", tiny_tok, ["x"], [[1]], False, 0, 1, skip)
         lp = view.response([_output(ids, text)])["choices"][0]["logprobs"]
         assert (lp["tokens"], lp["text_offset"]) == (["a", "b", "<|im_end|>", "c"], offsets)

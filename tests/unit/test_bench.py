@@ -7,7 +7,6 @@ import argparse
 import json
 
 import pytest
-from helpers.tiny import tiny_checkpoint
 
 from thinkstream.bench import report, workloads
 from thinkstream.bench.cli import register, run
@@ -96,13 +95,13 @@ def test_report_math_exact():
     assert "| prefill | 512 | ttft_s (s) | 0.5 | 1.5 | 3.00x |" in text
 
 
-def test_quick_run_tiny_model(tmp_path):
+def test_quick_run_tiny_model(tmp_path, tiny_ckpt):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(), "bench")
     out = tmp_path / "bench.json"
     args = parser.parse_args(["bench", "all", "--quick", "--peers", "thinkstream", "--reps", "2",
                               "--dtype", "float32", "--kv-cache-mb", "64", "--json", str(out)])
-    assert run(args, checkpoint=tiny_checkpoint()) == 0
+    assert run(args, checkpoint=tiny_ckpt) == 0
     doc = json.loads(out.read_text())
     assert doc["schema"] == report.SCHEMA
     assert set(doc) >= {"command", "created", "model", "machine", "reps", "quick", "sizes",
@@ -116,15 +115,15 @@ def test_quick_run_tiny_model(tmp_path):
     assert all(r["reps"] == 2 and all(v > 0 for v in r["median"].values()) for r in doc["summary"])
 
 
-def test_unknown_peer_is_rejected():
+def test_unknown_peer_is_rejected(tiny_ckpt):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(), "bench")
     args = parser.parse_args(["bench", "decode", "--peers", "vllm"])
     with pytest.raises(ValueError, match="unknown peer"):
-        run(args, checkpoint=tiny_checkpoint())
+        run(args, checkpoint=tiny_ckpt)
 
 
-def test_streaming_quick_tiny_model(tmp_path):
+def test_streaming_quick_tiny_model(tmp_path, tiny_ckpt):
     from thinkstream.bench import streaming
 
     parser = argparse.ArgumentParser()
@@ -137,7 +136,7 @@ def test_streaming_quick_tiny_model(tmp_path):
                               "--reps", "2", "--peers", "thinkstream-stream,thinkstream-oneshot",
                               "--json", str(out)])
     assert args.fn is streaming.run and args.threads == 1 and args.pattern == "speech"
-    assert args.fn(args, checkpoint=tiny_checkpoint()) == 0
+    assert args.fn(args, checkpoint=tiny_ckpt) == 0
     doc = json.loads(out.read_text())
     assert doc["schema"] == streaming.SCHEMA
     assert set(doc) >= {"command", "created", "model", "machine", "pattern", "threads",
@@ -161,10 +160,10 @@ def test_streaming_quick_tiny_model(tmp_path):
     assert "| 48 |" in streaming.table(doc)
 
 
-def test_streaming_bursts_document_and_unknown_peer():
+def test_streaming_bursts_document_and_unknown_peer(tiny_ckpt):
     from thinkstream.bench import streaming
 
-    tok = tiny_checkpoint().tokenizer
+    tok = tiny_ckpt.tokenizer
     chunks = streaming.document(tok, 400, seed=1, pattern="bursts")
     assert len(chunks) == streaming.BURSTS + 1 and chunks[-1] == streaming.QUESTION
     speech = streaming.document(tok, 400, seed=1)
@@ -173,4 +172,4 @@ def test_streaming_bursts_document_and_unknown_peer():
     register(parser.add_subparsers(), "bench")
     args = parser.parse_args(["bench", "streaming", "--peers", "vllm"])
     with pytest.raises(ValueError, match="unknown peer"):
-        args.fn(args, checkpoint=tiny_checkpoint())
+        args.fn(args, checkpoint=tiny_ckpt)

@@ -163,7 +163,7 @@ def test_stop_string_cuts_text() -> None:
     assert last.outputs[0].finish_reason == "stop" and last.outputs[0].stop_reason == stop
 
 
-def test_prompt_logprobs_match_reference() -> None:
+def test_prompt_logprobs_match_reference(tiny_ckpt) -> None:
     engine = make_engine(max_num_batched_tokens=7)  # chunked: logprobs cross chunk boundaries
     prompt = PROMPTS[1]
     engine.add_request("p", prompt, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=2, logprobs=1))
@@ -171,8 +171,7 @@ def test_prompt_logprobs_match_reference() -> None:
     while engine.has_unfinished_requests():
         out = engine.step() or out
     plp = out[-1].prompt_logprobs
-    ck = tiny_checkpoint()
-    ref = torch.log_softmax(reference_logits(ck.config, ck.tensors, prompt), -1)
+    ref = torch.log_softmax(reference_logits(tiny_ckpt.config, tiny_ckpt.tensors, prompt), -1)
     assert plp[0] is None and len(plp) == len(prompt)
     for i in range(1, len(prompt)):
         assert next(iter(plp[i])) == prompt[i]  # vLLM's shape: the prompt token first

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import torch
-from helpers.tiny import reference_logits, tiny_checkpoint
+from helpers.tiny import reference_logits
 
 from thinkstream import LLM, SamplingParams
 from thinkstream.engine.request import Logprob
@@ -14,8 +14,8 @@ from thinkstream.engine.request import Logprob
 PROMPT = [100, 200, 300, 12, 13, 14, 15]
 
 
-def _llm() -> LLM:
-    return LLM(checkpoint=tiny_checkpoint(), block_size=4, num_blocks=64, max_num_seqs=4,
+def _llm(ckpt) -> LLM:
+    return LLM(checkpoint=ckpt, block_size=4, num_blocks=64, max_num_seqs=4,
                max_num_batched_tokens=64)
 
 
@@ -24,11 +24,10 @@ def _ranks(row: torch.Tensor) -> list[int]:
     return [order.index(t) + 1 for t in range(row.numel())]
 
 
-def test_prompt_logprobs_are_dicts_of_logprob() -> None:
-    llm = _llm()
+def test_prompt_logprobs_are_dicts_of_logprob(tiny_ckpt) -> None:
+    llm = _llm(tiny_ckpt)
     out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=2))[0]
-    ck = tiny_checkpoint()
-    ref = torch.log_softmax(reference_logits(ck.config, ck.tensors, PROMPT), -1)
+    ref = torch.log_softmax(reference_logits(tiny_ckpt.config, tiny_ckpt.tensors, PROMPT), -1)
     plp = out.prompt_logprobs
     assert plp[0] is None and len(plp) == len(PROMPT)
     for i in range(1, len(PROMPT)):
@@ -44,8 +43,8 @@ def test_prompt_logprobs_are_dicts_of_logprob() -> None:
         assert all(entry[t].decoded_token == llm.tokenizer.decode([t]) for t in entry)
 
 
-def test_sample_logprobs_of_every_output_token() -> None:
-    llm = _llm()
+def test_sample_logprobs_of_every_output_token(tiny_ckpt) -> None:
+    llm = _llm(tiny_ckpt)
     params = SamplingParams(temperature=1.0, seed=3, max_tokens=5, logprobs=1, n=2,
                             ignore_eos=True)
     for o in llm.generate([PROMPT], params)[0].outputs:

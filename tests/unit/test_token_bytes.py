@@ -3,20 +3,18 @@ bytes of a token sequence concatenate to its text (what OpenAI's logprob ``bytes
 
 from __future__ import annotations
 
-from helpers.tiny import tiny_tokenizer
-
 from thinkstream.loading.gguf_tokenizer import build_gguf_tokenizer
 
 TEXT = "hi 東京 🙂 café"
 
 
-def test_byte_level_bpe() -> None:
-    tok = tiny_tokenizer()
-    ids = tok.encode(TEXT, add_special_tokens=False)
-    pieces = [tok.token_bytes(i) for i in ids]
+def test_byte_level_bpe(tiny_tok) -> None:
+    ids = tiny_tok.encode(TEXT, add_special_tokens=False)
+    pieces = [tiny_tok.token_bytes(i) for i in ids]
     assert b"".join(pieces) == TEXT.encode("utf-8")
     assert [b"\xe6", b"\x9d", b"\xb1"] == pieces[pieces.index(b"\xe6"):pieces.index(b"\xe6") + 3]
-    assert tok.token_bytes(tok.encode("<|im_end|>", add_special_tokens=False)[0]) == b"<|im_end|>"
+    end = tiny_tok.encode("<|im_end|>", add_special_tokens=False)[0]
+    assert tiny_tok.token_bytes(end) == b"<|im_end|>"
 
 
 def test_sentencepiece_with_byte_fallback() -> None:
