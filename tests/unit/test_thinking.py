@@ -443,7 +443,7 @@ def _closing_steps(plan_viewers: bool, monkeypatch) -> tuple[list[dict], list[in
     from thinkstream.engine.scheduler import Scheduler
 
     if not plan_viewers:
-        monkeypatch.setattr(Scheduler, "_plan_viewers", lambda self, out, stalled, budget, by_id: budget)
+        monkeypatch.setattr(Scheduler, "_plan_viewers", lambda self, out, stalled, budget: budget)
     llm = make_llm()
     s, ctrl = run_session(llm, think("gap", depth="D2"), PIECES[:-1])
     s.append(PIECES[-1], prefill=False)
