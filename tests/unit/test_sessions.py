@@ -1,7 +1,10 @@
 """Streaming-input sessions on the tiny model: the answer after close equals a one-shot
 request on the final input (greedy, token for token) under any chunking, update mode keeps
 the KV of the common prefix, idle sessions give way under memory pressure, policies order
-the queue, and the pool is full again after everything."""
+the queue, and the pool is full again after everything.
+
+Tests taking the ``llm`` fixture run twice: in float32 and in bfloat16, where appended
+chunks take the short-chunk attention path (a one-shot reference runs in the same dtype)."""
 
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ def make_llm(**cfg) -> LLM:
     return LLM(checkpoint=CKPT, **base)
 
 
-@pytest.fixture(scope="module")
-def llm() -> LLM:
-    return make_llm()
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def llm(request) -> LLM:
+    return make_llm(dtype=request.param)
 
 
 def one_shot(llm: LLM, prompt) -> list[int]:

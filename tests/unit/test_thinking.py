@@ -1,7 +1,11 @@
 """Think while reading on the tiny model: layout formulas, units, exact logits of a
 staircase view with gap positions, reading independent of thinking, notes computed in the
 same step as input prefill, invalidation on roll-back, depth, budget forcing, preemption and
-block accounting, and reasoning deltas before the input closes."""
+block accounting, and reasoning deltas before the input closes.
+
+Tests parametrized by ``dtype`` also run in bfloat16, where appended chunks and notes take
+the short-chunk attention path; their assertions hold in any dtype (or compare two runs in
+the same one)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from thinkstream.thinking.units import find_unit_ends
 CKPT = tiny_checkpoint()
 GREEDY = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
 PIECES = ["The quick brown fox. ", "Paris is the capital. ", "What is it? ", "The lazy dog"]
+DTYPES = ["float32", "bfloat16"]
 
 
 def make_llm(**cfg) -> LLM:
@@ -145,8 +150,9 @@ def test_reading_is_independent_of_thinking() -> None:
     assert (a - b).abs().max() <= 1e-5, (a - b).abs().max()
 
 
-def test_notes_see_exactly_the_input_read_so_far() -> None:
-    llm = make_llm()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_notes_see_exactly_the_input_read_so_far(dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     s, ctrl = run_session(llm, think("gap"))
     R = ctrl.R
     assert [g.view_end for g in ctrl.segs] == [u.end for u in ctrl.units]
@@ -159,8 +165,9 @@ def test_notes_see_exactly_the_input_read_so_far() -> None:
 
 
 # ----------------------------------------------------------------- scheduling
-def test_note_and_next_unit_prefill_share_a_step() -> None:
-    llm = make_llm()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_note_and_next_unit_prefill_share_a_step(dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     sched = llm.engine.scheduler
     steps = []
     orig = sched.schedule
@@ -182,8 +189,9 @@ def test_note_and_next_unit_prefill_share_a_step() -> None:
     assert_pool_full(llm)
 
 
-def test_interleaved_reading_waits_for_each_note() -> None:
-    llm = make_llm()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_interleaved_reading_waits_for_each_note(dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     s, ctrl = run_session(llm, think("interleaved"))
     S = ctrl.S
     lens = [u.seg_len for u in ctrl.units]
@@ -195,10 +203,11 @@ def test_interleaved_reading_waits_for_each_note() -> None:
     assert_pool_full(llm)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["gap", "interleaved", "grouped"])
 @pytest.mark.parametrize("depth,passes", [("D1", 0), ("D2", 1), ("D3", 2)])
-def test_depth_positions_and_pool(kind: str, depth: str, passes: int) -> None:
-    llm = make_llm()
+def test_depth_positions_and_pool(kind: str, depth: str, passes: int, dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     s, ctrl = run_session(llm, think(kind, depth=depth))
     out = s.complete()
     assert len(out.outputs[0].token_ids) == GREEDY.max_tokens
@@ -228,8 +237,8 @@ def test_depth_positions_and_pool(kind: str, depth: str, passes: int) -> None:
     assert_pool_full(llm)
 
 
-def _answer_view(kind: str, depth: str, request: str | None):
-    llm = make_llm()
+def _answer_view(kind: str, depth: str, request: str | None, dtype: str):
+    llm = make_llm(dtype=dtype)
     kw = {} if request is None else {"answer_request": request}
     s, ctrl = run_session(llm, think(kind, depth=depth, **kw))
     out = s.complete()
@@ -237,11 +246,12 @@ def _answer_view(kind: str, depth: str, request: str | None):
     return ctrl, out.outputs[0]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,depth", [("gap", "D1"), ("interleaved", "D2"), ("grouped", "D3")])
-def test_answer_request_fills_the_last_user_turn(kind: str, depth: str) -> None:
+def test_answer_request_fills_the_last_user_turn(kind: str, depth: str, dtype: str) -> None:
     """The answer request is computed in R after the last tail and the answer views all of
     it: the answer prompt reads "user\\n<request><|im_end|>\\n<|im_start|>assistant\\n"."""
-    ctrl, out = _answer_view(kind, depth, None)
+    ctrl, out = _answer_view(kind, depth, None, dtype)
     S, R, end, tok = ctrl.S, ctrl.R, ctrl.view_limit, ctrl.engine.tokenizer
     req, tail = ctrl.request, ctrl.tail if depth == "D1" else ctrl.pass_tail
     n, a = R.num_tokens, R.num_tokens - 1 - len(req)  # the request is R[a:n-1]
@@ -263,11 +273,12 @@ def test_answer_request_fills_the_last_user_turn(kind: str, depth: str) -> None:
     assert len(out.token_ids) == GREEDY.max_tokens
 
 
-def test_empty_answer_request_is_the_old_answer_prompt() -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_answer_request_is_the_old_answer_prompt(dtype: str) -> None:
     """``answer_request=""``: nothing is written; R ends with the last tail, S views it all but
     its held last token, the notes are the same."""
-    ctrl, out = _answer_view("gap", "D2", "")
-    ref, ref_out = _answer_view("gap", "D2", None)
+    ctrl, out = _answer_view("gap", "D2", "", dtype)
+    ref, ref_out = _answer_view("gap", "D2", None, dtype)
     R, S = ctrl.R, ctrl.S
     assert ctrl.request == [] and R.token_ids[-len(ctrl.pass_tail):] == ctrl.pass_tail
     assert S.kv_prefix == [(R.seq_id, R.num_tokens - 1)]
@@ -276,8 +287,9 @@ def test_empty_answer_request_is_the_old_answer_prompt() -> None:
     assert out.reasoning_content == ref_out.reasoning_content
 
 
-def test_budget_forcing_moves_to_the_answer() -> None:
-    llm = make_llm()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_budget_forcing_moves_to_the_answer(dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     s, ctrl = run_session(llm, think("gap", depth="D3", max_reasoning_tokens=9))
     out = s.complete()
     assert ctrl.reasoning_tokens == 9
@@ -286,8 +298,9 @@ def test_budget_forcing_moves_to_the_answer() -> None:
 
 
 # ------------------------------------------------------------ safety of views
-def test_rollback_below_a_view_invalidates_its_notes() -> None:
-    llm = make_llm()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rollback_below_a_view_invalidates_its_notes(dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     s, ctrl = run_session(llm, think("gap"), PIECES[:3])
     n_segs = len(ctrl.segs)
     assert n_segs >= 2
@@ -333,10 +346,11 @@ def _notes_per_append(llm: LLM, pieces: list[str]) -> tuple[list[int], list[int]
     return notes, kept
 
 
-def test_chunks_ending_in_a_space_keep_their_notes() -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunks_ending_in_a_space_keep_their_notes(dtype: str) -> None:
     """An append that rolls back the previous chunk's trailing space keeps the note on the
     unit ending just before it: the same notes as with chunks ending in a line break."""
-    llm = make_llm()
+    llm = make_llm(dtype=dtype)
     spaced, kept = _notes_per_append(llm, SPACED)
     assert kept[1:] == [-1] * (len(SPACED) - 1)  # each append replaced the trailing space
     lines, kept = _notes_per_append(llm, [p.rstrip(" ") + "\n" for p in SPACED])
@@ -344,10 +358,11 @@ def test_chunks_ending_in_a_space_keep_their_notes() -> None:
     assert spaced == lines == [1, 2, 3, 4]
 
 
-def test_truncating_to_a_unit_end_without_adding_drops_its_note() -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_truncating_to_a_unit_end_without_adding_drops_its_note(dtype: str) -> None:
     """Cut back to a unit's last token and add nothing: that token is held again (it may
     still change), so the note that saw it is rolled back and redone once the input grows."""
-    llm = make_llm()
+    llm = make_llm(dtype=dtype)
     s, ctrl = run_session(llm, think("gap"), SPACED[:2])
     ends = [g.view_end for g in ctrl.segs]
     assert len(ends) == 2
@@ -411,8 +426,9 @@ def test_preemption_and_abort_keep_block_accounting(num_blocks: int) -> None:
     assert_pool_full(llm)
 
 
-def test_reasoning_deltas_arrive_before_the_input_closes() -> None:
-    llm = make_llm()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reasoning_deltas_arrive_before_the_input_closes(dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     s = llm.open_session(messages=[], sampling_params=GREEDY, thinking=think("gap"))
     s.append("The quick brown fox. Paris is")
     deltas = [o.outputs[0].new_reasoning_content for o in s.think()]
@@ -425,8 +441,9 @@ def test_reasoning_deltas_arrive_before_the_input_closes() -> None:
     assert_pool_full(llm)
 
 
-def test_thinking_off_is_unchanged() -> None:
-    llm = make_llm()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thinking_off_is_unchanged(dtype: str) -> None:
+    llm = make_llm(dtype=dtype)
     a = llm.open_session(messages=[], sampling_params=GREEDY)
     for p in PIECES:
         a.append(p)
@@ -437,14 +454,15 @@ def test_thinking_off_is_unchanged() -> None:
     assert_pool_full(llm)
 
 
-def _closing_steps(plan_viewers: bool, monkeypatch) -> tuple[list[dict], list[int], str]:
+def _closing_steps(plan_viewers: bool, monkeypatch,
+                   dtype: str) -> tuple[list[dict], list[int], str]:
     """Steps after close of a gap D2 session (R's pass views the input chunk the close
     brings; the answer views the request R writes), with or without same-step viewers."""
     from thinkstream.engine.scheduler import Scheduler
 
     if not plan_viewers:
         monkeypatch.setattr(Scheduler, "_plan_viewers", lambda self, out, stalled, budget: budget)
-    llm = make_llm()
+    llm = make_llm(dtype=dtype)
     s, ctrl = run_session(llm, think("gap", depth="D2"), PIECES[:-1])
     s.append(PIECES[-1], prefill=False)
     sched, steps = llm.engine.scheduler, []
@@ -463,13 +481,14 @@ def _closing_steps(plan_viewers: bool, monkeypatch) -> tuple[list[dict], list[in
     return steps, out.outputs[0].token_ids, out.outputs[0].reasoning_content
 
 
-def test_viewers_join_the_step_that_computes_their_source(monkeypatch) -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_viewers_join_the_step_that_computes_their_source(monkeypatch, dtype: str) -> None:
     """The integration pass starts in the step that computes the last input chunk, and the
     answer's first token comes from the step that computes R's answer request: two steps
     fewer after close, the same tokens and reasoning (a step writes every token's KV before
     any attention reads it)."""
-    new, answer, reasoning = _closing_steps(True, monkeypatch)
-    old, ref_answer, ref_reasoning = _closing_steps(False, monkeypatch)
+    new, answer, reasoning = _closing_steps(True, monkeypatch, dtype)
+    old, ref_answer, ref_reasoning = _closing_steps(False, monkeypatch, dtype)
     assert (answer, reasoning) == (ref_answer, ref_reasoning) and reasoning
     assert len(new) == len(old) - 2, (new, old)
     assert new[0].keys() == {"0", "think"} and old[0].keys() == {"0"}  # chunk + pass head
