@@ -1,0 +1,201 @@
+"""What vLLM users expect beyond the OpenAI basics, one test per item: logit_bias,
+assistant prefill (continue_final_message), /tokenize /detokenize /tokenizer_info (and
+lm-eval's remote tokenizer on them), explicit nulls, max_tokens=0 with echo, text-only
+content parts, unknown models, /metrics without a key, --no-tool-prompt."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from conftest import live_server, tiny_llm
+
+from thinkstream.server.config import ServerConfig
+
+KEY = "sk-extras-0123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def server():
+    llm = tiny_llm()
+    with live_server(llm, ServerConfig(served_model_name="tiny", api_keys=(KEY,),
+                                       tool_prompt=False)) as live:
+        yield live
+    llm.shutdown()
+
+
+def post(server, path: str, body: dict) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, headers=AUTH, timeout=60)
+
+
+def error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    return r.json()["error"]
+
+
+def test_logit_bias_is_validated(server) -> None:
+    base = {"prompt": PROMPT, "max_tokens": 2}
+    err = error(post(server, "/v1/completions", {**base, "logit_bias": {"abc": 1}}), 400)
+    assert err == {"message": "logit_bias: 'abc' is not a token id of this model (0 to 319)",
+                   "type": "invalid_request_error", "param": "logit_bias",
+                   "code": "invalid_value"}
+    err = error(post(server, "/v1/completions", {**base, "logit_bias": {"320": 1}}), 400)
+    assert err["param"] == "logit_bias" and "'320'" in err["message"]
+    err = error(post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": -101}}), 400)
+    assert err["message"] == "logit_bias biases must be in [-100, 100], got -101.0 for token 5"
+
+
+@pytest.mark.xfail(strict=True, reason="the runner does not add SamplingParams.logit_bias to "
+                   "the logits yet (worker/ is another engineer's; see the issue 16 report)")
+def test_logit_bias_minus_100_bans_a_token(server) -> None:
+    greedy = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "logprobs": 0}
+    first = post(server, "/v1/completions", greedy).json()["choices"][0]
+    top = server.engine.tokenizer.encode(first["logprobs"]["tokens"][0],
+                                         add_special_tokens=False)
+    banned = post(server, "/v1/completions", {**greedy, "logit_bias": {str(top[0]): -100}})
+    assert banned.json()["choices"][0]["logprobs"]["tokens"][0] != first["logprobs"]["tokens"][0]
+
+
+def test_continue_final_message_prefills_the_assistant(server) -> None:
+    messages = [{"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "The colour is"}]
+    tok = post(server, "/tokenize", {"messages": messages, "add_generation_prompt": False,
+                                     "continue_final_message": True}).json()
+    text = server.engine.tokenizer.decode(tok["tokens"])
+    assert text == ("<|im_start|>user\nName a colour.<|im_end|>\n"
+                    "<|im_start|>assistant\nThe colour is")
+    r = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 3,
+                                              "add_generation_prompt": False,
+                                              "continue_final_message": True})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == tok["count"]
+    err = error(post(server, "/v1/chat/completions", {"messages": messages,
+                                                      "continue_final_message": True}), 400)
+    assert err["message"] == "continue_final_message: needs add_generation_prompt=false"
+
+
+def test_tokenize_detokenize_tokenizer_info(server) -> None:
+    tokenizer = server.engine.tokenizer
+    ids = tokenizer.encode(PROMPT)
+    r = post(server, "/tokenize", {"prompt": PROMPT, "return_token_strs": True})
+    assert r.json() == {"count": len(ids), "max_model_len": server.engine.max_model_len,
+                        "tokens": ids, "token_strs": tokenizer.convert_ids_to_tokens(ids)}
+    assert post(server, "/detokenize", {"tokens": ids}).json() == {"prompt": PROMPT}
+    chat = post(server, "/tokenize", {"messages": [{"role": "user", "content": "hi"}]}).json()
+    assert chat["tokens"] == tokenizer.encode_chat([{"role": "user", "content": "hi"}], True)
+    info = httpx.get(server.url + "/tokenizer_info", headers=AUTH).json()
+    assert (info["eos_token"], info["eos_token_ids"], info["vocab_size"]) == ("<|im_end|>", [2], 320)
+    assert info["chat_template"] == tokenizer.chat_template
+    err = error(post(server, "/detokenize", {"tokens": [1, 99999]}), 400)
+    assert err["message"] == "tokens: 99999 is not a token id of this model (0 to 319)"
+    err = error(post(server, "/tokenize", {"prompt": "a", "messages": []}), 400)
+    assert err["message"] == "prompt or messages: give exactly one"
+
+
+def test_lm_eval_remote_tokenizer_needs_no_local_copy(server) -> None:
+    utils = pytest.importorskip("lm_eval.utils")
+    base = server.url + "/v1/completions"
+    assert utils.check_remote_tokenizer_support(base, auth_token=KEY)
+    remote = utils.RemoteTokenizer(base, auth_token=KEY)
+    assert remote.encode(PROMPT) == server.engine.tokenizer.encode(PROMPT, add_special_tokens=False)
+    assert remote.decode(remote.encode(PROMPT)) == PROMPT
+    assert remote.eos_token_id == 2
+
+
+def test_explicit_null_means_the_default(server) -> None:
+    nulls = {"n": None, "stream": None, "logprobs": None, "echo": None, "stop": None,
+             "temperature": None, "top_p": None, "seed": None, "stream_options": None,
+             "min_tokens": None, "ignore_eos": None, "skip_special_tokens": None,
+             "include_stop_str_in_output": None, "presence_penalty": None, "user": None,
+             "frequency_penalty": None, "logit_bias": None, "best_of": None, "suffix": None}
+    body = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0}
+    plain = post(server, "/v1/completions", body).json()
+    with_nulls = post(server, "/v1/completions", {**nulls, **body}).json()
+    assert with_nulls["choices"] == plain["choices"]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    chat_nulls = {"n": None, "stream": None, "logprobs": None, "top_logprobs": None,
+                  "stop": None, "tools": None, "tool_choice": None, "parallel_tool_calls": None,
+                  "max_completion_tokens": None, "add_generation_prompt": None,
+                  "continue_final_message": None, "response_format": None}
+    a = post(server, "/v1/chat/completions", chat).json()
+    b = post(server, "/v1/chat/completions", {**chat_nulls, **chat}).json()
+    assert a["choices"] == b["choices"]
+
+
+def test_max_tokens_zero_with_echo_scores_the_prompt(server) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 0, "echo": True, "logprobs": 1}
+    r = post(server, "/v1/completions", body).json()
+    choice = r["choices"][0]
+    n = len(server.engine.tokenizer.encode(PROMPT))
+    assert choice["text"] == PROMPT and choice["finish_reason"] == "length"
+    assert len(choice["logprobs"]["tokens"]) == n and choice["logprobs"]["token_logprobs"][0] is None
+    assert r["usage"] == {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}
+    with httpx.stream("POST", server.url + "/v1/completions", headers=AUTH, timeout=60,
+                      json={**body, "stream": True}) as s:
+        lines = [line for line in s.iter_lines() if line.startswith("data: {")]
+    chunks = [json.loads(line[6:])["choices"][0] for line in lines]
+    assert "".join(c["text"] for c in chunks) == PROMPT
+    assert chunks[-1]["finish_reason"] == "length"
+    err = error(post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 0}), 400)
+    assert err["message"] == "max_tokens: 0 is only allowed with echo=true (prompt scoring)"
+
+
+@pytest.mark.parametrize("part", [{"type": "image_url", "image_url": {"url": "http://x/a.png"}},
+                                  {"type": "input_audio", "input_audio": {"data": "AA==",
+                                                                          "format": "wav"}}])
+def test_content_part_the_model_cannot_take(server, part) -> None:
+    r = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, part]}]})
+    err = error(r, 400)
+    assert err["message"] == (f"messages[0].content[1]: content parts of type {part['type']!r} "
+                              "are not supported: this model takes text only")
+    assert err["param"] == "messages[0].content"
+
+
+def test_unknown_model_is_404_model_not_found(server) -> None:
+    for path, body in (("/v1/completions", {"prompt": "x"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+                       ("/v1/responses", {"input": "x"})):
+        r = post(server, path, {**body, "model": "gpt-9"})
+        assert r.status_code == 404
+        assert r.json() == {"error": {
+            "message": "The model 'gpt-9' does not exist; this server serves 'tiny'",
+            "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+
+
+def test_metrics_open_unless_required() -> None:
+    for require, status in ((False, 200), (True, 401)):
+        llm = tiny_llm()
+        cfg = ServerConfig(served_model_name="tiny", api_keys=(KEY,), metrics_require_key=require)
+        with live_server(llm, cfg) as live:
+            r = httpx.get(live.url + "/metrics")
+            assert r.status_code == status
+            if status == 200:
+                assert "thinkstream_engine_healthy" in r.text
+            assert httpx.get(live.url + "/metrics", headers=AUTH).status_code == 200
+            assert httpx.get(live.url + "/v1/models").status_code == 401
+        llm.shutdown()
+
+
+def test_no_tool_prompt_refuses_tools_for_a_template_without_them(server) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    r = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                              "tools": tools})
+    assert error(r, 400) == {
+        "message": "tools: this model's chat template has no tool support and the server runs "
+                   "with --no-tool-prompt", "type": "invalid_request_error", "param": "tools",
+        "code": "tools_unsupported"}
+    r = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                              "tools": tools, "tool_choice": "none",
+                                              "max_tokens": 2})
+    assert r.status_code == 200
+
+
+def test_chat_template_kwargs_cannot_override_the_request(server) -> None:
+    r = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                              "chat_template_kwargs": {"tools": []}})
+    assert error(r, 400)["message"] == ("chat_template_kwargs: 'tools' is set by the request's "
+                                        "own fields")
