@@ -2,7 +2,10 @@
 
 Tasks (``think_tasks``: context QA, state tracking, ordering) arrive one sentence every
 ``--interval`` seconds into a chat session with thinking on (``LLM.open_session``); between
-arrivals the engine steps. After the last chunk the session closes and the answer is timed.
+arrivals the engine steps. ``--interval-steps N`` paces arrivals by the engine instead (one
+sentence every N steps, sooner when it runs out of work): what is read before the reasoning
+starts then no longer depends on the machine's speed or load (times are still measured).
+After the last chunk the session closes and the answer is timed.
 Every task runs in every mode and depth back to back (so load drift hits all alike), with
 the same model, system prompt, note / pass templates and budgets:
 
@@ -56,22 +59,34 @@ def think_config(mode: str, depth: str, note_tokens: int, pass_tokens: int,
 def _step_until(engine: Any, deadline: float) -> None:
     """Step the engine while it has work, idle otherwise, until ``deadline`` (monotonic)."""
     while (now := time.monotonic()) < deadline:
-        if engine.scheduler.has_work():
+        if engine.has_work():
             engine.step()
         else:
             time.sleep(min(0.002, deadline - now))
 
 
+def _step_n(engine: Any, steps: int) -> None:
+    """Up to ``steps`` engine steps, fewer if it runs out of work (no waiting)."""
+    for _ in range(steps):
+        if not engine.has_work():
+            return
+        engine.step()
+
+
 def run_task(llm: Any, task: Task, cfg: ThinkConfig | None, interval: float,
-             params: Any) -> dict:
-    """Stream one task's chunks (one per ``interval`` seconds, each ending in a line break
-    so a sentence's unit is complete on arrival), close, and time the answer."""
+             params: Any, interval_steps: int | None = None) -> dict:
+    """Stream one task's chunks (one per ``interval`` seconds, or per ``interval_steps``
+    engine steps if given; each ends in a line break so a sentence's unit is complete on
+    arrival), close, and time the answer."""
     s = llm.open_session(messages=[{"role": "system", "content": SYSTEM}],
                          sampling_params=params, thinking=cfg)
     ctrl = llm._sessions.thinker(s.id)
     t0 = time.monotonic()
     for i, chunk in enumerate(task.chunks):
-        _step_until(llm.engine, t0 + i * interval)
+        if interval_steps is None:
+            _step_until(llm.engine, t0 + i * interval)
+        elif i:
+            _step_n(llm.engine, interval_steps)
         s.append(chunk + "\n", prefill=False)
     t_end = time.monotonic()
     before_close = ctrl.reasoning_tokens if ctrl is not None else 0
@@ -137,6 +152,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
         args.tasks, args.depths, args.all_depths = min(args.tasks, 2), "D1", ""
     if args.tasks < 1 or args.interval < 0:
         raise ValueError("--tasks must be >= 1 and --interval >= 0")
+    if args.interval_steps is not None and args.interval_steps < 1:
+        raise ValueError("--interval-steps must be >= 1")
     sets = _csv(args.sets, SETS, "sets")
     configs = _configs(args)
     t = time.monotonic()
@@ -151,7 +168,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     for kind in sets:
         for i, task in enumerate(tasks[kind]):
             for mode, depth in configs:
-                r = run_task(llm, task, cfgs[mode, depth], args.interval, params)
+                r = run_task(llm, task, cfgs[mode, depth], args.interval, params,
+                             args.interval_steps)
                 records.append({"set": kind, "task": i, "mode": mode, "depth": depth, **r})
                 _log(f"{kind} #{i} {mode} {depth}: waited {r['waited_tokens']}/{r['input_tokens']} "
                      f"tok, final {r['final_answer_s']:.2f} s, {'ok' if r['correct'] else 'wrong'} "
@@ -166,6 +184,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                     "python": platform.python_version()},
         "settings": {"dtype": args.dtype, "quantization": args.quantization,
                      "threads": args.threads, "interval_s": args.interval,
+                     "interval_steps": args.interval_steps,
                      "tasks_per_set": args.tasks, "seed": args.seed, "max_tokens": args.max_tokens,
                      "note_tokens": args.note_tokens, "pass_tokens": args.pass_tokens,
                      "gap": gap_cfg.layout.gap, "answer_request": gap_cfg.answer_request,
@@ -194,6 +213,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-depths", default="",
                    help="modes run at every depth whatever --depths says (e.g. batch,gap)")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between sentences (default 0.5)")
+    p.add_argument("--interval-steps", type=int, default=None, metavar="N",
+                   help="one sentence every N engine steps instead of --interval seconds "
+                        "(sooner when the engine runs out of work): tokens waited do not depend "
+                        "on the machine's speed or load")
     p.add_argument("--max-tokens", type=int, default=16, help="answer budget (greedy, stops at EOS)")
     p.add_argument("--note-tokens", type=int, default=24, help="budget of one note")
     p.add_argument("--pass-tokens", type=int, default=48, help="budget of one D2/D3 pass")

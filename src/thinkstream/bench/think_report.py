@@ -150,9 +150,11 @@ def plot(report: dict, path: str | Path) -> None:
         ax.set_xticks(list(xs), labels, fontsize=7, rotation=45, ha="right")
         ax.grid(True, axis="y", alpha=0.3)
     s = report["settings"]
+    every = (f"{s['interval_s']} s" if s.get("interval_steps") is None
+             else f"{s['interval_steps']} steps")
     fig.suptitle(f"think while reading - {Path(str(report.get('model', ''))).name}, "
                  f"{s['tasks_per_set']} tasks x {len(report['sets'])} sets, one sentence every "
-                 f"{s['interval_s']} s", fontsize=9)
+                 f"{every}", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
