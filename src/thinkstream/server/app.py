@@ -25,10 +25,12 @@ from thinkstream.server.limits import Admission, BodyLimitMiddleware
 from thinkstream.server.metrics import CONTENT_TYPE, ServerMetrics
 from thinkstream.server.openai_routes import router as openai_router
 from thinkstream.server.redact import install_redaction
+from thinkstream.server.responses_protocol import ResponsesRequest
 from thinkstream.server.responses_routes import router as responses_router
 from thinkstream.server.serving import ServerState
 from thinkstream.server.session_hub import SessionHub, SessionLimits
 from thinkstream.server.session_routes import session_router
+from thinkstream.server.tokenize_routes import DetokenizeRequest, TokenizeRequest
 from thinkstream.server.tokenize_routes import router as tokenize_router
 
 
@@ -82,7 +84,9 @@ def _openapi(app: FastAPI) -> dict:
         schema = get_openapi(title=app.title, version=app.version,
                              description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(P.schema_components(P.CompletionRequest, P.ChatCompletionRequest))
+        components.update(P.schema_components(P.CompletionRequest, P.ChatCompletionRequest,
+                                              ResponsesRequest, TokenizeRequest,
+                                              DetokenizeRequest))
         if "securitySchemes" not in schema["components"] and app.state.server.keys:
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http",
                                                                   "scheme": "bearer"}}
