@@ -110,3 +110,31 @@ def test_min_tokens_above_max_tokens() -> None:
 )
 def test_boundary_values_accepted(kwargs: dict) -> None:
     SamplingParams(**kwargs)
+
+
+def test_logit_bias_stored_as_sorted_pairs_and_validated() -> None:
+    p = SamplingParams(logit_bias={"7": -100, 3: 2.5})
+    assert p.logit_bias == ((3, 2.5), (7, -100.0)) and hash(p)
+    assert SamplingParams().logit_bias == ()
+    with pytest.raises(ParamError, match="logit_bias biases must be in \\[-100, 100\\], got 101"):
+        SamplingParams(logit_bias={1: 101})
+    with pytest.raises(ParamError, match="logit_bias token ids must be >= 0, got -1"):
+        SamplingParams(logit_bias={-1: 1})
+    with pytest.raises(ParamError, match="logit_bias must map token ids to numbers"):
+        SamplingParams(logit_bias={"a": 1})
+
+
+def test_structured_outputs_takes_exactly_one_constraint() -> None:
+    from thinkstream.sampling_params import StructuredOutputsParams
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    so = StructuredOutputsParams(json=schema)
+    assert so.json == '{"properties": {"a": {"type": "integer"}}, "type": "object"}'
+    assert so.json_schema == schema and hash(SamplingParams(structured_outputs=so))
+    assert StructuredOutputsParams(choice=["a", "b"]).choice == ("a", "b")
+    with pytest.raises(ParamError, match="exactly one of .* got \\['json', 'regex'\\]"):
+        StructuredOutputsParams(json=schema, regex="a+")
+    with pytest.raises(ParamError, match="got none"):
+        StructuredOutputsParams()
+    with pytest.raises(ParamError, match="structured_outputs must be a StructuredOutputsParams"):
+        SamplingParams(structured_outputs={"json": schema})  # type: ignore[arg-type]
