@@ -280,3 +280,13 @@ def test_openai_agents_agent_with_a_function_tool(server) -> None:
 
     assert asyncio.run(run()) == ("It is sunny in Paris.", "It is sunny in Paris.")
     assert seen == ["Paris", "Paris"]
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(client) -> None:
+    kw = dict(model="tiny", messages=ask("[two] weather in two cities"), tools=TOOLS,
+              parallel_tool_calls=False, max_tokens=200)
+    whole = client.chat.completions.create(**kw)
+    assert [c.function.arguments for c in whole.choices[0].message.tool_calls] == [
+        '{"city": "Paris"}']
+    _, _, calls, finish = streamed_message(client.chat.completions.create(**kw, stream=True))
+    assert [c["arguments"] for c in calls] == ['{"city": "Paris"}'] and finish == "tool_calls"

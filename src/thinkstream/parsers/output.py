@@ -38,12 +38,14 @@ class Delta:
 class ParserSpec:
     """How a request's outputs are parsed. ``tool_parser`` None: no tool parsing (no tools,
     or ``tool_choice: "none"``); ``tool_choice`` ``"auto"``, ``"required"`` or a function's
-    name; ``in_reasoning``: the prompt already opened the reasoning block."""
+    name; ``in_reasoning``: the prompt already opened the reasoning block; ``max_calls``:
+    calls past it are dropped (1 for ``parallel_tool_calls: false``)."""
 
     reasoning_parser: str | None = None
     tool_parser: str | None = None
     tool_choice: str = "auto"
     in_reasoning: bool = False
+    max_calls: int | None = None
 
     @property
     def active(self) -> bool:
@@ -59,12 +61,13 @@ class ParserSpec:
             if self.tool_choice != "auto":
                 function = None if self.tool_choice == "required" else self.tool_choice
                 tools = ToolChoiceStream(tools, function)
-        return OutputParser(reasoning, tools)
+        return OutputParser(reasoning, tools, self.max_calls)
 
 
 class OutputParser:
-    def __init__(self, reasoning: ThinkStream | None, tools: ToolStream | None) -> None:
-        self.reasoning, self.tools = reasoning, tools
+    def __init__(self, reasoning: ThinkStream | None, tools: ToolStream | None,
+                 max_calls: int | None = None) -> None:
+        self.reasoning, self.tools, self.max_calls = reasoning, tools, max_calls
         self.num_calls = 0
 
     def feed(self, text: str) -> Delta:
@@ -90,6 +93,8 @@ class OutputParser:
         for ev in events:
             if isinstance(ev, Text):
                 delta.content += ev.text
+            elif self.max_calls is not None and ev.index >= self.max_calls:
+                continue
             else:
                 delta.calls.append(ev)
                 self.num_calls += isinstance(ev, CallStart)

@@ -60,6 +60,7 @@ class ToolPlan:
     prompt_tools: list[dict] | None  # written into the tool prompt instead
     choice: str  # "none", "auto", "required" or a function's name
     constraint: StructuredOutputsParams | None
+    parallel: bool = True  # False: only the first call is kept
 
     @property
     def parses_calls(self) -> bool:
@@ -68,7 +69,8 @@ class ToolPlan:
     def parser_spec(self, tool_parser: str, reasoning_parser: str | None,
                     in_reasoning: bool) -> ParserSpec:
         return ParserSpec(reasoning_parser, tool_parser if self.parses_calls else None,
-                          self.choice if self.parses_calls else "auto", in_reasoning)
+                          self.choice if self.parses_calls else "auto", in_reasoning,
+                          None if self.parallel else 1)
 
 
 def plan_tools(body: P.ChatCompletionRequest, template: str | None,
@@ -78,12 +80,13 @@ def plan_tools(body: P.ChatCompletionRequest, template: str | None,
     if not tools or choice == "none":
         return ToolPlan(None, None, "none" if tools else "auto", None)
     constraint = call_constraint(tools, choice, body.parallel_tool_calls)
+    parallel = body.parallel_tool_calls
     if template_supports_tools(template):
-        return ToolPlan(tools, None, choice, constraint)
+        return ToolPlan(tools, None, choice, constraint, parallel)
     if not tool_prompt:
         raise APIError(400, "tools: this model's chat template has no tool support and the "
                        "server runs with --no-tool-prompt", "tools", "tools_unsupported")
-    return ToolPlan(None, tools, choice, constraint)
+    return ToolPlan(None, tools, choice, constraint, parallel)
 
 
 def _choice_name(choice: str | P.ToolChoiceFunction | None, tools: list[dict]) -> str:
