@@ -2,9 +2,10 @@
 a small byte-level BPE tokenizer with ChatML specials, and a dense reference forward that
 shares no code with the engine's paged model.
 
-``tiny_tokenizer`` and ``tiny_checkpoint`` are built once per process and shared by every
-test (``tests/conftest.py`` hands them out as the ``tiny_tok`` and ``tiny_ckpt`` fixtures):
-read them, never change them."""
+The BPE is trained once per process and ``tiny_checkpoint`` is built once per process and
+shared by every test (``tests/conftest.py`` hands out the default one as ``tiny_ckpt``, and
+one tokenizer as ``tiny_tok``): read those, never change them. ``tiny_tokenizer()`` is a new
+``Tokenizer`` over the trained BPE each call (cheap): one a test may change."""
 
 from __future__ import annotations
 
@@ -90,10 +91,8 @@ def random_tensors(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @functools.cache
-def tiny_tokenizer():
-    """The BPE tokenizer trained on ``CORPUS`` (one per process, shared)."""
-    from thinkstream.loading.tokenizer import Tokenizer
-
+def _trained_bpe() -> tokenizers.Tokenizer:
+    """The byte-level BPE trained on ``CORPUS`` with ChatML specials (once per process)."""
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -102,8 +101,15 @@ def tiny_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+def tiny_tokenizer():
+    """A new ``Tokenizer`` (ChatML template) over the shared trained BPE."""
+    from thinkstream.loading.tokenizer import Tokenizer
+
     return Tokenizer(
-        tok, bos_token_id=None, eos_token_ids=(2,), chat_template=CHATML,
+        _trained_bpe(), bos_token_id=None, eos_token_ids=(2,), chat_template=CHATML,
         special_tokens={"eos_token": "<|im_end|>"},
     )
 
