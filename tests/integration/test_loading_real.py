@@ -85,6 +85,7 @@ def _assert_weights_equal(ck, hf_model, names) -> None:
         assert torch.equal(ck.tensors[canonical], ref), hf_name
 
 
+@pytest.mark.slow  # transformers loads the model
 def test_smollm2_weights_match_transformers(smol, refs) -> None:
     _, ck, _ = smol
     model = refs.hf_model(None)
@@ -95,6 +96,7 @@ def test_smollm2_weights_match_transformers(smol, refs) -> None:
         "model.layers.3.mlp.down_proj.weight", "model.layers.3.post_attention_layernorm.weight"])
 
 
+@pytest.mark.slow  # transformers loads the tokenizer
 def test_gemma3_tokenizer_parity_and_no_template(gemma) -> None:
     _, ck, theirs = gemma
     _assert_tokenizer_parity(ck.tokenizer, theirs)
@@ -106,6 +108,7 @@ def test_gemma3_tokenizer_parity_and_no_template(gemma) -> None:
         ck.tokenizer.apply_chat_template(CHATS[0])
 
 
+@pytest.mark.slow  # transformers loads the model
 def test_gemma3_config_and_weights_match_transformers(gemma, refs) -> None:
     _, ck, _ = gemma
     model = refs.hf_model("gemma3-270m")

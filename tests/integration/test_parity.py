@@ -9,7 +9,7 @@ from helpers.prompts import PARITY_PROMPTS
 
 from thinkstream import LLM, SamplingParams
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # transformers loads the models
 
 CHATS = PARITY_PROMPTS
 TEXT = (

@@ -11,7 +11,7 @@ from helpers.prompts import PARITY_PROMPTS
 
 from thinkstream import LLM, SamplingParams
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMPTS = PARITY_PROMPTS
 TEXT = (

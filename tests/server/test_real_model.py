@@ -108,6 +108,7 @@ def _own_loglikelihood(real, context: str, continuation: str) -> float:
     return sum(e[t].logprob for e, t in zip(plp[len(ctx):], ids[len(ctx):], strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokenized", [True, False])
 def test_lm_eval_loglikelihoods_match_engine(real, tmp_path, monkeypatch, tokenized) -> None:
     lm_eval = pytest.importorskip("lm_eval")
