@@ -47,12 +47,15 @@ def _as_bias(value: object) -> tuple[tuple[int, float], ...]:
 @dataclass(frozen=True)
 class StructuredOutputsParams:
     """A constraint on the output's text, shaped like vLLM's: exactly one of ``json`` (a
-    JSON schema, stored as canonical JSON text so the params stay hashable), ``json_object``
-    (any JSON object), ``regex``, ``choice`` (one of these strings) or ``grammar`` (EBNF).
+    JSON schema, a dict or its JSON text; stored as JSON text so the params stay hashable,
+    keys in their order: properties are generated in the schema's order), ``json_object``
+    (any JSON object), ``regex`` (the whole output matches it), ``choice`` (one of these
+    strings) or ``grammar`` (Lark, or GBNF / EBNF ``root ::= ...``).
 
-    This is the seam between the API and the sampler: the server fills it (a required or
-    named tool call's schema, the Responses API's ``text.format``); the sampler's token
-    mask honours it. Until the grammar backend lands, requests carrying it run unconstrained.
+    The server fills it (``response_format``, ``structured_outputs`` / ``guided_*``, a
+    required or named tool call's schema, the Responses API's ``text.format``); the engine
+    compiles it when the request is made (``thinkstream.structured``: an invalid one is a
+    ``ParamError``) and the sampler's token mask enforces it.
     """
 
     json: str | None = None
@@ -63,7 +66,11 @@ class StructuredOutputsParams:
 
     def __post_init__(self) -> None:
         if self.json is not None and not isinstance(self.json, str):
-            object.__setattr__(self, "json", json.dumps(self.json, sort_keys=True))
+            try:
+                object.__setattr__(self, "json", json.dumps(self.json))
+            except (TypeError, ValueError):
+                raise ParamError("structured_outputs", "json must be a JSON schema (a dict "
+                                 "or its JSON text)") from None
         if self.choice is not None:
             object.__setattr__(self, "choice", tuple(self.choice))
         chosen = [n for n in ("json", "regex", "choice", "grammar") if getattr(self, n) is not None]

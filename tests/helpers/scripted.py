@@ -20,8 +20,8 @@ def script(llm, reply: Callable[[str], str]) -> None:
     eos = tok.eos_token_ids[0]
     planned: dict[str, list[int]] = {}
 
-    def sample(logits, rows, seqs, eos_ids):
-        ids, logprobs = original(logits, rows, seqs, eos_ids)
+    def sample(logits, rows, seqs, eos_ids, token_mask=None):
+        ids, logprobs = original(logits, rows, seqs, eos_ids, token_mask)
         forced = []
         for seq in seqs:
             plan = planned.get(seq.seq_id)

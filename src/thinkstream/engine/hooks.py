@@ -3,10 +3,13 @@
 A step is four phases: schedule, execute, update, outputs. Features see it through two
 small interfaces:
 
-- ``StepHook`` (``LLMEngine.add_hook``): after the forward, before anything is sampled,
-  a hook may void the samples of sequences whose inputs it changed (the close-time
-  exactness check of streamed input, ``streaming.close_check``); when a request ends the
-  hook forgets it; ``check`` asserts its invariants in ``LLMEngine.check_integrity``.
+- ``StepHook`` (``LLMEngine.add_hook``): before the forward a hook may start work that
+  overlaps it; after the forward, before anything is sampled, it may void the samples of
+  sequences whose inputs it changed (the close-time exactness check of streamed input,
+  ``streaming.close_check``) and restrict the tokens each sampled row may take (the
+  structured-outputs grammar mask, ``structured.outputs``); each sampled token is shown to
+  it, and it may end that sequence; when a request ends the hook forgets it; ``check``
+  asserts its invariants in ``LLMEngine.check_integrity``.
 - ``SequenceOwner`` (``LLMEngine.attach``): a feature that adds sequences of its own to a
   request (a session's reasoning stream, ``thinking.controller``; fork/join threads and
   draft tokens plug in the same way). The engine schedules them like any other; each
@@ -23,17 +26,38 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import torch
+
     from thinkstream.engine.request import Sequence
     from thinkstream.engine.scheduler import ScheduledSeq
 
 
 class StepHook:
-    """No-op defaults; override what the feature needs."""
+    """No-op defaults; override what the feature needs. The engine calls them in this order
+    within a step: ``before_forward``, (forward), ``after_forward``, ``token_mask``, (sample),
+    ``on_token`` per sampled token."""
+
+    def before_forward(self, scheduled: list[ScheduledSeq]) -> None:
+        """The step is planned and its forward is about to run: start work that can overlap
+        it (on a worker thread) and must be ready before sampling. A sequence samples this
+        step when ``s.completes and s.seq.wants_sample`` (so do its ``fork_children``)."""
 
     def after_forward(self, scheduled: list[ScheduledSeq]) -> set[str]:
         """The step's KV is written, nothing is sampled yet. Returns the ids of sequences
         whose sample this step is void (their inputs were changed; they recompute)."""
         return set()
+
+    def token_mask(self, seqs: list[Sequence]) -> torch.Tensor | None:
+        """One token is about to be sampled for each of ``seqs`` (samples voided by
+        ``after_forward`` are gone). Returns the tokens each row may take as a packed
+        bitmask (``structured.mask``: (len(seqs), ceil(V / 32)) int32, all bits set where a
+        row is free), or None to leave every row free. Masks of several hooks are ANDed."""
+        return None
+
+    def on_token(self, seq: Sequence, token_id: int) -> bool:
+        """``token_id`` was sampled for ``seq`` and appended (token-level stops applied).
+        Returns True to end ``seq`` now (finish reason "stop")."""
+        return False
 
     def on_finish(self, request_id: str) -> None:
         """``request_id`` ended (finished or aborted): drop anything held for it."""

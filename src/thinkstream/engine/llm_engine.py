@@ -11,6 +11,7 @@ thread count is changed only for the duration of a step (``intra_op_threads``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -31,7 +32,9 @@ from thinkstream.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOu
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
 from thinkstream.models.registry import build_model
-from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.sampling_params import ParamError, SamplingParams, StructuredOutputsParams
+from thinkstream.structured.compiler import ConstraintError, GrammarCompiler
+from thinkstream.structured.outputs import StructuredOutputs
 from thinkstream.worker.runner import DTYPES, ModelRunner, kv_bytes_per_block
 
 log = logging.getLogger("thinkstream.engine.llm_engine")
@@ -119,7 +122,10 @@ class LLMEngine:
         self._rng = random.Random(cfg.seed)
         self.num_preemptions = 0
         self.last_step_progress = True  # the last step computed, preempted or ended something
-        self._hooks: list[StepHook] = []
+        # structured outputs: grammars compiled per constraint, a matcher per sequence
+        self.structured = StructuredOutputs(
+            GrammarCompiler(self.tokenizer, mcfg.vocab_size, self.eos_ids))
+        self._hooks: list[StepHook] = [self.structured]
         # Attached sequences (``attach``): scheduled like any other, not outputs of their
         # request, ended with it; their owner hears of their tokens and starvation.
         self._attached: dict[str, list[Sequence]] = {}
@@ -148,6 +154,7 @@ class LLMEngine:
         params = params or SamplingParams()
         request_id = request_id or f"req-{uuid.uuid4().hex}"  # never one a caller chose
         ids = self.encode_prompt(prompt, allow_empty=not input_closed)
+        self.check_params(params)
         self.check_length(len(ids), params)
         max_tokens = self.resolve_max_tokens(params, len(ids))
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
@@ -179,6 +186,22 @@ class LLMEngine:
         """Queue a request; returns its id. Raises ``RequestError`` before taking any block."""
         return self.add(self.make_request(request_id, prompt, params, input_closed=input_closed,
                                           salt=salt))
+
+    def check_params(self, params: SamplingParams) -> None:
+        """What ``SamplingParams`` cannot check alone: ``logit_bias`` ids in the vocabulary,
+        a ``structured_outputs`` constraint that compiles for this tokenizer (cached)."""
+        bad = [t for t, _ in params.logit_bias if t >= self.model_config.vocab_size]
+        if bad:
+            raise ParamError("logit_bias", f"token id {bad[0]} is outside the vocabulary")
+        try:
+            if params.structured_outputs is not None:
+                self.compile_constraint(params.structured_outputs)
+        except ConstraintError as exc:
+            raise ParamError("structured_outputs", str(exc)) from None
+
+    def compile_constraint(self, constraint: StructuredOutputsParams) -> None:
+        """Compile a constraint (cached; any thread). Raises ``ConstraintError``."""
+        self.structured.compiler.compile(constraint)
 
     def resolve_max_tokens(self, params: SamplingParams, num_prompt_tokens: int) -> int:
         """Output tokens a sequence may generate: ``params.max_tokens``, or (unset) what the
@@ -406,6 +429,8 @@ class LLMEngine:
         # a source may be evicted while its viewer computes tokens that do not see it
         tables = {sid: self.kv.block_table(sid) for sid in seq_ids if self.kv.has(sid)}
         with intra_op_threads(self.config.num_threads):
+            for hook in self._hooks:  # work that overlaps the forward (grammar masks)
+                hook.before_forward(out.scheduled)
             logits, last_rows, prompt_rows = self.runner.forward(out, tables)
             self.scheduler.commit(out)
             void = set().union(*(h.after_forward(out.scheduled) for h in self._hooks))
@@ -422,8 +447,14 @@ class LLMEngine:
                     for sampler in [seq, *self.scheduler.fork_children(seq)]:
                         samplers.append(sampler)
                         rows.append(row)
-            token_ids, logprobs = self.runner.sample(logits, rows, samplers, self.eos_ids)
+            token_ids, logprobs = self.runner.sample(logits, rows, samplers, self.eos_ids,
+                                                     self._token_mask(samplers))
         return _Samples(samplers, token_ids, logprobs)
+
+    def _token_mask(self, seqs: list[Sequence]) -> torch.Tensor | None:
+        """The tokens each sampled row may take: the hooks' masks ANDed (None: any)."""
+        masks = [m for h in self._hooks if (m := h.token_mask(seqs)) is not None]
+        return functools.reduce(torch.bitwise_and, masks) if masks else None
 
     def _update(self, samples: _Samples, touched: dict[str, RequestState]) -> None:
         """Append each sampled token (finishing on token-level stops); an attached
@@ -433,6 +464,8 @@ class LLMEngine:
             if lp is not None:
                 seq.logprobs.append(lp)
             self.scheduler.append_token(seq, token_id, self.eos_ids)
+            if any([h.on_token(seq, token_id) for h in self._hooks]):  # a grammar is complete
+                self.scheduler.finish(seq, SeqStatus.FINISHED_STOPPED)
             owner = self._owners.get(seq.seq_id)
             rid = owner.on_token(seq, token_id) if owner is not None else seq.request_id
             if rid is not None and rid in self.requests:

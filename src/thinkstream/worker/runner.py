@@ -133,15 +133,19 @@ class ModelRunner:
 
     @torch.inference_mode()
     def sample(
-        self, logits: torch.Tensor, rows: list[int], seqs: list[Sequence], eos_ids: frozenset[int]
+        self, logits: torch.Tensor, rows: list[int], seqs: list[Sequence], eos_ids: frozenset[int],
+        token_mask: torch.Tensor | None = None,
     ) -> tuple[list[int], list[TokenLogprob | None]]:
-        """One token per sequence, sequence i drawing from logits row rows[i]."""
+        """One token per sequence, sequence i drawing from logits row rows[i] among the
+        tokens row i of ``token_mask`` allows (packed, ``structured.mask``; None: any).
+        Log-probabilities are the model's (before bias, bans and the mask)."""
         if not seqs:
             return [], []
         x = _take(logits, rows)
         banned = [_banned_ids(seq, eos_ids) for seq in seqs]
         st = build_sampling_tensors(
-            [s.params for s in seqs], [s.generator for s in seqs], x.shape[1], x.device, banned
+            [s.params for s in seqs], [s.generator for s in seqs], x.shape[1], x.device, banned,
+            token_mask,
         )
         processed = penalize(
             x, st, [s.token_ids[: s.num_prompt_tokens] for s in seqs],

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from thinkstream.sampling_params import SamplingParams
+from thinkstream.structured.mask import apply_token_bitmask
 
 # Floor for the exponential noise so ``probs / q`` never divides by zero.
 _MIN_NOISE = 1e-10
@@ -45,8 +46,13 @@ class SamplingTensors:
     greedy: Tensor  # (B,) bool
     generators: list[torch.Generator | None]  # on the logits' device; None = default RNG
     banned: list[tuple[int, ...]]  # per row, ids forced to -inf (min_tokens: eos / stop ids)
+    logit_bias: list[tuple[tuple[int, float], ...]]  # per row, (id, bias) added to the logits
+    # (B, ceil(V / 32)) int32 packed allowed tokens (``structured.mask``; all bits set in a
+    # free row), or None: every row free
+    token_bitmask: Tensor | None
     all_greedy: bool
     no_penalties: bool
+    no_logit_bias: bool
     no_top_k: bool
     no_top_p: bool
     no_min_p: bool
@@ -58,12 +64,17 @@ def build_sampling_tensors(
     vocab_size: int,
     device: torch.device | str = "cpu",
     banned: Sequence[Sequence[int]] | None = None,
+    token_bitmask: Tensor | None = None,
 ) -> SamplingTensors:
-    """Gather the per-row params of one step into tensors (one host-to-device copy each)."""
+    """Gather the per-row params of one step into tensors (one host-to-device copy each).
+    ``token_bitmask``: the rows' allowed tokens, packed (``structured.mask``)."""
     if len(generators) != len(params):
         raise ValueError(f"generators: need one per row ({len(params)}), got {len(generators)}")
     if banned is not None and len(banned) != len(params):
         raise ValueError(f"banned: need one list per row ({len(params)}), got {len(banned)}")
+    if token_bitmask is not None and token_bitmask.shape[0] != len(params):
+        raise ValueError(f"token_bitmask: need one row per row ({len(params)}), "
+                         f"got {token_bitmask.shape[0]}")
     greedy = [p.greedy for p in params]
     top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
 
@@ -81,11 +92,14 @@ def build_sampling_tensors(
         greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
         generators=list(generators),
         banned=[tuple(b) for b in banned] if banned is not None else [() for _ in params],
+        logit_bias=[p.logit_bias for p in params],
+        token_bitmask=None if token_bitmask is None else token_bitmask.to(device),
         all_greedy=all(greedy),
         no_penalties=all(
             p.presence_penalty == 0 and p.frequency_penalty == 0 and p.repetition_penalty == 1
             for p in params
         ),
+        no_logit_bias=not any(p.logit_bias for p in params),
         no_top_k=all(k == vocab_size for k in top_k),
         no_top_p=all(p.top_p >= 1.0 for p in params),
         no_min_p=all(p.min_p <= 0.0 for p in params),
@@ -158,6 +172,37 @@ def apply_banned(logits: Tensor, banned: Sequence[Sequence[int]]) -> Tensor:
     return out
 
 
+def apply_logit_bias(logits: Tensor, bias: Sequence[Sequence[tuple[int, float]]]) -> Tensor:
+    """Add each row's ``(token id, bias)`` pairs to its logits (OpenAI's ``logit_bias``: -100
+    makes a token all but impossible, +100 all but certain). Ids past the vocabulary are
+    ignored."""
+    vocab = logits.shape[1]
+    pairs = [(row, t, b) for row, items in enumerate(bias) for t, b in items if t < vocab]
+    if not pairs:
+        return logits
+    rows, cols, values = zip(*pairs, strict=True)
+    index = torch.tensor([rows, cols], device=logits.device)  # (2, n): row ids, token ids
+    out = logits.clone()
+    out[index[0], index[1]] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
+    return out
+
+
+def apply_allowed(logits: Tensor, st: SamplingTensors) -> Tensor:
+    """Bans, then the token mask (disallowed tokens -inf). Where the two leave a row
+    nothing (``min_tokens`` banning the EOS that is all a finished grammar allows), the
+    mask alone applies: the grammar wins."""
+    banned = apply_banned(logits, st.banned)
+    if st.token_bitmask is None:
+        return banned
+    masked = apply_token_bitmask(banned, st.token_bitmask)
+    if masked is banned:  # no row constrained
+        return banned
+    empty = torch.isneginf(masked).all(dim=1)
+    if bool(empty.any()):
+        masked[empty] = apply_token_bitmask(logits[empty], st.token_bitmask[empty])
+    return masked
+
+
 def apply_temperature(logits: Tensor, temperature: Tensor) -> Tensor:
     """Divide each row by its temperature (B,); greedy rows must carry a non-zero placeholder."""
     return logits / temperature.unsqueeze(1)
@@ -213,16 +258,20 @@ def sample(logits: Tensor, st: SamplingTensors) -> Tensor:
 
     Steps, in order:
       1. penalties (applied by the caller, see ``penalize``);
-      2. bans: ``st.banned`` ids -> -inf;
-      3. greedy rows: argmax (lowest id on ties); if every row is greedy, stop here;
-      4. temperature;
-      5. top-k;
-      6. top-p;
-      7. min-p;
-      8. softmax;
-      9. draw each non-greedy row with its own generator (exponential race).
+      2. logit bias: ``st.logit_bias`` added;
+      3. bans: ``st.banned`` ids -> -inf;
+      4. token mask: what ``st.token_bitmask`` disallows -> -inf (structured outputs);
+      5. greedy rows: argmax (lowest id on ties); if every row is greedy, stop here;
+      6. temperature;
+      7. top-k;
+      8. top-p;
+      9. min-p;
+      10. softmax;
+      11. draw each non-greedy row with its own generator (exponential race).
     """
-    logits = apply_banned(logits, st.banned)
+    if not st.no_logit_bias:
+        logits = apply_logit_bias(logits, st.logit_bias)
+    logits = apply_allowed(logits, st)
     greedy_ids = logits.argmax(dim=1)
     if st.all_greedy:
         return greedy_ids
