@@ -14,8 +14,8 @@ in that format and tool results become user turns wrapped in ``<tool_response>``
 ``tool_choice``: ``none`` gives the template no tools and parses no calls; ``auto`` parses
 calls when the model makes them; ``required`` and a named function also set
 ``SamplingParams.structured_outputs`` to the call's JSON schema (``call_constraint``), which
-the sampler's token mask will enforce once structured outputs land. Until then the output is
-parsed best effort: a model may still answer in text.
+the sampler's token mask enforces (``thinkstream.structured``): the output is that JSON, so
+its arguments always parse.
 """
 
 from __future__ import annotations

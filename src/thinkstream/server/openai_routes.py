@@ -27,6 +27,7 @@ from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
 from thinkstream.server.auth import request_owner
 from thinkstream.server.chat_tools import opens_reasoning, plan_tools
+from thinkstream.server.constraints import body_constraint, checked
 from thinkstream.server.errors import APIError, to_api_error
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
@@ -116,8 +117,8 @@ def _logit_bias(state: ServerState, bias: dict[str, float] | None) -> dict[int, 
 
 
 def _params(body: P.SamplingRequest, max_tokens: int | None, logprobs: int | None,
-            prompt_logprobs: int | None = None,
-            logit_bias: dict[int, float] | None = None) -> SamplingParams:
+            prompt_logprobs: int | None = None, logit_bias: dict[int, float] | None = None,
+            structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
     def pick(value, default):
         return default if value is None else value
 
@@ -132,6 +133,7 @@ def _params(body: P.SamplingRequest, max_tokens: int | None, logprobs: int | Non
         min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, logprobs=logprobs,
         prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
         include_stop_str_in_output=body.include_stop_str_in_output, logit_bias=logit_bias,
+        structured_outputs=structured_outputs,
     )
 
 
@@ -239,7 +241,7 @@ async def completions(request: Request) -> Response:
         raise APIError(400, "max_tokens: 0 is only allowed with echo=true (prompt scoring)",
                        "max_tokens", "invalid_value")
     params = _params(body, 1 if score_only else body.max_tokens, body.logprobs, prompt_lp,
-                     _logit_bias(state, body.logit_bias))
+                     _logit_bias(state, body.logit_bias), body_constraint(state, body))
     prompts = fmt.split_prompts(body.prompt)
     if not prompts:
         raise APIError(400, "prompt: must not be empty", "prompt", "invalid_value")
@@ -265,7 +267,8 @@ def chat_params(state, body) -> tuple[SamplingParams, int | None]:
     _check_caps(state, body, body.top_logprobs, "top_logprobs")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens
-    return _params(body, max_tokens, logprobs, None, _logit_bias(state, body.logit_bias)), logprobs
+    return _params(body, max_tokens, logprobs, None, _logit_bias(state, body.logit_bias),
+                   body_constraint(state, body)), logprobs
 
 
 @dataclasses.dataclass
@@ -282,13 +285,14 @@ def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
                  constraint: StructuredOutputsParams | None = None) -> PreparedChat:
     """Template, tools, params and context checks of a chat request (chat completions and
     the Responses API). A required or named tool call's schema (``chat_tools``) goes to
-    ``structured_outputs`` before ``constraint`` (a response format)."""
+    ``structured_outputs`` before ``constraint`` (the Responses API's ``text.format``,
+    checked by the caller) and the body's own (``response_format``, ``guided_*``...)."""
     if not body.messages:
         raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
     params, logprobs = chat_params(state, body)
     tokenizer, cfg = state.llm.tokenizer, state.config
     plan = plan_tools(body, tokenizer.chat_template, cfg.tool_prompt)
-    constraint = plan.constraint or constraint
+    constraint = checked(state, plan.constraint, "tools") or constraint
     if constraint is not None:
         params = dataclasses.replace(params, structured_outputs=constraint)
     ids = fmt.render_chat(tokenizer, body,

@@ -74,8 +74,37 @@ class StreamOptions(StrictBody):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(StrictBody):
+    """``response_format.json_schema``: OpenAI's ``{"name", "schema", "strict"}``."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    name: Text | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: Text | None = None
+
+
+class ResponseFormat(StrictBody):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsBody(StrictBody):
+    """vLLM's ``structured_outputs``: one of ``json`` (a schema, or its JSON text),
+    ``json_object``, ``regex``, ``choice``, ``grammar`` (its other options are ignored)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    json_: dict[str, Any] | Text | None = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: Text | None = None
+    choice: list[Text] | None = None
+    grammar: Text | None = None
+
+
 class SamplingRequest(StrictBody):
-    """Fields shared by completions and chat completions (with vLLM's extras)."""
+    """Fields shared by completions and chat completions (with vLLM's extras). The output
+    constraints (``response_format``, ``structured_outputs``, the older ``guided_*``) are
+    read by ``server.constraints``."""
 
     model: Text | None = None
     n: int = 1
@@ -94,6 +123,12 @@ class SamplingRequest(StrictBody):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsBody | None = None
+    guided_json: dict[str, Any] | Text | None = None
+    guided_regex: Text | None = None
+    guided_choice: list[Text] | None = None
+    guided_grammar: Text | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Text | None = None
@@ -323,7 +358,7 @@ _VALIDATOR = re.compile(r"function-[a-z-]+\[[^,\[\]]*, ([^\[\]]*(?:\[[^\[\]]*\])
 _WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean",
           "list[str]": "a list of strings", "list[int]": "a list of token ids",
           "list[list[int]]": "a list of lists of token ids", "list[TextPart]": "a list of text parts",
-          "list[ContentPart]": "a list of content parts"}
+          "list[ContentPart]": "a list of text parts"}
 
 
 def _tag(part: Any) -> str | None:

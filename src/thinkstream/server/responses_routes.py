@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from thinkstream.server import responses_protocol as R
 from thinkstream.server.auth import request_owner
+from thinkstream.server.constraints import checked
 from thinkstream.server.errors import to_api_error
 from thinkstream.server.openai_routes import (
     _ERRORS,
@@ -55,7 +56,8 @@ async def responses(request: Request) -> Response:
     body = await parse_body(request, R.ResponsesRequest)
     check_model(state, body.model)
     R.check_stateless(body)
-    chat = prepare_chat(state, R.chat_request(body), R.text_constraint(body))
+    text_format = checked(state, R.text_constraint(body), "text.format.schema")
+    chat = prepare_chat(state, R.chat_request(body), text_format)
     job = Job(state, _public_id(request, body, "resp"), [chat.ids], chat.params,
               request_owner(request.scope))
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
