@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny import random_tensors, tiny_config
+from helpers.tiny import random_tensors, tiny_checkpoint, tiny_config
 
 from thinkstream.attention.metadata import (
     AttentionConfig,
@@ -20,7 +20,9 @@ from thinkstream.attention.metadata import (
 )
 from thinkstream.attention.paged import paged_attention
 from thinkstream.config import EngineConfig
+from thinkstream.llm import LLM
 from thinkstream.models.registry import build_model
+from thinkstream.sampling_params import SamplingParams
 from thinkstream.worker.runner import ModelRunner
 
 H, KVH, D, BS = 6, 2, 16, 4
@@ -89,3 +91,16 @@ def test_float32_precision_computes_in_float32(window: int | None) -> None:
         want = paged_attention(q.float(), k.float(), v.float(), 0, ref_meta, 0.25, window is not None)
         assert got.dtype == torch.bfloat16
         assert torch.equal(got, want.to(torch.bfloat16))
+
+
+
+@pytest.mark.parametrize(("dtype", "setting", "want"), [
+    ("bfloat16", "parity", Precision.PARITY), ("bfloat16", "auto", Precision.MIXED),
+    ("float32", "auto", Precision.PARITY), ("float32", "float32", Precision.FLOAT32),
+])
+def test_the_engine_hands_its_setting_to_the_runner(dtype: str, setting: str, want) -> None:
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype=dtype, attention_precision=setting,
+              block_size=4, num_blocks=32)
+    assert llm.engine.runner.attention.precision is want
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    assert len(llm.generate([[5, 6, 7, 8, 9]], params)[0].outputs[0].token_ids) == 3

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from thinkstream.attention.metadata import AttentionConfig
 from thinkstream.config import EngineConfig
 from thinkstream.engine.hooks import SequenceOwner, StepHook
 from thinkstream.engine.output import RequestState
@@ -116,7 +117,8 @@ class LLMEngine:
             self.kv, priority=policy_key(cfg.session_policy),
         )
         self.runner = ModelRunner(self.model, mcfg, num_blocks, cfg.block_size, dtype, self.device,
-                                  cfg.compile_decode, cfg.max_num_seqs)
+                                  cfg.compile_decode, cfg.max_num_seqs,
+                                  AttentionConfig.for_engine(cfg.attention_precision, dtype))
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(cfg.seed)
