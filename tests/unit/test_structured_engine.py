@@ -196,7 +196,7 @@ def test_an_invalid_constraint_is_refused_before_anything_is_queued(engine) -> N
     assert err.value.param == "structured_outputs"
     assert str(err.value).startswith("structured_outputs regex: ")
     assert not engine.requests and not engine.scheduler.waiting
-    with pytest.raises(ParamError, match="logit_bias token id 320 is outside the vocabulary"):
+    with pytest.raises(ParamError, match=r"logit_bias token ids must be in the vocabulary \(0..319\)"):
         engine.add_request("bad", PROMPT, SamplingParams(logit_bias={320: 1}))
 
 

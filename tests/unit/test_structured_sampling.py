@@ -53,6 +53,18 @@ def test_apply_token_bitmask_leaves_free_rows_and_the_input_alone() -> None:
     assert apply_token_bitmask(logits, free) is logits  # nothing constrained: no copy
 
 
+@pytest.mark.parametrize("free_rows, vocab", [((), 70), ((1, 3, 4), 70), ((0,), 100),
+                                              ((), 64)])
+def test_the_bit_select_equals_masked_fill(free_rows, vocab) -> None:
+    g = torch.Generator().manual_seed(vocab + len(free_rows))
+    bm = torch.randint(-2**31, 2**31 - 1, (5, 3), dtype=torch.int32, generator=g)
+    bm[list(free_rows)] = -1
+    logits = torch.randn(5, vocab, generator=g)
+    ref = logits.masked_fill(~unpack_bitmask(bm, vocab), INF)
+    assert torch.equal(apply_token_bitmask(logits, bm), ref)
+    assert torch.equal(apply_token_bitmask(logits.double(), bm), ref.double())  # the fallback
+
+
 def test_mask_applies_before_greedy_and_before_temperature_and_top_p() -> None:
     logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]] * 3)
     params = [SamplingParams(temperature=0), SamplingParams(temperature=0.7, top_p=0.5, seed=1),

@@ -22,7 +22,9 @@ This module imports no torch.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import functools
+import operator
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -73,3 +75,9 @@ class SequenceOwner(Protocol):
 
     def on_starved(self, seq: Sequence) -> None:
         """``seq`` can never get its blocks beside the sequences it views: shrink it."""
+
+
+def token_mask(hooks: Iterable[StepHook], seqs: list[Sequence]) -> torch.Tensor | None:
+    """The tokens each of ``seqs`` may take now: the hooks' masks ANDed (None: any)."""
+    masks = [m for h in hooks if (m := h.token_mask(seqs)) is not None]
+    return functools.reduce(operator.and_, masks) if masks else None

@@ -11,7 +11,6 @@ thread count is changed only for the duration of a step (``intra_op_threads``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -25,7 +24,7 @@ import torch
 
 from thinkstream.attention.metadata import AttentionConfig
 from thinkstream.config import EngineConfig
-from thinkstream.engine.hooks import SequenceOwner, StepHook
+from thinkstream.engine.hooks import SequenceOwner, StepHook, token_mask
 from thinkstream.engine.output import RequestState
 from thinkstream.engine.policy import policy_key
 from thinkstream.engine.request import RequestOutput, SeqStatus, Sequence
@@ -33,8 +32,8 @@ from thinkstream.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOu
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
 from thinkstream.models.registry import build_model
-from thinkstream.sampling_params import ParamError, SamplingParams, StructuredOutputsParams
-from thinkstream.structured.compiler import ConstraintError, GrammarCompiler
+from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.structured.compiler import GrammarCompiler
 from thinkstream.structured.outputs import StructuredOutputs
 from thinkstream.worker.runner import DTYPES, ModelRunner, kv_bytes_per_block
 
@@ -124,9 +123,8 @@ class LLMEngine:
         self._rng = random.Random(cfg.seed)
         self.num_preemptions = 0
         self.last_step_progress = True  # the last step computed, preempted or ended something
-        # structured outputs: grammars compiled per constraint, a matcher per sequence
-        self.structured = StructuredOutputs(
-            GrammarCompiler(self.tokenizer, mcfg.vocab_size, self.eos_ids))
+        self.structured = StructuredOutputs(GrammarCompiler(self.tokenizer, mcfg.vocab_size,
+                                                            self.eos_ids))  # grammar masks
         self._hooks: list[StepHook] = [self.structured]
         # Attached sequences (``attach``): scheduled like any other, not outputs of their
         # request, ended with it; their owner hears of their tokens and starvation.
@@ -191,19 +189,11 @@ class LLMEngine:
 
     def check_params(self, params: SamplingParams) -> None:
         """What ``SamplingParams`` cannot check alone: ``logit_bias`` ids in the vocabulary,
-        a ``structured_outputs`` constraint that compiles for this tokenizer (cached)."""
-        bad = [t for t, _ in params.logit_bias if t >= self.model_config.vocab_size]
-        if bad:
-            raise ParamError("logit_bias", f"token id {bad[0]} is outside the vocabulary")
-        try:
-            if params.structured_outputs is not None:
-                self.compile_constraint(params.structured_outputs)
-        except ConstraintError as exc:
-            raise ParamError("structured_outputs", str(exc)) from None
-
-    def compile_constraint(self, constraint: StructuredOutputsParams) -> None:
-        """Compile a constraint (cached; any thread). Raises ``ConstraintError``."""
-        self.structured.compiler.compile(constraint)
+        a ``structured_outputs`` constraint that compiles (``self.structured``, cached)."""
+        if any(t >= self.model_config.vocab_size for t, _ in params.logit_bias):
+            raise ParamError("logit_bias", "token ids must be in the vocabulary "
+                             f"(0..{self.model_config.vocab_size - 1})")
+        self.structured.check_params(params)
 
     def resolve_max_tokens(self, params: SamplingParams, num_prompt_tokens: int) -> int:
         """Output tokens a sequence may generate: ``params.max_tokens``, or (unset) what the
@@ -450,13 +440,8 @@ class LLMEngine:
                         samplers.append(sampler)
                         rows.append(row)
             token_ids, logprobs = self.runner.sample(logits, rows, samplers, self.eos_ids,
-                                                     self._token_mask(samplers))
+                                                     token_mask(self._hooks, samplers))
         return _Samples(samplers, token_ids, logprobs)
-
-    def _token_mask(self, seqs: list[Sequence]) -> torch.Tensor | None:
-        """The tokens each sampled row may take: the hooks' masks ANDed (None: any)."""
-        masks = [m for h in self._hooks if (m := h.token_mask(seqs)) is not None]
-        return functools.reduce(torch.bitwise_and, masks) if masks else None
 
     def _update(self, samples: _Samples, touched: dict[str, RequestState]) -> None:
         """Append each sampled token (finishing on token-level stops); an attached

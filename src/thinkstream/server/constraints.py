@@ -1,5 +1,5 @@
 """Structured outputs on the API: the request fields that constrain the output, read into one
-``StructuredOutputsParams`` and compiled before admission (``LLMEngine.compile_constraint``,
+``StructuredOutputsParams`` and compiled before admission (``engine.structured.compile``,
 cached), so an invalid schema, regex or grammar is a 400 naming the field it came from.
 
     response_format  {"type": "json_object"} | {"type": "json_schema", "json_schema":
@@ -38,7 +38,7 @@ def checked(state, so: StructuredOutputsParams | None,
     if so is None:
         return None
     try:
-        state.llm.engine.compile_constraint(so)
+        state.llm.engine.structured.compile(so)
     except ConstraintError as exc:
         raise APIError(400, f"{field}: invalid {_WHAT[exc.field]}: {exc.reason}", field,
                        "invalid_value") from None

@@ -22,15 +22,18 @@ started and diverge with their own tokens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import llguidance
 import torch
 
 from thinkstream.engine.hooks import StepHook
-from thinkstream.structured.compiler import GrammarCompiler
+from thinkstream.sampling_params import ParamError, SamplingParams, StructuredOutputsParams
+from thinkstream.structured.compiler import ConstraintError, GrammarCompiler
 from thinkstream.structured.mask import bitmask_width, full_bitmask
 
 if TYPE_CHECKING:
@@ -38,6 +41,17 @@ if TYPE_CHECKING:
     from thinkstream.engine.scheduler import ScheduledSeq
 
 _Masks = tuple[dict[str, int], torch.Tensor]  # seq id -> row of the packed masks
+
+
+@dataclass
+class MaskTimes:
+    """Where mask time goes (``python -m thinkstream.bench.grammar --engine``): seconds
+    computing masks, and seconds the sampler waited for them after the forward (the part
+    the forward did not hide)."""
+
+    masks: int = 0
+    compute_s: float = 0.0
+    wait_s: float = 0.0
 
 
 class StructuredOutputs(StepHook):
@@ -48,6 +62,20 @@ class StructuredOutputs(StepHook):
         self._matchers: dict[str, dict[str, llguidance.LLMatcher]] = {}  # request -> seq -> m
         self._pending: Future[_Masks] | _Masks | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self.times = MaskTimes()
+
+    def compile(self, constraint: StructuredOutputsParams) -> None:
+        """Compile a constraint for this model (cached; safe from any thread: the server
+        validates requests with it). Raises ``ConstraintError`` (``.field``, ``.reason``)."""
+        self.compiler.compile(constraint)
+
+    def check_params(self, params: SamplingParams) -> None:
+        """``compile`` for a request being made: a ``ParamError`` on ``structured_outputs``."""
+        try:
+            if params.structured_outputs is not None:
+                self.compile(params.structured_outputs)
+        except ConstraintError as exc:
+            raise ParamError("structured_outputs", str(exc)) from None
 
     # ------------------------------------------------------------------ step
     def before_forward(self, scheduled: list[ScheduledSeq]) -> None:
@@ -119,14 +147,22 @@ class StructuredOutputs(StepHook):
         return matcher
 
     def _fill(self, work: list[tuple[str, llguidance.LLMatcher]]) -> _Masks:
+        start = time.perf_counter()
         masks = torch.empty(len(work), self.width, dtype=torch.int32)
         for i, (_, matcher) in enumerate(work):
             _fill_row(matcher, masks[i])
+        self.times.masks += len(work)
+        self.times.compute_s += time.perf_counter() - start
         return {sid: i for i, (sid, _) in enumerate(work)}, masks
 
     def _collect(self) -> _Masks | None:
         pending, self._pending = self._pending, None
-        return pending.result() if isinstance(pending, Future) else pending
+        if not isinstance(pending, Future):
+            return pending
+        start = time.perf_counter()
+        result = pending.result()
+        self.times.wait_s += time.perf_counter() - start
+        return result
 
 
 def _constrained(seq: Sequence) -> bool:

@@ -195,8 +195,8 @@ def apply_allowed(logits: Tensor, st: SamplingTensors) -> Tensor:
     if st.token_bitmask is None:
         return banned
     masked = apply_token_bitmask(banned, st.token_bitmask)
-    if masked is banned:  # no row constrained
-        return banned
+    if masked is banned or banned is logits:  # no row constrained / none banned: none empty
+        return masked
     empty = torch.isneginf(masked).all(dim=1)
     if bool(empty.any()):
         masked[empty] = apply_token_bitmask(logits[empty], st.token_bitmask[empty])
