@@ -13,7 +13,7 @@ streamed pieces concatenate to the whole-output result whatever the split.
 
 from __future__ import annotations
 
-from thinkstream.parsers.tool_calls import _partial_suffix
+from thinkstream.parsers.tool_calls import partial_suffix
 
 REASONING, CONTENT = "reasoning", "content"
 
@@ -60,7 +60,7 @@ class ThinkStream:
         if self.state == REASONING:
             at = self.buf.find(self.END)
             if at < 0:
-                keep = _partial_suffix(self.buf, (self.END,))
+                keep = partial_suffix(self.buf, (self.END,))
                 self._piece(out, REASONING, self.reasoning.push(self.buf[: len(self.buf) - keep]))
                 self.buf = self.buf[len(self.buf) - keep:]
                 return out

@@ -152,7 +152,7 @@ class ToolStream:
         pass
 
 
-def _partial_suffix(text: str, tags: tuple[str, ...]) -> int:
+def partial_suffix(text: str, tags: tuple[str, ...]) -> int:
     """Length of the longest end of ``text`` that begins one of ``tags`` (held back)."""
     best = 0
     for tag in tags:
@@ -185,7 +185,7 @@ class HermesToolStream(ToolStream):
         """Content up to the next block; False when more text is needed."""
         at = self.buf.find(self.START)
         if at < 0:
-            keep = _partial_suffix(self.buf, (self.START,))
+            keep = partial_suffix(self.buf, (self.START,))
             self.out.text(self.buf[: len(self.buf) - keep])
             self.buf = self.buf[len(self.buf) - keep:]
             return False

@@ -35,10 +35,10 @@ from thinkstream.server.serving import ClientGone, Job, ServerState, until_disco
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 _SEED_MOD = 1 << 62  # the engine seeds sequence i with seed + i: keep that in range
-_ERRORS = {code: {"model": P.ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 500, 503)}
+ERRORS = {code: {"model": P.ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 500, 503)}
 
 
-def _body_doc(model: type[BaseModel]) -> dict:
+def body_doc(model: type[BaseModel]) -> dict:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
@@ -155,7 +155,7 @@ def _check_context(state: ServerState, ids: list[int], params: SamplingParams,
         raise APIError(400, str(exc), exc.param, "context_length_exceeded") from None
 
 
-def _public_id(request: Request, body: P.SamplingRequest, prefix: str) -> str:
+def public_id(request: Request, body: P.SamplingRequest, prefix: str) -> str:
     raw = body.request_id or request.headers.get("x-request-id")
     if raw:
         return clean_request_id(raw, server_state(request).config.max_request_id_len)
@@ -163,7 +163,7 @@ def _public_id(request: Request, body: P.SamplingRequest, prefix: str) -> str:
 
 
 # ------------------------------------------------------------------ running
-async def _run(request: Request, job: Job, stream: Callable[[], AsyncIterator[str]] | None,
+async def run_job(request: Request, job: Job, stream: Callable[[], AsyncIterator[str]] | None,
                collect: Callable[[], Any]) -> Response:
     """Admit ``job``; stream it as SSE or collect it (aborting on disconnect)."""
     job.admit()
@@ -198,7 +198,7 @@ async def _sse(job: Job, chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def _wrap_errors(fn):
+def wrap_errors(fn):
     """Run a route; turn validation errors into 400s with the parameter named."""
     async def wrapper(request: Request) -> Response:
         try:
@@ -213,7 +213,7 @@ def _wrap_errors(fn):
 
 
 # ------------------------------------------------------------------ routes
-@router.get("/v1/models", response_model=P.ModelList, responses=_ERRORS)
+@router.get("/v1/models", response_model=P.ModelList, responses=ERRORS)
 async def list_models(request: Request) -> dict:
     """The one model this server serves."""
     state = server_state(request)
@@ -222,9 +222,9 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [card.model_dump()]}
 
 
-@router.post("/v1/completions", openapi_extra=_body_doc(P.CompletionRequest),
-             responses={200: {"model": P.CompletionResponse}, **_ERRORS})
-@_wrap_errors
+@router.post("/v1/completions", openapi_extra=body_doc(P.CompletionRequest),
+             responses={200: {"model": P.CompletionResponse}, **ERRORS})
+@wrap_errors
 async def completions(request: Request) -> Response:
     """OpenAI text completions (``stream`` sends server-sent events ending in ``[DONE]``)."""
     state = server_state(request)
@@ -248,14 +248,14 @@ async def completions(request: Request) -> Response:
     encoded = [state.llm.engine.encode_prompt(p) for p in prompts]
     for ids in encoded:
         _check_context(state, ids, params, "prompt")
-    job = Job(state, _public_id(request, body, "cmpl"), encoded, params,
+    job = Job(state, public_id(request, body, "cmpl"), encoded, params,
               request_owner(request.scope))
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
                               state.llm.tokenizer, prompts, encoded, body.echo,
                               body.logprobs, params.n, params.skip_special_tokens, score_only)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
-    return await _run(request, job, stream, view.response)
+    return await run_job(request, job, stream, view.response)
 
 
 def chat_params(state, body) -> tuple[SamplingParams, int | None]:
@@ -309,9 +309,9 @@ def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
     return PreparedChat(ids, params, logprobs, spec)
 
 
-@router.post("/v1/chat/completions", openapi_extra=_body_doc(P.ChatCompletionRequest),
-             responses={200: {"model": P.ChatCompletionResponse}, **_ERRORS})
-@_wrap_errors
+@router.post("/v1/chat/completions", openapi_extra=body_doc(P.ChatCompletionRequest),
+             responses={200: {"model": P.ChatCompletionResponse}, **ERRORS})
+@wrap_errors
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions through the model's chat template (``tools``: calls parsed
     into ``tool_calls``; a reasoning parser splits off ``reasoning_content``)."""
@@ -319,16 +319,16 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, P.ChatCompletionRequest)
     check_model(state, body.model)
     chat = prepare_chat(state, body)
-    job = Job(state, _public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
+    job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
               request_owner(request.scope))
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
                         len(chat.ids), chat.logprobs, chat.params.n, chat.parser)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
-    return await _run(request, job, stream, view.response)
+    return await run_job(request, job, stream, view.response)
 
 
-@router.post("/v1/requests/{request_id}/cancel", responses=_ERRORS)
+@router.post("/v1/requests/{request_id}/cancel", responses=ERRORS)
 async def cancel_request(request_id: str, request: Request) -> Response:
     """Abort a running request by its id (the response ``id`` / ``X-Request-Id``); only
     the API key that made it may (another key's request is a 404)."""

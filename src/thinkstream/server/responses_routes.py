@@ -20,15 +20,15 @@ from thinkstream.server.auth import request_owner
 from thinkstream.server.constraints import checked
 from thinkstream.server.errors import to_api_error
 from thinkstream.server.openai_routes import (
-    _ERRORS,
-    _body_doc,
-    _public_id,
-    _run,
-    _wrap_errors,
+    ERRORS,
+    body_doc,
     check_model,
     parse_body,
     prepare_chat,
+    public_id,
+    run_job,
     server_state,
+    wrap_errors,
 )
 from thinkstream.server.responses_format import ResponsesView
 from thinkstream.server.serving import Job
@@ -48,8 +48,8 @@ def _echo(body: R.ResponsesRequest) -> dict:
             "reasoning": {"effort": None, "summary": None}}
 
 
-@router.post("/v1/responses", openapi_extra=_body_doc(R.ResponsesRequest), responses=_ERRORS)
-@_wrap_errors
+@router.post("/v1/responses", openapi_extra=body_doc(R.ResponsesRequest), responses=ERRORS)
+@wrap_errors
 async def responses(request: Request) -> Response:
     """OpenAI Responses API (stateless: no ``previous_response_id`` or ``store``)."""
     state = server_state(request)
@@ -58,12 +58,12 @@ async def responses(request: Request) -> Response:
     R.check_stateless(body)
     text_format = checked(state, R.text_constraint(body), "text.format.schema")
     chat = prepare_chat(state, R.chat_request(body), text_format)
-    job = Job(state, _public_id(request, body, "resp"), [chat.ids], chat.params,
+    job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params,
               request_owner(request.scope))
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
                          chat.parser, len(chat.ids))
     stream = (lambda: _events(view.events(job.outputs()))) if body.stream else None
-    return await _run(request, job, stream, view.response)
+    return await run_job(request, job, stream, view.response)
 
 
 async def _events(events: AsyncIterator[dict]) -> AsyncIterator[str]:

@@ -21,12 +21,12 @@ from thinkstream.server import protocol as P
 from thinkstream.server.chat_tools import plan_tools
 from thinkstream.server.errors import APIError
 from thinkstream.server.openai_routes import (
-    _ERRORS,
-    _body_doc,
-    _wrap_errors,
+    ERRORS,
+    body_doc,
     check_model,
     parse_body,
     server_state,
+    wrap_errors,
 )
 
 router = APIRouter()
@@ -49,8 +49,8 @@ class DetokenizeRequest(P.StrictBody):
     tokens: P.TokenIds
 
 
-@router.post("/tokenize", openapi_extra=_body_doc(TokenizeRequest), responses=_ERRORS)
-@_wrap_errors
+@router.post("/tokenize", openapi_extra=body_doc(TokenizeRequest), responses=ERRORS)
+@wrap_errors
 async def tokenize(request: Request) -> Response:
     """Token ids of a prompt or of chat messages, with the server's tokenizer."""
     state = server_state(request)
@@ -78,8 +78,8 @@ async def tokenize(request: Request) -> Response:
                          "tokens": ids, "token_strs": strs})
 
 
-@router.post("/detokenize", openapi_extra=_body_doc(DetokenizeRequest), responses=_ERRORS)
-@_wrap_errors
+@router.post("/detokenize", openapi_extra=body_doc(DetokenizeRequest), responses=ERRORS)
+@wrap_errors
 async def detokenize(request: Request) -> Response:
     """The text of token ids."""
     state = server_state(request)
@@ -93,7 +93,7 @@ async def detokenize(request: Request) -> Response:
     return JSONResponse({"prompt": state.llm.tokenizer.decode(body.tokens)})
 
 
-@router.get("/tokenizer_info", responses=_ERRORS)
+@router.get("/tokenizer_info", responses=ERRORS)
 async def tokenizer_info(request: Request) -> Response:
     """The tokenizer's special tokens, chat template and limits."""
     state = server_state(request)
