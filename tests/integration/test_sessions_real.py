@@ -9,7 +9,7 @@ import pytest
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 def test_chat_session_matches_one_shot_chat() -> None:
