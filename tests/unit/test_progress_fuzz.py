@@ -6,6 +6,7 @@ cleanly when made), and the pool is full again."""
 
 from __future__ import annotations
 
+import pytest
 from helpers.tiny import tiny_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,6 +64,7 @@ def _step(engine: LLMEngine, sessions: SessionManager, opened: list[str]) -> Non
             ctrl.check()
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(block_size=st.sampled_from([4, 8, 16]), pool_tokens=st.integers(16, 320),
        ops=st.lists(op_st, min_size=1, max_size=25))
