@@ -232,3 +232,15 @@ def test_a_session_closed_with_a_schema_answers_valid_json() -> None:
     out = session.complete().outputs[0]
     jsonschema.validate(json.loads(out.text), PERSON)
     assert out.finish_reason == "stop" and llm.engine.structured.num_matchers == 0
+
+
+def test_a_mask_not_foreseen_before_the_forward_is_computed_when_asked(engine) -> None:
+    so = SO(choice=["yes", "no"])
+    free, held = (engine.make_request(rid, PROMPT, SamplingParams(structured_outputs=c)).seqs[0]
+                  for rid, c in (("free", None), ("held", so)))
+    mask = engine.structured.token_mask([free, held])
+    allowed = unpack_bitmask(mask, mask.shape[1] * 32)
+    assert bool(allowed[0].all())
+    assert set(allowed[1].nonzero().flatten().tolist()) == allowed_after(engine, so, [])
+    engine.structured.on_finish("held")
+    assert engine.structured.num_matchers == 0

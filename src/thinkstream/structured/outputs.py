@@ -55,6 +55,9 @@ class MaskTimes:
 
 
 class StructuredOutputs(StepHook):
+    """The engine's structured-outputs hook (see the module doc); ``overlap=False`` computes
+    the masks on the engine thread just before the forward instead."""
+
     def __init__(self, compiler: GrammarCompiler, overlap: bool = True) -> None:
         self.compiler = compiler
         self.overlap = overlap  # False: masks computed before the forward, on the engine thread
@@ -99,12 +102,13 @@ class StructuredOutputs(StepHook):
             return None
         out = full_bitmask(len(seqs), self.compiler.vocab_size)
         index, computed = masks if masks is not None else ({}, None)
+        known = [(i, index[seqs[i].seq_id]) for i in rows if seqs[i].seq_id in index]
+        if known:
+            dst, src = zip(*known, strict=True)
+            out[list(dst)] = computed[list(src)]
         for i in rows:
-            q = seqs[i]
-            if q.seq_id in index:
-                out[i] = computed[index[q.seq_id]]
-            else:  # not foreseen before the forward (none are today): compute it now
-                _fill_row(self._matcher(q), out[i])
+            if seqs[i].seq_id not in index:  # not foreseen before the forward: compute it now
+                _fill_row(self._matcher(seqs[i]), out[i])
         return out
 
     def on_token(self, seq: Sequence, token_id: int) -> bool:
