@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import random
-import time
 import uuid
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
@@ -24,7 +23,9 @@ import torch
 
 from thinkstream.attention.metadata import AttentionConfig
 from thinkstream.config import EngineConfig
+from thinkstream.engine.errors import RequestError
 from thinkstream.engine.hooks import SequenceOwner, StepHook, token_mask
+from thinkstream.engine.open_input import OpenInputs
 from thinkstream.engine.output import RequestState
 from thinkstream.engine.policy import policy_key
 from thinkstream.engine.request import RequestOutput, SeqStatus, Sequence
@@ -38,14 +39,6 @@ from thinkstream.structured.outputs import StructuredOutputs
 from thinkstream.worker.runner import DTYPES, ModelRunner, kv_bytes_per_block
 
 log = logging.getLogger("thinkstream.engine.llm_engine")
-
-
-class RequestError(ValueError):
-    """A request the engine refuses; ``param`` names the offending input."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -85,7 +78,7 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-class LLMEngine:
+class LLMEngine(OpenInputs):
     def __init__(
         self, model: str | os.PathLike | None = None, config: EngineConfig | None = None,
         checkpoint: LoadedCheckpoint | None = None,
@@ -293,97 +286,6 @@ class LLMEngine:
             kv_blocks_used=self.kv.num_blocks - self.kv.num_free_blocks,
             kv_blocks_total=self.kv.num_blocks, prefix_hit_rate=self.kv.prefix_hit_rate,
             num_preemptions=self.num_preemptions)
-
-    def viewers_of(self, seq_id: str) -> list[tuple[Sequence, int]]:
-        """Live sequences viewing ``seq_id``'s cache, with how many of its tokens each sees."""
-        return [(s, k) for s in self.scheduler.sequences() for sid, k in s.kv_prefix if sid == seq_id]
-
-    # ------------------------------------------------------- streaming input hooks
-    def _open_seq(self, request_id: str) -> Sequence:
-        state = self.requests.get(request_id)
-        if state is None:
-            raise RequestError("request_id", f"request_id: unknown or finished request {request_id!r}")
-        seq = state.seqs[0]
-        if seq.input_closed:
-            raise RequestError("request_id", f"request_id: the input of {request_id!r} is closed")
-        seq.last_input_time = time.monotonic()
-        self.scheduler.wake(seq)  # preempted while idle: recompute now that input changes
-        return seq
-
-    def extend_input(self, request_id: str, token_ids: Seq[int]) -> None:
-        """Append tokens to an open request's input (they are prefilled as they come)."""
-        seq = self._open_seq(request_id)
-        ids = [int(t) for t in token_ids]
-        if any(not 0 <= t < self.model_config.vocab_size for t in ids):
-            raise RequestError("input", "input: token id outside the vocabulary")
-        if seq.num_tokens + len(ids) >= self.max_model_len:
-            raise RequestError("input", f"input: {seq.num_tokens + len(ids)} tokens leave no room to "
-                               f"generate within the context of {self.max_model_len} tokens")
-        seq.token_ids.extend(ids)
-        seq.num_prompt_tokens = seq.num_tokens
-        state = self.requests[request_id]
-        state.prompt_token_ids = list(seq.token_ids)
-
-    def truncate_input(self, request_id: str, num_tokens: int) -> None:
-        """Roll an open request's input back to its first ``num_tokens`` tokens; the KV of
-        that prefix is kept, anything computed past it is dropped."""
-        seq = self._open_seq(request_id)
-        if not 0 <= num_tokens <= seq.num_tokens:
-            raise RequestError("input", f"input: cannot truncate {seq.num_tokens} tokens to {num_tokens}")
-        for viewer, k in self.viewers_of(seq.seq_id):  # the owner rolls views back first
-            if k > num_tokens:
-                raise RuntimeError(f"truncating {seq.seq_id} to {num_tokens} tokens would break "
-                                   f"the view of {viewer.seq_id} ({k} tokens)")
-        del seq.token_ids[num_tokens:]
-        seq.num_prompt_tokens = num_tokens
-        if seq.num_computed_tokens > num_tokens:
-            self.scheduler.truncate(seq, num_tokens)
-        self.requests[request_id].prompt_token_ids = list(seq.token_ids)
-
-    def close_input(self, request_id: str) -> None:
-        """The input is complete: compute its last token and start answering (an exactness
-        check of the ids may follow: ``streaming.close_check``)."""
-        seq = self._open_seq(request_id)
-        if seq.num_tokens == 0:
-            raise RequestError("input", "input: empty at close")
-        state = self.requests[request_id]
-        seq.max_tokens = self.resolve_max_tokens(seq.params, seq.num_tokens)
-        for s in state.seqs:
-            s.input_closed = True
-            if s is not seq:
-                s.token_ids = list(seq.token_ids)
-                s.num_prompt_tokens = seq.num_prompt_tokens
-                s.max_tokens = seq.max_tokens
-        state.reset_prompt(seq.token_ids)
-        if seq.num_computed_tokens >= seq.num_tokens:
-            # rolled back onto a computed token (an update to a token prefix of the input):
-            # its logits are gone, and the first answer token is sampled from them
-            self.scheduler.truncate(seq, seq.num_tokens - 1)
-
-    def replace_input(self, request_id: str, ids: list[int], keep: int) -> bool:
-        """Make a closed input's ids ``ids`` before its answer starts, keeping the KV of its
-        first ``keep`` tokens (the caller's common prefix of old and new ids); False
-        (nothing changed) if they are the same, empty or too long. The last token is
-        always recomputed: its logits give the answer's first token (``ids`` may be a
-        strict prefix of the ids held)."""
-        state = self.requests.get(request_id)
-        if state is None:
-            return False
-        first = state.seqs[0]
-        have = first.token_ids[: first.num_prompt_tokens]
-        if ids == have or not ids or len(ids) >= self.max_model_len:
-            return False
-        keep = min(keep, len(ids) - 1)
-        for q in state.seqs:
-            del q.token_ids[keep:]
-            q.token_ids.extend(ids[keep:])
-            q.num_prompt_tokens = len(ids)
-            q.max_tokens = self.resolve_max_tokens(q.params, len(ids))
-            self.truncate_kv(q, keep)
-            if q.prompt_logprobs:
-                del q.prompt_logprobs[keep:]
-        state.reset_prompt(ids)
-        return True
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
