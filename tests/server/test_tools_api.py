@@ -29,6 +29,7 @@ openai = pytest.importorskip("openai")
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 THOUGHT = "<think>\nThe user wants the weather.\n</think>\n\n"
 RULES = [  # (marker in the last turn, scripted reply), first match wins
+    ("REPORT", '{"city": "Paris", "temp_c": 22}'),
     ("<tool_response>", "It is sunny in Paris."),
     ("[required]", '[{"name": "get_weather", "arguments": {"city": "Paris"}}]'),
     ("[named]", '{"city": "Paris"}'),
@@ -280,6 +281,45 @@ def test_openai_agents_agent_with_a_function_tool(server) -> None:
 
     assert asyncio.run(run()) == ("It is sunny in Paris.", "It is sunny in Paris.")
     assert seen == ["Paris", "Paris"]
+
+
+def test_openai_agents_agent_with_a_function_tool_and_an_output_type(server) -> None:
+    """The agent's ``output_type`` reaches the server as ``text.format``; with tools on
+    ``auto`` the grammar is "a tool call or the typed answer", so the model calls the tool
+    first (constrained, the call must still be possible) and then answers in the type."""
+    agents = pytest.importorskip("agents")
+    pydantic = pytest.importorskip("pydantic")
+    agents.set_tracing_disabled(True)
+
+    class Weather(pydantic.BaseModel):
+        city: str
+        temp_c: int
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return f"REPORT {city} 22 C"
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        model = agents.OpenAIResponsesModel(model="tiny", openai_client=client)
+        agent = agents.Agent(name="weather", instructions="Answer questions about the weather.",
+                             tools=[get_weather], model=model, output_type=Weather)
+        result = await agents.Runner.run(agent, "What is the weather in Paris?")
+        await client.close()
+        return result.final_output
+
+    assert asyncio.run(run()) == Weather(city="Paris", temp_c=22)
+
+
+def test_a_json_answer_format_with_tools_on_auto_still_allows_a_call(client) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}, "temp_c": {"type": "integer"}},
+        "required": ["city", "temp_c"]}}}
+    r = client.chat.completions.create(model="tiny", messages=ask("weather in Paris"),
+                                       tools=TOOLS, response_format=fmt, max_tokens=200)
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [json.loads(c.function.arguments) for c in r.choices[0].message.tool_calls] == [WEATHER]
 
 
 def test_parallel_tool_calls_false_keeps_the_first_call(client) -> None:

@@ -127,6 +127,30 @@ def call_constraint(tools: list[dict], choice: str,
     return StructuredOutputsParams(json=array)
 
 
+def call_or_answer(tools: list[dict], answer: StructuredOutputsParams,
+                   parallel: bool) -> StructuredOutputsParams | None:
+    """``tool_choice: auto`` with a JSON answer format (``response_format``, the Responses
+    API's ``text.format``, an agent's ``output_type``): the output is either Hermes tool
+    calls (``<tool_call>`` + a ``{"name", "arguments"}`` object valid for one of the tools)
+    or the answer in its schema, as one grammar, so a constrained model can still call a
+    tool. None when the answer is not JSON (it is then constrained as given)."""
+    if answer.json is not None:
+        schema = answer.json if isinstance(answer.json, str) else json.dumps(answer.json)
+    elif answer.json_object:
+        schema = '{"type": "object"}'
+    else:
+        return None
+    calls = {"anyOf": [{"type": "object", "properties": {
+        "name": {"const": t["function"]["name"]},
+        "arguments": t["function"].get("parameters") or {"type": "object"}},
+        "required": ["name", "arguments"]} for t in tools]}
+    repeat = "+" if parallel else ""
+    lark = (f"start: call{repeat} | answer\n"
+            f'call: "<tool_call>\\n" %json {json.dumps(calls)} "\\n</tool_call>" "\\n"?\n'
+            f"answer: %json {schema}\n")
+    return StructuredOutputsParams(grammar=lark)
+
+
 # ------------------------------------------------------------------ messages
 def template_messages(messages: list[P.ChatMessage], plan: ToolPlan) -> list[dict]:
     """The messages as the template takes them (see the module doc)."""
