@@ -20,7 +20,8 @@ from thinkstream.streaming import sessions as sessions_module
 
 OPEN = {"messages": [{"role": "system", "content": "Be brief."}], "temperature": 0,
         "max_tokens": 6, "ignore_eos": True}
-DUPLICATE = {"error": {"message": "request_id is already in use by a running request",
+DUPLICATE = {"error": {"message": "request_id is already in use by a running request or an "
+                                  "open session",
                        "type": "invalid_request_error", "param": "request_id",
                        "code": "duplicate_request_id"}}
 

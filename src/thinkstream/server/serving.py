@@ -120,8 +120,8 @@ class Job:
         st.check_open()
         if (self.owner, self.public_id) in st.live or any(
                 st.llm.in_use(self.engine_id(i)) for i in range(len(self.prompts))):
-            raise APIError(400, "request_id is already in use by a running request",
-                           "request_id", "duplicate_request_id")
+            raise APIError(400, "request_id is already in use by a running request or an open "
+                           "session", "request_id", "duplicate_request_id")
         st.admit(self.num_seqs, "n" if len(self.prompts) == 1 else "prompt")
         self.admitted = True
         st.live[(self.owner, self.public_id)] = self
