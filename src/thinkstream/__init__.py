@@ -6,9 +6,10 @@ use, so ``thinkstream.kv`` and ``thinkstream.engine.scheduler`` import without t
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import TYPE_CHECKING
+
+from thinkstream.lazy import lazy_exports
 
 # OpenMP threads that wait passively instead of spinning: on a machine shared with other
 # jobs, spinning workers make every small op wait for a descheduled thread (measured on 2
@@ -37,9 +38,4 @@ if TYPE_CHECKING:
     from thinkstream.sampling_params import ParamError, SamplingParams
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'thinkstream' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,19 +10,16 @@ and ``thinkstream.engine.request`` import without it.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-_EXPORTS = {"LLMEngine": "llm_engine", "RequestError": "llm_engine"}
+from thinkstream.lazy import lazy_exports
+
+_EXPORTS = {"LLMEngine": "thinkstream.engine.llm_engine",
+            "RequestError": "thinkstream.engine.llm_engine"}
 __all__ = ["LLMEngine", "RequestError"]
 
 if TYPE_CHECKING:
     from thinkstream.engine.llm_engine import LLMEngine, RequestError
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'thinkstream.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"thinkstream.engine.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

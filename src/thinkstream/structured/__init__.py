@@ -14,11 +14,12 @@ Lazy: ``thinkstream.structured.mask`` imports without llguidance.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-_EXPORTS = {"ConstraintError": "compiler", "GrammarCompiler": "compiler",
-            "StructuredOutputs": "outputs"}
+from thinkstream.lazy import lazy_exports
+
+_EXPORTS = {"ConstraintError": "thinkstream.structured.compiler", "GrammarCompiler": "thinkstream.structured.compiler",
+            "StructuredOutputs": "thinkstream.structured.outputs"}
 __all__ = ["ConstraintError", "GrammarCompiler", "StructuredOutputs"]
 
 if TYPE_CHECKING:
@@ -26,9 +27,4 @@ if TYPE_CHECKING:
     from thinkstream.structured.outputs import StructuredOutputs
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'thinkstream.structured' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"thinkstream.structured.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
