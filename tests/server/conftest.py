@@ -181,3 +181,13 @@ def server_process(tmp_path: Path, fields: dict | None = None,
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def real_server() -> Iterator[Live]:
+    """The default model (SmolLM2-135M) behind a live server, shared by every real-model
+    server test (loaded once per run)."""
+    llm = AsyncLLM(LLMEngine(config=EngineConfig(max_model_len=2048, max_num_seqs=32)))
+    with live_server(llm, ServerConfig(served_model_name="smollm2")) as live:
+        yield live
+    llm.shutdown()

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import final_output, live_server
+from conftest import final_output
 
-from thinkstream.async_llm import AsyncLLM
-from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.sampling_params import SamplingParams
-from thinkstream.server.config import ServerConfig
 
 pytestmark = pytest.mark.integration
 NAME = "smollm2"
@@ -23,11 +20,8 @@ MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def real():
-    llm = AsyncLLM(LLMEngine(config=EngineConfig(max_model_len=2048)))
-    with live_server(llm, ServerConfig(served_model_name=NAME)) as live:
-        yield live
-    llm.shutdown()
+def real(real_server):
+    return real_server
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import live_server
-
-from thinkstream.async_llm import AsyncLLM
-from thinkstream.config import EngineConfig
-from thinkstream.engine.llm_engine import LLMEngine
-from thinkstream.server.config import ServerConfig
 
 pytestmark = pytest.mark.integration
 NAME = "smollm2"
 
 
 @pytest.fixture(scope="module")
-def real():
-    llm = AsyncLLM(LLMEngine(config=EngineConfig(max_model_len=1024)))
-    with live_server(llm, ServerConfig(served_model_name=NAME)) as live:
-        yield live
-    llm.shutdown()
+def real(real_server):
+    return real_server
 
 
 def test_min_tokens_holds_back_a_stop_string(real) -> None:

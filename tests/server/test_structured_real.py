@@ -12,14 +12,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from conftest import live_server
 from helpers.schemas import MAX_TOKENS, SCHEMAS
 from pydantic import BaseModel, Field
-
-from thinkstream.async_llm import AsyncLLM
-from thinkstream.config import EngineConfig
-from thinkstream.engine.llm_engine import LLMEngine
-from thinkstream.server.config import ServerConfig
 
 pytestmark = pytest.mark.integration
 NAME = "smollm2"
@@ -35,11 +29,8 @@ class City(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def real():
-    llm = AsyncLLM(LLMEngine(config=EngineConfig(max_model_len=2048, max_num_seqs=32)))
-    with live_server(llm, ServerConfig(served_model_name=NAME)) as live:
-        yield live
-    llm.shutdown()
+def real(real_server):
+    return real_server
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,6 @@ import json
 import httpx
 import openai
 import pytest
-from conftest import live_server
-
-from thinkstream.async_llm import AsyncLLM
-from thinkstream.config import EngineConfig
-from thinkstream.engine.llm_engine import LLMEngine
-from thinkstream.server.config import ServerConfig
 
 pytestmark = pytest.mark.integration
 NAME = "smollm2"
@@ -27,11 +21,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def real():
-    llm = AsyncLLM(LLMEngine(config=EngineConfig(max_model_len=2048)))
-    with live_server(llm, ServerConfig(served_model_name=NAME)) as live:
-        yield live
-    llm.shutdown()
+def real(real_server):
+    return real_server
 
 
 @pytest.fixture(scope="module")

@@ -31,11 +31,10 @@ class OpenInputs:
     model_config: ModelConfig
     max_model_len: int
 
-    def resolve_max_tokens(self, params: SamplingParams, num_prompt_tokens: int) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # defined by LLMEngine
+        def resolve_max_tokens(self, params: SamplingParams, num_prompt_tokens: int) -> int: ...
 
-    def truncate_kv(self, seq: Sequence, num_tokens: int) -> None:
-        raise NotImplementedError
+        def truncate_kv(self, seq: Sequence, num_tokens: int) -> None: ...
 
     def viewers_of(self, seq_id: str) -> list[tuple[Sequence, int]]:
         """Live sequences viewing ``seq_id``'s cache, with how many of its tokens each sees."""
