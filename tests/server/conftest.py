@@ -191,3 +191,17 @@ def real_server() -> Iterator[Live]:
     with live_server(llm, ServerConfig(served_model_name="smollm2")) as live:
         yield live
     llm.shutdown()
+
+
+@pytest.fixture(scope="module")
+def real(real_server) -> Live:
+    return real_server
+
+
+@pytest.fixture(scope="module")
+def oai(real_server):
+    """An ``openai`` client on ``real_server`` (generous timeout: constrained batches)."""
+    import openai
+
+    return openai.OpenAI(base_url=real_server.url + "/v1", api_key="x", max_retries=0,
+                         timeout=300)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import openai
 import pytest
 from conftest import final_output
 
@@ -17,16 +16,6 @@ pytestmark = pytest.mark.integration
 NAME = "smollm2"
 DATA = Path(__file__).parent / "data"
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def real(real_server):
-    return real_server
-
-
-@pytest.fixture(scope="module")
-def oai(real):
-    return openai.OpenAI(base_url=real.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
 
 def test_chat_plain_and_streamed_agree(oai, real) -> None:

@@ -10,11 +10,6 @@ pytestmark = pytest.mark.integration
 NAME = "smollm2"
 
 
-@pytest.fixture(scope="module")
-def real(real_server):
-    return real_server
-
-
 def test_min_tokens_holds_back_a_stop_string(real) -> None:
     """Reported: this stopped after 2 tokens (", Paris" matched "Par")."""
     body = {"model": NAME, "prompt": "The capital city of France", "max_tokens": 12,

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jsonschema
-import openai
 import pytest
 from helpers.schemas import MAX_TOKENS, SCHEMAS
 from pydantic import BaseModel, Field
@@ -26,16 +25,6 @@ class City(BaseModel):
     name: str = Field(max_length=40)
     country: str = Field(max_length=40)
     population_millions: int = Field(ge=0, le=100)
-
-
-@pytest.fixture(scope="module")
-def real(real_server):
-    return real_server
-
-
-@pytest.fixture(scope="module")
-def oai(real):
-    return openai.OpenAI(base_url=real.url + "/v1", api_key="x", max_retries=0, timeout=300)
 
 
 def test_chat_completions_parse_with_a_pydantic_model(oai, real) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import openai
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -18,16 +17,6 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"]}}}]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def real(real_server):
-    return real_server
-
-
-@pytest.fixture(scope="module")
-def oai(real):
-    return openai.OpenAI(base_url=real.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
 
 def test_tool_prompt_reaches_the_model(oai, real) -> None:
