@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import torch
 
+from thinkstream.attention.shift import RopeTable, read_keys
 from thinkstream.kernels import softmax_last
 
 
 def gather_heads_first(cache: torch.Tensor, slots: torch.Tensor,
-                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                       dtype: torch.dtype = torch.float32, shift: torch.Tensor | None = None,
+                       rope: RopeTable | None = None) -> torch.Tensor:
     """cache (slots, KVH, D) at slots (..., L) -> (..., KVH, L, D) in ``dtype``, contiguous:
     one index_select (much faster than advanced indexing) and one copy that both converts
     and puts heads first, the layout the batched matmuls want (strided operands would be
-    copied inside the matmul, at three times the cost)."""
-    got = cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
+    copied inside the matmul, at three times the cost). Keys with a ``shift`` index per
+    slot are re-rotated to their view's positions (``shift.read_keys``)."""
+    got = read_keys(cache, slots, shift, rope)
     return got.transpose(-3, -2).to(dtype, memory_format=torch.contiguous_format)
 
 
@@ -44,12 +47,14 @@ def _softmax(scores: torch.Tensor, native: bool) -> torch.Tensor:
 
 def decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
-    mask: torch.Tensor, scale: float,
+    mask: torch.Tensor, scale: float, key_shift: torch.Tensor | None = None,
+    rope: RopeTable | None = None,
 ) -> torch.Tensor:
     """One query per row: q (B, H, D), key_slots (B, L), mask (B, 1, 1, L) -> (B, H, D).
-    q (B, H, D) -> (B, KVH, G, D); scores (B, KVH, G, L), in float32."""
+    q (B, H, D) -> (B, KVH, G, D); scores (B, KVH, G, L), in float32. ``key_shift`` (B, L)
+    and ``rope``: keys read at shifted positions (``shift.py``)."""
     b, h, d = q.shape
-    kg = gather_heads_first(k_cache, key_slots)  # (B, KVH, L, D) float32
+    kg = gather_heads_first(k_cache, key_slots, shift=key_shift, rope=rope)  # (B, KVH, L, D)
     vg = gather_heads_first(v_cache, key_slots)
     kvh = kg.shape[1]
     qg = q.float().view(b, kvh, h // kvh, d)
@@ -63,7 +68,8 @@ def decode(
 def short_chunk(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
     runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, open_cols: int, scale: float,
-    native_softmax: bool = True,
+    native_softmax: bool = True, key_shift: torch.Tensor | None = None,
+    rope: RopeTable | None = None,
 ) -> torch.Tensor:
     """One chunk: q (Q, H, D), context slots (L,) (or the same as ``runs`` of consecutive
     slots), mask (Q, L) whose first ``open_cols`` columns are all True
@@ -75,10 +81,10 @@ def short_chunk(
     kvh, length = k_cache.shape[1], slots.numel()
     g = h // kvh
     if runs is None:
-        parts = [(k_cache.index_select(0, slots), v_cache.index_select(0, slots))]
+        parts = [(read_keys(k_cache, slots, key_shift, rope), v_cache.index_select(0, slots))]
     else:
         parts = [(k_cache[a : a + m], v_cache[a : a + m]) for a, m in runs]
-    if k_cache.dtype != q.dtype:
+    if any(k.dtype != q.dtype or v.dtype != q.dtype for k, v in parts):
         parts = [(k.to(q.dtype), v.to(q.dtype)) for k, v in parts]  # (m, KVH, D) each
     qg = (q * scale).view(n, kvh, g, d).permute(1, 2, 0, 3).reshape(kvh, g * n, d)
     scores = q.new_empty(kvh, g * n, length)
@@ -107,16 +113,18 @@ def short_chunk(
 def short_batch(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor,
     key_slots: torch.Tensor, mask: torch.Tensor, scale: float, native_softmax: bool = True,
+    key_shift: torch.Tensor | None = None, rope: RopeTable | None = None,
 ) -> torch.Tensor:
     """Several chunks: q (T, H, D) packed, rows (B, Qmax), key_slots (B, L), mask
-    (B, Qmax, L). Returns (B * Qmax, H, D), row-major over ``rows``."""
+    (B, Qmax, L); ``key_shift`` (B, L) and ``rope``: shifted keys (``shift.py``). Returns
+    (B * Qmax, H, D), row-major over ``rows``."""
     b, qm = rows.shape
     h, d = q.shape[1:]
     kvh, length = k_cache.shape[1], key_slots.shape[1]
     g = h // kvh
     qb = (q[rows.flatten()] * scale).view(b, qm, kvh, g, d).permute(0, 2, 3, 1, 4)
     qb = qb.reshape(b, kvh, g * qm, d)
-    kt = k_cache.index_select(0, key_slots.flatten()).view(b, length, kvh, d).permute(0, 2, 3, 1)
+    kt = read_keys(k_cache, key_slots, key_shift, rope).permute(0, 2, 3, 1)
     kt = kt.to(q.dtype, memory_format=torch.contiguous_format)  # (B, KVH, D, L)
     vg = gather_heads_first(v_cache, key_slots, q.dtype)  # (B, KVH, L, D)
     scores = torch.matmul(qb, kt).view(b, kvh, g, qm, length)

@@ -23,16 +23,20 @@ Each sequence lands in one group, and each group kind is one of three paths:
     Decode with ``shared``: 3. cascade   cascade.py      decode rows sharing a long prefix
 
 Which path a chunk takes and in what dtype its arithmetic runs is the ``AttentionConfig``
-(``Precision``), never the KV dtype.
+(``Precision``), never the KV dtype. A prefix view may present its keys at shifted
+positions (``shift.py``): the groups then carry a ``key_shift`` index per key column and
+every path re-rotates the keys it reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import torch
+
+from thinkstream.attention.shift import RopeTable, shift_index
 
 
 class Precision(Enum):
@@ -83,9 +87,11 @@ class SeqSlice:
     """What one sequence contributes to a step: its block table, tokens already in the
     cache, and how many new tokens (packed contiguously in the step's input) follow.
 
-    ``prefix`` lists other KV segments, each ``(block_table, num_tokens)``, that the
-    sequence sees before its own tokens: a view, not a copy (a reasoning stream reading the
-    input read so far, say). Their keys keep the positions they were cached with.
+    ``prefix`` lists other KV segments, each ``(block_table, num_tokens)`` or
+    ``(block_table, stop, start, shift)``, that the sequence sees before its own tokens: a
+    view, not a copy (a reasoning stream reading the input read so far, say). A segment is
+    the source's context indices ``[start, stop)`` (``[0, num_tokens)``); its keys keep the
+    positions they were cached with, plus ``shift`` (``shift.py``: re-rotated on read).
 
         context: | prefix segment 1 | prefix segment 2 | own computed | own new |
 
@@ -102,7 +108,12 @@ class SeqSlice:
 
     @property
     def prefix_len(self) -> int:
-        return sum(n for _, n in self.prefix)
+        return sum(stop - start for _, stop, start, _ in map(segment, self.prefix))
+
+
+def segment(entry: tuple) -> tuple[Sequence[int], int, int, int]:
+    """A prefix entry as (block_table, stop, start, shift)."""
+    return (entry[0], entry[1], 0, 0) if len(entry) == 2 else tuple(entry)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,7 @@ class Prefill:
     key_slots: torch.Tensor | None  # (L,) context slots; None: a prompt from context 0
     mask: torch.Tensor | None  # (1, 1, Q, L), True = attend; None: causal over its own keys
     sliding_mask: torch.Tensor | None  # same shape; a fresh prompt's (1, 1, Q, Q) or None
+    key_shift: torch.Tensor | None = None  # (L,) index into shift_deltas; None: unshifted
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,7 @@ class Decode:
     sliding_mask: torch.Tensor | None
     rows: torch.Tensor | None = None  # (B,) packed index of each query; None: the whole step
     shared: int = 0  # path 3 (cascade): leading key slots alike in every row, read once; 0: off
+    key_shift: torch.Tensor | None = None  # (B, L) index into shift_deltas; None: unshifted
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,7 @@ class ShortChunk:
     mask: torch.Tensor  # (Q, L)
     sliding_mask: torch.Tensor | None
     open_cols: tuple[int, int]  # leading keys every query sees: (mask, sliding mask)
+    key_shift: torch.Tensor | None = None  # (L,) index into shift_deltas (runs None then)
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,7 @@ class ShortBatch:
     key_slots: torch.Tensor  # (B, L)
     mask: torch.Tensor  # (B, Qmax, L)
     sliding_mask: torch.Tensor | None
+    key_shift: torch.Tensor | None = None  # (B, L) index into shift_deltas
 
 
 AttnGroup = Prefill | Decode | ShortChunk | ShortBatch
@@ -166,6 +181,24 @@ class AttentionMetadata:
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (slots, kv_heads, head_dim)
     sliding_window: int | None = None
     config: AttentionConfig = AttentionConfig()  # immutable: one shared default is safe
+    shift_deltas: torch.Tensor | None = None  # (S,) distinct key shifts, 0 first; None: none
+    shift_rope: RopeTable | None = None  # this layer's cos / sin of shift_deltas (per_layer)
+
+    def per_layer(
+        self, tables: Callable[[torch.Tensor, torch.dtype], list[RopeTable]]
+    ) -> list[AttentionMetadata] | None:
+        """With shifted keys: one metadata per layer carrying that layer's RoPE table of
+        the shifts (``tables``: the model's ``rope_tables``, one entry per layer, layers of
+        one base sharing it); None when nothing is shifted."""
+        if self.shift_deltas is None:
+            return None
+        per_base: dict[int, AttentionMetadata] = {}
+        out = []
+        for table in tables(self.shift_deltas, torch.float32):
+            if id(table) not in per_base:
+                per_base[id(table)] = replace(self, shift_rope=table)
+            out.append(per_base[id(table)])
+        return out
 
 
 def allocate_kv_caches(
@@ -194,30 +227,39 @@ def build_attention_metadata(
     decode_rows: list[int] = []
     decode_ctx: list[torch.Tensor] = []
     decode_hidden: list[tuple[int, int]] = []  # per decode row: hidden prefix range
+    decode_shift: list[torch.Tensor | None] = []
     offset = 0
-    for s in seqs:
-        if s.num_new < 1:
-            raise ValueError("every scheduled sequence needs at least one new token")
-        context, own = _context(s, block_size)
+    if any(s.num_new < 1 for s in seqs):
+        raise ValueError("every scheduled sequence needs at least one new token")
+    contexts = [_context(s, block_size) for s in seqs]
+    deltas, shifts = shift_index([shift for _, _, shift in contexts])
+    for s, (context, own, _), shift in zip(seqs, contexts, shifts, strict=True):
         slot_chunks.append(own[s.num_computed :])
         if s.num_new == 1:
             decode_rows.append(offset)
             decode_ctx.append(context)
+            decode_shift.append(shift)
             vis = s.prefix_len if s.prefix_visible is None else s.prefix_visible[0]
             decode_hidden.append((vis, s.prefix_len))
         elif s.num_computed == 0 and not s.prefix:
             groups.append(_fresh(offset, s, sliding_window, device))
         else:
-            groups.append(_chunk(offset, s, context, sliding_window, device, config.short_limit))
+            group = _chunk(offset, s, context, sliding_window, device, config.short_limit)
+            groups.append(group if shift is None else _shifted(group, shift.to(device)))
         offset += s.num_new
     short = [g for g in groups if isinstance(g, ShortChunk)]
     if len(short) > 1:  # one batched group: a few matmuls per layer for any number of them
         groups = [g for g in groups if not isinstance(g, ShortChunk)] + [_short_batch(short)]
     if decode_ctx:
-        groups.append(_decode(decode_rows, decode_ctx, sliding_window, device, decode_hidden,
-                              config.cascade_min_shared))
+        decode = _decode(decode_rows, decode_ctx, sliding_window, device, decode_hidden,
+                         config.cascade_min_shared)
+        if any(sh is not None for sh in decode_shift):
+            decode = replace(decode, shared=0,
+                             key_shift=_pad_rows(decode_shift, decode_ctx).to(device))
+        groups.append(decode)
     return AttentionMetadata(torch.cat(slot_chunks).to(device), groups, kv_caches,
-                             sliding_window, config)
+                             sliding_window, config,
+                             None if deltas is None else deltas.to(device))
 
 
 def _table_slots(table: Sequence[int], length: int, block_size: int) -> torch.Tensor:
@@ -226,13 +268,34 @@ def _table_slots(table: Sequence[int], length: int, block_size: int) -> torch.Te
     return (blocks[:, None] * block_size + torch.arange(block_size)).flatten()[:length]
 
 
-def _context(s: SeqSlice, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(slots of the whole context: prefix segments then own tokens, slots of own tokens)."""
+def _context(s: SeqSlice, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(slots of the whole context: prefix segments then own tokens, slots of own tokens,
+    the position shift of each context column (long, 0 for unshifted keys))."""
     own = _table_slots(s.block_table, s.num_computed + s.num_new, block_size)
     if not s.prefix:
-        return own, own
-    parts = [_table_slots(t, n, block_size) for t, n in s.prefix]
-    return torch.cat([*parts, own]), own
+        return own, own, torch.zeros(0, dtype=torch.long)
+    parts, shifts = [], []
+    for table, stop, start, shift in map(segment, s.prefix):
+        parts.append(_table_slots(table, stop, block_size)[start:])
+        shifts.append(torch.full((stop - start,), shift, dtype=torch.long))
+    shifts.append(torch.zeros(own.shape[0], dtype=torch.long))
+    return torch.cat([*parts, own]), own, torch.cat(shifts)
+
+
+def _shifted(g: Prefill | ShortChunk, shift: torch.Tensor) -> Prefill | ShortChunk:
+    """A chunk group whose context has shifted keys: they are gathered (no runs)."""
+    if isinstance(g, ShortChunk):
+        return replace(g, runs=None, key_shift=shift)
+    return replace(g, key_shift=shift)
+
+
+def _pad_rows(shifts: list[torch.Tensor | None], contexts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-row shift indices padded into (B, L) (0: unshifted, padding too)."""
+    out = torch.zeros(len(contexts), max(c.shape[0] for c in contexts), dtype=torch.long)
+    for b, sh in enumerate(shifts):
+        if sh is not None:
+            out[b, : sh.shape[0]] = sh
+    return out
 
 
 def _masks(
@@ -297,6 +360,8 @@ def _short_batch(chunks: list[ShortChunk]) -> ShortBatch:
     rows = torch.empty(len(chunks), qmax, dtype=torch.long, device=dev)
     key_slots = torch.zeros(len(chunks), lmax, dtype=torch.long, device=dev)
     windowed = any(g.sliding_mask is not None for g in chunks)
+    shifted = any(g.key_shift is not None for g in chunks)
+    key_shift = torch.zeros(len(chunks), lmax, dtype=torch.long, device=dev) if shifted else None
     masks = [torch.zeros(len(chunks), qmax, lmax, dtype=torch.bool, device=dev)
              for _ in range(1 + windowed)]
     for i, g in enumerate(chunks):
@@ -304,13 +369,15 @@ def _short_batch(chunks: list[ShortChunk]) -> ShortBatch:
         rows[i, :n] = torch.arange(g.start, g.stop, device=dev)
         rows[i, n:] = g.start
         key_slots[i, :length] = g.key_slots
+        if key_shift is not None and g.key_shift is not None:
+            key_shift[i, :length] = g.key_shift
         for m, src in zip(masks, (g.mask, g.sliding_mask if g.sliding_mask is not None else g.mask),
                           strict=False):
             m[i, :n, :length] = src
             m[i, n:, 0] = True  # padding queries: one key, output dropped
     real = torch.tensor([j < g.stop - g.start for g in chunks for j in range(qmax)], device=dev)
     return ShortBatch(rows, real.nonzero().flatten(), key_slots, masks[0],
-                      masks[1] if windowed else None)
+                      masks[1] if windowed else None, key_shift)
 
 
 def _decode(

@@ -36,33 +36,35 @@ def paged_attention(
     v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
     groups = meta.groups
     if len(groups) == 1 and isinstance(groups[0], Decode):  # a pure decode step: every row
-        return _decode(q, k_cache, v_cache, groups[0], scale, sliding)
+        return _decode(q, k_cache, v_cache, groups[0], scale, sliding, meta)
     out = torch.empty_like(q)
     dtype = meta.config.compute_dtype(q.dtype)
     native = meta.config.native_softmax
     for g in groups:
         mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask
         if isinstance(g, Decode):
-            out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, scale, sliding)
+            out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g, scale, sliding, meta)
         elif isinstance(g, Prefill):
-            out[g.start : g.stop] = prefill(q, k, v, k_cache, v_cache, g, mask, scale, dtype)
+            out[g.start : g.stop] = prefill(q, k, v, k_cache, v_cache, g, mask, scale, dtype,
+                                            meta.shift_rope)
         elif isinstance(g, ShortChunk):
             cols = g.open_cols[1 if mask is g.sliding_mask else 0]
             out[g.start : g.stop] = short_chunk(q[g.start : g.stop].to(dtype), k_cache, v_cache,
-                                                g.key_slots, g.runs, mask, cols, scale, native)
+                                                g.key_slots, g.runs, mask, cols, scale, native,
+                                                g.key_shift, meta.shift_rope)
         else:  # ShortBatch
             got = short_batch(q.to(dtype), k_cache, v_cache, g.rows, g.key_slots, mask, scale,
-                              native)
+                              native, g.key_shift, meta.shift_rope)
             out[g.rows.flatten()[g.take]] = got[g.take].to(q.dtype)
     return out
 
 
 def _decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: Decode, scale: float,
-    sliding: bool,
+    sliding: bool, meta: AttentionMetadata,
 ) -> torch.Tensor:
     """Path 2's one-query case, or path 3 when the rows share a prefix."""
     if g.shared and not sliding:
         return cascade_decode(q, k_cache, v_cache, g.key_slots, g.mask, g.shared, scale)
     mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask
-    return decode(q, k_cache, v_cache, g.key_slots, mask, scale)
+    return decode(q, k_cache, v_cache, g.key_slots, mask, scale, g.key_shift, meta.shift_rope)

@@ -13,22 +13,25 @@ import torch
 import torch.nn.functional as F
 
 from thinkstream.attention.metadata import Prefill
+from thinkstream.attention.shift import RopeTable, read_keys
 
 
 def prefill(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
     v_cache: torch.Tensor, g: Prefill, mask: torch.Tensor | None, scale: float,
-    dtype: torch.dtype,
+    dtype: torch.dtype, rope: RopeTable | None = None,
 ) -> torch.Tensor:
     """The group's queries: q (T, H, D) packed, this step's k / v (T, KVH, D), ``mask`` the
-    group's (sliding) mask or None, computed in ``dtype``. Returns (Q, H, D) in q's dtype."""
+    group's (sliding) mask or None, computed in ``dtype``; ``rope``: the layer's table of
+    the step's key shifts (``shift.py``). Returns (Q, H, D) in q's dtype."""
     qg = q[g.start : g.stop].transpose(0, 1)[None].to(dtype)  # (1, H, Q, D)
     if g.key_slots is None:  # a fresh prompt: its own keys, this step's
         kg = k[g.start : g.stop].transpose(0, 1)[None].to(dtype)  # (1, KVH, Q, D)
         vg = v[g.start : g.stop].transpose(0, 1)[None].to(dtype)
         causal = mask is None
     else:
-        kg = k_cache.index_select(0, g.key_slots).transpose(0, 1)[None].to(dtype)  # (1, KVH, L, D)
+        kg = read_keys(k_cache, g.key_slots, g.key_shift, rope)
+        kg = kg.transpose(0, 1)[None].to(dtype)  # (1, KVH, L, D)
         vg = v_cache.index_select(0, g.key_slots).transpose(0, 1)[None].to(dtype)
         causal = False
     og = F.scaled_dot_product_attention(

@@ -319,7 +319,7 @@ class LLMEngine(OpenInputs):
         if not out.scheduled:
             return _Samples([], [], [])
         seq_ids = {s.seq.seq_id for s in out.scheduled}
-        seq_ids |= {sid for s in out.scheduled for sid, _ in s.seq.kv_prefix}
+        seq_ids |= {sid for s in out.scheduled for sid, *_ in s.seq.kv_prefix}
         # a source may be evicted while its viewer computes tokens that do not see it
         tables = {sid: self.kv.block_table(sid) for sid in seq_ids if self.kv.has(sid)}
         with intra_op_threads(self.config.num_threads):
@@ -383,11 +383,11 @@ class LLMEngine(OpenInputs):
                 assert len(table) * self.kv.block_size >= seq.num_computed_tokens, seq.seq_id
         live = {s.seq_id: s for s in self.scheduler.sequences()}
         for seq in live.values():  # views: see scheduler.py; sources outlive their viewers
-            for sid, k in seq.kv_prefix:
+            for sid, k, *_ in seq.kv_prefix:
                 src = live.get(sid)
                 assert src is not None, f"{seq.seq_id} views {sid}, which is not live"
                 assert k <= src.num_tokens, f"{seq.seq_id} views {k} tokens of {sid} ({src.num_tokens})"
-                assert all(v <= sum(n for _, n in seq.kv_prefix) for v in seq.kv_prefix_visible)
+                assert all(v <= seq.prefix_len for v in seq.kv_prefix_visible)
         for rid, seqs in self._attached.items():
             assert rid in self.requests and seqs, f"attached sequences outlive request {rid}"
         for hook in self._hooks:

@@ -38,7 +38,7 @@ class OpenInputs:
 
     def viewers_of(self, seq_id: str) -> list[tuple[Sequence, int]]:
         """Live sequences viewing ``seq_id``'s cache, with how many of its tokens each sees."""
-        return [(s, k) for s in self.scheduler.sequences() for sid, k in s.kv_prefix if sid == seq_id]
+        return [(s, k) for s in self.scheduler.sequences() for sid, k, *_ in s.kv_prefix if sid == seq_id]
 
     # ------------------------------------------------------- streaming input hooks
     def _open_seq(self, request_id: str) -> Sequence:

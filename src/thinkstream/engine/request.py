@@ -103,9 +103,11 @@ class Sequence:
     # prefix tokens own token i sees (a note written earlier saw less input); tokens past
     # the list see the whole prefix. RoPE position of own token i is ``positions[i]`` where
     # given, else ``position_offset + i`` (explicit positions serve position layouts).
+    # A segment may also be ``(seq_id, stop, start, shift)``: the source's tokens
+    # ``[start, stop)`` read at their positions + ``shift`` (``attention/shift.py``).
     #
     #     context of own token i: | prefix[:visible(i)] | (hidden) | own tokens 0..i |
-    kv_prefix: list[tuple[str, int]] = field(default_factory=list)
+    kv_prefix: list[tuple] = field(default_factory=list)
     kv_prefix_visible: list[int] = field(default_factory=list)
     position_offset: int = 0
     positions: list[int] = field(default_factory=list)
@@ -142,8 +144,13 @@ class Sequence:
 
     def visible_prefix(self, i: int) -> int:
         """How many tokens of the (concatenated) prefix segments own token i attends to."""
-        total = sum(n for _, n in self.kv_prefix)
+        total = self.prefix_len
         return min(self.kv_prefix_visible[i], total) if i < len(self.kv_prefix_visible) else total
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens of the (concatenated) prefix segments."""
+        return sum(e[1] - (e[2] if len(e) > 2 else 0) for e in self.kv_prefix)
 
     @property
     def num_shareable_tokens(self) -> int:

@@ -1,7 +1,8 @@
 """KV views: the one rule the scheduler asks about sequences that read other sequences' KV.
 
 A view (``Sequence.kv_prefix``: ``(source seq_id, num_tokens)`` segments attended before a
-sequence's own tokens) takes no block references, so the scheduler keeps it safe by one
+sequence's own tokens, or ``(seq_id, stop, start, shift)``: tokens ``[start, stop)`` at
+positions shifted by ``shift``) takes no block references, so the scheduler keeps it safe by one
 rule, checked when a step is planned and again after any preemption in it:
 
     a viewer's tokens that see a prefix are computed in a step only if every source it
@@ -57,7 +58,7 @@ class ViewRule:
 
     @staticmethod
     def sources(seq: Sequence) -> set[str]:
-        return {sid for sid, _ in seq.kv_prefix}
+        return {sid for sid, *_ in seq.kv_prefix}
 
     @staticmethod
     def waits(seq: Sequence) -> bool:
@@ -65,7 +66,7 @@ class ViewRule:
         return bool(seq.kv_prefix) and seq.num_pending_tokens > 0
 
     def source_evicted(self, seq: Sequence) -> bool:
-        return any(sid not in self._live or not self.kv.has(sid) for sid, _ in seq.kv_prefix)
+        return any(sid not in self._live or not self.kv.has(sid) for sid, *_ in seq.kv_prefix)
 
     def admissible(self, seq: Sequence) -> bool:
         """False for a viewer with nothing computable until an evicted source is back."""
@@ -75,7 +76,7 @@ class ViewRule:
         """How many pending tokens of ``seq`` its views allow computing now; ``planned``:
         tokens each sequence computes in this step (their KV is written before any
         attention reads it)."""
-        for sid, k in seq.kv_prefix:
+        for sid, k, *_ in seq.kv_prefix:
             src = self._live.get(sid)
             done = 0 if src is None else src.num_computed_tokens + (planned or {}).get(sid, 0)
             if src is None or not self.kv.has(sid) or done < k:
@@ -86,7 +87,7 @@ class ViewRule:
         """Whether ``seq`` computing ``n`` more tokens needs more blocks than the pool has
         while the sources it views hold theirs (both must be resident at once)."""
         need = self.kv.blocks_for(seq.num_computed_tokens + n)
-        for sid, k in seq.kv_prefix:
+        for sid, k, *_ in seq.kv_prefix:
             src = self._live.get(sid)
             held = len(self.kv.block_table(sid)) if self.kv.has(sid) else 0
             need += max(held, self.kv.blocks_for(min(k, src.num_tokens) if src else k))

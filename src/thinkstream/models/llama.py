@@ -41,8 +41,9 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions: (T,) packed tokens of the step -> hidden states (T, hidden)."""
         x = self.embed_tokens(input_ids)  # (T, hidden)
         ropes = self.rope_tables(positions, x.dtype)
-        for layer, rope in zip(self.layers, ropes, strict=True):
-            x = layer(x, rope, attn_metadata)
+        metas = attn_metadata.per_layer(self.rope_tables) or [attn_metadata] * len(ropes)
+        for layer, rope, meta in zip(self.layers, ropes, metas, strict=True):  # meta: shifted views
+            x = layer(x, rope, meta)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

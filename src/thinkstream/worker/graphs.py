@@ -65,7 +65,7 @@ def plain_decode(meta: AttentionMetadata) -> Decode | None:
     if len(meta.groups) != 1:
         return None
     g = meta.groups[0]
-    if not isinstance(g, Decode) or g.shared:
+    if not isinstance(g, Decode) or g.shared or g.key_shift is not None:
         return None
     return g
 

@@ -104,7 +104,7 @@ class ModelRunner:
             if visible is not None and max(visible) == 0:  # these tokens see no other cache
                 prefix, visible = (), None  # (whose source may be evicted meanwhile)
             else:
-                prefix = tuple((block_tables[sid], k) for sid, k in seq.kv_prefix)
+                prefix = tuple((block_tables[e[0]], *e[1:]) for e in seq.kv_prefix)
             slices.append(SeqSlice(block_tables[seq.seq_id], start, n, prefix, visible))
             if _needs_prompt_logprobs(seq, start):
                 first = len(rows)
