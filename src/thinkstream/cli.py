@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +37,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="auto: parity in float32, mixed in bfloat16/float16; parity: every "
                         "chunk on the flash kernel; mixed: short chunks as matmuls in the "
                         "model dtype; float32: all attention in float32")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="ranks of a tensor-parallel group (started here; or under torchrun)")
+    p.add_argument("--tp-overlap", action="store_true",
+                   help="overlap each all-reduce with the other half of the step's tokens")
+    p.add_argument("--collective-timeout", type=float, default=60.0,
+                   help="seconds a tensor-parallel collective may wait for a peer")
+    p.add_argument("--max-weight-memory-mb", type=int, default=None,
+                   help="stream layer weights from disk, holding at most this many MiB")
     p.add_argument("--allow-special-tokens-in-content", action="store_true",
                    help="read special-token text inside chat messages as control tokens "
                         "(default: plain text)")
@@ -62,6 +71,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         compile_decode=args.compile_decode,
         allow_special_tokens_in_content=args.allow_special_tokens_in_content,
         attention_precision=args.attention_precision,
+        tensor_parallel_size=args.tensor_parallel_size, tp_overlap=args.tp_overlap,
+        collective_timeout_s=args.collective_timeout,
+        max_weight_memory_mb=args.max_weight_memory_mb,
     )
 
 
@@ -218,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if "TORCHELASTIC_RUN_ID" in os.environ and hasattr(args, "tensor_parallel_size"):
+            from thinkstream.distributed.tp import torchrun_env, torchrun_worker
+
+            if torchrun_env() is not None and torchrun_env()[0] != 0:  # a rank > 0
+                torchrun_worker(engine_config(args))
+                return 0
         return args.fn(args)
     except (ValueError, ModelLoadError) as exc:  # a clear message, no traceback
         print(f"thinkstream: error: {exc}", file=sys.stderr)

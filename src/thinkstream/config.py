@@ -132,6 +132,15 @@ class EngineConfig:
     # matmuls in the model dtype, several times faster; "float32": every attention path
     # computes in float32 (keys and values upcast as read). Decode is float32 in all.
     attention_precision: str = "auto"
+    # Distribution (distributed/): ranks of a tensor-parallel group (spawned by the engine),
+    # how long one of its collectives may wait for a peer before the engine fails, and
+    # TokenWeave-style overlap of a step's all-reduces with compute (two token halves).
+    tensor_parallel_size: int = 1
+    collective_timeout_s: float = 60.0
+    tp_overlap: bool = False
+    # Weight streaming (distributed/streaming.py): layers stay on disk, a window of them is
+    # loaded ahead by a prefetch thread so the weights in memory stay under this many MiB.
+    max_weight_memory_mb: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -153,5 +162,14 @@ class EngineConfig:
         if self.attention_precision not in ATTENTION_PRECISIONS:
             raise ValueError(f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}, "
                              f"got {self.attention_precision!r}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
+        if self.collective_timeout_s <= 0:
+            raise ValueError("collective_timeout_s must be > 0")
+        if self.max_weight_memory_mb is not None and self.max_weight_memory_mb < 1:
+            raise ValueError("max_weight_memory_mb must be >= 1")
+        if self.compile_decode and (self.tensor_parallel_size > 1 or self.max_weight_memory_mb):
+            raise ValueError("compile_decode does not combine with tensor_parallel_size > 1 "
+                             "or max_weight_memory_mb")
         if self.session_policy not in ("fcfs", "lca", "mcf"):
             raise ValueError(f"session_policy must be fcfs, lca or mcf, got {self.session_policy!r}")

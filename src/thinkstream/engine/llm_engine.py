@@ -90,8 +90,6 @@ class LLMEngine(OpenInputs):
         self.tokenizer = ckpt.tokenizer
         dtype = DTYPES[cfg.dtype]
         self.device = torch.device(cfg.device)
-        with intra_op_threads(cfg.num_threads):
-            self.model = build_model(mcfg, ckpt.tensors, dtype, self.device, cfg.quantization)
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
                                mcfg.max_position_embeddings)
@@ -108,9 +106,18 @@ class LLMEngine(OpenInputs):
                             cfg.enable_prefix_caching),
             self.kv, priority=policy_key(cfg.session_policy),
         )
-        self.runner = ModelRunner(self.model, mcfg, num_blocks, cfg.block_size, dtype, self.device,
-                                  cfg.compile_decode, cfg.max_num_seqs,
-                                  AttentionConfig.for_engine(cfg.attention_precision, dtype))
+        with intra_op_threads(cfg.num_threads):
+            if cfg.tensor_parallel_size > 1 or cfg.max_weight_memory_mb is not None:
+                from thinkstream.distributed.tp import start_tp_runner  # ranks, streaming
+
+                self.runner: ModelRunner = start_tp_runner(ckpt, cfg, num_blocks)
+            else:
+                model = build_model(mcfg, ckpt.tensors, dtype, self.device, cfg.quantization)
+                self.runner = ModelRunner(model, mcfg, num_blocks, cfg.block_size, dtype,
+                                          self.device, cfg.compile_decode, cfg.max_num_seqs,
+                                          AttentionConfig.for_engine(cfg.attention_precision,
+                                                                     dtype))
+        self.model = self.runner.model
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(cfg.seed)
@@ -372,6 +379,10 @@ class LLMEngine(OpenInputs):
                 del self.requests[state.request_id]
                 self._ended(state.request_id, SeqStatus.FINISHED_STOPPED)
         return outputs
+
+    def close(self) -> None:
+        """Stop what the engine started besides threads (tensor-parallel worker ranks)."""
+        self.runner.close()
 
     # ------------------------------------------------------------------- checks
     def check_integrity(self) -> None:

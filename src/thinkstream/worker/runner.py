@@ -10,6 +10,8 @@ truncations), and computes logits only for the rows that need them. With
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from thinkstream.attention.metadata import (
@@ -31,6 +33,19 @@ from thinkstream.worker.sampling import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """One step's model inputs as plain values (what a tensor-parallel rank 0 broadcasts):
+    packed token ids and positions (T,), one ``SeqSlice`` per sequence, the packed rows
+    whose logits are wanted, and the (src, dst) block copies to perform first."""
+
+    ids: list[int]
+    positions: list[int]
+    slices: list[SeqSlice]
+    rows: list[int]
+    block_copies: list[tuple[int, int]]
 
 
 def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -63,6 +78,9 @@ class ModelRunner:
         elif compile_decode:
             self.decode_graph = CompiledDecode(model)
 
+    def close(self) -> None:
+        """Release what the runner holds beyond memory (tensor-parallel ranks do)."""
+
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         if not copies:
             return
@@ -73,7 +91,6 @@ class ModelRunner:
             k[dst] = k[src]
             v[dst] = v[src]
 
-    @torch.inference_mode()
     def forward(
         self, out: SchedulerOutput, block_tables: dict[str, list[int]]
     ) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
@@ -82,7 +99,13 @@ class ModelRunner:
         Returns logits (R, V) for the needed rows, the row of each sequence that completes
         (-1 if none), and per sequence the (first, count) range of its prompt-logprob rows.
         """
-        self.copy_blocks(out.block_copies)
+        batch, last_row, prompt_rows = self.prepare(out, block_tables)
+        return self.execute(batch), last_row, prompt_rows
+
+    def prepare(
+        self, out: SchedulerOutput, block_tables: dict[str, list[int]]
+    ) -> tuple[StepBatch, list[int], list[tuple[int, int]]]:
+        """The step's inputs as plain values (``StepBatch``), and the row bookkeeping."""
         ids: list[int] = []
         positions: list[int] = []
         slices: list[SeqSlice] = []
@@ -121,15 +144,22 @@ class ModelRunner:
                     rows.append(offset + n - 1)
             else:
                 last_row.append(-1)
-        meta = build_attention_metadata(slices, self.block_size, self.kv_caches,
+        batch = StepBatch(ids, positions, slices, rows, list(out.block_copies))
+        return batch, last_row, prompt_rows
+
+    @torch.inference_mode()
+    def execute(self, batch: StepBatch) -> torch.Tensor:
+        """Block copies, then the forward of ``batch``: float32 logits (len(rows), V)."""
+        self.copy_blocks(batch.block_copies)
+        meta = build_attention_metadata(batch.slices, self.block_size, self.kv_caches,
                                         self.cfg.sliding_window, self.device, self.attention)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        input_ids = torch.tensor(batch.ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(batch.positions, dtype=torch.long, device=self.device)
         logits = None if self.decode_graph is None else self.decode_graph(input_ids, pos, meta)
         if logits is not None:  # a pure decode step, run as a graph (logits of every row)
-            return _take(logits, rows), last_row, prompt_rows
+            return _take(logits, batch.rows)
         hidden = self.model(input_ids, pos, meta)
-        return self.model.compute_logits(_take(hidden, rows)), last_row, prompt_rows
+        return self.model.compute_logits(_take(hidden, batch.rows))
 
     @torch.inference_mode()
     def sample(
