@@ -1,8 +1,9 @@
 """``create_app(async_llm, ServerConfig)``: the FastAPI app and its middleware.
 
 Middleware, outermost first: CORS (denies unless ``allowed_origins`` lists the origin) ->
-API key (everything but ``GET /health`` and, unless ``metrics_require_key``, ``GET
-/metrics``; the key found becomes the request's owner) ->
+API key (everything but ``GET /health``, the playground's files (``GET /``, ``playground``)
+and, unless ``metrics_require_key``, ``GET /metrics``; the key found becomes the request's
+owner) ->
 body-size limit (413) -> routes. Routes are mounted as routers, so other route groups (the
 streaming-input sessions) are added the same way beside the OpenAI ones:
 ``app.include_router(router)``; they reach the shared ``ServerState`` through
@@ -24,6 +25,8 @@ from thinkstream.server.errors import install_handlers
 from thinkstream.server.limits import Admission, BodyLimitMiddleware
 from thinkstream.server.metrics import CONTENT_TYPE, ServerMetrics
 from thinkstream.server.openai_routes import router as openai_router
+from thinkstream.server.playground import PATHS as PLAYGROUND_PATHS
+from thinkstream.server.playground import playground_router
 from thinkstream.server.redact import install_redaction
 from thinkstream.server.responses_protocol import ResponsesRequest
 from thinkstream.server.responses_routes import router as responses_router
@@ -51,6 +54,7 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
     app.include_router(responses_router)
     app.include_router(tokenize_router)
     app.include_router(session_router())
+    app.include_router(playground_router())
 
     @app.get("/health", responses={503: {"model": P.ErrorResponse}})
     async def health() -> Response:
@@ -69,7 +73,9 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
     if keys:
-        open_paths = OPEN_PATHS if config.metrics_require_key else OPEN_PATHS | {"/metrics"}
+        open_paths = OPEN_PATHS | PLAYGROUND_PATHS
+        if not config.metrics_require_key:
+            open_paths |= {"/metrics"}
         app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=open_paths)
     app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
                        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],

@@ -77,12 +77,17 @@ def request_owner(scope: Scope) -> str:
 
 def origin_allowed(headers: list[tuple[bytes, bytes]], allowed: Iterable[str]) -> bool:
     """A WebSocket's ``Origin`` check: no ``Origin`` (a non-browser client) passes; a
-    browser's must be listed (``*`` lists every origin)."""
+    browser's must be the server's own (the playground at ``/``: its host and port are the
+    ``Host`` the browser connects to) or be listed (``*`` lists every origin)."""
     origin = next((v for n, v in headers if n == b"origin"), None)
     if origin is None:
         return True
+    host = next((v for n, v in headers if n == b"host"), None)
+    text = origin.decode("latin-1")
+    if host is not None and text.partition("://")[2] == host.decode("latin-1"):
+        return True  # same origin: a page this server served
     allowed = set(allowed)
-    return "*" in allowed or origin.decode("latin-1") in allowed
+    return "*" in allowed or text in allowed
 
 
 class ApiKeyMiddleware:

@@ -249,7 +249,7 @@ async def completions(request: Request) -> Response:
     for ids in encoded:
         _check_context(state, ids, params, "prompt")
     job = Job(state, public_id(request, body, "cmpl"), encoded, params,
-              request_owner(request.scope))
+              request_owner(request.scope), salt=body.prefix_salt())
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
                               state.llm.tokenizer, prompts, encoded, body.echo,
                               body.logprobs, params.n, params.skip_special_tokens, score_only)
@@ -326,7 +326,7 @@ async def chat_completions(request: Request) -> Response:
     check_model(state, body.model)
     chat = prepare_chat(state, body)
     job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
-              request_owner(request.scope))
+              request_owner(request.scope), salt=body.prefix_salt())
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
                         len(chat.ids), chat.logprobs, chat.params.n, chat.parser)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

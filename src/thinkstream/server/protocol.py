@@ -133,6 +133,11 @@ class SamplingRequest(StrictBody):
     stream_options: StreamOptions | None = None
     user: Text | None = None
     request_id: Text | None = None
+    cache_salt: Text | None = None  # vLLM's: prefix-cache blocks are shared only within a salt
+
+    def prefix_salt(self) -> object:
+        """The engine's prefix-cache salt for ``cache_salt`` (None: the shared namespace)."""
+        return None if self.cache_salt is None else ("cache_salt", self.cache_salt)
 
 
 class CompletionRequest(SamplingRequest):

@@ -105,6 +105,7 @@ class Job:
     timer: RequestTimer | None = None
     admitted: bool = False
     answered: set[int] = field(default_factory=set)  # prompts with an output so far
+    salt: object = None  # prefix-cache namespace (``cache_salt``)
 
     @property
     def num_seqs(self) -> int:
@@ -144,7 +145,8 @@ class Job:
 
         async def pump(i: int) -> None:
             try:
-                async for out in llm.generate(self.prompts[i], self.params, self.engine_id(i)):
+                async for out in llm.generate(self.prompts[i], self.params, self.engine_id(i),
+                                             salt=self.salt):
                     queue.put_nowait((i, out))
                 queue.put_nowait((i, None))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer

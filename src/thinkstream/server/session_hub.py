@@ -161,7 +161,7 @@ class SessionHub:
     async def open(self, key: str, prompt: str | Sequence[int] | None,
                    messages: list[dict] | None, params: SamplingParams,
                    thinking=None, view: tuple[int | None, int, bool] = (None, 1, False),
-                   ) -> SessionInfo:
+                   salt: object = None) -> SessionInfo:
         self.state.check_open()
         self.start_reaper()
         if self.open_count(key) >= self.limits.max_sessions_per_key:
@@ -174,7 +174,7 @@ class SessionHub:
         self.state.admit(num_seqs)
         try:
             info = await self._run(self.llm.open_session(prompt, messages, params,
-                                                         thinking=thinking))
+                                                         thinking=thinking, salt=salt))
         except BaseException:
             self.state.admission.release(num_seqs)
             raise

@@ -93,7 +93,8 @@ def session_router() -> APIRouter:
             prompt, messages, params, logprobs = open_args(state, body)
             thinking = body.thinking.config() if body.thinking is not None else None
             info = await hub.open(key, prompt, messages, params, thinking,
-                                  (logprobs, params.n, thinking is not None))
+                                  (logprobs, params.n, thinking is not None),
+                                  salt=body.prefix_salt())
             return JSONResponse(session_body(info))
         except Exception as exc:  # noqa: BLE001 - every refusal is an error body
             return _error(exc)

@@ -152,7 +152,8 @@ class WsSession:
         body = await _parse_ws(obj, SessionCreateRequest)
         prompt, messages, params, logprobs = open_args(self.state, body)
         thinking = body.thinking.config() if body.thinking is not None else None
-        info = await self.hub.open(self.key, prompt, messages, params, thinking)
+        info = await self.hub.open(self.key, prompt, messages, params, thinking,
+                                   salt=body.prefix_salt())
         await self._stop_follower()
         self.sid, self.answer, self.logprobs = info.session_id, None, (logprobs, params.n)
         self.reasoned = 0
