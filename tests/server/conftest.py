@@ -74,8 +74,9 @@ def tiny_llm(**engine_overrides) -> AsyncLLM:
 
 
 @contextlib.contextmanager
-def live_server(llm: AsyncLLM, config: ServerConfig | None = None) -> Iterator[Live]:
-    app = create_app(llm, config or ServerConfig(served_model_name="tiny"))
+def live_server(llm: AsyncLLM, config: ServerConfig | None = None,
+                session_limits=None) -> Iterator[Live]:
+    app = create_app(llm, config or ServerConfig(served_model_name="tiny"), session_limits)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

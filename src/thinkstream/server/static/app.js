@@ -264,6 +264,7 @@
       if (this.s !== s) return;
       if (msg.type === "opened") {
         s.sid = msg.session.id;
+        $("st-state").dataset.session = s.sid;
         s.ready = true;
         this.restarts = 0;
         this.setState("open");

@@ -1,0 +1,291 @@
+"""The web playground at ``/``: its files, and a real browser (Playwright driving the system
+Chromium, ``helpers.browser``) using it against a live server on the tiny model: streaming
+input typed key by key, edits, Enter, the whole-prompt comparison, a wrong API key, an idle
+session that starts afresh, keyboard-only chat, 4xx and a lost server shown as messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from importlib import resources
+
+import httpx
+import pytest
+from conftest import live_server, tiny_llm, wait_pool_full
+from helpers.browser import launch_chromium
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from thinkstream.server.config import ServerConfig
+from thinkstream.server.session_hub import SessionLimits
+
+SYSTEM = "Be brief."
+MAX_TOKENS = 8
+
+
+# ------------------------------------------------------------------ files, no browser
+def test_page_and_files_need_no_key_and_nothing_else_opens() -> None:
+    llm = tiny_llm()
+    with live_server(llm, ServerConfig(served_model_name="tiny", api_keys=("sk-k",))) as live:
+        page = httpx.get(live.url + "/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert '<script src="/playground/app.js" defer></script>' in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        js = httpx.get(live.url + "/playground/app.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        css = httpx.get(live.url + "/playground/style.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        for path in ("/playground/", "/playground/x.js", "/index.html", "/v1/models"):
+            assert httpx.get(live.url + path).status_code == 401, path
+        assert httpx.post(live.url + "/", json={}).status_code == 401
+    llm.shutdown()
+
+
+def test_files_load_nothing_from_elsewhere() -> None:
+    static = resources.files("thinkstream.server") / "static"
+    for name in ("index.html", "app.js", "style.css"):
+        text = (static / name).read_text()
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), name
+        assert "@import" not in text and "<script>" not in text, name  # CSP: no inline script
+
+
+def test_same_origin_websocket_allowed_cross_origin_refused(tiny_server) -> None:
+    ws_url = tiny_server.url.replace("http", "ws") + "/v1/sessions/ws"
+    with connect(ws_url, origin=tiny_server.url) as ws:  # the page's own origin
+        ws.send(json.dumps({"type": "open", "prompt": "hi", "max_tokens": 2}))
+        assert json.loads(ws.recv())["type"] == "opened"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url, origin="https://evil.example")
+    assert refused.value.response.status_code == 403
+    wait_pool_full(tiny_server.llm)
+
+
+def test_cache_salt_separates_prefix_caches(tiny_server) -> None:
+    kv = tiny_server.engine.kv
+    body = {"messages": [{"role": "user", "content": "salted prompt " * 8}], "max_tokens": 1}
+
+    def run(salt: str) -> int:
+        before = kv.prefix_hits
+        r = httpx.post(tiny_server.url + "/v1/chat/completions", json={**body, "cache_salt": salt})
+        assert r.status_code == 200, r.text
+        return kv.prefix_hits - before
+
+    assert run("a") == 0
+    assert run("b") == 0  # same prompt, another salt: nothing shared
+    assert run("a") >= 16  # the first request's blocks
+    tiny_server.wait_idle()
+
+
+# ------------------------------------------------------------------ browser helpers
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_chromium()
+
+
+def open_page(browser, url: str, ready: bool = True):
+    page = browser.new_context(bypass_csp=True).new_page()  # lets wait_for_function eval
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
+    page.goto(url + "/")
+    if ready:
+        page.wait_for_function("document.querySelector('#server-state').textContent"
+                               ".startsWith('ready')", timeout=10_000)
+    page.fill("#system", SYSTEM)
+    page.fill("#max-tokens", str(MAX_TOKENS))
+    return page
+
+
+def messages(text: str) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def greedy_answer(url: str, text: str, key: str | None = None) -> str:
+    """The same question as one chat completion (what the page's answer must equal)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    r = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=30, json={
+        "messages": messages(text), "max_tokens": MAX_TOKENS, "temperature": 0, "top_p": 1})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def tokens_of(url: str, text: str, key: str | None = None) -> int:
+    """Input tokens a fresh session holds for ``text`` (opened over HTTP, then deleted)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    info = httpx.post(url + "/v1/sessions", headers=headers,
+                      json={"messages": [{"role": "system", "content": SYSTEM}], "prompt": text,
+                            "max_tokens": 1}).json()
+    httpx.delete(f"{url}/v1/sessions/{info['id']}", headers=headers)
+    return info["tokens_received"]
+
+
+def session_info(url: str, sid: str, key: str | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(f"{url}/v1/sessions/{sid}", headers=headers).json()
+
+
+def wait_caught_up(page, tokens: int) -> dict:
+    """Until the page shows ``tokens`` received and all but the held-back last one computed
+    (the input is still open); returns the numbers shown."""
+    page.wait_for_function(
+        "([n]) => +document.querySelector('#st-received').textContent === n && "
+        "+document.querySelector('#st-computed').textContent === n - 1", arg=[tokens],
+        timeout=15_000)
+    return {"sid": page.get_attribute("#st-state", "data-session"),
+            "received": int(page.inner_text("#st-received")),
+            "computed": int(page.inner_text("#st-computed"))}
+
+
+def press_enter_and_read(page) -> str:
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#st-state').textContent === 'answered'",
+                           timeout=15_000)
+    assert float(page.get_attribute("#t-stream", "data-ms")) > 0
+    return page.eval_on_selector("#stream-answer", "e => e.textContent")
+
+
+# ------------------------------------------------------------------ browser tests
+def test_streaming_input_typed_key_by_key(browser, tiny_server, tmp_path) -> None:
+    url = tiny_server.url
+    page = open_page(browser, url)
+    text = "The meeting moved from Thursday to Friday at noon. When is the meeting?"
+    page.click("#stream-input")
+    page.keyboard.type(text)
+    shown = wait_caught_up(page, tokens_of(url, text))
+    info = session_info(url, shown["sid"])
+    assert info["state"] == "open"  # computed before Enter, as the page says
+    assert (info["tokens_received"], info["tokens_computed"]) == (shown["received"],
+                                                                  shown["received"] - 1)
+    page.screenshot(path=str(tmp_path / "typed.png"))
+    answer = press_enter_and_read(page)
+    assert answer == greedy_answer(url, text) and answer
+    assert page.inner_text("#st-at-enter") == f"{shown['computed']} of {shown['received']}"
+    assert session_info(url, shown["sid"])["state"] == "finished"
+    page.click("#compare")
+    page.wait_for_selector("#t-whole[data-ms]", timeout=15_000)
+    assert page.eval_on_selector("#compare-answer", "e => e.textContent") == answer
+    assert "the streamed time" in page.inner_text("#t-ratio")
+    page.screenshot(path=str(tmp_path / "answered.png"), full_page=True)
+    assert page.errors == []
+    tiny_server.wait_idle()
+
+
+def test_edits_update_the_open_session(browser, tiny_server, tmp_path) -> None:
+    url = tiny_server.url
+    page = open_page(browser, url)
+    page.click("#stream-input")
+    page.keyboard.type("Alice has 3 apples and Bob has 5 pears. Who has pears?")
+    first = wait_caught_up(page, tokens_of(url, "Alice has 3 apples and Bob has 5 pears. "
+                                                "Who has pears?"))
+    page.keyboard.press("Control+Home")
+    for _ in range(len("Alice has ")):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("Delete")  # "3" -> "seventeen": an edit before the end
+    page.keyboard.type("seventeen")
+    page.keyboard.press("Control+End")
+    for _ in range(len("pears?")):
+        page.keyboard.press("Backspace")  # a deletion at the end
+    page.keyboard.type("apples?")
+    edited = "Alice has seventeen apples and Bob has 5 pears. Who has apples?"
+    assert page.input_value("#stream-input") == edited
+    second = wait_caught_up(page, tokens_of(url, edited))
+    assert second["sid"] == first["sid"] and second["received"] != first["received"]
+    assert session_info(url, second["sid"])["next_seq"] > 2  # appends and replaces, numbered
+    page.screenshot(path=str(tmp_path / "edited.png"))
+    assert press_enter_and_read(page) == greedy_answer(url, edited)
+    assert page.errors == []
+    tiny_server.wait_idle()
+
+
+def test_wrong_api_key_is_shown_then_the_right_one_kept(browser, tmp_path) -> None:
+    llm = tiny_llm()
+    with live_server(llm, ServerConfig(served_model_name="tiny", api_keys=("sk-right",))) as live:
+        page = open_page(browser, live.url, ready=False)
+        page.wait_for_selector("#messages .msg.error")
+        assert page.inner_text("#server-state") == "needs an API key"
+        assert "HTTP 401: missing or invalid API key" in page.inner_text("#messages")
+        page.fill("#api-key", "sk-wrong")
+        page.press("#api-key", "Enter")
+        page.click("#stream-input")
+        page.keyboard.type("Hello")
+        page.wait_for_function("document.querySelector('#st-state').textContent === 'error'")
+        assert "missing or invalid API key (invalid_api_key)" in page.inner_text("#messages")
+        page.screenshot(path=str(tmp_path / "wrong-key.png"))
+        page.fill("#api-key", "sk-right")
+        page.press("#api-key", "Enter")
+        page.wait_for_function("document.querySelector('#server-state').textContent"
+                               ".startsWith('ready')")
+        page.click("#stream-input")
+        page.keyboard.type(" there?")
+        wait_caught_up(page, tokens_of(live.url, "Hello there?", "sk-right"))
+        assert press_enter_and_read(page) == greedy_answer(live.url, "Hello there?", "sk-right")
+        page.reload()
+        assert page.input_value("#api-key") == "sk-right"  # kept in local storage
+        page.wait_for_function("document.querySelector('#server-state').textContent"
+                               ".startsWith('ready')")
+        assert page.errors == []
+        live.wait_idle()
+    llm.shutdown()
+
+
+def test_idle_session_starts_afresh(browser, tmp_path) -> None:
+    llm = tiny_llm()
+    with live_server(llm, session_limits=SessionLimits(idle_timeout_s=0.3)) as live:
+        page = open_page(browser, live.url)
+        page.click("#stream-input")
+        page.keyboard.type("First part of the text.")
+        first = wait_caught_up(page, tokens_of(live.url, "First part of the text."))
+        deadline = time.monotonic() + 10
+        while session_info(live.url, first["sid"])["state"] == "open":
+            assert time.monotonic() < deadline, "the idle session was not closed"
+            time.sleep(0.05)
+        page.keyboard.type(" And more?")
+        page.wait_for_selector("text=a new one starts with your text")
+        text = "First part of the text. And more?"
+        second = wait_caught_up(page, tokens_of(live.url, text))
+        assert second["sid"] != first["sid"]
+        assert press_enter_and_read(page) == greedy_answer(live.url, text)
+        page.screenshot(path=str(tmp_path / "restarted.png"))
+        assert page.errors == []
+        live.wait_idle()
+    llm.shutdown()
+
+
+def test_keyboard_only_chat_errors_and_lost_server(browser, tmp_path) -> None:
+    llm = tiny_llm()
+    with live_server(llm) as live:
+        page = open_page(browser, live.url)
+        page.fill("#max-tokens", str(MAX_TOKENS))
+        page.evaluate("document.activeElement.blur()")
+        for _ in range(12):  # from the top of the page, Tab until the mode tabs
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "tab-stream":
+                break
+        page.keyboard.press("ArrowRight")
+        assert page.get_attribute("#tab-chat", "aria-selected") == "true"
+        assert page.is_visible("#panel-chat") and not page.is_visible("#panel-stream")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "chat-input"
+        page.keyboard.type("Where is Paris?")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#chat-log .turn.assistant .answer")
+        page.wait_for_function("!document.querySelector('#chat-send').disabled")
+        answer = page.eval_on_selector("#chat-log .turn.assistant .answer", "e => e.textContent")
+        assert answer == greedy_answer(live.url, "Where is Paris?")
+        page.fill("#top-p", "5")  # a 400 naming the field, shown as a message
+        page.focus("#chat-input")
+        page.keyboard.type("Again?")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#messages .msg.error")
+        assert "HTTP 400" in page.inner_text("#messages")
+        assert "top_p" in page.inner_text("#messages")
+        page.fill("#top-p", "1")
+        page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+    llm.shutdown()  # the server is gone: a send is a message, the page stays usable
+    page.focus("#chat-input")
+    page.keyboard.type("Still there?")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('#messages .msg.error').length >= 2")
+    page.wait_for_function("!document.querySelector('#chat-send').disabled")
+    assert page.errors == []
