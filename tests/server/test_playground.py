@@ -289,3 +289,22 @@ def test_keyboard_only_chat_errors_and_lost_server(browser, tmp_path) -> None:
     page.wait_for_function("document.querySelectorAll('#messages .msg.error').length >= 2")
     page.wait_for_function("!document.querySelector('#chat-send').disabled")
     assert page.errors == []
+
+
+def test_think_while_reading_notes_appear_while_typing(browser, tiny_server, tmp_path) -> None:
+    page = open_page(browser, tiny_server.url)
+    page.check("#think")
+    page.fill("#note-tokens", "12")  # the tiny tokenizer's note frame is longer than SmolLM2's
+    page.click("#stream-input")
+    page.keyboard.type("Tom has 3 apples. He buys 4 more. ")
+    page.wait_for_function("document.querySelector('#stream-notes').textContent.length > 0",
+                           timeout=15_000)
+    assert page.inner_text("#st-state") == "open"  # notes before the input ends
+    assert page.is_visible("#notes-box")
+    page.keyboard.type("How many apples?")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#st-state').textContent === 'answered'",
+                           timeout=15_000)
+    page.screenshot(path=str(tmp_path / "notes.png"), full_page=True)
+    assert page.errors == []
+    tiny_server.wait_idle()

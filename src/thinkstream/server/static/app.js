@@ -240,7 +240,7 @@
       ws.onopen = () => {
         const open = { type: "open", ...sampling(), messages: systemMessages() };
         if (text) open.prompt = text;
-        if ($("think").checked) open.thinking = {};
+        if ($("think").checked) open.thinking = { note_tokens: Number($("note-tokens").value) || 24 };
         ws.send(JSON.stringify(open));
       };
       ws.onmessage = (ev) => this.receive(s, JSON.parse(ev.data));
