@@ -130,7 +130,8 @@ def wait_caught_up(page, tokens: int) -> dict:
     (the input is still open); returns the numbers shown."""
     page.wait_for_function(
         "([n]) => +document.querySelector('#st-received').textContent === n && "
-        "+document.querySelector('#st-computed').textContent === n - 1", arg=[tokens],
+        "+document.querySelector('#st-computed').textContent === n - 1 && "
+        "document.querySelector('#st-state').dataset.synced === '1'", arg=[tokens],
         timeout=15_000)
     return {"sid": page.get_attribute("#st-state", "data-session"),
             "received": int(page.inner_text("#st-received")),

@@ -233,7 +233,7 @@
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
       const ws = new WebSocket(`${scheme}//${location.host}/v1/sessions/ws${q}`);
       const s = { ws, sid: null, seq: 0, sent: text, ready: false, closing: false, done: false,
-                  t0: 0, first: false, poll: null, closeNow };
+                  t0: 0, first: false, poll: null, closeNow, acked: 0, infoSeq: -1 };
       this.s = s;
       this.setState("opening");
       $("stream-notes").textContent = "";
@@ -268,11 +268,15 @@
         s.ready = true;
         this.restarts = 0;
         this.setState("open");
+        s.infoSeq = msg.session.next_seq;
         this.show(msg.session.tokens_received, msg.session.tokens_computed);
+        this.mark(s);
         s.poll = setInterval(() => this.pollInfo(s), POLL_MS);
         if (s.closeNow) this.close(s); else this.schedule();
       } else if (msg.type === "ack") {
+        s.acked += 1;
         $("st-received").textContent = msg.tokens_received;
+        this.mark(s);
       } else if (msg.type === "reasoning") {
         $("notes-box").hidden = false;
         $("stream-notes").textContent += msg.delta;
@@ -335,8 +339,18 @@
         const r = await fetch(`/v1/sessions/${encodeURIComponent(s.sid)}`, { headers: headers() });
         if (!r.ok || this.s !== s || s.closing) return;
         const info = await r.json();
+        s.infoSeq = info.next_seq;
         this.show(info.tokens_received, info.tokens_computed);
+        this.mark(s);
       } catch (e) { /* the WebSocket reports lost connections */ }
+    },
+
+    // data-synced="1" on #st-state: every edit is acknowledged and the numbers shown come
+    // from a look at the session after the last of them (what tests and benchmarks wait on).
+    mark(s) {
+      const synced = this.s === s && s.ready && !s.closing && s.sent === this.text() &&
+        s.acked === s.seq && s.infoSeq === s.seq;
+      $("st-state").dataset.synced = synced ? "1" : "0";
     },
 
     show(received, computed) {
@@ -370,10 +384,12 @@
       }
       s.seq += 1;
       s.sent = text;
+      this.mark(s);
     },
 
     close(s) {
       s.closing = true;
+      this.mark(s);
       this.stopPolling(s);
       $("st-at-enter").textContent = `${$("st-computed").textContent} of ${$("st-received").textContent}`;
       const text = this.text();
@@ -422,6 +438,7 @@
 
   $("stream-input").addEventListener("input", () => {
     if (stream.s && stream.s.done) stream.s = null;  // the last answer is over: a new session
+    $("st-state").dataset.synced = "0";
     stream.schedule();
   });
   $("stream-input").addEventListener("keydown", (ev) => {
