@@ -8,7 +8,9 @@ from collections.abc import Iterator, Sequence
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.request import RequestOutput
-from thinkstream.sampling_params import SamplingParams
+from thinkstream.parallel.config import ParallelConfig
+from thinkstream.parallel.paths import start_paths
+from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
 from thinkstream.thinking.config import ThinkConfig
 
@@ -23,6 +25,15 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     if items and all(isinstance(t, int) for t in items):
         return [items]  # one prompt given as token ids
     return items
+
+
+def parallel_config(params: SamplingParams, value: ParallelConfig | dict | None,
+                    max_paths: int = 16) -> ParallelConfig | None:
+    """The parallel-paths setting of a request (None: off); ``ParamError`` naming the field."""
+    cfg = ParallelConfig.from_value(value, max_paths)
+    if cfg is not None and params.n != 1:
+        raise ParamError("n", "parallel paths need n == 1")
+    return cfg
 
 
 class LLM:
@@ -46,24 +57,33 @@ class LLM:
 
     def generate(
         self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | None = None,
-        *, use_tqdm: bool = False,
+        *, use_tqdm: bool = False, parallel: ParallelConfig | dict | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs in the order of the prompts."""
+        """Generate for every prompt (text or token ids); outputs in the order of the prompts.
+        ``parallel`` (``ParallelConfig`` or its fields as a dict): N reasoning paths per
+        prompt, then a summary / vote (``outputs[0].paths``; ``parallel.paths``)."""
         items = _as_prompt_list(prompts)
         params = sampling_params or SamplingParams()
-        states = [self.engine.make_request(None, p, params) for p in items]  # validate all first
+        cfg = parallel_config(params, parallel)
+        states = [self.engine.make_request(None, p, params, input_closed=cfg is None)
+                  for p in items]  # validate all first
+        if cfg is not None and any(not s.prompt_token_ids for s in states):
+            raise ParamError("prompt", "prompt: must not be empty")
         ids = [self.engine.add(s) for s in states]
+        if cfg is not None:
+            for s in states:
+                start_paths(self.engine, s, cfg)
         return self._run(ids, use_tqdm)
 
     def chat(
         self, messages: Sequence[Message] | Sequence[Sequence[Message]],
         sampling_params: SamplingParams | None = None, *, use_tqdm: bool = False,
-        **template_kwargs,
+        parallel: ParallelConfig | dict | None = None, **template_kwargs,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then generate."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts = [self.chat_prompt(c, **template_kwargs) for c in convs]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, parallel=parallel)
 
     def chat_prompt(self, messages: Sequence[Message], **template_kwargs) -> list[int]:
         """The prompt ids of a conversation (special-token text in messages is plain text

@@ -31,7 +31,7 @@ def test_the_package_still_exports_the_api_lazily() -> None:
 SRC = Path(__file__).resolve().parents[2] / "src" / "thinkstream"
 # Lower layers never import the ones above them (features, front-ends, server).
 LOWER = ("kv", "engine", "worker", "attention", "models", "kernels", "loading")
-UPPER = ("streaming", "thinking", "server", "bench", "llm", "async_llm", "cli")
+UPPER = ("streaming", "thinking", "parallel", "server", "bench", "llm", "async_llm", "cli")
 
 
 def _module_imports() -> dict[str, set[str]]:

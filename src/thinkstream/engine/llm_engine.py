@@ -249,6 +249,11 @@ class LLMEngine(OpenInputs):
         self._owners[seq.seq_id] = owner
         self.scheduler.add(seq)
 
+    def finish_sequence(self, seq: Sequence) -> None:
+        """End ``seq`` now with "stop" and free its blocks (a feature decided it is done: a
+        vote over parallel paths). Its request reports it when next touched."""
+        self.scheduler.finish(seq, SeqStatus.FINISHED_STOPPED)
+
     def wake(self, seq: Sequence) -> None:
         """``seq`` has tokens to compute again: a sequence parked while idle recomputes."""
         self.scheduler.wake(seq)

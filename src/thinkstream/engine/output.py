@@ -42,6 +42,9 @@ class RequestState:
     texts: list[_SeqText] = field(default_factory=list)
     reasoning: str = ""  # reasoning text (think while reading), reported on output 0
     reasoning_sent: int = 0
+    paths: list[str] = field(default_factory=list)  # parallel paths' text, on output 0
+    paths_sent: list[int] = field(default_factory=list)
+    num_path_tokens: int = 0
     _prompt_logprobs: PromptLogprobs = field(default_factory=list)  # converted so far
     _prompt_sources: list[TokenLogprob | None] = field(default_factory=list)  # ... from these
 
@@ -116,6 +119,8 @@ class RequestState:
                     new_token_ids=list(ids[st.num_tokens_sent :]),
                 )
             )
+            if seq.index == 0 and self.paths:
+                self._path_output(outs[-1], consume)
             if seq.index == 0 and self.reasoning:
                 outs[-1].reasoning_content = self.reasoning
                 outs[-1].new_reasoning_content = self.reasoning[self.reasoning_sent :]
@@ -132,6 +137,13 @@ class RequestState:
             finished=self.finished,
         )
 
+    def _path_output(self, out: CompletionOutput, consume: bool) -> None:
+        out.paths = list(self.paths)
+        out.num_path_tokens = self.num_path_tokens
+        out.new_paths = [(i, t[s:]) for i, (t, s) in enumerate(zip(self.paths, self.paths_sent,
+                                                                    strict=True)) if len(t) > s]
+        if consume:
+            self.paths_sent = [len(t) for t in self.paths]
 
     # ------------------------------------------------------------ logprobs
     def _decode(self, token_id: int) -> str:

@@ -186,6 +186,11 @@ class CompletionOutput:
     # Think while reading: the reasoning so far (notes, passes), apart from the answer.
     reasoning_content: str = ""
     new_reasoning_content: str = ""
+    # Parallel paths (``parallel.paths``): each path's text, the (path, delta) pairs new
+    # since the last output, and how many tokens the paths sampled.
+    paths: list[str] = field(default_factory=list)
+    new_paths: list[tuple[int, str]] = field(default_factory=list)
+    num_path_tokens: int = 0
 
     @property
     def finished(self) -> bool:

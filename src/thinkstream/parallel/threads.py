@@ -1,0 +1,187 @@
+"""Fork / join threads over one KV cache: a ``ThreadTree`` owns the threads of a request.
+
+A thread is a sequence. ``fork`` pauses a thread T (its last token is held back, as an open
+input's is) and starts children that read T's whole context through views (nothing is
+copied: T's blocks are held once whatever the number of children) and continue from T's
+held token, each with its own suffix (a path instruction, an outline item), sampling
+parameters and seed. The children are attached sequences (``LLMEngine.attach``; this tree
+is their ``SequenceOwner``): they decode concurrently in the continuous batch.
+
+    T:        | context ........................ | t |           (t: held, uncomputed)
+    child c:  view of T's context                | t | suffix_c | generated_c | x |
+
+A child ends on its stop token or after ``max_tokens`` tokens; it then stays resident,
+idle (its last token ``x`` held back: the stop token, or a filler after a full budget so
+that every generated token is computed), because a join reads it. ``join`` continues T
+after the chosen children, read through views at the layout's positions (``attention/
+shift.py``), then an optional suffix:
+
+    parallel    (ParaThinker): every child at T's fork position p; T continues at
+                p + 1 + max L_c. The children never see each other; T sees all.
+    sequential  child k at p + 1 + L_1 + ... + L_{k-1} (shifted views); T continues after
+                the last. Each child's keys are still those it computed beside T's context
+                alone (ThreadWeaver's trie: siblings never see each other), re-rotated.
+
+T's own earlier tokens keep the view they were computed with (``kv_prefix_visible``), so
+any thread recomputes exactly after a preemption, and the children live until the request
+ends (the joined thread reads them). Forks nest (a child may fork and join); width and
+depth are capped (``ThreadLimits``, a ``ParamError`` naming ``width`` / ``depth``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from thinkstream.engine.llm_engine import LLMEngine
+from thinkstream.engine.request import Sequence as Seq
+from thinkstream.parallel.config import LAYOUTS, ThreadLimits
+from thinkstream.sampling_params import ParamError, SamplingParams
+
+
+@dataclass(eq=False)
+class Thread:
+    """One thread of a tree: its sequence, where its generated tokens start, its state."""
+
+    seq: Seq
+    depth: int = 0
+    index: int = 0  # among its siblings
+    gen_start: int = 0  # own token index of its first sampled token
+    budget: int | None = None  # tokens it may sample (None: the root, its request's own)
+    stop_ids: frozenset[int] = frozenset()
+    min_tokens: int = 0
+    done: bool = False
+    children: list[Thread] = field(default_factory=list)
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Its sampled tokens (a done thread's held-back last token left out)."""
+        end = self.seq.num_tokens - 1 if self.done else self.seq.num_tokens
+        return self.seq.token_ids[self.gen_start : end]
+
+    @property
+    def view_len(self) -> int:
+        """Tokens a join reads: its suffix and sampled tokens (not the fork token)."""
+        return self.seq.num_tokens - 2
+
+
+Listener = Callable[[Thread, int | None], None]  # (thread, token or None when it ends)
+
+
+class ThreadTree:
+    """The threads of one request; the ``SequenceOwner`` of its children."""
+
+    def __init__(self, engine: LLMEngine, request_id: str, limits: ThreadLimits | None = None,
+                 listener: Listener | None = None) -> None:
+        self.engine, self.rid = engine, request_id
+        self.limits = limits or ThreadLimits()
+        self.root = Thread(engine.requests[request_id].seqs[0])
+        self.listener = listener
+        self._threads: dict[str, Thread] = {}
+        self._count = 0
+        self._eos = engine.eos_ids
+
+    # ------------------------------------------------------------------ fork
+    def fork(self, thread: Thread, suffixes: Sequence[Sequence[int]],
+             params: Sequence[SamplingParams], max_tokens: int) -> list[Thread]:
+        """Pause ``thread`` and start one child per suffix (``params[i]``: its sampling,
+        seeded ``params[i].seed``). Raises ``ParamError`` over the caps or on a thread that
+        is finished."""
+        self.limits.check(len(suffixes), thread.depth + 1)
+        if len(params) != len(suffixes):
+            raise ParamError("params", "one SamplingParams per child")
+        if thread.seq.status.finished or thread.done:
+            raise ParamError("thread", "cannot fork a finished thread")
+        if max_tokens < 1:
+            raise ParamError("max_tokens", f"must be >= 1, got {max_tokens}")
+        t = thread.seq
+        t.input_closed = False  # pause: its last token is held, every child continues it
+        fork_tok, fork_pos = t.token_ids[-1], t.position(t.num_tokens - 1)
+        prefix = [*t.kv_prefix, (t.seq_id, t.num_tokens - 1)]
+        kids = []
+        for i, (suffix, p) in enumerate(zip(suffixes, params, strict=True)):
+            self._count += 1
+            seed = p.seed if p.seed is not None else random.getrandbits(63)
+            own = [fork_tok, *suffix]
+            seq = Seq(seq_id=f"{self.rid}#t{self._count}", request_id=self.rid, index=-1,
+                      token_ids=own, num_prompt_tokens=len(own),
+                      params=dataclasses.replace(p, n=1, ignore_eos=True, stop_token_ids=(),
+                                                 stop=(), max_tokens=None),
+                      generator=torch.Generator(device=self.engine.device).manual_seed(seed),
+                      max_tokens=max_tokens + 2, position_offset=fork_pos, kv_prefix=list(prefix))
+            stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self._eos)
+            kid = Thread(seq, thread.depth + 1, i, len(own), max_tokens, stops, p.min_tokens)
+            self._threads[seq.seq_id] = kid
+            kids.append(kid)
+        thread.children += kids
+        for kid in kids:
+            self.engine.attach(self.rid, kid.seq, self)
+        return kids
+
+    # ------------------------------------------------------------------ join
+    def join(self, thread: Thread, children: Sequence[Thread], suffix: Sequence[int] = (),
+             layout: str = "parallel") -> None:
+        """Continue ``thread`` after ``children`` (its own, all done) and ``suffix``, read
+        through views at ``layout``'s positions (module docstring)."""
+        if layout not in LAYOUTS:
+            raise ParamError("layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if not children or any(c not in thread.children or not c.done for c in children):
+            raise ParamError("children", "join reads finished children of the thread only")
+        t = thread.seq
+        n = t.num_tokens  # own tokens up to and with the held fork token
+        fork_pos = t.position(n - 1)
+        t.kv_prefix_visible = [t.visible_prefix(i) for i in range(n)]  # the past keeps its view
+        t.positions = [t.position(i) for i in range(n)]
+        shift = 0
+        for c in children:
+            t.kv_prefix.append((c.seq.seq_id, c.seq.num_tokens - 1, 1, shift))
+            if layout == "sequential":
+                shift += c.view_len
+        span = shift if layout == "sequential" else max(c.view_len for c in children)
+        t.position_offset = fork_pos + 1 + span - n  # own token i >= n sits at offset + i
+        if thread is self.root and t.num_tokens == t.num_prompt_tokens:
+            if suffix:
+                self.engine.extend_input(self.rid, suffix)
+            self.engine.close_input(self.rid)
+        else:
+            t.token_ids.extend(suffix)
+            t.input_closed = True
+            thread.done = False
+        self.engine.wake(t)
+
+    # --------------------------------------------------------- owner of children
+    def on_token(self, seq: Seq, token_id: int) -> str | None:
+        """A child sampled ``token_id``: a stop token ends it (held back, not read by a
+        join); the budget's last token ends it after being counted (a filler is held)."""
+        kid = self._threads.get(seq.seq_id)
+        if kid is None or kid.done:
+            return None
+        count = seq.num_tokens - kid.gen_start
+        if token_id in kid.stop_ids and count > kid.min_tokens:
+            self.end(kid)
+            return self.rid
+        if self.listener is not None:
+            self.listener(kid, token_id)
+        if count >= (kid.budget or 0):
+            seq.token_ids.append(token_id)  # the filler: every counted token gets computed
+            self.end(kid)
+        return self.rid
+
+    def on_starved(self, seq: Seq) -> None:
+        kid = self._threads.get(seq.seq_id)
+        if kid is not None and not kid.done:
+            self.end(kid)
+
+    def end(self, kid: Thread) -> None:
+        """The child samples no more; it stays resident, idle, for a join to read."""
+        kid.done = True
+        kid.seq.input_closed = False
+        if self.listener is not None:
+            self.listener(kid, None)
+
+    def thread(self, seq_id: str) -> Thread | None:
+        return self._threads.get(seq_id)
