@@ -22,6 +22,8 @@ from typing import Any
 from thinkstream.engine.llm_engine import LLMEngine, RequestError
 from thinkstream.engine.output import RequestState
 from thinkstream.engine.request import RequestOutput
+from thinkstream.parallel.config import ParallelConfig
+from thinkstream.parallel.paths import start_paths
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
 
@@ -62,16 +64,20 @@ class AsyncLLM:
 
     async def generate(
         self, prompt: str | Sequence[int], params: SamplingParams, request_id: str | None = None,
-        salt: object = None,
+        salt: object = None, parallel: ParallelConfig | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; aborts the request if the consumer stops early.
-        ``salt``: prefix-cache namespace (requests share cached blocks only with the same salt)."""
+        ``salt``: prefix-cache namespace (requests share cached blocks only with the same salt).
+        ``parallel``: reasoning paths, then a summary / vote (``parallel.paths``)."""
         self._check_alive()
-        state = self.engine.make_request(request_id, prompt, params, salt=salt)  # raises on bad input
+        state = self.engine.make_request(request_id, prompt, params, salt=salt,
+                                         input_closed=parallel is None)  # raises on bad input
+        if parallel is not None and not state.prompt_token_ids:
+            raise RequestError("prompt", "prompt: must not be empty")
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         try:  # a refusal (a duplicate id, say) raises here and has touched nothing
-            await self.call(lambda _: self._add_now(state, (loop, q)))
+            await self.call(lambda _: self._add_now(state, (loop, q), parallel))
         except asyncio.CancelledError:  # the add may still run: undo it, if it was ours
             self._commands.put(lambda: self._abort_own(state))
             raise
@@ -233,12 +239,16 @@ class AsyncLLM:
             subs[:] = [(loop, q) for loop, q in subs if _post(loop, q.put_nowait, item)]
 
     def _add_now(self, state: RequestState,
-                 target: tuple[asyncio.AbstractEventLoop, asyncio.Queue]) -> None:
-        """Queue a request and register its stream, or raise having touched neither."""
+                 target: tuple[asyncio.AbstractEventLoop, asyncio.Queue],
+                 parallel: ParallelConfig | None = None) -> None:
+        """Queue a request (and fork its paths) and register its stream, or raise having
+        touched neither."""
         rid = state.request_id
         if rid in self._streams:  # a closing session's answer, say: the engine may not know
             raise RequestError("request_id", f"request_id: {rid!r} is already in use")
         self.engine.add(state)
+        if parallel is not None:
+            start_paths(self.engine, state, parallel)
         self._streams[rid] = target
         self.stats.prompt_tokens += len(state.prompt_token_ids)
 

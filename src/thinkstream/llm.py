@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.request import RequestOutput
-from thinkstream.parallel.config import ParallelConfig
+from thinkstream.parallel.config import ParallelConfig, parallel_config
 from thinkstream.parallel.paths import start_paths
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
@@ -25,15 +25,6 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     if items and all(isinstance(t, int) for t in items):
         return [items]  # one prompt given as token ids
     return items
-
-
-def parallel_config(params: SamplingParams, value: ParallelConfig | dict | None,
-                    max_paths: int = 16) -> ParallelConfig | None:
-    """The parallel-paths setting of a request (None: off); ``ParamError`` naming the field."""
-    cfg = ParallelConfig.from_value(value, max_paths)
-    if cfg is not None and params.n != 1:
-        raise ParamError("n", "parallel paths need n == 1")
-    return cfg
 
 
 class LLM:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from thinkstream.sampling_params import ParamError
+from thinkstream.sampling_params import ParamError, SamplingParams
 
 MERGES = ("summary", "vote", "none")
 LAYOUTS = ("parallel", "sequential")
@@ -90,3 +90,17 @@ class ParallelConfig:
             return cls(**value, max_paths=max_paths)
         except TypeError as exc:
             raise ParamError("parallel", str(exc)) from None
+
+
+def parallel_config(params: SamplingParams, value: ParallelConfig | Mapping | None,
+                    max_paths: int = 16) -> ParallelConfig | None:
+    """The parallel-paths setting of a request (None: off); ``ParamError`` naming the field."""
+    cfg = ParallelConfig.from_value(value, max_paths)
+    if cfg is not None and params.n != 1:
+        raise ParamError("n", "parallel paths need n == 1")
+    return cfg
+
+
+def reasoning_text(paths: list[str]) -> str:
+    """The paths as one ``reasoning_content`` text: each headed by its number."""
+    return "\n\n".join(f"Path {i + 1}:\n{t.strip()}" for i, t in enumerate(paths))

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
+from thinkstream.parallel.config import reasoning_text
 from thinkstream.parsers.output import Delta, OutputParser, ParserSpec, parse_output
 from thinkstream.parsers.tool_calls import CallStart
 from thinkstream.server import protocol as P
@@ -94,9 +95,13 @@ def _top(entry: dict[int, Logprob], k: int | None) -> list[tuple[int, float]]:
     return [(tid, logprob) for _, tid, logprob in ranked]
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def _usage(prompt_tokens: int, completion_tokens: int, path_tokens: int = 0) -> dict:
+    """OpenAI's usage; parallel paths' tokens count as completion (reasoning) tokens."""
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    if path_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": path_tokens}
+    return usage
 
 
 @dataclass
@@ -284,6 +289,9 @@ class ChatView(_View):
                 reason = call_finish_reason(reason)
         if o.reasoning_content:  # think while reading: the reasoning, apart from the answer
             message["reasoning_content"] = o.reasoning_content
+        if o.paths:  # parallel paths: each path's text, and all of them as the reasoning
+            message["reasoning_content"] = reasoning_text(o.paths)
+            message["paths"] = list(o.paths)
         return message, reason
 
     def response(self, finals: list[RequestOutput]) -> dict:
@@ -297,10 +305,11 @@ class ChatView(_View):
             choices.append({"index": o.index, "message": message,
                             "logprobs": lps, "finish_reason": reason,
                             "stop_reason": o.stop_reason})
-        completion = sum(len(o.token_ids) for o in out.outputs)
+        paths = sum(o.num_path_tokens for o in out.outputs)
+        completion = sum(len(o.token_ids) for o in out.outputs) + paths
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model, "choices": choices,
-                "usage": _usage(self.num_prompt_tokens, completion)}
+                "usage": _usage(self.num_prompt_tokens, completion, paths)}
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         return _envelope(self, "chat.completion.chunk", choices, usage)
@@ -337,7 +346,7 @@ class ChatView(_View):
         for idx in range(self.n):  # the role comes first, as OpenAI sends it
             yield self.chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
                                 "logprobs": None, "finish_reason": None}])
-        completion = 0
+        completion = paths = 0
         done: set[int] = set()
         reasoned: dict[int, int] = {}  # reasoning characters sent (think while reading)
         parsers: dict[int, OutputParser] = {}
@@ -345,6 +354,10 @@ class ChatView(_View):
             for o in out.outputs:
                 if o.index in done:
                     continue
+                for path, text in o.new_paths:  # parallel paths: deltas tagged with the path
+                    yield self.chunk([{"index": o.index, "delta": {"reasoning_content": text,
+                                                                   "path": path},
+                                       "logprobs": None, "finish_reason": None}])
                 start = sent.get(o.index, 0)
                 new_ids = list(o.token_ids[start:])
                 sent[o.index] = len(o.token_ids)
@@ -365,7 +378,8 @@ class ChatView(_View):
                                         "logprobs": lps if k == 0 else None,
                                         "finish_reason": None}])
                 if o.finish_reason:
-                    completion += len(o.token_ids)
+                    completion += len(o.token_ids) + o.num_path_tokens
+                    paths += o.num_path_tokens
                     done.add(o.index)
                     reason = o.finish_reason
                     if o.index in parsers and parsers[o.index].num_calls:
@@ -374,7 +388,7 @@ class ChatView(_View):
                                         "finish_reason": reason,
                                         "stop_reason": o.stop_reason}])
         if include_usage:
-            yield self.chunk([], _usage(self.num_prompt_tokens, completion))
+            yield self.chunk([], _usage(self.num_prompt_tokens, completion, paths))
 
 
 def call_finish_reason(reason: str | None) -> str | None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from thinkstream.engine.llm_engine import RequestError
 from thinkstream.engine.request import RequestOutput
+from thinkstream.parallel.config import parallel_config
 from thinkstream.parsers.output import ParserSpec
 from thinkstream.sampling_params import ParamError, SamplingParams, StructuredOutputsParams
 from thinkstream.server import formatting as fmt
@@ -325,8 +326,9 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, P.ChatCompletionRequest)
     check_model(state, body.model)
     chat = prepare_chat(state, body)
+    parallel = parallel_config(chat.params, body.parallel, state.config.max_n)
     job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
-              request_owner(request.scope), salt=body.prefix_salt())
+              request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
                         len(chat.ids), chat.logprobs, chat.params.n, chat.parser)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

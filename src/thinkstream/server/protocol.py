@@ -242,6 +242,9 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+    # thinkstream: N reasoning paths, then a summary / vote (``parallel.config.ParallelConfig``:
+    # paths, path_tokens, path_prompts, merge, layout, summary_prompt, temperature)
+    parallel: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------ responses (documented)

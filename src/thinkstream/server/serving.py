@@ -24,6 +24,7 @@ from starlette.requests import Request
 
 from thinkstream.async_llm import AsyncLLM, EngineDeadError
 from thinkstream.engine.request import RequestOutput
+from thinkstream.parallel.config import ParallelConfig
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.server.auth import ANONYMOUS, KeyRing
 from thinkstream.server.config import ServerConfig
@@ -106,10 +107,12 @@ class Job:
     admitted: bool = False
     answered: set[int] = field(default_factory=set)  # prompts with an output so far
     salt: object = None  # prefix-cache namespace (``cache_salt``)
+    parallel: ParallelConfig | None = None  # reasoning paths (``parallel.paths``)
 
     @property
     def num_seqs(self) -> int:
-        return len(self.prompts) * self.params.n
+        per_prompt = self.params.n if self.parallel is None else self.parallel.paths + 1
+        return len(self.prompts) * per_prompt
 
     def engine_id(self, i: int) -> str:
         base = self.public_id if self.owner == ANONYMOUS else f"{self.owner}/{self.public_id}"
@@ -146,7 +149,7 @@ class Job:
         async def pump(i: int) -> None:
             try:
                 async for out in llm.generate(self.prompts[i], self.params, self.engine_id(i),
-                                             salt=self.salt):
+                                             salt=self.salt, parallel=self.parallel):
                     queue.put_nowait((i, out))
                 queue.put_nowait((i, None))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer

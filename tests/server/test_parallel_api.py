@@ -1,0 +1,84 @@
+"""Parallel reasoning paths over HTTP (``parallel`` on chat completions), on the tiny model:
+the setting validated (400 naming the field), the summary as ``content`` with the paths as
+``reasoning_content`` and ``paths``, streamed path deltas tagged with their path index
+before the summary, ``usage`` counting every path's tokens, and the pool full afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from conftest import tiny_server  # noqa: F401 - the module's server
+
+CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 5, "temperature": 1.0, "seed": 3}
+
+
+def post(server, body: dict) -> httpx.Response:
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+
+
+@pytest.mark.parametrize(("parallel", "field"), [
+    ({"paths": 0}, "parallel.paths"), ({"paths": 17}, "parallel.paths"),
+    ({"paths": 2, "merge": "best"}, "parallel.merge"),
+    ({"paths": 2, "layout": "zigzag"}, "parallel.layout"),
+    ({"paths": 2, "path_tokens": 0}, "parallel.path_tokens"),
+    ({"paths": 2, "wings": 3}, "parallel.wings"),
+])
+def test_a_bad_parallel_setting_is_a_400_naming_the_field(tiny_server, parallel,  # noqa: F811
+                                                          field) -> None:
+    r = post(tiny_server, {**CHAT, "parallel": parallel})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field
+    r = post(tiny_server, {**CHAT, "n": 2, "parallel": {"paths": 2}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    tiny_server.wait_idle()
+
+
+def test_summary_is_the_content_and_usage_counts_every_path(tiny_server) -> None:  # noqa: F811
+    body = {**CHAT, "parallel": {"paths": 3, "path_tokens": 4, "merge": "summary"}}
+    r = post(tiny_server, body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    msg = got["choices"][0]["message"]
+    assert len(msg["paths"]) == 3
+    assert msg["reasoning_content"].startswith("Path 1:")
+    usage = got["usage"]
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 12  # 3 paths x 4, no EOS
+    assert usage["completion_tokens"] == 12 + 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    tiny_server.wait_idle()
+
+
+def test_streamed_paths_are_tagged_then_the_summary(tiny_server) -> None:  # noqa: F811
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True},
+            "parallel": {"paths": 3, "path_tokens": 4}}
+    with httpx.stream("POST", tiny_server.url + "/v1/chat/completions", json=body,
+                      timeout=120) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    deltas = [c["choices"][0]["delta"] for c in events if c["choices"]]
+    tagged = [d for d in deltas if "path" in d]
+    assert {d["path"] for d in tagged} == {0, 1, 2}
+    content = [i for i, d in enumerate(deltas) if d.get("content")]
+    assert content and max(i for i, d in enumerate(deltas) if "path" in d) < content[0]
+    streamed = {p: "".join(d["reasoning_content"] for d in tagged if d["path"] == p)
+                for p in range(3)}
+    plain = post(tiny_server, {**CHAT, "parallel": {"paths": 3, "path_tokens": 4}}).json()
+    assert [streamed[p] for p in range(3)] == plain["choices"][0]["message"]["paths"]
+    assert "".join(d.get("content", "") for d in deltas) == \
+        plain["choices"][0]["message"]["content"]
+    assert events[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 12
+    tiny_server.wait_idle()
+
+
+def test_vote_answers_with_the_majority(tiny_server) -> None:  # noqa: F811
+    r = post(tiny_server, {**CHAT, "parallel": {"paths": 3, "path_tokens": 4, "merge": "vote"}})
+    assert r.status_code == 200, r.text
+    msg = r.json()["choices"][0]["message"]
+    from thinkstream.parallel.paths import extract_answer, majority
+
+    assert msg["content"] == majority([extract_answer(p) for p in msg["paths"]])
+    tiny_server.wait_idle()
