@@ -141,6 +141,7 @@ class EngineConfig:
     # Weight streaming (distributed/streaming.py): layers stay on disk, a window of them is
     # loaded ahead by a prefetch thread so the weights in memory stay under this many MiB.
     max_weight_memory_mb: int | None = None
+    weight_window: int | None = None  # layers resident at once; None: as many as fit the cap
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -168,6 +169,9 @@ class EngineConfig:
             raise ValueError("collective_timeout_s must be > 0")
         if self.max_weight_memory_mb is not None and self.max_weight_memory_mb < 1:
             raise ValueError("max_weight_memory_mb must be >= 1")
+        if self.weight_window is not None and (self.weight_window < 1
+                                               or self.max_weight_memory_mb is None):
+            raise ValueError("weight_window must be >= 1 and needs max_weight_memory_mb")
         if self.compile_decode and (self.tensor_parallel_size > 1 or self.max_weight_memory_mb):
             raise ValueError("compile_decode does not combine with tensor_parallel_size > 1 "
                              "or max_weight_memory_mb")

@@ -66,12 +66,20 @@ class VocabParallelHead(nn.Module):
         return self.comm.all_gather_last(self.inner(hidden), self.padded, self.sizes)
 
 
-def parallelize(model: nn.Module, shards: list[RankShard], rank: int, comm: Comm) -> nn.Module:
-    """Wrap the row-parallel linears, the embedding and the head of a model built from
-    rank ``rank``'s slice; returns the model (changed in place)."""
-    for layer in model.layers:
-        layer.attn.o_proj = RowParallel(layer.attn.o_proj, comm)
-        layer.mlp.down_proj = RowParallel(layer.mlp.down_proj, comm)
+def parallelize_layer(layer: nn.Module, comm: Comm) -> None:
+    """Sum the partial outputs of a decoder layer's row-parallel linears over the ranks."""
+    layer.attn.o_proj = RowParallel(layer.attn.o_proj, comm)
+    layer.mlp.down_proj = RowParallel(layer.mlp.down_proj, comm)
+
+
+def parallelize(model: nn.Module, shards: list[RankShard], rank: int, comm: Comm,
+                layers: bool = True) -> nn.Module:
+    """Wrap the embedding, the head and (``layers``; a weight streamer wraps each layer
+    as it loads) the row-parallel linears of a model built from rank ``rank``'s slice;
+    returns the model (changed in place)."""
+    if layers:
+        for layer in model.layers:
+            parallelize_layer(layer, comm)
     model.embed = VocabParallelEmbedding(model.embed, shards[rank], comm)
     model.lm_head = VocabParallelHead(model.lm_head, shards, comm)
     return model

@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 from thinkstream.attention.metadata import AttentionConfig
 from thinkstream.config import EngineConfig, ModelConfig
 from thinkstream.distributed.comm import CTRL_TIMEOUT, Comm, RankFailedError
-from thinkstream.distributed.layers import parallelize
+from thinkstream.distributed.layers import parallelize, parallelize_layer
 from thinkstream.distributed.plan import RankShard, local_config, plan_shards, shard_tensors
 from thinkstream.models.registry import build_model
 from thinkstream.worker.runner import DTYPES, ModelRunner, StepBatch
@@ -59,10 +59,14 @@ def build_rank_runner(spec: RankSpec, rank: int, comm: Comm, cls: type = ModelRu
     shards = plan_shards(mcfg, comm.world)
     dtype, device = DTYPES[cfg.dtype], torch.device(cfg.device)
     local = local_config(mcfg, shards[rank])
-    if cfg.max_weight_memory_mb is not None:
+    streamed = cfg.max_weight_memory_mb is not None
+    if streamed:
         from thinkstream.distributed.streaming import build_streamed_model
 
-        model = build_streamed_model(spec.path, mcfg, cfg, dtype, device, shards[rank])
+        tp = comm.world > 1
+        model = build_streamed_model(
+            spec.path, mcfg, cfg, dtype, device, shards[rank] if tp else None,
+            (lambda layer: parallelize_layer(layer, comm)) if tp else None)
     else:
         tensors = spec.tensors
         if tensors is None:
@@ -71,7 +75,7 @@ def build_rank_runner(spec: RankSpec, rank: int, comm: Comm, cls: type = ModelRu
             tensors = shard_tensors(load_checkpoint(spec.path).tensors, mcfg, shards[rank])
         model = build_model(local, tensors, dtype, device, cfg.quantization)
     if comm.world > 1:
-        parallelize(model, shards, rank, comm)
+        parallelize(model, shards, rank, comm, layers=not streamed)
     attention = AttentionConfig.for_engine(cfg.attention_precision, dtype)
     return cls(model, local, spec.num_blocks, cfg.block_size, dtype, device,
                False, cfg.max_num_seqs, attention, **(extra or {}))

@@ -84,7 +84,7 @@ class LLMEngine(OpenInputs):
         checkpoint: LoadedCheckpoint | None = None,
     ) -> None:
         self.config = cfg = config or EngineConfig()
-        ckpt = checkpoint or load_checkpoint(model)
+        ckpt = checkpoint or load_checkpoint(model, tensors=cfg.max_weight_memory_mb is None)
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
         self.tokenizer = ckpt.tokenizer

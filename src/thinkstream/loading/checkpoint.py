@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from thinkstream.config import ModelConfig
 from thinkstream.loading.default_model import resolve_model_path
 from thinkstream.loading.errors import CorruptModelError, MissingWeightError, ModelLoadError
 from thinkstream.loading.gguf import gguf_config, gguf_tensors
-from thinkstream.loading.gguf_reader import read_gguf
+from thinkstream.loading.gguf_reader import GGUFFile, read_gguf
 from thinkstream.loading.gguf_tokenizer import build_gguf_tokenizer
 from thinkstream.loading.hf import hf_config, hf_tensors
 from thinkstream.loading.names import expected_shapes
@@ -47,20 +48,32 @@ def _is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def load_checkpoint(model: str | Path | None) -> LoadedCheckpoint:
-    """Config, canonical float32 tensors and tokenizer of a GGUF file or HF directory."""
+def load_checkpoint(model: str | Path | None, tensors: bool = True) -> LoadedCheckpoint:
+    """Config, canonical float32 tensors and tokenizer of a GGUF file or HF directory.
+    ``tensors=False``: no tensor is read (``tensors`` is empty; a weight streamer reads
+    them later with ``read_tensors``)."""
     path = resolve_model_path(model)
     if _is_gguf(path):
         gf = read_gguf(path)
-        config = gguf_config(gf)
-        tensors, tokenizer = gguf_tensors(gf, config), build_gguf_tokenizer(gf.metadata)
+        config, tokenizer = gguf_config(gf), build_gguf_tokenizer(gf.metadata)
+        weights = gguf_tensors(gf, config) if tensors else {}
     elif path.is_dir():
-        config = hf_config(path)
-        tensors, tokenizer = hf_tensors(path, config), load_hf_tokenizer(path)
+        config, tokenizer = hf_config(path), load_hf_tokenizer(path)
+        weights = hf_tensors(path, config) if tensors else {}
     else:
         raise ModelLoadError(f"{path}: neither a GGUF file nor a Hugging Face model directory")
-    _check_tensors(config, tensors, path)
-    return LoadedCheckpoint(config=config, tensors=tensors, tokenizer=tokenizer, path=path)
+    if tensors:
+        _check_tensors(config, weights, path)
+    return LoadedCheckpoint(config=config, tensors=weights, tokenizer=tokenizer, path=path)
+
+
+def read_tensors(path: Path, config: ModelConfig, keep: Callable[[str], bool],
+                 gguf: GGUFFile | None = None) -> dict[str, torch.Tensor]:
+    """The canonical float32 tensors of ``path`` whose names ``keep`` accepts (``gguf``:
+    the file's parsed header, to skip parsing it again)."""
+    if gguf is not None or _is_gguf(path):
+        return gguf_tensors(gguf or read_gguf(path), config, keep)
+    return hf_tensors(path, config, keep)
 
 
 def load_tokenizer(model: str | Path | None) -> Tokenizer:

@@ -12,6 +12,7 @@ scale). Tensors are dequantized with ``gguf.quants.dequantize``. Two storage qui
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from thinkstream.loading.names import gguf_to_canonical
 
 GEMMA3_SLIDING_PATTERN = 6  # layer i is global when (i + 1) % 6 == 0
 GEMMA3_LOCAL_ROPE_THETA = 10000.0
+DEQUANT_CHUNK_BYTES = 4 << 20  # float32 output dequantized per call
 
 
 def _f32(value: Any) -> float:
@@ -111,20 +113,27 @@ def _dequantize(gf: GGUFFile, name: str) -> torch.Tensor:
     raw = gf.raw(name)
     if info.qtype == GGMLQuantizationType.F32:
         array = raw.view(np.float32).reshape(info.shape).copy()
-    else:
+    else:  # in chunks of rows: the dequantizer's temporaries stay small (an embedding's
+        # would be several times its float32 size)
+        rows = raw.reshape(-1, raw.shape[-1])
+        array = np.empty((rows.shape[0], info.shape[-1]), dtype=np.float32)
+        step = max(1, DEQUANT_CHUNK_BYTES // max(1, 4 * info.shape[-1]))
         try:
-            array = dequantize(np.asarray(raw), info.qtype).astype(np.float32, copy=False)
+            for i in range(0, rows.shape[0], step):
+                array[i : i + step] = dequantize(np.asarray(rows[i : i + step]), info.qtype)
         except NotImplementedError as err:
             raise UnsupportedArchitectureError(f"{gf.path}: tensor {name} uses unsupported type {info.qtype.name}") from err
     return torch.from_numpy(array.reshape(info.shape))
 
 
-def gguf_tensors(gf: GGUFFile, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Every tensor thinkstream uses, dequantized to float32 under its canonical name."""
+def gguf_tensors(gf: GGUFFile, config: ModelConfig,
+                 keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor thinkstream uses (or those whose canonical name ``keep`` accepts: a
+    weight streamer reads one layer), dequantized to float32 under its canonical name."""
     out: dict[str, torch.Tensor] = {}
     for name in gf.tensors:
         canonical = gguf_to_canonical(name)
-        if canonical is None:
+        if canonical is None or (keep is not None and not keep(canonical)):
             continue
         tensor = _dequantize(gf, name)
         if config.architecture == "llama" and canonical.endswith(("q_proj.weight", "k_proj.weight")):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,10 @@ def _shard_files(directory: Path) -> list[Path]:
     return files
 
 
-def hf_tensors(directory: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Every tensor thinkstream uses, as float32 under its canonical name."""
+def hf_tensors(directory: Path, config: ModelConfig,
+               keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor thinkstream uses (or those whose canonical name ``keep`` accepts), as
+    float32 under its canonical name (safetensors reads only the tensors asked for)."""
     gemma = config.architecture == "gemma3"
     out: dict[str, torch.Tensor] = {}
     for file in _shard_files(directory):
@@ -150,7 +153,7 @@ def hf_tensors(directory: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                     canonical = hf_to_canonical(name, sandwich_norms=config.sandwich_norms)
-                    if canonical is None:
+                    if canonical is None or (keep is not None and not keep(canonical)):
                         continue
                     tensor = f.get_tensor(name).to(torch.float32)
                     if gemma and canonical.endswith("norm.weight"):

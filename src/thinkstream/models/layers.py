@@ -148,6 +148,8 @@ def fuse_canonical(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
             parts = [a + p + "_proj." + kind for p in "qkv"]
             if parts[0] in out:
                 out[a + "qkv_proj." + kind] = torch.cat([out.pop(p) for p in parts], dim=0)
+        if m + "gate_proj.weight" not in out:  # a subset without this layer (streaming)
+            continue
         out[m + "gate_up_proj.weight"] = torch.cat(
             [out.pop(m + "gate_proj.weight"), out.pop(m + "up_proj.weight")], dim=0
         )
