@@ -48,6 +48,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                         "with tools with 400 instead of getting the tool prompt")
     p.add_argument("--metrics-require-key", action="store_true",
                    help="/metrics needs an API key (by default it is open)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="engine replicas on Ray behind one endpoint (pip install thinkstream[ray])")
+    p.add_argument("--ray-address", default=None,
+                   help="a Ray cluster to place the replicas on ('auto': the one `ray start` made)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
 
@@ -93,6 +97,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = server_config(args)  # validate flags before loading the model
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     engine_cfg = engine_config(args)
+    if args.replicas > 1 or args.ray_address:  # N servers on Ray behind one router
+        from thinkstream.distributed.replicas.launch import serve_replicas
+
+        return serve_replicas(args.replicas, args.model, engine_cfg, config, args.ray_address,
+                              args.log_level)
     set_process_threads(engine_cfg)
     llm = AsyncLLM(LLMEngine(args.model, engine_cfg))
     return serve(create_app(llm, config), args.log_level)
