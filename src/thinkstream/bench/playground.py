@@ -14,7 +14,7 @@ same question as one chat completion, its own ``cache_salt``: nothing cached). P
 - **engine, whole**: the server's TTFT histogram for that request (``/metrics``).
 
     python -m thinkstream.bench.playground [--reps 3] [--doc-tokens 1000] [--threads 1]
-        [--dtype float32] [--json docs/results/playground.json] [--screenshot docs/playground.png]
+        [--dtype float32] [--quantization int4] [--json docs/results/playground.json] [--screenshot docs/playground.png]
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--doc-tokens", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--quantization", default=None, choices=["int8", "int4"])
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--json", default=None)
     p.add_argument("--screenshot", default=None, help="PNG of the page after the first session")
@@ -184,8 +185,8 @@ def main() -> int:
     from thinkstream.server.config import ServerConfig
 
     torch.set_num_threads(args.threads)
-    cfg = EngineConfig(max_model_len=4096, num_threads=args.threads,
-                       **({"dtype": args.dtype} if args.dtype else {}))
+    cfg = EngineConfig(max_model_len=4096, num_threads=args.threads, dtype=args.dtype,
+                       quantization=args.quantization)
     llm = AsyncLLM(LLMEngine(config=cfg))
     timer = CloseTimer(llm)
     rows = []
@@ -194,7 +195,7 @@ def main() -> int:
         browser = pw.chromium.launch(executable_path=chromium_path())
         for rep in range(args.reps):
             doc = "".join(document(llm.tokenizer, args.doc_tokens, 100 + rep)[:-1])
-            page = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900}
+            page = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 1010}
                                        ).new_page()
             page.goto(url + "/")
             page.wait_for_function("document.querySelector('#server-state').textContent"
@@ -207,6 +208,7 @@ def main() -> int:
             whole_engine = (after[0] - before[0]) / max(1.0, after[1] - before[1])
             if rep == 0 and args.screenshot:
                 page.evaluate("document.activeElement.blur()")
+                page.wait_for_timeout(2500)  # the metrics panel's next scrape
                 page.screenshot(path=args.screenshot)
             rows.append({**asdict(m), "engine_stream_ms": 1000 * timer.ttft[-1],
                          "engine_whole_ms": 1000 * whole_engine})

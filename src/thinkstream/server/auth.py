@@ -1,7 +1,8 @@
 """API keys and who owns what: a ``KeyRing`` and the key check as a pure ASGI middleware.
 
-Every HTTP request but ``GET /health`` (exact path; ``GET /metrics`` too unless the server
-requires a key for it, ``ServerConfig.metrics_require_key``) needs ``Authorization: Bearer <key>``
+Every HTTP request but ``GET /health`` (exact paths: the playground's files too,
+``playground.PATHS``; ``GET /metrics`` unless the server requires a key for it,
+``ServerConfig.metrics_require_key``) needs ``Authorization: Bearer <key>``
 (or ``X-API-Key: <key>``) with one of the configured keys. The check runs before routing,
 so neither a trailing slash, a redirect nor an ``OPTIONS`` request gets past it. Keys are
 compared as SHA-256 digests with ``hmac.compare_digest``, against every key without an early
