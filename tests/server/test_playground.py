@@ -309,3 +309,28 @@ def test_think_while_reading_notes_appear_while_typing(browser, tiny_server, tmp
     page.screenshot(path=str(tmp_path / "notes.png"), full_page=True)
     assert page.errors == []
     tiny_server.wait_idle()
+
+
+def test_model_without_chat_template_streams_a_plain_prompt(browser, tmp_path) -> None:
+    llm = tiny_llm()
+    llm.engine.tokenizer.chat_template = None  # as a base model (Gemma 3 270M) has none
+    with live_server(llm) as live:
+        page = open_page(browser, live.url)
+        page.click("#stream-input")
+        text = "Once upon a time"
+        page.keyboard.type(text)
+        page.wait_for_selector("text=no chat template")
+        opened = httpx.post(live.url + "/v1/sessions", json={"prompt": text}).json()
+        httpx.delete(f"{live.url}/v1/sessions/{opened['id']}")
+        wait_caught_up(page, opened["tokens_received"])
+        answer = press_enter_and_read(page)
+        r = httpx.post(live.url + "/v1/completions", json={
+            "prompt": text, "max_tokens": MAX_TOKENS, "temperature": 0, "top_p": 1})
+        assert answer == r.json()["choices"][0]["text"]
+        page.click("#compare")
+        page.wait_for_selector("#t-whole[data-ms]")
+        page.wait_for_function("!document.querySelector('#compare').disabled")
+        assert page.eval_on_selector("#compare-answer", "e => e.textContent") == answer
+        assert page.errors == []
+        live.wait_idle()
+    llm.shutdown()

@@ -135,10 +135,13 @@
     throw new Error("the stream ended early (connection lost?)");
   }
 
-  // A streamed chat completion; callbacks per reasoning / content delta.
+  // A streamed chat completion (or, given `prompt` instead of `messages`, a completion);
+  // callbacks per reasoning / content delta.
   async function chatStream(messages, extra, signal, on) {
-    const body = { ...sampling(), ...extra, messages, stream: true };
-    const r = await fetch("/v1/chat/completions", {
+    const input = Array.isArray(messages) ? { messages } : { prompt: messages.prompt };
+    const path = input.messages ? "/v1/chat/completions" : "/v1/completions";
+    const body = { ...sampling(), ...extra, ...input, stream: true };
+    const r = await fetch(path, {
       method: "POST", headers: headers(true), body: JSON.stringify(body), signal });
     if (!r.ok) {
       const err = await r.json().catch(() => null);
@@ -146,7 +149,7 @@
     }
     await readSSE(r, (chunk) => {
       for (const c of chunk.choices || []) {
-        const d = c.delta || {};
+        const d = c.delta || { content: c.text };
         if (d.reasoning_content) on.reasoning(d.reasoning_content);
         if (d.content) on.content(d.content);
         if (c.finish_reason && on.finish) on.finish(c.finish_reason);
@@ -223,6 +226,7 @@
     lastSend: 0,
     retryAt: 0,
     restarts: 0,        // sessions restarted in a row (reset by an open that succeeds)
+    plain: false,       // the model has no chat template: stream a plain prompt
     text: () => $("stream-input").value,
 
     setState(text) { $("st-state").textContent = text; },
@@ -238,7 +242,8 @@
       this.setState("opening");
       $("stream-notes").textContent = "";
       ws.onopen = () => {
-        const open = { type: "open", ...sampling(), messages: systemMessages() };
+        const open = { type: "open", ...sampling() };
+        if (!this.plain) open.messages = systemMessages();
         if (text) open.prompt = text;
         if ($("think").checked) open.thinking = { note_tokens: Number($("note-tokens").value) || 24 };
         ws.send(JSON.stringify(open));
@@ -299,6 +304,7 @@
         $("stream-send").disabled = false;
         $("compare").disabled = false;
         s.ws.close();
+        if (this.text() !== s.sent) { this.s = null; this.schedule(); }  // typed meanwhile
       } else if (msg.type === "error") {
         this.failed(s, msg);
       }
@@ -306,7 +312,13 @@
 
     failed(s, msg) {
       const err = msg.error || {};
-      const restart = RESTART_CODES.has(err.code) && this.restarts < 2;
+      if (err.code === "no_chat_template" && !this.plain) {
+        this.plain = true;
+        say("This model has no chat template: your text is streamed as a plain prompt " +
+            "(the system prompt is not used).", "info");
+      }
+      const restart = (RESTART_CODES.has(err.code) || err.code === "no_chat_template") &&
+        this.restarts < 2;
       this.drop(s);
       if (restart) {
         this.restarts += 1;
@@ -400,6 +412,7 @@
       } else if (text !== s.sent) {
         this.update(s, text);
       }
+      s.sent = text;
       s.ws.send(JSON.stringify(msg));
       this.setState("answering");
     },
@@ -457,7 +470,8 @@
     const btn = $("compare");
     btn.disabled = true;
     $("t-whole").textContent = "…";
-    const messages = [...systemMessages(), { role: "user", content: stream.text() }];
+    const messages = stream.plain ? { prompt: stream.text() }
+      : [...systemMessages(), { role: "user", content: stream.text() }];
     const salt = "playground-compare-" + Date.now() + "-" + Math.random().toString(36).slice(2);
     const out = $("compare-answer");
     out.textContent = "";
