@@ -14,6 +14,7 @@ import httpx
 import pytest
 from conftest import live_server, tiny_llm, wait_pool_full
 from helpers.browser import launch_chromium
+from helpers.scripted import script
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -331,6 +332,44 @@ def test_model_without_chat_template_streams_a_plain_prompt(browser, tmp_path) -
         page.wait_for_selector("#t-whole[data-ms]")
         page.wait_for_function("!document.querySelector('#compare').disabled")
         assert page.eval_on_selector("#compare-answer", "e => e.textContent") == answer
+        assert page.errors == []
+        live.wait_idle()
+    llm.shutdown()
+
+
+def test_chat_shows_reasoning_apart_from_the_answer(browser, tmp_path) -> None:
+    llm = tiny_llm()
+    script(llm, lambda prompt: "<think>The user asks about Paris.</think>Paris is in France.")
+    cfg = ServerConfig(served_model_name="tiny", reasoning_parser="qwen3")
+    with live_server(llm, cfg) as live:
+        page = open_page(browser, live.url)
+        page.fill("#max-tokens", "64")
+        page.click("#tab-chat")
+        page.fill("#chat-input", "Where is Paris?")
+        page.press("#chat-input", "Enter")
+        page.wait_for_function("!document.querySelector('#chat-send').disabled")
+        turn = "#chat-log .turn.assistant"
+        assert page.is_visible(f"{turn} details")
+        assert page.inner_text(f"{turn} .reasoning") == "The user asks about Paris."
+        assert page.inner_text(f"{turn} .answer") == "Paris is in France."
+        page.screenshot(path=str(tmp_path / "reasoning.png"))
+        for field, value in (("#temperature", "0.5"), ("#top-p", "0.9"), ("#seed", "7"),
+                             ("#stop", "France\nnever")):
+            page.fill(field, value)
+        with page.expect_request("**/v1/chat/completions") as sent:
+            page.fill("#chat-input", "And Rome?")
+            page.press("#chat-input", "Enter")
+        body = sent.value.post_data_json
+        assert {k: body[k] for k in ("temperature", "top_p", "max_tokens", "seed", "stop",
+                                     "stream", "model")} == {
+            "temperature": 0.5, "top_p": 0.9, "max_tokens": 64, "seed": 7,
+            "stop": ["France", "never"], "stream": True, "model": "tiny"}
+        assert body["messages"] == [
+            {"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where is Paris?"},
+            {"role": "assistant", "content": "Paris is in France."},
+            {"role": "user", "content": "And Rome?"}]
+        page.wait_for_function("!document.querySelector('#chat-send').disabled")
+        assert page.inner_text(f"{turn} >> nth=1 >> .answer") == "Paris is in "  # cut at the stop
         assert page.errors == []
         live.wait_idle()
     llm.shutdown()
