@@ -314,7 +314,16 @@ def test_think_while_reading_notes_appear_while_typing(browser, tiny_server, tmp
 
 def test_model_without_chat_template_streams_a_plain_prompt(browser, tmp_path) -> None:
     llm = tiny_llm()
-    llm.engine.tokenizer.chat_template = None  # as a base model (Gemma 3 270M) has none
+    tok = llm.engine.tokenizer
+    template, tok.chat_template = tok.chat_template, None  # as a base model (Gemma 3 270M)
+    try:
+        _plain_prompt_session(browser, llm)
+    finally:
+        tok.chat_template = template  # the tiny checkpoint's tokenizer is shared
+        llm.shutdown()
+
+
+def _plain_prompt_session(browser, llm) -> None:
     with live_server(llm) as live:
         page = open_page(browser, live.url)
         page.click("#stream-input")
@@ -334,7 +343,6 @@ def test_model_without_chat_template_streams_a_plain_prompt(browser, tmp_path) -
         assert page.eval_on_selector("#compare-answer", "e => e.textContent") == answer
         assert page.errors == []
         live.wait_idle()
-    llm.shutdown()
 
 
 def test_chat_shows_reasoning_apart_from_the_answer(browser, tmp_path) -> None:
@@ -349,7 +357,8 @@ def test_chat_shows_reasoning_apart_from_the_answer(browser, tmp_path) -> None:
         page.press("#chat-input", "Enter")
         page.wait_for_function("!document.querySelector('#chat-send').disabled")
         turn = "#chat-log .turn.assistant"
-        assert page.is_visible(f"{turn} details")
+        assert page.is_visible(f"{turn} details"), (page.inner_text("#chat-log"),
+                                                    page.inner_text("#messages"))
         assert page.inner_text(f"{turn} .reasoning") == "The user asks about Paris."
         assert page.inner_text(f"{turn} .answer") == "Paris is in France."
         page.screenshot(path=str(tmp_path / "reasoning.png"))
