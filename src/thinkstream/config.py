@@ -172,6 +172,8 @@ class EngineConfig:
         if self.weight_window is not None and (self.weight_window < 1
                                                or self.max_weight_memory_mb is None):
             raise ValueError("weight_window must be >= 1 and needs max_weight_memory_mb")
+        if self.tp_overlap and self.max_weight_memory_mb is not None:
+            raise ValueError("tp_overlap does not combine with max_weight_memory_mb")
         if self.compile_decode and (self.tensor_parallel_size > 1 or self.max_weight_memory_mb):
             raise ValueError("compile_decode does not combine with tensor_parallel_size > 1 "
                              "or max_weight_memory_mb")

@@ -100,6 +100,18 @@ def test_session_matches(pair) -> None:
     assert _tokens(a) == _tokens(b)
 
 
+def test_overlapped_all_reduces_match(pair) -> None:
+    """TokenWeave split: a prompt straddling the middle token, a batch, decode steps."""
+    two = pair[1]
+    two.engine.runner.overlap = True
+    try:
+        prompts = [LONG, "The quick brown fox", "Paris"]
+        a, b = _same(pair, lambda llm: llm.generate(prompts, GREEDY))
+        assert _tokens(a) == _tokens(b)
+    finally:
+        two.engine.runner.overlap = False
+
+
 def test_fewer_kv_heads_than_ranks_replicates_them() -> None:
     cfg = tiny_config("llama", num_kv_heads=1)
     shards = plan_shards(cfg, 2)

@@ -47,7 +47,8 @@ class Comm:
         else:
             self.compute = dist.ProcessGroupGloo(dist.PrefixStore("compute", store), rank, world,
                                                  timeout)
-        self.reduce_seconds = 0.0  # time spent waiting in all-reduces (the benchmark reads it)
+        self.reduce_seconds = 0.0  # time blocked on all-reduces (the benchmark reads it)
+        self.deferred = False  # row-parallel layers leave their sums to the caller (overlap)
 
     # ------------------------------------------------------------------ failure
     def fail(self, reason: str) -> None:
@@ -77,9 +78,7 @@ class Comm:
     # -------------------------------------------------------------- collectives
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over the ranks, in place; returns it."""
-        start = time.perf_counter()
         self.wait(self.all_reduce_async(t))
-        self.reduce_seconds += time.perf_counter() - start
         return t
 
     def all_reduce_async(self, t: torch.Tensor) -> dist.Work:
@@ -87,7 +86,10 @@ class Comm:
         return self._start(lambda: self.compute.allreduce([t]), "all-reduce")
 
     def wait(self, work: dist.Work) -> None:
+        """Block until ``work`` is done (the time blocked is counted in ``reduce_seconds``)."""
+        start = time.perf_counter()
         self._wait(work, "all-reduce")
+        self.reduce_seconds += time.perf_counter() - start
 
     def all_gather_last(self, t: torch.Tensor, padded: int, sizes: list[int]) -> torch.Tensor:
         """Concatenate every rank's ``t`` (N, size_r) along the last dim: (N, sum sizes).

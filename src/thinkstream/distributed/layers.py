@@ -30,8 +30,10 @@ class RowParallel(nn.Module):
         self.comm = comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(T, in / world) -> (T, out), summed over the ranks."""
-        return self.comm.all_reduce(self.inner(x))
+        """(T, in / world) -> (T, out), summed over the ranks (this rank's partial sum
+        while ``comm.deferred``: ``distributed.overlap`` reduces it asynchronously)."""
+        y = self.inner(x)
+        return y if self.comm.deferred else self.comm.all_reduce(y)
 
 
 class VocabParallelEmbedding(nn.Module):

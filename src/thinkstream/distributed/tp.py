@@ -26,10 +26,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from thinkstream.attention.metadata import AttentionConfig
+from thinkstream.attention.metadata import AttentionConfig, build_attention_metadata
 from thinkstream.config import EngineConfig, ModelConfig
 from thinkstream.distributed.comm import CTRL_TIMEOUT, Comm, RankFailedError
 from thinkstream.distributed.layers import parallelize, parallelize_layer
+from thinkstream.distributed.overlap import overlapped_forward, split_batch
 from thinkstream.distributed.plan import RankShard, local_config, plan_shards, shard_tensors
 from thinkstream.models.registry import build_model
 from thinkstream.worker.runner import DTYPES, ModelRunner, StepBatch
@@ -77,26 +78,53 @@ def build_rank_runner(spec: RankSpec, rank: int, comm: Comm, cls: type = ModelRu
     if comm.world > 1:
         parallelize(model, shards, rank, comm, layers=not streamed)
     attention = AttentionConfig.for_engine(cfg.attention_precision, dtype)
+    if comm.world > 1:
+        extra = {"comm": comm, "overlap": cfg.tp_overlap, **(extra or {})}
+        cls = cls if cls is not ModelRunner else RankRunner
     return cls(model, local, spec.num_blocks, cfg.block_size, dtype, device,
                False, cfg.max_num_seqs, attention, **(extra or {}))
 
 
-class TPRunner(ModelRunner):
-    """Rank 0's runner: each ``execute`` first sends the batch to the other ranks."""
+class RankRunner(ModelRunner):
+    """A rank's runner; with ``overlap`` a step of 2+ tokens runs as two halves whose
+    all-reduces overlap the other half's compute (``distributed.overlap``)."""
 
-    def __init__(self, *args, comm: Comm, procs: list, **kwargs) -> None:
+    def __init__(self, *args, comm: Comm, overlap: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.comm = comm
+        self.overlap = overlap
+
+    @torch.inference_mode()
+    def execute(self, batch: StepBatch) -> torch.Tensor:
+        if not self.overlap or len(batch.ids) < 2:
+            return super().execute(batch)
+        self.copy_blocks(batch.block_copies)
+        inputs = []
+        for ids, positions, slices in split_batch(batch):
+            meta = build_attention_metadata(slices, self.block_size, self.kv_caches,
+                                            self.cfg.sliding_window, self.device, self.attention)
+            inputs.append((torch.tensor(ids, dtype=torch.long, device=self.device),
+                           torch.tensor(positions, dtype=torch.long, device=self.device), meta))
+        hidden = overlapped_forward(self.model, inputs, self.comm)
+        rows = torch.tensor(batch.rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden[rows])
+
+
+class TPRunner(RankRunner):
+    """Rank 0's runner: each ``execute`` first sends the batch to the other ranks."""
+
+    def __init__(self, *args, procs: list, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.procs = procs
         self._closed = threading.Event()
-        self._watchdog = threading.Thread(target=_watch, args=(procs, comm, self._closed),
+        self._watchdog = threading.Thread(target=_watch, args=(procs, self.comm, self._closed),
                                           name="thinkstream-tp-watchdog", daemon=True)
         self._watchdog.start()
-        self._finalizer = weakref.finalize(self, _stop_workers, comm, procs, self._closed)
+        self._finalizer = weakref.finalize(self, _stop_workers, self.comm, procs, self._closed)
 
-    def execute(self, batch: StepBatch) -> torch.Tensor:
+    def execute(self, batch: StepBatch) -> torch.Tensor:  # type: ignore[override]
         self.comm.check()
-        self.comm.broadcast_object(batch)
+        self.comm.broadcast_object((batch, self.overlap))  # every rank splits alike
         return super().execute(batch)
 
     def close(self) -> None:
@@ -154,7 +182,7 @@ def start_tp_runner(ckpt, cfg: EngineConfig, num_blocks: int) -> ModelRunner:
         comm = _torchrun_comm(0, world, cfg)
         comm.broadcast_object(RankSpec(cfg, ckpt.config, num_blocks, str(ckpt.path), None))
         return build_rank_runner(_rank_spec(ckpt, cfg, num_blocks, shards, 0), 0, comm,
-                                 TPRunner, {"comm": comm, "procs": []})
+                                 TPRunner, {"procs": []})
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=cfg.collective_timeout_s))
     ctx = mp.get_context("spawn")
@@ -170,7 +198,7 @@ def start_tp_runner(ckpt, cfg: EngineConfig, num_blocks: int) -> ModelRunner:
         comm = Comm(store, 0, world, device, cfg.collective_timeout_s)
         comm.ctrl.set_timeout(CTRL_TIMEOUT)
         return build_rank_runner(_rank_spec(ckpt, cfg, num_blocks, shards, 0), 0, comm,
-                                 TPRunner, {"comm": comm, "procs": procs})
+                                 TPRunner, {"procs": procs})
     except BaseException:
         for proc in procs:
             proc.kill()
@@ -206,9 +234,10 @@ def serve_steps(runner: ModelRunner, comm: Comm) -> None:
     """Execute every batch rank 0 broadcasts until it sends ``STOP`` or the group breaks."""
     try:
         while True:
-            batch = comm.broadcast_object()
-            if batch == STOP:
+            msg = comm.broadcast_object()
+            if msg == STOP:
                 break
+            batch, runner.overlap = msg
             runner.execute(batch)
     except RankFailedError as exc:
         log.error("rank %d leaves: %s", comm.rank, exc)
