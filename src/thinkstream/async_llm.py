@@ -13,6 +13,7 @@ thread stops: callers never hang.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -65,19 +66,24 @@ class AsyncLLM:
     async def generate(
         self, prompt: str | Sequence[int], params: SamplingParams, request_id: str | None = None,
         salt: object = None, parallel: ParallelConfig | None = None,
+        start: Callable[[LLMEngine, RequestState], Any] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; aborts the request if the consumer stops early.
         ``salt``: prefix-cache namespace (requests share cached blocks only with the same salt).
-        ``parallel``: reasoning paths, then a summary / vote (``parallel.paths``)."""
+        ``parallel``: reasoning paths, then a summary / vote (``parallel.paths``). ``start``:
+        run on the engine thread right after the add, the request's input left open for it
+        (the fork / join threads of ``parallel.api.AsyncThreads``)."""
         self._check_alive()
+        if parallel is not None:
+            start = functools.partial(start_paths, cfg=parallel)
         state = self.engine.make_request(request_id, prompt, params, salt=salt,
-                                         input_closed=parallel is None)  # raises on bad input
-        if parallel is not None and not state.prompt_token_ids:
+                                         input_closed=start is None)  # raises on bad input
+        if start is not None and not state.prompt_token_ids:
             raise RequestError("prompt", "prompt: must not be empty")
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         try:  # a refusal (a duplicate id, say) raises here and has touched nothing
-            await self.call(lambda _: self._add_now(state, (loop, q), parallel))
+            await self.call(lambda _: self._add_now(state, (loop, q), start))
         except asyncio.CancelledError:  # the add may still run: undo it, if it was ours
             self._commands.put(lambda: self._abort_own(state))
             raise
@@ -240,15 +246,19 @@ class AsyncLLM:
 
     def _add_now(self, state: RequestState,
                  target: tuple[asyncio.AbstractEventLoop, asyncio.Queue],
-                 parallel: ParallelConfig | None = None) -> None:
-        """Queue a request (and fork its paths) and register its stream, or raise having
-        touched neither."""
+                 start: Callable[[LLMEngine, RequestState], Any] | None = None) -> None:
+        """Queue a request (then ``start`` it: fork its paths, say) and register its
+        stream, or raise having touched neither."""
         rid = state.request_id
         if rid in self._streams:  # a closing session's answer, say: the engine may not know
             raise RequestError("request_id", f"request_id: {rid!r} is already in use")
         self.engine.add(state)
-        if parallel is not None:
-            start_paths(self.engine, state, parallel)
+        if start is not None:
+            try:
+                start(self.engine, state)
+            except BaseException:
+                self.engine.abort(rid)
+                raise
         self._streams[rid] = target
         self.stats.prompt_tokens += len(state.prompt_token_ids)
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator, Sequence
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.request import RequestOutput
-from thinkstream.parallel.config import ParallelConfig, parallel_config
+from thinkstream.parallel.api import Threads
+from thinkstream.parallel.config import ParallelConfig, ThreadLimits, parallel_config
 from thinkstream.parallel.paths import start_paths
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.streaming.sessions import SessionInfo, SessionManager, UpdateResult
@@ -82,6 +83,11 @@ class LLM:
         return self.tokenizer.encode_chat(
             list(messages), True, allow_special_tokens_in_content=(
                 self.engine.config.allow_special_tokens_in_content), **template_kwargs)
+
+    def threads(self, prompt: Prompt, sampling_params: SamplingParams | None = None,
+                limits: ThreadLimits | None = None) -> Threads:
+        """A request whose threads fork and join from Python (``parallel.api.Threads``)."""
+        return Threads(self, prompt, sampling_params, limits)
 
     def stream(
         self, prompt: Prompt, sampling_params: SamplingParams | None = None

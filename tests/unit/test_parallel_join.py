@@ -7,36 +7,13 @@ the dense reference's greedy choices."""
 from __future__ import annotations
 
 import torch
+from helpers.parallel import GREEDY, PROMPT, run_paths
 from helpers.tiny import reference_logits, tiny_checkpoint
 
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.parallel.config import ParallelConfig
-from thinkstream.parallel.paths import ParallelPaths, start_paths
-from thinkstream.sampling_params import SamplingParams
-
-PROMPT = [5, 17, 33, 8, 91, 40, 12]
-GREEDY = SamplingParams(temperature=0, max_tokens=5, logprobs=8, ignore_eos=True)
-
-
-def run_paths(ckpt, cfg: ParallelConfig, params: SamplingParams = GREEDY, prompt=PROMPT,
-              num_blocks: int = 64, **engine_options):
-    """Run one parallel-paths request to the end, checking integrity after every step."""
-    engine = LLMEngine(checkpoint=ckpt, config=EngineConfig(
-        num_blocks=num_blocks, block_size=4, **engine_options))
-    state = engine.make_request("r", prompt, params, input_closed=False)
-    engine.add(state)
-    paths = start_paths(engine, state, cfg)
-    final = None
-    for _ in range(500):
-        for out in engine.step():
-            final = out if out.finished else final
-        engine.check_integrity()
-        if final is not None:
-            break
-    assert final is not None
-    assert engine.kv.num_free_blocks == engine.kv.num_blocks
-    return final, paths, engine
+from thinkstream.parallel.paths import ParallelPaths
 
 
 def _path_ids(paths: ParallelPaths) -> list[list[int]]:

@@ -323,6 +323,8 @@ class LLMEngine(OpenInputs):
                 for q in state.seqs:
                     self.scheduler.finish(q, SeqStatus.FINISHED_LENGTH)
                 touched[seq.request_id] = state
+        if touched:  # an ended request computes nothing more (its attached views are gone)
+            out.scheduled = [s for s in out.scheduled if s.seq.request_id not in touched]
         return out, touched
 
     def _execute(self, out: SchedulerOutput) -> _Samples:

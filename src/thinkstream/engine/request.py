@@ -111,6 +111,9 @@ class Sequence:
     kv_prefix_visible: list[int] = field(default_factory=list)
     position_offset: int = 0
     positions: list[int] = field(default_factory=list)
+    # Sequences sharing an ``admit_group`` are admitted together or not at all (the
+    # children of one fork, ``parallel.threads``). None: on its own.
+    admit_group: str | None = None
     # Tokens past this index are not computed yet (a layout whose positions are not known
     # until something else finishes: interleaved reading waits for each note). None: no cap.
     compute_limit: int | None = None

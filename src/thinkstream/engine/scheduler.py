@@ -186,6 +186,7 @@ class Scheduler:
         is admitted once running sequences finish (each fits the pool alone). One that can
         never fit is reported in ``out.starved`` instead of waiting forever."""
         computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
+        groups: set[str] = set()  # admission groups that fit this step
         deferred: list[Sequence] = []  # passed over this step; back at the front, in order
         blocked: list[Sequence] = []  # passed over for want of blocks
         while self.waiting and budget > 0:
@@ -198,6 +199,12 @@ class Scheduler:
             if not self.views.admissible(seq):
                 deferred.append(self.waiting.popleft())
                 continue
+            if seq.admit_group is not None and seq.admit_group not in groups:
+                if not self._group_fits(seq.admit_group):  # all of them wait, in order
+                    deferred += [s for s in self.waiting if s.admit_group == seq.admit_group]
+                    self.waiting = deque(s for s in self.waiting if s not in deferred)
+                    continue
+                groups.add(seq.admit_group)
             if not self.kv.has(seq.seq_id) and not self._lookup(seq, computing):
                 break  # its prefix is being computed now: next step it is a cache hit
             n = min(seq.num_pending_tokens, budget, self.views.computable(seq))
@@ -226,6 +233,14 @@ class Scheduler:
                 budget -= n
         self.waiting.extendleft(reversed(deferred))
         return budget
+
+    def _group_fits(self, group: str) -> bool:
+        """Whether every waiting member of ``group`` fits now: sequence slots, and blocks
+        for its pending tokens (members compute no cached prefix: they view their parent)."""
+        members = [s for s in self.waiting if s.admit_group == group]
+        need = sum(self.kv.blocks_for(s.num_tokens) for s in members)
+        return (len(self.running) + len(members) <= self.cfg.max_num_seqs
+                and need <= self.kv.num_free_blocks)
 
     def _lookup(self, seq: Sequence, computing: set[tuple[int, ...]]) -> bool:
         """Start ``seq``'s block table on its longest cached prefix. False (nothing taken)

@@ -82,7 +82,7 @@ class ThreadTree:
         self.root = Thread(engine.requests[request_id].seqs[0])
         self.listener = listener
         self._threads: dict[str, Thread] = {}
-        self._count = 0
+        self._count = self._forks = 0
         self._eos = engine.eos_ids
 
     # ------------------------------------------------------------------ fork
@@ -103,6 +103,7 @@ class ThreadTree:
         fork_tok, fork_pos = t.token_ids[-1], t.position(t.num_tokens - 1)
         prefix = [*t.kv_prefix, (t.seq_id, t.num_tokens - 1)]
         kids = []
+        self._forks += 1  # the children of one fork are admitted together or not at all
         for i, (suffix, p) in enumerate(zip(suffixes, params, strict=True)):
             self._count += 1
             seed = p.seed if p.seed is not None else random.getrandbits(63)
@@ -112,7 +113,8 @@ class ThreadTree:
                       params=dataclasses.replace(p, n=1, ignore_eos=True, stop_token_ids=(),
                                                  stop=(), max_tokens=None),
                       generator=torch.Generator(device=self.engine.device).manual_seed(seed),
-                      max_tokens=max_tokens + 2, position_offset=fork_pos, kv_prefix=list(prefix))
+                      max_tokens=max_tokens + 2, position_offset=fork_pos, kv_prefix=list(prefix),
+                      admit_group=f"{self.rid}#f{self._forks}")
             stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self._eos)
             kid = Thread(seq, thread.depth + 1, i, len(own), max_tokens, stops, p.min_tokens)
             self._threads[seq.seq_id] = kid
@@ -124,9 +126,11 @@ class ThreadTree:
 
     # ------------------------------------------------------------------ join
     def join(self, thread: Thread, children: Sequence[Thread], suffix: Sequence[int] = (),
-             layout: str = "parallel") -> None:
+             layout: str = "parallel", max_tokens: int | None = None) -> None:
         """Continue ``thread`` after ``children`` (its own, all done) and ``suffix``, read
-        through views at ``layout``'s positions (module docstring)."""
+        through views at ``layout``'s positions (module docstring); a child thread then
+        samples ``max_tokens`` more (default: what its budget left; the root: its request's
+        ``max_tokens``)."""
         if layout not in LAYOUTS:
             raise ParamError("layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if not children or any(c not in thread.children or not c.done for c in children):
@@ -151,6 +155,8 @@ class ThreadTree:
             t.token_ids.extend(suffix)
             t.input_closed = True
             thread.done = False
+            if max_tokens is not None and thread.budget is not None:
+                thread.budget = t.num_tokens - thread.gen_start + max_tokens
         self.engine.wake(t)
 
     # --------------------------------------------------------- owner of children

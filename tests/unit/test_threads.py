@@ -1,0 +1,182 @@
+"""The threads API and the memory rules of parallel generation, on the tiny model: fork /
+join sync and async give the same tokens, nesting and the caps, seeded paths that do not
+depend on the batch, exact tokens under preemption in a tiny pool, the prompt's blocks held
+once, and every abort (parent mid-fork, child mid-decode, summary mid-join) leaving the
+pool full."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers.parallel import PROMPT, run_paths
+from helpers.tiny import tiny_checkpoint
+
+from thinkstream.async_llm import AsyncLLM
+from thinkstream.config import EngineConfig
+from thinkstream.engine.llm_engine import LLMEngine
+from thinkstream.llm import LLM
+from thinkstream.parallel.api import AsyncThreads
+from thinkstream.parallel.config import ParallelConfig, ThreadLimits
+from thinkstream.parallel.paths import start_paths
+from thinkstream.sampling_params import ParamError, SamplingParams
+
+HOT = SamplingParams(temperature=6.0, seed=11, max_tokens=6, ignore_eos=True)
+CFG = ParallelConfig(paths=4, path_tokens=6, path_prompts=("A:", "BB:"), summary_prompt=" so:")
+
+
+def _tree_tokens(t) -> tuple[list[list[int]], list[int]]:
+    """Run a two-level tree: 3 children of the root, the first forks 2 of its own and joins
+    them, then the root joins all 3 (sequential layout) and answers."""
+    kids = t.fork(t.root, ["A:", "B", "C:"], max_tokens=4)
+    grand = t.fork(kids[0], ["x", "y"], max_tokens=3)
+    t.wait(grand)
+    t.join(kids[0], grand, " so", max_tokens=2)  # kids[0] samples 2 more after the join
+    t.wait(kids[1:])
+    return kids, grand
+
+
+def test_sync_threads_nest_and_join() -> None:
+    llm = LLM(checkpoint=tiny_checkpoint(), num_blocks=64, block_size=4)
+    t = llm.threads(PROMPT, HOT)
+    kids, grand = _tree_tokens(t)
+    t.wait(kids)
+    before = len(kids[0].token_ids)
+    t.join(t.root, kids, " Done:", layout="sequential")
+    out = t.result()
+    assert len(out.outputs[0].token_ids) == 6
+    assert [len(g.token_ids) for g in grand] == [3, 3]
+    assert all(len(k.token_ids) == 4 for k in kids[1:])
+    so = llm.tokenizer.encode(" so", add_special_tokens=False)
+    assert before == len(so) + 2  # forked at once: " so" and 2 sampled after its join
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+    # the caps
+    t = llm.threads(PROMPT, HOT, ThreadLimits(max_width=2, max_depth=1))
+    with pytest.raises(ParamError) as width:
+        t.fork(t.root, ["a", "b", "c"])
+    assert width.value.param == "width"
+    kid = t.fork(t.root, ["a"])[0]
+    with pytest.raises(ParamError) as depth:
+        t.fork(kid, ["b"])
+    assert depth.value.param == "depth"
+    with pytest.raises(ParamError):
+        t.join(t.root, [kid])  # not done yet
+    assert t.abort()
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_async_threads_give_the_sync_tokens() -> None:
+    def sync():
+        llm = LLM(checkpoint=tiny_checkpoint(), num_blocks=64, block_size=4)
+        t = llm.threads(PROMPT, HOT)
+        kids = t.fork(t.root, ["A:", "B"], max_tokens=5)
+        t.wait(kids)
+        t.join(t.root, kids, " so")
+        return [k.token_ids for k in kids], t.result().outputs[0].token_ids
+
+    async def run(llm):
+        t = await AsyncThreads.open(llm, PROMPT, HOT)
+        kids = await t.fork(t.root, ["A:", "B"], max_tokens=5)
+        await t.wait(kids)
+        await t.join(t.root, kids, " so")
+        return [k.token_ids for k in kids], (await t.result()).outputs[0].token_ids
+
+    llm = AsyncLLM(LLMEngine(checkpoint=tiny_checkpoint(),
+                             config=EngineConfig(num_blocks=64, block_size=4)))
+    try:
+        assert asyncio.run(run(llm)) == sync()
+    finally:
+        llm.shutdown()
+
+
+def test_seeded_paths_do_not_depend_on_the_batch() -> None:
+    ckpt = tiny_checkpoint()
+    alone, paths, _ = run_paths(ckpt, CFG, HOT)
+    engine = LLMEngine(checkpoint=ckpt, config=EngineConfig(num_blocks=64, block_size=4))
+    for i in range(3):  # other requests in the same batches, before and beside
+        engine.add_request(f"other{i}", [7 + i, 9, 11], SamplingParams(max_tokens=12, seed=i))
+    state = engine.make_request("r", PROMPT, HOT, input_closed=False)
+    engine.add(state)
+    busy_paths = start_paths(engine, state, CFG)
+    busy = None
+    while busy is None:
+        busy = next((o for o in engine.step() if o.request_id == "r" and o.finished), None)
+    assert [p.token_ids for p in busy_paths.paths] == [p.token_ids for p in paths.paths]
+    assert busy.outputs[0].token_ids == alone.outputs[0].token_ids
+    assert len({tuple(p.token_ids) for p in paths.paths}) > 1  # distinct seeds, distinct paths
+
+
+def test_preemption_in_a_tiny_pool_gives_the_same_tokens() -> None:
+    ckpt = tiny_checkpoint()
+    roomy, paths, _ = run_paths(ckpt, CFG, HOT)
+    tight, tpaths, engine = run_paths(ckpt, CFG, HOT, num_blocks=18, others=2)
+    assert engine.num_preemptions > 0
+    assert [p.token_ids for p in tpaths.paths] == [p.token_ids for p in paths.paths]
+    assert tight.outputs[0].token_ids == roomy.outputs[0].token_ids
+
+
+def test_the_prompt_is_held_once_whatever_the_number_of_paths() -> None:
+    ckpt = tiny_checkpoint()
+    prompt = list(range(10, 42))  # 8 blocks of 4
+    peaks = []
+    for n in (1, 8):
+        engine = LLMEngine(checkpoint=ckpt, config=EngineConfig(num_blocks=128, block_size=4))
+        state = engine.make_request("r", prompt, HOT, input_closed=False)
+        engine.add(state)
+        start_paths(engine, state, ParallelConfig(paths=n, path_tokens=4, merge="none"))
+        peak = 0
+        while "r" in engine.requests:
+            engine.step()
+            peak = max(peak, engine.kv.num_blocks - engine.kv.num_free_blocks)
+        peaks.append(peak)
+    # the prompt's 8 blocks once (31 tokens computed, the last one each path's own); each
+    # path one block of its own (its fork token and 3 tokens computed when "none" ends it)
+    assert peaks == [8 + 1, 8 + 8 * 1]
+
+
+@pytest.mark.parametrize("when", ["parent mid-fork", "child mid-decode", "summary mid-join"])
+def test_abort_anywhere_leaves_the_pool_full(when: str) -> None:
+    engine = LLMEngine(checkpoint=tiny_checkpoint(), config=EngineConfig(num_blocks=64,
+                                                                         block_size=4))
+    state = engine.make_request("r", PROMPT, HOT, input_closed=False)
+    engine.add(state)
+    paths = start_paths(engine, state, CFG)
+    root = state.seqs[0]
+    for _ in range(200):
+        if when == "parent mid-fork" and root.num_computed_tokens > 0:
+            break
+        if when == "child mid-decode" and paths.paths[0].seq.num_output_tokens > 2:
+            break
+        if when == "summary mid-join" and root.num_output_tokens > 1:
+            break
+        engine.step()
+        engine.check_integrity()
+    else:
+        raise AssertionError(f"never reached {when}")
+    assert engine.kv.num_free_blocks < engine.kv.num_blocks
+    assert engine.abort("r")
+    engine.check_integrity()
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    assert not engine.has_unfinished_requests()
+
+
+def test_the_children_of_a_fork_are_admitted_together() -> None:
+    """With the pool short, a fork's children wait together until all of them fit."""
+    engine = LLMEngine(checkpoint=tiny_checkpoint(), config=EngineConfig(num_blocks=16,
+                                                                         block_size=4))
+    engine.add_request("big", list(range(60, 96)), SamplingParams(max_tokens=8, ignore_eos=True))
+    engine.step()  # the big request holds 9 of 16 blocks (36 tokens) and grows
+    state = engine.make_request("r", PROMPT, HOT, input_closed=False)
+    engine.add(state)
+    paths = start_paths(engine, state, ParallelConfig(paths=4, path_tokens=3,
+                                                      path_prompts=("Path one:",)))
+    kids = [p.seq for p in paths.paths]
+    seen = []
+    while "r" in engine.requests:
+        engine.step()
+        engine.check_integrity()
+        seen.append(sum(k in engine.scheduler.running for k in kids))
+    first = seen.index(4)  # all four admitted in one step ...
+    assert first > 0 and set(seen[:first]) == {0}  # ... after waiting, none of them alone
