@@ -382,3 +382,30 @@ def test_chat_shows_reasoning_apart_from_the_answer(browser, tmp_path) -> None:
         assert page.errors == []
         live.wait_idle()
     llm.shutdown()
+
+
+def test_parallel_paths_side_by_side_then_the_summary(browser, tiny_server, tmp_path) -> None:
+    page = open_page(browser, tiny_server.url)
+    page.fill("#seed", "3")
+    page.click("#tab-parallel")
+    page.fill("#par-paths", "3")
+    page.fill("#par-tokens", "4")
+    page.fill("#par-temp", "1")
+    page.fill("#par-input", "What is the capital of France?")
+    page.press("#par-input", "Enter")
+    page.wait_for_function("!document.querySelector('#par-send').disabled")
+    shown = page.eval_on_selector_all("#par-paths-out .path pre", "ps => ps.map(p => p.textContent)")
+    summary = page.eval_on_selector("#par-summary", "e => e.textContent")
+    whole = httpx.post(tiny_server.url + "/v1/chat/completions", timeout=60, json={
+        "messages": messages("What is the capital of France?"), "max_tokens": MAX_TOKENS,
+        "temperature": 0, "top_p": 1, "seed": 3,
+        "parallel": {"paths": 3, "path_tokens": 4, "merge": "summary", "temperature": 1}}).json()
+    message = whole["choices"][0]["message"]
+    assert shown == message["paths"] and all(shown)  # each path in its own column
+    assert summary == message["content"]
+    boxes = [page.locator("#par-paths-out .path").nth(i).bounding_box() for i in range(3)]
+    assert boxes[0]["y"] == boxes[1]["y"] == boxes[2]["y"]  # side by side
+    assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"]
+    page.screenshot(path=str(tmp_path / "parallel.png"), full_page=True)
+    assert page.errors == []
+    tiny_server.wait_idle()

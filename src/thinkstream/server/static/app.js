@@ -1,7 +1,8 @@
 // thinkstream playground: plain JavaScript, no dependencies, served by `thinkstream serve`.
 // It uses the server's public API only:
 //   GET  /health, /v1/models, /metrics          server state, model name, metrics panel
-//   POST /v1/chat/completions (stream: true)    chat mode and the "sent whole" comparison
+//   POST /v1/chat/completions (stream: true)    chat mode, the "sent whole" comparison and
+//                                               parallel paths (`parallel`)
 //   WS   /v1/sessions/ws                        streaming input: open, append / replace with
 //                                               sequence numbers, close on Enter
 //   GET  /v1/sessions/{id}                      tokens computed while the input is open
@@ -150,7 +151,7 @@
     await readSSE(r, (chunk) => {
       for (const c of chunk.choices || []) {
         const d = c.delta || { content: c.text };
-        if (d.reasoning_content) on.reasoning(d.reasoning_content);
+        if (d.reasoning_content) on.reasoning(d.reasoning_content, d.path);
         if (d.content) on.content(d.content);
         if (c.finish_reason && on.finish) on.finish(c.finish_reason);
       }
@@ -500,6 +501,59 @@
       btn.disabled = false;
     }
   });
+
+  // ------------------------------------------------------------------ parallel paths
+  // Paths stream first, each delta tagged with its path index, then the summary.
+  const par = { abort: null };
+  function pathColumns(n) {
+    const out = $("par-paths-out");
+    out.replaceChildren();
+    const cols = [];
+    for (let i = 0; i < n; i++) {
+      const col = Object.assign(document.createElement("section"), { className: "path" });
+      const h = Object.assign(document.createElement("h3"), { textContent: `Path ${i + 1}` });
+      const pre = Object.assign(document.createElement("pre"), { className: "reasoning" });
+      col.append(h, pre);
+      out.append(col);
+      cols.push(pre);
+    }
+    return cols;
+  }
+  async function sendParallel() {
+    const text = $("par-input").value;
+    if (!text.trim() || par.abort) return;
+    const n = Math.max(1, Math.min(16, Number($("par-paths").value) || 1));
+    const cols = pathColumns(n);
+    const summary = $("par-summary");
+    summary.textContent = "";
+    summary.classList.remove("failed");
+    const parallel = { paths: n, path_tokens: Number($("par-tokens").value) || 1,
+                       merge: $("par-merge").value };
+    if ($("par-temp").value.trim() !== "") parallel.temperature = Number($("par-temp").value);
+    par.abort = new AbortController();
+    $("par-send").disabled = true;
+    $("par-stop").disabled = false;
+    try {
+      await chatStream([...systemMessages(), { role: "user", content: text }], { parallel },
+                       par.abort.signal, {
+        reasoning: (t, i) => { if (cols[i || 0]) cols[i || 0].textContent += t; },
+        content: (t) => { summary.textContent += t; },
+      });
+    } catch (e) {
+      summary.classList.add("failed");
+      if (e.name === "AbortError") summary.append(" [stopped]");
+      else { summary.append(" [error]"); say(e.message || String(e)); }
+    } finally {
+      par.abort = null;
+      $("par-send").disabled = false;
+      $("par-stop").disabled = true;
+    }
+  }
+  $("par-form").addEventListener("submit", (ev) => { ev.preventDefault(); sendParallel(); });
+  $("par-input").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); sendParallel(); }
+  });
+  $("par-stop").addEventListener("click", () => par.abort && par.abort.abort());
 
   // ------------------------------------------------------------------ tabs
   const tabs = [...document.querySelectorAll('[role="tab"]')];
