@@ -133,7 +133,7 @@ def wait_caught_up(page, tokens: int) -> dict:
         "([n]) => +document.querySelector('#st-received').textContent === n && "
         "+document.querySelector('#st-computed').textContent === n - 1 && "
         "document.querySelector('#st-state').dataset.synced === '1'", arg=[tokens],
-        timeout=15_000)
+        timeout=30_000)
     return {"sid": page.get_attribute("#st-state", "data-session"),
             "received": int(page.inner_text("#st-received")),
             "computed": int(page.inner_text("#st-computed"))}
@@ -142,7 +142,7 @@ def wait_caught_up(page, tokens: int) -> dict:
 def press_enter_and_read(page) -> str:
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelector('#st-state').textContent === 'answered'",
-                           timeout=15_000)
+                           timeout=30_000)
     assert float(page.get_attribute("#t-stream", "data-ms")) > 0
     return page.eval_on_selector("#stream-answer", "e => e.textContent")
 
@@ -165,7 +165,7 @@ def test_streaming_input_typed_key_by_key(browser, tiny_server, tmp_path) -> Non
     assert page.inner_text("#st-at-enter") == f"{shown['computed']} of {shown['received']}"
     assert session_info(url, shown["sid"])["state"] == "finished"
     page.click("#compare")
-    page.wait_for_selector("#t-whole[data-ms]", timeout=15_000)
+    page.wait_for_selector("#t-whole[data-ms]", timeout=30_000)
     assert page.eval_on_selector("#compare-answer", "e => e.textContent") == answer
     assert "the streamed time" in page.inner_text("#t-ratio")
     page.screenshot(path=str(tmp_path / "answered.png"), full_page=True)
@@ -300,13 +300,13 @@ def test_think_while_reading_notes_appear_while_typing(browser, tiny_server, tmp
     page.click("#stream-input")
     page.keyboard.type("Tom has 3 apples. He buys 4 more. ")
     page.wait_for_function("document.querySelector('#stream-notes').textContent.length > 0",
-                           timeout=15_000)
+                           timeout=30_000)
     assert page.inner_text("#st-state") == "open"  # notes before the input ends
     assert page.is_visible("#notes-box")
     page.keyboard.type("How many apples?")
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelector('#st-state').textContent === 'answered'",
-                           timeout=15_000)
+                           timeout=30_000)
     page.screenshot(path=str(tmp_path / "notes.png"), full_page=True)
     assert page.errors == []
     tiny_server.wait_idle()
