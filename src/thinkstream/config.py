@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thinkstream.speculative.config import SpeculativeConfig
+
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 ATTENTION_PRECISIONS = ("auto", "parity", "mixed", "float32")
 
@@ -142,8 +144,12 @@ class EngineConfig:
     # loaded ahead by a prefetch thread so the weights in memory stay under this many MiB.
     max_weight_memory_mb: int | None = None
     weight_window: int | None = None  # layers resident at once; None: as many as fit the cap
+    # Speculative decoding (speculative/): None = off; a SpeculativeConfig, a dict of its
+    # fields or a method name ("ngram", "early_exit", "fused").
+    speculative: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "speculative", SpeculativeConfig.coerce(self.speculative))
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.quantization not in (None, "int8", "int4"):

@@ -1,7 +1,8 @@
 """A test-only way to make the tiny random model write a chosen text.
 
-``script(llm, reply)`` wraps the engine runner's ``sample``: each sequence's tokens are the
-tokenization of ``reply(prompt_text)`` followed by EOS, whatever the logits say. Everything
+``script(llm, reply)`` wraps the engine runner's ``sample``: each sequence's tokens (one a
+step, drafts never accepted) are the tokenization of ``reply(prompt_text)`` followed by
+EOS, whatever the logits say. Everything
 after sampling (detokenizer, stop strings, finish reasons, the server's parsers and
 streaming) runs for real, so tests drive tool calls and reasoning deterministically.
 ``unscript(llm)`` puts the sampler back.
@@ -29,8 +30,8 @@ def script(llm, reply: Callable[[str], str]) -> None:
                 prompt = tok.decode(seq.token_ids[: seq.num_prompt_tokens])
                 plan = planned[seq.seq_id] = tok.encode(reply(prompt), add_special_tokens=False)
             k = seq.num_output_tokens
-            forced.append(plan[k] if k < len(plan) else eos)
-        return forced, logprobs
+            forced.append([plan[k] if k < len(plan) else eos])
+        return forced, [lps[:1] for lps in logprobs]
 
     runner._unscripted_sample = original
     runner.sample = sample

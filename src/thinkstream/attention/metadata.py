@@ -105,6 +105,9 @@ class SeqSlice:
     num_new: int
     prefix: tuple[tuple[Sequence[int], int], ...] = ()
     prefix_visible: tuple[int, ...] | None = None
+    # A chunk scoring draft tokens (speculative decoding): path 2 in every precision mode
+    # when at most ``short_chunk`` long, so its rows are computed like decode rows.
+    verify: bool = False
 
     @property
     def prefix_len(self) -> int:
@@ -244,7 +247,8 @@ def build_attention_metadata(
         elif s.num_computed == 0 and not s.prefix:
             groups.append(_fresh(offset, s, sliding_window, device))
         else:
-            group = _chunk(offset, s, context, sliding_window, device, config.short_limit)
+            limit = max(config.short_limit, config.short_chunk) if s.verify else config.short_limit
+            group = _chunk(offset, s, context, sliding_window, device, limit)
             groups.append(group if shift is None else _shifted(group, shift.to(device)))
         offset += s.num_new
     short = [g for g in groups if isinstance(g, ShortChunk)]

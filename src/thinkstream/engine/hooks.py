@@ -3,7 +3,9 @@
 A step is four phases: schedule, execute, update, outputs. Features see it through two
 small interfaces:
 
-- ``StepHook`` (``LLMEngine.add_hook``): before the forward a hook may start work that
+- ``StepHook`` (``LLMEngine.add_hook``): before scheduling a hook may give running
+  sequences draft tokens to verify (speculative decoding, ``speculative.decoder``, told
+  of each verification by ``on_verified``); before the forward it may start work that
   overlaps it; after the forward, before anything is sampled, it may void the samples of
   sequences whose inputs it changed (the close-time exactness check of streamed input,
   ``streaming.close_check``) and restrict the tokens each sampled row may take (the
@@ -36,8 +38,19 @@ if TYPE_CHECKING:
 
 class StepHook:
     """No-op defaults; override what the feature needs. The engine calls them in this order
-    within a step: ``before_forward``, (forward), ``after_forward``, ``token_mask``, (sample),
-    ``on_token`` per sampled token."""
+    within a step: ``before_schedule``, (schedule), ``before_forward``, (forward),
+    ``after_forward``, ``token_mask``, (sample), ``on_verified`` and ``on_token`` per
+    sampled token."""
+
+    def before_schedule(self, running: list[Sequence]) -> None:
+        """The step is about to be planned over the ``running`` sequences: a hook may give
+        them optional pending work, draft tokens (``Sequence.draft_token_ids``, which the
+        scheduler computes like any other pending tokens, drops before preempting anything,
+        and the sampler verifies; they last one step)."""
+
+    def on_verified(self, seq: Sequence, drafted: int, accepted: int) -> None:
+        """The step computed ``drafted`` draft tokens of ``seq`` and the sampler kept the
+        first ``accepted`` (the rest were rolled back); their tokens follow in ``on_token``."""
 
     def before_forward(self, scheduled: list[ScheduledSeq]) -> None:
         """The step is planned and its forward is about to run: start work that can overlap

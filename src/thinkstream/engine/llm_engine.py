@@ -34,6 +34,7 @@ from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.speculative.decoder import make_decoder
 from thinkstream.structured.compiler import GrammarCompiler
 from thinkstream.structured.outputs import StructuredOutputs
 from thinkstream.worker.runner import DTYPES, ModelRunner, kv_bytes_per_block
@@ -55,11 +56,12 @@ class EngineUsage:
 
 @dataclass(frozen=True)
 class _Samples:
-    """What a step sampled: one token (and its logprobs, if asked) per sequence."""
+    """What a step sampled: per sequence its new tokens (one, or accepted drafts and one)
+    and their logprobs (None entries where not asked)."""
 
     seqs: list[Sequence]
-    token_ids: list[int]
-    logprobs: list
+    token_ids: list[list[int]]
+    logprobs: list[list]
 
 
 @contextlib.contextmanager
@@ -125,7 +127,8 @@ class LLMEngine(OpenInputs):
         self.last_step_progress = True  # the last step computed, preempted or ended something
         self.structured = StructuredOutputs(GrammarCompiler(self.tokenizer, mcfg.vocab_size,
                                                             self.eos_ids))  # grammar masks
-        self._hooks: list[StepHook] = [self.structured]
+        self.speculative = make_decoder(self, cfg.speculative)  # draft tokens, or None
+        self._hooks: list[StepHook] = [self.structured, *filter(None, [self.speculative])]
         # Attached sequences (``attach``): scheduled like any other, not outputs of their
         # request, ended with it; their owner hears of their tokens and starvation.
         self._attached: dict[str, list[Sequence]] = {}
@@ -267,6 +270,10 @@ class LLMEngine(OpenInputs):
     def num_kv_blocks(self) -> int:
         return self.kv.num_blocks
 
+    @property
+    def block_size(self) -> int:
+        return self.kv.block_size
+
     def blocks_for(self, num_tokens: int) -> int:
         """KV blocks that ``num_tokens`` tokens of one sequence take."""
         return self.kv.blocks_for(num_tokens)
@@ -310,6 +317,9 @@ class LLMEngine(OpenInputs):
         return self._outputs(touched.values())  # text, deltas, finished requests
 
     def _schedule(self) -> tuple[SchedulerOutput, dict[str, RequestState]]:
+        with intra_op_threads(self.config.num_threads):
+            for hook in self._hooks:  # optional pending work: draft tokens
+                hook.before_schedule(self.scheduler.running)
         out = self.scheduler.schedule()
         self.num_preemptions += len(out.preempted)
         self.last_step_progress = bool(out.scheduled or out.preempted or out.starved)
@@ -345,6 +355,8 @@ class LLMEngine(OpenInputs):
             samplers, rows = [], []
             for s, row, (first, count) in zip(out.scheduled, last_rows, prompt_rows, strict=True):
                 seq = s.seq
+                if seq.seq_id in void or row < 0:
+                    self.scheduler.settle_drafts(seq, 0)  # drafts last one step
                 if seq.seq_id in void:
                     continue
                 if count:
@@ -362,17 +374,24 @@ class LLMEngine(OpenInputs):
     def _update(self, samples: _Samples, touched: dict[str, RequestState]) -> None:
         """Append each sampled token (finishing on token-level stops); an attached
         sequence's owner says which request's output the token changes."""
-        for seq, token_id, lp in zip(samples.seqs, samples.token_ids, samples.logprobs,
-                                     strict=True):
-            if lp is not None:
-                seq.logprobs.append(lp)
-            self.scheduler.append_token(seq, token_id, self.eos_ids)
-            if any([h.on_token(seq, token_id) for h in self._hooks]):  # a grammar is complete
-                self.scheduler.finish(seq, SeqStatus.FINISHED_STOPPED)
-            owner = self._owners.get(seq.seq_id)
-            rid = owner.on_token(seq, token_id) if owner is not None else seq.request_id
-            if rid is not None and rid in self.requests:
-                touched[rid] = self.requests[rid]
+        for seq, token_ids, lps in zip(samples.seqs, samples.token_ids, samples.logprobs,
+                                       strict=True):
+            drafted = seq.num_verified_drafts
+            self.scheduler.settle_drafts(seq, len(token_ids) - 1)  # rejected drafts rolled back
+            for hook in self._hooks if drafted else ():
+                hook.on_verified(seq, drafted, len(token_ids) - 1)
+            for token_id, lp in zip(token_ids, lps, strict=True):
+                if seq.status.finished:  # a stop among accepted drafts ends the rest
+                    break
+                if lp is not None:
+                    seq.logprobs.append(lp)
+                self.scheduler.append_token(seq, token_id, self.eos_ids)
+                if any([h.on_token(seq, token_id) for h in self._hooks]):  # grammar complete
+                    self.scheduler.finish(seq, SeqStatus.FINISHED_STOPPED)
+                owner = self._owners.get(seq.seq_id)
+                rid = owner.on_token(seq, token_id) if owner is not None else seq.request_id
+                if rid is not None and rid in self.requests:
+                    touched[rid] = self.requests[rid]
 
     def _outputs(self, states) -> list[RequestOutput]:
         outputs = []

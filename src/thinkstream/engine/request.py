@@ -117,6 +117,13 @@ class Sequence:
     # Tokens past this index are not computed yet (a layout whose positions are not known
     # until something else finishes: interleaved reading waits for each note). None: no cap.
     compute_limit: int | None = None
+    # Draft tokens (speculative decoding): guesses of the next outputs, pending tokens the
+    # scheduler computes like any other; the sampler keeps those the model agrees with and
+    # the rest are rolled back. Never part of ``token_ids``; set before each step.
+    #
+    #     | token_ids ...................... | draft_token_ids |
+    #     | computed             | last token | d1 d2 ... dk    |
+    draft_token_ids: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -136,10 +143,21 @@ class Sequence:
         still change (re-tokenization), and computing it at close yields the logits to
         sample from, so the work after close is one token whatever the input length."""
         held = 0 if self.input_closed else 1
-        end = self.num_tokens - held
+        end = self.num_tokens + len(self.draft_token_ids) - held
         if self.compute_limit is not None:
             end = min(end, self.compute_limit)
         return max(end - self.num_computed_tokens, 0)
+
+    def input_ids(self, start: int, n: int) -> list[int]:
+        """Tokens ``start .. start + n - 1`` of ``token_ids`` followed by the drafts."""
+        if not self.draft_token_ids or start + n <= self.num_tokens:
+            return self.token_ids[start : start + n]
+        return (self.token_ids + self.draft_token_ids)[start : start + n]
+
+    @property
+    def num_verified_drafts(self) -> int:
+        """Drafts whose KV is computed (after a step's commit: the ones it verifies)."""
+        return max(self.num_computed_tokens - self.num_tokens, 0)
 
     def position(self, i: int) -> int:
         """RoPE position of own token i."""

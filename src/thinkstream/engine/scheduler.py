@@ -64,8 +64,9 @@ class ScheduledSeq:
 
     @property
     def completes(self) -> bool:
-        """After this step every token of the sequence is computed."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        """After this step every token of the sequence is computed (drafts past them may
+        be computed too: the sampler verifies those)."""
+        return self.seq.num_computed_tokens + self.num_new_tokens >= self.seq.num_tokens
 
 
 @dataclass
@@ -146,6 +147,10 @@ class Scheduler:
                 out.starved.append(seq)
                 continue
             while not self.kv.allocate(seq.seq_id, seq.num_computed_tokens + n):
+                if seq.draft_token_ids:  # drafts are optional: dropped before any preemption
+                    seq.draft_token_ids = []
+                    n = min(n, seq.num_pending_tokens)
+                    continue
                 victim = self._pop_victim(seq, kept, queue) or seq
                 self._preempt(victim)
                 out.preempted.append(victim)
@@ -286,6 +291,7 @@ class Scheduler:
         return None
 
     def _preempt(self, seq: Sequence) -> None:
+        seq.draft_token_ids = []
         idle = self._idle_open(seq)
         self.kv.free(seq.seq_id)
         seq.num_computed_tokens = 0
@@ -354,10 +360,26 @@ class Scheduler:
             self.kv.free(seq.seq_id)
             seq.num_computed_tokens = 0
 
+    def settle_drafts(self, seq: Sequence, num_accepted: int) -> None:
+        """A step verified ``seq``'s drafts and keeps the first ``num_accepted`` (about to
+        be appended to ``token_ids``): the KV computed for the rejected ones is rolled
+        back, freeing exactly the blocks they took, and the drafts are cleared (vLLM v1:
+        rejected draft tokens are subtracted from the computed ones afterwards). Drafts
+        live one step: a sequence that did not sample calls this with 0.
+
+            before: | computed ....... | d1 .. da | d(a+1) .. dm |   (drafts computed)
+            after:  | computed .................. |                  (the rest rolled back)
+        """
+        seq.draft_token_ids = []
+        keep = seq.num_tokens + num_accepted
+        if seq.num_computed_tokens > keep and not seq.status.finished:
+            self.truncate(seq, keep)
+
     def finish(self, seq: Sequence, status: SeqStatus) -> None:
         """End a sequence wherever it is; every block it held is released."""
         if seq.status.finished:
             return
+        seq.draft_token_ids = []
         seq.status = status
         if seq in self.running:
             self.running.remove(seq)

@@ -24,6 +24,7 @@ from thinkstream.config import ModelConfig
 from thinkstream.engine.request import Sequence, TokenLogprob
 from thinkstream.engine.scheduler import SchedulerOutput
 from thinkstream.models.llama import LlamaForCausalLM
+from thinkstream.speculative.verify import accept_drafts
 from thinkstream.worker.graphs import CompiledDecode, GraphDecode, batch_buckets
 from thinkstream.worker.sampling import (
     build_sampling_tensors,
@@ -97,7 +98,8 @@ class ModelRunner:
         """Run the model on every scheduled token.
 
         Returns logits (R, V) for the needed rows, the row of each sequence that completes
-        (-1 if none), and per sequence the (first, count) range of its prompt-logprob rows.
+        (-1 if none; its computed drafts' rows follow it), and per sequence the (first,
+        count) range of its prompt-logprob rows.
         """
         batch, last_row, prompt_rows = self.prepare(out, block_tables)
         return self.execute(batch), last_row, prompt_rows
@@ -115,7 +117,7 @@ class ModelRunner:
         for s in out.scheduled:
             seq, n, start = s.seq, s.num_new_tokens, s.seq.num_computed_tokens
             offset = len(ids)
-            ids.extend(seq.token_ids[start : start + n])
+            ids.extend(seq.input_ids(start, n))
             if seq.positions:
                 positions.extend(seq.position(i) for i in range(start, start + n))
             else:
@@ -128,7 +130,8 @@ class ModelRunner:
                 prefix, visible = (), None  # (whose source may be evicted meanwhile)
             else:
                 prefix = tuple((block_tables[e[0]], *e[1:]) for e in seq.kv_prefix)
-            slices.append(SeqSlice(block_tables[seq.seq_id], start, n, prefix, visible))
+            verify = start + n > seq.num_tokens  # drafts among the new tokens
+            slices.append(SeqSlice(block_tables[seq.seq_id], start, n, prefix, visible, verify))
             if _needs_prompt_logprobs(seq, start):
                 first = len(rows)
                 count = min(start + n, seq.num_prompt_tokens) - start
@@ -139,9 +142,9 @@ class ModelRunner:
             if s.completes and seq.wants_sample:
                 if prompt_rows[-1][1] and start + n == seq.num_prompt_tokens:
                     last_row.append(prompt_rows[-1][0] + prompt_rows[-1][1] - 1)
-                else:
+                else:  # the last token's row, then one per draft computed after it
                     last_row.append(len(rows))
-                    rows.append(offset + n - 1)
+                    rows.extend(range(offset + seq.num_tokens - 1 - start, offset + n))
             else:
                 last_row.append(-1)
         batch = StepBatch(ids, positions, slices, rows, list(out.block_copies))
@@ -165,36 +168,62 @@ class ModelRunner:
     def sample(
         self, logits: torch.Tensor, rows: list[int], seqs: list[Sequence], eos_ids: frozenset[int],
         token_mask: torch.Tensor | None = None,
-    ) -> tuple[list[int], list[TokenLogprob | None]]:
-        """One token per sequence, sequence i drawing from logits row rows[i] among the
-        tokens row i of ``token_mask`` allows (packed, ``structured.mask``; None: any).
-        Log-probabilities are the model's (before bias, bans and the mask)."""
+    ) -> tuple[list[list[int]], list[list[TokenLogprob | None]]]:
+        """The tokens each sequence gains this step: sequence i draws from logits row
+        rows[i] among the tokens row i of ``token_mask`` allows (packed,
+        ``structured.mask``; None: any). Log-probabilities are the model's (before bias,
+        bans and the mask).
+
+        A sequence whose drafts were computed (``seq.num_verified_drafts`` = m, their rows
+        follow rows[i]) is verified: rows i..i+m are sampled as if each draft so far were
+        the sequence's token (penalties and ``min_tokens`` see them), and the sequence
+        keeps the longest prefix of drafts equal to the samples, plus the sample after it
+        (``speculative.verify``). Without drafts that is one token, drawn exactly as
+        before.
+        """
         if not seqs:
             return [], []
-        x = _take(logits, rows)
-        banned = [_banned_ids(seq, eos_ids) for seq in seqs]
+        drafts = [s.draft_token_ids[: s.num_verified_drafts] for s in seqs]
+        counts = [len(d) + 1 for d in drafts]
+        flat_rows = [r + j for r, c in zip(rows, counts, strict=True) for j in range(c)]
+        owners = [i for i, c in enumerate(counts) for _ in range(c)]
+        steps = [j for c in counts for j in range(c)]
+        x = _take(logits, flat_rows)
+        flat = [seqs[i] for i in owners]
+        banned = [_banned_ids(seq, eos_ids, j) for seq, j in zip(flat, steps, strict=True)]
+        if token_mask is not None and len(flat) != len(seqs):
+            token_mask = token_mask[torch.tensor(owners, device=token_mask.device)]
         st = build_sampling_tensors(
-            [s.params for s in seqs], [s.generator for s in seqs], x.shape[1], x.device, banned,
+            [s.params for s in flat], [s.generator for s in flat], x.shape[1], x.device, banned,
             token_mask,
         )
         processed = penalize(
-            x, st, [s.token_ids[: s.num_prompt_tokens] for s in seqs],
-            [s.output_token_ids for s in seqs],
+            x, st, [s.token_ids[: s.num_prompt_tokens] for s in flat],
+            [s.output_token_ids + drafts[i][:j] for s, i, j in zip(flat, owners, steps,
+                                                                   strict=True)],
         )
-        token_ids = sample(processed, st)
-        want = [s.params.logprobs for s in seqs]
-        logprobs: list[TokenLogprob | None] = [None] * len(seqs)
+        sampled = sample(processed, st)
+        per_seq = accept_drafts(sampled.tolist(), drafts)
+        keep = [sum(counts[:i]) + j for i, toks in enumerate(per_seq) for j in range(len(toks))]
+        want = [seqs[owners[r]].params.logprobs for r in keep]
+        logprobs: list[TokenLogprob | None] = [None] * len(keep)
         if any(k is not None for k in want):
             k = max(k or 0 for k in want)
-            chosen, ranks, top_ids, top_vals = compute_ranked_logprobs(x, token_ids, max(k, 1))
+            kept = _take(sampled.unsqueeze(1), keep).squeeze(1)
+            chosen, ranks, top_ids, top_vals = compute_ranked_logprobs(_take(x, keep), kept,
+                                                                       max(k, 1))
             logprobs = [
                 None if w is None else _entry(int(t), float(c), r, ti[:w], tv[:w])
                 for w, t, c, r, ti, tv in zip(
-                    want, token_ids.tolist(), chosen.tolist(), ranks.tolist(), top_ids.tolist(),
-                    top_vals.tolist(), strict=True,
+                    want, kept.tolist(), chosen.tolist(), ranks.tolist(),
+                    top_ids.tolist(), top_vals.tolist(), strict=True,
                 )
             ]
-        return token_ids.tolist(), logprobs
+        out_lps, pos = [], 0
+        for toks in per_seq:
+            out_lps.append(logprobs[pos : pos + len(toks)])
+            pos += len(toks)
+        return per_seq, out_lps
 
     @torch.inference_mode()
     def prompt_logprobs(
@@ -231,8 +260,10 @@ def _needs_prompt_logprobs(seq: Sequence, start: int) -> bool:
     return seq.wants_prompt_logprobs and start < seq.num_prompt_tokens and not done
 
 
-def _banned_ids(seq: Sequence, eos_ids: frozenset[int]) -> tuple[int, ...]:
-    if seq.num_output_tokens >= seq.params.min_tokens:
+def _banned_ids(seq: Sequence, eos_ids: frozenset[int], ahead: int = 0) -> tuple[int, ...]:
+    """Ids a row may not take: eos / stop ids until ``min_tokens`` outputs (``ahead``:
+    drafts before this row)."""
+    if seq.num_output_tokens + ahead >= seq.params.min_tokens:
         return ()
     eos = () if seq.params.ignore_eos else tuple(eos_ids)
     return eos + tuple(seq.params.stop_token_ids)

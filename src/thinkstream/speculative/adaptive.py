@@ -1,0 +1,122 @@
+"""How many drafts each request gets this step (FASER-style adaptive length, SpecMemo-style
+memory budget).
+
+Per request, the acceptance rate ``alpha`` of its recent draft tokens is an exponential
+moving average over verified positions (a rejection counts one miss; the positions after
+it were never judged). With per-token acceptance ``alpha`` a draft of k tokens yields
+``E(k) = 1 + alpha + ... + alpha^k`` tokens per step, and costs ``1 + k * rho`` steps,
+where ``rho`` is one draft token's cost: the proposer's own (``Proposer.cost_per_token``)
+plus the verifier's share, which grows with the batch: a step over N tokens takes about
+``t0 + c * N`` and is compute-bound past ``knee = t0 / c`` tokens, so one more token costs
+``B / (knee + B)`` of a step of B decoding sequences. The length is the k in
+0..``num_speculative_tokens`` that maximises ``E(k) / (1 + k * rho)``: it falls to 0 when
+drafts keep failing (or the batch is large), rises while they are accepted (FASER:
+Pan et al. 2025, speculation length per request from acceptance and the batch's phase).
+
+A request at length 0 keeps being measured: free proposers draft one token in the
+shadow (compared with the token the step samples, never computed), costly ones get one
+real draft every ``probe_interval`` steps.
+
+The budget (SpecMemo: speculation under a memory budget) then trims lengths, surest
+request first, to the KV blocks free beyond what the batch's real tokens need, so drafts
+never make the scheduler preempt anything. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRIOR = 0.5  # acceptance assumed before a request has any history
+DECAY = 0.7  # weight of the past in the moving average (per verified position)
+
+
+@dataclass
+class LengthState:
+    """One sequence's acceptance history."""
+
+    alpha: float = PRIOR
+    length: int = 0
+    steps_at_zero: int = 0
+    verified: int = 0  # draft tokens verified (real, not shadow)
+    accepted: int = 0
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a step yields with k drafts at per-token acceptance ``alpha``."""
+    return sum(alpha**i for i in range(k + 1))
+
+
+def best_length(alpha: float, rho: float, k_max: int) -> int:
+    """argmax over k in 0..k_max of E(k) / (1 + k * rho) (the smallest k on ties)."""
+    best, value = 0, 1.0
+    for k in range(1, k_max + 1):
+        v = expected_tokens(alpha, k) / (1 + k * rho)
+        if v > value + 1e-9:
+            best, value = k, v
+    return best
+
+
+class LengthController:
+    """Per-sequence lengths. ``adaptive=False``: always ``k_max``."""
+
+    def __init__(self, k_max: int, knee: int, proposer_cost: float, adaptive: bool = True,
+                 probe_interval: int = 16) -> None:
+        self.k_max, self.knee, self.proposer_cost = k_max, knee, proposer_cost
+        self.adaptive, self.probe_interval = adaptive, probe_interval
+        self.states: dict[str, LengthState] = {}
+
+    def rho(self, batch: int) -> float:
+        """A draft token's cost in steps, with ``batch`` sequences decoding."""
+        return self.proposer_cost + batch / (self.knee + batch)
+
+    def length(self, seq_id: str, batch: int) -> int:
+        """The draft length for ``seq_id`` this step (0: no real drafts)."""
+        st = self.states.setdefault(seq_id, LengthState(length=self.k_max))
+        if not self.adaptive:
+            st.length = self.k_max
+            return st.length
+        st.length = best_length(st.alpha, self.rho(batch), self.k_max)
+        if st.length == 0:
+            st.steps_at_zero += 1
+            if self.proposer_cost > 0 and st.steps_at_zero % self.probe_interval == 0:
+                return 1  # a costly proposer's probe
+        else:
+            st.steps_at_zero = 0
+        return st.length
+
+    def shadow_wanted(self, seq_id: str) -> bool:
+        """Whether a free shadow draft should measure ``seq_id`` (its length is 0)."""
+        st = self.states.get(seq_id)
+        return self.adaptive and self.proposer_cost == 0 and st is not None and st.length == 0
+
+    def update(self, seq_id: str, drafted: int, accepted: int, real: bool = True) -> None:
+        """``drafted`` tokens were judged and the first ``accepted`` kept."""
+        st = self.states.setdefault(seq_id, LengthState())
+        for i in range(min(drafted, accepted + 1)):
+            hit = 1.0 if i < accepted else 0.0
+            st.alpha = DECAY * st.alpha + (1 - DECAY) * hit
+        if real:
+            st.verified += drafted
+            st.accepted += accepted
+
+    def forget(self, seq_id: str) -> None:
+        self.states.pop(seq_id, None)
+
+
+def fit_to_blocks(lengths: list[int], spare: list[int], free_blocks: int,
+                  block_size: int, order: list[int]) -> list[int]:
+    """Trim draft lengths to the KV blocks free for drafts (SpecMemo).
+
+    ``spare[i]``: token slots left in sequence i's blocks after its real tokens (drafts
+    there take no block); ``free_blocks``: blocks drafts may take; ``order``: sequence
+    indices, surest first. Returns new lengths; the blocks they need fit."""
+    out = list(lengths)
+    for i in order:
+        extra = max(out[i] - spare[i], 0)
+        need = -(-extra // block_size)
+        if need > free_blocks:
+            out[i] = spare[i] + free_blocks * block_size if free_blocks >= 0 else 0
+            out[i] = min(out[i], lengths[i])
+            need = -(-max(out[i] - spare[i], 0) // block_size)
+        free_blocks -= need
+    return out

@@ -1,0 +1,83 @@
+"""Prompt lookup (n-gram) drafting: the tokens that followed the latest earlier occurrence
+of the sequence's last n tokens (the first one when the latest leaves too few tokens after
+it, as in a repeating run), n from ``ngram_max`` down to ``ngram_min`` (Saxena 2023,
+"prompt lookup decoding"; vLLM's and llama.cpp's n-gram drafters). No model runs, so it
+is free; it pays when the answer quotes or edits its input.
+
+Each sequence keeps an index from every n-gram of its tokens to the latest position where
+it ended, extended incrementally as tokens arrive (O(1) per token and n), rebuilt if the
+tokens shrink. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from thinkstream.speculative.proposer import NO_DRAFT, Draft, Proposer
+
+if TYPE_CHECKING:
+    from thinkstream.engine.request import Sequence
+
+
+@dataclass
+class _Index:
+    """n-gram -> end positions of its first and latest occurrences (ends < ``upto``)."""
+
+    ends: dict[tuple[int, ...], tuple[int, int]] = field(default_factory=dict)
+    upto: int = 0  # n-grams ending before this position are indexed
+    head: tuple[int, ...] = ()  # the first tokens when indexed (a changed prompt rebuilds)
+
+
+class NgramProposer(Proposer):
+    """Draft by prompt lookup. Confidence: ``base + step * (n - 1)`` for a match of n
+    tokens (longer matches are surer), capped at 0.9."""
+
+    name = "ngram"
+    cost_per_token = 0.0
+
+    def __init__(self, ngram_min: int = 2, ngram_max: int = 4) -> None:
+        if not 1 <= ngram_min <= ngram_max:
+            raise ValueError("need 1 <= ngram_min <= ngram_max")
+        self.ngram_min, self.ngram_max = ngram_min, ngram_max
+        self._index: dict[str, _Index] = {}
+
+    def propose(self, seqs: list[Sequence], lengths: list[int]) -> list[Draft]:
+        return [self.lookup(s.seq_id, s.token_ids, k) if k > 0 else NO_DRAFT
+                for s, k in zip(seqs, lengths, strict=True)]
+
+    def lookup(self, key: str, tokens: list[int], k: int) -> Draft:
+        """At most ``k`` tokens after the latest earlier match of ``tokens``' suffix."""
+        idx = self._update(key, tokens)
+        last = len(tokens)
+        for n in range(min(self.ngram_max, last - 1), self.ngram_min - 1, -1):
+            ends = idx.ends.get(tuple(tokens[last - n :]))
+            if ends is None:
+                continue
+            first, latest = ends  # the latest match, unless it leaves fewer than k tokens
+            end = latest if latest + k < last else first
+            draft = tokens[end + 1 : end + 1 + k]
+            conf = min(0.9, 0.5 + 0.15 * (n - 1))
+            return Draft(draft, [conf] * len(draft))
+        return NO_DRAFT
+
+    def _update(self, key: str, tokens: list[int]) -> _Index:
+        """Index every n-gram ending at positions < len(tokens) - 1 (the suffix itself,
+        ending at the last token, must not match itself)."""
+        idx = self._index.get(key)
+        head = tuple(tokens[:8])
+        if idx is None or idx.upto > len(tokens) - 1 or idx.head != head:
+            idx = self._index[key] = _Index(head=head)
+        stop = len(tokens) - 1
+        for end in range(idx.upto, stop):
+            for n in range(self.ngram_min, min(self.ngram_max, end + 1) + 1):
+                gram = tuple(tokens[end - n + 1 : end + 1])
+                idx.ends[gram] = (idx.ends.get(gram, (end, end))[0], end)
+        idx.upto = max(idx.upto, stop)
+        return idx
+
+    def forget(self, seq_id: str) -> None:
+        self._index.pop(seq_id, None)
+
+    def tracked(self) -> set[str]:
+        return set(self._index)
