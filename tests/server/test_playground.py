@@ -31,10 +31,12 @@ def test_page_and_files_need_no_key_and_nothing_else_opens() -> None:
     with live_server(llm, ServerConfig(served_model_name="tiny", api_keys=("sk-k",))) as live:
         page = httpx.get(live.url + "/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        assert '<script src="/playground/app.js" defer></script>' in page.text
+        assert '<script type="module" src="/playground/app.js"></script>' in page.text
         assert "default-src 'self'" in page.headers["content-security-policy"]
-        js = httpx.get(live.url + "/playground/app.js")
-        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        for name in ("app.js", "api.js", "stream.js"):  # modules: served as JavaScript
+            js = httpx.get(f"{live.url}/playground/{name}")
+            assert js.status_code == 200
+            assert js.headers["content-type"].startswith("text/javascript")
         css = httpx.get(live.url + "/playground/style.css")
         assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         for path in ("/playground/", "/playground/x.js", "/index.html", "/v1/models"):
@@ -45,7 +47,7 @@ def test_page_and_files_need_no_key_and_nothing_else_opens() -> None:
 
 def test_files_load_nothing_from_elsewhere() -> None:
     static = resources.files("thinkstream.server") / "static"
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "app.js", "api.js", "stream.js", "style.css"):
         text = (static / name).read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), name
         assert "@import" not in text and "<script>" not in text, name  # CSP: no inline script

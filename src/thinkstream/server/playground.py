@@ -1,5 +1,5 @@
-"""The web playground: ``GET /`` serves a page (``static/``: HTML, one script, one style
-sheet; no CDN, no build step) that talks to this server through its public API only: chat
+"""The web playground: ``GET /`` serves a page (``static/``: HTML, three JavaScript modules,
+one style sheet; no CDN, no build step) that talks to this server through its public API only: chat
 completions (streamed), the session WebSocket for streaming input, ``/v1/models``,
 ``/health`` and ``/metrics``.
 
@@ -19,6 +19,8 @@ from fastapi.responses import Response
 _FILES = {  # URL path -> (file in static/, media type)
     "/": ("index.html", "text/html; charset=utf-8"),
     "/playground/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/playground/api.js": ("api.js", "text/javascript; charset=utf-8"),
+    "/playground/stream.js": ("stream.js", "text/javascript; charset=utf-8"),
     "/playground/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 PATHS = frozenset(_FILES)  # open to a GET without a key (auth.ApiKeyMiddleware)
