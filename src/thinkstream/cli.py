@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from thinkstream.config import ATTENTION_PRECISIONS, EngineConfig
 from thinkstream.loading.errors import ModelLoadError
 from thinkstream.sampling_params import SamplingParams
+from thinkstream.speculative.config import METHODS as SPECULATIVE_METHODS
+from thinkstream.speculative.config import SpeculativeConfig
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -48,6 +50,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-special-tokens-in-content", action="store_true",
                    help="read special-token text inside chat messages as control tokens "
                         "(default: plain text)")
+    p.add_argument("--speculative-method", default=None, choices=list(SPECULATIVE_METHODS),
+                   help="speculative decoding: ngram (prompt lookup), early_exit (the "
+                        "model's first layers), fused (both); default off")
+    p.add_argument("--num-speculative-tokens", type=int, default=5,
+                   help="the most draft tokens per request and step (with --speculative-method)")
+    p.add_argument("--no-adaptive-speculation", action="store_true",
+                   help="draft --num-speculative-tokens whenever possible (default: each "
+                        "request's length follows its acceptance and the batch size)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
@@ -74,7 +84,17 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         tensor_parallel_size=args.tensor_parallel_size, tp_overlap=args.tp_overlap,
         collective_timeout_s=args.collective_timeout,
         max_weight_memory_mb=args.max_weight_memory_mb,
+        speculative=speculative_config(args),
     )
+
+
+def speculative_config(args: argparse.Namespace) -> SpeculativeConfig | None:
+    """``--speculative-method`` and friends as a ``SpeculativeConfig`` (None: off)."""
+    if getattr(args, "speculative_method", None) is None:
+        return None
+    return SpeculativeConfig(method=args.speculative_method,
+                             num_speculative_tokens=args.num_speculative_tokens,
+                             adaptive=not args.no_adaptive_speculation)
 
 
 def set_process_threads(cfg: EngineConfig) -> None:

@@ -18,7 +18,7 @@ PASSAGE = ("The committee met on Tuesday to review the budget. It approved the n
            "the accounts online by the end of the month.")
 ECHO = [{"role": "user", "content": f"Repeat this text exactly:\n\n{PASSAGE}"}]
 CHAT = [{"role": "user", "content": "Name three colours of the rainbow."}]
-GREEDY = SamplingParams(temperature=0.0, max_tokens=40)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,23 @@ def plain(refs):
     return llm, [o.outputs[0].token_ids for o in llm.chat([ECHO, CHAT], GREEDY)]
 
 
-@pytest.mark.parametrize("method", ["ngram"])
-def test_greedy_identical_alone_and_in_a_batch(refs, plain, method) -> None:
+@pytest.mark.parametrize("method", ["early_exit", "fused"])
+def test_greedy_identical_for_model_drafters(refs, plain, method) -> None:
+    _, want = plain
+    llm = LLM(checkpoint=refs.checkpoint(None), max_num_batched_tokens=512,
+              speculative={"method": method, "num_speculative_tokens": 3, "adaptive": False,
+                           "early_exit_layer": 4})
+    short = SamplingParams(temperature=0.0, max_tokens=12)
+    got = [o.outputs[0].token_ids for o in llm.chat([ECHO, CHAT], short)]
+    assert got == [w[:12] for w in want]
+    assert llm.engine.speculative.stats.num_draft_tokens > 0
+    llm.engine.check_integrity()
+
+
+def test_greedy_identical_in_a_batch(refs, plain) -> None:
     base, want = plain
     llm = LLM(checkpoint=refs.checkpoint(None), max_num_batched_tokens=512,
-              speculative={"method": method, "num_speculative_tokens": 5})
-    alone = llm.chat(ECHO, GREEDY)[0].outputs[0].token_ids
-    assert alone == want[0]
-    stats = llm.engine.speculative.stats
-    if method == "ngram":  # the echo is mostly drafted right
-        assert stats.num_accepted_tokens > 0.5 * stats.num_draft_tokens > 0
+              speculative={"method": "ngram", "num_speculative_tokens": 5})
     json_params = SamplingParams(temperature=0.0, max_tokens=16, structured_outputs=(
         StructuredOutputsParams(json_object=True)))
     want_json = base.chat(CHAT, json_params)[0].outputs[0].token_ids
@@ -51,6 +58,8 @@ def test_greedy_identical_alone_and_in_a_batch(refs, plain, method) -> None:
         engine.check_integrity()
     assert [done[i] for i in ids] == [*want, want_json]
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    stats = llm.engine.speculative.stats  # the echo is mostly drafted right
+    assert stats.num_accepted_tokens > 0.5 * stats.num_draft_tokens > 0
 
 
 def test_session_answer_identical_with_speculation(refs, plain) -> None:

@@ -107,11 +107,34 @@ def test_greedy_mixed_with_requests_that_do_not_speculate(plain) -> None:
     assert engine.speculative.stats.num_drafts > 0
 
 
-def test_greedy_ngram_the_engine_builds(plain) -> None:
-    engine = make_engine(speculative={"method": "ngram", "ngram_min": 1, **FIXED})
+@pytest.mark.parametrize("method", ["ngram", "early_exit", "fused"])
+def test_greedy_each_proposer_the_engine_builds(plain, method) -> None:
+    engine = make_engine(speculative={"method": method, "ngram_min": 1, "early_exit_layer": 1,
+                                      **FIXED}, num_blocks=24)
     got = [o.outputs[0].token_ids for o in run(engine, PROMPTS)]
     assert got == plain
     assert engine.speculative.stats.num_draft_tokens > 0
+
+
+def test_early_exit_drafts_are_the_first_layers_argmax() -> None:
+    """The exit head after layer 1 of the tiny model, computed densely (a one-layer model
+    with the same weights), drafts exactly what the proposer drafts; its blocks are lent."""
+    ck = tiny_checkpoint()
+    one = tiny_checkpoint(num_layers=1)
+    assert torch.equal(one.tensors["layers.0.attn.q_proj.weight"],
+                       ck.tensors["layers.0.attn.q_proj.weight"])
+    engine = make_engine(speculative={"method": "early_exit", "early_exit_layer": 1, **FIXED})
+    engine.add_request("r", PROMPTS[3], SamplingParams(temperature=0.0, max_tokens=2,
+                                                       ignore_eos=True))
+    engine.step()
+    seq = engine.requests["r"].seqs[0]
+    free = engine.kv.num_free_blocks
+    (draft,) = engine.speculative.proposer.propose([seq], [3])
+    assert engine.kv.num_free_blocks == free
+    ids = list(seq.token_ids)
+    for t in draft.tokens:
+        assert t == int(reference_logits(one.config, one.tensors, ids)[-1].argmax())
+        ids.append(t)
 
 
 def test_greedy_under_a_tiny_pool_preempts_mid_draft(plain) -> None:
@@ -321,3 +344,29 @@ def test_sampling_distribution_with_drafts_is_the_targets() -> None:
     assert hook.stats.num_accepted_tokens > 0 and hook.stats.num_draft_tokens > n
     stat, df = _chi2(counts, exact, n)
     assert stat < _chi2_crit(df), (stat, df)
+
+
+def test_config_from_cli_flags_dicts_and_names() -> None:
+    import argparse
+
+    from thinkstream.cli import add_engine_args, build_parser, engine_config
+
+    p = argparse.ArgumentParser()
+    add_engine_args(p)
+    cfg = engine_config(p.parse_args(["--speculative-method", "fused",
+                                      "--num-speculative-tokens", "3",
+                                      "--no-adaptive-speculation"]))
+    assert cfg.speculative == SpeculativeConfig(method="fused", num_speculative_tokens=3,
+                                                adaptive=False)
+    assert engine_config(p.parse_args([])).speculative is None
+    serve = build_parser().parse_args(["serve", "--speculative-method", "ngram"])
+    assert engine_config(serve).speculative == SpeculativeConfig(method="ngram")
+    assert EngineConfig(speculative="ngram").speculative == SpeculativeConfig()
+    assert EngineConfig(speculative={"num_speculative_tokens": 2}).speculative == (
+        SpeculativeConfig(num_speculative_tokens=2))
+    with pytest.raises(ValueError, match="unknown field"):
+        EngineConfig(speculative={"tokens": 2})
+    with pytest.raises(ValueError, match="method"):
+        EngineConfig(speculative="medusa")
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        SpeculativeConfig(num_speculative_tokens=0)

@@ -270,6 +270,25 @@ class LLMEngine(OpenInputs):
     def num_kv_blocks(self) -> int:
         return self.kv.num_blocks
 
+    @contextlib.contextmanager
+    def scratch_kv(self, want: dict[Sequence, int]) -> Iterator[dict[str, list[int]] | None]:
+        """Block tables covering the first ``want[seq]`` tokens of each sequence, for the
+        block only: a drafter writes KV past a sequence's computed tokens (which the next
+        forward overwrites), then every table is cut back to what it held. Yields None
+        (taking nothing) when the pool cannot spare the blocks; raises nothing else."""
+        held = {seq: self.kv.num_tokens(seq.seq_id) for seq in want if self.kv.has(seq.seq_id)}
+        grown: list[Sequence] = []
+        try:
+            for seq, n in want.items():
+                if seq not in held or not self.kv.allocate(seq.seq_id, n):
+                    yield None
+                    return
+                grown.append(seq)
+            yield {seq.seq_id: self.kv.block_table(seq.seq_id) for seq in want}
+        finally:
+            for seq in grown:
+                self.kv.truncate(seq.seq_id, held[seq])
+
     @property
     def block_size(self) -> int:
         return self.kv.block_size

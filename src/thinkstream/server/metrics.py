@@ -55,6 +55,17 @@ class _EngineCollector(Collector):
         yield counter("prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens)
         yield counter("generation_tokens", "Tokens generated.", s.generation_tokens)
         yield counter("num_preemptions", "Sequences preempted.", usage.num_preemptions)
+        spec = getattr(self.llm.engine, "speculative", None)
+        if spec is not None:  # speculative decoding (speculative/decoder.py)
+            st = spec.stats
+            yield counter("spec_decode_num_drafts", "Draft verifications (a sequence's "
+                          "drafts in one step).", st.num_drafts)
+            yield counter("spec_decode_num_draft_tokens", "Draft tokens verified.",
+                          st.num_draft_tokens)
+            yield counter("spec_decode_num_accepted_tokens", "Draft tokens accepted.",
+                          st.num_accepted_tokens)
+            yield gauge("spec_decode_mean_accepted_length", "Tokens per verification: "
+                        "accepted drafts plus the target's own.", st.mean_accepted_length)
         finished = CounterMetricFamily("thinkstream_request_success", "Finished sequences.",
                                        labels=["model_name", "finished_reason"])
         for reason, count in sorted(s.finished.items()):
