@@ -173,3 +173,23 @@ def test_streaming_bursts_document_and_unknown_peer(tiny_ckpt):
     args = parser.parse_args(["bench", "streaming", "--peers", "vllm"])
     with pytest.raises(ValueError, match="unknown peer"):
         args.fn(args, checkpoint=tiny_ckpt)
+
+
+def test_speculative_bench_tiny_model(tmp_path, tiny_ckpt):
+    from thinkstream.bench import speculative
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    out = tmp_path / "spec.json"
+    args = parser.parse_args(["bench", "speculative", "--workloads", "echo", "--batches", "1,2",
+                              "--configs", "none,ngram fixed,early_exit fixed",
+                              "--batched-configs", "none,ngram fixed", "--exit-layer", "1",
+                              "--peers", "none", "--max-tokens", "4", "--json", str(out)])
+    assert args.fn is speculative.run
+    assert args.fn(args, checkpoint=tiny_ckpt) == 0
+    doc = json.loads(out.read_text())
+    rows = [(r["batch"], r["config"]) for r in doc["rows"]]
+    assert rows == [(1, "none"), (1, "ngram fixed"), (1, "early_exit fixed"), (2, "none"),
+                    (2, "ngram fixed")]
+    assert all(r["same_output"] in (None, True) for r in doc["rows"])  # greedy: lossless
+    assert doc["rows"][0]["vs_none"] == 1.0 and doc["early_exit_layer"] == 1

@@ -1,4 +1,5 @@
-"""``thinkstream bench {prefill,decode,throughput,all,profile,streaming,think-while-reading}``.
+"""``thinkstream bench {prefill,decode,throughput,all,profile,streaming,think-while-reading,
+speculative}``.
 
 Example (the full run of docs/benchmarks.md)::
 
@@ -59,7 +60,15 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--batch", type=int, action="append", default=None,
                    help="batch size(s) to profile (default 1 and 32)")
     p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--speculative-method", default=None,
+                   choices=["ngram", "early_exit", "fused"],
+                   help="profile with speculative decoding (repeating prompts)")
     p.set_defaults(fn=run_profile)
+    p = sub.add_parser("speculative", help="speculative decoding: proposers, adaptive, peers")
+    from thinkstream.bench import speculative
+
+    speculative.add_arguments(p)
+    p.set_defaults(fn=speculative.run)
     p = sub.add_parser("streaming", help="streaming input: latency after the input ends")
     from thinkstream.bench.streaming import add_arguments
     from thinkstream.bench.streaming import run as run_streaming
@@ -140,6 +149,7 @@ def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
     for batch in batches:
         result = profile_decode(args.model, batch, args.steps, dtype=args.dtype,
                                 quantization=args.quantization, threads=args.threads,
-                                checkpoint=checkpoint, compile_decode=args.compile_decode)
+                                checkpoint=checkpoint, compile_decode=args.compile_decode,
+                                speculative=getattr(args, "speculative_method", None))
         print(format_profile(result))
     return 0

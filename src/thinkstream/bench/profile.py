@@ -11,6 +11,9 @@ sequences run. Components (wall time, ms per step):
 - sampling: ``runner.sample``;
 - scheduler: ``schedule`` + ``commit`` + ``append_token`` + block tables;
 - outputs: detokenizing and building ``RequestOutput``s (``engine._outputs``);
+- speculative proposer (with ``speculative``): drafting (``proposer.propose``); the
+  verifier is the model's forward over the drafts and the sampler's extra rows, inside
+  "model" and "sampling" (the header gives drafts and accepted tokens per step);
 - other Python: the rest of ``engine.step``.
 
 A torch.profiler pass over the same steps lists the top operators by self CPU time.
@@ -42,6 +45,9 @@ def _instrument(engine, acc: dict[str, float]) -> None:
     runner.forward = _timed(runner.forward, acc, "forward")
     runner.sample = _timed(runner.sample, acc, "sampling")
     engine._outputs = _timed(engine._outputs, acc, "outputs")
+    if engine.speculative is not None:
+        proposer = engine.speculative.proposer
+        proposer.propose = _timed(proposer.propose, acc, "proposer")
     if runner.decode_graph is not None:  # no hooks inside what torch.compile traces
         runner.decode_graph = _timed(runner.decode_graph, acc, "decode graph")
         return
@@ -57,8 +63,11 @@ def _instrument(engine, acc: dict[str, float]) -> None:
 def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str = "bfloat16",
                    quantization: str | None = None, threads: int | None = None,
                    checkpoint: Any = None, prompt_len: int = 16, top_ops: int = 8,
-                   compile_decode: bool = False) -> dict[str, Any]:
-    """Profile ``steps`` decode steps at ``batch`` sequences; returns ms per step per part."""
+                   compile_decode: bool = False, speculative: str | None = None,
+                   ) -> dict[str, Any]:
+    """Profile ``steps`` decode steps at ``batch`` sequences; returns ms per step per part.
+    ``speculative``: a method (``SpeculativeConfig``); the prompts then repeat a chunk, so
+    prompt lookup has something to find."""
     import torch
 
     from thinkstream.bench.workloads import decode_workload
@@ -70,21 +79,29 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
         options["quantization"] = quantization
     if compile_decode:
         options["compile_decode"] = True
+    if speculative:
+        options["speculative"] = speculative
     llm = LLM(model, dtype=dtype, max_num_seqs=max(batch, 1), num_threads=threads, **options)
     engine = llm.engine
     vocab = engine.model_config.vocab_size
-    work = decode_workload(batch, vocab, output_len=2 * steps + 8, prompt_len=prompt_len)
+    work = decode_workload(batch, vocab, output_len=(8 if speculative else 2) * steps + 8,
+                           prompt_len=prompt_len)
     for r in work.requests:
-        engine.add_request(None, list(r.prompt), SamplingParams(
+        prompt = list(r.prompt) * (4 if speculative else 1)
+        engine.add_request(None, prompt, SamplingParams(
             temperature=0.0, max_tokens=r.max_tokens, ignore_eos=True))
     for _ in range(8):  # prefill, then a few warm-up decode steps (and the decode compile)
         engine.step()
     acc: dict[str, float] = defaultdict(float)
     _instrument(engine, acc)
+    spec = engine.speculative
+    before = (spec.stats.num_draft_tokens, spec.stats.num_accepted_tokens) if spec else (0, 0)
     t0 = time.perf_counter()
     for _ in range(steps):
         engine.step()
     total = time.perf_counter() - t0
+    drafted, accepted = ((spec.stats.num_draft_tokens - before[0],
+                          spec.stats.num_accepted_tokens - before[1]) if spec else (0, 0))
     ms = {k: 1e3 * v / steps for k, v in acc.items()}  # before the profiler's steps add more
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(min(steps, 8)):
@@ -100,21 +117,28 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
         "scheduler + kv bookkeeping": ms.get("scheduler", 0.0),
         "outputs (detokenize, RequestOutput)": ms.get("outputs", 0.0),
     }
+    if spec is not None:
+        parts["speculative proposer"] = ms.get("proposer", 0.0)
     parts["other Python in step()"] = 1e3 * total / steps - sum(parts.values())
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     n_prof = min(steps, 8)
     ops = [(e.key, e.self_cpu_time_total / 1e3 / n_prof, e.count // n_prof)
            for e in events[:top_ops]]
     return {"batch": batch, "steps": steps, "dtype": dtype, "quantization": quantization,
-            "compile_decode": compile_decode,
-            "step_ms": 1e3 * total / steps, "tok_s": batch * steps / total, "parts_ms": parts,
+            "compile_decode": compile_decode, "speculative": speculative,
+            "drafts_per_step": drafted / steps, "accepted_per_step": accepted / steps,
+            "step_ms": 1e3 * total / steps, "tok_s": (batch * steps + accepted) / total,
+            "parts_ms": parts,
             "top_ops": ops}
 
 
 def format_profile(p: dict[str, Any]) -> str:
     lines = [f"batch {p['batch']} ({p['dtype']}, quantization={p['quantization']}"
-             f"{', compile_decode' if p.get('compile_decode') else ''}): "
-             f"{p['step_ms']:.1f} ms/step, {p['tok_s']:.0f} tok/s",
+             f"{', compile_decode' if p.get('compile_decode') else ''}"
+             f"{', speculative ' + p['speculative'] if p.get('speculative') else ''}): "
+             f"{p['step_ms']:.1f} ms/step, {p['tok_s']:.0f} tok/s"
+             + (f", {p['drafts_per_step']:.1f} drafts and {p['accepted_per_step']:.1f} accepted "
+                "per step (verified in the model's forward)" if p.get("speculative") else ""),
              "| part | ms/step | share |", "|---|---|---|"]
     for name, v in p["parts_ms"].items():
         lines.append(f"| {name} | {v:.2f} | {100 * v / p['step_ms']:.0f}% |")
