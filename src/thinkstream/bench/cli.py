@@ -1,5 +1,5 @@
 """``thinkstream bench {prefill,decode,throughput,all,profile,streaming,think-while-reading,
-speculative}``.
+speculative,distributed}``.
 
 Example (the full run of docs/benchmarks.md)::
 
@@ -75,6 +75,11 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
 
     add_arguments(p)
     p.set_defaults(fn=run_streaming)
+    p = sub.add_parser("distributed", help="tensor parallel, Ray replicas, weight streaming")
+    from thinkstream.bench import distributed
+
+    distributed.add_arguments(p)
+    p.set_defaults(fn=distributed.run)
     p = sub.add_parser("think-while-reading", help="reasoning while the input streams vs batch")
     from thinkstream.bench import think
 
