@@ -58,7 +58,7 @@ def build_rank_runner(spec: RankSpec, rank: int, comm: Comm, cls: type = ModelRu
     ``cls``, built with ``extra`` keyword arguments besides a ``ModelRunner``'s)."""
     cfg, mcfg = spec.config, spec.model_config
     shards = plan_shards(mcfg, comm.world)
-    dtype, device = DTYPES[cfg.dtype], torch.device(cfg.device)
+    dtype, device = DTYPES[cfg.dtype], rank_device(cfg.device, rank)
     local = local_config(mcfg, shards[rank])
     streamed = cfg.max_weight_memory_mb is not None
     if streamed:
@@ -171,7 +171,7 @@ def start_tp_runner(ckpt, cfg: EngineConfig, num_blocks: int) -> ModelRunner:
     (with N == 1, and weight streaming, a plain runner over the streamed model)."""
     world = cfg.tensor_parallel_size
     shards = plan_shards(ckpt.config, world)  # raises ValueError before any process starts
-    device = torch.device(cfg.device)
+    device = rank_device(cfg.device, 0)
     if world == 1:
         return build_rank_runner(_rank_spec(ckpt, cfg, num_blocks, shards, 0), 0, _Solo(device))
     if torchrun_env() is not None:  # the other ranks were started by torchrun
@@ -205,6 +205,16 @@ def start_tp_runner(ckpt, cfg: EngineConfig, num_blocks: int) -> ModelRunner:
         raise
 
 
+def rank_device(device: str, rank: int) -> torch.device:
+    """A rank's device: "cuda" means one GPU per rank (rank r on cuda:r, made current
+    for NCCL); anything else is used as given."""
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", rank)
+        torch.cuda.set_device(d)
+    return d
+
+
 class _Solo:
     """The group of one (weight streaming without tensor parallelism)."""
 
@@ -220,7 +230,7 @@ def worker_main(spec: RankSpec, rank: int, world: int, host: str, port: int,
     torch.set_num_threads(spec.config.num_threads or 1)
     store = dist.TCPStore(host, port, world, is_master=False,
                           timeout=timedelta(seconds=timeout_s))
-    comm = Comm(store, rank, world, torch.device(spec.config.device), timeout_s)
+    comm = Comm(store, rank, world, rank_device(spec.config.device, rank), timeout_s)
     comm.ctrl.set_timeout(CTRL_TIMEOUT)
     if parent_pid is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
@@ -258,7 +268,7 @@ def _torchrun_comm(rank: int, world: int, cfg: EngineConfig) -> Comm:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=rank == 0 and not agent,
                           timeout=timedelta(seconds=cfg.collective_timeout_s))
-    comm = Comm(dist.PrefixStore("thinkstream", store), rank, world, torch.device(cfg.device),
+    comm = Comm(dist.PrefixStore("thinkstream", store), rank, world, rank_device(cfg.device, rank),
                 cfg.collective_timeout_s)
     comm.ctrl.set_timeout(CTRL_TIMEOUT)
     return comm
