@@ -313,6 +313,7 @@ class AsyncLLM:
                 # input or commands): wait for a command instead of spinning
                 self._drain_commands(block=not engine.has_work()
                                      or not engine.last_step_progress)
+                engine.check_health()  # a part that died while idle (a tensor-parallel rank)
                 if not engine.has_unfinished_requests():
                     continue
                 outputs = engine.step()

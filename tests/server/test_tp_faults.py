@@ -1,7 +1,7 @@
 """A tensor-parallel rank killed in the middle of a step: every request in flight ends
 with an error, ``/health`` turns 503 and new requests are refused, long before the
 collective timeout (the dead peer's closed sockets fail the step; the watchdog marks the
-group broken). Never a hang."""
+group broken). One that dies while the engine idles turns it dead too. Never a hang."""
 
 from __future__ import annotations
 
@@ -62,5 +62,19 @@ def test_rank_killed_mid_step_fails_requests_not_hangs() -> None:
         assert c.post("/v1/completions", json=LONG).status_code == 503
         assert not live.engine.requests
         assert isinstance(llm.dead, RankFailedError) and "rank" in str(llm.dead)
+    llm.shutdown()
+    engine.close()
+
+
+def test_rank_dying_while_idle_turns_the_engine_dead() -> None:
+    cfg = EngineConfig(**TINY_ENGINE, tensor_parallel_size=2, num_threads=1,
+                       collective_timeout_s=TIMEOUT_S)
+    engine = LLMEngine(config=cfg, checkpoint=tiny_checkpoint())
+    llm = AsyncLLM(engine)
+    engine.runner.procs[0].kill()  # no request in flight: the watchdog notices
+    deadline = time.monotonic() + 10
+    while llm.dead is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert isinstance(llm.dead, RankFailedError) and "rank 1" in str(llm.dead)
     llm.shutdown()
     engine.close()

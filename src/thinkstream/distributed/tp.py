@@ -127,6 +127,9 @@ class TPRunner(RankRunner):
         self.comm.broadcast_object((batch, self.overlap))  # every rank splits alike
         return super().execute(batch)
 
+    def check_health(self) -> None:
+        self.comm.check()
+
     def close(self) -> None:
         """Stop the workers (they leave their loop) and release the groups."""
         self._finalizer()

@@ -425,6 +425,10 @@ class LLMEngine(OpenInputs):
                 self._ended(state.request_id, SeqStatus.FINISHED_STOPPED)
         return outputs
 
+    def check_health(self) -> None:
+        """Raise if a part the engine runs on has failed (a tensor-parallel rank died)."""
+        self.runner.check_health()
+
     def close(self) -> None:
         """Stop what the engine started besides threads (tensor-parallel worker ranks)."""
         self.runner.close()

@@ -82,6 +82,9 @@ class ModelRunner:
     def close(self) -> None:
         """Release what the runner holds beyond memory (tensor-parallel ranks do)."""
 
+    def check_health(self) -> None:
+        """Raise if the runner cannot step any more (a tensor-parallel rank died)."""
+
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         if not copies:
             return
