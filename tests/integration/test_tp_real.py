@@ -31,7 +31,7 @@ def test_tp2_matches_tp1_on_smollm2(refs) -> None:
     ckpt = refs.checkpoint(None)
     chats = [[{"role": "user", "content": "What is the capital of France?"}],
              [{"role": "user", "content": "Name three colours."}]]
-    params = SamplingParams(temperature=0, max_tokens=16)
+    params = SamplingParams(temperature=0, max_tokens=8)
     runs = []
     for tp in (1, 2):
         llm = LLM(checkpoint=ckpt, tensor_parallel_size=tp, num_threads=1, num_blocks=64)
