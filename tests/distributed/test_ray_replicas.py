@@ -97,6 +97,31 @@ def test_shared_prefix_goes_to_one_replica(cluster) -> None:
         assert f'thinkstream_router_replica_alive{{replica="{i}"}} 1' in metrics
 
 
+def test_session_websocket_is_relayed(cluster) -> None:
+    from websockets.sync.client import connect
+
+    _, c = cluster
+    url = str(c.base_url).replace("http", "ws") + "/v1/sessions/ws"
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "open", "messages": [], "max_tokens": 4}))
+        assert json.loads(ws.recv())["type"] == "opened"
+        held = [r["sessions"] for r in c.get("/health").json()["replicas"]]
+        assert sorted(held) == [0, 1]  # the connection is pinned to one replica
+        ws.send(json.dumps({"type": "append", "text": "Streaming input ", "seq": 0}))
+        assert json.loads(ws.recv())["type"] == "ack"
+        ws.send("arrives in chunks".encode())  # a binary frame: raw UTF-8 appended
+        assert json.loads(ws.recv())["type"] == "ack"
+        ws.send(json.dumps({"type": "close"}))
+        kinds = []
+        while not kinds or kinds[-1] == "chunk":
+            kinds.append(json.loads(ws.recv())["type"])
+        assert kinds[-1] == "done" and kinds.count("chunk") >= 1
+    deadline = time.monotonic() + 10  # the router lets go once both sockets closed
+    while [r["sessions"] for r in c.get("/health").json()["replicas"]] != [0, 0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def _request(c: httpx.Client, i: int, results: list) -> None:
     body = {"model": "tiny", "prompt": f"{i} The quick brown fox", "max_tokens": 150,
             "ignore_eos": True}

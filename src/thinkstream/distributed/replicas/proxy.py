@@ -6,8 +6,10 @@ router adds:
 
 - ``POST /v1/sessions`` opens on the least-loaded replica and pins the session there;
   ``/v1/sessions/{id}/...`` goes where it was pinned (unknown: 404; replica dead: 410
-  ``session_lost`` naming the replica and why). The WebSocket session route is not
-  forwarded (use the HTTP session routes through the router).
+  ``session_lost`` naming the replica and why). A session WebSocket is relayed, frame by
+  frame, to the least-loaded replica for its whole life (one connection, one replica);
+  if that replica dies the client gets an ``error`` message (``session_lost``) and the
+  socket closes (1011).
 - completions / chat / responses are routed by the prompt's first KV blocks (the
   tokenizer runs here), else to the least-loaded replica; 429 when every replica is at
   its cap; 503 when none is alive.
@@ -21,12 +23,13 @@ router adds:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thinkstream.distributed.replicas.routing import (
@@ -182,6 +185,52 @@ class ReplicaProxy:
         return _error(502, f"replica {replica.index} {why}: {type(exc).__name__}",
                       "replica_failed", replica=replica)
 
+    # ----------------------------------------------------------------- websocket
+    async def relay_ws(self, ws: WebSocket) -> None:
+        """Pipe a session WebSocket to one replica (it counts as a session there)."""
+        import websockets
+
+        try:
+            replica = self.router.least_loaded()
+        except NoReplicaError as exc:
+            await ws.close(1013, str(exc)[:120])
+            return
+        headers = [(k, v) for k, v in ws.headers.items() if k.lower() == "authorization"]
+        url = "ws" + replica.url.removeprefix("http") + "/v1/sessions/ws"
+        key = f"ws-{id(ws)}"
+        self.router.opened(key, replica)
+        broken: Exception | None = None
+        try:
+            async with websockets.connect(url, additional_headers=headers,
+                                          max_size=None) as upstream:
+                await ws.accept()
+                tasks = {asyncio.create_task(_pump_up(ws, upstream)),
+                         asyncio.create_task(_pump_down(upstream, ws))}
+                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in pending:
+                    t.cancel()
+                broken = next((t.exception() for t in done if t.exception() is not None), None)
+        except (OSError, websockets.WebSocketException) as exc:
+            broken = exc
+        finally:
+            self.router.ended(key)
+        if broken is not None:
+            await self._ws_failed(ws, replica, broken)
+
+    async def _ws_failed(self, ws: WebSocket, replica: ReplicaState, exc: Exception) -> None:
+        """The replica's side broke: tell the client why (410 if the replica died)."""
+        if await self.check(replica):
+            err = error_body(502, f"replica {replica.index} connection failed: "
+                             f"{type(exc).__name__}", None, "replica_failed")
+        else:
+            err = error_body(410, f"session lost: replica {replica.index} died ({replica.dead})",
+                             None, "replica_died", "session_lost")
+        with contextlib.suppress(Exception):
+            if ws.client_state.name == "CONNECTING":
+                await ws.accept()
+            await ws.send_json({"type": "error", **err})
+            await ws.close(1011)
+
     # ------------------------------------------------------------ health, metrics
     async def health(self) -> Response:
         await asyncio.gather(*(self.check(r) for r in self.router.live()))
@@ -236,6 +285,23 @@ def relabel(texts: Sequence[tuple[int, str]]) -> list[str]:
     return out
 
 
+async def _pump_up(ws: WebSocket, upstream) -> None:
+    """Client -> replica until the client leaves (then the replica's socket closes)."""
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        await upstream.send(msg["text"] if msg.get("text") is not None else msg["bytes"])
+
+
+async def _pump_down(upstream, ws: WebSocket) -> None:
+    """Replica -> client; a clean close of the replica's socket closes the client's (an
+    abnormal one raises ``ConnectionClosedError``)."""
+    async for frame in upstream:
+        await (ws.send_text(frame) if isinstance(frame, str) else ws.send_bytes(frame))
+    await ws.close()
+
+
 def _json(body: bytes) -> object:
     try:
         return json.loads(body)
@@ -254,6 +320,10 @@ def create_router_app(proxy: ReplicaProxy) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         return await proxy.metrics(request)
+
+    @app.websocket("/v1/sessions/ws")
+    async def session_ws(ws: WebSocket) -> None:
+        await proxy.relay_ws(ws)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
     async def anything(request: Request, path: str) -> Response:
