@@ -109,7 +109,7 @@ def test_session_websocket_is_relayed(cluster) -> None:
         assert sorted(held) == [0, 1]  # the connection is pinned to one replica
         ws.send(json.dumps({"type": "append", "text": "Streaming input ", "seq": 0}))
         assert json.loads(ws.recv())["type"] == "ack"
-        ws.send("arrives in chunks".encode())  # a binary frame: raw UTF-8 appended
+        ws.send(b"arrives in chunks")  # a binary frame: raw UTF-8 appended
         assert json.loads(ws.recv())["type"] == "ack"
         ws.send(json.dumps({"type": "close"}))
         kinds = []
