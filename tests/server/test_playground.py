@@ -292,7 +292,41 @@ def test_keyboard_only_chat_errors_and_lost_server(browser, tmp_path) -> None:
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelectorAll('#messages .msg.error').length >= 2")
     page.wait_for_function("!document.querySelector('#chat-send').disabled")
+    page.click("#tab-stream")  # streaming input with the server gone: said, not frozen
+    page.click("#stream-input")
+    page.keyboard.type("Anyone?")
+    page.wait_for_selector("text=connection was lost")
+    assert page.inner_text("#st-state") == "disconnected"
     assert page.errors == []
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_metrics_panel_reads_the_servers_metrics(browser, tmp_path) -> None:
+    llm = tiny_llm()
+    with live_server(llm) as live:
+        page = open_page(browser, live.url)
+        page.wait_for_function("document.querySelector('#m-running').textContent === '0'")
+        page.wait_for_timeout(300)  # the page's first scrape is in
+        before = httpx.get(live.url + "/metrics").text
+        greedy_answer(live.url, "Hello")
+        after = httpx.get(live.url + "/metrics").text
+        name = "thinkstream_time_to_first_token_seconds"
+        ttft = 1000 * (_metric(after, name + "_sum") - _metric(before, name + "_sum"))
+        assert _metric(after, name + "_count") - _metric(before, name + "_count") == 1
+        page.wait_for_function("document.querySelector('#m-ttft').textContent.endsWith('ms')",
+                               timeout=10_000)
+        assert page.inner_text("#m-ttft") == f"{ttft:.0f} ms"
+        hit = _metric(after, "thinkstream_prefix_cache_hit_rate")
+        kv = _metric(after, "thinkstream_kv_cache_usage_ratio")
+        assert (page.inner_text("#m-running"), page.inner_text("#m-waiting")) == ("0", "0")
+        assert page.inner_text("#m-hit") == f"{100 * hit:.1f} %"
+        assert page.inner_text("#m-kv") == f"{100 * kv:.1f} %"
+        assert page.errors == []
+    llm.shutdown()
 
 
 def test_think_while_reading_notes_appear_while_typing(browser, tiny_server, tmp_path) -> None:
