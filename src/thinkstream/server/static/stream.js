@@ -8,12 +8,16 @@ const RETRY_MS = 1000;        // after a refused session open
 const RESTART_CODES = new Set(["session_closed", "session_not_found", "no_session",
                                "sequence_gap", "chunk_rate_exceeded"]);
 
-// ------------------------------------------------------------------ streaming input
 // One WebSocket per session. `sent` is the text the server holds; every edit that
 // extends it is an append, anything else (an edit or deletion earlier on) a replace of
-// the whole input. Each update carries the next sequence number.
+// the whole input. Each update carries the next sequence number. A session that ends
+// under the page (idle timeout, lost connection, a refused update) is dropped, and the
+// next edit or Enter opens a new one holding the whole text.
 export const stream = {
-  s: null,            // {ws, sid, seq, sent, ready, closing, done, t0, first, poll}
+  // The session: ws, sid, seq (next number), sent, acked (acks so far), infoSeq (next_seq
+  // of the last look at it), ready / closing / done, t0 (Enter's time), first (an answer
+  // character came), poll (timer), closeNow (Enter came before the open finished).
+  s: null,
   timer: null,
   lastSend: 0,
   retryAt: 0,
