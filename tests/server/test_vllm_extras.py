@@ -2,7 +2,7 @@
 -100 bans a token, +100 forces one), assistant prefill (continue_final_message), /tokenize
 /detokenize /tokenizer_info (and lm-eval's remote tokenizer on them), explicit nulls,
 max_tokens=0 with echo, text-only content parts, unknown models, /metrics without a key,
---no-tool-prompt."""
+--no-tool-prompt, cache_salt."""
 
 from __future__ import annotations
 
@@ -206,3 +206,41 @@ def test_chat_template_kwargs_cannot_override_the_request(server) -> None:
                                               "chat_template_kwargs": {"tools": []}})
     assert error(r, 400)["message"] == ("chat_template_kwargs: 'tools' is set by the request's "
                                         "own fields")
+
+
+def test_cache_salt_separates_prefix_caches(server) -> None:
+    kv = server.engine.kv
+    body = {"messages": [{"role": "user", "content": "salted prompt " * 8}], "max_tokens": 1}
+
+    def run(salt: str) -> int:
+        before = kv.prefix_hits
+        r = httpx.post(server.url + "/v1/chat/completions", headers=AUTH,
+                       json={**body, "cache_salt": salt})
+        assert r.status_code == 200, r.text
+        return kv.prefix_hits - before
+
+    assert run("a") == 0
+    assert run("b") == 0  # same prompt, another salt: nothing shared
+    assert run("a") >= 16  # the first request's blocks
+
+    def respond(salt: str) -> int:  # the Responses API honours it too (same prompt tokens)
+        before = kv.prefix_hits
+        r = httpx.post(server.url + "/v1/responses", headers=AUTH, json={
+            "input": body["messages"][0]["content"], "max_output_tokens": 1, "cache_salt": salt})
+        assert r.status_code == 200, r.text
+        return kv.prefix_hits - before
+
+    assert respond("c") == 0
+    assert respond("a") >= 16
+
+    def session(salt: str) -> int:  # and a session open
+        before = kv.prefix_hits
+        sid = httpx.post(server.url + "/v1/sessions", headers=AUTH, json={
+            "messages": [], "prompt": body["messages"][0]["content"], "max_tokens": 1,
+            "cache_salt": salt}).json()["id"]
+        assert httpx.post(f"{server.url}/v1/sessions/{sid}/close", headers=AUTH).status_code == 200
+        return kv.prefix_hits - before
+
+    assert session("e") == 0
+    assert session("a") >= 16
+    server.wait_idle()

@@ -59,7 +59,7 @@ async def responses(request: Request) -> Response:
     text_format = checked(state, R.text_constraint(body), "text.format.schema")
     chat = prepare_chat(state, R.chat_request(body), text_format)
     job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params,
-              request_owner(request.scope))
+              request_owner(request.scope), salt=body.prefix_salt())
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
                          chat.parser, len(chat.ids))
     stream = (lambda: _events(view.events(job.outputs()))) if body.stream else None
