@@ -10,7 +10,7 @@ from helpers.browser import launch_chromium
 from thinkstream.bench.playground import QUESTION, drive
 from thinkstream.bench.streaming import document
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
