@@ -23,6 +23,7 @@ export const stream = {
   retryAt: 0,
   restarts: 0,        // sessions restarted in a row (reset by an open that succeeds)
   plain: false,       // the model has no chat template: stream a plain prompt
+  asked: "",          // the text at the last Enter
   text: () => $("stream-input").value,
 
   setState(text) { $("st-state").textContent = text; },
@@ -216,6 +217,7 @@ export const stream = {
   // Enter: close the input (t0: the key press, for the time to the first character).
   submit(t0) {
     const text = this.text();
+    this.asked = text;  // what the comparison sends, whatever is typed afterwards
     if (!text.trim()) { say("Type something first.", "info"); return; }
     if (this.s && this.s.closing && !this.s.done) return;  // answering already
     if (this.s && this.s.done) this.s = null;  // asked again: a new session
@@ -266,8 +268,8 @@ $("compare").addEventListener("click", async () => {
   const btn = $("compare");
   btn.disabled = true;
   $("t-whole").textContent = "…";
-  const messages = stream.plain ? { prompt: stream.text() }
-    : [...systemMessages(), { role: "user", content: stream.text() }];
+  const messages = stream.plain ? { prompt: stream.asked }
+    : [...systemMessages(), { role: "user", content: stream.asked }];
   const salt = "playground-compare-" + Date.now() + "-" + Math.random().toString(36).slice(2);
   const out = $("compare-answer");
   out.textContent = "";
