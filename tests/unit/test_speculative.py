@@ -370,3 +370,51 @@ def test_config_from_cli_flags_dicts_and_names() -> None:
         EngineConfig(speculative="medusa")
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         SpeculativeConfig(num_speculative_tokens=0)
+
+
+def test_measure_exit_layers_borrows_and_returns_blocks() -> None:
+    from thinkstream.speculative.early_exit import measure_exit_layers
+
+    engine = make_engine()
+    free = engine.kv.num_free_blocks
+    (report,) = measure_exit_layers(engine, [PROMPTS[1], PROMPTS[3]])
+    assert report.layer == 1 and 0 <= report.agreement <= 1 and 0 < report.cost < 1
+    assert engine.kv.num_free_blocks == free
+    engine.check_integrity()
+
+
+def test_draft_model_drafts_its_dense_greedy_and_keeps_output() -> None:
+    """The target's first layer as a separate draft model (untied heads, so the two often
+    disagree): every draft is the draft model's dense greedy continuation of the sequence
+    at the time (its paged KV, caught up over accepted tokens and rolled back over
+    rejected ones, is right); the output is the target's; a tiny pool preempts."""
+    from thinkstream.speculative.draft_model import DraftModelProposer
+
+    target = tiny_checkpoint(tie_word_embeddings=False)
+    small = tiny_checkpoint(num_layers=1, tie_word_embeddings=False)
+    seen: list[tuple[list[int], list[int]]] = []
+
+    class Recording(DraftModelProposer):
+        def propose(self, seqs, lengths):
+            out = super().propose(seqs, lengths)
+            seen.extend((list(s.token_ids), d.tokens) for s, d in zip(seqs, out, strict=True))
+            return out
+
+    def engine_for(num_blocks: int) -> LLMEngine:
+        return LLMEngine(config=EngineConfig(block_size=4, num_blocks=num_blocks,
+                                             max_num_seqs=16), checkpoint=target)
+
+    want = [o.outputs[0].token_ids for o in run(engine_for(256), PROMPTS[:3])]
+    for num_blocks in (256, 12):
+        engine = engine_for(num_blocks)
+        hook = SpeculativeDecoder(engine, SpeculativeConfig(
+            method="draft_model", draft_model=small, **FIXED), Recording(engine, small))
+        engine.speculative = hook
+        engine.add_hook(hook)
+        got = [o.outputs[0].token_ids for o in run(engine, PROMPTS[:3])]
+        assert got == want
+        assert hook.stats.num_draft_tokens > hook.stats.num_accepted_tokens > 0
+    for ids, draft in seen[::4]:
+        for t in draft:
+            assert t == int(reference_logits(small.config, small.tensors, ids)[-1].argmax())
+            ids = [*ids, t]

@@ -14,7 +14,8 @@ shared and noisy).
 
 Reported per row: tokens/s, the ratio to the same engine without speculation, the
 acceptance rate and mean accepted length (tokens per verification), and whether the
-greedy output equals the run without speculation.
+greedy output equals the run without speculation. With ``--reps`` the configurations
+of a workload and batch run in turn, repeatedly, and the median run is reported.
 """
 
 from __future__ import annotations
@@ -197,6 +198,11 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median tokens/s (the lower middle one of an even count)."""
+    return dict(sorted(runs, key=lambda r: r["tok_s"])[(len(runs) - 1) // 2])
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -212,6 +218,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batched-configs", default="none,ngram fixed,ngram adaptive,fused adaptive",
                    help="the configurations also run at batch > 1")
     p.add_argument("--peers", default="llamacpp,hf", help="batch-1 peers: llamacpp,hf or none")
+    p.add_argument("--reps", type=int, default=1,
+                   help="thinkstream runs per configuration, alternating (median reported)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--long-max-tokens", type=int, default=96)
     p.add_argument("--lookup-tokens", type=int, default=5, help="the peers' draft length")
@@ -246,19 +254,24 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     for w, ps in prompts.items():
         n = args.long_max_tokens if w == "long" else args.max_tokens
         for b in (int(x) for x in _csv(args.batches)):
-            base = None
-            for name, spec in configs.items():
-                if b > 1 and name not in batched:
-                    continue
-                if spec is not None and spec["method"] in ("early_exit", "fused"):
-                    spec = {**spec, "early_exit_layer": layer}
-                r = run_thinkstream(ckpt, ps, b, n, spec, args.dtype, args.quantization)
-                base = base or r
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(args.reps):  # configurations alternate: load drifts hit all alike
+                for name, spec in configs.items():
+                    if b > 1 and name not in batched:
+                        continue
+                    if spec is not None and spec["method"] in ("early_exit", "fused"):
+                        spec = {**spec, "early_exit_layer": layer}
+                    r = run_thinkstream(ckpt, ps, b, n, spec, args.dtype, args.quantization)
+                    runs.setdefault(name, []).append(r)
+                    print(f"{w} b{b} {name}: {r['tok_s']:.1f} tok/s", file=sys.stderr)
+            base = _median(runs[next(iter(runs))])
+            for name, reps in runs.items():
+                r = _median(reps)
                 r.update(workload=w, batch=b, engine="thinkstream", config=name,
-                         vs_none=r["tok_s"] / base["tok_s"],
-                         same_output=r["outputs"] == base["outputs"] if spec else None)
+                         vs_none=r["tok_s"] / base["tok_s"], reps=[x["tok_s"] for x in reps],
+                         same_output=all(x["outputs"] == base["outputs"] for x in reps)
+                         if configs[name] else None)
                 rows.append(r)
-                print(table([r]).splitlines()[-1], file=sys.stderr)
             if b != 1 or gguf is None:
                 continue
             for peer in peers:

@@ -271,23 +271,31 @@ class LLMEngine(OpenInputs):
         return self.kv.num_blocks
 
     @contextlib.contextmanager
-    def scratch_kv(self, want: dict[Sequence, int]) -> Iterator[dict[str, list[int]] | None]:
-        """Block tables covering the first ``want[seq]`` tokens of each sequence, for the
-        block only: a drafter writes KV past a sequence's computed tokens (which the next
-        forward overwrites), then every table is cut back to what it held. Yields None
-        (taking nothing) when the pool cannot spare the blocks; raises nothing else."""
-        held = {seq: self.kv.num_tokens(seq.seq_id) for seq in want if self.kv.has(seq.seq_id)}
-        grown: list[Sequence] = []
+    def scratch_kv(self, want: dict[str, int]) -> Iterator[dict[str, list[int]] | None]:
+        """Block tables covering the first ``want[seq_id]`` tokens of each sequence, for
+        the block only: a drafter writes KV past a sequence's computed tokens (which the
+        next forward overwrites), then every table is cut back to what it held; an id with
+        no table gets one, freed after. Yields None (taking nothing) when the pool cannot
+        spare the blocks."""
+        held = {sid: self.kv.num_tokens(sid) if self.kv.has(sid) else None for sid in want}
+        grown: list[str] = []
         try:
-            for seq, n in want.items():
-                if seq not in held or not self.kv.allocate(seq.seq_id, n):
+            for sid, n in want.items():
+                if not self.kv.allocate(sid, n):
                     yield None
                     return
-                grown.append(seq)
-            yield {seq.seq_id: self.kv.block_table(seq.seq_id) for seq in want}
+                grown.append(sid)
+            yield {sid: self.kv.block_table(sid) for sid in want}
         finally:
-            for seq in grown:
-                self.kv.truncate(seq.seq_id, held[seq])
+            for sid in grown:
+                if held[sid] is None:
+                    self.kv.free(sid)
+                else:
+                    self.kv.truncate(sid, held[sid])
+
+    def kv_tokens(self, seq_id: str) -> int:
+        """Token slots ``seq_id``'s blocks cover now (0 without a table)."""
+        return self.kv.num_tokens(seq_id) if self.kv.has(seq_id) else 0
 
     @property
     def block_size(self) -> int:

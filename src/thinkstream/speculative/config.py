@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS = ("ngram", "early_exit", "fused")
+METHODS = ("ngram", "early_exit", "fused", "draft_model")
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,8 @@ class SpeculativeConfig:
 
     ``method``: "ngram" (prompt lookup: the continuation of the latest earlier match of the
     last tokens), "early_exit" (the target's first ``early_exit_layer`` layers, then its
-    final norm and LM head), "fused" (both; at each position the more confident draft).
+    final norm and LM head), "fused" (both; at each position the more confident draft),
+    "draft_model" (``draft_model``, a smaller model with the target's tokenizer).
     ``num_speculative_tokens``: the most drafts per sequence and step. ``adaptive``: each
     request's length follows its recent acceptance and the batch's phase
     (``speculative.adaptive``); False drafts ``num_speculative_tokens`` whenever a proposer
@@ -37,6 +38,9 @@ class SpeculativeConfig:
     ngram_max: int = 4
     early_exit_layer: int | None = None
     probe_interval: int = 16  # steps between probes of a request whose length fell to 0
+    # method "draft_model": a model file / alias sharing the target's tokenizer (or a
+    # LoadedCheckpoint, for tests); its KV lives in the target's block pool
+    draft_model: object = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -52,6 +56,8 @@ class SpeculativeConfig:
             raise ValueError("early_exit_layer must be >= 1")
         if self.probe_interval < 1:
             raise ValueError("probe_interval must be >= 1")
+        if (self.method == "draft_model") != (self.draft_model is not None):
+            raise ValueError("draft_model is needed with method draft_model (and only then)")
 
     @property
     def knee(self) -> int:

@@ -67,6 +67,7 @@ class SpeculativeDecoder(StepHook):
         self.stats = SpeculativeStats()
         self._shadow: dict[str, tuple[int, int]] = {}  # seq id -> (position, guessed token)
         self._seqs: dict[str, str] = {}  # seq id -> request id, for on_finish
+        self._drafted: dict[str, list[int]] = {}  # seq id -> this step's drafts
 
     # --------------------------------------------------------------- planning
     def eligible(self, seq: Sequence) -> bool:
@@ -78,6 +79,7 @@ class SpeculativeDecoder(StepHook):
     def before_schedule(self, running: list[Sequence]) -> None:
         import time
 
+        self._drafted.clear()
         for seq in running:
             seq.draft_token_ids = []
         seqs = [s for s in running if self.eligible(s)]
@@ -91,9 +93,12 @@ class SpeculativeDecoder(StepHook):
         drafts = self.proposer.propose([seqs[i] for i in real], [lengths[i] for i in real])
         for i, d in zip(real, drafts, strict=True):
             seqs[i].draft_token_ids = list(d.tokens[: lengths[i]])
+            self._drafted[seqs[i].seq_id] = seqs[i].draft_token_ids
+        free = self.proposer.free_part()
         shadow = [s for k, s in zip(lengths, seqs, strict=True)
-                  if k == 0 and self.lengths.shadow_wanted(s.seq_id)]
-        for s, d in zip(shadow, self.proposer.propose(shadow, [1] * len(shadow)), strict=True):
+                  if k == 0 and free is not None and self.lengths.shadow_wanted(s.seq_id)]
+        for s, d in zip(shadow, free.propose(shadow, [1] * len(shadow)) if shadow else [],
+                        strict=True):
             if d.tokens:
                 self._shadow[s.seq_id] = (s.num_tokens, d.tokens[0])
         self.stats.propose_s += time.perf_counter() - t0
@@ -126,6 +131,7 @@ class SpeculativeDecoder(StepHook):
     # ------------------------------------------------------------- outcomes
     def on_verified(self, seq: Sequence, drafted: int, accepted: int) -> None:
         self.lengths.update(seq.seq_id, drafted, accepted)
+        self.proposer.observe(seq.seq_id, self._drafted.pop(seq.seq_id, [])[:drafted], accepted)
         self.stats.num_drafts += 1
         self.stats.num_draft_tokens += drafted
         self.stats.num_accepted_tokens += accepted
@@ -155,6 +161,13 @@ def make_decoder(engine: LLMEngine, cfg: SpeculativeConfig | None) -> Speculativ
         return None
     from thinkstream.speculative.ngram import NgramProposer
 
+    if cfg.method == "draft_model":
+        from thinkstream.loading import load_checkpoint
+        from thinkstream.speculative.draft_model import DraftModelProposer
+
+        ckpt = cfg.draft_model
+        ckpt = load_checkpoint(ckpt) if isinstance(ckpt, str) else ckpt
+        return SpeculativeDecoder(engine, cfg, DraftModelProposer(engine, ckpt))
     proposers: list[Proposer] = []
     if cfg.method in ("ngram", "fused"):
         proposers.append(NgramProposer(cfg.ngram_min, cfg.ngram_max))

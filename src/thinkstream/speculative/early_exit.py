@@ -62,7 +62,8 @@ class EarlyExitProposer(Proposer):
     @torch.inference_mode()
     def propose(self, seqs: list[Sequence], lengths: list[int]) -> list[Draft]:
         drafts = [([], []) for _ in seqs]
-        want = {s: s.num_tokens - 1 + k for s, k in zip(seqs, lengths, strict=True) if k > 0}
+        want = {s.seq_id: s.num_tokens - 1 + k for s, k in zip(seqs, lengths, strict=True)
+                if k > 0}
         if not want:
             return [NO_DRAFT] * len(seqs)
         with self.engine.scratch_kv(want) as tables:
@@ -120,26 +121,24 @@ def measure_exit_layers(engine: LLMEngine, token_ids: list[list[int]],
     per layer 1..L-1; the best ``layer`` has the largest ``speedup``."""
     from thinkstream.speculative.adaptive import expected_tokens
 
-    if engine.has_unfinished_requests():
-        raise RuntimeError("measure_exit_layers needs an idle engine (it borrows KV blocks)")
     model, runner = engine.model, engine.runner
     n_layers = len(model.layers)
     hits, total = [0] * n_layers, 0
     for ids in token_ids:
         n = len(ids)
-        if not engine.kv.allocate("measure-exit-layers", n):
-            raise ValueError(f"a text of {n} tokens does not fit the KV pool")
-        table = engine.kv.block_table("measure-exit-layers")
-        engine.kv.free("measure-exit-layers")  # idle engine: nothing reuses them meanwhile
-        slices = [SeqSlice(table, 0, n)]
-        meta = build_attention_metadata(slices, runner.block_size, runner.kv_caches,
-                                        model.cfg.sliding_window, runner.device, runner.attention)
-        x = model.embed_tokens(torch.tensor(ids, device=runner.device))
-        ropes = model.rope_tables(torch.arange(n, device=runner.device), x.dtype)
-        exits = []
-        for layer, rope in zip(model.layers, ropes, strict=True):
-            x = layer(x, rope, meta)
-            exits.append(model.compute_logits(model.norm(x)).argmax(dim=-1))
+        with engine.scratch_kv({"measure-exit-layers": n}) as tables:
+            if tables is None:
+                raise ValueError(f"a text of {n} tokens does not fit the KV pool")
+            slices = [SeqSlice(tables["measure-exit-layers"], 0, n)]
+            meta = build_attention_metadata(slices, runner.block_size, runner.kv_caches,
+                                            model.cfg.sliding_window, runner.device,
+                                            runner.attention)
+            x = model.embed_tokens(torch.tensor(ids, device=runner.device))
+            ropes = model.rope_tables(torch.arange(n, device=runner.device), x.dtype)
+            exits = []
+            for layer, rope in zip(model.layers, ropes, strict=True):
+                x = layer(x, rope, meta)
+                exits.append(model.compute_logits(model.norm(x)).argmax(dim=-1))
         final = exits[-1]
         for k in range(n_layers):
             hits[k] += int((exits[k] == final).sum())

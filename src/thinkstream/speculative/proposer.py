@@ -47,6 +47,15 @@ class Proposer:
         is sampled and not yet computed). Returns one ``Draft`` per sequence."""
         raise NotImplementedError
 
+    def free_part(self) -> Proposer | None:
+        """A proposer that runs no model and drafts like this one where it can (shadow
+        drafts measure requests at length 0 with it), or None."""
+        return self if self.cost_per_token == 0 else None
+
+    def observe(self, seq_id: str, tokens: list[int], accepted: int) -> None:
+        """The verifier judged ``tokens`` (this proposer's draft for ``seq_id``, as far as
+        it was computed) and kept the first ``accepted``."""
+
     def forget(self, seq_id: str) -> None:
         """``seq_id`` ended: drop anything kept for it."""
 
