@@ -1,8 +1,9 @@
 """Two replicas of the tiny model on a local Ray instance behind the router: every call
 of a session reaches the replica that opened it, prompts sharing their first KV blocks
-reach one replica (and hit its prefix cache), metrics come per replica, and a replica
-killed under load takes only its own requests and sessions (410 naming it) while the
-other keeps serving; every request is answered or cleanly failed, none hangs."""
+reach one replica (and hit its prefix cache), metrics come per replica, a full house is
+a 429, a session WebSocket is relayed, and a replica killed under load takes only its own
+requests and sessions (410 naming it) while the other keeps serving; every request is
+answered or cleanly failed, none hangs."""
 
 from __future__ import annotations
 
@@ -120,6 +121,19 @@ def test_session_websocket_is_relayed(cluster) -> None:
     while [r["sessions"] for r in c.get("/health").json()["replicas"]] != [0, 0]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_every_replica_at_capacity_is_429(cluster) -> None:
+    reps, c = cluster
+    cap, reps.router.max_load = reps.router.max_load, 0
+    try:
+        r = c.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2})
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "replicas_busy"
+        r = c.post("/v1/sessions", json={"model": "tiny", "messages": []})
+        assert r.status_code == 429
+    finally:
+        reps.router.max_load = cap
 
 
 def _request(c: httpx.Client, i: int, results: list) -> None:
