@@ -22,6 +22,7 @@ import ctypes.util
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -103,6 +104,43 @@ def _nbytes(module: nn.Module) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class _Source:
+    """Where a rank's weights come from and how one layer is built from them."""
+
+    path: Path
+    gguf: object | None  # the parsed GGUF header, or None for a Hugging Face directory
+    mcfg: ModelConfig
+    local: ModelConfig  # the rank's slice (== mcfg without tensor parallelism)
+    shard: RankShard | None
+    cfg: EngineConfig
+    dtype: torch.dtype
+    device: torch.device
+    wrap: Callable[[nn.Module], None] | None
+
+    def read(self, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+        """Canonical float32 tensors (this rank's slices) whose names ``keep`` accepts."""
+        t = read_tensors(self.path, self.mcfg, keep, self.gguf)
+        return shard_tensors(t, self.mcfg, self.shard) if self.shard is not None else t
+
+    def layer(self, i: int) -> nn.Module:
+        """Decoder layer ``i``, read, fused, cast (quantized, wrapped) as ``build_model``
+        would build it."""
+        prefix = f"layers.{i}."
+        tensors = fuse_canonical(self.read(lambda n: n.startswith(prefix)), self.local)
+        state = {k.removeprefix(prefix): v.to(device=self.device, dtype=self.dtype)
+                 for k, v in tensors.items()}
+        del tensors
+        with torch.device("meta"):
+            layer = DecoderLayer(self.local, i)
+        layer.load_state_dict(state, strict=True, assign=True)
+        if self.cfg.quantization is not None:
+            quantize_linears(layer, self.cfg.quantization)
+        if self.wrap is not None:
+            self.wrap(layer)
+        return layer.eval()
+
+
 def build_streamed_model(
     path: str | Path | None, mcfg: ModelConfig, cfg: EngineConfig, dtype: torch.dtype,
     device: torch.device, shard: RankShard | None = None,
@@ -117,48 +155,34 @@ def build_streamed_model(
     _trim_malloc()
     local = local_config(mcfg, shard) if shard is not None else mcfg
     gguf = None if path.is_dir() else read_gguf(path)  # else a Hugging Face directory
-
-    def read(keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
-        t = read_tensors(path, mcfg, keep, gguf)
-        return shard_tensors(t, mcfg, shard) if shard is not None else t
-
-    def load(i: int) -> nn.Module:
-        prefix = f"layers.{i}."
-        tensors = fuse_canonical(read(lambda n: n.startswith(prefix)), local)
-        state = {k.removeprefix(prefix): v.to(device=device, dtype=dtype) for k, v in tensors.items()}
-        del tensors
-        with torch.device("meta"):
-            layer = DecoderLayer(local, i)
-        layer.load_state_dict(state, strict=True, assign=True)
-        if cfg.quantization is not None:
-            quantize_linears(layer, cfg.quantization)
-        if wrap is not None:
-            wrap(layer)
-        return layer.eval()
-
+    src = _Source(path, gguf, mcfg, local, shard, cfg, dtype, device, wrap)
     with torch.device("meta"):
         model = MODEL_CLASSES[mcfg.architecture](local)
-    glob = read(lambda n: not n.startswith("layers."))
+    glob = src.read(lambda n: not n.startswith("layers."))
     head = glob["embed.weight" if mcfg.tie_word_embeddings else "lm_head.weight"]
     state = {k: v.to(device=device, dtype=dtype) for k, v in glob.items() if k != "lm_head.weight"}
     model.load_state_dict(state, strict=False, assign=True)
     model.init_rope(device)
     fast = dtype != torch.float32 or cfg.quantization is not None
     model.lm_head = LMHead(head.to(device), fast=fast)
-    resident = _nbytes(model)
-    first = load(0)
-    per_layer = _nbytes(first)
-    scratch = sum(p.numel() for p in first.parameters()) * 4  # float32 copies while loading
+    window = _window(cfg, _nbytes(model), src.layer(0), local.num_layers)
+    model.layers = LayerStream(src.layer, local.num_layers, window)
+    return model.eval()
+
+
+def _window(cfg: EngineConfig, resident: int, layer: nn.Module, num_layers: int) -> int:
+    """Layers held at once: what the cap leaves beside the resident weights and one
+    layer's load buffers (its float32 copies), at most ``cfg.weight_window``."""
+    per_layer = _nbytes(layer)
+    scratch = sum(p.numel() for p in layer.parameters()) * 4
     budget = cfg.max_weight_memory_mb * MIB - resident - scratch
-    fits = budget // per_layer if per_layer else local.num_layers
+    fits = budget // per_layer if per_layer else num_layers
     if fits < 1:
         raise ValueError(
             f"max_weight_memory_mb {cfg.max_weight_memory_mb} is below the resident weights "
             f"({resident / MIB:.0f} MiB: embedding, head) plus one layer "
             f"({(per_layer + scratch) / MIB:.0f} MiB with its load buffers)")
-    window = min(int(fits), cfg.weight_window or local.num_layers, local.num_layers)
-    del first
-    model.layers = LayerStream(load, local.num_layers, window)
+    window = min(int(fits), cfg.weight_window or num_layers, num_layers)
     log.info("weight streaming: %d of %d layers resident (%.0f MiB each), %.0f MiB always "
-             "resident", window, local.num_layers, per_layer / MIB, resident / MIB)
-    return model.eval()
+             "resident", window, num_layers, per_layer / MIB, resident / MIB)
+    return window
