@@ -13,12 +13,16 @@ from importlib import resources
 
 import httpx
 import pytest
-from conftest import live_server, tiny_llm, wait_pool_full
+from conftest import TINY_ENGINE, live_server, tiny_llm, wait_pool_full
 from helpers.browser import launch_chromium
 from helpers.scripted import script
+from helpers.tiny import tiny_checkpoint
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from thinkstream.async_llm import AsyncLLM
+from thinkstream.config import EngineConfig
+from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.server.config import ServerConfig
 from thinkstream.server.session_hub import SessionLimits
 
@@ -99,13 +103,18 @@ def greedy_answer(url: str, text: str, key: str | None = None) -> str:
 
 
 def tokens_of(url: str, text: str, key: str | None = None) -> int:
-    """Input tokens a fresh session holds for ``text`` (opened over HTTP, then deleted)."""
+    """Input tokens a fresh session holds for ``text`` (opened over HTTP, its input set by
+    one update, which has no size limit; then deleted)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    info = httpx.post(url + "/v1/sessions", headers=headers,
-                      json={"messages": [{"role": "system", "content": SYSTEM}], "prompt": text,
-                            "max_tokens": 1}).json()
-    httpx.delete(f"{url}/v1/sessions/{info['id']}", headers=headers)
-    return info["tokens_received"]
+    sid = httpx.post(url + "/v1/sessions", headers=headers,
+                     json={"messages": [{"role": "system", "content": SYSTEM}],
+                           "max_tokens": 1}).json()["id"]
+    r = httpx.put(f"{url}/v1/sessions/{sid}/input", headers=headers, timeout=30,
+                  json={"text": text, "seq": 0})
+    assert r.status_code == 200, r.text
+    received = session_info(url, sid, key)["tokens_received"]
+    httpx.delete(f"{url}/v1/sessions/{sid}", headers=headers)
+    return received
 
 
 def session_info(url: str, sid: str, key: str | None = None) -> dict:
@@ -188,6 +197,49 @@ def test_edits_update_the_open_session(browser, tiny_server, tmp_path) -> None:
     tiny_server.wait_idle()
 
 
+def test_a_paste_longer_than_a_chunk_goes_in_pieces(browser, tmp_path) -> None:
+    """18,000 pasted characters (the server takes at most 16,384 in one chunk): an opening
+    prompt and appends of at most 8,192 characters, an emoji at a cut kept whole; the session
+    holds the whole text and answers as the whole request does."""
+    cfg = EngineConfig(**{**TINY_ENGINE, "num_blocks": 1536, "max_num_batched_tokens": 1024})
+    llm = AsyncLLM(LLMEngine(config=cfg, checkpoint=tiny_checkpoint(max_position_embeddings=8192)))
+    doc = "The quick brown fox jumps over the lazy dog. " * 400
+    text = doc[:8191] + "\U0001f642" + doc[8191:] + "What jumps?"  # 🙂 astride 8,192 (UTF-16)
+    sent: list[dict] = []
+    with live_server(llm) as live:
+        page = open_page(browser, live.url)
+        page.on("websocket", lambda ws: ws.on("framesent", lambda f: sent.append(json.loads(f))))
+        page.click("#stream-input")
+        page.keyboard.insert_text(text)
+        wait_caught_up(page, tokens_of(live.url, text))
+        pieces = [m.get("prompt", m.get("text")) for m in sent if m["type"] in ("open", "append")]
+        assert "".join(pieces) == text and len(pieces) == 3
+        assert max(map(len, pieces)) <= 8192 and pieces[1].startswith("\U0001f642")
+        assert page.inner_text("#messages") == ""
+        assert press_enter_and_read(page) == greedy_answer(live.url, text)
+        assert page.errors == []
+        live.wait_idle()
+    llm.shutdown()
+
+
+def test_input_beyond_the_context_is_an_error_not_a_wait(browser, tiny_server) -> None:
+    """More than the context holds (and than one chunk): the server's limit is said once
+    however often it is hit, and the time to the first character says it failed."""
+    page = open_page(browser, tiny_server.url)
+    page.click("#stream-input")
+    page.keyboard.insert_text("The quick brown fox jumps over the lazy dog. " * 400)
+    page.wait_for_function("document.querySelector('#st-state').textContent === 'error'",
+                           timeout=30_000)
+    page.keyboard.press("Enter")  # the same text again: refused again
+    page.wait_for_function("document.querySelector('#t-stream').textContent === 'failed'",
+                           timeout=30_000)
+    shown = page.eval_on_selector_all("#messages .msg.error", "ps => ps.map(p => p.dataset.text)")
+    assert len(shown) == 1 and "session_tokens_exceeded" in shown[0], shown
+    assert not page.is_disabled("#stream-send")
+    assert page.errors == []
+    wait_pool_full(tiny_server.llm)
+
+
 def test_wrong_api_key_is_shown_then_the_right_one_kept(browser, tmp_path) -> None:
     llm = tiny_llm()
     with live_server(llm, ServerConfig(served_model_name="tiny", api_keys=("sk-right",))) as live:
@@ -206,6 +258,8 @@ def test_wrong_api_key_is_shown_then_the_right_one_kept(browser, tmp_path) -> No
         page.press("#api-key", "Enter")
         page.wait_for_function("document.querySelector('#server-state').textContent"
                                ".startsWith('ready')")
+        said = page.eval_on_selector_all("#messages .msg", "ps => ps.map(p => p.dataset.text)")
+        assert said == ["API key saved in this browser."]  # the errors about the old key gone
         page.click("#stream-input")
         page.keyboard.type(" there?")
         wait_caught_up(page, tokens_of(live.url, "Hello there?", "sk-right"))

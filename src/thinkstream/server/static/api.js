@@ -6,7 +6,9 @@ const KEY_STORE = "thinkstream.apiKey";
 // ------------------------------------------------------------------ messages
 export function say(text, kind = "error") {
   const box = $("messages");
+  for (const old of [...box.children]) if (old.dataset.text === text) old.remove();  // once
   const p = document.createElement("p");
+  p.dataset.text = text;
   p.className = "msg " + kind;
   p.textContent = text;
   const close = document.createElement("button");
@@ -30,6 +32,7 @@ export function describe(status, body) {
 // ------------------------------------------------------------------ API key
 export const apiKey = () => localStorage.getItem(KEY_STORE) || "";
 export function setApiKey(value) {  // kept in this browser's local storage ("" forgets it)
+  $("messages").replaceChildren();  // what was said about the old key no longer holds
   if (value) localStorage.setItem(KEY_STORE, value); else localStorage.removeItem(KEY_STORE);
 }
 export function headers(json = false) {

@@ -5,6 +5,8 @@ import { $, apiKey, chatStream, describe, headers, sampling, say, systemMessages
 const MIN_GAP_MS = 30;        // at most ~33 updates a second (the server allows 50)
 const POLL_MS = 250;          // session progress while typing
 const RETRY_MS = 1000;        // after a refused session open
+const MAX_CHUNK = 8192;       // characters per opening prompt, append or close text (the
+                              // server refuses more than 16384: a large paste goes in pieces)
 const RESTART_CODES = new Set(["session_closed", "session_not_found", "no_session",
                                "sequence_gap", "chunk_rate_exceeded"]);
 
@@ -13,6 +15,13 @@ const RESTART_CODES = new Set(["session_closed", "session_not_found", "no_sessio
 // the whole input. Each update carries the next sequence number. A session that ends
 // under the page (idle timeout, lost connection, a refused update) is dropped, and the
 // next edit or Enter opens a new one holding the whole text.
+// At most `n` UTF-16 units of `text`, never half a surrogate pair.
+function head(text, n = MAX_CHUNK) {
+  if (text.length <= n) return text;
+  const c = text.charCodeAt(n - 1);
+  return text.slice(0, c >= 0xd800 && c <= 0xdbff ? n - 1 : n);
+}
+
 export const stream = {
   // The session: ws, sid, seq (next number), sent, acked (acks so far), infoSeq (next_seq
   // of the last look at it), ready / closing / done, t0 (Enter's time), first (an answer
@@ -29,7 +38,7 @@ export const stream = {
   setState(text) { $("st-state").textContent = text; },
 
   start(closeNow) {
-    const text = this.text();
+    const text = head(this.text());  // the rest follows as appends
     const q = apiKey() ? "?api_key=" + encodeURIComponent(apiKey()) : "";
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}/v1/sessions/ws${q}`);
@@ -52,6 +61,7 @@ export const stream = {
       this.s = null;
       if (!s.done) {
         this.setState("disconnected");
+        this.noAnswer();
         if (ev.code !== 1008) {  // 1008: refused (key, origin): the error said why
           say("The session's connection was lost; it starts afresh on your next edit.");
         }
@@ -125,6 +135,7 @@ export const stream = {
     } else {
       say(describe(0, msg));
       this.setState("error");
+      this.noAnswer();
       this.retryAt = performance.now() + RETRY_MS;
       $("stream-send").disabled = false;
     }
@@ -135,6 +146,11 @@ export const stream = {
     if (this.s === s) this.s = null;
     s.done = true;
     if (s.ws.readyState <= 1) s.ws.close();
+  },
+
+  // The answer asked for will not come: the time shown stops waiting.
+  noAnswer() {
+    if ($("t-stream").textContent === "…") $("t-stream").textContent = "failed";
   },
 
   stopPolling(s) {
@@ -185,14 +201,18 @@ export const stream = {
     if (this.text() !== s.sent) this.schedule();
   },
 
+  // One update towards `text`: a replace of the whole, or an append of at most MAX_CHUNK
+  // characters (sync() schedules the next piece).
   update(s, text) {
     if (text.startsWith(s.sent)) {
-      s.ws.send(JSON.stringify({ type: "append", text: text.slice(s.sent.length), seq: s.seq }));
+      const piece = head(text.slice(s.sent.length));
+      s.ws.send(JSON.stringify({ type: "append", text: piece, seq: s.seq }));
+      s.sent += piece;
     } else {
       s.ws.send(JSON.stringify({ type: "replace", text, seq: s.seq }));
+      s.sent = text;
     }
     s.seq += 1;
-    s.sent = text;
     this.mark(s);
   },
 
@@ -203,11 +223,11 @@ export const stream = {
     $("st-at-enter").textContent = `${$("st-computed").textContent} of ${$("st-received").textContent}`;
     const text = this.text();
     const msg = { type: "close" };
-    if (text !== s.sent && text.startsWith(s.sent)) {
-      msg.text = text.slice(s.sent.length);  // the last chunk rides on the close
+    if (!text.startsWith(s.sent)) this.update(s, text);  // a replace
+    while (text.length - s.sent.length > MAX_CHUNK) this.update(s, text);  // appends
+    if (text !== s.sent) {
+      msg.text = text.slice(s.sent.length);  // the last piece rides on the close
       msg.seq = s.seq;
-    } else if (text !== s.sent) {
-      this.update(s, text);
     }
     s.sent = text;
     s.ws.send(JSON.stringify(msg));
