@@ -325,6 +325,7 @@ class AsyncLLM:
         except BaseException as exc:  # noqa: BLE001 - any failure must reach every caller
             self.dead = exc
             error = EngineDeadError(f"engine step failed: {exc!r}")
+            error.__cause__ = exc  # the server shows a cause marked ``public_reason``
             for rid in list(engine.requests):
                 engine.abort(rid)  # bookkeeping only: gives every block back
             for rid in list(self._streams):

@@ -56,8 +56,10 @@ def test_rank_killed_mid_step_fails_requests_not_hangs() -> None:
         t.join(30)
         assert killed_at and time.monotonic() - killed_at[0] < TIMEOUT_S / 2
         assert lines[-1] == "data: [DONE]"
-        assert json.loads(lines[-2][6:])["error"]["type"] == "server_error"
+        err = json.loads(lines[-2][6:])["error"]
+        assert err["type"] == "server_error" and "tensor-parallel" in err["message"]
         assert results["plain"].status_code == 500
+        assert "tensor-parallel" in results["plain"].json()["error"]["message"]
         assert c.get("/health").status_code == 503
         assert c.post("/v1/completions", json=LONG).status_code == 503
         assert not live.engine.requests

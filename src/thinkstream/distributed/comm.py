@@ -15,6 +15,7 @@ raises the same error at once (no collective is retried on a broken group).
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from datetime import timedelta
@@ -23,10 +24,15 @@ import torch
 import torch.distributed as dist
 
 CTRL_TIMEOUT = timedelta(days=7)
+log = logging.getLogger("thinkstream.distributed.comm")
 
 
 class RankFailedError(RuntimeError):
-    """A tensor-parallel rank died or stopped answering; the engine cannot step again."""
+    """A tensor-parallel rank died or stopped answering; the engine cannot step again.
+    Its message (which rank, its exit code or the collective that failed) is shown to
+    clients (``public_reason``)."""
+
+    public_reason = True
 
 
 class Comm:
@@ -64,15 +70,22 @@ class Comm:
         try:
             work.wait()
         except Exception as exc:  # gloo: peer closed / timeout; NCCL: watchdog abort
-            self.fail(f"tensor-parallel {what} failed on rank {self.rank}: {exc}")
+            self._broke(what, exc)
             raise RankFailedError(self.failure) from exc
+
+    def _broke(self, what: str, exc: Exception) -> None:
+        """Record a failed collective: the detail (addresses, gloo's text) goes to the log,
+        the reason clients see names the collective and the rank."""
+        log.error("tensor-parallel %s failed on rank %d: %s", what, self.rank, exc)
+        self.fail(f"tensor-parallel {what} failed on rank {self.rank} (a peer died or timed "
+                  f"out: {type(exc).__name__})")
 
     def _start(self, fn, what: str) -> dist.Work:
         self.check()
         try:
             return fn()
         except Exception as exc:
-            self.fail(f"tensor-parallel {what} failed on rank {self.rank}: {exc}")
+            self._broke(what, exc)
             raise RankFailedError(self.failure) from exc
 
     # -------------------------------------------------------------- collectives

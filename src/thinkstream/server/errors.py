@@ -67,7 +67,10 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, ParamError | RequestError):
         return APIError(400, str(exc), exc.param, "invalid_value")
     if isinstance(exc, EngineDeadError):
-        return APIError(500, "the engine failed while serving this request", None, "engine_error")
+        cause = exc.__cause__  # a failure safe to name (a tensor-parallel rank died)
+        reason = f": {cause}" if getattr(cause, "public_reason", False) else ""
+        return APIError(500, f"the engine failed while serving this request{reason}", None,
+                        "engine_error")
     log.error("internal error: %s", type(exc).__name__, exc_info=exc)
     return APIError(500, "internal server error", None, "internal_error")
 
