@@ -332,6 +332,10 @@ def test_keyboard_only_chat_errors_and_lost_server(browser, tmp_path) -> None:
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelectorAll('#messages .msg.error').length >= 2")
     page.wait_for_function("!document.querySelector('#chat-send').disabled")
+    assert "The connection to the server was lost" in page.inner_text("#messages")
+    page.wait_for_function("document.querySelector('#server-state').textContent === "
+                           "'unreachable'", timeout=10_000)  # the next scrape fails: not 'ready'
+    assert page.inner_text("#m-running") == "offline" and page.inner_text("#m-kv") == "–"
     page.click("#tab-stream")  # streaming input with the server gone: said, not frozen
     page.click("#stream-input")
     page.keyboard.type("Anyone?")

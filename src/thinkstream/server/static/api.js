@@ -124,18 +124,23 @@ export async function chatStream(messages, extra, signal, on) {
   const input = Array.isArray(messages) ? { messages } : { prompt: messages.prompt };
   const path = input.messages ? "/v1/chat/completions" : "/v1/completions";
   const body = { ...sampling(), ...extra, ...input, stream: true };
-  const r = await fetch(path, {
-    method: "POST", headers: headers(true), body: JSON.stringify(body), signal });
-  if (!r.ok) {
-    const err = await r.json().catch(() => null);
-    throw new Error(describe(r.status, err));
-  }
-  await readSSE(r, (chunk) => {
-    for (const c of chunk.choices || []) {
-      const d = c.delta || { content: c.text };
-      if (d.reasoning_content) on.reasoning(d.reasoning_content, d.path);
-      if (d.content) on.content(d.content);
-      if (c.finish_reason && on.finish) on.finish(c.finish_reason);
+  try {
+    const r = await fetch(path, {
+      method: "POST", headers: headers(true), body: JSON.stringify(body), signal });
+    if (!r.ok) {
+      const err = await r.json().catch(() => null);
+      throw new Error(describe(r.status, err));
     }
-  });
+    await readSSE(r, (chunk) => {
+      for (const c of chunk.choices || []) {
+        const d = c.delta || { content: c.text };
+        if (d.reasoning_content) on.reasoning(d.reasoning_content, d.path);
+        if (d.content) on.content(d.content);
+        if (c.finish_reason && on.finish) on.finish(c.finish_reason);
+      }
+    });
+  } catch (e) {  // fetch's TypeError ("network error", "Failed to fetch"): say what it means
+    if (e.name !== "TypeError") throw e;
+    throw new Error(`The connection to the server was lost (${e.message}).`);
+  }
 }

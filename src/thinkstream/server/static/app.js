@@ -169,9 +169,22 @@ function parseMetrics(text) {
   }
   return out;
 }
+// The server's state follows the scrapes: one that fails marks it unreachable (and the
+// numbers unknown), the next that succeeds asks the server again.
 async function pollMetrics() {
+  let r;
   try {
-    const r = await fetch("/metrics", { headers: headers() });
+    r = await fetch("/metrics", { headers: headers() });
+  } catch (e) {
+    for (const dd of $("metrics").querySelectorAll("dd")) dd.textContent = "–";
+    $("m-running").textContent = "offline";
+    ttftSamples.length = 0;
+    $("server-state").textContent = "unreachable";
+    $("server-state").className = "pill bad";
+    return;
+  }
+  if ($("server-state").textContent === "unreachable") checkServer();
+  try {
     if (!r.ok) { $("m-running").textContent = `HTTP ${r.status}`; return; }
     const m = parseMetrics(await r.text());
     const pct = (x) => (x === undefined ? "–" : `${(100 * x).toFixed(1)} %`);
