@@ -34,7 +34,7 @@ def cluster():
 
     from thinkstream.distributed.replicas.launch import start_replicas
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     reps = start_replicas(2, None, ENGINE, ServerConfig(served_model_name="tiny"),
                           checkpoint=tiny_checkpoint())
     sock = socket.socket()
@@ -146,6 +146,10 @@ def _request(c: httpx.Client, i: int, results: list) -> None:
                             r.json()))
         else:
             with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+                if s.status_code != 200:  # failed before its first byte: a JSON error
+                    s.read()
+                    results.append(("plain", s.status_code, _replica(s), s.json()))
+                    return
                 lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
                 results.append(("stream", s.status_code, _replica(s), lines))
     except Exception as exc:  # a hang or a broken connection fails the test below
@@ -161,7 +165,10 @@ def test_killed_replica_takes_only_its_own_work(cluster) -> None:
     threads = [threading.Thread(target=_request, args=(c, i, results)) for i in range(16)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30  # kill while replica 0 has requests in flight
+    while reps.router.replicas[0].in_flight < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
     reps.kill(0)
     for t in threads:
         t.join(60)

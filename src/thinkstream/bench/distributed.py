@@ -162,7 +162,7 @@ def bench_replicas(model: str | None, reps: int, requests: int = 64,
     from thinkstream.distributed.replicas.routing import Router
     from thinkstream.server.config import ServerConfig
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     engine = EngineConfig(num_threads=1, num_blocks=2048)
     reps_ = start_replicas(2, model, engine, ServerConfig(served_model_name="m"))
     tok = reps_.app.state.proxy.tokenizer

@@ -71,7 +71,7 @@ def start_replicas(n: int, model: str | None, engine: EngineConfig, server: Serv
         raise ValueError("replicas must be >= 1")
     ray = _ray()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": max(int(n * cpus_per_replica), 1)}))
     remote = ray.remote(num_cpus=cpus_per_replica, max_restarts=0)(ReplicaServer)
     host = "127.0.0.1" if address is None else "0.0.0.0"
