@@ -284,6 +284,9 @@ def test_idle_session_starts_afresh(browser, tmp_path) -> None:
         while session_info(live.url, first["sid"])["state"] == "open":
             assert time.monotonic() < deadline, "the idle session was not closed"
             time.sleep(0.05)
+        page.wait_for_function("document.querySelector('#st-state').textContent === 'ended'",
+                               timeout=5_000)  # seen by the page's look at it, not left 'open'
+        assert "The session ended (idle_timeout)" in page.inner_text("#messages")
         page.keyboard.type(" And more?")
         page.wait_for_selector("text=a new one starts with your text")
         text = "First part of the text. And more?"

@@ -162,8 +162,16 @@ export const stream = {
     if (!s.sid || s.closing) return;
     try {
       const r = await fetch(`/v1/sessions/${encodeURIComponent(s.sid)}`, { headers: headers() });
-      if (!r.ok || this.s !== s || s.closing) return;
-      const info = await r.json();
+      if (this.s !== s || s.closing) return;
+      const info = r.ok ? await r.json() : r.status === 404 ? { state: "gone" } : null;
+      if (!info || this.s !== s || s.closing) return;
+      if (info.state !== "open") {  // ended under the page (idle timeout): not shown as open
+        this.drop(s);
+        this.setState("ended");
+        say(`The session ended (${info.reason || info.state}); a new one starts with your ` +
+            "text.", "info");
+        return;
+      }
       s.infoSeq = info.next_seq;
       this.show(info.tokens_received, info.tokens_computed);
       this.mark(s);
