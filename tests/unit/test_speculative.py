@@ -146,13 +146,16 @@ def test_greedy_under_a_tiny_pool_preempts_mid_draft(plain) -> None:
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
-def test_stops_min_max_tokens_n_and_logprobs_match(plain) -> None:
+def test_stops_min_max_tokens_n_and_logprobs_match(plain, tiny_tok) -> None:
     stop_at = plain[1][6]
+    stop_text = tiny_tok.decode(plain[3][4:6])  # a stop string inside a drafted run
     params = SamplingParams(temperature=0.0, max_tokens=11, min_tokens=3, n=2, logprobs=2,
-                            stop_token_ids=[stop_at])
+                            stop_token_ids=[stop_at], stop=[stop_text])
     ref = run(make_engine(), PROMPTS, params)
     got = run(make_engine(FIXED, Oracle(answers(plain))), PROMPTS, params)
+    assert ref[3].outputs[0].stop_reason == stop_text
     for a, b in zip(ref, got, strict=True):
+        assert [c.text for c in a.outputs] == [c.text for c in b.outputs]
         assert [c.token_ids for c in a.outputs] == [c.token_ids for c in b.outputs]
         assert [c.finish_reason for c in a.outputs] == [c.finish_reason for c in b.outputs]
         for ca, cb in zip(a.outputs, b.outputs, strict=True):
@@ -418,3 +421,13 @@ def test_draft_model_drafts_its_dense_greedy_and_keeps_output() -> None:
         for t in draft:
             assert t == int(reference_logits(small.config, small.tensors, ids)[-1].argmax())
             ids = [*ids, t]
+
+
+def test_fuse_takes_the_surest_consistent_token() -> None:
+    from thinkstream.speculative.fused import fuse
+
+    a, b = Draft([1, 2, 3], [0.9, 0.2, 0.9]), Draft([1, 5, 6, 7], [0.5, 0.6, 0.6, 0.6])
+    draft, source = fuse([a, b], 4)
+    assert draft.tokens == [1, 5, 6, 7] and source == [0, 1, 1, 1]  # a drops out at 2 != 5
+    draft, source = fuse([a, b], 4, weights=[1.0, 0.1])  # b's drafts seldom accepted
+    assert draft.tokens == [1, 2, 3] and source == [0, 0, 0]

@@ -22,6 +22,7 @@ at a time). Everything else decodes as before, in the same batch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -77,8 +78,6 @@ class SpeculativeDecoder(StepHook):
                 and seq.params.structured_outputs is None)
 
     def before_schedule(self, running: list[Sequence]) -> None:
-        import time
-
         self._drafted.clear()
         for seq in running:
             seq.draft_token_ids = []

@@ -27,6 +27,7 @@ from thinkstream.speculative.proposer import NO_DRAFT, Draft, Proposer
 if TYPE_CHECKING:
     from thinkstream.engine.llm_engine import LLMEngine
     from thinkstream.engine.request import Sequence
+    from thinkstream.loading import LoadedCheckpoint
 
 
 @dataclass
@@ -42,7 +43,7 @@ class DraftModelProposer(Proposer):
 
     name = "draft_model"
 
-    def __init__(self, engine: LLMEngine, checkpoint) -> None:
+    def __init__(self, engine: LLMEngine, checkpoint: LoadedCheckpoint) -> None:
         from thinkstream.models.registry import build_model
         from thinkstream.worker.runner import DTYPES
 

@@ -8,8 +8,8 @@ over the positions the verifier judged, per proposer: a drafter whose confidence
 calibrated, an untrained early exit, learns its place). A proposer that disagrees with
 the token taken drops out (its later tokens were drafted after a different prefix).
 Costly proposers run only where the free ones are not already sure (a full-length draft
-with confidence >= ``sure``), and while their acceptance is below ``floor`` only every
-``probe_interval``-th call.
+with confidence >= ``sure``), and while their acceptance is below ``floor`` (where they
+start) only every ``probe_interval``-th call.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ class FusedProposer(Proposer):
             raise ValueError("fused needs at least one proposer")
         self.proposers = sorted(proposers, key=lambda p: p.cost_per_token)
         self.sure, self.floor, self.probe_interval = sure, floor, probe_interval
-        self.acceptance = [0.5] * len(self.proposers)  # per proposer, moving average
+        # per proposer, a moving average; a costly one starts at the floor (it only probes
+        # until its drafts are seen to be accepted)
+        self.acceptance = [floor if p.cost_per_token > 0 else 0.5 for p in self.proposers]
         self.cost_per_token = min(p.cost_per_token for p in proposers)
         self._sources: dict[str, list[int]] = {}  # seq id -> proposer of each draft token
         self._calls = 0
@@ -64,7 +66,7 @@ class FusedProposer(Proposer):
         found: list[list[Draft]] = [[NO_DRAFT] * len(self.proposers) for _ in seqs]
         for p, proposer in enumerate(self.proposers):
             costly = proposer.cost_per_token > 0
-            if costly and self.acceptance[p] < self.floor and self._calls % self.probe_interval:
+            if costly and self.acceptance[p] <= self.floor and self._calls % self.probe_interval:
                 continue  # a costly drafter that keeps failing only probes
             todo = [i for i, k in enumerate(lengths)
                     if k > 0 and not (costly and self._sure(found[i], k))]
