@@ -253,6 +253,20 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
         print(f"early-exit layer chosen by measurement: {layer}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     hf_model = None
+    meta = {"command": "thinkstream " + " ".join(sys.argv[1:]),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "model": str(gguf or "<checkpoint>"), "dtype": args.dtype,
+            "quantization": args.quantization, "threads": 1, "early_exit_layer": layer,
+            "exit_layers": layers,
+            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                        "cpu": _cpu_name()}}
+
+    def save() -> None:  # after every row: a run cut short keeps what it measured
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(
+                {**meta, "rows": [{k: v for k, v in r.items() if k != "outputs"}
+                                  for r in rows]}, indent=1))
     for w, ps in prompts.items():
         n = args.long_max_tokens if w == "long" else args.max_tokens
         for b in (int(x) for x in _csv(args.batches)):
@@ -274,6 +288,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                          same_output=all(x["outputs"] == base["outputs"] for x in reps)
                          if configs[name] else None)
                 rows.append(r)
+                save()
             if b != 1 or gguf is None:
                 continue
             for peer in peers:
@@ -288,19 +303,10 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                              config=f"prompt lookup {lookup}" if lookup else "none",
                              vs_none=r["tok_s"] / pbase["tok_s"], same_output=None)
                     rows.append(r)
+                    save()
                     print(table([r]).splitlines()[-1], file=sys.stderr)
     print(table(rows))
-    report = {"command": "thinkstream " + " ".join(sys.argv[1:]),
-              "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "model": str(gguf or "<checkpoint>"), "dtype": args.dtype,
-              "quantization": args.quantization, "threads": 1, "early_exit_layer": layer,
-              "exit_layers": layers,
-              "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                          "cpu": _cpu_name()},
-              "rows": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    save()
     if args.plot:
         plot(rows, args.plot)
     return 0
