@@ -14,7 +14,7 @@ from thinkstream import LLM, SamplingParams
 from thinkstream.distributed.plan import local_config, plan_shards
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-ENGINE = dict(num_blocks=64, block_size=4, num_threads=1)
+ENGINE = dict(dtype="float32", num_blocks=64, block_size=4, num_threads=1)
 LONG = "The quick brown fox jumps over the lazy dog. What is the capital of France?"
 
 

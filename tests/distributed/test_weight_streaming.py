@@ -18,7 +18,7 @@ from thinkstream.loading.names import _HF_GLOBAL, _HF_LAYER
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 PROMPTS = ["The quick brown fox", "Paris is the capital of France"]
 CKPT = tiny_checkpoint("llama", 0, num_layers=4)
-ENGINE = dict(num_blocks=64, block_size=4, num_threads=1)
+ENGINE = dict(dtype="float32", num_blocks=64, block_size=4, num_threads=1)
 
 
 def _hf_name(canonical: str) -> str:

@@ -30,7 +30,7 @@ from thinkstream import LLM, SamplingParams
 def status(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
 
-llm = LLM(max_weight_memory_mb=int(sys.argv[1]), num_threads=1, num_blocks=16)
+llm = LLM(max_weight_memory_mb=int(sys.argv[1]), dtype="float32", num_threads=1, num_blocks=16)
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak so far (the load) is forgotten: VmHWM = VmRSS
 before = status("VmRSS:")
@@ -52,7 +52,7 @@ def test_streamed_model_within_a_third_of_its_size(refs) -> None:
                             str(MAX_TOKENS)], capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
     got = json.loads(child.stdout.strip().splitlines()[-1])
-    loaded = LLM(checkpoint=ckpt, num_threads=1, num_blocks=16).chat(
+    loaded = LLM(checkpoint=ckpt, dtype="float32", num_threads=1, num_blocks=16).chat(
         CHAT, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
     assert got["tokens"] == list(loaded[0].outputs[0].token_ids)
     assert 1 <= got["window"] < cfg.num_layers

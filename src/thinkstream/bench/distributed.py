@@ -66,8 +66,8 @@ def _reduce_seconds(engine) -> float:
 def bench_tp(model: str | None, reps: int, decode_steps: int) -> list[dict[str, Any]]:
     from thinkstream import LLM
 
-    one = LLM(model, num_threads=2, num_blocks=1024)
-    two = LLM(model, num_threads=1, num_blocks=1024, tensor_parallel_size=2)
+    one = LLM(model, dtype="float32", num_threads=2, num_blocks=1024)
+    two = LLM(model, dtype="float32", num_threads=1, num_blocks=1024, tensor_parallel_size=2)
     vocab = one.engine.model_config.vocab_size
     prompt = one.chat_prompt(CHAT)
     long = [(i * 7919) % (vocab - 1000) + 500 for i in range(512)]
@@ -194,7 +194,7 @@ torch.set_num_threads(1)
 from thinkstream import LLM, SamplingParams
 cap, window, steps = (int(a) for a in sys.argv[2:5])
 opts = {} if cap == 0 else {"max_weight_memory_mb": cap, "weight_window": window or None}
-llm = LLM(sys.argv[1] or None, num_threads=1, num_blocks=64, **opts)
+llm = LLM(sys.argv[1] or None, dtype="float32", num_threads=1, num_blocks=64, **opts)
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 rss = lambda k: next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith(k))
