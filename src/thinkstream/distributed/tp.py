@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import weakref
 from dataclasses import dataclass
@@ -162,11 +163,26 @@ def _stop_workers(comm: Comm, procs: list, closed: threading.Event) -> None:
 
 def _rank_spec(ckpt, cfg: EngineConfig, num_blocks: int, shards: list[RankShard],
                rank: int) -> RankSpec:
+    """Rank ``rank``'s build: its slices of tensors rank 0 already holds (a spawned rank
+    gets them through shared memory, no copy, no second parse of the file), or the path
+    (weight streaming; a checkpoint loaded without tensors)."""
     path = ckpt.path if Path(ckpt.path).exists() else None
-    if path is not None and (cfg.max_weight_memory_mb is not None or rank != 0):
+    reload = cfg.max_weight_memory_mb is not None or not ckpt.tensors or (
+        rank != 0 and not _shm_fits(ckpt.tensors))  # a container's small /dev/shm
+    if path is not None and reload:
         return RankSpec(cfg, ckpt.config, num_blocks, str(path), None)
     tensors = shard_tensors(ckpt.tensors, ckpt.config, shards[rank])
     return RankSpec(cfg, ckpt.config, num_blocks, None if path is None else str(path), tensors)
+
+
+def _shm_fits(tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether /dev/shm can take the checkpoint's tensors twice over (they move there to
+    reach a spawned rank; Docker's default of 64 MB cannot)."""
+    need = 2 * sum(t.untyped_storage().nbytes() for t in tensors.values())
+    try:
+        return shutil.disk_usage("/dev/shm").free > need
+    except OSError:
+        return False
 
 
 def start_tp_runner(ckpt, cfg: EngineConfig, num_blocks: int) -> ModelRunner:
