@@ -13,7 +13,7 @@ from importlib import resources
 
 import httpx
 import pytest
-from conftest import TINY_ENGINE, live_server, tiny_llm, wait_pool_full
+from conftest import TINY_ENGINE, live_server, slow_down, tiny_llm, wait_pool_full
 from helpers.browser import launch_chromium
 from helpers.scripted import script
 from helpers.tiny import tiny_checkpoint
@@ -238,6 +238,24 @@ def test_input_beyond_the_context_is_an_error_not_a_wait(browser, tiny_server) -
     assert not page.is_disabled("#stream-send")
     assert page.errors == []
     wait_pool_full(tiny_server.llm)
+
+
+def test_new_session_before_the_first_character_stops_the_answer(browser, tmp_path) -> None:
+    llm = tiny_llm()
+    slow_down(llm, 0.3)  # the answer's first token comes after a few slow steps
+    with live_server(llm) as live:
+        page = open_page(browser, live.url)
+        page.click("#stream-input")
+        page.keyboard.type("Hi")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('#st-state').textContent === 'answering'")
+        assert page.inner_text("#t-stream") == "…"
+        page.click("#stream-reset")
+        assert page.inner_text("#t-stream") == "stopped"  # not waiting for what will not come
+        assert page.inner_text("#st-state") == "none" and not page.is_disabled("#stream-send")
+        wait_pool_full(llm)  # the dropped connection aborted the session
+        assert page.errors == []
+    llm.shutdown()
 
 
 def test_wrong_api_key_is_shown_then_the_right_one_kept(browser, tmp_path) -> None:

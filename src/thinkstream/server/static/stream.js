@@ -268,6 +268,7 @@ export const stream = {
 
   reset() {
     if (this.s) this.drop(this.s);
+    if ($("t-stream").textContent === "…") $("t-stream").textContent = "stopped";
     this.setState("none");
     this.show(0, 0);
     $("st-at-enter").textContent = "–";
