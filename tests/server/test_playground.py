@@ -265,6 +265,10 @@ def test_wrong_api_key_is_shown_then_the_right_one_kept(browser, tmp_path) -> No
         page.wait_for_selector("#messages .msg.error")
         assert page.inner_text("#server-state") == "needs an API key"
         assert "HTTP 401: missing or invalid API key" in page.inner_text("#messages")
+        page.fill("#api-key", "sk-cl\u00e9\U0001f642")  # no header can carry it: refused
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("text=printable ASCII without spaces: not saved")
+        assert page.evaluate("localStorage.length") == 0
         page.fill("#api-key", "sk-wrong")
         page.press("#api-key", "Enter")
         page.click("#stream-input")

@@ -18,6 +18,10 @@ $("api-key").value = apiKey();
 $("key-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const v = $("api-key").value.trim();
+  if (!/^[\x21-\x7e]*$/.test(v)) {  // it travels in an HTTP header: no fetch could send it
+    say("An API key is printable ASCII without spaces: not saved.");
+    return;
+  }
   setApiKey(v);
   say(v ? "API key saved in this browser." : "API key removed.", "info");
   stream.reset();
