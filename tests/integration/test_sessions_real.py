@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_chat_session_matches_one_shot_chat() -> None:
-    llm = LLM(max_num_batched_tokens=64)
+    llm = LLM(dtype="float32", max_num_batched_tokens=64)
     greedy = SamplingParams(temperature=0.0, max_tokens=24)
     history = [{"role": "system", "content": "You answer in one short sentence."}]
     content = "Here is a note: the café on Rue Lepic opens at 7am, closes at 6pm. When does it open?"

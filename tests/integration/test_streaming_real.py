@@ -52,7 +52,8 @@ def test_streamed_model_within_a_third_of_its_size(refs) -> None:
                             str(MAX_TOKENS)], capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
     got = json.loads(child.stdout.strip().splitlines()[-1])
-    loaded = LLM(checkpoint=ckpt, dtype="float32", num_threads=1, num_blocks=16).chat(
+    loaded = LLM(checkpoint=ckpt, dtype="float32", quantization=None, num_threads=1,
+                 num_blocks=16).chat(
         CHAT, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
     assert got["tokens"] == list(loaded[0].outputs[0].token_ids)
     assert 1 <= got["window"] < cfg.num_layers
@@ -63,7 +64,7 @@ def test_streamed_model_within_a_third_of_its_size(refs) -> None:
 
 def test_cap_below_resident_weights_is_refused(refs) -> None:
     with pytest.raises(ValueError, match="max_weight_memory_mb 64 is below"):
-        LLM(refs.path(None), max_weight_memory_mb=64, num_threads=1, num_blocks=16)
+        LLM(refs.path(None), dtype="float32", max_weight_memory_mb=64, num_threads=1, num_blocks=16)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -20,7 +20,7 @@ TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital"
 
 @pytest.fixture()
 def llm() -> LLM:
-    llm = LLM(checkpoint=CKPT, block_size=4, num_blocks=128, max_num_seqs=8,
+    llm = LLM(checkpoint=CKPT, dtype="float32", block_size=4, num_blocks=128, max_num_seqs=8,
               max_num_batched_tokens=64)
     llm.check = CloseCheck(llm.engine)
     llm.engine.add_hook(llm.check)

@@ -15,7 +15,7 @@ PROMPT = [100, 200, 300, 12, 13, 14, 15]
 
 
 def _llm(ckpt) -> LLM:
-    return LLM(checkpoint=ckpt, block_size=4, num_blocks=64, max_num_seqs=4,
+    return LLM(checkpoint=ckpt, dtype="float32", block_size=4, num_blocks=64, max_num_seqs=4,
                max_num_batched_tokens=64)
 
 

@@ -61,12 +61,12 @@ def test_output_outgrowing_the_pool_ends_with_length_and_others_finish() -> None
 
 
 def test_llm_generate_with_unbounded_output_on_a_tiny_pool_returns() -> None:
-    llm = LLM(checkpoint=CKPT, **TINY_POOL)
+    llm = LLM(checkpoint=CKPT, dtype="float32", **TINY_POOL)
     out = llm.generate(["Once upon a time"], UNBOUNDED)[0]
     assert out.outputs[0].finish_reason == "length"
     assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) == 176
     # the same tokens as a pool large enough not to cap it, up to the cap
-    big = LLM(checkpoint=CKPT, block_size=16, num_blocks=64)
+    big = LLM(checkpoint=CKPT, dtype="float32", block_size=16, num_blocks=64)
     ref = big.generate(["Once upon a time"], SamplingParams(
         max_tokens=len(out.outputs[0].token_ids), ignore_eos=True, temperature=0.0))[0]
     assert ref.outputs[0].token_ids == out.outputs[0].token_ids
@@ -179,7 +179,7 @@ def test_thinking_session_appended_sentence_by_sentence_on_a_tiny_pool_answers(
     """The exact case (interleaved D3, ``pass_tokens`` 64, ``max_reasoning_tokens`` 512,
     11 sentences appended one request at a time, then close) on 11 blocks of 16 tokens,
     and neighbours: the session answers, the pool is full afterwards."""
-    llm = LLM(checkpoint=CKPT, block_size=16, num_blocks=num_blocks, max_num_seqs=16)
+    llm = LLM(checkpoint=CKPT, dtype="float32", block_size=16, num_blocks=num_blocks, max_num_seqs=16)
     cfg = ThinkConfig(layout=Layout(layout, gap=60), depth="D3", pass_tokens=64,
                       max_reasoning_tokens=512)
     s = llm.open_session(messages=[], thinking=cfg, sampling_params=SamplingParams(
@@ -199,7 +199,7 @@ def test_reasoning_starved_by_input_growth_is_cut_and_the_session_answers() -> N
     """Grouped layout: the input keeps growing while a note is written until the note and
     the input cannot both be resident; the note is dropped, no other starts, and the
     answer comes (seeing what is left of the reasoning)."""
-    llm = LLM(checkpoint=CKPT, block_size=8, num_blocks=14, max_num_seqs=16)
+    llm = LLM(checkpoint=CKPT, dtype="float32", block_size=8, num_blocks=14, max_num_seqs=16)
     cfg = ThinkConfig(layout=Layout("grouped"), note_tokens=20, max_reasoning_tokens=512)
     s = llm.open_session(messages=[], thinking=cfg, sampling_params=SamplingParams(
         max_tokens=2, ignore_eos=True, temperature=0.0))

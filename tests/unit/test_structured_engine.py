@@ -224,7 +224,7 @@ def test_masks_are_computed_on_a_worker_thread_beside_the_forward() -> None:
 
 # ------------------------------------------------------------ sessions
 def test_a_session_closed_with_a_schema_answers_valid_json() -> None:
-    llm = LLM(checkpoint=tiny_checkpoint(), block_size=4, num_blocks=256)
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", block_size=4, num_blocks=256)
     params = SamplingParams(temperature=2.0, seed=8, max_tokens=200,
                             structured_outputs=SO(json=PERSON))
     session = llm.open_session("Describe a person", sampling_params=params)

@@ -113,7 +113,7 @@ def test_wilson_and_mcnemar() -> None:
 # ------------------------------------------------------------ batch thinking
 @pytest.mark.parametrize("fold", [True, False])
 def test_batch_mode_notes_nothing_before_close(fold: bool) -> None:
-    llm = LLM(checkpoint=CKPT, block_size=4, num_blocks=256, max_num_batched_tokens=64)
+    llm = LLM(checkpoint=CKPT, dtype="float32", block_size=4, num_blocks=256, max_num_batched_tokens=64)
     cfg = ThinkConfig(layout=Layout("gap", gap=40), note_tokens=4, pass_tokens=4, depth="D2",
                       defer_notes=True, fold_last_unit=fold)
     s = llm.open_session(messages=[], sampling_params=SamplingParams(temperature=0, max_tokens=3),

@@ -28,7 +28,7 @@ DTYPES = ["float32", "bfloat16"]
 
 
 def make_llm(**cfg) -> LLM:
-    base = dict(block_size=4, num_blocks=256, max_num_seqs=16, max_num_batched_tokens=64)
+    base = dict(dtype="float32", block_size=4, num_blocks=256, max_num_seqs=16, max_num_batched_tokens=64)
     base.update(cfg)
     return LLM(checkpoint=CKPT, **base)
 

@@ -18,6 +18,11 @@ need no key/value head repetition. Three shapes (``metadata``'s groups):
 
 The chunk shapes compute in the dtype of ``q`` (the caller upcasts for float32 precision):
 matmuls accumulate in float32, scores and probabilities are rounded to that dtype.
+
+With ``fused`` (``AttentionConfig.fused``: a CPU engine where ``kernels/attention.py``
+loads) ``decode`` and ``short_chunk`` run on the fused native kernel instead, unless keys
+are read shifted: scores, softmax and the value product in one pass over the keys, in
+float32 whatever the cache dtype, one call per layer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 
 from thinkstream.attention.shift import RopeTable, read_keys
 from thinkstream.kernels import softmax_last
+from thinkstream.kernels.attention import load_fq_attention
 
 
 def gather_heads_first(cache: torch.Tensor, slots: torch.Tensor,
@@ -48,11 +54,15 @@ def _softmax(scores: torch.Tensor, native: bool) -> torch.Tensor:
 def decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
     mask: torch.Tensor, scale: float, key_shift: torch.Tensor | None = None,
-    rope: RopeTable | None = None,
+    rope: RopeTable | None = None, fused: bool = False,
 ) -> torch.Tensor:
     """One query per row: q (B, H, D), key_slots (B, L), mask (B, 1, 1, L) -> (B, H, D).
     q (B, H, D) -> (B, KVH, G, D); scores (B, KVH, G, L), in float32. ``key_shift`` (B, L)
     and ``rope``: keys read at shifted positions (``shift.py``)."""
+    kernel = load_fq_attention() if fused and key_shift is None else None
+    rows_mask = mask.reshape(mask.shape[0], 1, mask.shape[-1])  # (B, 1, L)
+    if kernel is not None and kernel.accepts(q, k_cache, v_cache, key_slots, rows_mask):
+        return kernel(q[:, None], k_cache, v_cache, key_slots, rows_mask, scale)[:, 0].to(q.dtype)
     b, h, d = q.shape
     kg = gather_heads_first(k_cache, key_slots, shift=key_shift, rope=rope)  # (B, KVH, L, D)
     vg = gather_heads_first(v_cache, key_slots)
@@ -69,7 +79,7 @@ def short_chunk(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
     runs: tuple[tuple[int, int], ...] | None, mask: torch.Tensor, open_cols: int, scale: float,
     native_softmax: bool = True, key_shift: torch.Tensor | None = None,
-    rope: RopeTable | None = None,
+    rope: RopeTable | None = None, fused: bool = False,
 ) -> torch.Tensor:
     """One chunk: q (Q, H, D), context slots (L,) (or the same as ``runs`` of consecutive
     slots), mask (Q, L) whose first ``open_cols`` columns are all True
@@ -77,6 +87,9 @@ def short_chunk(
     Scores and outputs are written in place by one matmul per run and key/value head; only
     the columns past ``open_cols`` (the chunk's causal tail, hidden prefix keys, a window)
     are masked."""
+    kernel = load_fq_attention() if fused and key_shift is None else None
+    if kernel is not None and kernel.accepts(q, k_cache, v_cache, slots, mask):
+        return kernel(q[None], k_cache, v_cache, slots[None], mask[None], scale)[0].to(q.dtype)
     n, h, d = q.shape
     kvh, length = k_cache.shape[1], slots.numel()
     g = h // kvh

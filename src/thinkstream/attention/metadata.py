@@ -57,6 +57,9 @@ class AttentionConfig:
     short_chunk: int = 32  # chunks of at most this many tokens take path 2 (not PARITY)
     cascade_min_shared: int = 64  # decode rows sharing this many leading keys cascade
     native_softmax: bool = True  # path 2's bfloat16 softmax in the native kernel, if it loads
+    # decode rows and short chunks on the fused native kernel (kernels/attention.py: one pass
+    # over the keys, float32 arithmetic, so PARITY mode takes short chunks on path 2 too)
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if self.short_chunk < 0:
@@ -65,12 +68,13 @@ class AttentionConfig:
             raise ValueError("cascade_min_shared must be >= 1")
 
     @classmethod
-    def for_engine(cls, precision: str, dtype: torch.dtype) -> AttentionConfig:
+    def for_engine(cls, precision: str, dtype: torch.dtype, fused: bool = False) -> AttentionConfig:
         """``"auto"``: float32 engines keep the flash kernel's summation order (the parity
-        mode the reference comparisons rely on), bfloat16 / float16 engines the fast mix."""
+        mode the reference comparisons rely on), bfloat16 / float16 engines the fast mix.
+        ``fused``: the fused kernel is loaded (a CPU engine) and takes path 2."""
         if precision == "auto":
-            return cls(Precision.PARITY if dtype == torch.float32 else Precision.MIXED)
-        return cls(Precision(precision))
+            return cls(Precision.PARITY if dtype == torch.float32 else Precision.MIXED, fused=fused)
+        return cls(Precision(precision), fused=fused)
 
     def compute_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype paths 1 and 2 compute in for a model running in ``dtype``."""
@@ -78,8 +82,9 @@ class AttentionConfig:
 
     @property
     def short_limit(self) -> int:
-        """Longest chunk (after context) on path 2; 0 = none."""
-        return 0 if self.precision is Precision.PARITY else self.short_chunk
+        """Longest chunk (after context) on path 2; 0 = none. The fused kernel computes in
+        float32 like the flash kernel, so with it PARITY mode takes path 2 too."""
+        return 0 if self.precision is Precision.PARITY and not self.fused else self.short_chunk
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def paged_attention(
             cols = g.open_cols[1 if mask is g.sliding_mask else 0]
             out[g.start : g.stop] = short_chunk(q[g.start : g.stop].to(dtype), k_cache, v_cache,
                                                 g.key_slots, g.runs, mask, cols, scale, native,
-                                                g.key_shift, meta.shift_rope)
+                                                g.key_shift, meta.shift_rope, meta.config.fused)
         else:  # ShortBatch
             got = short_batch(q.to(dtype), k_cache, v_cache, g.rows, g.key_slots, mask, scale,
                               native, g.key_shift, meta.shift_rope)
@@ -67,4 +67,5 @@ def _decode(
     if g.shared and not sliding:
         return cascade_decode(q, k_cache, v_cache, g.key_slots, g.mask, g.shared, scale)
     mask = g.sliding_mask if sliding and g.sliding_mask is not None else g.mask
-    return decode(q, k_cache, v_cache, g.key_slots, mask, scale, g.key_shift, meta.shift_rope)
+    return decode(q, k_cache, v_cache, g.key_slots, mask, scale, g.key_shift, meta.shift_rope,
+                  meta.config.fused)

@@ -24,10 +24,10 @@ KINDS = {"prefill": ("prefill",), "decode": ("decode",), "throughput": ("through
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="GGUF file, HF directory, 'smollm2-135m' (default) or 'gemma3-270m'")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
-                   help="thinkstream's dtype (and HF's, unless --hf-dtype)")
-    p.add_argument("--quantization", default=None, choices=["int8", "int4"],
-                   help="thinkstream's weight-only quantization")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="thinkstream's dtype (and HF's, unless --hf-dtype; auto: HF float32)")
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
+                   help="thinkstream's weight quantization (auto: GGUF-native where it runs)")
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--max-batch", type=int, default=32,
                    help="most sequences in flight, for every peer (default 32)")
@@ -37,6 +37,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     p.add_argument("--compile-decode", action="store_true",
                    help="thinkstream's EngineConfig.compile_decode: decode steps as compiled graphs")
+
+
+def quantization_arg(value: str | None) -> str | None:
+    """The CLI's ``--quantization`` ("none" spelled out) -> ``EngineConfig.quantization``."""
+    return None if value in (None, "none") else value
+
+
+def hf_dtype(dtype: str) -> str:
+    """The peers' dtype for thinkstream's ``--dtype`` (auto: float32, their exact setting)."""
+    return "float32" if dtype == "auto" else dtype
+
+
+def machine() -> dict[str, Any]:
+    """What a result was measured on: cores, platform, CPU model and instruction sets."""
+    from thinkstream.kernels.cpu import detect_cpu
+
+    return {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu": detect_cpu().as_dict()}
 
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -63,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--speculative-method", default=None,
                    choices=["ngram", "early_exit", "fused"],
                    help="profile with speculative decoding (repeating prompts)")
+    p.add_argument("--cpu-clock", action="store_true",
+                   help="CPU time instead of wall time (1 thread: without a shared machine's waits)")
     p.set_defaults(fn=run_profile)
     p = sub.add_parser("speculative", help="speculative decoding: proposers, adaptive, peers")
     from thinkstream.bench import speculative
@@ -100,10 +120,10 @@ def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
     model, gguf = (None, None) if checkpoint is not None else _model_paths(args.model)
     threads = args.threads or len(os.sched_getaffinity(0))
     options = {
-        "thinkstream": {"dtype": args.dtype, "quantization": args.quantization,
+        "thinkstream": {"dtype": args.dtype, "quantization": quantization_arg(args.quantization),
                         "max_batch": args.max_batch, "kv_cache_mb": args.kv_cache_mb,
                         "threads": threads, "compile_decode": args.compile_decode},
-        "hf": {"dtype": args.hf_dtype or args.dtype, "max_batch": args.max_batch,
+        "hf": {"dtype": args.hf_dtype or hf_dtype(args.dtype), "max_batch": args.max_batch,
                "threads": threads},
         "llamacpp": {"max_batch": args.max_batch, "threads": threads},
     }
@@ -134,8 +154,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     meta = {"command": "thinkstream " + " ".join(sys.argv[1:]) if checkpoint is None else "test",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "model": str(specs[0].gguf or specs[0].model or "<checkpoint>"),
-            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                        "python": platform.python_version()},
+            "machine": machine(),
             "reps": args.reps, "throughput_reps": args.throughput_reps or args.reps,
             "quick": args.quick, "sizes": asdict(sizes)}
     report = rep.build_report(raw, meta)
@@ -153,8 +172,9 @@ def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
     batches = args.batch or [1, 32]
     for batch in batches:
         result = profile_decode(args.model, batch, args.steps, dtype=args.dtype,
-                                quantization=args.quantization, threads=args.threads,
+                                quantization=quantization_arg(args.quantization), threads=args.threads,
                                 checkpoint=checkpoint, compile_decode=args.compile_decode,
-                                speculative=getattr(args, "speculative_method", None))
+                                speculative=getattr(args, "speculative_method", None),
+                                cpu_clock=getattr(args, "cpu_clock", False))
         print(format_profile(result))
     return 0

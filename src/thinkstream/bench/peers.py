@@ -47,8 +47,7 @@ class ThinkstreamPeer:
         from thinkstream.llm import LLM
 
         options: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
-        if quantization:
-            options["quantization"] = quantization
+        options["quantization"] = quantization  # None: none (LLM's own default is "auto")
         self._settings = {"dtype": dtype, "quantization": quantization, "max_num_seqs": max_batch,
                           "kv_cache_mb": kv_cache_mb, "max_num_batched_tokens": 2048,
                           "prefix_caching": True, "threads": threads,

@@ -5,7 +5,10 @@ instance (and forward hooks on its model), then ``steps`` decode steps of a batc
 sequences run. Components (wall time, ms per step):
 
 - model: the decoder layers (``runner.model`` call) and the LM head (``compute_logits``),
-  or with ``compile_decode`` the compiled decode step (both; ``runner.decode_graph``);
+  or with ``compile_decode`` the compiled decode step (both; ``runner.decode_graph``); the
+  layers split into their linears (forward hooks on every linear module: the matmuls,
+  dense or GGUF-native), attention (``paged_attention``, wrapped for the run) and the rest
+  (norms, rotary embedding, residual adds, casts, module-call overhead);
 - runner prep: ``runner.forward`` minus the model: token/position tensors, attention
   metadata (slot maps, block tables);
 - sampling: ``runner.sample``;
@@ -27,36 +30,62 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _timed(fn: Callable, acc: dict[str, float], key: str) -> Callable:
+def _timed(fn: Callable, acc: dict[str, float], key: str,
+           clock: Callable[[], float] = time.perf_counter) -> Callable:
     def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            acc[key] += time.perf_counter() - t0
+            acc[key] += clock() - t0
     return wrapper
 
 
-def _instrument(engine, acc: dict[str, float]) -> None:
+def _instrument_layers(model, acc: dict[str, float], clock: Callable[[], float]) -> Callable[[], None]:
+    """Time the linears and attention inside the decoder layers; returns the undo."""
+    from torch import nn
+
+    import thinkstream.models.layers as layers
+    from thinkstream.models.gguf_linear import GGUFLinear
+    from thinkstream.models.quant import QuantLinear
+
+    starts: list[float] = []
+    handles = []
+    for mod in model.layers.modules():
+        if isinstance(mod, nn.Linear | GGUFLinear | QuantLinear):
+            handles.append(mod.register_forward_pre_hook(lambda m, a: starts.append(clock())))
+            handles.append(mod.register_forward_hook(
+                lambda m, a, out: acc.__setitem__("linears", acc["linears"] + clock() - starts.pop())))
+    original = layers.paged_attention
+    layers.paged_attention = _timed(original, acc, "attention", clock)
+
+    def undo() -> None:
+        layers.paged_attention = original
+        for h in handles:
+            h.remove()
+    return undo
+
+
+def _instrument(engine, acc: dict[str, float], clock: Callable[[], float] = time.perf_counter) -> None:
     sched, runner = engine.scheduler, engine.runner
     for name in ("schedule", "commit", "append_token"):
-        setattr(sched, name, _timed(getattr(sched, name), acc, "scheduler"))
-    engine.kv.block_table = _timed(engine.kv.block_table, acc, "scheduler")
-    runner.forward = _timed(runner.forward, acc, "forward")
-    runner.sample = _timed(runner.sample, acc, "sampling")
-    engine._outputs = _timed(engine._outputs, acc, "outputs")
+        setattr(sched, name, _timed(getattr(sched, name), acc, "scheduler", clock))
+    engine.kv.block_table = _timed(engine.kv.block_table, acc, "scheduler", clock)
+    runner.forward = _timed(runner.forward, acc, "forward", clock)
+    runner.sample = _timed(runner.sample, acc, "sampling", clock)
+    engine._outputs = _timed(engine._outputs, acc, "outputs", clock)
     if engine.speculative is not None:
         proposer = engine.speculative.proposer
-        proposer.propose = _timed(proposer.propose, acc, "proposer")
+        proposer.propose = _timed(proposer.propose, acc, "proposer", clock)
     if runner.decode_graph is not None:  # no hooks inside what torch.compile traces
-        runner.decode_graph = _timed(runner.decode_graph, acc, "decode graph")
+        runner.decode_graph = _timed(runner.decode_graph, acc, "decode graph", clock)
         return
-    runner.model.compute_logits = _timed(runner.model.compute_logits, acc, "lm head")
+    runner.model.compute_logits = _timed(runner.model.compute_logits, acc, "lm head", clock)
     start: list[float] = []
-    runner.model.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter()))
+    runner.model.register_forward_pre_hook(lambda m, a: start.append(clock()))
 
     def done(m, a, out):
-        acc["decoder layers"] += time.perf_counter() - start.pop()
+        acc["decoder layers"] += clock() - start.pop()
     runner.model.register_forward_hook(done)
 
 
@@ -64,10 +93,11 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
                    quantization: str | None = None, threads: int | None = None,
                    checkpoint: Any = None, prompt_len: int = 16, top_ops: int = 8,
                    compile_decode: bool = False, speculative: str | None = None,
-                   ) -> dict[str, Any]:
+                   cpu_clock: bool = False) -> dict[str, Any]:
     """Profile ``steps`` decode steps at ``batch`` sequences; returns ms per step per part.
     ``speculative``: a method (``SpeculativeConfig``); the prompts then repeat a chunk, so
-    prompt lookup has something to find."""
+    prompt lookup has something to find. ``cpu_clock``: this process's CPU time instead of
+    wall time (with one thread, the cost without the waits of a shared machine)."""
     import torch
 
     from thinkstream.bench.workloads import decode_workload
@@ -75,8 +105,7 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     from thinkstream.sampling_params import SamplingParams
 
     options: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
-    if quantization:
-        options["quantization"] = quantization
+    options["quantization"] = quantization  # None: none (LLM's own default is "auto")
     if compile_decode:
         options["compile_decode"] = True
     if speculative:
@@ -93,13 +122,19 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     for _ in range(8):  # prefill, then a few warm-up decode steps (and the decode compile)
         engine.step()
     acc: dict[str, float] = defaultdict(float)
-    _instrument(engine, acc)
+    clock = time.process_time if cpu_clock else time.perf_counter
+    _instrument(engine, acc, clock)
+    undo = _instrument_layers(engine.model, acc, clock) if engine.runner.decode_graph is None else None
     spec = engine.speculative
     before = (spec.stats.num_draft_tokens, spec.stats.num_accepted_tokens) if spec else (0, 0)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        engine.step()
-    total = time.perf_counter() - t0
+    t0 = clock()
+    try:
+        for _ in range(steps):
+            engine.step()
+    finally:
+        if undo is not None:
+            undo()
+    total = clock() - t0
     drafted, accepted = ((spec.stats.num_draft_tokens - before[0],
                           spec.stats.num_accepted_tokens - before[1]) if spec else (0, 0))
     ms = {k: 1e3 * v / steps for k, v in acc.items()}  # before the profiler's steps add more
@@ -108,8 +143,12 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
             engine.step()
     graph_ms = ms.get("decode graph", 0.0)
     model_ms = ms.get("decoder layers", 0.0) + ms.get("lm head", 0.0) + graph_ms
+    layers_ms = ms.get("decoder layers", 0.0)
     parts = {
-        "model: decoder layers": ms.get("decoder layers", 0.0),
+        "model: decoder layers: linears (matmul)": ms.get("linears", 0.0),
+        "model: decoder layers: attention": ms.get("attention", 0.0),
+        "model: decoder layers: other (norms, rope, residuals, casts, calls)":
+            layers_ms - ms.get("linears", 0.0) - ms.get("attention", 0.0),
         "model: lm head": ms.get("lm head", 0.0),
         "model: compiled decode step (layers + head)": graph_ms,
         "runner prep (inputs, attention metadata)": ms.get("forward", 0.0) - model_ms,
@@ -125,6 +164,7 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     ops = [(e.key, e.self_cpu_time_total / 1e3 / n_prof, e.count // n_prof)
            for e in events[:top_ops]]
     return {"batch": batch, "steps": steps, "dtype": dtype, "quantization": quantization,
+            "precision": engine.precision.reason, "clock": "cpu" if cpu_clock else "wall",
             "compile_decode": compile_decode, "speculative": speculative,
             "drafts_per_step": drafted / steps, "accepted_per_step": accepted / steps,
             "step_ms": 1e3 * total / steps, "tok_s": (batch * steps + accepted) / total,

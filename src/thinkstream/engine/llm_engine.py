@@ -17,7 +17,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,6 +32,7 @@ from thinkstream.engine.request import RequestOutput, SeqStatus, Sequence
 from thinkstream.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
+from thinkstream.models.precision import fused_attention_available, resolve_precision
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.speculative.decoder import make_decoder
@@ -90,7 +91,12 @@ class LLMEngine(OpenInputs):
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
         self.tokenizer = ckpt.tokenizer
-        dtype = DTYPES[cfg.dtype]
+        distributed = cfg.tensor_parallel_size > 1 or cfg.max_weight_memory_mb is not None
+        # "auto" dtype / quantization resolved for this machine (models/precision.py); the
+        # distributed runners shard dense weights, so they never take the GGUF blocks
+        self.precision, kernels = resolve_precision(cfg.dtype, cfg.quantization, cfg.device,
+                                                    {} if distributed else ckpt.blocks)
+        dtype = DTYPES[self.precision.dtype]
         self.device = torch.device(cfg.device)
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
@@ -109,16 +115,20 @@ class LLMEngine(OpenInputs):
             self.kv, priority=policy_key(cfg.session_policy),
         )
         with intra_op_threads(cfg.num_threads):
-            if cfg.tensor_parallel_size > 1 or cfg.max_weight_memory_mb is not None:
+            if distributed:
                 from thinkstream.distributed.tp import start_tp_runner  # ranks, streaming
 
-                self.runner: ModelRunner = start_tp_runner(ckpt, cfg, num_blocks)
+                resolved = replace(cfg, dtype=self.precision.dtype,
+                                               quantization=self.precision.quantization)
+                self.runner: ModelRunner = start_tp_runner(ckpt, resolved, num_blocks)
             else:
-                model = build_model(mcfg, ckpt.tensors, dtype, self.device, cfg.quantization)
+                model = build_model(mcfg, ckpt.tensors, dtype, self.device, self.precision.quantization,
+                                    ckpt.blocks, kernels, DTYPES[self.precision.dense_dtype])
                 self.runner = ModelRunner(model, mcfg, num_blocks, cfg.block_size, dtype,
                                           self.device, cfg.compile_decode, cfg.max_num_seqs,
-                                          AttentionConfig.for_engine(cfg.attention_precision,
-                                                                     dtype))
+                                          AttentionConfig.for_engine(
+                                              cfg.attention_precision, dtype,
+                                              fused_attention_available(self.device)))
         self.model = self.runner.model
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
         self.requests: dict[str, RequestState] = {}

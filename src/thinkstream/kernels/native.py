@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from thinkstream.kernels.cpu import CpuInfo, detect_cpu
+
 _SRC = Path(__file__).with_name("softmax_bf16.c")
 
 
@@ -32,13 +34,17 @@ def cache_dir() -> Path:
     return Path(base) / "thinkstream" / "kernels"
 
 
-def build(src: Path, out_dir: Path, compiler: str | None = None) -> Path | None:
-    """The shared library of ``src`` (built now if not cached), or None if it cannot be."""
+def build(src: Path, out_dir: Path, compiler: str | None = None,
+          flags: tuple[str, ...] = (), variant: str = "") -> Path | None:
+    """The shared library of ``src`` (built now if not cached), or None if it cannot be.
+    ``flags`` are added to the compiler's command line; ``variant`` names a build of the
+    same source with other flags (``<stem>.<variant>-<hash>.so``), kept beside the others."""
     cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    digest = hashlib.sha256(src.read_bytes() + cc.encode()).hexdigest()[:16]
-    lib = out_dir / f"{src.stem}-{digest}.so"
+    stem = f"{src.stem}.{variant}" if variant else src.stem
+    digest = hashlib.sha256(src.read_bytes() + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
+    lib = out_dir / f"{stem}-{digest}.so"
     if lib.exists():
         return lib
     try:
@@ -48,16 +54,71 @@ def build(src: Path, out_dir: Path, compiler: str | None = None) -> Path | None:
     except OSError:
         return None
     try:
-        subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(src)],
+        subprocess.run([cc, "-O3", "-shared", "-fPIC", *flags, "-o", tmp, str(src)],
                        check=True, capture_output=True, timeout=120)
         os.replace(tmp, lib)
     except (OSError, subprocess.SubprocessError):
         Path(tmp).unlink(missing_ok=True)
         return None
-    for old in out_dir.glob(f"{src.stem}-*.so"):  # builds of earlier sources
+    for old in out_dir.glob(f"{stem}-*.so"):  # builds of earlier sources
         if old != lib:
             old.unlink(missing_ok=True)
     return lib
+
+
+# Builds of the multi-ISA sources (gguf_matmul.c, fq_attention.c): each is written for
+# the vector width its flags allow (``#if defined(__AVX512F__)`` ...), so one source gives
+# an AVX-512, an AVX2 and a portable library (SSE2 on x86-64, NEON on aarch64).
+ISA_ENV = "THINKSTREAM_ISA"
+ISAS = ("avx512", "avx2", "portable")
+ISA_FLAGS = {
+    "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"),
+    "avx2": ("-mavx2", "-mfma", "-mf16c"),
+    "portable": (),
+}
+_ISA_RANK = {"portable": 0, "avx2": 1, "avx512": 2}  # also what each build's *_isa() returns
+
+
+def best_isa(cpu: CpuInfo) -> str:
+    """The fastest build ``cpu`` runs."""
+    if cpu.arch not in ("x86_64", "AMD64") or not (cpu.avx2 and "f16c" in cpu.flags):
+        return "portable"
+    return "avx512" if cpu.avx512 else "avx2"
+
+
+def choose_isa(cpu: CpuInfo, forced: str | None) -> str | None:
+    """The build to load: ``forced`` (``THINKSTREAM_ISA``) if this CPU runs it, else the best
+    one; None when ``forced`` names a build this CPU cannot run. Raises ValueError for an
+    unknown name."""
+    if not forced:
+        return best_isa(cpu)
+    if forced not in ISAS:
+        raise ValueError(f"{ISA_ENV} must be one of {', '.join(ISAS)}, got {forced!r}")
+    return forced if _ISA_RANK[forced] <= _ISA_RANK[best_isa(cpu)] else None
+
+
+def wanted_isa(cpu: CpuInfo | None = None) -> str | None:
+    """The build the environment asks for on this CPU; None for none (``THINKSTREAM_NATIVE=0``
+    or a forced build this CPU cannot run)."""
+    if os.environ.get("THINKSTREAM_NATIVE", "1") == "0":
+        return None
+    return choose_isa(cpu or detect_cpu(), os.environ.get(ISA_ENV) or None)
+
+
+def open_isa_library(src: Path, isa: str, isa_fn: str) -> ctypes.CDLL | None:
+    """``src`` built for ``isa`` (with OpenMP where the compiler has it), loaded; None where
+    it cannot be built or loaded, or its ``isa_fn()`` disagrees with ``isa``."""
+    for openmp in (True, False):
+        flags = ISA_FLAGS[isa] + (("-fopenmp",) if openmp else ())
+        path = build(src, cache_dir(), flags=flags, variant=isa + ("-omp" if openmp else ""))
+        if path is None:
+            continue
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        return lib if getattr(lib, isa_fn)() == _ISA_RANK[isa] else None
+    return None
 
 
 SoftmaxFn = Callable[[torch.Tensor], torch.Tensor]

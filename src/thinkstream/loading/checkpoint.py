@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,12 +11,16 @@ import torch
 from thinkstream.config import ModelConfig
 from thinkstream.loading.default_model import resolve_model_path
 from thinkstream.loading.errors import CorruptModelError, MissingWeightError, ModelLoadError
-from thinkstream.loading.gguf import gguf_config, gguf_tensors
+from thinkstream.loading.gguf import GGUFBlocks, gguf_blocks, gguf_config, gguf_tensors
 from thinkstream.loading.gguf_reader import GGUFFile, read_gguf
 from thinkstream.loading.gguf_tokenizer import build_gguf_tokenizer
 from thinkstream.loading.hf import hf_config, hf_tensors
 from thinkstream.loading.names import expected_shapes
 from thinkstream.loading.tokenizer import Tokenizer, load_hf_tokenizer
+
+# ggml types the GGUF-native kernels decode (kernels/gguf.py BLOCKS): Q4_0, Q4_1, Q5_0,
+# Q5_1, Q8_0, Q4_K, Q5_K, Q6_K
+BLOCK_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13, 14})
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class LoadedCheckpoint:
     tensors: dict[str, torch.Tensor]  # canonical names, float32, CPU
     tokenizer: Tokenizer
     path: Path
+    # GGUF files: the quantized weights as stored (canonical names), for the GGUF-native
+    # linears (models/gguf_linear.py); empty for other formats
+    blocks: dict[str, GGUFBlocks] = field(default_factory=dict)
 
 
 def _check_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -48,15 +55,19 @@ def _is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def load_checkpoint(model: str | Path | None, tensors: bool = True) -> LoadedCheckpoint:
-    """Config, canonical float32 tensors and tokenizer of a GGUF file or HF directory.
-    ``tensors=False``: no tensor is read (``tensors`` is empty; a weight streamer reads
-    them later with ``read_tensors``)."""
+def load_checkpoint(model: str | Path | None, tensors: bool = True,
+                    block_types: frozenset[int] = BLOCK_TYPES) -> LoadedCheckpoint:
+    """Config, canonical float32 tensors and tokenizer of a GGUF file or HF directory;
+    for a GGUF file also its quantized matrices of ``block_types`` as stored.
+    ``tensors=False``: no tensor is read (``tensors`` and ``blocks`` are empty; a weight
+    streamer reads them later with ``read_tensors``)."""
     path = resolve_model_path(model)
+    blocks: dict[str, GGUFBlocks] = {}
     if _is_gguf(path):
         gf = read_gguf(path)
         config, tokenizer = gguf_config(gf), build_gguf_tokenizer(gf.metadata)
         weights = gguf_tensors(gf, config) if tensors else {}
+        blocks = gguf_blocks(gf, config, block_types) if tensors else {}
     elif path.is_dir():
         config, tokenizer = hf_config(path), load_hf_tokenizer(path)
         weights = hf_tensors(path, config) if tensors else {}
@@ -64,7 +75,8 @@ def load_checkpoint(model: str | Path | None, tensors: bool = True) -> LoadedChe
         raise ModelLoadError(f"{path}: neither a GGUF file nor a Hugging Face model directory")
     if tensors:
         _check_tensors(config, weights, path)
-    return LoadedCheckpoint(config=config, tensors=weights, tokenizer=tokenizer, path=path)
+    return LoadedCheckpoint(config=config, tensors=weights, tokenizer=tokenizer, path=path,
+                            blocks=blocks)
 
 
 def read_tensors(path: Path, config: ModelConfig, keep: Callable[[str], bool],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,35 @@ def _dequantize(gf: GGUFFile, name: str) -> torch.Tensor:
         except NotImplementedError as err:
             raise UnsupportedArchitectureError(f"{gf.path}: tensor {name} uses unsupported type {info.qtype.name}") from err
     return torch.from_numpy(array.reshape(info.shape))
+
+
+@dataclass(frozen=True)
+class GGUFBlocks:
+    """A weight matrix as the GGUF file stores it: ``blocks`` (N, bytes per row) uint8 of
+    ggml type ``qtype`` (an int, ``GGMLQuantizationType``), each row ``k`` values."""
+
+    qtype: int
+    blocks: torch.Tensor
+    k: int
+
+    @property
+    def rows(self) -> int:
+        return self.blocks.shape[0]
+
+
+def gguf_blocks(gf: GGUFFile, config: ModelConfig, qtypes: frozenset[int]) -> dict[str, GGUFBlocks]:
+    """The 2-D quantized weights of types ``qtypes`` (the ones the kernels decode), as
+    stored, under canonical names; rows reordered as ``gguf_tensors`` reorders them."""
+    out: dict[str, GGUFBlocks] = {}
+    for name, info in gf.tensors.items():
+        canonical = gguf_to_canonical(name)
+        if canonical is None or len(info.shape) != 2 or int(info.qtype) not in qtypes:
+            continue
+        raw = torch.from_numpy(np.array(gf.raw(name)))  # (N, bytes per row), a copy
+        if config.architecture == "llama" and canonical.endswith(("q_proj.weight", "k_proj.weight")):
+            raw = _unpermute_rope(raw, config.num_heads if "q_proj" in canonical else config.num_kv_heads)
+        out[canonical] = GGUFBlocks(int(info.qtype), raw.contiguous(), info.shape[1])
+    return out
 
 
 def gguf_tensors(gf: GGUFFile, config: ModelConfig,

@@ -7,6 +7,10 @@ logits of each row exactly in float32 and writes them back. Greedy choices, top-
 log-probabilities of the leading tokens are then those of the float32 head, as long as the
 true top tokens rank within the approximate top ``refine`` (the approximation errs by about
 0.4% of a logit); the rest of the distribution carries the approximation's rounding.
+
+With GGUF blocks (``native``, the head or tied embedding as the file stores it, Q8_0 in both
+default models) rows up to ``native_max_rows`` run on the GGUF-native kernel instead: the
+exact float32 logits of the dequantized head, from a quarter of float32's bytes.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from thinkstream.models.gguf_linear import MAX_ROWS, GGUFLinear
 from thinkstream.models.quant import INT4_GROUP, INT4_INNER_K_TILES, quantize_int4
 
 
 class LMHead(nn.Module):
     def __init__(self, weight: torch.Tensor, fast: bool = False, refine: int = 16,
-                 int4_max_rows: int = 8) -> None:
+                 int4_max_rows: int = 8, native: GGUFLinear | None = None) -> None:
         super().__init__()
         self.register_buffer("weight", weight.float())  # (V, H) exact head
         self.refine = refine
         self.int4_max_rows = int4_max_rows
+        self.native = native  # a GGUFLinear without a dense copy, or None
+        self.native_max_rows = MAX_ROWS
         self.fast = fast and weight.device.type == "cpu" and weight.shape[1] % INT4_GROUP == 0
         if self.fast:
             q, sz = quantize_int4(weight)
@@ -34,6 +41,8 @@ class LMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, H) -> (N, V) float32."""
         x = hidden.float()
+        if self.native is not None and 0 < x.shape[0] <= self.native_max_rows:
+            return self.native(x)
         if not self.fast or x.shape[0] == 0:
             return x @ self.weight.t()
         xb = x.to(torch.bfloat16)

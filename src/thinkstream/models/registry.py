@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 
 from thinkstream.config import ModelConfig
+from thinkstream.kernels.gguf import GGUFKernels
+from thinkstream.loading.gguf import GGUFBlocks
 from thinkstream.models.gemma3 import Gemma3ForCausalLM
+from thinkstream.models.gguf_linear import GGUFLinear, install_gguf_linears
 from thinkstream.models.head import LMHead
 from thinkstream.models.layers import fuse_canonical
 from thinkstream.models.llama import LlamaForCausalLM
@@ -25,8 +28,13 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     quantization: str | None = None,
+    blocks: dict[str, GGUFBlocks] | None = None,
+    kernels: GGUFKernels | None = None,
+    dense_dtype: torch.dtype | None = None,
 ) -> LlamaForCausalLM:
-    """Construct on the meta device, then take the (fused, cast) weights by assignment."""
+    """Construct on the meta device, then take the (fused, cast) weights by assignment.
+    ``quantization="gguf"`` needs ``blocks`` (the checkpoint's, as stored) and ``kernels``;
+    the GGUF linears' dense copies are then in ``dense_dtype`` (default ``dtype``)."""
     cls = MODEL_CLASSES.get(cfg.architecture)
     if cls is None:
         raise ValueError(f"no model class for architecture {cfg.architecture!r}")
@@ -43,7 +51,22 @@ def build_model(
     # The head stays float32 whatever the compute dtype (bfloat16 logits are rounded to steps
     # of 0.125 around 20, enough to flip near-tied greedy choices); in the fast modes an
     # approximate pass is refined exactly (models/head.py).
-    head = tensors["embed.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
+    head_name = "embed.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+    head = tensors[head_name]
+    if quantization == "gguf":
+        if blocks is None or kernels is None:
+            raise ValueError("quantization='gguf' needs the checkpoint's GGUF blocks and the kernels")
+        native = blocks.get(head_name)
+        if native is not None and kernels.supports(native.qtype):
+            native_head = GGUFLinear([native], kernels, None)
+        else:
+            native_head = None
+        # rows above the kernel's: the bfloat16 approximation refined exactly (models/head.py)
+        # when the dense copies are bfloat16, else the float32 head
+        fast = dtype != torch.float32 or (dense_dtype or dtype) != torch.float32
+        model.lm_head = LMHead(head.to(device), fast=fast, native=native_head)
+        install_gguf_linears(model.layers, cfg, blocks, kernels, dense_dtype)
+        return model.eval()
     fast = dtype != torch.float32 or quantization is not None
     model.lm_head = LMHead(head.to(device), fast=fast)
     if quantization is not None:

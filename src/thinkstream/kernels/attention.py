@@ -1,0 +1,88 @@
+"""The fused few-query attention kernel (``fq_attention.c``): decode rows and short chunks
+over the paged KV cache in one pass over the keys (online softmax), float32 arithmetic.
+
+Built per instruction set like the GGUF kernels (``native.open_isa_library``; the best
+build for this CPU, ``THINKSTREAM_ISA`` forces one, ``THINKSTREAM_NATIVE=0`` disables it:
+then ``load_fq_attention`` returns None and ``attention/few_query.py`` keeps its torch path).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from thinkstream.kernels.native import ISA_ENV, open_isa_library, wanted_isa
+
+_SRC = Path(__file__).with_name("fq_attention.c")
+
+
+@dataclass(frozen=True)
+class FusedAttention:
+    isa: str
+    lib: ctypes.CDLL
+
+    @staticmethod
+    def accepts(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                slots: torch.Tensor, mask: torch.Tensor) -> bool:
+        """Whether ``__call__`` takes these (CPU tensors, float32 / bfloat16 contiguous
+        caches, a head size divisible by 16, int64 slots and a bool mask with unit stride
+        along the keys)."""
+        return (q.device.type == "cpu" and k_cache.device.type == "cpu"
+                and k_cache.dtype in (torch.float32, torch.bfloat16) and v_cache.dtype == k_cache.dtype
+                and k_cache.is_contiguous() and v_cache.is_contiguous() and q.shape[-1] % 16 == 0
+                and q.shape[-2] % k_cache.shape[1] == 0 and slots.dtype == torch.int64
+                and slots.stride(-1) == 1 and mask.dtype == torch.bool and mask.stride(-1) == 1
+                and mask.shape[-1] == slots.shape[-1])
+
+    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slots: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+        """q (B, Q, H, D); caches (slots, KVH, D) float32 or bfloat16, contiguous; slots
+        (B, L) int64 (row-strided allowed); mask (B, Q, L) bool, True = visible (strides of
+        0 allowed on B and Q, unit stride on L). Returns (B, Q, H, D) float32. Raises
+        ValueError on shapes or dtypes it cannot take."""
+        b, nq, h, d = q.shape
+        kvh = k_cache.shape[1]
+        bf16 = k_cache.dtype == torch.bfloat16
+        if not self.accepts(q, k_cache, v_cache, slots, mask):
+            raise ValueError("fused attention: unsupported shapes, dtypes or layouts")
+        qf = q.to(torch.float32).contiguous()
+        out = torch.empty_like(qf)
+        if qf.numel() == 0:
+            return out
+        rc = self.lib.fq_attention(
+            qf.data_ptr(), out.data_ptr(), b, nq, h, kvh, d, k_cache.data_ptr(), v_cache.data_ptr(),
+            int(bf16), slots.data_ptr(), slots.stride(0) if slots.dim() > 1 else 0,
+            slots.shape[-1], mask.data_ptr(), mask.stride(0), mask.stride(1), float(scale),
+            torch.get_num_threads())
+        if rc != 0:
+            raise ValueError(f"fused attention failed (code {rc})")
+        return out
+
+
+@functools.cache
+def _load(isa: str) -> FusedAttention | None:
+    lib = open_isa_library(_SRC, isa, "fq_isa")
+    if lib is None:
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.fq_attention.restype = ctypes.c_int
+    lib.fq_attention.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr,
+                                 i64, i64, ptr, i64, i64, ctypes.c_float, ctypes.c_int]
+    return FusedAttention(isa, lib)
+
+
+def load_fq_attention() -> FusedAttention | None:
+    """The kernel for this CPU, or None (no compiler, disabled, or a forced build this CPU
+    cannot run). Called per layer: cached per value of the two environment variables."""
+    return _for_env(os.environ.get("THINKSTREAM_NATIVE"), os.environ.get(ISA_ENV))
+
+
+@functools.lru_cache(maxsize=8)
+def _for_env(native: str | None, forced: str | None) -> FusedAttention | None:
+    isa = wanted_isa()
+    return None if isa is None else _load(isa)

@@ -1,0 +1,105 @@
+"""GGUF-native matmul kernels (``gguf_matmul.c``): y = x W^T with W as ggml blocks.
+
+The C source is built per instruction set on first use and cached like the softmax kernel
+(``native.open_isa_library``: ``avx512``, ``avx2`` or ``portable``; the best this CPU runs,
+``THINKSTREAM_ISA`` forces one, ``THINKSTREAM_NATIVE=0`` disables all: then
+``load_gguf_kernels`` returns None and callers keep the dense path). Each build links
+OpenMP when the compiler has it (torch's own ``libgomp`` once torch is loaded) and splits
+weight rows across ``torch.get_num_threads()`` threads, so the engine's per-step thread
+scope applies to it too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from thinkstream.kernels.cpu import CpuInfo
+from thinkstream.kernels.native import open_isa_library, wanted_isa
+
+_SRC = Path(__file__).with_name("gguf_matmul.c")
+
+# ggml type id -> (values per block, bytes per block), the types the kernels decode
+BLOCKS: dict[int, tuple[int, int]] = {
+    2: (32, 18),  # Q4_0
+    3: (32, 20),  # Q4_1
+    6: (32, 22),  # Q5_0
+    7: (32, 24),  # Q5_1
+    8: (32, 34),  # Q8_0
+    12: (256, 144),  # Q4_K
+    13: (256, 176),  # Q5_K
+    14: (256, 210),  # Q6_K
+}
+
+
+@dataclass(frozen=True)
+class GGUFKernels:
+    """The loaded build of the kernels for one instruction set."""
+
+    isa: str  # "avx512" | "avx2" | "portable"
+    openmp: bool
+    lib: ctypes.CDLL
+
+    def supports(self, qtype: int) -> bool:
+        return qtype in BLOCKS
+
+    def matmul(self, qtype: int, blocks: torch.Tensor, k: int, x: torch.Tensor,
+               out: torch.Tensor | None = None, threads: int | None = None) -> torch.Tensor:
+        """x (M, K) float32 @ W^T -> (M, N) float32 (written into ``out``, a (M, N) float32
+        tensor whose rows may be strided, when given). ``blocks``: (N, bytes per row) uint8,
+        contiguous. Raises ValueError on a type, shape or dtype it cannot take."""
+        n, row_bytes = blocks.shape
+        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
+            raise ValueError("gguf matmul: x must be (M, K) float32 with unit column stride")
+        m = x.shape[0]
+        if out is None:
+            out = torch.empty(m, n, dtype=torch.float32)
+        elif out.shape != (m, n) or out.dtype != torch.float32 or out.stride(1) != 1:
+            raise ValueError("gguf matmul: out must be (M, N) float32 with unit column stride")
+        if m == 0 or n == 0:
+            return out
+        rc = self.lib.gguf_matmul(qtype, blocks.data_ptr(), row_bytes, n, k, x.data_ptr(), m,
+                                  x.stride(0), out.data_ptr(), out.stride(0),
+                                  threads or torch.get_num_threads())
+        if rc != 0:
+            raise ValueError(f"gguf matmul: type {qtype} with {row_bytes} bytes for {k} values "
+                             f"is not supported (code {rc})")
+        return out
+
+    def dequantize(self, qtype: int, blocks: torch.Tensor, k: int) -> torch.Tensor:
+        """(N, bytes per row) uint8 blocks -> (N, K) float32."""
+        n, row_bytes = blocks.shape
+        out = torch.empty(n, k, dtype=torch.float32)
+        if n and self.lib.gguf_dequantize(qtype, blocks.data_ptr(), row_bytes, n, k, out.data_ptr()):
+            raise ValueError(f"gguf dequantize: type {qtype} with {row_bytes} bytes for {k} values "
+                             "is not supported")
+        return out
+
+
+def _open(isa: str) -> GGUFKernels | None:
+    lib = open_isa_library(_SRC, isa, "gguf_isa")
+    if lib is None:
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.gguf_matmul.restype = ctypes.c_int
+    lib.gguf_matmul.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, i64, ptr, i64,
+                                ctypes.c_int]
+    lib.gguf_dequantize.restype = ctypes.c_int
+    lib.gguf_dequantize.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
+    return GGUFKernels(isa, bool(lib.gguf_openmp()), lib)
+
+
+@functools.cache
+def _load(isa: str) -> GGUFKernels | None:
+    return _open(isa)
+
+
+def load_gguf_kernels(cpu: CpuInfo | None = None) -> GGUFKernels | None:
+    """The kernels for this CPU (``THINKSTREAM_GGUF_ISA`` forces a build), or None where
+    they cannot be built or run, or ``THINKSTREAM_NATIVE=0``."""
+    isa = wanted_isa(cpu)
+    return None if isa is None else _load(isa)

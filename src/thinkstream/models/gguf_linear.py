@@ -1,0 +1,146 @@
+"""GGUF-native linear layers: the GGUF file's quantized blocks used as stored.
+
+Decode at small batch reads every weight once per step, so its speed is the weights' bytes:
+a Q4_1 matrix is 5/32 of its float32 size. ``GGUFLinear`` keeps the blocks and, for up to
+``max_rows`` rows (decode, a few sequences, short chunks), runs the native kernel
+(``kernels/gguf.py``): each weight row dequantized on the fly into registers and dotted with
+float32 activations, so the result is the dequantized float32 model's up to summation
+order (no re-quantization, no rounding of the activations). Larger batches and prefill are
+bound by arithmetic, where a dense matmul wins: those rows use a dense copy of the
+dequantized weights in ``dense.dtype`` (float32, or bfloat16 on CPUs with bfloat16
+matmuls in hardware; ``models/precision.py`` chooses).
+
+Memory: the dense copy is kept beside the blocks (for SmolLM2-135M Q4_1 the blocks add
+~70 MB to ~430 MB of dense linears); ``keep_dense=False`` drops it and runs every batch on
+the kernel (slower for big batches, four x rows per pass over the weights).
+
+A fused projection (q/k/v, gate/up) whose parts have different types (Gemma 3: q and k
+Q5_0, v Q8_0) keeps one part per source matrix and writes each into its columns of the
+output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thinkstream.config import ModelConfig
+from thinkstream.kernels.gguf import BLOCKS, GGUFKernels, load_gguf_kernels
+from thinkstream.loading.gguf import GGUFBlocks
+
+MAX_ROWS = 8  # rows up to which the kernel beats a dense matmul (decode, small batches)
+
+
+@torch.library.custom_op("thinkstream::gguf_matmul", mutates_args=())
+def gguf_matmul_op(x: torch.Tensor, blocks: torch.Tensor, qtype: int, k: int) -> torch.Tensor:
+    """x (M, K) float32 @ W^T -> (M, N) float32: the kernel as an operator torch.compile can
+    trace (``compile_decode``; eager calls go to the kernel directly, without the dispatch)."""
+    kernels = load_gguf_kernels()
+    if kernels is None:
+        raise RuntimeError("the GGUF kernels are not available in this process")
+    return kernels.matmul(qtype, blocks, k, x.contiguous())
+
+
+@gguf_matmul_op.register_fake
+def _(x: torch.Tensor, blocks: torch.Tensor, qtype: int, k: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], blocks.shape[0])
+
+
+class GGUFLinear(nn.Module):
+    """y = x W^T (+ b), W the row-concatenation of ``parts`` (GGUF blocks as stored)."""
+
+    def __init__(
+        self, parts: list[GGUFBlocks], kernels: GGUFKernels, dense: torch.Tensor | None,
+        bias: torch.Tensor | None = None, max_rows: int = MAX_ROWS,
+    ) -> None:
+        super().__init__()
+        if not parts or any(p.k != parts[0].k for p in parts):
+            raise ValueError("GGUFLinear: parts must share their input size")
+        self.kernels = kernels
+        self.qtypes = [p.qtype for p in parts]
+        self.in_features = parts[0].k
+        self.out_features = sum(p.rows for p in parts)
+        self.max_rows = max_rows
+        for i, p in enumerate(parts):
+            self.register_buffer(f"blocks{i}", p.blocks.contiguous())
+        if dense is not None and tuple(dense.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"GGUFLinear: dense weight {tuple(dense.shape)} does not match "
+                             f"{(self.out_features, self.in_features)}")
+        self.register_buffer("dense", dense)
+        self.register_buffer("bias", bias)
+        # (qtype, blocks, bytes per row, rows, first output column) per part: the arguments
+        # of the kernel call, checked here once, not per call
+        self._calls = [(q, b, b.shape[1], b.shape[0], sum(p.rows for p in parts[:i]))
+                       for i, (q, b) in enumerate(zip(self.qtypes, self._blocks(), strict=True))]
+        for q, _b, row_bytes, _n, _col in self._calls:
+            values, nbytes = BLOCKS[q]
+            if self.in_features % values or self.in_features // values * nbytes != row_bytes:
+                raise ValueError(f"GGUFLinear: {row_bytes} bytes per row do not hold "
+                                 f"{self.in_features} values of type {q}")
+
+    def _blocks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"blocks{i}") for i in range(len(self.qtypes))]
+
+    def _kernel(self, xf: torch.Tensor) -> torch.Tensor:
+        """xf (M, K) float32 contiguous -> (M, N) float32: one kernel call per part, each
+        into its columns (decode's hot path: no checks beyond the constructor's)."""
+        m, k, n_all = xf.shape[0], self.in_features, self.out_features
+        y = torch.empty(m, n_all, dtype=torch.float32)
+        if m == 0:
+            return y
+        fn, threads = self.kernels.lib.gguf_matmul, torch.get_num_threads()
+        x_ptr, y_ptr = xf.data_ptr(), y.data_ptr()
+        for qtype, blocks, row_bytes, n, col in self._calls:
+            if fn(qtype, blocks.data_ptr(), row_bytes, n, k, x_ptr, m, k, y_ptr + 4 * col, n_all, threads):
+                raise RuntimeError(f"gguf matmul failed for type {qtype}")
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.dense is not None and x2.shape[0] > self.max_rows:
+            y = F.linear(x2.to(self.dense.dtype), self.dense).to(x.dtype)
+        elif torch.compiler.is_compiling():
+            xf = x2.to(torch.float32)
+            y = torch.cat([gguf_matmul_op(xf, b, q, self.in_features)
+                           for q, b in zip(self.qtypes, self._blocks(), strict=True)], dim=-1)
+            y = y.to(x.dtype)
+        else:
+            y = self._kernel(x2.to(torch.float32).contiguous()).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+
+# fused module -> the canonical weights it concatenates, in order (models/layers.py)
+_FUSED = {"attn.qkv_proj": ("attn.q_proj", "attn.k_proj", "attn.v_proj"),
+          "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def _parts(blocks: dict[str, GGUFBlocks], layer: int, module: str) -> list[GGUFBlocks] | None:
+    names = _FUSED.get(module, (module,))
+    got = [blocks.get(f"layers.{layer}.{n}.weight") for n in names]
+    return None if any(g is None for g in got) else got  # type: ignore[return-value]
+
+
+def install_gguf_linears(
+    layers: nn.ModuleList, cfg: ModelConfig, blocks: dict[str, GGUFBlocks], kernels: GGUFKernels,
+    dense_dtype: torch.dtype | None = None, keep_dense: bool = True,
+) -> int:
+    """Replace each decoder linear whose weights are all in ``blocks`` by a GGUFLinear
+    (its dense copy cast to ``dense_dtype``, default: as it is); returns how many."""
+    count = 0
+    for i in range(cfg.num_layers):
+        for module in ("attn.qkv_proj", "attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+            parts = _parts(blocks, i, module)
+            if parts is None or not all(kernels.supports(p.qtype) for p in parts):
+                continue
+            parent_name, attr = module.split(".")
+            parent = getattr(layers[i], parent_name)
+            old: nn.Linear = getattr(parent, attr)
+            dense = old.weight.data.to(dense_dtype or old.weight.dtype) if keep_dense else None
+            bias = None if old.bias is None else old.bias.data
+            setattr(parent, attr, GGUFLinear(parts, kernels, dense, bias))
+            count += 1
+    return count

@@ -1,0 +1,90 @@
+"""``dtype="auto"`` / ``quantization="auto"``: the fastest exact-enough setting for the
+hardware, resolved once when an engine is built.
+
+The rules, measured on three CPU classes (docs/benchmarks.md):
+
+- CUDA: bfloat16, no weight quantization.
+- CPU, GGUF checkpoint whose matrix types the native kernels decode (``kernels/gguf.py``)
+  and a build of them for this CPU: float32 activations with GGUF-native linears
+  (``quantization="gguf"``). Decode and small batches (up to 8 rows) read the blocks as
+  stored and compute in float32, the dequantized float32 model's logits within 1e-3 at a
+  fraction of the bytes. Batches above 8 rows and prefill use a dense copy: bfloat16 on
+  CPUs with bfloat16 matmuls in hardware (AMX, AVX512_BF16: about 2x float32's speed for
+  these matmuls), float32 elsewhere (AVX2 emulates bfloat16 at 1-25% of float32's speed).
+- CPU without them (an HF directory, an unknown type, no compiler): bfloat16 where the CPU
+  has bfloat16 matmuls, float32 elsewhere.
+
+An explicit ``dtype`` is kept; an explicit ``quantization`` too (``"gguf"`` raises
+``ValueError`` where it cannot run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from thinkstream.kernels.attention import load_fq_attention
+from thinkstream.kernels.cpu import CpuInfo, detect_cpu
+from thinkstream.kernels.gguf import BLOCKS, GGUFKernels, load_gguf_kernels
+from thinkstream.loading.gguf import GGUFBlocks
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved setting: what the engine builds."""
+
+    dtype: str  # activations, residual stream and KV cache: "float32" | "bfloat16" | "float16"
+    quantization: str | None  # None | "int8" | "int4" | "gguf"
+    dense_dtype: str  # gguf mode: the dense copy's dtype (batches above 8 rows); else = dtype
+    reason: str  # one line for ``thinkstream info`` and the logs
+
+
+def choose_precision(
+    dtype: str, quantization: str | None, device: str, cpu: CpuInfo, has_blocks: bool,
+    kernels_isa: str | None,
+) -> Precision:
+    """Resolve ``"auto"`` in ``dtype`` / ``quantization``. ``has_blocks``: the checkpoint
+    holds GGUF blocks the kernels decode; ``kernels_isa``: the kernel build that loaded on
+    this CPU (None: none). Raises ValueError for ``quantization="gguf"`` where it cannot run."""
+    on_cpu = device == "cpu"
+    if quantization == "gguf" and not (on_cpu and has_blocks and kernels_isa):
+        why = ("it runs on CPU only" if not on_cpu else "the checkpoint has no GGUF blocks of a "
+               "supported type" if not has_blocks else "the native kernels could not be built "
+               "or are disabled (THINKSTREAM_NATIVE=0)")
+        raise ValueError(f"quantization='gguf' is not available: {why}")
+    if quantization == "auto":
+        quantization = "gguf" if on_cpu and has_blocks and kernels_isa else None
+    bf16 = "bfloat16" if (not on_cpu or cpu.native_bf16) else "float32"
+    if dtype != "auto":
+        # an explicit dtype is the dense copy's too (parity runs pin float32)
+        return Precision(dtype, quantization, dtype, f"dtype {dtype} as given")
+    if not on_cpu:
+        return Precision("bfloat16", quantization, "bfloat16", f"{device}: bfloat16")
+    if quantization == "gguf":
+        return Precision("float32", "gguf", bf16,
+                         f"GGUF-native {kernels_isa} kernels for up to 8 rows (float32 "
+                         f"activations); dense {bf16} above"
+                         + (" (bfloat16 matmuls in hardware)" if cpu.native_bf16 else ""))
+    why = "bfloat16 matmuls in hardware" if cpu.native_bf16 else "no bfloat16 matmuls in hardware"
+    return Precision(bf16, quantization, bf16, f"{bf16}: {why}")
+
+
+def resolve_precision(
+    dtype: str, quantization: str | None, device: str, blocks: dict[str, GGUFBlocks],
+) -> tuple[Precision, GGUFKernels | None]:
+    """``choose_precision`` for this machine and checkpoint, and the kernels it needs (None
+    unless the choice is ``"gguf"``). The kernels are built only when they may be used."""
+    cpu = detect_cpu()
+    usable = {b.qtype for b in blocks.values()} & set(BLOCKS)
+    kernels = None
+    if device == "cpu" and usable and quantization in ("auto", "gguf"):
+        kernels = load_gguf_kernels(cpu)
+    choice = choose_precision(dtype, quantization, device, cpu, bool(usable),
+                              kernels.isa if kernels else None)
+    return choice, kernels if choice.quantization == "gguf" else None
+
+
+def fused_attention_available(device: torch.device) -> bool:
+    """The fused few-query attention kernel (``kernels/attention.py``) runs for ``device``."""
+    return device.type == "cpu" and load_fq_attention() is not None

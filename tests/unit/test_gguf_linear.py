@@ -1,0 +1,147 @@
+"""GGUF-native linears in a model (``models/gguf_linear.py``) and ``dtype="auto"``
+(``models/precision.py``): a tiny model whose weights are GGUF blocks gives the logits of
+its dequantized float32 twin, fused projections may mix block types, and the automatic
+choice on mocked CPUs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize
+from helpers.tiny import tiny_checkpoint
+
+from thinkstream import LLM, SamplingParams
+from thinkstream.kernels.cpu import CpuInfo
+from thinkstream.kernels.gguf import load_gguf_kernels
+from thinkstream.loading.gguf import GGUFBlocks
+from thinkstream.models.gguf_linear import GGUFLinear
+from thinkstream.models.precision import choose_precision
+
+KERNELS = load_gguf_kernels()
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason="the native kernels cannot be built here")
+# per canonical weight suffix: a type, mixed on purpose (v differs from q and k)
+TYPES = {"q_proj": Q.Q4_1, "k_proj": Q.Q4_0, "v_proj": Q.Q8_0, "o_proj": Q.Q5_0,
+         "gate_proj": Q.Q5_1, "up_proj": Q.Q4_1, "down_proj": Q.Q8_0, "embed": Q.Q8_0}
+
+
+def _as_blocks(w: torch.Tensor, qtype: Q) -> tuple[torch.Tensor, GGUFBlocks]:
+    """A float weight quantized with gguf's reference quantizer: (dequantized, blocks)."""
+    raw = quantize(w.numpy().astype(np.float32), qtype)
+    deq = torch.from_numpy(dequantize(raw, qtype).astype(np.float32).reshape(w.shape))
+    return deq, GGUFBlocks(int(qtype), torch.from_numpy(raw.copy()), w.shape[1])
+
+
+@pytest.fixture(scope="module")
+def gguf_ckpt():
+    """The tiny llama checkpoint with its matrices and (tied) head as GGUF blocks; its float
+    tensors are the blocks dequantized, so the dense model is the exact twin."""
+    ckpt = tiny_checkpoint()
+    tensors, blocks = dict(ckpt.tensors), {}
+    for name, w in ckpt.tensors.items():
+        kind = name.split(".")[-2]
+        if w.dim() == 2 and kind in TYPES:
+            tensors[name], blocks[name] = _as_blocks(w, TYPES[kind])
+    return dataclasses.replace(ckpt, tensors=tensors, blocks=blocks)
+
+
+@needs_kernels
+def test_mixed_parts_and_dense_path() -> None:
+    g = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(48, 64, generator=g), torch.randn(16, 64, generator=g)
+    (d1, b1), (d2, b2) = _as_blocks(w1, Q.Q5_0), _as_blocks(w2, Q.Q8_0)
+    dense = torch.cat([d1, d2])
+    lin = GGUFLinear([b1, b2], KERNELS, dense, bias=torch.randn(64, generator=g))
+    for rows in (1, 3, 8, 9, 20):  # kernel up to 8 rows, dense above
+        x = torch.randn(2, rows, 64, generator=g)
+        want = x @ dense.t() + lin.bias
+        assert torch.allclose(lin(x), want, atol=1e-4), rows
+    lean = GGUFLinear([b1, b2], KERNELS, None)  # no dense copy: every batch on the kernel
+    x = torch.randn(20, 64, generator=g)
+    assert torch.allclose(lean(x), x @ dense.t(), atol=1e-4)
+
+
+@needs_kernels
+def test_tiny_model_on_blocks_equals_its_float32_twin(gguf_ckpt) -> None:
+    """Decode (kernel) and a long prompt (dense) both: greedy tokens identical, log-probs of
+    the chosen tokens within 1e-4."""
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=0)
+    prompts = [[5, 9, 14, 3], list(range(3, 40))]
+    outs = {}
+    for quant in (None, "gguf"):
+        llm = LLM(checkpoint=gguf_ckpt, dtype="float32", quantization=quant, block_size=4,
+                  num_blocks=64, max_num_seqs=4)
+        assert llm.engine.precision.quantization == quant
+        if quant:
+            linears = [m for m in llm.engine.model.modules() if isinstance(m, GGUFLinear)]
+            assert len(linears) == 2 * 4 + 1  # 4 per layer + the tied head
+        outs[quant] = llm.generate(prompts, params)
+        assert llm.engine.check_integrity() is None
+    for a, b in zip(outs[None], outs["gguf"], strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        la = [next(iter(p.values())).logprob for p in a.outputs[0].logprobs]
+        lb = [next(iter(p.values())).logprob for p in b.outputs[0].logprobs]
+        assert np.allclose(la, lb, atol=1e-4)
+
+
+@needs_kernels
+def test_the_compile_operator_equals_the_eager_kernel() -> None:
+    """``thinkstream::gguf_matmul`` (what torch.compile traces in ``compile_decode``) gives
+    the eager path's result, and its fake tensor the right shape."""
+    from thinkstream.models.gguf_linear import gguf_matmul_op
+
+    g = torch.Generator().manual_seed(1)
+    _, b = _as_blocks(torch.randn(24, 64, generator=g), Q.Q4_1)
+    x = torch.randn(3, 64, generator=g)
+    assert torch.equal(gguf_matmul_op(x, b.blocks, b.qtype, 64), KERNELS.matmul(b.qtype, b.blocks, 64, x))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = gguf_matmul_op(mode.from_tensor(x), mode.from_tensor(b.blocks), b.qtype, 64)
+    assert fake.shape == (3, 24)
+
+
+def test_gguf_without_blocks_is_refused() -> None:
+    with pytest.raises(ValueError, match="no GGUF blocks"):
+        LLM(checkpoint=tiny_checkpoint(), dtype="float32", quantization="gguf")
+
+
+def cpu(*flags: str) -> CpuInfo:
+    return CpuInfo("mock", "x86_64", frozenset({"avx2", "fma", "f16c", *flags}))
+
+
+AVX2 = cpu()
+ZEN4 = cpu("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+SPR = cpu("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "amx_int8")
+AVX512_NO_BF16 = cpu("avx512f", "avx512bw", "avx512vl")
+
+
+@pytest.mark.parametrize(("info", "dense"), [(AVX2, "float32"), (AVX512_NO_BF16, "float32"),
+                                             (ZEN4, "bfloat16"), (SPR, "bfloat16")])
+def test_auto_with_gguf_blocks(info: CpuInfo, dense: str) -> None:
+    p = choose_precision("auto", "auto", "cpu", info, True, "avx2")
+    assert (p.dtype, p.quantization, p.dense_dtype) == ("float32", "gguf", dense)
+
+
+@pytest.mark.parametrize(("info", "dtype"), [(AVX2, "float32"), (AVX512_NO_BF16, "float32"),
+                                             (ZEN4, "bfloat16"), (SPR, "bfloat16")])
+def test_auto_without_blocks_or_kernels(info: CpuInfo, dtype: str) -> None:
+    for has_blocks, isa in ((False, "avx2"), (True, None)):
+        p = choose_precision("auto", "auto", "cpu", info, has_blocks, isa)
+        assert (p.dtype, p.quantization, p.dense_dtype) == (dtype, None, dtype)
+
+
+def test_auto_on_cuda_and_explicit_settings() -> None:
+    p = choose_precision("auto", "auto", "cuda", AVX2, True, "avx2")
+    assert (p.dtype, p.quantization) == ("bfloat16", None)
+    p = choose_precision("float32", "auto", "cpu", SPR, True, "avx512")
+    assert (p.dtype, p.quantization, p.dense_dtype) == ("float32", "gguf", "float32")
+    p = choose_precision("auto", "int4", "cpu", AVX2, True, "avx2")
+    assert (p.dtype, p.quantization) == ("float32", "int4")
+    p = choose_precision("bfloat16", None, "cpu", AVX2, True, "avx2")
+    assert (p.dtype, p.quantization) == ("bfloat16", None)
+    with pytest.raises(ValueError, match="could not be built"):
+        choose_precision("auto", "gguf", "cpu", ZEN4, True, None)
+    with pytest.raises(ValueError, match="CPU only"):
+        choose_precision("auto", "gguf", "cuda", ZEN4, True, "avx2")
