@@ -23,14 +23,14 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
 
 @pytest.fixture(scope="module")
 def plain(refs):
-    llm = LLM(checkpoint=refs.checkpoint(None), max_num_batched_tokens=512)
+    llm = LLM(checkpoint=refs.checkpoint(None), dtype="float32", quantization=None, max_num_batched_tokens=512)
     return llm, [o.outputs[0].token_ids for o in llm.chat([ECHO, CHAT], GREEDY)]
 
 
 @pytest.mark.parametrize("method", ["early_exit", "fused"])
 def test_greedy_identical_for_model_drafters(refs, plain, method) -> None:
     _, want = plain
-    llm = LLM(checkpoint=refs.checkpoint(None), max_num_batched_tokens=512,
+    llm = LLM(checkpoint=refs.checkpoint(None), dtype="float32", quantization=None, max_num_batched_tokens=512,
               speculative={"method": method, "num_speculative_tokens": 3, "adaptive": False,
                            "early_exit_layer": 4})
     short = SamplingParams(temperature=0.0, max_tokens=8)
@@ -42,7 +42,7 @@ def test_greedy_identical_for_model_drafters(refs, plain, method) -> None:
 
 def test_greedy_identical_in_a_batch(refs, plain) -> None:
     base, want = plain
-    llm = LLM(checkpoint=refs.checkpoint(None), max_num_batched_tokens=512,
+    llm = LLM(checkpoint=refs.checkpoint(None), dtype="float32", quantization=None, max_num_batched_tokens=512,
               speculative={"method": "ngram", "num_speculative_tokens": 5})
     json_params = SamplingParams(temperature=0.0, max_tokens=16, structured_outputs=(
         StructuredOutputsParams(json_object=True)))
@@ -64,7 +64,7 @@ def test_greedy_identical_in_a_batch(refs, plain) -> None:
 
 def test_session_answer_identical_with_speculation(refs, plain) -> None:
     _, want = plain
-    llm = LLM(checkpoint=refs.checkpoint(None), max_num_batched_tokens=512,
+    llm = LLM(checkpoint=refs.checkpoint(None), dtype="float32", quantization=None, max_num_batched_tokens=512,
               speculative="ngram")
     text = ECHO[0]["content"]
     session = llm.open_session(messages=[], sampling_params=GREEDY)

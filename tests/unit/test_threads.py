@@ -37,7 +37,7 @@ def _tree_tokens(t) -> tuple[list[list[int]], list[int]]:
 
 
 def test_sync_threads_nest_and_join() -> None:
-    llm = LLM(checkpoint=tiny_checkpoint(), num_blocks=64, block_size=4)
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
     t = llm.threads(PROMPT, HOT)
     kids, grand = _tree_tokens(t)
     t.wait(kids)
@@ -69,7 +69,7 @@ def test_sync_threads_nest_and_join() -> None:
 
 def test_async_threads_give_the_sync_tokens() -> None:
     def sync():
-        llm = LLM(checkpoint=tiny_checkpoint(), num_blocks=64, block_size=4)
+        llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
         t = llm.threads(PROMPT, HOT)
         kids = t.fork(t.root, ["A:", "B"], max_tokens=5)
         t.wait(kids)

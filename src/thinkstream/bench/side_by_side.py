@@ -49,9 +49,10 @@ def _rate(name: str, work, wall: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from thinkstream.bench.cli import _model_paths
+    from thinkstream.loading import resolve_model_path
 
-    model, gguf = _model_paths(args.model)
+    path = resolve_model_path(args.model)
+    model, gguf = args.model, path if path.suffix == ".gguf" else None
     names = [n for n in PEERS if n in args.peers.split(",") or args.peers == "all"]
     peers = {}
     for n in names:
