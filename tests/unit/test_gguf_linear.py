@@ -117,11 +117,12 @@ SPR = cpu("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "amx_int
 AVX512_NO_BF16 = cpu("avx512f", "avx512bw", "avx512vl")
 
 
-@pytest.mark.parametrize(("info", "dense"), [(AVX2, "float32"), (AVX512_NO_BF16, "float32"),
-                                             (ZEN4, "bfloat16"), (SPR, "bfloat16")])
-def test_auto_with_gguf_blocks(info: CpuInfo, dense: str) -> None:
+@pytest.mark.parametrize("info", [AVX2, AVX512_NO_BF16, ZEN4, SPR])
+def test_auto_with_gguf_blocks(info: CpuInfo) -> None:
+    """GGUF kernels and float32 on every CPU class (bfloat16 dense copies flip near-tied
+    greedy choices and would make tokens depend on the batch size)."""
     p = choose_precision("auto", "auto", "cpu", info, True, "avx2")
-    assert (p.dtype, p.quantization, p.dense_dtype) == ("float32", "gguf", dense)
+    assert (p.dtype, p.quantization, p.dense_dtype) == ("float32", "gguf", "float32")
 
 
 @pytest.mark.parametrize(("info", "dtype"), [(AVX2, "float32"), (AVX512_NO_BF16, "float32"),

@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--quantization", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", default="wall", choices=list(CLOCKS))
+    p.add_argument("--modes", default=None, help="comma-separated subset of the attention paths")
     args = p.parse_args()
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
@@ -83,6 +84,8 @@ def main() -> None:
              "short-chunk path": AttentionConfig(Precision.MIXED),
              "short-chunk path, torch softmax": AttentionConfig(Precision.MIXED, native_softmax=False),
              "flash kernel": AttentionConfig(Precision.PARITY)}
+    if args.modes:
+        modes = {m: modes[m] for m in args.modes.split(",")}
     rows: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.reps):
         for i, (mode, attention) in enumerate(modes.items()):

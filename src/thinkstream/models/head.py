@@ -32,10 +32,11 @@ class LMHead(nn.Module):
         self.native = native  # a GGUFLinear without a dense copy, or None
         self.native_max_rows = MAX_ROWS
         self.fast = fast and weight.device.type == "cpu" and weight.shape[1] % INT4_GROUP == 0
-        if self.fast:
+        if self.fast and native is None:  # few rows: int4 (with native blocks: the kernel)
             q, sz = quantize_int4(weight)
             self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES))
             self.register_buffer("scales", sz.to(torch.bfloat16))
+        if self.fast:
             self.register_buffer("bf16", weight.to(torch.bfloat16))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ class LMHead(nn.Module):
         if not self.fast or x.shape[0] == 0:
             return x @ self.weight.t()
         xb = x.to(torch.bfloat16)
-        if x.shape[0] <= self.int4_max_rows:
+        if x.shape[0] <= self.int4_max_rows and self.native is None:
             approx = torch._weight_int4pack_mm_for_cpu(xb, self.packed, INT4_GROUP, self.scales)
         else:
             approx = xb @ self.bf16.t()

@@ -5,14 +5,18 @@ The rules, measured on three CPU classes (docs/benchmarks.md):
 
 - CUDA: bfloat16, no weight quantization.
 - CPU, GGUF checkpoint whose matrix types the native kernels decode (``kernels/gguf.py``)
-  and a build of them for this CPU: float32 activations with GGUF-native linears
+  and a build of them for this CPU: float32 with GGUF-native linears
   (``quantization="gguf"``). Decode and small batches (up to 8 rows) read the blocks as
   stored and compute in float32, the dequantized float32 model's logits within 1e-3 at a
-  fraction of the bytes. Batches above 8 rows and prefill use a dense copy: bfloat16 on
-  CPUs with bfloat16 matmuls in hardware (AMX, AVX512_BF16: about 2x float32's speed for
-  these matmuls), float32 elsewhere (AVX2 emulates bfloat16 at 1-25% of float32's speed).
+  fraction of the bytes; batches above 8 rows and prefill use a dense float32 copy. Not a
+  bfloat16 copy, although it prefills about 1.7x faster on AVX512_BF16 / AMX: measured on
+  Zen 4, it moved prompt log-probs by up to 0.13 and flipped the first answer token of the
+  README's own question ("What is the capital of France?": "L'Étoile..." instead of "The
+  capital of France is Paris."), and it would make outputs depend on the batch size (kernel
+  rows float32, dense rows bfloat16). ``dtype="bfloat16"`` asks for it.
 - CPU without them (an HF directory, an unknown type, no compiler): bfloat16 where the CPU
-  has bfloat16 matmuls, float32 elsewhere.
+  has bfloat16 matmuls (AMX, AVX512_BF16: decode reads half the bytes, batches ~2x), float32
+  elsewhere (AVX2 emulates bfloat16 at 1-25% of float32's speed).
 
 An explicit ``dtype`` is kept; an explicit ``quantization`` too (``"gguf"`` raises
 ``ValueError`` where it cannot run).
@@ -62,10 +66,9 @@ def choose_precision(
     if not on_cpu:
         return Precision("bfloat16", quantization, "bfloat16", f"{device}: bfloat16")
     if quantization == "gguf":
-        return Precision("float32", "gguf", bf16,
-                         f"GGUF-native {kernels_isa} kernels for up to 8 rows (float32 "
-                         f"activations); dense {bf16} above"
-                         + (" (bfloat16 matmuls in hardware)" if cpu.native_bf16 else ""))
+        return Precision("float32", "gguf", "float32",
+                         f"float32: GGUF-native {kernels_isa} kernels for up to 8 rows, dense "
+                         "float32 above (exact: same tokens at every batch size)")
     why = "bfloat16 matmuls in hardware" if cpu.native_bf16 else "no bfloat16 matmuls in hardware"
     return Precision(bf16, quantization, bf16, f"{bf16}: {why}")
 
