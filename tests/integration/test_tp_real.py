@@ -35,8 +35,7 @@ def test_tp2_matches_tp1_on_smollm2(refs) -> None:
     runs = []
     for tp in (1, 2):
         llm = LLM(checkpoint=ckpt, tensor_parallel_size=tp, dtype="float32", quantization=None,
-                  num_threads=1,
-                  num_blocks=64)
+                  num_threads=1, num_blocks=64)
         try:
             seen = _recorded(llm)
             first = llm.chat(chats, params)
