@@ -128,7 +128,7 @@ export async function chatStream(messages, extra, signal, on) {
     const r = await fetch(path, {
       method: "POST", headers: headers(true), body: JSON.stringify(body), signal });
     if (!r.ok) {
-      const err = await r.json().catch(() => null);
+      const err = await r.json().catch(() => r.statusText);  // a proxy's HTML: its status
       throw new Error(describe(r.status, err));
     }
     await readSSE(r, (chunk) => {
