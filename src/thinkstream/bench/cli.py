@@ -1,5 +1,5 @@
-"""``thinkstream bench {prefill,decode,throughput,all,profile,streaming,think-while-reading,
-speculative,distributed}``.
+"""``thinkstream bench {prefill,decode,throughput,all,profile,streaming,parallel,
+think-while-reading,speculative,distributed}``.
 
 Example (the full run of docs/benchmarks.md)::
 
@@ -100,6 +100,12 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
 
     distributed.add_arguments(p)
     p.set_defaults(fn=distributed.run)
+    p = sub.add_parser("parallel", help="parallel paths: wall time, join vs re-prefill, blocks, "
+                       "accuracy")
+    from thinkstream.bench import parallel
+
+    parallel.add_arguments(p)
+    p.set_defaults(fn=parallel.run)
     p = sub.add_parser("think-while-reading", help="reasoning while the input streams vs batch")
     from thinkstream.bench import think
 
