@@ -76,26 +76,32 @@ def _paths_text(llm: Any, length: int) -> list[list[int]]:
     return [base[7 * i : 7 * i + length] for i in range(8)]
 
 
-def join_once(llm: Any, length: int, summary: list[int], llamacpp: Any) -> dict:
-    """Part (b), one size: time to the first summary token by join and by re-prefill."""
+def join_once(llm: Any, length: int, summary: list[int], llamacpp: Any,
+              reprefill: bool = True) -> dict:
+    """Part (b), one size: time to the first summary token by join (and by re-prefill)."""
     ids = _prompt(llm, QUESTION)
     greedy = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
     t = Threads(llm, ids, greedy)
     kids = t.fork(t.root, _paths_text(llm, length), max_tokens=1)
     t.wait(kids)
+    while llm.engine.has_work():  # the paths' last tokens computed: the join alone is timed
+        llm.engine.step()
     start = time.perf_counter()
     t.join(t.root, kids, summary)
     out = t.result()
     join_s = time.perf_counter() - start
     full = ids + [tok for k in kids for tok in k.seq.token_ids[1:-1]] + summary
+    row = {"path_tokens": length, "context_tokens": len(full), "join_s": join_s,
+           "first_token": out.outputs[0].token_ids}
+    if not reprefill:
+        return row
     salt = f"reprefill-{time.perf_counter_ns()}"  # a fresh namespace: no prefix-cache hit
     state = llm.engine.make_request(None, full, greedy, salt=salt)
     start = time.perf_counter()
     llm.engine.add(state)
     while not state.finished:
         llm.engine.step()
-    row = {"path_tokens": length, "context_tokens": len(full), "join_s": join_s,
-           "reprefill_s": time.perf_counter() - start, "first_token": out.outputs[0].token_ids}
+    row["reprefill_s"] = time.perf_counter() - start
     if llamacpp is not None:
         from thinkstream.bench.workloads import Request
 
@@ -103,15 +109,17 @@ def join_once(llm: Any, length: int, summary: list[int], llamacpp: Any) -> dict:
     return row
 
 
-def join(llm: Any, sizes: list[int], reps: int, llamacpp: Any) -> list[dict]:
+def join(llm: Any, sizes: list[int], reps: int, llamacpp: Any,
+         reprefill_reps: int = 1) -> list[dict]:
     summary = llm.tokenizer.encode("\nFinal answer:", add_special_tokens=False)
     rows = []
     for length in sizes:
-        runs = [join_once(llm, length, summary, llamacpp) for _ in range(reps)]
+        runs = [join_once(llm, length, summary, llamacpp, i < reprefill_reps)
+                for i in range(max(reps, reprefill_reps))]
         row = {"path_tokens": length, "context_tokens": runs[0]["context_tokens"]}
         for key in ("join_s", "reprefill_s", "llamacpp_s"):
             if key in runs[0]:
-                row[key] = sorted(r[key] for r in runs)
+                row[key] = sorted(r[key] for r in runs if key in r)
         rows.append(row)
         _log(f"join: 8 x {length}: views {min(row['join_s']) * 1e3:.1f} ms, re-prefill "
              f"{min(row['reprefill_s']):.2f} s" + (f", llama.cpp {min(row['llamacpp_s']):.2f} s"
@@ -236,6 +244,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": rep.machine(),
         "settings": {"dtype": args.dtype, "threads": args.threads, "reps": args.reps,
+                     "reprefill_reps": args.reprefill_reps,
                      "model": args.model or "smollm2-135m", "layout": args.layout},
     }
     llm = _llm(args.model, args, checkpoint)
@@ -245,7 +254,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
         report["wall"] = wall(llm, _ints(args.paths), args.path_tokens, args.reps)
     if "join" in parts:
         report["join"] = join(llm, _ints(args.join_sizes), args.reps, _llamacpp(args, llm)
-                              if checkpoint is None else None)
+                              if checkpoint is None else None, args.reprefill_reps)
     if "blocks" in parts:
         report["blocks"] = blocks(lambda caching: _llm(args.model, args, checkpoint, caching),
                                   8, 256, 32 if not args.quick else 8)
@@ -280,6 +289,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path-tokens", type=int, default=256, help="(a) tokens per path")
     p.add_argument("--join-sizes", default="64,128,256,512,1000", help="(b) tokens per path")
     p.add_argument("--no-llamacpp", action="store_true", help="(b) skip llama.cpp's re-prefill")
+    p.add_argument("--reprefill-reps", type=int, default=1,
+                   help="(b) repetitions of the (long) re-prefills; the join runs --reps times")
     p.add_argument("--accuracy-models", default="smollm2-135m,gemma3-270m")
     p.add_argument("--tasks", type=int, default=10, help="(d) tasks per set (2 sets)")
     p.add_argument("--accuracy-paths", type=int, default=4, help="(d) N")
