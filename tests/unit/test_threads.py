@@ -180,3 +180,14 @@ def test_the_children_of_a_fork_are_admitted_together() -> None:
         seen.append(sum(k in engine.scheduler.running for k in kids))
     first = seen.index(4)  # all four admitted in one step ...
     assert first > 0 and set(seen[:first]) == {0}  # ... after waiting, none of them alone
+
+
+def test_paths_after_a_prompt_cached_whole() -> None:
+    """The second request on a prompt: its sequence is a full prefix-cache hit and computes
+    nothing in its first step (its paths, first in line, wait for it): not a stall."""
+    llm = LLM(checkpoint=tiny_checkpoint(), num_blocks=64, block_size=4)
+    prompt = list(range(20, 41))  # all but the held last token: 5 blocks, cached by the first run
+    outs = [llm.generate(prompt, HOT, parallel={"paths": 2, "path_tokens": 3})[0]
+            for _ in range(2)]
+    assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids
+    assert outs[0].outputs[0].paths == outs[1].outputs[0].paths

@@ -359,7 +359,8 @@ class LLMEngine(OpenInputs):
                 hook.before_schedule(self.scheduler.running)
         out = self.scheduler.schedule()
         self.num_preemptions += len(out.preempted)
-        self.last_step_progress = bool(out.scheduled or out.preempted or out.starved)
+        self.last_step_progress = bool(out.scheduled or out.preempted or out.starved
+                                       or out.num_admitted_idle)
         touched: dict[str, RequestState] = {}
         for seq in out.starved:  # can never fit beside what it views: its owner shrinks it
             owner = self._owners.get(seq.seq_id)

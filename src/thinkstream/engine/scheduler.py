@@ -78,6 +78,9 @@ class SchedulerOutput:
     # need more than the whole pool (``ViewRule.never_fits``). The owner must shrink or
     # end them (``LLMEngine`` asks the sequence's feature hook, else ends it with "length").
     starved: list[Sequence] = field(default_factory=list)
+    # Sequences admitted with nothing to compute yet (an open input whose prompt was all a
+    # prefix-cache hit): the step changed state, and a viewer waiting on it may run next.
+    num_admitted_idle: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -236,6 +239,8 @@ class Scheduler:
             if n:
                 out.scheduled.append(ScheduledSeq(seq, n))
                 budget -= n
+            else:
+                out.num_admitted_idle += 1
         self.waiting.extendleft(reversed(deferred))
         return budget
 
