@@ -172,3 +172,42 @@ def plot(report: dict, path: str | Path) -> None:
     fig.suptitle(f"thinkstream bench parallel, {cpu} ({report['machine']['cpus']} cpus)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def merge(paths: list[str]) -> dict:
+    """Reports of separate parts (``--parts``) as one: each part's records and command."""
+    out: dict = {"schema": SCHEMA, "commands": []}
+    for p in paths:
+        part = json.loads(Path(p).read_text(encoding="utf-8"))
+        out["commands"].append(part["command"])
+        for key in ("machine", "settings", "created", "model_path"):
+            out.setdefault(key, part.get(key))
+        for key in ("wall", "join", "blocks", "accuracy"):
+            if key in part:
+                out[key] = part[key]
+    out.pop("targets", None)
+    summarize(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m thinkstream.bench.parallel_report a.json b.json --plot p.png``: merge the
+    parts' reports, print the table, plot."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("reports", nargs="+")
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    report = merge(args.reports)
+    print(table(report))
+    if args.json:
+        write_json(report, args.json)
+    if args.plot:
+        plot(report, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
