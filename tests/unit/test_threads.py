@@ -7,6 +7,7 @@ pool full."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from helpers.parallel import PROMPT, run_paths
@@ -191,3 +192,78 @@ def test_paths_after_a_prompt_cached_whole() -> None:
             for _ in range(2)]
     assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids
     assert outs[0].outputs[0].paths == outs[1].outputs[0].paths
+
+
+COOL = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+
+
+def _joined(llm: LLM, layout: str, into: str):
+    t = llm.threads(PROMPT, COOL)
+    kids = t.fork(t.root, ["A:", "BB: x"], max_tokens=4)
+    t.wait(kids)
+    return t, t.join(t.root, kids, " so", layout=layout, into=into)
+
+
+@pytest.mark.parametrize("layout", ["parallel", "sequential"])
+def test_join_into_a_new_summary_reads_what_the_parent_would(layout: str) -> None:
+    """A summary thread gets the parent's joined context (same greedy tokens), its blocks
+    are freed when it ends, the parent stays paused for another join, and the pool is full
+    after the request."""
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
+    t, _ = _joined(llm, layout, "parent")
+    want = t.result().outputs[0].token_ids
+    assert len(want) == 5
+    t, s = _joined(llm, layout, "new")
+    t.wait([s])
+    assert s.summary and s.token_ids == want
+    assert s.seq.status.finished and not llm.engine.kv.has(s.seq.seq_id)  # freed at its end
+    assert not t.root.seq.status.finished  # the parent is paused, not continued
+    s2 = t.join(t.root, t.root.children, " so", layout=layout, into="new",
+                params=dataclasses.replace(COOL, max_tokens=3))
+    t.wait([s2])
+    assert s2.token_ids == want[:3]  # a second summary over the same children
+    llm.engine.check_integrity()
+    with pytest.raises(ParamError) as bad:
+        t.join(t.root, t.root.children, into="sideways")
+    assert bad.value.param == "into"
+    assert t.abort()
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_abort_mid_join_into_a_new_summary_leaves_the_pool_full() -> None:
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
+    t, s = _joined(llm, "parallel", "new")
+    for _ in range(50):
+        if s.seq.num_output_tokens > 1:
+            break
+        llm.engine.step()
+        llm.engine.check_integrity()
+    assert s.seq.num_output_tokens > 1 and not s.done
+    assert t.abort()
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+    assert not llm.engine.has_unfinished_requests()
+
+
+def test_async_join_into_a_new_summary_gives_the_sync_tokens() -> None:
+    sync_llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
+    t, s = _joined(sync_llm, "sequential", "new")
+    t.wait([s])
+    want = s.token_ids
+
+    async def run(llm):
+        t = await AsyncThreads.open(llm, PROMPT, COOL)
+        kids = await t.fork(t.root, ["A:", "BB: x"], max_tokens=4)
+        await t.wait(kids)
+        s = await t.join(t.root, kids, " so", layout="sequential", into="new")
+        await t.wait([s])
+        await t.abort()
+        return s.token_ids
+
+    llm = AsyncLLM(LLMEngine(checkpoint=tiny_checkpoint(),
+                             config=EngineConfig(num_blocks=64, block_size=4, dtype="float32")))
+    try:
+        assert asyncio.run(run(llm)) == want
+    finally:
+        llm.shutdown()

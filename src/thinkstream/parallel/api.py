@@ -6,6 +6,10 @@
     t.join(t.root, kids, suffix="Summary:")                        # no prefill of the kids
     out = t.result()                                               # the root's output
 
+or ``s = t.join(t.root, kids, "Summary:", into="new")``: a new summary thread (the root
+stays paused for another join); ``t.wait([s])``, ``t.text(s)``; ``t.abort()`` ends the
+request when no join continues the root.
+
 ``AsyncThreads`` has the same methods as coroutines (over an ``AsyncLLM``; fork and join
 run on the engine thread between steps). The root is the request's sequence, opened with
 its input held (prefilled but for its last token) until a join continues it, so a thread
@@ -103,10 +107,12 @@ class Threads(_Common):
         return self.tree.fork(thread, ids, ps, max_tokens)
 
     def join(self, thread: Thread, children: Sequence[Thread], suffix: str | Sequence[int] = "",
-             layout: str = "parallel", max_tokens: int | None = None) -> None:
-        """Continue ``thread`` after ``children`` and ``suffix`` (``ThreadTree.join``)."""
+             layout: str = "parallel", max_tokens: int | None = None, into: str = "parent",
+             params: SamplingParams | None = None) -> Thread | None:
+        """Continue ``thread`` (``into="parent"``) or a new summary thread, returned
+        (``into="new"``), after ``children`` and ``suffix`` (``ThreadTree.join``)."""
         ids = self._fork_args([suffix], None)[0][0]
-        self.tree.join(thread, children, ids, layout, max_tokens)
+        return self.tree.join(thread, children, ids, layout, max_tokens, into, params)
 
     def wait(self, threads: Sequence[Thread]) -> None:
         """Step the engine until every thread in ``threads`` has ended (or the request)."""
@@ -171,9 +177,11 @@ class AsyncThreads(_Common):
 
     async def join(self, thread: Thread, children: Sequence[Thread],
                    suffix: str | Sequence[int] = "", layout: str = "parallel",
-                   max_tokens: int | None = None) -> None:
+                   max_tokens: int | None = None, into: str = "parent",
+                   params: SamplingParams | None = None) -> Thread | None:
         ids = self._fork_args([suffix], None)[0][0]
-        await self.llm.call(lambda _: self.tree.join(thread, children, ids, layout, max_tokens))
+        return await self.llm.call(lambda _: self.tree.join(thread, children, ids, layout,
+                                                            max_tokens, into, params))
 
     async def wait(self, threads: Sequence[Thread]) -> None:
         while True:

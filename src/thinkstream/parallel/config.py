@@ -13,6 +13,7 @@ from thinkstream.sampling_params import ParamError, SamplingParams
 
 MERGES = ("summary", "vote", "none")
 LAYOUTS = ("parallel", "sequential")
+JOIN_INTO = ("parent", "new")  # what a join continues: the thread, or a new summary thread
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import torch
 
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.request import Sequence as Seq
-from thinkstream.parallel.config import LAYOUTS, ThreadLimits
+from thinkstream.parallel.config import JOIN_INTO, LAYOUTS, ThreadLimits
 from thinkstream.sampling_params import ParamError, SamplingParams
 
 
@@ -55,6 +55,7 @@ class Thread:
     stop_ids: frozenset[int] = frozenset()
     min_tokens: int = 0
     done: bool = False
+    summary: bool = False  # a new sequence a join started (``join(..., into="new")``)
     children: list[Thread] = field(default_factory=list)
 
     @property
@@ -105,20 +106,9 @@ class ThreadTree:
         kids = []
         self._forks += 1  # the children of one fork are admitted together or not at all
         for i, (suffix, p) in enumerate(zip(suffixes, params, strict=True)):
-            self._count += 1
-            seed = p.seed if p.seed is not None else random.getrandbits(63)
-            own = [fork_tok, *suffix]
-            seq = Seq(seq_id=f"{self.rid}#t{self._count}", request_id=self.rid, index=-1,
-                      token_ids=own, num_prompt_tokens=len(own),
-                      params=dataclasses.replace(p, n=1, ignore_eos=True, stop_token_ids=(),
-                                                 stop=(), max_tokens=None),
-                      generator=torch.Generator(device=self.engine.device).manual_seed(seed),
-                      max_tokens=max_tokens + 2, position_offset=fork_pos, kv_prefix=list(prefix),
-                      admit_group=f"{self.rid}#f{self._forks}")
-            stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self._eos)
-            kid = Thread(seq, thread.depth + 1, i, len(own), max_tokens, stops, p.min_tokens)
-            self._threads[seq.seq_id] = kid
-            kids.append(kid)
+            kids.append(self._new_thread([fork_tok, *suffix], p, max_tokens, list(prefix),
+                                         fork_pos, thread.depth + 1,
+                                         f"{self.rid}#f{self._forks}", i))
         thread.children += kids
         for kid in kids:
             self.engine.attach(self.rid, kid.seq, self)
@@ -126,26 +116,39 @@ class ThreadTree:
 
     # ------------------------------------------------------------------ join
     def join(self, thread: Thread, children: Sequence[Thread], suffix: Sequence[int] = (),
-             layout: str = "parallel", max_tokens: int | None = None) -> None:
-        """Continue ``thread`` after ``children`` (its own, all done) and ``suffix``, read
-        through views at ``layout``'s positions (module docstring); a child thread then
-        samples ``max_tokens`` more (default: what its budget left; the root: its request's
-        ``max_tokens``)."""
+             layout: str = "parallel", max_tokens: int | None = None, into: str = "parent",
+             params: SamplingParams | None = None) -> Thread | None:
+        """Continue after ``children`` (``thread``'s own, all done) and ``suffix``, read
+        through views at ``layout``'s positions (module docstring). ``into="parent"``:
+        ``thread`` continues (a child thread then samples ``max_tokens`` more, default what
+        its budget left; the root: its request's ``max_tokens``); returns None.
+        ``into="new"``: a new summary thread, returned, reads ``thread``'s context, the
+        children and ``suffix`` (``thread`` stays paused: join or fork it again) and samples
+        at most ``max_tokens`` (default ``params.max_tokens`` or 64) with ``params`` (default
+        the request's); its blocks are freed when it ends. ``ParamError`` names ``layout``,
+        ``into``, ``children`` or ``thread``."""
         if layout not in LAYOUTS:
             raise ParamError("layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if into not in JOIN_INTO:
+            raise ParamError("into", f"must be one of {', '.join(JOIN_INTO)}, got {into!r}")
         if not children or any(c not in thread.children or not c.done for c in children):
             raise ParamError("children", "join reads finished children of the thread only")
+        if thread.seq.status.finished:
+            raise ParamError("thread", "cannot join into a finished thread")
         t = thread.seq
         n = t.num_tokens  # own tokens up to and with the held fork token
         fork_pos = t.position(n - 1)
-        t.kv_prefix_visible = [t.visible_prefix(i) for i in range(n)]  # the past keeps its view
-        t.positions = [t.position(i) for i in range(n)]
-        shift = 0
+        views, shift = [], 0
         for c in children:
-            t.kv_prefix.append((c.seq.seq_id, c.seq.num_tokens - 1, 1, shift))
+            views.append((c.seq.seq_id, c.seq.num_tokens - 1, 1, shift))
             if layout == "sequential":
                 shift += c.view_len
         span = shift if layout == "sequential" else max(c.view_len for c in children)
+        if into == "new":
+            return self._summary(thread, views, span, suffix, max_tokens, params)
+        t.kv_prefix_visible = [t.visible_prefix(i) for i in range(n)]  # the past keeps its view
+        t.positions = [t.position(i) for i in range(n)]
+        t.kv_prefix.extend(views)
         t.position_offset = fork_pos + 1 + span - n  # own token i >= n sits at offset + i
         if thread is self.root and t.num_tokens == t.num_prompt_tokens:
             if suffix:
@@ -158,6 +161,48 @@ class ThreadTree:
             if max_tokens is not None and thread.budget is not None:
                 thread.budget = t.num_tokens - thread.gen_start + max_tokens
         self.engine.wake(t)
+        return None
+
+    def _summary(self, thread: Thread, views: list[tuple], span: int, suffix: Sequence[int],
+                 max_tokens: int | None, params: SamplingParams | None) -> Thread:
+        """A new sequence after ``thread``'s held fork token, the children's ``views``
+        (``span`` positions) and ``suffix``: the context ``join(into="parent")`` gives.
+
+            summary:  view of T's context | t | views of the children | suffix | generated |
+        """
+        t = thread.seq
+        p = params or self.root.seq.params
+        budget = max_tokens if max_tokens is not None else (p.max_tokens or 64)
+        if budget < 1:
+            raise ParamError("max_tokens", f"must be >= 1, got {budget}")
+        fork_pos = t.position(t.num_tokens - 1)
+        before = [*t.kv_prefix, (t.seq_id, t.num_tokens - 1)]  # what the fork token sees
+        own = [t.token_ids[-1], *suffix]
+        kid = self._new_thread(own, p, budget, [*before, *views], fork_pos + span,
+                               thread.depth + 1, group=None)
+        kid.seq.positions = [fork_pos]  # own token i >= 1 sits at fork_pos + span + i
+        kid.seq.kv_prefix_visible = [sum(e[1] - (e[2] if len(e) > 2 else 0) for e in before)]
+        kid.summary = True
+        self.engine.attach(self.rid, kid.seq, self)
+        return kid
+
+    def _new_thread(self, own: list[int], p: SamplingParams, budget: int, prefix: list[tuple],
+                    offset: int, depth: int, group: str | None, index: int = 0) -> Thread:
+        """A thread whose sequence is ``own`` after the views ``prefix``, own token i at
+        ``offset + i``, sampling ``budget`` tokens with ``p`` (seeded ``p.seed``)."""
+        self._count += 1
+        seed = p.seed if p.seed is not None else random.getrandbits(63)
+        seq = Seq(seq_id=f"{self.rid}#t{self._count}", request_id=self.rid, index=-1,
+                  token_ids=own, num_prompt_tokens=len(own),
+                  params=dataclasses.replace(p, n=1, ignore_eos=True, stop_token_ids=(),
+                                             stop=(), max_tokens=None),
+                  generator=torch.Generator(device=self.engine.device).manual_seed(seed),
+                  max_tokens=budget + 2, position_offset=offset, kv_prefix=prefix,
+                  admit_group=group)
+        stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self._eos)
+        kid = Thread(seq, depth, index, len(own), budget, stops, p.min_tokens)
+        self._threads[seq.seq_id] = kid
+        return kid
 
     # --------------------------------------------------------- owner of children
     def on_token(self, seq: Seq, token_id: int) -> str | None:
@@ -183,9 +228,12 @@ class ThreadTree:
             self.end(kid)
 
     def end(self, kid: Thread) -> None:
-        """The child samples no more; it stays resident, idle, for a join to read."""
+        """The child samples no more; it stays resident, idle, for a join to read (a
+        summary that no thread reads is freed now)."""
         kid.done = True
         kid.seq.input_closed = False
+        if kid.summary and not kid.children:
+            self.engine.finish_sequence(kid.seq)
         if self.listener is not None:
             self.listener(kid, None)
 
