@@ -267,3 +267,23 @@ def test_async_join_into_a_new_summary_gives_the_sync_tokens() -> None:
         assert asyncio.run(run(llm)) == want
     finally:
         llm.shutdown()
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_children_stop_on_their_stop_strings(include: bool) -> None:
+    """Child 0 samples ':', '\\n', '\\n', '?', '+', ... (seeded): "?+" spans two tokens and
+    ends it at '+' (kept, its text cut); child 1 never meets it and runs its budget. The
+    join after reads both, and the pool is full at the end."""
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
+    t = llm.threads(PROMPT, HOT)
+    stop = dataclasses.replace(HOT, stop=("?+",), include_stop_str_in_output=include)
+    kids = t.fork(t.root, ["A:", "BB: x"], stop, max_tokens=8)
+    t.wait(kids)
+    assert kids[0].token_ids == [28, 201, 201, 33, 13]
+    assert t.text(kids[0]) == (":\n\n?+" if include else ":\n\n")
+    assert kids[0].stop_str == "?+" and kids[1].stop_str is None
+    assert len(kids[1].token_ids) == 8
+    t.join(t.root, kids, " so")
+    assert len(t.result().outputs[0].token_ids) == 6
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks

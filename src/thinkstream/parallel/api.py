@@ -53,7 +53,10 @@ class _Common:
         return self.tree.rid
 
     def text(self, thread: Thread) -> str:
-        """A thread's sampled text so far (the root's: its output after the prompt)."""
+        """A thread's sampled text so far (the root's: its output after the prompt; one
+        that a stop string ended: cut there, as a request's text is)."""
+        if thread.stop_str is not None:
+            return thread.text
         ids = thread.token_ids if thread is not self.root else thread.seq.output_token_ids
         return self.engine.tokenizer.decode(ids)
 

@@ -60,7 +60,9 @@ class ParallelPaths:
         p = state.seqs[0].params
         base = state.seqs[0].generator.initial_seed()  # the request's seed (or its draw)
         temp = cfg.temperature if cfg.temperature is not None else p.temperature
-        self.params = [dataclasses.replace(p, seed=base + i, temperature=temp, n=1,
+        # the request's stop strings end its answer, not a path (a path ends on a stop
+        # token or after path_tokens)
+        self.params = [dataclasses.replace(p, seed=base + i, temperature=temp, n=1, stop=(),
                                            structured_outputs=None, logprobs=None)
                        for i in range(cfg.paths)]
         tok = engine.tokenizer

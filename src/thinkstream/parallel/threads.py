@@ -10,8 +10,9 @@ is their ``SequenceOwner``): they decode concurrently in the continuous batch.
     T:        | context ........................ | t |           (t: held, uncomputed)
     child c:  view of T's context                | t | suffix_c | generated_c | x |
 
-A child ends on its stop token or after ``max_tokens`` tokens; it then stays resident,
-idle (its last token ``x`` held back: the stop token, or a filler after a full budget so
+A child ends on its stop token, on a stop string of its params (the token completing it is
+kept, its text cut) or after ``max_tokens`` tokens; it then stays resident, idle (its last
+token ``x`` held back: the stop token, or a filler after a stop string or a full budget so
 that every generated token is computed), because a join reads it. ``join`` continues T
 after the chosen children, read through views at the layout's positions (``attention/
 shift.py``), then an optional suffix:
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from thinkstream.engine.detokenize import IncrementalDetokenizer, StopStringMatcher
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.request import Sequence as Seq
 from thinkstream.parallel.config import JOIN_INTO, LAYOUTS, ThreadLimits
@@ -56,6 +58,10 @@ class Thread:
     min_tokens: int = 0
     done: bool = False
     summary: bool = False  # a new sequence a join started (``join(..., into="new")``)
+    stops: StopStringMatcher | None = None  # its stop strings (None: none)
+    detok: IncrementalDetokenizer | None = None  # its text, fed to ``stops``
+    text: str = ""  # its text so far, cut at a stop string (with ``stops`` only)
+    stop_str: str | None = None  # the stop string that ended it
     children: list[Thread] = field(default_factory=list)
 
     @property
@@ -201,6 +207,9 @@ class ThreadTree:
                   admit_group=group)
         stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self._eos)
         kid = Thread(seq, depth, index, len(own), budget, stops, p.min_tokens)
+        if p.stop:
+            kid.stops = StopStringMatcher(p.stop, p.include_stop_str_in_output)
+            kid.detok = IncrementalDetokenizer(self.engine.tokenizer, own, p.skip_special_tokens)
         self._threads[seq.seq_id] = kid
         return kid
 
@@ -217,10 +226,23 @@ class ThreadTree:
             return self.rid
         if self.listener is not None:
             self.listener(kid, token_id)
-        if count >= (kid.budget or 0):
+        if count >= (kid.budget or 0) or self._stopped_by_string(kid, token_id, count):
             seq.token_ids.append(token_id)  # the filler: every counted token gets computed
             self.end(kid)
         return self.rid
+
+    @staticmethod
+    def _stopped_by_string(kid: Thread, token_id: int, count: int) -> bool:
+        """Feed ``token_id``'s text to the thread's stop strings (as ``engine/output.py``
+        does for a request; none ends the first ``min_tokens`` tokens): True when one
+        completes. The token stays the thread's (a join reads it); its text is cut."""
+        if kid.stops is None or kid.detok is None:
+            return False
+        emit, stopped = kid.stops.feed(kid.detok.push(token_id), armed=count > kid.min_tokens)
+        kid.text += emit
+        if stopped:
+            kid.stop_str = kid.stops.matched
+        return stopped
 
     def on_starved(self, seq: Seq) -> None:
         kid = self._threads.get(seq.seq_id)
