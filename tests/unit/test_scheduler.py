@@ -326,3 +326,30 @@ def test_an_idle_open_input_gives_its_slot_to_a_waiting_request() -> None:
     sched.wake(i)
     assert run(sched, 1) == [[("I", 1)]]  # 4 tokens from the cache, 1 computed
     assert sched.kv.block_table("I") == [0, 1] and sched.kv.prefix_hits == 4
+
+
+# ---------------------------------------------------------------------- admission groups
+def test_passing_over_an_admission_group_is_bounded() -> None:
+    """10 blocks; R holds 4 to 6 as it decodes. Group G (two members of 9 tokens: 6 blocks)
+    does not fit; small requests (1 block) arriving one a step pass it at most
+    ``max_num_seqs`` (4) times, then admission waits for G, admitted whole once R ends."""
+    sched = scheduler(num_blocks=10, max_num_seqs=4, prefix_caching=False)
+    r = seq("R", 16, max_tokens=100)
+    sched.add(r)
+    step(sched)
+    group = [seq(f"G{i}", 9, admit_group="g") for i in range(2)]
+    for g in group:
+        sched.add(g)
+    admitted = []
+    for i in range(7):
+        small = seq(f"s{i}", 3)
+        sched.add(small)
+        admitted += [sid for sid, _ in step(sched) if sid.startswith("s")]
+        if small in sched.running:
+            sched.finish(small, SeqStatus.FINISHED_STOPPED)
+        assert not any(g in sched.running for g in group)
+    assert admitted == ["s0", "s1", "s2", "s3"]
+    assert [s.seq_id for s in sched.waiting] == ["G0", "G1", "s4", "s5", "s6"]
+    sched.finish(r, SeqStatus.FINISHED_STOPPED)
+    assert [sid for sid, _ in step(sched)][:2] == ["G0", "G1"]
+    assert not sched._passed  # the group's count is dropped once it is admitted

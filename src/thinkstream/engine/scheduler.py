@@ -10,8 +10,9 @@ prefix cache) and it goes back to the front of the waiting queue.
 
 Forward progress: every sequence fits the pool alone (``LLMEngine`` caps the context at
 the pool's tokens), so a preempted one is re-admitted once the others finish. A waiting
-sequence that does not fit now is passed over by at most ``max_num_seqs`` admissions, then
-admission waits for it (no head-of-line blocking, no starvation). A sequence is never
+sequence (or admission group: a fork's children) that does not fit now is passed over by at
+most ``max_num_seqs`` admissions, then admission waits for it (no head-of-line blocking, no
+starvation). A sequence is never
 preempted for a viewer of it (the viewer would stall on the blocks freed for it: a cycle),
 and one that cannot fit even with only its sources resident is reported as ``starved``
 for its owner to shrink or end, never left waiting.
@@ -191,12 +192,15 @@ class Scheduler:
 
         A sequence that does not fit now is passed over (no head-of-line blocking), but
         only ``max_num_seqs`` admissions may pass it; then admission waits for it, so it
-        is admitted once running sequences finish (each fits the pool alone). One that can
+        is admitted once running sequences finish (each fits the pool alone). An admission
+        group (``Sequence.admit_group``: a fork's children) is passed over the same way,
+        counted once for the group, while some running sequence computes (idle ones alone
+        free nothing: then the group keeps waiting without holding up the queue). One that can
         never fit is reported in ``out.starved`` instead of waiting forever."""
         computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
         groups: set[str] = set()  # admission groups that fit this step
         deferred: list[Sequence] = []  # passed over this step; back at the front, in order
-        blocked: list[Sequence] = []  # passed over for want of blocks
+        blocked: list[str] = []  # passed over for want of blocks (``_pass_key``)
         while self.waiting and budget > 0:
             seq = self.waiting[0]
             if len(self.running) >= self.cfg.max_num_seqs:
@@ -209,10 +213,15 @@ class Scheduler:
                 continue
             if seq.admit_group is not None and seq.admit_group not in groups:
                 if not self._group_fits(seq.admit_group):  # all of them wait, in order
+                    if self._passed.get(_pass_key(seq), 0) >= self.cfg.max_num_seqs and any(
+                            s.input_closed or s.num_pending_tokens for s in self.running):
+                        break  # passed over often enough, and blocks will come free
+                    blocked.append(_pass_key(seq))
                     deferred += [s for s in self.waiting if s.admit_group == seq.admit_group]
                     self.waiting = deque(s for s in self.waiting if s not in deferred)
                     continue
                 groups.add(seq.admit_group)
+                self._passed.pop(_pass_key(seq), None)
             if not self.kv.has(seq.seq_id) and not self._lookup(seq, computing):
                 break  # its prefix is being computed now: next step it is a cache hit
             n = min(seq.num_pending_tokens, budget, self.views.computable(seq))
@@ -227,11 +236,11 @@ class Scheduler:
                 elif self._passed.get(seq.seq_id, 0) >= self.cfg.max_num_seqs:
                     break  # passed over often enough: admission waits for it now
                 else:
-                    blocked.append(seq)
+                    blocked.append(seq.seq_id)
                 deferred.append(self.waiting.popleft())
                 continue
-            for b in blocked:
-                self._passed[b.seq_id] = self._passed.get(b.seq_id, 0) + 1
+            for key in blocked:
+                self._passed[key] = self._passed.get(key, 0) + 1
             self._passed.pop(seq.seq_id, None)
             self.waiting.popleft()
             seq.status = SeqStatus.RUNNING
@@ -394,6 +403,14 @@ class Scheduler:
             self.parked.remove(seq)
         self.kv.free(seq.seq_id)
         self._passed.pop(seq.seq_id, None)
+        if seq.admit_group is not None and not any(
+                s.admit_group == seq.admit_group for s in self.waiting):
+            self._passed.pop(_pass_key(seq), None)  # no member left waiting
         for child in seq.fork_children:
             self.finish(child, status)
         seq.fork_children = []
+
+
+def _pass_key(seq: Sequence) -> str:
+    """What pass-overs are counted for: the sequence, or its admission group as a whole."""
+    return seq.seq_id if seq.admit_group is None else f"group:{seq.admit_group}"
