@@ -8,6 +8,7 @@ answered or cleanly failed, none hangs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -34,6 +35,9 @@ def cluster():
 
     from thinkstream.distributed.replicas.launch import start_replicas
 
+    # the suite's other servers share this machine's memory: Ray's OOM monitor must not
+    # kill the replicas for memory it did not take (it did, under a loaded 24 GiB box)
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     reps = start_replicas(2, None, ENGINE, ServerConfig(served_model_name="tiny"),
                           checkpoint=tiny_checkpoint())
