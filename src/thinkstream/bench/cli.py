@@ -164,12 +164,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
             "reps": args.reps, "throughput_reps": args.throughput_reps or args.reps,
             "quick": args.quick, "sizes": asdict(sizes)}
     report = rep.build_report(raw, meta)
-    print(rep.table(report))
-    if args.json:
-        rep.write_json(report, args.json)
-    if args.plot:
-        rep.plot(report, args.plot)
-    return 0
+    return rep.emit(rep, report, args)
 
 
 def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:

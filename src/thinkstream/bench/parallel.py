@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Any
 
 from thinkstream.bench import parallel_report as rep
+from thinkstream.bench.report import emit
 from thinkstream.bench.think_tasks import extract, make_tasks
 from thinkstream.parallel.api import Threads
 from thinkstream.parallel.config import ParallelConfig
@@ -268,12 +269,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
             report["accuracy"][model or "<checkpoint>"] = accuracy(
                 m, tasks, args.accuracy_paths, args.accuracy_path_tokens, args.layout)
     rep.summarize(report)
-    print(rep.table(report))
-    if args.json:
-        rep.write_json(report, args.json)
-    if args.plot:
-        rep.plot(report, args.plot)
-    return 0
+    return emit(rep, report, args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -137,3 +137,16 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def emit(rep: Any, report: dict[str, Any], args: Any) -> int:
+    """Print ``rep.table(report)``; write the JSON to ``args.json`` and the plot to
+    ``args.plot`` where given (``rep``: a report module with ``table`` / ``write_json`` /
+    ``plot``: this one, ``think_report``, ``parallel_report``). Returns 0, the exit status
+    of a benchmark command."""
+    print(rep.table(report))
+    if args.json:
+        rep.write_json(report, args.json)
+    if args.plot:
+        rep.plot(report, args.plot)
+    return 0

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from thinkstream.bench import think_report as rep
+from thinkstream.bench.report import emit
 from thinkstream.bench.think_tasks import SETS, Task, extract, make_tasks
 from thinkstream.thinking import DEPTHS, Layout, ThinkConfig
 
@@ -192,12 +193,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
         "sets": sets, "configs": [list(c) for c in configs], "records": records,
     }
     rep.summarize(report)
-    print(rep.table(report))
-    if args.json:
-        rep.write_json(report, args.json)
-    if args.plot:
-        rep.plot(report, args.plot)
-    return 0
+    return emit(rep, report, args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
