@@ -55,7 +55,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "(default: plain text)")
     p.add_argument("--speculative-method", default=None, choices=list(SPECULATIVE_METHODS),
                    help="speculative decoding: ngram (prompt lookup), early_exit (the "
-                        "model's first layers), fused (both); default off")
+                        "model's first layers), fused (both), draft_model (--draft-model); "
+                        "default off")
+    p.add_argument("--draft-model", default=None,
+                   help="with --speculative-method draft_model: a smaller model (GGUF file, HF "
+                        "directory or alias) that shares the target's tokenizer")
     p.add_argument("--num-speculative-tokens", type=int, default=5,
                    help="the most draft tokens per request and step (with --speculative-method)")
     p.add_argument("--no-adaptive-speculation", action="store_true",
@@ -98,7 +102,8 @@ def speculative_config(args: argparse.Namespace) -> SpeculativeConfig | None:
         return None
     return SpeculativeConfig(method=args.speculative_method,
                              num_speculative_tokens=args.num_speculative_tokens,
-                             adaptive=not args.no_adaptive_speculation)
+                             adaptive=not args.no_adaptive_speculation,
+                             draft_model=args.draft_model)
 
 
 def set_process_threads(cfg: EngineConfig) -> None:

@@ -362,6 +362,14 @@ def test_config_from_cli_flags_dicts_and_names() -> None:
     assert cfg.speculative == SpeculativeConfig(method="fused", num_speculative_tokens=3,
                                                 adaptive=False)
     assert engine_config(p.parse_args([])).speculative is None
+    drafted = engine_config(p.parse_args(["--speculative-method", "draft_model",
+                                          "--draft-model", "small.gguf"])).speculative
+    assert drafted == SpeculativeConfig(method="draft_model", draft_model="small.gguf")
+    with pytest.raises(ValueError, match="draft_model is needed"):
+        engine_config(p.parse_args(["--speculative-method", "draft_model"]))
+    with pytest.raises(ValueError, match="draft_model is needed"):
+        engine_config(p.parse_args(["--draft-model", "small.gguf",
+                                    "--speculative-method", "ngram"]))
     serve = build_parser().parse_args(["serve", "--speculative-method", "ngram"])
     assert engine_config(serve).speculative == SpeculativeConfig(method="ngram")
     assert EngineConfig(speculative="ngram").speculative == SpeculativeConfig()
