@@ -439,3 +439,21 @@ def test_fuse_takes_the_surest_consistent_token() -> None:
     assert draft.tokens == [1, 5, 6, 7] and source == [0, 1, 1, 1]  # a drops out at 2 != 5
     draft, source = fuse([a, b], 4, weights=[1.0, 0.1])  # b's drafts seldom accepted
     assert draft.tokens == [1, 2, 3] and source == [0, 0, 0]
+
+
+def test_draft_model_kv_is_counted_when_the_pool_is_sized() -> None:
+    """The draft's KV lives in the target's blocks (SpecMemo), so a memory budget buys
+    fewer blocks with a draft model: budget // (target's + draft's bytes per block)."""
+    from thinkstream.worker.runner import kv_bytes_per_block
+
+    target = tiny_checkpoint(tie_word_embeddings=False)
+    small = tiny_checkpoint(num_layers=1, tie_word_embeddings=False)
+    budget = 1 << 20
+    plain = LLMEngine(config=EngineConfig(block_size=4, kv_cache_memory=budget),
+                      checkpoint=target)
+    drafted = LLMEngine(config=EngineConfig(
+        block_size=4, kv_cache_memory=budget,
+        speculative=SpeculativeConfig(method="draft_model", draft_model=small)), checkpoint=target)
+    per_block = [kv_bytes_per_block(c.config, 4, torch.float32) for c in (target, small)]
+    assert plain.num_kv_blocks == budget // per_block[0]
+    assert drafted.num_kv_blocks == budget // sum(per_block) < plain.num_kv_blocks

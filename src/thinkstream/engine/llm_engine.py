@@ -35,7 +35,7 @@ from thinkstream.loading import LoadedCheckpoint, load_checkpoint
 from thinkstream.models.precision import fused_attention_available, resolve_precision
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import ParamError, SamplingParams
-from thinkstream.speculative.decoder import make_decoder
+from thinkstream.speculative.decoder import load_draft, make_decoder, pool_models
 from thinkstream.structured.compiler import GrammarCompiler
 from thinkstream.structured.outputs import StructuredOutputs
 from thinkstream.worker.runner import DTYPES, ModelRunner, kv_bytes_per_block
@@ -101,9 +101,10 @@ class LLMEngine(OpenInputs):
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
                                mcfg.max_position_embeddings)
-        num_blocks = cfg.num_blocks or max(
-            1, cfg.kv_cache_memory // kv_bytes_per_block(mcfg, cfg.block_size, dtype)
-        )
+        spec = load_draft(cfg.speculative)  # a draft model's KV shares the pool's blocks
+        block_bytes = sum(kv_bytes_per_block(m, cfg.block_size, dtype)
+                          for m in [mcfg, *pool_models(spec)])
+        num_blocks = cfg.num_blocks or max(1, cfg.kv_cache_memory // block_bytes)
         self.max_model_len = min(self.context_len, num_blocks * cfg.block_size)
         if self.max_model_len < self.context_len:
             log.warning("the KV cache holds %d tokens (%d blocks): sequences are capped at that "
@@ -137,7 +138,7 @@ class LLMEngine(OpenInputs):
         self.last_step_progress = True  # the last step computed, preempted or ended something
         self.structured = StructuredOutputs(GrammarCompiler(self.tokenizer, mcfg.vocab_size,
                                                             self.eos_ids))  # grammar masks
-        self.speculative = make_decoder(self, cfg.speculative)  # draft tokens, or None
+        self.speculative = make_decoder(self, spec)  # draft tokens, or None
         self._hooks: list[StepHook] = [self.structured, *filter(None, [self.speculative])]
         # Attached sequences (``attach``): scheduled like any other, not outputs of their
         # request, ended with it; their owner hears of their tokens and starvation.

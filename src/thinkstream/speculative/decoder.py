@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from thinkstream.engine.hooks import StepHook
@@ -154,6 +154,24 @@ class SpeculativeDecoder(StepHook):
         assert self.proposer.tracked() <= set(self._seqs), "proposer state for unknown sequences"
 
 
+def load_draft(cfg: SpeculativeConfig | None) -> SpeculativeConfig | None:
+    """``cfg`` with a draft model named by path or alias loaded (once: the engine sizes its
+    KV pool with the draft's layers before it builds the decoder)."""
+    if cfg is None or not isinstance(cfg.draft_model, str):
+        return cfg
+    from thinkstream.loading import load_checkpoint
+
+    return replace(cfg, draft_model=load_checkpoint(cfg.draft_model))
+
+
+def pool_models(cfg: SpeculativeConfig | None) -> list:
+    """Model configs, besides the target's, whose KV lives in the target's block pool (each
+    block holds their KV for the same token slots): the draft model's, or none."""
+    if cfg is None or cfg.draft_model is None:
+        return []
+    return [cfg.draft_model.config]
+
+
 def make_decoder(engine: LLMEngine, cfg: SpeculativeConfig | None) -> SpeculativeDecoder | None:
     """The hook for ``cfg`` (None: no speculation), with its proposer built on ``engine``."""
     if cfg is None:
@@ -161,12 +179,10 @@ def make_decoder(engine: LLMEngine, cfg: SpeculativeConfig | None) -> Speculativ
     from thinkstream.speculative.ngram import NgramProposer
 
     if cfg.method == "draft_model":
-        from thinkstream.loading import load_checkpoint
         from thinkstream.speculative.draft_model import DraftModelProposer
 
-        ckpt = cfg.draft_model
-        ckpt = load_checkpoint(ckpt) if isinstance(ckpt, str) else ckpt
-        return SpeculativeDecoder(engine, cfg, DraftModelProposer(engine, ckpt))
+        cfg = load_draft(cfg)
+        return SpeculativeDecoder(engine, cfg, DraftModelProposer(engine, cfg.draft_model))
     proposers: list[Proposer] = []
     if cfg.method in ("ngram", "fused"):
         proposers.append(NgramProposer(cfg.ngram_min, cfg.ngram_max))
