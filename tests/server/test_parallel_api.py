@@ -25,6 +25,12 @@ def post(server, body: dict) -> httpx.Response:
     ({"paths": 2, "layout": "zigzag"}, "parallel.layout"),
     ({"paths": 2, "path_tokens": 0}, "parallel.path_tokens"),
     ({"paths": 2, "wings": 3}, "parallel.wings"),
+    ({"paths": "2"}, "parallel.paths"), ({"paths": True}, "parallel.paths"),
+    ({"paths": 2, "path_tokens": 4.5}, "parallel.path_tokens"),
+    ({"paths": 2, "path_prompts": "abc"}, "parallel.path_prompts"),
+    ({"paths": 2, "path_prompts": ["a", 3]}, "parallel.path_prompts"),
+    ({"paths": 2, "merge": 3}, "parallel.merge"),
+    ({"paths": 2, "temperature": "hot"}, "parallel.temperature"),
 ])
 def test_a_bad_parallel_setting_is_a_400_naming_the_field(tiny_server, parallel,  # noqa: F811
                                                           field) -> None:

@@ -58,6 +58,18 @@ class ParallelConfig:
     max_paths: int = 16  # the server's cap (``paths`` out of 1..max_paths is a 400)
 
     def __post_init__(self) -> None:
+        for name in ("paths", "path_tokens"):  # JSON "2" or 2.5 or true: a type error, named
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ParamError(f"parallel.{name}", f"must be an integer, got {value!r}")
+        if self.temperature is not None and (
+                not isinstance(self.temperature, int | float) or isinstance(self.temperature, bool)):
+            raise ParamError("parallel.temperature", f"must be a number, got {self.temperature!r}")
+        for name in ("merge", "layout", "summary_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ParamError(f"parallel.{name}", f"must be a string, got {getattr(self, name)!r}")
+        if isinstance(self.path_prompts, str) or not isinstance(self.path_prompts, list | tuple):
+            raise ParamError("parallel.path_prompts", "must be a list of strings")
         object.__setattr__(self, "path_prompts", tuple(self.path_prompts))
         if not 1 <= self.paths <= self.max_paths:
             raise ParamError("parallel.paths", f"must be in 1..{self.max_paths}, got {self.paths}")
