@@ -1,6 +1,7 @@
 """The GGUF-native path on the real models: the blocks as stored (SmolLM2: Q4_1 + a Q8_0
 head; Gemma 3: Q5_0 / Q8_0 / Q4_K / Q6_K) give the dequantized float32 model's logits
-within 1e-3, on the kernel for every row (the prompt forced through it) and in decode.
+within 1e-3, on the kernel for every row (the prompt forced through it) and in decode
+(the native decoder stack, models/fused_decode.py).
 (test_parity.py compares the default float32 engine, GGUF-native where the kernels build,
 with transformers.)"""
 
@@ -68,6 +69,7 @@ def test_decode_on_the_kernel_matches_float32(twins) -> None:
     name, dense, native = twins
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
     prompts = [native.tokenizer.encode(TEXT[:90], add_special_tokens=True), [1, 2, 3, 4]]
+    assert native.engine.model.fused is not None  # decode runs the native decoder stack
     a, b = dense.generate(prompts, params), native.generate(prompts, params)
     for x, y in zip(a, b, strict=True):
         assert x.outputs[0].token_ids == y.outputs[0].token_ids, name

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -20,6 +22,9 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head: nn.Module | None = None  # an LMHead, set by build_model (models/head.py)
         self.inv_freq = torch.empty(0)  # set by init_rope once the model leaves the meta device
+        # the decoder stack as one native call for steps of a few rows (GGUF models on CPU:
+        # models/fused_decode.py), set by build_model; None: eager layers only
+        self.fused: Callable[..., torch.Tensor | None] | None = None
 
     def init_rope(self, device: torch.device | str) -> None:
         cfg = self.cfg
@@ -40,6 +45,8 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions: (T,) packed tokens of the step -> hidden states (T, hidden)."""
         x = self.embed_tokens(input_ids)  # (T, hidden)
+        if self.fused is not None and (out := self.fused(x, positions, attn_metadata)) is not None:
+            return self.norm(out)
         ropes = self.rope_tables(positions, x.dtype)
         metas = attn_metadata.per_layer(self.rope_tables) or [attn_metadata] * len(ropes)
         for layer, rope, meta in zip(self.layers, ropes, metas, strict=True):  # meta: shifted views

@@ -7,6 +7,7 @@ import torch
 from thinkstream.config import ModelConfig
 from thinkstream.kernels.gguf import GGUFKernels
 from thinkstream.loading.gguf import GGUFBlocks
+from thinkstream.models.fused_decode import FusedDecoder
 from thinkstream.models.gemma3 import Gemma3ForCausalLM
 from thinkstream.models.gguf_linear import GGUFLinear, install_gguf_linears
 from thinkstream.models.head import LMHead
@@ -66,6 +67,8 @@ def build_model(
         fast = dtype != torch.float32 or (dense_dtype or dtype) != torch.float32
         model.lm_head = LMHead(head.to(device), fast=fast, native=native_head)
         install_gguf_linears(model.layers, cfg, blocks, kernels, dense_dtype)
+        if dtype == torch.float32 and torch.device(device).type == "cpu":
+            model.fused = FusedDecoder.build(model)
         return model.eval()
     fast = dtype != torch.float32 or quantization is not None
     model.lm_head = LMHead(head.to(device), fast=fast)

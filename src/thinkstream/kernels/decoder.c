@@ -1,0 +1,165 @@
+/* The decoder stack of a GGUF model in one native call, for steps of a few rows (decode,
+ * a short chunk, a verification of draft tokens): llama.cpp's shape of a step, where the
+ * eager path spends a third of a batch-1 step on op dispatch between the matmuls.
+ *
+ *   for each layer:
+ *       h = rmsnorm(x) ; qkv = h Wqkv^T (+ b)                  GGUF kernel (gguf_matmul)
+ *       q, k = rmsnorm per head (q/k norm, optional) ; rotate (RoPE, table per layer)
+ *       k, v -> the layer's cache at the step's slots ; o = attention(q)   (fq_attention)
+ *       a = o Wo^T ; a = rmsnorm(a) (sandwich norm, optional) ; x += a
+ *       h = rmsnorm(x) ; g, u = h Wgu^T ; m = act(g) * u ; d = m Wd^T (; rmsnorm) ; x += d
+ *
+ * The same arithmetic as the eager layers (models/layers.py) in float32, up to summation
+ * order: norms accumulate in double, SiLU / GELU-tanh use libm. The matmul and attention
+ * kernels are the ones the eager path calls (their libraries' entry points are passed in
+ * as function pointers), so this file holds only the glue and the elementwise ops.
+ * Built like the other kernels (kernels/native.py), no instruction-set flags needed. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*matmul_fn)(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
+                         const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads);
+typedef int (*attention_fn)(const float *q, float *out, int64_t b, int64_t nq, int64_t h, int64_t kvh,
+                            int64_t d, const void *kc, const void *vc, int bf16, const int64_t *slots,
+                            int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
+                            int64_t mask_q, float scale, int threads);
+
+/* One GGUF matrix of a (fused) projection: output columns col .. col + rows. */
+typedef struct {
+    int64_t qtype;
+    const uint8_t *w;
+    int64_t row_bytes, rows, col;
+} td_part;
+
+typedef struct {
+    td_part parts[3];
+    int64_t nparts, k, n;  /* input and output features */
+    const float *bias;     /* (n,) or NULL */
+} td_linear;
+
+typedef struct {
+    const float *attn_norm, *mlp_norm, *post_attn_norm, *post_mlp_norm, *q_norm, *k_norm;
+    td_linear qkv, o, gate_up, down;
+    float *k_cache, *v_cache; /* (slots, kv_heads, head_dim) float32 */
+    int64_t rope;             /* index of the step's RoPE table */
+    int64_t sliding;          /* 1: the sliding-window mask */
+} td_layer;
+
+typedef struct {
+    int64_t hidden, heads, kv_heads, head_dim, inter, gelu, num_layers;
+    double eps, scale;
+    const td_layer *layers;
+    matmul_fn matmul;
+    attention_fn attention;
+} td_model;
+
+/* One step: t rows = b sequences x nq queries (b * nq == t, row-major). */
+typedef struct {
+    int64_t t, b, nq;
+    const float *cos[2], *sin[2]; /* (t, head_dim / 2) per RoPE table */
+    const int64_t *slot_mapping;  /* (t,) cache slot of each row's key / value */
+    const int64_t *slots;         /* (b, length) context slots, row stride slot_b_stride */
+    int64_t slot_b_stride, length;
+    const uint8_t *mask[2];       /* (b, nq, length) bool: [0] full, [1] sliding (or NULL) */
+    int64_t mask_b[2], mask_q[2];
+} td_step;
+
+static void rmsnorm(const float *x, float *y, int64_t n, const float *w, double eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+static int linear(const td_model *M, const td_linear *L, const float *x, int64_t m, int64_t ldx,
+                  float *y, int threads) {
+    for (int64_t p = 0; p < L->nparts; p++) {
+        const td_part *P = &L->parts[p];
+        if (M->matmul((int)P->qtype, P->w, P->row_bytes, P->rows, L->k, x, m, ldx, y + P->col, L->n, threads))
+            return -3;
+    }
+    if (L->bias)
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t j = 0; j < L->n; j++) y[r * L->n + j] += L->bias[j];
+    return 0;
+}
+
+/* rotate the two halves of each of ``heads`` head vectors of row r (models/layers.apply_rope) */
+static void rope(float *row, int64_t heads, int64_t d, const float *c, const float *s) {
+    int64_t half = d / 2;
+    for (int64_t h = 0; h < heads; h++, row += d)
+        for (int64_t i = 0; i < half; i++) {
+            float a = row[i], b = row[i + half];
+            row[i] = a * c[i] - b * s[i];
+            row[i + half] = b * c[i] + a * s[i];
+        }
+}
+
+static float act(float g, int gelu) {
+    if (gelu) {
+        float u = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+        return 0.5f * g * (1.0f + tanhf(u));
+    }
+    return g / (1.0f + expf(-g));
+}
+
+static int layer_forward(const td_model *M, const td_layer *L, const td_step *S, float *x, float *h,
+                         float *qkv, float *q, float *o, float *gu, int threads) {
+    int64_t t = S->t, H = M->hidden, nh = M->heads, kvh = M->kv_heads, d = M->head_dim, I = M->inter;
+    int64_t qs = nh * d, kvs = kvh * d, nqkv = qs + 2 * kvs;
+    for (int64_t r = 0; r < t; r++) rmsnorm(x + r * H, h + r * H, H, L->attn_norm, M->eps);
+    if (linear(M, &L->qkv, h, t, H, qkv, threads)) return -3;
+    for (int64_t r = 0; r < t; r++) {
+        float *row = qkv + r * nqkv;
+        if (L->q_norm)
+            for (int64_t j = 0; j < nh; j++) rmsnorm(row + j * d, row + j * d, d, L->q_norm, M->eps);
+        if (L->k_norm)
+            for (int64_t j = 0; j < kvh; j++) rmsnorm(row + qs + j * d, row + qs + j * d, d, L->k_norm, M->eps);
+        rope(row, nh + kvh, d, S->cos[L->rope] + r * (d / 2), S->sin[L->rope] + r * (d / 2));
+        int64_t slot = S->slot_mapping[r];
+        memcpy(L->k_cache + slot * kvs, row + qs, sizeof(float) * kvs);
+        memcpy(L->v_cache + slot * kvs, row + qs + kvs, sizeof(float) * kvs);
+        memcpy(q + r * qs, row, sizeof(float) * qs);
+    }
+    int w = L->sliding && S->mask[1] ? 1 : 0;
+    if (M->attention(q, o, S->b, S->nq, nh, kvh, d, L->k_cache, L->v_cache, 0, S->slots, S->slot_b_stride,
+                     S->length, S->mask[w], S->mask_b[w], S->mask_q[w], (float)M->scale, threads))
+        return -4;
+    if (linear(M, &L->o, o, t, qs, h, threads)) return -3;
+    for (int64_t r = 0; r < t; r++) {
+        if (L->post_attn_norm) rmsnorm(h + r * H, h + r * H, H, L->post_attn_norm, M->eps);
+        for (int64_t j = 0; j < H; j++) x[r * H + j] += h[r * H + j];
+        rmsnorm(x + r * H, h + r * H, H, L->mlp_norm, M->eps);
+    }
+    if (linear(M, &L->gate_up, h, t, H, gu, threads)) return -3;
+    for (int64_t r = 0; r < t; r++) {
+        float *g = gu + r * 2 * I;
+        for (int64_t j = 0; j < I; j++) g[j] = act(g[j], (int)M->gelu) * g[I + j];
+    }
+    if (linear(M, &L->down, gu, t, 2 * I, h, threads)) return -3;
+    for (int64_t r = 0; r < t; r++) {
+        if (L->post_mlp_norm) rmsnorm(h + r * H, h + r * H, H, L->post_mlp_norm, M->eps);
+        for (int64_t j = 0; j < H; j++) x[r * H + j] += h[r * H + j];
+    }
+    return 0;
+}
+
+/* x (t, hidden) float32, the embedded inputs, becomes the last layer's output (before the
+ * final norm). Returns 0; -1 for bad shapes, -2 when out of memory, -3 / -4 when a matmul /
+ * the attention kernel refuses its arguments. */
+int td_forward(const td_model *M, const td_step *S, float *x, int threads) {
+    int64_t t = S->t, H = M->hidden, d = M->head_dim;
+    int64_t qs = M->heads * d, nqkv = qs + 2 * M->kv_heads * d;
+    if (t <= 0 || S->b * S->nq != t || d % 2 || M->heads % M->kv_heads) return -1;
+    size_t floats = (size_t)t * (size_t)(H + nqkv + 2 * qs + 2 * M->inter);
+    float *buf = malloc(sizeof(float) * floats);
+    if (!buf) return -2;
+    float *h = buf, *qkv = h + t * H, *q = qkv + t * nqkv, *o = q + t * qs, *gu = o + t * qs;
+    int rc = 0;
+    for (int64_t l = 0; l < M->num_layers && rc == 0; l++)
+        rc = layer_forward(M, &M->layers[l], S, x, h, qkv, q, o, gu, threads);
+    free(buf);
+    return rc;
+}

@@ -1,0 +1,78 @@
+"""The native decoder stack (``decoder.c``): its C structures and the loaded library.
+
+``decoder.c`` holds no matmul or attention of its own: the model descriptor carries the
+entry points of the GGUF matmul library (``kernels/gguf.py``) and of the fused attention
+library (``kernels/attention.py``), so the stack runs exactly the kernels the eager path
+calls. Built once with the system compiler like the others (``native.build``); where it
+cannot be (no compiler, ``THINKSTREAM_NATIVE=0``) ``load_decoder`` returns None and the
+model keeps its eager layers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+from thinkstream.kernels.native import build, cache_dir
+
+_SRC = Path(__file__).with_name("decoder.c")
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_i64 = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+
+class Part(ctypes.Structure):
+    """One GGUF matrix of a projection: output columns ``col`` .. ``col + rows``."""
+
+    _fields_ = [("qtype", _i64), ("w", _ptr), ("row_bytes", _i64), ("rows", _i64), ("col", _i64)]
+
+
+class Linear(ctypes.Structure):
+    _fields_ = [("parts", Part * 3), ("nparts", _i64), ("k", _i64), ("n", _i64), ("bias", _ptr)]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [("attn_norm", _ptr), ("mlp_norm", _ptr), ("post_attn_norm", _ptr),
+                ("post_mlp_norm", _ptr), ("q_norm", _ptr), ("k_norm", _ptr),
+                ("qkv", Linear), ("o", Linear), ("gate_up", Linear), ("down", Linear),
+                ("k_cache", _ptr), ("v_cache", _ptr), ("rope", _i64), ("sliding", _i64)]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [("hidden", _i64), ("heads", _i64), ("kv_heads", _i64), ("head_dim", _i64),
+                ("inter", _i64), ("gelu", _i64), ("num_layers", _i64), ("eps", ctypes.c_double),
+                ("scale", ctypes.c_double), ("layers", ctypes.POINTER(Layer)), ("matmul", _ptr),
+                ("attention", _ptr)]
+
+
+class Step(ctypes.Structure):
+    """One step's rows: ``t = b * nq`` (b sequences of nq queries, row-major)."""
+
+    _fields_ = [("t", _i64), ("b", _i64), ("nq", _i64), ("cos", _ptr * 2), ("sin", _ptr * 2),
+                ("slot_mapping", _ptr), ("slots", _ptr), ("slot_b_stride", _i64), ("length", _i64),
+                ("mask", _ptr * 2), ("mask_b", _i64 * 2), ("mask_q", _i64 * 2)]
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    path = build(_SRC, cache_dir())
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    lib.td_forward.restype = ctypes.c_int
+    lib.td_forward.argtypes = [ctypes.POINTER(Model), ctypes.POINTER(Step), _ptr, ctypes.c_int]
+    return lib
+
+
+def load_decoder() -> ctypes.CDLL | None:
+    """The library (``td_forward(model*, step*, x, threads) -> int``), or None where it
+    cannot be built or ``THINKSTREAM_NATIVE=0``."""
+    if os.environ.get("THINKSTREAM_NATIVE", "1") == "0":
+        return None
+    return _load()

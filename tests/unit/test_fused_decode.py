@@ -1,0 +1,141 @@
+"""The native decoder stack (``models/fused_decode.py``, ``kernels/decoder.c``): for every
+architecture (Llama, Qwen2's q/k/v bias, Qwen3's q/k norm, Gemma 3's sandwich norms,
+GELU, sliding window and two RoPE bases) a GGUF-block model gives the eager layers' tokens
+and log-probabilities with the stack on, for decode batches and short chunks, under a
+tiny pool too, and the stack leaves the steps it does not take to the eager layers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize
+from helpers.tiny import tiny_checkpoint
+
+from thinkstream import LLM, SamplingParams
+from thinkstream.attention.metadata import Decode, ShortChunk
+from thinkstream.kernels.gguf import load_gguf_kernels
+from thinkstream.loading.gguf import GGUFBlocks
+
+pytestmark = pytest.mark.skipif(load_gguf_kernels() is None, reason="the native kernels cannot be built here")
+TYPES = {"q_proj": Q.Q4_1, "k_proj": Q.Q4_0, "v_proj": Q.Q8_0, "o_proj": Q.Q5_0,
+         "gate_proj": Q.Q5_1, "up_proj": Q.Q4_1, "down_proj": Q.Q8_0, "embed": Q.Q8_0}
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+
+
+def gguf_checkpoint(arch: str):
+    """The tiny checkpoint with its matrices as GGUF blocks (types mixed within q/k/v)."""
+    ckpt = tiny_checkpoint(arch)
+    tensors, blocks = dict(ckpt.tensors), {}
+    for name, w in ckpt.tensors.items():
+        qtype = TYPES.get(name.split(".")[-2])
+        if w.dim() == 2 and qtype is not None:
+            raw = quantize(w.numpy().astype(np.float32), qtype)
+            tensors[name] = torch.from_numpy(dequantize(raw, qtype).astype(np.float32).reshape(w.shape))
+            blocks[name] = GGUFBlocks(int(qtype), torch.from_numpy(raw.copy()), w.shape[1])
+    return dataclasses.replace(ckpt, tensors=tensors, blocks=blocks)
+
+
+def run(arch: str, fused: bool, prompts, params, **engine):
+    """Outputs, the group kinds of the steps the native stack ran, and the engine."""
+    llm = LLM(checkpoint=gguf_checkpoint(arch), dtype="float32", quantization="gguf", block_size=4,
+              **{"num_blocks": 64, "max_num_seqs": 4, **engine})
+    model = llm.engine.model
+    assert model.fused is not None
+    kinds: list[str] = []
+    native = model.fused
+
+    def counted(x, positions, meta):
+        out = native(x, positions, meta)
+        if out is not None:
+            kinds.append(type(meta.groups[0]).__name__)
+        return out
+
+    model.fused = counted if fused else None
+    outs = llm.generate(prompts, params)
+    assert llm.engine.check_integrity() is None
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+    return outs, kinds, llm
+
+
+def assert_same(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.outputs[0].token_ids == y.outputs[0].token_ids
+        for px, py in zip(x.outputs[0].logprobs, y.outputs[0].logprobs, strict=True):
+            assert px.keys() == py.keys()
+            assert np.allclose([p.logprob for p in px.values()], [p.logprob for p in py.values()], atol=2e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decode_batch_equals_the_eager_layers(arch: str) -> None:
+    """Three sequences decoding together (one a 21-token prompt: past Gemma's window of 8)."""
+    prompts = [[5, 9, 14, 3], list(range(3, 24)), [7, 7, 8]]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=3)
+    eager, none, _ = run(arch, False, prompts, params)
+    fused, kinds, _ = run(arch, True, prompts, params)
+    assert none == []
+    assert kinds.count("Decode") >= 9 and set(kinds) <= {"Decode", "ShortChunk"}
+    assert_same(eager, fused)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_short_chunk_after_a_cached_prefix(arch: str) -> None:
+    """A second prompt sharing the first's blocks prefills its last tokens as one short chunk
+    over the cached prefix: the stack runs that chunk with the chunk's causal mask."""
+    shared = list(range(10, 26))
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
+    outs = {}
+    for fused in (False, True):
+        llm = LLM(checkpoint=gguf_checkpoint(arch), dtype="float32", quantization="gguf",
+                  block_size=4, num_blocks=64, max_num_seqs=1, enable_prefix_caching=True)
+        model, native, kinds = llm.engine.model, llm.engine.model.fused, []
+
+        def counted(x, positions, meta, native=native, kinds=kinds):
+            out = native(x, positions, meta)
+            if out is not None:
+                kinds.append((type(meta.groups[0]), x.shape[0]))
+            return out
+
+        model.fused = counted if fused else None
+        first = llm.generate([shared], params)
+        second = llm.generate([shared + [40, 41, 42, 43, 44]], params)
+        outs[fused] = (first, second, kinds)
+        assert llm.engine.check_integrity() is None
+    assert (ShortChunk, 5) in outs[True][2] and (Decode, 1) in outs[True][2]
+    assert outs[False][2] == []
+    assert_same(outs[False][0], outs[True][0])
+    assert_same(outs[False][1], outs[True][1])
+
+
+def test_tiny_pool_preemption_gives_the_same_tokens() -> None:
+    """Eight sequences in 12 blocks of 4: preempted and recomputed mid-decode, same tokens."""
+    prompts = [[3 + i, 9, 14 + i, 3] for i in range(8)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
+    eager, _, _ = run("llama", False, prompts, params, num_blocks=12, max_num_seqs=8)
+    fused, kinds, llm = run("llama", True, prompts, params, num_blocks=12, max_num_seqs=8)
+    assert llm.engine.num_preemptions > 0 and "Decode" in kinds
+    assert_same(eager, fused)
+
+
+def test_steps_it_does_not_take() -> None:
+    """More rows than the kernels' (a 9-token prompt) or several groups: None, x untouched."""
+    llm = LLM(checkpoint=gguf_checkpoint("llama"), dtype="float32", quantization="gguf",
+              block_size=4, num_blocks=64)
+    model = llm.engine.model
+    seen: list[tuple[int, bool]] = []
+    native = model.fused
+
+    def spy(x, positions, meta):
+        before = x.clone()
+        out = native(x, positions, meta)
+        if out is None:
+            assert torch.equal(x, before)
+        seen.append((x.shape[0], out is not None))
+        return out
+
+    model.fused = spy
+    llm.generate([list(range(3, 12))], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    assert seen[0] == (9, False) and seen[1] == (1, True)
