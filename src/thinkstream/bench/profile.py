@@ -8,7 +8,8 @@ sequences run. Components (wall time, ms per step):
   or with ``compile_decode`` the compiled decode step (both; ``runner.decode_graph``); the
   layers split into their linears (forward hooks on every linear module: the matmuls,
   dense or GGUF-native), attention (``paged_attention``, wrapped for the run) and the rest
-  (norms, rotary embedding, residual adds, casts, module-call overhead);
+  (norms, rotary embedding, residual adds, casts, module-call overhead); in the native
+  decoder stack (``models/fused_decode.py``) its own timers split matmuls and attention;
 - runner prep: ``runner.forward`` minus the model: token/position tensors, attention
   metadata (slot maps, block tables);
 - sampling: ``runner.sample``;
@@ -24,6 +25,7 @@ A torch.profiler pass over the same steps lists the top operators by self CPU ti
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -58,8 +60,16 @@ def _instrument_layers(model, acc: dict[str, float], clock: Callable[[], float])
                 lambda m, a, out: acc.__setitem__("linears", acc["linears"] + clock() - starts.pop())))
     original = layers.paged_attention
     layers.paged_attention = _timed(original, acc, "attention", clock)
+    stack = model.fused  # the native decoder stack (models/fused_decode.py): its own timers
+    timers = (ctypes.c_double * 2)()
+    if stack is not None:
+        stack.time_parts(timers, clock is time.process_time)
 
     def undo() -> None:
+        if stack is not None:
+            stack.time_parts(None)
+            acc["linears"] += timers[0]
+            acc["attention"] += timers[1]
         layers.paged_attention = original
         for h in handles:
             h.remove()

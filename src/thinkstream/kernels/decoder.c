@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int (*matmul_fn)(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                          const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads);
@@ -53,7 +54,15 @@ typedef struct {
     const td_layer *layers;
     matmul_fn matmul;
     attention_fn attention;
+    double *timers;   /* NULL, or seconds added per part: [0] matmuls, [1] attention */
+    int64_t clock_id; /* the clock of the timers (CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID) */
 } td_model;
+
+static double now(const td_model *M) {
+    struct timespec ts;
+    clock_gettime((clockid_t)M->clock_id, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* One step: t rows = b sequences x nq queries (b * nq == t, row-major). */
 typedef struct {
@@ -75,6 +84,7 @@ static void rmsnorm(const float *x, float *y, int64_t n, const float *w, double 
 
 static int linear(const td_model *M, const td_linear *L, const float *x, int64_t m, int64_t ldx,
                   float *y, int threads) {
+    double t0 = M->timers ? now(M) : 0.0;
     for (int64_t p = 0; p < L->nparts; p++) {
         const td_part *P = &L->parts[p];
         if (M->matmul((int)P->qtype, P->w, P->row_bytes, P->rows, L->k, x, m, ldx, y + P->col, L->n, threads))
@@ -83,6 +93,7 @@ static int linear(const td_model *M, const td_linear *L, const float *x, int64_t
     if (L->bias)
         for (int64_t r = 0; r < m; r++)
             for (int64_t j = 0; j < L->n; j++) y[r * L->n + j] += L->bias[j];
+    if (M->timers) M->timers[0] += now(M) - t0;
     return 0;
 }
 
@@ -124,9 +135,11 @@ static int layer_forward(const td_model *M, const td_layer *L, const td_step *S,
         memcpy(q + r * qs, row, sizeof(float) * qs);
     }
     int w = L->sliding && S->mask[1] ? 1 : 0;
+    double t0 = M->timers ? now(M) : 0.0;
     if (M->attention(q, o, S->b, S->nq, nh, kvh, d, L->k_cache, L->v_cache, 0, S->slots, S->slot_b_stride,
                      S->length, S->mask[w], S->mask_b[w], S->mask_q[w], (float)M->scale, threads))
         return -4;
+    if (M->timers) M->timers[1] += now(M) - t0;
     if (linear(M, &L->o, o, t, qs, h, threads)) return -3;
     for (int64_t r = 0; r < t; r++) {
         if (L->post_attn_norm) rmsnorm(h + r * H, h + r * H, H, L->post_attn_norm, M->eps);

@@ -17,6 +17,7 @@ or caches. ``LlamaForCausalLM.forward`` asks first; ``None`` means "not this ste
 from __future__ import annotations
 
 import ctypes
+import time
 
 import torch
 from torch import nn
@@ -96,6 +97,13 @@ class FusedDecoder:
         address = ctypes.cast(kernels.lib.gguf_matmul, ctypes.c_void_p).value
         fq_address = ctypes.cast(attention.lib.fq_attention, ctypes.c_void_p).value
         return cls(model, lib, address, fq_address)
+
+    def time_parts(self, timers: ctypes.Array | None, cpu_clock: bool = False) -> None:
+        """Add the seconds of the stack's matmuls and attention to ``timers[0]`` and
+        ``timers[1]`` (a ctypes array of two doubles) from now on, on this process's CPU
+        clock or the monotonic one; None stops (``bench profile``)."""
+        self._model.timers = timers
+        self._model.clock_id = time.CLOCK_PROCESS_CPUTIME_ID if cpu_clock else time.CLOCK_MONOTONIC
 
     def _bind_caches(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
         """Point the layers at the step's caches; False if a cache is not float32 contiguous."""
