@@ -174,7 +174,9 @@ async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dic
     from thinkstream.engine.policy import policy_key
     from thinkstream.sampling_params import SamplingParams
 
-    cfg = EngineConfig(dtype=args.dtype, quantization=args.quantization,
+    from thinkstream.bench.cli import quantization_arg
+
+    cfg = EngineConfig(dtype=args.dtype, quantization=quantization_arg(args.quantization),
                        kv_cache_memory=args.kv_cache_mb << 20,
                        max_num_batched_tokens=args.max_batched_tokens, num_threads=args.threads)
     t = time.perf_counter()
@@ -182,6 +184,7 @@ async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dic
     report["model"] = str(llm.engine.model_path) if checkpoint is None else "<checkpoint>"
     report["peers"]["thinkstream"] = {"load_s": time.perf_counter() - t, "dtype": args.dtype,
                                       "quantization": args.quantization,
+                                      "precision": llm.engine.precision.reason,
                                       "threads": args.threads, "kv_cache_mb": args.kv_cache_mb,
                                       "max_num_batched_tokens": args.max_batched_tokens}
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
@@ -236,7 +239,7 @@ def _peer_part(args, name: str, gguf: Path, prompts: list, report: dict) -> None
 
     options: dict[str, Any] = {"max_batch": 1, "threads": args.threads}
     if name == "hf":
-        options["dtype"] = args.hf_dtype or args.dtype
+        options["dtype"] = args.hf_dtype or ("float32" if args.dtype == "auto" else args.dtype)
     peer = WorkerPeer(PeerSpec(name, None, gguf, options))
     try:
         info = peer.wait_ready()
@@ -345,9 +348,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     p.add_argument("--model", default=None,
                    help="GGUF file, HF directory, 'smollm2-135m' (default) or 'gemma3-270m'")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--quantization", default=None, choices=["int8", "int4"],
-                   help="thinkstream's weight-only quantization")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="thinkstream's dtype (default: the engine's own; HF: float32 for auto)")
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
+                   help="thinkstream's weight quantization (auto: GGUF-native where it runs)")
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--lengths", default=[256, 1024, 4096], type=ints,
                    help="document lengths in tokens (default 256,1024,4096)")

@@ -123,9 +123,81 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
+#if defined(__AVX512F__)
+/* kt[c * TK + j] = rows[j][c] for c < 16, j < 16 (rows[j] NULL: zeros): a 16 x 16 transpose
+ * in registers (pairs, then quads, then 128-bit lanes). */
+static inline void transpose_block(const float *const *rows, float *kt) {
+    __m512 r[16], t[16];
+    for (int j = 0; j < 16; j++) r[j] = rows[j] ? _mm512_loadu_ps(rows[j]) : _mm512_setzero_ps();
+    for (int j = 0; j < 16; j += 2) {
+        t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
+        t[j + 1] = _mm512_unpackhi_ps(r[j], r[j + 1]);
+    }
+    for (int j = 0; j < 16; j += 4) {  /* r[j + i]: column (4 lane + i) of rows j .. j+3 */
+        __m512d a = _mm512_castps_pd(t[j]), b = _mm512_castps_pd(t[j + 2]);
+        __m512d c = _mm512_castps_pd(t[j + 1]), e = _mm512_castps_pd(t[j + 3]);
+        r[j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, e));
+        r[j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, e));
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512 va = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x44), vb = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xEE);
+        __m512 wa = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x44), wb = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xEE);
+        _mm512_storeu_ps(kt + (int64_t)i * TK, _mm512_shuffle_f32x4(va, wa, 0x88));
+        _mm512_storeu_ps(kt + (int64_t)(4 + i) * TK, _mm512_shuffle_f32x4(va, wa, 0xDD));
+        _mm512_storeu_ps(kt + (int64_t)(8 + i) * TK, _mm512_shuffle_f32x4(vb, wb, 0x88));
+        _mm512_storeu_ps(kt + (int64_t)(12 + i) * TK, _mm512_shuffle_f32x4(vb, wb, 0xDD));
+    }
+}
+#elif defined(__AVX2__)
+/* the same with two 8 x 8 transposes per 16 x 16 block (keys 0..7, then 8..15) */
+static inline void transpose_block(const float *const *rows, float *kt) {
+    for (int half = 0; half < 2; half++)
+        for (int cb = 0; cb < 16; cb += 8) {
+            __m256 r[8], t[8], u[8];
+            for (int j = 0; j < 8; j++) {
+                const float *p = rows[8 * half + j];
+                r[j] = p ? _mm256_loadu_ps(p + cb) : _mm256_setzero_ps();
+            }
+            for (int j = 0; j < 8; j += 2) {
+                t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+                t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+            }
+            for (int j = 0; j < 8; j += 4) {
+                u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
+                u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE);
+                u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+                u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
+            }
+            for (int i = 0; i < 4; i++) {
+                _mm256_storeu_ps(kt + (int64_t)(cb + i) * TK + 8 * half, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+                _mm256_storeu_ps(kt + (int64_t)(cb + 4 + i) * TK + 8 * half, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+            }
+        }
+}
+#endif
+
 /* keys slots[0..nk) of head h -> kt (d, TK) transposed, vt (TK, d); float32; padded with 0 */
 static void load_tile(const void *kc, const void *vc, int bf16, int64_t slot_stride, int64_t head_off,
                       const int64_t *slots, int nk, int d, float *kt, float *vt) {
+#if defined(__AVX2__)
+    if (!bf16) {  /* float32 cache: keys transposed in registers, 16 columns at a time */
+        const float *rows[TK];
+        for (int j = 0; j < TK; j++) {
+            float *vrow = vt + (int64_t)j * d;
+            rows[j] = j < nk ? (const float *)kc + slots[j] * slot_stride + head_off : NULL;
+            if (j < nk) memcpy(vrow, (const float *)vc + slots[j] * slot_stride + head_off, sizeof(float) * d);
+            else memset(vrow, 0, sizeof(float) * d);
+        }
+        for (int c = 0; c < d; c += 16) {
+            const float *cols[TK];
+            for (int j = 0; j < TK; j++) cols[j] = rows[j] ? rows[j] + c : NULL;
+            transpose_block(cols, kt + (int64_t)c * TK);
+        }
+        return;
+    }
+#endif
     float kb[TK * 256];  /* the keys as rows (d <= 256 here; longer heads go through kt directly) */
     int direct = d > 256;
     for (int j = 0; j < TK; j++) {
