@@ -118,7 +118,7 @@ def test_quick_run_tiny_model(tmp_path, tiny_ckpt):
 def test_unknown_peer_is_rejected(tiny_ckpt):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(), "bench")
-    args = parser.parse_args(["bench", "decode", "--peers", "vllm"])
+    args = parser.parse_args(["bench", "decode", "--peers", "nope"])
     with pytest.raises(ValueError, match="unknown peer"):
         run(args, checkpoint=tiny_ckpt)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
+
+from thinkstream.bench.report import machine
 
 KINDS = {"prefill": ("prefill",), "decode": ("decode",), "throughput": ("throughput",),
          "all": ("prefill", "decode", "throughput")}
@@ -49,22 +50,17 @@ def hf_dtype(dtype: str) -> str:
     return "float32" if dtype == "auto" else dtype
 
 
-def machine() -> dict[str, Any]:
-    """What a result was measured on: cores, platform, CPU model and instruction sets."""
-    from thinkstream.kernels.cpu import detect_cpu
-
-    return {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu": detect_cpu().as_dict()}
-
-
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
+    from thinkstream.bench.vllm_peer import vllm_arguments
+
     bench = subparsers.add_parser(name, help="benchmark thinkstream against HF and llama.cpp")
     sub = bench.add_subparsers(dest="bench_command", required=True)
     for kind in KINDS:
         p = sub.add_parser(kind, help=f"{kind} workloads" if kind != "all" else "every workload")
         _common(p)
         p.add_argument("--peers", default="thinkstream,hf,llamacpp",
-                       help="comma-separated subset of thinkstream,hf,llamacpp")
+                       help="comma-separated subset of thinkstream,hf,llamacpp,vllm")
+        vllm_arguments(p)
         p.add_argument("--reps", type=int, default=3)
         p.add_argument("--throughput-reps", type=int, default=None,
                        help="repetitions of the (long) throughput workloads; default --reps")
@@ -73,6 +69,19 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         p.add_argument("--in-process", action="store_true",
                        help="no worker processes (peak memory is then the whole process's)")
         p.set_defaults(fn=run, kinds=KINDS[kind])
+    p = sub.add_parser("side-by-side", help="one table per CPU class: thinkstream's default "
+                       "and float32, llama.cpp, HF float32 and vLLM CPU")
+    from thinkstream.bench import side_by_side
+
+    side_by_side.add_arguments(p)
+    vllm_arguments(p)
+    p.set_defaults(fn=side_by_side.run_cli)
+    p = sub.add_parser("vllm-setup", help="create vLLM CPU's own environment and export the "
+                       "GGUF for it (the vllm peer; about 7 minutes, needs pip's index)")
+    p.add_argument("--model", default=None, help="the GGUF to export (default: SmolLM2)")
+    p.add_argument("--venv", default=None, help="default: $THINKSTREAM_VLLM_VENV or "
+                   "~/.cache/thinkstream/vllm-venv")
+    p.set_defaults(fn=run_vllm_setup)
     p = sub.add_parser("profile", help="where thinkstream's decode step time goes")
     _common(p)
     p.add_argument("--batch", type=int, action="append", default=None,
@@ -132,13 +141,31 @@ def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
         "hf": {"dtype": args.hf_dtype or hf_dtype(args.dtype), "max_batch": args.max_batch,
                "threads": threads},
         "llamacpp": {"max_batch": args.max_batch, "threads": threads},
+        "vllm": {"python": args.vllm_python, "max_batch": args.max_batch, "threads": threads,
+                 "dtype": args.hf_dtype or hf_dtype(args.dtype), "kv_cache_gb": args.vllm_kv_gb},
     }
     names = [n.strip() for n in args.peers.split(",") if n.strip()]
     for n in names:
         if n not in options:
-            raise ValueError(f"--peers: unknown peer {n!r}; choose from thinkstream, hf, llamacpp")
+            raise ValueError(f"--peers: unknown peer {n!r}; choose from {', '.join(options)}")
+    if "vllm" in names:
+        from thinkstream.bench.vllm_peer import vllm_available
+
+        names = [n for n in names if n != "vllm" or vllm_available(args.vllm_python)]
     return [PeerSpec(n, model, gguf, options[n], checkpoint if n == "thinkstream" else None)
             for n in names]
+
+
+def run_vllm_setup(args: argparse.Namespace) -> int:
+    from thinkstream.bench.vllm_peer import default_venv, setup
+    from thinkstream.loading import resolve_model_path
+
+    gguf = resolve_model_path(args.model)
+    if gguf.suffix != ".gguf":
+        raise ValueError(f"--model: vLLM's export reads a GGUF file, got {gguf}")
+    python = setup(Path(args.venv).expanduser() if args.venv else default_venv(), gguf)
+    print(f"vLLM peer ready: --peers ...,vllm --vllm-python {python}")
+    return 0
 
 
 def run(args: argparse.Namespace, checkpoint: Any = None) -> int:

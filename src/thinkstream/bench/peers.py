@@ -10,6 +10,7 @@ phase of a decode batch); ``total_s`` is when the last one finished.
   cache (forward + argmax, left padding and an attention mask for batches); requests run
   in static waves of ``max_batch`` (no continuous batching, no prefix caching).
 - ``LlamaCppPeer`` (``llamacpp.py``): llama-cpp-python's low-level batch API.
+- ``VLLMPeer`` (``vllm_peer.py``): vLLM's CPU build in its own environment, a subprocess.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Timing:
     first_s: float  # every request has its first token
     total_s: float  # every request has finished
     generated: int  # tokens generated in all (must equal the workload's output tokens)
+    cpu_s: float | None = None  # CPU time of a peer in a process of its own (vLLM), else None
 
 
 class Peer(Protocol):

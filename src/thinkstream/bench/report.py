@@ -5,6 +5,8 @@ ratio above 1 means thinkstream is ahead), a markdown table, JSON and a PNG."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,14 @@ SCHEMA = "thinkstream-bench/1"
 HEADLINE = {"prefill": "prefill_tok_s", "decode": "decode_tok_s", "throughput": "output_tok_s"}
 UNITS = {"prefill_tok_s": "tok/s", "decode_tok_s": "tok/s", "output_tok_s": "tok/s",
          "req_s": "req/s", "ttft_s": "s", "total_s": "s"}
+
+
+def machine() -> dict[str, Any]:
+    """What a result was measured on: cores, platform, CPU model and instruction sets."""
+    from thinkstream.kernels.cpu import detect_cpu
+
+    return {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu": detect_cpu().as_dict()}
 
 
 def metrics(sample: dict[str, Any]) -> dict[str, float]:

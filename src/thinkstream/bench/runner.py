@@ -26,12 +26,14 @@ from thinkstream.bench.workloads import (
     prefill_workload,
 )
 
+PEER_NAMES = ("thinkstream", "hf", "llamacpp", "vllm")
+
 
 @dataclass(frozen=True)
 class PeerSpec:
     """What a worker needs to build a peer (picklable)."""
 
-    name: str  # "thinkstream" | "hf" | "llamacpp"
+    name: str  # one of PEER_NAMES
     model: str | None  # thinkstream's model argument
     gguf: Path | None  # the file HF and llama.cpp load
     options: dict[str, Any] = field(default_factory=dict)
@@ -53,7 +55,11 @@ def make_peer(spec: PeerSpec):
         from thinkstream.bench.llamacpp import LlamaCppPeer
 
         return LlamaCppPeer(spec.gguf, **spec.options)
-    raise ValueError(f"unknown peer {spec.name!r}; choose thinkstream, hf, llamacpp")
+    if spec.name == "vllm":
+        from thinkstream.bench.vllm_peer import VLLMPeer
+
+        return VLLMPeer(spec.gguf, **spec.options)
+    raise ValueError(f"unknown peer {spec.name!r}; choose {', '.join(PEER_NAMES)}")
 
 
 def peak_rss_mb() -> float:
@@ -75,13 +81,22 @@ class LocalPeer:
     def wait_ready(self) -> dict[str, Any]:
         return self.info
 
+    def prepare(self, requests: list[Request]) -> None:
+        """Untimed set-up for ``requests`` (a peer's ``prepare``, where it has one)."""
+        if hasattr(self.peer, "prepare"):
+            self.peer.prepare(requests)
+
     def generate(self, requests: list[Request]) -> Timing:
         return self.peer.generate(requests)
 
     def peak_rss_mb(self) -> float:
-        return peak_rss_mb()
+        """The peer's own figure where it runs in a process of its own (vLLM), else this
+        process's."""
+        return getattr(self.peer, "peak_rss_mb", peak_rss_mb)()
 
     def close(self) -> None:
+        if hasattr(self.peer, "close"):
+            self.peer.close()
         self.peer = None
 
 
@@ -91,7 +106,9 @@ def _worker(spec: PeerSpec, conn) -> None:
         conn.send(("ready", peer.info))
         while (msg := conn.recv()) is not None:
             kind, requests = msg
-            conn.send(("ok", peer.generate(requests) if kind == "generate" else peak_rss_mb()))
+            conn.send(("ok", peer.generate(requests) if kind == "generate"
+                       else peer.peak_rss_mb()))
+        peer.close()
     except BaseException:  # report it to the parent instead of dying silently
         conn.send(("error", traceback.format_exc()))
 

@@ -7,8 +7,10 @@ function: the answer quotes its input), **chat** (short open questions: little o
 cycled); batch 1 runs them one after another. Configurations: no speculation, each
 proposer with a fixed length, and adaptive (``speculative.adaptive``). Peers at batch 1 on
 the same GGUF: llama.cpp with prompt-lookup drafting (llama-cpp-python's
-``LlamaPromptLookupDecoding``) and without, and HF transformers' ``generate`` with
-``prompt_lookup_num_tokens`` and without. Everything runs in this process on one thread,
+``LlamaPromptLookupDecoding``) and without, and HF transformers' ``generate`` without,
+with ``prompt_lookup_num_tokens`` and with ``assistant_early_exit`` (transformers' own
+self-speculation: its first k layers draft, ``num_assistant_tokens`` at a time, the same
+layer and length as thinkstream's ``early_exit fixed``). Everything runs in this process on one thread,
 one configuration after another (compare ratios within one run: these machines are
 shared and noisy).
 
@@ -24,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -117,27 +117,40 @@ def run_llamacpp(gguf: Path, prompts: list[list[int]], max_tokens: int,
     return {"tokens": sum(outs), "seconds": seconds, "tok_s": sum(outs) / seconds}
 
 
-def run_hf(gguf: Path, prompts: list[list[int]], max_tokens: int, lookup: int,
+def run_hf(gguf: Path, prompts: list[list[int]], max_tokens: int, draft: dict[str, Any],
            model: Any = None) -> tuple[dict[str, Any], Any]:
-    """HF transformers ``generate``, batch 1, greedy; ``lookup`` > 0:
-    ``prompt_lookup_num_tokens``. Returns the row and the model (loaded once)."""
+    """HF transformers ``generate``, batch 1, greedy; ``draft``: its drafting arguments
+    (``hf_drafts``), none for plain decoding. Returns the row and the model (loaded once)."""
     import torch
     import transformers
 
     if model is None:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    kw = {"prompt_lookup_num_tokens": lookup} if lookup else {}
     t0 = time.perf_counter()
-    n = 0
+    outputs = []
     with torch.inference_mode():
         for p in prompts:
             ids = torch.tensor([p])
             out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
-                                 attention_mask=torch.ones_like(ids), **kw)
-            n += out.shape[1] - ids.shape[1]
+                                 attention_mask=torch.ones_like(ids), **draft)
+            outputs.append(out[0, ids.shape[1]:].tolist())
     seconds = time.perf_counter() - t0
-    return {"tokens": n, "seconds": seconds, "tok_s": n / seconds}, model
+    n = sum(map(len, outputs))
+    return {"tokens": n, "seconds": seconds, "tok_s": n / seconds, "outputs": outputs}, model
+
+
+def hf_drafts(lookup: int, layer: int | None, exit_tokens: int) -> dict[str, dict[str, Any]]:
+    """HF's configurations: none, prompt lookup of ``lookup`` tokens, and (with a layer)
+    early exit at ``layer`` drafting ``exit_tokens`` per step (constant schedule: its
+    default heuristic changes the length between calls)."""
+    out: dict[str, dict[str, Any]] = {"none": {},
+                                      f"prompt lookup {lookup}": {"prompt_lookup_num_tokens": lookup}}
+    if layer is not None:
+        out[f"early exit {layer} x{exit_tokens}"] = {
+            "assistant_early_exit": layer, "num_assistant_tokens": exit_tokens,
+            "num_assistant_tokens_schedule": "constant"}
+    return out
 
 
 def choose_exit_layer(ckpt: Any, prompts: list[list[int]], max_tokens: int) -> tuple[int, list]:
@@ -234,6 +247,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     import torch
 
+    from thinkstream.bench.report import machine
     from thinkstream.llm import LLM
     from thinkstream.loading import load_checkpoint, resolve_model_path
 
@@ -247,7 +261,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     prompts = {w: _prompts(probe, w) for w in _csv(args.workloads)}
     del probe
     layer, layers = (args.exit_layer, [])
-    if layer is None and any("early_exit" in c or "fused" in c for c in configs):
+    wants_layer = any("early_exit" in c or "fused" in c for c in configs) or "hf" in peers
+    if layer is None and wants_layer:
         layer, layers = choose_exit_layer(ckpt, prompts.get("chat") or next(iter(prompts.values())),
                                           args.max_tokens)
         print(f"early-exit layer chosen by measurement: {layer}", file=sys.stderr)
@@ -258,8 +273,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
             "model": str(gguf or "<checkpoint>"), "dtype": args.dtype,
             "quantization": args.quantization, "threads": 1, "early_exit_layer": layer,
             "exit_layers": layers,
-            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                        "cpu": _cpu_name()}}
+            "machine": machine()}
 
     def save() -> None:  # after every row: a run cut short keeps what it measured
         if args.json:
@@ -291,17 +305,21 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                 save()
             if b != 1 or gguf is None:
                 continue
+            exit_tokens = CONFIGS["early_exit fixed"]["num_speculative_tokens"]
             for peer in peers:
                 pbase = None
-                for lookup in (0, args.lookup_tokens):
+                drafts = ({"none": 0, f"prompt lookup {args.lookup_tokens}": args.lookup_tokens}
+                          if peer == "llamacpp" else hf_drafts(args.lookup_tokens, layer, exit_tokens))
+                for config, draft in drafts.items():
                     if peer == "llamacpp":
-                        r = run_llamacpp(gguf, ps, n, lookup)
+                        r = run_llamacpp(gguf, ps, n, draft)
                     else:
-                        r, hf_model = run_hf(gguf, ps, n, lookup, hf_model)
+                        r, hf_model = run_hf(gguf, ps, n, draft, hf_model)
                     pbase = pbase or r
-                    r.update(workload=w, batch=1, engine=peer,
-                             config=f"prompt lookup {lookup}" if lookup else "none",
-                             vs_none=r["tok_s"] / pbase["tok_s"], same_output=None)
+                    same = r["outputs"] == pbase["outputs"] if "outputs" in r else None
+                    r.update(workload=w, batch=1, engine=peer, config=config,
+                             vs_none=r["tok_s"] / pbase["tok_s"],
+                             same_output=same if draft else None)
                     rows.append(r)
                     save()
                     print(table([r]).splitlines()[-1], file=sys.stderr)
@@ -310,13 +328,3 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     if args.plot:
         plot(rows, args.plot)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
