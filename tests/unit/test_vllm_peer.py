@@ -160,3 +160,25 @@ def test_hf_early_exit_peer_is_lossless_on_a_tiny_llama():
     assert [len(o) for o in rows["none"]["outputs"]] == [10, 10]
     assert rows["early exit 1 x3"]["outputs"] == rows["none"]["outputs"]
     assert rows["prompt lookup 4"]["outputs"] == rows["none"]["outputs"]
+
+
+def test_side_by_side_agreement_counts_identical_requests_and_common_prefix():
+    from types import SimpleNamespace
+
+    import torch
+
+    from thinkstream.bench.side_by_side import _agreement
+
+    def peer(tokens):
+        return SimpleNamespace(peer=SimpleNamespace(last_tokens=tokens))
+
+    peers = {"thinkstream float32": peer([[1, 2, 3], [4, 5, 6]]),
+             "vllm float32": peer([[1, 2, 3], [4, 9, 6]]),
+             "hf float32": peer(torch.tensor([[1, 2, 3], [4, 5, 6]])),  # (B, steps)
+             "other": peer([[1, 2, 3]])}  # another workload's: left out
+    assert _agreement(peers) == {
+        "vllm float32": {"against": "thinkstream float32", "requests": 2, "identical": 1,
+                         "mean_common_prefix": 2.0, "tokens_per_request": [3, 3]},
+        "hf float32": {"against": "thinkstream float32", "requests": 2, "identical": 2,
+                       "mean_common_prefix": 3.0, "tokens_per_request": [3, 3]}}
+    assert _agreement({"vllm float32": peers["vllm float32"]}) == {}

@@ -73,20 +73,23 @@ class ThinkstreamPeer:
 
         engine = self.llm.engine
         t0 = time.perf_counter()
-        waiting = set()
+        ids = []
         for r in requests:
             params = SamplingParams(temperature=0.0, max_tokens=r.max_tokens, ignore_eos=True)
-            waiting.add(engine.add_request(None, list(r.prompt), params))
-        counts: dict[str, int] = {}
+            ids.append(engine.add_request(None, list(r.prompt), params))
+        waiting = set(ids)
+        outputs: dict[str, Any] = {}
         first = None
         while engine.has_unfinished_requests():
             for out in engine.step():
-                counts[out.request_id] = len(out.outputs[0].token_ids)
+                outputs[out.request_id] = out.outputs[0].token_ids
                 waiting.discard(out.request_id)
             if first is None and not waiting:
                 first = time.perf_counter() - t0
         total = time.perf_counter() - t0
-        return Timing(first if first is not None else total, total, sum(counts.values()))
+        self.last_tokens = [list(outputs.get(i, ())) for i in ids]  # for parity checks
+        return Timing(first if first is not None else total, total,
+                      sum(map(len, self.last_tokens)))
 
 
 class HFPeer:

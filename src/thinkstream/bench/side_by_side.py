@@ -88,6 +88,7 @@ def _measure(args: argparse.Namespace, peers: dict[str, LocalPeer]) -> dict[str,
     for p in peers.values():  # warm-up: first calls build kernels and caches
         p.generate(list(decode_workload(2, vocab, 4).requests))
     wall: dict[tuple[str, str], list[float]] = {}
+    agreement: dict[str, Any] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.reps):
         works = _workloads(vocab, args.decode, args.batch_tokens, seed=1 + rep)
@@ -100,6 +101,8 @@ def _measure(args: argparse.Namespace, peers: dict[str, LocalPeer]) -> dict[str,
                 own = timing.cpu_s  # a peer in its own process reports its CPU time
                 cpu.setdefault((n, w), []).append(own if own is not None
                                                   else time.process_time() - c0)
+            if w == "decode b8":  # 8 requests x --batch-tokens greedy tokens
+                agreement = _agreement(peers)
     rows = {w: {n: {"wall_tok_s": _rate(w, works[w], statistics.median(wall[n, w])),
                     "cpu_tok_s": _rate(w, works[w], statistics.median(cpu[n, w]))}
                 for n in peers} for w in works}
@@ -107,7 +110,29 @@ def _measure(args: argparse.Namespace, peers: dict[str, LocalPeer]) -> dict[str,
             "threads": args.threads, "reps": args.reps, "torch": torch.__version__,
             "command": "thinkstream bench side-by-side " + " ".join(sys.argv[3:]),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "settings": {n: p.info["settings"] for n, p in peers.items()}, "results": rows}
+            "settings": {n: p.info["settings"] for n, p in peers.items()}, "results": rows,
+            "agreement": agreement}
+
+
+def _agreement(peers: dict[str, LocalPeer], base: str = "thinkstream float32") -> dict[str, Any]:
+    """Greedy tokens of every peer against thinkstream float32's on the same requests: how
+    many are identical, and the mean length of the common prefix (tokens)."""
+    if base not in peers:
+        return {}
+    ref = peers[base].peer.last_tokens
+    out = {}
+    for n, p in peers.items():
+        theirs = getattr(p.peer, "last_tokens", None)
+        if n == base or theirs is None or len(theirs) != len(ref):
+            continue
+        theirs = theirs.tolist() if hasattr(theirs, "tolist") else [list(t) for t in theirs]
+        prefix = [next((i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b),
+                       min(len(x), len(y))) for x, y in zip(ref, theirs, strict=True)]
+        out[n] = {"against": base, "requests": len(ref),
+                  "identical": sum(x == y for x, y in zip(ref, theirs, strict=True)),
+                  "mean_common_prefix": sum(prefix) / len(prefix),
+                  "tokens_per_request": [len(x) for x in ref]}
+    return out
 
 
 def table(report: dict[str, Any]) -> str:
@@ -141,6 +166,9 @@ def run_cli(args: argparse.Namespace) -> int:
     report = run(args)
     print(f"{detect_cpu().describe()}; {args.threads} thread(s); tokens/s CPU time (wall)")
     print(table(report))
+    for n, a in report["agreement"].items():
+        print(f"greedy tokens, {n} vs {a['against']}: {a['identical']}/{a['requests']} requests "
+              f"identical, common prefix {a['mean_common_prefix']:.1f} tokens on average")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
