@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from thinkstream.bench.report import machine
+from thinkstream.bench.report import machine, quantization_arg
 
 KINDS = {"prefill": ("prefill",), "decode": ("decode",), "throughput": ("throughput",),
          "all": ("prefill", "decode", "throughput")}
@@ -38,11 +38,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     p.add_argument("--compile-decode", action="store_true",
                    help="thinkstream's EngineConfig.compile_decode: decode steps as compiled graphs")
-
-
-def quantization_arg(value: str | None) -> str | None:
-    """The CLI's ``--quantization`` ("none" spelled out) -> ``EngineConfig.quantization``."""
-    return None if value in (None, "none") else value
 
 
 def hf_dtype(dtype: str) -> str:

@@ -26,6 +26,11 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "cpu": detect_cpu().as_dict()}
 
 
+def quantization_arg(value: str | None) -> str | None:
+    """The CLI's ``--quantization`` ("none" spelled out) -> ``EngineConfig.quantization``."""
+    return None if value in (None, "none") else value
+
+
 def metrics(sample: dict[str, Any]) -> dict[str, float]:
     """The figures of one run.
 

@@ -169,12 +169,11 @@ def _gguf(model: str | None) -> Path | None:
 async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dict) -> list:
     """The thinkstream peers and the concurrent load; returns every length's prompt ids."""
     from thinkstream.async_llm import AsyncLLM
+    from thinkstream.bench.report import quantization_arg
     from thinkstream.config import EngineConfig
     from thinkstream.engine.llm_engine import LLMEngine
     from thinkstream.engine.policy import policy_key
     from thinkstream.sampling_params import SamplingParams
-
-    from thinkstream.bench.cli import quantization_arg
 
     cfg = EngineConfig(dtype=args.dtype, quantization=quantization_arg(args.quantization),
                        kv_cache_memory=args.kv_cache_mb << 20,
