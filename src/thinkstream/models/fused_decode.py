@@ -71,7 +71,7 @@ class FusedDecoder:
             hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
             inter=cfg.intermediate_size, gelu=int(layers[0].mlp.gelu), num_layers=len(layers),
             eps=cfg.rms_norm_eps, scale=cfg.scale, layers=self._layers, matmul=matmul, attention=attention)
-        self._caches: tuple[int, ...] = ()
+        self._caches: tuple[int, ...] = ()  # the bound caches' key (_bind_caches)
 
     @classmethod
     def build(cls, model: nn.Module) -> FusedDecoder | None:
@@ -107,8 +107,8 @@ class FusedDecoder:
 
     def _bind_caches(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
         """Point the layers at the step's caches; False if a cache is not float32 contiguous."""
-        key = tuple(t.data_ptr() for kv in kv_caches for t in kv)
-        if key == self._caches:
+        key = (id(kv_caches), len(kv_caches), kv_caches[0][0].data_ptr(), kv_caches[-1][1].data_ptr())
+        if key == self._caches:  # the runner's list, allocated once
             return True
         if len(kv_caches) != len(self._layers) or any(
                 t.dtype != torch.float32 or not t.is_contiguous() for kv in kv_caches for t in kv):
