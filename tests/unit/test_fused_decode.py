@@ -1,8 +1,9 @@
 """The native decoder stack (``models/fused_decode.py``, ``kernels/decoder.c``): for every
 architecture (Llama, Qwen2's q/k/v bias, Qwen3's q/k norm, Gemma 3's sandwich norms,
 GELU, sliding window and two RoPE bases) a GGUF-block model gives the eager layers' tokens
-and log-probabilities with the stack on, for decode batches and short chunks, under a
-tiny pool too, and the stack leaves the steps it does not take to the eager layers."""
+and log-probabilities with the stack on: decode batches, short chunks, fresh short prompts,
+steps mixing them, padded batches of chunks (speculative verification), under a tiny pool
+too; the stack leaves the steps it does not take to the eager layers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gguf.quants import dequantize, quantize
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream import LLM, SamplingParams
-from thinkstream.attention.metadata import Decode, ShortChunk
+from thinkstream.attention.metadata import Decode, ShortBatch, ShortChunk
 from thinkstream.kernels.gguf import load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
 
@@ -51,7 +52,7 @@ def run(arch: str, fused: bool, prompts, params, **engine):
     def counted(x, positions, meta):
         out = native(x, positions, meta)
         if out is not None:
-            kinds.append(type(meta.groups[0]).__name__)
+            kinds.append(tuple(type(g).__name__ for g in meta.groups))
         return out
 
     model.fused = counted if fused else None
@@ -77,7 +78,7 @@ def test_decode_batch_equals_the_eager_layers(arch: str) -> None:
     eager, none, _ = run(arch, False, prompts, params)
     fused, kinds, _ = run(arch, True, prompts, params)
     assert none == []
-    assert kinds.count("Decode") >= 9 and set(kinds) <= {"Decode", "ShortChunk"}
+    assert kinds.count(("Decode",)) >= 9
     assert_same(eager, fused)
 
 
@@ -116,7 +117,7 @@ def test_tiny_pool_preemption_gives_the_same_tokens() -> None:
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
     eager, _, _ = run("llama", False, prompts, params, num_blocks=12, max_num_seqs=8)
     fused, kinds, llm = run("llama", True, prompts, params, num_blocks=12, max_num_seqs=8)
-    assert llm.engine.num_preemptions > 0 and "Decode" in kinds
+    assert llm.engine.num_preemptions > 0 and ("Decode",) in kinds
     assert_same(eager, fused)
 
 
@@ -139,3 +140,60 @@ def test_steps_it_does_not_take() -> None:
     model.fused = spy
     llm.generate([list(range(3, 12))], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
     assert seen[0] == (9, False) and seen[1] == (1, True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_mixed_groups_in_one_step(arch: str) -> None:
+    """A request arriving while another decodes: one step holds the decode row and the fresh
+    3-token prompt (Decode + Prefill groups, the decode row gathered by its index)."""
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
+    got = {}
+    for fused in (False, True):
+        llm = LLM(checkpoint=gguf_checkpoint(arch), dtype="float32", quantization="gguf",
+                  block_size=4, num_blocks=64)
+        eng, native, kinds = llm.engine, llm.engine.model.fused, []
+
+        def counted(x, positions, meta, native=native, kinds=kinds):
+            out = native(x, positions, meta)
+            if out is not None:
+                kinds.append(tuple(sorted(type(g).__name__ for g in meta.groups)))
+            return out
+
+        eng.model.fused = counted if fused else None
+        eng.add_request("a", list(range(20, 30)), params)
+        for _ in range(3):
+            eng.step()
+        eng.add_request("b", [7, 8, 9], params)
+        outs = {}
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                if o.finished:
+                    outs[o.request_id] = o
+        got[fused] = (outs, kinds)
+        assert eng.check_integrity() is None
+    assert ("Decode", "Prefill") in got[True][1]
+    assert_same([got[False][0]["a"], got[False][0]["b"]], [got[True][0]["a"], got[True][0]["b"]])
+
+
+def test_speculative_verification_of_two_sequences_padded() -> None:
+    """n-gram drafts for two repetitive prompts: their verification chunks are one batch
+    (ShortBatch) on the stack, in some steps padded (drafts of different lengths: the
+    filler queries' outputs dropped); tokens and log-probs are the eager layers'."""
+    prompts = [[5, 6, 7, 8, 9] * 3, [3, 4, 3, 4, 3]]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=5)
+    spec = {"method": "ngram", "ngram_min": 1, "num_speculative_tokens": 3, "adaptive": False}
+    eager, _, _ = run("llama", False, prompts, params, speculative=spec)
+    llm = LLM(checkpoint=gguf_checkpoint("llama"), dtype="float32", quantization="gguf",
+              block_size=4, num_blocks=64, speculative=spec)
+    native, padded = llm.engine.model.fused, []
+
+    def counted(x, positions, meta):
+        out = native(x, positions, meta)
+        padded.extend(out is not None and g.take.numel() < g.rows.numel()
+                      for g in meta.groups if isinstance(g, ShortBatch))
+        return out
+
+    llm.engine.model.fused = counted
+    fused = llm.generate(prompts, params)
+    assert any(padded) and llm.engine.check_integrity() is None
+    assert_same(eager, fused)

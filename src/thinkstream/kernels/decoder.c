@@ -10,7 +10,9 @@
  *       h = rmsnorm(x) ; g, u = h Wgu^T ; m = act(g) * u ; d = m Wd^T (; rmsnorm) ; x += d
  *
  * The same arithmetic as the eager layers (models/layers.py) in float32, up to summation
- * order: norms accumulate in double, SiLU / GELU-tanh use libm. The matmul and attention
+ * order: norms accumulate in double, SiLU / GELU-tanh use libm. Attention runs per group of
+ * the step (a decode batch, a chunk, a padded batch of chunks, a fresh prompt), each group's
+ * queries gathered from and scattered to their packed rows. The matmul and attention
  * kernels are the ones the eager path calls (their libraries' entry points are passed in
  * as function pointers), so this file holds only the glue and the elementwise ops.
  * Built like the other kernels (kernels/native.py), no instruction-set flags needed. */
@@ -64,15 +66,26 @@ static double now(const td_model *M) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* One step: t rows = b sequences x nq queries (b * nq == t, row-major). */
+/* One attention group of a step: b sequences x nq queries over their context. Query i
+ * (row-major over b, nq) is packed row index[i] of the step (index NULL: rows start ..
+ * start + b * nq); only queries with real[i] nonzero keep their output (real NULL: all; a
+ * padded batch's filler queries are not). */
 typedef struct {
-    int64_t t, b, nq;
-    const float *cos[2], *sin[2]; /* (t, head_dim / 2) per RoPE table */
-    const int64_t *slot_mapping;  /* (t,) cache slot of each row's key / value */
+    int64_t b, nq, start;
+    const int64_t *index;
+    const uint8_t *real;
     const int64_t *slots;         /* (b, length) context slots, row stride slot_b_stride */
     int64_t slot_b_stride, length;
     const uint8_t *mask[2];       /* (b, nq, length) bool: [0] full, [1] sliding (or NULL) */
     int64_t mask_b[2], mask_q[2];
+} td_group;
+
+/* One step of t packed rows; its groups cover every row once. */
+typedef struct {
+    int64_t t, ngroups;
+    const float *cos[2], *sin[2]; /* (t, head_dim / 2) per RoPE table */
+    const int64_t *slot_mapping;  /* (t,) cache slot of each row's key / value */
+    const td_group *groups;
 } td_step;
 
 static void rmsnorm(const float *x, float *y, int64_t n, const float *w, double eps) {
@@ -117,7 +130,7 @@ static float act(float g, int gelu) {
 }
 
 static int layer_forward(const td_model *M, const td_layer *L, const td_step *S, float *x, float *h,
-                         float *qkv, float *q, float *o, float *gu, int threads) {
+                         float *qkv, float *q, float *o, float *gu, float *qpad, float *opad, int threads) {
     int64_t t = S->t, H = M->hidden, nh = M->heads, kvh = M->kv_heads, d = M->head_dim, I = M->inter;
     int64_t qs = nh * d, kvs = kvh * d, nqkv = qs + 2 * kvs;
     for (int64_t r = 0; r < t; r++) rmsnorm(x + r * H, h + r * H, H, L->attn_norm, M->eps);
@@ -134,11 +147,26 @@ static int layer_forward(const td_model *M, const td_layer *L, const td_step *S,
         memcpy(L->v_cache + slot * kvs, row + qs + kvs, sizeof(float) * kvs);
         memcpy(q + r * qs, row, sizeof(float) * qs);
     }
-    int w = L->sliding && S->mask[1] ? 1 : 0;
     double t0 = M->timers ? now(M) : 0.0;
-    if (M->attention(q, o, S->b, S->nq, nh, kvh, d, L->k_cache, L->v_cache, 0, S->slots, S->slot_b_stride,
-                     S->length, S->mask[w], S->mask_b[w], S->mask_q[w], (float)M->scale, threads))
-        return -4;
+    for (int64_t gi = 0; gi < S->ngroups; gi++) {
+        const td_group *G = &S->groups[gi];
+        int64_t n = G->b * G->nq;
+        int w = L->sliding && G->mask[1] ? 1 : 0;
+        const float *qg = q + G->start * qs;
+        float *og = o + G->start * qs;
+        if (G->index) {  /* gather the group's queries (padded), scatter the real outputs */
+            for (int64_t i = 0; i < n; i++) memcpy(qpad + i * qs, q + G->index[i] * qs, sizeof(float) * qs);
+            qg = qpad;
+            og = opad;
+        }
+        if (M->attention(qg, og, G->b, G->nq, nh, kvh, d, L->k_cache, L->v_cache, 0, G->slots,
+                         G->slot_b_stride, G->length, G->mask[w], G->mask_b[w], G->mask_q[w],
+                         (float)M->scale, threads))
+            return -4;
+        if (G->index)
+            for (int64_t i = 0; i < n; i++)
+                if (!G->real || G->real[i]) memcpy(o + G->index[i] * qs, opad + i * qs, sizeof(float) * qs);
+    }
     if (M->timers) M->timers[1] += now(M) - t0;
     if (linear(M, &L->o, o, t, qs, h, threads)) return -3;
     for (int64_t r = 0; r < t; r++) {
@@ -164,15 +192,28 @@ static int layer_forward(const td_model *M, const td_layer *L, const td_step *S,
  * the attention kernel refuses its arguments. */
 int td_forward(const td_model *M, const td_step *S, float *x, int threads) {
     int64_t t = S->t, H = M->hidden, d = M->head_dim;
-    int64_t qs = M->heads * d, nqkv = qs + 2 * M->kv_heads * d;
-    if (t <= 0 || S->b * S->nq != t || d % 2 || M->heads % M->kv_heads) return -1;
-    size_t floats = (size_t)t * (size_t)(H + nqkv + 2 * qs + 2 * M->inter);
+    int64_t qs = M->heads * d, nqkv = qs + 2 * M->kv_heads * d, covered = 0, padded = 0;
+    if (t <= 0 || d % 2 || M->heads % M->kv_heads || S->ngroups < 1) return -1;
+    for (int64_t gi = 0; gi < S->ngroups; gi++) {
+        const td_group *G = &S->groups[gi];
+        int64_t n = G->b * G->nq;
+        if (G->b < 1 || G->nq < 1 || (!G->index && (G->start < 0 || G->start + n > t))) return -1;
+        if (G->index) {
+            for (int64_t i = 0; i < n; i++)
+                if (G->index[i] < 0 || G->index[i] >= t) return -1;
+            padded = n > padded ? n : padded;
+        }
+        for (int64_t i = 0; i < n; i++) covered += !G->real || G->real[i];
+    }
+    if (covered != t) return -1; /* every row's output written exactly once */
+    size_t floats = (size_t)t * (size_t)(H + nqkv + 2 * qs + 2 * M->inter) + (size_t)(2 * padded * qs);
     float *buf = malloc(sizeof(float) * floats);
     if (!buf) return -2;
     float *h = buf, *qkv = h + t * H, *q = qkv + t * nqkv, *o = q + t * qs, *gu = o + t * qs;
+    float *qpad = gu + t * 2 * M->inter, *opad = qpad + padded * qs;
     int rc = 0;
     for (int64_t l = 0; l < M->num_layers && rc == 0; l++)
-        rc = layer_forward(M, &M->layers[l], S, x, h, qkv, q, o, gu, threads);
+        rc = layer_forward(M, &M->layers[l], S, x, h, qkv, q, o, gu, qpad, opad, threads);
     free(buf);
     return rc;
 }

@@ -48,12 +48,20 @@ class Model(ctypes.Structure):
                 ("attention", _ptr), ("timers", ctypes.POINTER(ctypes.c_double)), ("clock_id", _i64)]
 
 
-class Step(ctypes.Structure):
-    """One step's rows: ``t = b * nq`` (b sequences of nq queries, row-major)."""
+class Group(ctypes.Structure):
+    """One attention group: ``b`` sequences x ``nq`` queries; query i is packed row
+    ``index[i]`` (NULL: ``start + i``) and keeps its output where ``real[i]`` (NULL: all)."""
 
-    _fields_ = [("t", _i64), ("b", _i64), ("nq", _i64), ("cos", _ptr * 2), ("sin", _ptr * 2),
-                ("slot_mapping", _ptr), ("slots", _ptr), ("slot_b_stride", _i64), ("length", _i64),
-                ("mask", _ptr * 2), ("mask_b", _i64 * 2), ("mask_q", _i64 * 2)]
+    _fields_ = [("b", _i64), ("nq", _i64), ("start", _i64), ("index", _ptr), ("real", _ptr),
+                ("slots", _ptr), ("slot_b_stride", _i64), ("length", _i64), ("mask", _ptr * 2),
+                ("mask_b", _i64 * 2), ("mask_q", _i64 * 2)]
+
+
+class Step(ctypes.Structure):
+    """One step of ``t`` packed rows and its attention groups."""
+
+    _fields_ = [("t", _i64), ("ngroups", _i64), ("cos", _ptr * 2), ("sin", _ptr * 2),
+                ("slot_mapping", _ptr), ("groups", ctypes.POINTER(Group))]
 
 
 @functools.cache

@@ -9,9 +9,11 @@ and a step of up to ``MAX_ROWS`` rows (decode of a few sequences, one short chun
 a session's question or a verification of draft tokens) is one ctypes call. The result is
 the eager layers' up to float32 summation order (tests/unit/test_fused_decode.py).
 
-Everything else keeps the eager layers: more rows (the dense path), several attention
-groups in one step, shifted KV views, compiled or distributed runs, bfloat16 activations
-or caches. ``LlamaForCausalLM.forward`` asks first; ``None`` means "not this step".
+Every attention group of such a step runs on the fused attention kernel: a decode batch, a
+short chunk, a padded batch of chunks (speculative verification of several sequences,
+several sessions' chunks), a fresh prompt over its own keys. Everything else keeps the
+eager layers: more rows (the dense path), shifted KV views, compiled or distributed runs,
+bfloat16 activations or caches. ``LlamaForCausalLM.forward`` asks first; ``None`` means "not this step".
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import time
 import torch
 from torch import nn
 
-from thinkstream.attention.metadata import AttentionMetadata, Decode, ShortChunk
+from thinkstream.attention.metadata import (
+    AttentionMetadata,
+    Decode,
+    Prefill,
+    ShortBatch,
+    ShortChunk,
+)
 from thinkstream.kernels import decoder as td
 from thinkstream.kernels.attention import load_fq_attention
 from thinkstream.models.gguf_linear import MAX_ROWS, GGUFLinear
@@ -121,40 +129,91 @@ class FusedDecoder:
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
         """x (T, hidden) float32 embedded inputs, positions (T,) -> the last layer's output
         (T, hidden) (x itself, updated in place), or None when this step is not one it runs:
-        more than MAX_ROWS rows, not one Decode / ShortChunk group over the whole step,
-        shifted keys, non-float32 tensors, or inside torch.compile. Raises RuntimeError if
-        the native call fails."""
+        more than MAX_ROWS rows, shifted keys, non-float32 tensors, or inside torch.compile.
+        Raises RuntimeError if the native call fails."""
         t = x.shape[0]
         if (t == 0 or t > MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu"
-                or meta.shift_deltas is not None or len(meta.groups) != 1 or torch.compiler.is_compiling()):
+                or meta.shift_deltas is not None or torch.compiler.is_compiling()):
             return None
-        g = meta.groups[0]
-        step = td.Step(t=t)
-        if isinstance(g, Decode) and g.key_shift is None:  # the one group: its rows are 0..t-1
-            step.b, step.nq = t, 1
-            slots, masks = g.key_slots, [g.mask, g.sliding_mask]
-            step.slot_b_stride = slots.stride(0)
-            step.mask_b[:] = [0 if m is None else m.stride(0) for m in masks]
-        elif isinstance(g, ShortChunk) and g.start == 0 and g.stop == t and g.key_shift is None:
-            step.b, step.nq = 1, t
-            slots, masks = g.key_slots, [g.mask, g.sliding_mask]
-            step.mask_q[:] = [0 if m is None else m.stride(0) for m in masks]
-        else:
-            return None
-        if (slots.dtype != torch.int64 or slots.stride(-1) != 1
-                or any(m is not None and (m.dtype != torch.bool or m.stride(-1) != 1) for m in masks)
-                or not self._bind_caches(meta.kv_caches)):
+        keep: list[torch.Tensor] = []  # the tensors the C structures point into, alive for the call
+        groups = (td.Group * len(meta.groups))()
+        for i, g in enumerate(meta.groups):
+            if not _describe(g, t, len(meta.groups) == 1, meta.slot_mapping, groups[i], keep):
+                return None
+        if not self._bind_caches(meta.kv_caches):
             return None
         x = x.contiguous()
+        step = td.Step(t=t, ngroups=len(groups), groups=groups)
         tables = {id(c): (c, s) for c, s in self.model.rope_tables(positions, torch.float32)}
-        tables = [(c.contiguous(), s.contiguous()) for c, s in tables.values()]
-        for i, (c, s) in enumerate(tables):
+        for i, (c, s) in enumerate(tables.values()):
+            c, s = c.contiguous(), s.contiguous()
+            keep += [c, s]
             step.cos[i], step.sin[i] = c.data_ptr(), s.data_ptr()
         mapping = meta.slot_mapping.to(torch.int64).contiguous()
-        step.slot_mapping, step.slots, step.length = mapping.data_ptr(), slots.data_ptr(), slots.shape[-1]
-        step.mask[:] = [_ptr(m) for m in masks]
+        step.slot_mapping = mapping.data_ptr()
         rc = self.lib.td_forward(ctypes.byref(self._model), ctypes.byref(step), x.data_ptr(),
                                  torch.get_num_threads())
         if rc:
             raise RuntimeError(f"fused decoder failed (code {rc})")
         return x
+
+
+def _set_masks(out: td.Group, masks: list[torch.Tensor | None], b_dim: int | None, q_dim: int) -> bool:
+    """The group's full and sliding masks ((..., L) bool, unit stride on L) with the strides
+    of their sequence (``b_dim``; None: one sequence) and query dims."""
+    for j, m in enumerate(masks):
+        if m is None:
+            continue
+        if m.dtype != torch.bool or m.stride(-1) != 1:
+            return False
+        out.mask[j] = m.data_ptr()
+        out.mask_b[j] = 0 if b_dim is None else m.stride(b_dim)
+        out.mask_q[j] = m.stride(q_dim)
+    return True
+
+
+def _slots(out: td.Group, slots: torch.Tensor) -> bool:
+    if slots.dtype != torch.int64 or slots.stride(-1) != 1:
+        return False
+    out.slots, out.length = slots.data_ptr(), slots.shape[-1]
+    out.slot_b_stride = slots.stride(0) if slots.dim() == 2 else 0
+    return True
+
+
+def _describe(g, t: int, only: bool, slot_mapping: torch.Tensor, out: td.Group,
+              keep: list[torch.Tensor]) -> bool:
+    """Fill ``out`` for the attention group ``g`` (``metadata``'s kinds); False for a group
+    the stack does not take (shifted keys). ``only``: ``g`` is the step's one group."""
+    if getattr(g, "key_shift", None) is not None:
+        return False
+    if isinstance(g, Decode):  # (B, 1, 1, L) masks, one query per row
+        out.b, out.nq = g.key_slots.shape[0], 1
+        if not only and g.rows is not None:
+            index = g.rows.to(torch.int64).contiguous()
+            keep.append(index)
+            out.index = index.data_ptr()
+        masks = [g.mask, g.sliding_mask]
+        return _slots(out, g.key_slots) and _set_masks(out, masks, 0, 2)
+    if isinstance(g, ShortChunk):  # one chunk: (Q, L) masks
+        out.b, out.nq, out.start = 1, g.stop - g.start, g.start
+        return _slots(out, g.key_slots) and _set_masks(out, [g.mask, g.sliding_mask], None, 0)
+    if isinstance(g, ShortBatch):  # padded chunks: (B, Qmax, L) masks
+        out.b, out.nq = g.rows.shape
+        index = g.rows.reshape(-1).to(torch.int64).contiguous()
+        real = torch.zeros(index.numel(), dtype=torch.bool)
+        real[g.take] = True
+        keep += [index, real]
+        out.index, out.real = index.data_ptr(), real.data_ptr()
+        return _slots(out, g.key_slots) and _set_masks(out, [g.mask, g.sliding_mask], 0, 1)
+    if isinstance(g, Prefill):  # (1, 1, Q, L) masks; a fresh prompt attends to its own keys
+        q = g.stop - g.start
+        out.b, out.nq, out.start = 1, q, g.start
+        if g.key_slots is None:
+            slots = slot_mapping[g.start : g.stop].to(torch.int64).contiguous()
+            mask = g.mask if g.mask is not None else torch.ones(q, q, dtype=torch.bool).tril()
+            keep += [slots, mask]
+        else:
+            slots, mask = g.key_slots, g.mask
+        masks = [mask.reshape(q, -1), None if g.sliding_mask is None else g.sliding_mask.reshape(q, -1)]
+        return _slots(out, slots) and _set_masks(out, masks, None, 0)
+    return False
