@@ -224,8 +224,10 @@ def _csv(value: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="GGUF (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--quantization", default=None, choices=["int8", "int4"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="thinkstream's dtype (default: the engine's own)")
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
+                   help="thinkstream's weight quantization (auto: GGUF-native where it runs)")
     p.add_argument("--workloads", default="echo,chat,long", help="subset of echo,chat,long")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--configs", default=",".join(CONFIGS),
@@ -247,7 +249,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     import torch
 
-    from thinkstream.bench.report import machine
+    from thinkstream.bench.report import machine, quantization_arg
     from thinkstream.llm import LLM
     from thinkstream.loading import load_checkpoint, resolve_model_path
 
@@ -291,7 +293,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                         continue
                     if spec is not None and spec["method"] in ("early_exit", "fused"):
                         spec = {**spec, "early_exit_layer": layer}
-                    r = run_thinkstream(ckpt, ps, b, n, spec, args.dtype, args.quantization)
+                    r = run_thinkstream(ckpt, ps, b, n, spec, args.dtype, quantization_arg(args.quantization))
                     runs.setdefault(name, []).append(r)
                     print(f"{w} b{b} {name}: {r['tok_s']:.1f} tok/s", file=sys.stderr)
             base = _median(runs[next(iter(runs))])
