@@ -15,7 +15,7 @@ import functools
 import os
 from pathlib import Path
 
-from thinkstream.kernels.native import build, cache_dir
+from thinkstream.kernels.native import open_library
 
 _SRC = Path(__file__).with_name("decoder.c")
 
@@ -66,12 +66,8 @@ class Step(ctypes.Structure):
 
 @functools.cache
 def _load() -> ctypes.CDLL | None:
-    path = build(_SRC, cache_dir())
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
+    lib = open_library(_SRC)
+    if lib is None:
         return None
     lib.td_forward.restype = ctypes.c_int
     lib.td_forward.argtypes = [ctypes.POINTER(Model), ctypes.POINTER(Step), _ptr, ctypes.c_int]

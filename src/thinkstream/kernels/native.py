@@ -105,6 +105,18 @@ def wanted_isa(cpu: CpuInfo | None = None) -> str | None:
     return choose_isa(cpu or detect_cpu(), os.environ.get(ISA_ENV) or None)
 
 
+def open_library(src: Path) -> ctypes.CDLL | None:
+    """``src`` built without instruction-set flags (cached) and loaded; None where it
+    cannot be built or loaded."""
+    path = build(src, cache_dir())
+    if path is None:
+        return None
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError:
+        return None
+
+
 def open_isa_library(src: Path, isa: str, isa_fn: str) -> ctypes.CDLL | None:
     """``src`` built for ``isa`` (with OpenMP where the compiler has it), loaded; None where
     it cannot be built or loaded, or its ``isa_fn()`` disagrees with ``isa``."""
@@ -130,12 +142,8 @@ def load_softmax_bf16() -> SoftmaxFn | None:
     it), or None where the native kernel is unavailable (see the module docstring)."""
     if os.environ.get("THINKSTREAM_NATIVE", "1") == "0":
         return None
-    path = build(_SRC, cache_dir())
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
+    lib = open_library(_SRC)
+    if lib is None:
         return None
     isa = lib.softmax_bf16_isa()
     if isa == 0:
