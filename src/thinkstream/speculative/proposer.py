@@ -9,6 +9,7 @@ drafters). Drafts are deterministic guesses (the verifier treats q as one-hot, s
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,18 +35,18 @@ class Draft:
 NO_DRAFT = Draft()
 
 
-class Proposer:
-    """Base class. ``cost_per_token``: one draft token's cost as a fraction of a target
+class Proposer(ABC):
+    """Base class (``propose`` is abstract). ``cost_per_token``: one draft token's cost as a fraction of a target
     decode step at batch 1 (0 for a proposer that runs no model); the adaptive length
     weighs it against the expected gain."""
 
     name = "proposer"
     cost_per_token = 0.0
 
+    @abstractmethod
     def propose(self, seqs: list[Sequence], lengths: list[int]) -> list[Draft]:
         """At most ``lengths[i]`` draft tokens for ``seqs[i]`` (each sequence's last token
         is sampled and not yet computed). Returns one ``Draft`` per sequence."""
-        raise NotImplementedError
 
     def free_part(self) -> Proposer | None:
         """A proposer that runs no model and drafts like this one where it can (shadow
