@@ -53,11 +53,11 @@ class Proposer(ABC):
         drafts measure requests at length 0 with it), or None."""
         return self if self.cost_per_token == 0 else None
 
-    def observe(self, seq_id: str, tokens: list[int], accepted: int) -> None:
+    def observe(self, seq_id: str, tokens: list[int], accepted: int) -> None:  # noqa: B027 (optional hook)
         """The verifier judged ``tokens`` (this proposer's draft for ``seq_id``, as far as
         it was computed) and kept the first ``accepted``."""
 
-    def forget(self, seq_id: str) -> None:
+    def forget(self, seq_id: str) -> None:  # noqa: B027 (optional hook)
         """``seq_id`` ended: drop anything kept for it."""
 
     def tracked(self) -> set[str]:
