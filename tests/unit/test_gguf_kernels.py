@@ -19,6 +19,8 @@ from thinkstream.kernels.cpu import CpuInfo, detect_cpu, parse_cpuinfo
 HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
 BUILDS = [isa for isa in ("avx512", "avx2", "portable")
           if native.choose_isa(detect_cpu(), isa) is not None] if HAS_CC else []
+if "avx512" in BUILDS and "avx512_vnni" in detect_cpu().flags:
+    BUILDS.insert(0, "avx512+vnni")
 needs_cc = pytest.mark.skipif(not HAS_CC, reason="needs a C compiler")
 # byte offsets of the float16 fields of each block (d, and m / dmin where present)
 HALVES = {2: (0,), 3: (0, 2), 6: (0,), 7: (0, 2), 8: (0,), 12: (0, 2), 13: (0, 2), 14: (208,)}
@@ -42,8 +44,9 @@ def reference(qtype: int, blocks: np.ndarray, k: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module", params=BUILDS)
 def kernels(request) -> kg.GGUFKernels:
-    got = kg._load(request.param)
-    assert got is not None and got.isa == request.param
+    isa, _, vnni = request.param.partition("+")
+    got = kg._load(isa, bool(vnni))
+    assert got is not None and got.isa == isa and got.vnni == bool(vnni)
     return got
 
 
@@ -51,8 +54,8 @@ def kernels(request) -> kg.GGUFKernels:
 @pytest.mark.parametrize("qtype", sorted(kg.BLOCKS), ids=lambda q: NAMES[q])
 def test_matmul_and_dequantize_match_the_reference(kernels: kg.GGUFKernels, qtype: int) -> None:
     """Odd row counts of W (37) and of x (1..13: groups of four plus a remainder), two
-    blocks per row: dequantization bit-equal to gguf's, products within float32 rounding
-    of a float64 product."""
+    blocks per row: dequantization bit-equal to gguf's, products with float32 activations
+    within float32 rounding of a float64 product (the int paths: test_gguf_int_kernels.py)."""
     values = kg.BLOCKS[qtype][0]
     n, k = 37, 2 * values
     blocks = random_blocks(qtype, n, k, seed=qtype)
@@ -64,7 +67,7 @@ def test_matmul_and_dequantize_match_the_reference(kernels: kg.GGUFKernels, qtyp
         x = torch.randn(m, k, generator=g)
         want = (x.double() @ w.double().t())
         scale = (x.abs().double() @ w.abs().double().t()).clamp_min(1e-30)
-        got = kernels.matmul(qtype, bt, k, x)
+        got = kernels.matmul(qtype, bt, k, x, act=kg.ACT_F32)
         assert ((got.double() - want).abs() / scale).max() < 1e-5, (m, NAMES[qtype])
 
 
@@ -74,7 +77,7 @@ def test_matmul_writes_strided_output_columns_and_reads_strided_rows(kernels: kg
     w = reference(8, blocks.numpy(), 64)
     xs = torch.randn(5, 100)[:, 10:74]  # rows strided by 100
     out = torch.full((5, 40), 7.0)
-    kernels.matmul(8, blocks, 64, xs, out=out[:, 8:32])
+    kernels.matmul(8, blocks, 64, xs, out=out[:, 8:32], act=kg.ACT_F32)
     assert torch.allclose(out[:, 8:32], xs @ w.t(), atol=1e-4)
     assert (out[:, :8] == 7).all() and (out[:, 32:] == 7).all()
 
@@ -88,6 +91,8 @@ def test_bad_inputs_raise(kernels: kg.GGUFKernels) -> None:
         kernels.matmul(99, blocks, 64, torch.randn(2, 64))
     with pytest.raises(ValueError, match="not supported"):
         kernels.matmul(3, blocks, 64, torch.randn(2, 64))  # Q4_1 rows are 40 bytes, not 68
+    with pytest.raises(ValueError, match="act must be one of"):
+        kernels.matmul(8, blocks, 64, torch.randn(2, 64), act=4)
 
 
 def cpu(*flags: str, arch: str = "x86_64") -> CpuInfo:

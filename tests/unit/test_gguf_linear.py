@@ -16,7 +16,7 @@ from helpers.tiny import tiny_checkpoint
 
 from thinkstream import LLM, SamplingParams
 from thinkstream.kernels.cpu import CpuInfo
-from thinkstream.kernels.gguf import load_gguf_kernels
+from thinkstream.kernels.gguf import ACT_AUTO, ACT_F32, load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
 from thinkstream.models.gguf_linear import GGUFLinear
 from thinkstream.models.precision import choose_precision
@@ -58,7 +58,10 @@ def test_mixed_parts_and_dense_path() -> None:
     for rows in (1, 3, 8, 9, 20):  # kernel up to 8 rows, dense above
         x = torch.randn(2, rows, 64, generator=g)
         want = x @ dense.t() + lin.bias
+        lin.act = ACT_F32
         assert torch.allclose(lin(x), want, atol=1e-4), rows
+        lin.act = ACT_AUTO  # one or two rows: int16 activations (~1e-5 of |x| |w|)
+        assert torch.allclose(lin(x), want, atol=2e-3), rows
     lean = GGUFLinear([b1, b2], KERNELS, None)  # no dense copy: every batch on the kernel
     x = torch.randn(20, 64, generator=g)
     assert torch.allclose(lean(x), x @ dense.t(), atol=1e-4)
@@ -66,8 +69,9 @@ def test_mixed_parts_and_dense_path() -> None:
 
 @needs_kernels
 def test_tiny_model_on_blocks_equals_its_float32_twin(gguf_ckpt) -> None:
-    """Decode (kernel) and a long prompt (dense) both: greedy tokens identical, log-probs of
-    the chosen tokens within 1e-4."""
+    """Decode (kernel, int16 activations) and a long prompt (dense) both: greedy tokens
+    identical, log-probs of the chosen tokens within 1e-3 (the int16 rounding moves them by
+    up to ~2e-4 here; float32 activations alone stay within 1e-5)."""
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=0)
     prompts = [[5, 9, 14, 3], list(range(3, 40))]
     outs = {}
@@ -84,7 +88,7 @@ def test_tiny_model_on_blocks_equals_its_float32_twin(gguf_ckpt) -> None:
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         la = [next(iter(p.values())).logprob for p in a.outputs[0].logprobs]
         lb = [next(iter(p.values())).logprob for p in b.outputs[0].logprobs]
-        assert np.allclose(la, lb, atol=1e-4)
+        assert np.allclose(la, lb, atol=1e-3)
 
 
 @needs_kernels
@@ -96,9 +100,12 @@ def test_the_compile_operator_equals_the_eager_kernel() -> None:
     g = torch.Generator().manual_seed(1)
     _, b = _as_blocks(torch.randn(24, 64, generator=g), Q.Q4_1)
     x = torch.randn(3, 64, generator=g)
-    assert torch.equal(gguf_matmul_op(x, b.blocks, b.qtype, 64), KERNELS.matmul(b.qtype, b.blocks, 64, x))
+    for act in (0, 8):
+        assert torch.equal(gguf_matmul_op(x[:1], b.blocks, b.qtype, 64, act),
+                           KERNELS.matmul(b.qtype, b.blocks, 64, x[:1], act=act))
+    assert torch.equal(gguf_matmul_op(x, b.blocks, b.qtype, 64, 0), KERNELS.matmul(b.qtype, b.blocks, 64, x))
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
-        fake = gguf_matmul_op(mode.from_tensor(x), mode.from_tensor(b.blocks), b.qtype, 64)
+        fake = gguf_matmul_op(mode.from_tensor(x), mode.from_tensor(b.blocks), b.qtype, 64, 0)
     assert fake.shape == (3, 24)
 
 

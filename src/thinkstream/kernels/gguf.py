@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from thinkstream.kernels.cpu import CpuInfo
+from thinkstream.kernels.cpu import CpuInfo, detect_cpu
 from thinkstream.kernels.native import open_isa_library, wanted_isa
 
 _SRC = Path(__file__).with_name("gguf_matmul.c")
@@ -35,6 +35,14 @@ BLOCKS: dict[int, tuple[int, int]] = {
     14: (256, 210),  # Q6_K
 }
 
+# ``gguf_matmul_ex``'s ``act``: the activations' precision inside the kernel. AUTO: int16
+# per 32-value block up to a few rows (relative error ~1e-5 of a block's largest |x|; the
+# logits stay within 1e-3 of the dequantized float32 model's), float32 above; F32: float32
+# always (the dequantized model's arithmetic up to summation order); I16: int16 always;
+# I8: int8 per block (llama.cpp's Q8 activations: faster, ~100x I16's error; opt-in).
+ACT_AUTO, ACT_F32, ACT_I16, ACT_I8 = 0, 32, 16, 8
+ACTS = (ACT_AUTO, ACT_F32, ACT_I16, ACT_I8)
+
 
 @dataclass(frozen=True)
 class GGUFKernels:
@@ -43,15 +51,19 @@ class GGUFKernels:
     isa: str  # "avx512" | "avx2" | "portable"
     openmp: bool
     lib: ctypes.CDLL
+    vnni: bool = False  # built with AVX512_VNNI (the int8 mode's vpdpbusd)
 
     def supports(self, qtype: int) -> bool:
         return qtype in BLOCKS
 
     def matmul(self, qtype: int, blocks: torch.Tensor, k: int, x: torch.Tensor,
-               out: torch.Tensor | None = None, threads: int | None = None) -> torch.Tensor:
+               out: torch.Tensor | None = None, threads: int | None = None,
+               act: int = ACT_AUTO) -> torch.Tensor:
         """x (M, K) float32 @ W^T -> (M, N) float32 (written into ``out``, a (M, N) float32
         tensor whose rows may be strided, when given). ``blocks``: (N, bytes per row) uint8,
-        contiguous. Raises ValueError on a type, shape or dtype it cannot take."""
+        contiguous. ``act``: the activations' precision in the kernel (``ACTS``; the
+        portable build always computes in float32). Raises ValueError on a type, shape,
+        dtype or ``act`` it cannot take."""
         n, row_bytes = blocks.shape
         if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
             raise ValueError("gguf matmul: x must be (M, K) float32 with unit column stride")
@@ -62,9 +74,11 @@ class GGUFKernels:
             raise ValueError("gguf matmul: out must be (M, N) float32 with unit column stride")
         if m == 0 or n == 0:
             return out
-        rc = self.lib.gguf_matmul(qtype, blocks.data_ptr(), row_bytes, n, k, x.data_ptr(), m,
-                                  x.stride(0), out.data_ptr(), out.stride(0),
-                                  threads or torch.get_num_threads())
+        if act not in ACTS:
+            raise ValueError(f"gguf matmul: act must be one of {ACTS}, got {act!r}")
+        rc = self.lib.gguf_matmul_ex(qtype, blocks.data_ptr(), row_bytes, n, k, x.data_ptr(), m,
+                                     x.stride(0), out.data_ptr(), out.stride(0),
+                                     threads or torch.get_num_threads(), act)
         if rc != 0:
             raise ValueError(f"gguf matmul: type {qtype} with {row_bytes} bytes for {k} values "
                              f"is not supported (code {rc})")
@@ -80,26 +94,31 @@ class GGUFKernels:
         return out
 
 
-def _open(isa: str) -> GGUFKernels | None:
-    lib = open_isa_library(_SRC, isa, "gguf_isa")
+def _open(isa: str, vnni: bool = False) -> GGUFKernels | None:
+    """The ``isa`` build, with AVX512_VNNI's dot products when ``vnni`` (an avx512 build for
+    a CPU the caller checked has them; without, the int8 mode uses vpmaddubsw)."""
+    lib = open_isa_library(_SRC, isa, "gguf_isa", ("-mavx512vnni",) if vnni else ())
     if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.gguf_matmul.restype = ctypes.c_int
     lib.gguf_matmul.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, i64, ptr, i64,
                                 ctypes.c_int]
+    lib.gguf_matmul_ex.restype = ctypes.c_int
+    lib.gguf_matmul_ex.argtypes = [*lib.gguf_matmul.argtypes, ctypes.c_int]
     lib.gguf_dequantize.restype = ctypes.c_int
     lib.gguf_dequantize.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
-    return GGUFKernels(isa, bool(lib.gguf_openmp()), lib)
+    return GGUFKernels(isa, bool(lib.gguf_openmp()), lib, bool(lib.gguf_vnni()))
 
 
 @functools.cache
-def _load(isa: str) -> GGUFKernels | None:
-    return _open(isa)
+def _load(isa: str, vnni: bool = False) -> GGUFKernels | None:
+    return _open(isa, vnni)
 
 
 def load_gguf_kernels(cpu: CpuInfo | None = None) -> GGUFKernels | None:
     """The kernels for this CPU (``THINKSTREAM_GGUF_ISA`` forces a build), or None where
     they cannot be built or run, or ``THINKSTREAM_NATIVE=0``."""
+    cpu = cpu or detect_cpu()
     isa = wanted_isa(cpu)
-    return None if isa is None else _load(isa)
+    return None if isa is None else _load(isa, isa == "avx512" and "avx512_vnni" in cpu.flags)

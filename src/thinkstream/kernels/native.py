@@ -16,6 +16,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -43,7 +44,12 @@ def build(src: Path, out_dir: Path, compiler: str | None = None,
     if cc is None:
         return None
     stem = f"{src.stem}.{variant}" if variant else src.stem
-    digest = hashlib.sha256(src.read_bytes() + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
+    # the hash covers the local headers the source includes too (gguf_matmul.c: gguf_simd.h)
+    text = src.read_bytes()
+    for name in re.findall(rb'^#include "([^"]+)"', text, flags=re.M):
+        header = src.parent / name.decode()
+        text += header.read_bytes() if header.exists() else b""
+    digest = hashlib.sha256(text + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
     lib = out_dir / f"{stem}-{digest}.so"
     if lib.exists():
         return lib
@@ -117,12 +123,15 @@ def open_library(src: Path) -> ctypes.CDLL | None:
         return None
 
 
-def open_isa_library(src: Path, isa: str, isa_fn: str) -> ctypes.CDLL | None:
-    """``src`` built for ``isa`` (with OpenMP where the compiler has it), loaded; None where
-    it cannot be built or loaded, or its ``isa_fn()`` disagrees with ``isa``."""
+def open_isa_library(src: Path, isa: str, isa_fn: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """``src`` built for ``isa`` (with OpenMP where the compiler has it; ``extra`` flags
+    added, e.g. ``-mavx512vnni`` where the caller checked the CPU has it), loaded; None
+    where it cannot be built or loaded, or its ``isa_fn()`` disagrees with ``isa``."""
+    tag = "".join(f.removeprefix("-m") for f in extra)
     for openmp in (True, False):
-        flags = ISA_FLAGS[isa] + (("-fopenmp",) if openmp else ())
-        path = build(src, cache_dir(), flags=flags, variant=isa + ("-omp" if openmp else ""))
+        flags = ISA_FLAGS[isa] + extra + (("-fopenmp",) if openmp else ())
+        variant = isa + (f"-{tag}" if tag else "") + ("-omp" if openmp else "")
+        path = build(src, cache_dir(), flags=flags, variant=variant)
         if path is None:
             continue
         try:

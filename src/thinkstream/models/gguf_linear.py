@@ -3,9 +3,12 @@
 Decode at small batch reads every weight once per step, so its speed is the weights' bytes:
 a Q4_1 matrix is 5/32 of its float32 size. ``GGUFLinear`` keeps the blocks and, for up to
 ``max_rows`` rows (decode, a few sequences, short chunks), runs the native kernel
-(``kernels/gguf.py``): each weight row dequantized on the fly into registers and dotted with
-float32 activations, so the result is the dequantized float32 model's up to summation
-order (no re-quantization, no rounding of the activations). Larger batches and prefill are
+(``kernels/gguf.py``): each weight row decoded on the fly into registers and dotted with the
+activations. By default (``act = ACT_AUTO``) one or two rows are rounded to int16 per
+32-value block and multiplied in integers (relative error ~1e-5 of a block's largest |x|,
+the logits within 1e-3 of the dequantized float32 model's), more rows in float32 (the
+dequantized model's arithmetic up to summation order); ``act = ACT_I8`` is the opt-in
+``quantization="gguf-q8"`` (llama.cpp's 8-bit activations). Larger batches and prefill are
 bound by arithmetic, where a dense matmul wins: those rows use a dense copy of the
 dequantized weights in ``dense.dtype`` (float32, or bfloat16 on CPUs with bfloat16
 matmuls in hardware; ``models/precision.py`` chooses).
@@ -26,24 +29,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from thinkstream.config import ModelConfig
-from thinkstream.kernels.gguf import BLOCKS, GGUFKernels, load_gguf_kernels
+from thinkstream.kernels.gguf import ACT_AUTO, BLOCKS, GGUFKernels, load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
 
 MAX_ROWS = 8  # rows up to which the kernel beats a dense matmul (decode, small batches)
 
 
 @torch.library.custom_op("thinkstream::gguf_matmul", mutates_args=())
-def gguf_matmul_op(x: torch.Tensor, blocks: torch.Tensor, qtype: int, k: int) -> torch.Tensor:
+def gguf_matmul_op(x: torch.Tensor, blocks: torch.Tensor, qtype: int, k: int, act: int) -> torch.Tensor:
     """x (M, K) float32 @ W^T -> (M, N) float32: the kernel as an operator torch.compile can
     trace (``compile_decode``; eager calls go to the kernel directly, without the dispatch)."""
     kernels = load_gguf_kernels()
     if kernels is None:
         raise RuntimeError("the GGUF kernels are not available in this process")
-    return kernels.matmul(qtype, blocks, k, x.contiguous())
+    return kernels.matmul(qtype, blocks, k, x.contiguous(), act=act)
 
 
 @gguf_matmul_op.register_fake
-def _(x: torch.Tensor, blocks: torch.Tensor, qtype: int, k: int) -> torch.Tensor:
+def _(x: torch.Tensor, blocks: torch.Tensor, qtype: int, k: int, act: int) -> torch.Tensor:
     return x.new_empty(x.shape[0], blocks.shape[0])
 
 
@@ -58,10 +61,12 @@ class GGUFLinear(nn.Module):
         if not parts or any(p.k != parts[0].k for p in parts):
             raise ValueError("GGUFLinear: parts must share their input size")
         self.kernels = kernels
-        self.qtypes = [p.qtype for p in parts]
         self.in_features = parts[0].k
         self.out_features = sum(p.rows for p in parts)
         self.max_rows = max_rows
+        self.act = ACT_AUTO  # the kernel's activations (``kernels/gguf.py``'s ACTS)
+        parts = _merge_same_type(parts)
+        self.qtypes = [p.qtype for p in parts]
         for i, p in enumerate(parts):
             self.register_buffer(f"blocks{i}", p.blocks.contiguous())
         if dense is not None and tuple(dense.shape) != (self.out_features, self.in_features):
@@ -89,10 +94,10 @@ class GGUFLinear(nn.Module):
         y = torch.empty(m, n_all, dtype=torch.float32)
         if m == 0:
             return y
-        fn, threads = self.kernels.lib.gguf_matmul, torch.get_num_threads()
+        fn, threads, act = self.kernels.lib.gguf_matmul_ex, torch.get_num_threads(), self.act
         x_ptr, y_ptr = xf.data_ptr(), y.data_ptr()
         for qtype, blocks, row_bytes, n, col in self._calls:
-            if fn(qtype, blocks.data_ptr(), row_bytes, n, k, x_ptr, m, k, y_ptr + 4 * col, n_all, threads):
+            if fn(qtype, blocks.data_ptr(), row_bytes, n, k, x_ptr, m, k, y_ptr + 4 * col, n_all, threads, act):
                 raise RuntimeError(f"gguf matmul failed for type {qtype}")
         return y
 
@@ -103,7 +108,7 @@ class GGUFLinear(nn.Module):
             y = F.linear(x2.to(self.dense.dtype), self.dense).to(x.dtype)
         elif torch.compiler.is_compiling():
             xf = x2.to(torch.float32)
-            y = torch.cat([gguf_matmul_op(xf, b, q, self.in_features)
+            y = torch.cat([gguf_matmul_op(xf, b, q, self.in_features, self.act)
                            for q, b in zip(self.qtypes, self._blocks(), strict=True)], dim=-1)
             y = y.to(x.dtype)
         else:
@@ -111,6 +116,18 @@ class GGUFLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
+
+
+def _merge_same_type(parts: list[GGUFBlocks]) -> list[GGUFBlocks]:
+    """Neighbouring parts of one type as one (their rows concatenated): one kernel call for
+    SmolLM2's q/k/v or gate/up (all Q4_1) instead of three or two."""
+    out: list[GGUFBlocks] = []
+    for p in parts:
+        if out and out[-1].qtype == p.qtype:
+            last = out.pop()
+            p = GGUFBlocks(p.qtype, torch.cat([last.blocks, p.blocks]), p.k)
+        out.append(p)
+    return out
 
 
 # fused module -> the canonical weights it concatenates, in order (models/layers.py)
