@@ -26,9 +26,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto (default): the fastest exact-enough setting for this machine "
                         "(`thinkstream info` shows it); float32: the reference arithmetic")
-    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "gguf-q16", "gguf-q8", "int8", "int4"],
                    help="auto (default): a GGUF file's blocks as stored (native kernels) where "
-                        "this CPU has them; none: dense weights; int8/int4: weight-only (CPU)")
+                        "this CPU has them; gguf-q16/gguf-q8: the same with int16/int8 "
+                        "activations (faster, less exact); none: dense weights; int8/int4: "
+                        "weight-only (CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and the precision --dtype auto picks")
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"])
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "gguf-q16", "gguf-q8", "int8", "int4"])
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_info)
     for name, module in (("serve", "thinkstream.server.cli"), ("bench", "thinkstream.bench.cli")):

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from thinkstream.speculative.config import SpeculativeConfig
 
+# the GGUF-native quantization settings: the blocks as stored, and the activations in the
+# kernels float32 ("gguf", exact), int16 or int8 per 32 values (opt-in, kernels/gguf.py)
+GGUF_MODES = ("gguf", "gguf-q16", "gguf-q8")
+
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 ATTENTION_PRECISIONS = ("auto", "parity", "mixed", "float32")
 
@@ -107,8 +111,10 @@ class EngineConfig:
     dtype: str = "float32"
     # Weight-only quantization of the linear layers: None, "int8" or "int4" (activations
     # stay in ``dtype``; int kernels run in bfloat16 on CPU), "gguf" (a GGUF file's blocks
-    # as stored, native kernels, float32 arithmetic: models/gguf_linear.py) or "auto"
-    # ("gguf" where the checkpoint and this CPU allow it, else None).
+    # as stored, native kernels, float32 arithmetic: models/gguf_linear.py), "gguf-q16" /
+    # "gguf-q8" (the same with activations rounded to int16 / int8 per 32 values in the
+    # kernels: faster, less exact, opt-in; GGUF_MODES) or "auto" ("gguf" where the
+    # checkpoint and this CPU allow it, else None).
     quantization: str | None = None
     device: str = "cpu"
     block_size: int = 16
@@ -156,8 +162,9 @@ class EngineConfig:
         object.__setattr__(self, "speculative", SpeculativeConfig.coerce(self.speculative))
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.quantization not in (None, "int8", "int4", "gguf", "auto"):
-            raise ValueError(f"quantization must be int8, int4, gguf, auto or None, got {self.quantization!r}")
+        if self.quantization not in (None, "int8", "int4", *GGUF_MODES, "auto"):
+            raise ValueError(f"quantization must be int8, int4, {', '.join(GGUF_MODES)}, auto or None, "
+                             f"got {self.quantization!r}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a positive power of two")
         if self.num_blocks is not None and self.num_blocks < 1:

@@ -1,6 +1,7 @@
 """The integer-activation paths of the GGUF kernels (``gguf_simd.h``): x rounded per
-32-value block to int16 (the default for one or two rows) or int8 (``act=ACT_I8``, the
-opt-in ``gguf-q8`` mode), against a float64 reference on random blocks of every type.
+32-value block to int16 (``act=ACT_I16``, ``quantization="gguf-q16"``: one or two rows) or
+int8 (``act=ACT_I8``, ``"gguf-q8"``), against a float64 reference on random blocks of every
+type.
 
 The bound is the rounding's own: each x value moves by at most half its block's step
 (max|x_block| / 32767 or / 127), so |error| <= sum_c |W[n, c]| * step(c) / 2, plus
@@ -37,11 +38,16 @@ def rounding_bound(x: torch.Tensor, w: torch.Tensor, act: int) -> torch.Tensor:
     return half_step @ w.abs().double().t() * 1.001 + 1e-6 * exact + 1e-30
 
 
+def int16_rows(kernels: kg.GGUFKernels, qtype: int) -> int:
+    """Up to how many rows ``ACT_I16`` rounds to int16 (float32 above; act_mode)."""
+    return 0 if kernels.isa == "portable" else 2 if qtype in (2, 3, 6, 7) else 1
+
+
 def check(kernels: kg.GGUFKernels, qtype: int, blocks: torch.Tensor, w: torch.Tensor,
           x: torch.Tensor, act: int) -> None:
     got = kernels.matmul(qtype, blocks, w.shape[1], x, act=act).double()
     want = x.double() @ w.double().t()
-    if kernels.isa == "portable":  # no int paths: float32 arithmetic
+    if kernels.isa == "portable" or (act == kg.ACT_I16 and x.shape[0] > int16_rows(kernels, qtype)):
         bound = 1e-5 * (x.abs().double() @ w.abs().double().t()) + 1e-30
     else:
         bound = rounding_bound(x, w, act)
@@ -108,25 +114,22 @@ def test_strided_rows_and_columns(kernels: kg.GGUFKernels) -> None:
 
 @needs_cc
 @pytest.mark.parametrize("qtype", [3, 8], ids=lambda q: NAMES[q])
-def test_auto_is_int16_for_few_rows_and_float32_above(kernels: kg.GGUFKernels, qtype: int) -> None:
-    """``ACT_AUTO``: int16 for one row (two for the 4/5-bit 32-value types), float32 above;
-    the portable build float32 always."""
+def test_int16_for_few_rows_float32_above_and_by_default(kernels: kg.GGUFKernels, qtype: int) -> None:
+    """``ACT_I16``: int16 for one row (two for the 4/5-bit 32-value types, where that is
+    faster), float32 above; no ``act``: float32; the portable build: float32 always."""
     blocks = torch.from_numpy(random_blocks(qtype, 33, 96, seed=5))
     x = torch.randn(4, 96, generator=torch.Generator().manual_seed(5))
-    int_rows = 0 if kernels.isa == "portable" else (2 if qtype == 3 else 1)
     for m in range(1, 5):
-        auto = kernels.matmul(qtype, blocks, 96, x[:m])
-        same = kg.ACT_I16 if m <= int_rows else kg.ACT_F32
-        assert torch.equal(auto, kernels.matmul(qtype, blocks, 96, x[:m], act=same)), m
-    if int_rows:  # and the two differ, so the check above could fail
-        assert not torch.equal(kernels.matmul(qtype, blocks, 96, x[:1], act=kg.ACT_I16),
-                               kernels.matmul(qtype, blocks, 96, x[:1], act=kg.ACT_F32))
+        f32 = kernels.matmul(qtype, blocks, 96, x[:m], act=kg.ACT_F32)
+        assert torch.equal(kernels.matmul(qtype, blocks, 96, x[:m]), f32)
+        i16 = kernels.matmul(qtype, blocks, 96, x[:m], act=kg.ACT_I16)
+        assert torch.equal(i16, f32) == (m > int16_rows(kernels, qtype)), m  # they differ
 
 
 @needs_cc
 def test_threads_split_rows_without_changing_results(kernels: kg.GGUFKernels) -> None:
     blocks = torch.from_numpy(random_blocks(3, 100, 64, seed=6))
     x = torch.randn(2, 64)
-    for act in (kg.ACT_I16, kg.ACT_I8, kg.ACT_F32):
+    for act in kg.ACTS:
         one = kernels.matmul(3, blocks, 64, x, act=act, threads=1)
         assert torch.equal(one, kernels.matmul(3, blocks, 64, x, act=act, threads=3))

@@ -27,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="GGUF file, HF directory, 'smollm2-135m' (default) or 'gemma3-270m'")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="thinkstream's dtype (and HF's, unless --hf-dtype; auto: HF float32)")
-    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "gguf-q16", "gguf-q8", "int8", "int4"],
                    help="thinkstream's weight quantization (auto: GGUF-native where it runs)")
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--max-batch", type=int, default=32,

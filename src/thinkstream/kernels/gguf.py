@@ -35,13 +35,15 @@ BLOCKS: dict[int, tuple[int, int]] = {
     14: (256, 210),  # Q6_K
 }
 
-# ``gguf_matmul_ex``'s ``act``: the activations' precision inside the kernel. AUTO: int16
-# per 32-value block up to a few rows (relative error ~1e-5 of a block's largest |x|; the
-# logits stay within 1e-3 of the dequantized float32 model's), float32 above; F32: float32
-# always (the dequantized model's arithmetic up to summation order); I16: int16 always;
-# I8: int8 per block (llama.cpp's Q8 activations: faster, ~100x I16's error; opt-in).
-ACT_AUTO, ACT_F32, ACT_I16, ACT_I8 = 0, 32, 16, 8
-ACTS = (ACT_AUTO, ACT_F32, ACT_I16, ACT_I8)
+# ``gguf_matmul_ex``'s ``act``: the activations' precision inside the kernel. F32: float32
+# (the dequantized model's arithmetic up to summation order; logits within 1e-3 of the
+# float32 model's). I16: int16 per 32-value block for the one or two rows where that is
+# faster, float32 above (relative error ~1e-5 of a block's largest |x|; on SmolLM2 logits
+# move by up to 2e-2). I8: int8 per block, any row count (llama.cpp's Q8 activations).
+ACT_F32, ACT_I16, ACT_I8 = 32, 16, 8
+ACTS = (ACT_F32, ACT_I16, ACT_I8)
+# the ``quantization`` setting (config.GGUF_MODES) -> the kernels' ``act``
+ACT_OF_MODE = {"gguf": ACT_F32, "gguf-q16": ACT_I16, "gguf-q8": ACT_I8}
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class GGUFKernels:
 
     def matmul(self, qtype: int, blocks: torch.Tensor, k: int, x: torch.Tensor,
                out: torch.Tensor | None = None, threads: int | None = None,
-               act: int = ACT_AUTO) -> torch.Tensor:
+               act: int = ACT_F32) -> torch.Tensor:
         """x (M, K) float32 @ W^T -> (M, N) float32 (written into ``out``, a (M, N) float32
         tensor whose rows may be strided, when given). ``blocks``: (N, bytes per row) uint8,
         contiguous. ``act``: the activations' precision in the kernel (``ACTS``; the

@@ -315,8 +315,7 @@ static void quantize_x(const float *x, int64_t m, int64_t ldx, int64_t k, int qm
             s[r * nb + b] = finite ? (float)((double)mx / qmax) : mx + t;  /* inf / nan */
             sum[r * nb + b] = t;
             for (int j = 0; j < 32; j++) {
-                double qv = __builtin_rint((double)v[j] * inv);
-                int qi = finite ? (int)qv : 0;
+                int qi = finite ? (int)__builtin_rint((double)v[j] * inv) : 0;
                 if (q16) q16[r * k + 32 * b + j] = (int16_t)qi;
                 else q8[r * k + 32 * b + j] = (int8_t)qi;
             }
@@ -359,17 +358,17 @@ static void rows_range(int mode, int type, deq_fn fn, int values, int bytes, con
 #endif
 }
 
-/* The computation gguf_matmul_ex runs for ``act``, m rows and the weights' type: int16
- * activations for one row, and for two with the 4- and 5-bit 32-value types (measured on
- * Zen 4, SmolLM2's shapes: int16 0.7-0.9x float32's time at one row, 0.9x at two for
- * those types, 1.0-1.2x at two for Q8_0 / K types and at four rows for all: each row costs
- * a product, a conversion and an FMA per block against float32's two FMAs); int8 only
- * when asked; the portable build always float32. */
+/* The computation gguf_matmul_ex runs for ``act``, m rows and the weights' type. act 16:
+ * int16 activations where they are faster than float32, for one row, and for two with the
+ * 4- and 5-bit 32-value types (measured on Zen 4 with SmolLM2's shapes: 0.7-0.9x float32's
+ * time at one row, ~0.9x at two for those types, 1.0-1.2x at two for Q8_0 / K types and at
+ * four rows for all: each row costs a product, a conversion and an FMA per block against
+ * float32's two FMAs), float32 above. act 8: int8 for any m. The portable build: float32. */
 static int act_mode(int act, int64_t m, int type) {
 #if defined(__AVX2__)
     int small = type == T_Q4_0 || type == T_Q4_1 || type == T_Q5_0 || type == T_Q5_1;
     if (act == 8) return I8;
-    if (act == 16 || (act == 0 && (m == 1 || (m == 2 && small)))) return I16;
+    if (act == 16 && (m == 1 || (m == 2 && small))) return I16;
 #else
     (void)act; (void)m; (void)type;
 #endif
@@ -378,11 +377,11 @@ static int act_mode(int act, int64_t m, int type) {
 
 /* y[r, n] = sum_c x[r, c] W[n, c] for r < m, n < n_rows. W: n_rows rows of row_bytes bytes
  * (k values each, k a multiple of the type's block); x: m rows, stride ldx floats; y:
- * stride ldy floats. ``act`` chooses the activations' precision: 32 float32 (the
- * dequantized model's arithmetic), 16 int16 per 32-value block (relative error ~1e-5 of
- * the block's largest |x|), 8 int8 per block (llama.cpp's Q8 activations, ~100x coarser),
- * 0 automatic (16 for one or two rows, see act_mode, else 32). The portable build always
- * computes in float32. Returns 0, -1 for an unsupported type / shape / act, -2 when memory runs out. */
+ * stride ldy floats. ``act`` chooses the activations' precision: 0 or 32 float32 (the
+ * dequantized model's arithmetic up to summation order), 16 int16 per 32-value block for
+ * few rows (relative error ~1e-5 of the block's largest |x|; act_mode), 8 int8 per block
+ * (llama.cpp's Q8 activations, ~250x coarser). The portable build always computes in
+ * float32. Returns 0, -1 for an unsupported type / shape / act, -2 when memory runs out. */
 int gguf_matmul_ex(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                    const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads, int act) {
     int values, bytes;
@@ -438,7 +437,7 @@ int gguf_matmul_ex(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows
     return failed ? -2 : 0;
 }
 
-/* gguf_matmul_ex with automatic activations (the entry point other kernels call). */
+/* gguf_matmul_ex with float32 activations (the entry point other kernels call). */
 int gguf_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                 const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
     return gguf_matmul_ex(type, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads, 0);

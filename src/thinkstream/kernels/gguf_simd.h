@@ -9,10 +9,11 @@
  *   I16  x per 32-value block as int16 (x ~= qx * sx, |qx| <= 32767, rounded to nearest)
  *        with the exact float sum of the block: acc += float(sum (q - z) * qx) * (s * sx)
  *        (vpmaddwd, one conversion per block), plus o * sum(x) for the offsets.  Relative
- *        error about 1e-5 of the block's largest |x|: the default for few rows.
+ *        error about 1e-5 of the block's largest |x|: opt-in (on SmolLM2 it moves logits
+ *        by up to 2e-2, over the 1e-3 the exact path keeps).
  *   I8   as I16 with int8 (|qx| <= 127; llama.cpp's Q8 activations): u8 x s8 products
- *        (vpdpbusd with AVX512_VNNI, else vpmaddubsw + vpmaddwd) on |q - z| and qx with
- *        q - z's sign, 32 values per 256-bit register.  About 100x I16's error: opt-in.
+ *        (vpdpbusd with AVX512_VNNI, else vpmaddubsw + vpmaddwd), 32 values per 256-bit
+ *        register.  About 250x I16's error: opt-in.
  *
  * Two accumulator chains per row (h = 0 / 1 alternates between chunks), reduced at the
  * row's end; the offset sums go to a scalar per row. */
@@ -251,7 +252,7 @@ INLINE void blk(const int mode, int type, const uint8_t *b, const xrows *X, int6
 }
 
 /* y[r * ldy] = dot(row, x[r]) for r < rows; mode, type and rows are constants after
- * inlining, so each triple is its own loop. */
+ * inlining, so each triple is its own loop (I16 runs for at most two rows: act_mode). */
 INLINE void row_dot(const int mode, const int type, int values, int bytes, const uint8_t *row, int64_t k,
                     const xrows *X, const int rows, float *y, int64_t ldy) {
     accs A;
@@ -279,8 +280,8 @@ INLINE void row_dot(const int mode, const int type, int values, int bytes, const
     static void rows_##MODE##_##TYPE(int values, int bytes, const uint8_t *row, int64_t k,           \
                                      const xrows *X, int rows, float *y, int64_t ldy) {             \
         switch (rows) {                                                                              \
-        case 3: row_dot(MODE, TYPE, values, bytes, row, k, X, 3, y, ldy); break;                     \
-        case 4: row_dot(MODE, TYPE, values, bytes, row, k, X, 4, y, ldy); break;                     \
+        case 3: if (MODE != I16) row_dot(MODE, TYPE, values, bytes, row, k, X, 3, y, ldy); break;    \
+        case 4: if (MODE != I16) row_dot(MODE, TYPE, values, bytes, row, k, X, 4, y, ldy); break;    \
         case 2: row_dot(MODE, TYPE, values, bytes, row, k, X, 2, y, ldy); break;                     \
         default: row_dot(MODE, TYPE, values, bytes, row, k, X, 1, y, ldy); break;                    \
         }                                                                                            \

@@ -4,11 +4,11 @@ Decode at small batch reads every weight once per step, so its speed is the weig
 a Q4_1 matrix is 5/32 of its float32 size. ``GGUFLinear`` keeps the blocks and, for up to
 ``max_rows`` rows (decode, a few sequences, short chunks), runs the native kernel
 (``kernels/gguf.py``): each weight row decoded on the fly into registers and dotted with the
-activations. By default (``act = ACT_AUTO``) one or two rows are rounded to int16 per
-32-value block and multiplied in integers (relative error ~1e-5 of a block's largest |x|,
-the logits within 1e-3 of the dequantized float32 model's), more rows in float32 (the
-dequantized model's arithmetic up to summation order); ``act = ACT_I8`` is the opt-in
-``quantization="gguf-q8"`` (llama.cpp's 8-bit activations). Larger batches and prefill are
+activations: float32 by default (``act = ACT_F32``: the dequantized float32 model's
+arithmetic up to summation order, no rounding of the activations); the opt-in
+``quantization="gguf-q16"`` / ``"gguf-q8"`` round them per 32-value block to int16 (one or
+two rows) / int8 and multiply in integers (``act = ACT_I16`` / ``ACT_I8``; their accuracy
+and speed: docs/benchmarks.md). Larger batches and prefill are
 bound by arithmetic, where a dense matmul wins: those rows use a dense copy of the
 dequantized weights in ``dense.dtype`` (float32, or bfloat16 on CPUs with bfloat16
 matmuls in hardware; ``models/precision.py`` chooses).
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thinkstream.config import ModelConfig
-from thinkstream.kernels.gguf import ACT_AUTO, BLOCKS, GGUFKernels, load_gguf_kernels
+from thinkstream.kernels.gguf import ACT_F32, BLOCKS, GGUFKernels, load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
 
 MAX_ROWS = 8  # rows up to which the kernel beats a dense matmul (decode, small batches)
@@ -55,7 +55,7 @@ class GGUFLinear(nn.Module):
 
     def __init__(
         self, parts: list[GGUFBlocks], kernels: GGUFKernels, dense: torch.Tensor | None,
-        bias: torch.Tensor | None = None, max_rows: int = MAX_ROWS,
+        bias: torch.Tensor | None = None, max_rows: int = MAX_ROWS, act: int = ACT_F32,
     ) -> None:
         super().__init__()
         if not parts or any(p.k != parts[0].k for p in parts):
@@ -64,7 +64,7 @@ class GGUFLinear(nn.Module):
         self.in_features = parts[0].k
         self.out_features = sum(p.rows for p in parts)
         self.max_rows = max_rows
-        self.act = ACT_AUTO  # the kernel's activations (``kernels/gguf.py``'s ACTS)
+        self.act = act  # the kernel's activations (``kernels/gguf.py``'s ACTS)
         parts = _merge_same_type(parts)
         self.qtypes = [p.qtype for p in parts]
         for i, p in enumerate(parts):
@@ -143,10 +143,11 @@ def _parts(blocks: dict[str, GGUFBlocks], layer: int, module: str) -> list[GGUFB
 
 def install_gguf_linears(
     layers: nn.ModuleList, cfg: ModelConfig, blocks: dict[str, GGUFBlocks], kernels: GGUFKernels,
-    dense_dtype: torch.dtype | None = None, keep_dense: bool = True,
+    dense_dtype: torch.dtype | None = None, keep_dense: bool = True, act: int = ACT_F32,
 ) -> int:
     """Replace each decoder linear whose weights are all in ``blocks`` by a GGUFLinear
-    (its dense copy cast to ``dense_dtype``, default: as it is); returns how many."""
+    (its dense copy cast to ``dense_dtype``, default: as it is; its kernel activations
+    ``act``); returns how many."""
     count = 0
     for i in range(cfg.num_layers):
         for module in ("attn.qkv_proj", "attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
@@ -158,6 +159,6 @@ def install_gguf_linears(
             old: nn.Linear = getattr(parent, attr)
             dense = old.weight.data.to(dense_dtype or old.weight.dtype) if keep_dense else None
             bias = None if old.bias is None else old.bias.data
-            setattr(parent, attr, GGUFLinear(parts, kernels, dense, bias))
+            setattr(parent, attr, GGUFLinear(parts, kernels, dense, bias, act=act))
             count += 1
     return count

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from thinkstream.config import GGUF_MODES
 from thinkstream.kernels.attention import load_fq_attention
 from thinkstream.kernels.cpu import CpuInfo, detect_cpu
 from thinkstream.kernels.gguf import BLOCKS, GGUFKernels, load_gguf_kernels
@@ -39,7 +40,7 @@ class Precision:
     """A resolved setting: what the engine builds."""
 
     dtype: str  # activations, residual stream and KV cache: "float32" | "bfloat16" | "float16"
-    quantization: str | None  # None | "int8" | "int4" | "gguf"
+    quantization: str | None  # None | "int8" | "int4" | "gguf" | "gguf-q16" | "gguf-q8"
     dense_dtype: str  # gguf mode: the dense copy's dtype (batches above 8 rows); else = dtype
     reason: str  # one line for ``thinkstream info`` and the logs
 
@@ -50,13 +51,14 @@ def choose_precision(
 ) -> Precision:
     """Resolve ``"auto"`` in ``dtype`` / ``quantization``. ``has_blocks``: the checkpoint
     holds GGUF blocks the kernels decode; ``kernels_isa``: the kernel build that loaded on
-    this CPU (None: none). Raises ValueError for ``quantization="gguf"`` where it cannot run."""
+    this CPU (None: none). Raises ValueError for a GGUF mode (``GGUF_MODES``) where it cannot
+    run. ``"auto"`` never picks the int16 / int8 activation modes."""
     on_cpu = device == "cpu"
-    if quantization == "gguf" and not (on_cpu and has_blocks and kernels_isa):
+    if quantization in GGUF_MODES and not (on_cpu and has_blocks and kernels_isa):
         why = ("it runs on CPU only" if not on_cpu else "the checkpoint has no GGUF blocks of a "
                "supported type" if not has_blocks else "the native kernels could not be built "
                "or are disabled (THINKSTREAM_NATIVE=0)")
-        raise ValueError(f"quantization='gguf' is not available: {why}")
+        raise ValueError(f"quantization={quantization!r} is not available: {why}")
     if quantization == "auto":
         quantization = "gguf" if on_cpu and has_blocks and kernels_isa else None
     bf16 = "bfloat16" if (not on_cpu or cpu.native_bf16) else "float32"
@@ -69,6 +71,11 @@ def choose_precision(
         return Precision("float32", "gguf", "float32",
                          f"float32: GGUF-native {kernels_isa} kernels for up to 8 rows, dense "
                          "float32 above (exact: same tokens at every batch size)")
+    if quantization in GGUF_MODES:
+        bits = quantization.removeprefix("gguf-q")
+        return Precision("float32", quantization, "float32",
+                         f"float32: GGUF-native {kernels_isa} kernels with int{bits} activations "
+                         "for up to 8 rows (as asked), dense float32 above")
     why = "bfloat16 matmuls in hardware" if cpu.native_bf16 else "no bfloat16 matmuls in hardware"
     return Precision(bf16, quantization, bf16, f"{bf16}: {why}")
 
@@ -81,11 +88,11 @@ def resolve_precision(
     cpu = detect_cpu()
     usable = {b.qtype for b in blocks.values()} & set(BLOCKS)
     kernels = None
-    if device == "cpu" and usable and quantization in ("auto", "gguf"):
+    if device == "cpu" and usable and quantization in ("auto", *GGUF_MODES):
         kernels = load_gguf_kernels(cpu)
     choice = choose_precision(dtype, quantization, device, cpu, bool(usable),
                               kernels.isa if kernels else None)
-    return choice, kernels if choice.quantization == "gguf" else None
+    return choice, kernels if choice.quantization in GGUF_MODES else None
 
 
 def fused_attention_available(device: torch.device) -> bool:

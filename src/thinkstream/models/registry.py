@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from thinkstream.config import ModelConfig
-from thinkstream.kernels.gguf import GGUFKernels
+from thinkstream.kernels.gguf import ACT_F32, ACT_OF_MODE, GGUFKernels
 from thinkstream.loading.gguf import GGUFBlocks
 from thinkstream.models.fused_decode import FusedDecoder
 from thinkstream.models.gemma3 import Gemma3ForCausalLM
@@ -54,20 +54,23 @@ def build_model(
     # approximate pass is refined exactly (models/head.py).
     head_name = "embed.weight" if cfg.tie_word_embeddings else "lm_head.weight"
     head = tensors[head_name]
-    if quantization == "gguf":
+    if quantization in ACT_OF_MODE:  # "gguf", "gguf-q16", "gguf-q8"
         if blocks is None or kernels is None:
-            raise ValueError("quantization='gguf' needs the checkpoint's GGUF blocks and the kernels")
+            raise ValueError(f"quantization={quantization!r} needs the checkpoint's GGUF blocks and the kernels")
+        act = ACT_OF_MODE[quantization]
         native = blocks.get(head_name)
         if native is not None and kernels.supports(native.qtype):
-            native_head = GGUFLinear([native], kernels, None)
+            native_head = GGUFLinear([native], kernels, None, act=act)
         else:
             native_head = None
         # rows above the kernel's: the bfloat16 approximation refined exactly (models/head.py)
         # when the dense copies are bfloat16, else the float32 head
         fast = dtype != torch.float32 or (dense_dtype or dtype) != torch.float32
         model.lm_head = LMHead(head.to(device), fast=fast, native=native_head)
-        install_gguf_linears(model.layers, cfg, blocks, kernels, dense_dtype)
-        if dtype == torch.float32 and torch.device(device).type == "cpu":
+        install_gguf_linears(model.layers, cfg, blocks, kernels, dense_dtype, act=act)
+        # the native decoder stack calls the kernels with float32 activations: the int16 /
+        # int8 modes keep the module path (GGUFLinear.act)
+        if dtype == torch.float32 and torch.device(device).type == "cpu" and act == ACT_F32:
             model.fused = FusedDecoder.build(model)
         return model.eval()
     fast = dtype != torch.float32 or quantization is not None
