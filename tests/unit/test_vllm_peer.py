@@ -182,3 +182,13 @@ def test_side_by_side_agreement_counts_identical_requests_and_common_prefix():
         "hf float32": {"against": "thinkstream float32", "requests": 2, "identical": 2,
                        "mean_common_prefix": 3.0, "tokens_per_request": [3, 3]}}
     assert _agreement({"vllm float32": peers["vllm float32"]}) == {}
+
+
+def test_cpu_record_adds_family_and_model_number():
+    from thinkstream.bench.report import cpu_record
+
+    info = ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n"
+            "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 1\n")
+    record = cpu_record(info)
+    assert record["cpu_family"] == "25" and record["model_number"] == "17"
+    assert "isa" in record and "model" in record  # kernels.cpu's own fields kept

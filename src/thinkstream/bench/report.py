@@ -20,10 +20,27 @@ UNITS = {"prefill_tok_s": "tok/s", "decode_tok_s": "tok/s", "output_tok_s": "tok
 
 def machine() -> dict[str, Any]:
     """What a result was measured on: cores, platform, CPU model and instruction sets."""
+    return {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu": cpu_record()}
+
+
+def cpu_record(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU class: ``kernels.cpu``'s model name and instruction sets, plus the x86 family
+    and model numbers (a VM may name the CPU only "AMD EPYC"; family 25 model 17 is Zen 4)."""
     from thinkstream.kernels.cpu import detect_cpu
 
-    return {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu": detect_cpu().as_dict()}
+    record: dict[str, Any] = detect_cpu().as_dict()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    names = {"cpu family": "cpu_family", "model": "model_number"}
+    for line in cpuinfo.splitlines():  # the first processor's entry
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key in names and names[key] not in record:
+            record[names[key]] = value
+    return record
 
 
 def quantization_arg(value: str | None) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from thinkstream.bench.report import cpu_record
 from thinkstream.bench.runner import LocalPeer, PeerSpec
 from thinkstream.bench.workloads import decode_workload, prefill_workload
 from thinkstream.kernels.cpu import detect_cpu
@@ -106,12 +107,19 @@ def _measure(args: argparse.Namespace, peers: dict[str, LocalPeer]) -> dict[str,
     rows = {w: {n: {"wall_tok_s": _rate(w, works[w], statistics.median(wall[n, w])),
                     "cpu_tok_s": _rate(w, works[w], statistics.median(cpu[n, w]))}
                 for n in peers} for w in works}
-    return {"schema": "thinkstream-side-by-side/1", "cpu": detect_cpu().as_dict(),
+    return {"schema": "thinkstream-side-by-side/1", "cpu": cpu_record(),
             "threads": args.threads, "reps": args.reps, "torch": torch.__version__,
-            "command": "thinkstream bench side-by-side " + " ".join(sys.argv[3:]),
+            "command": _command(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "settings": {n: p.info["settings"] for n, p in peers.items()}, "results": rows,
             "agreement": agreement}
+
+
+def _command() -> str:
+    """This run's command line, as ``thinkstream bench side-by-side ...``."""
+    argv = sys.argv[1:]
+    return " ".join(["thinkstream", "bench", "side-by-side",
+                     *(argv[2:] if argv[:2] == ["bench", "side-by-side"] else argv)])
 
 
 def _agreement(peers: dict[str, LocalPeer], base: str = "thinkstream float32") -> dict[str, Any]:
