@@ -192,3 +192,15 @@ def test_cpu_record_adds_family_and_model_number():
     record = cpu_record(info)
     assert record["cpu_family"] == "25" and record["model_number"] == "17"
     assert "isa" in record and "model" in record  # kernels.cpu's own fields kept
+
+
+def test_preloads_the_venvs_openmp_runtime(tmp_path):
+    from thinkstream.bench.vllm_peer import preloads, worker_env
+
+    python = tmp_path / "venv" / "bin" / "python"
+    assert str(tmp_path) not in " ".join(preloads(python))  # no libiomp5.so there yet
+    (tmp_path / "venv" / "lib").mkdir(parents=True)
+    (tmp_path / "venv" / "lib" / "libiomp5.so").write_bytes(b"")
+    assert preloads(python)[-1] == str(tmp_path / "venv" / "lib" / "libiomp5.so")
+    assert worker_env(2, 1, python)["LD_PRELOAD"].split(":")[len(preloads(python)) - 1] == \
+        str(tmp_path / "venv" / "lib" / "libiomp5.so")
