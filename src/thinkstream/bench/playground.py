@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -117,15 +116,13 @@ class CloseTimer:
 
 
 def machine() -> dict:
-    """The CPU class (model name, torch's capability) and the cores this process may use."""
+    """The CPU class (model, instruction sets, torch's capability) and the cores this
+    process may use."""
     import torch
 
-    name = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                    name)
-    return {"cpu": name, "capability": torch.backends.cpu.get_cpu_capability(),
-            "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()}
+    from thinkstream.bench.report import machine as bench_machine
+
+    return {**bench_machine(), "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def ttft_histogram(url: str) -> tuple[float, float]:

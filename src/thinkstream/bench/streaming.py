@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
-import platform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from thinkstream.bench.report import machine
 
 SCHEMA = "thinkstream-bench-streaming/1"
 PEERS = ("thinkstream-stream", "thinkstream-oneshot", "hf", "llamacpp")
@@ -397,8 +397,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
         "schema": SCHEMA,
         "command": "thinkstream " + " ".join(sys.argv[1:]) if checkpoint is None else "test",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "pattern": args.pattern, "threads": args.threads, "max_tokens": args.max_tokens,
         "session_tokens": args.session_tokens, "session_rate_tok_per_s": args.session_rate,
         "arrivals_per_s": args.arrivals_per_s, "default_policy": EngineConfig().session_policy,

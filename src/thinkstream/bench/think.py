@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import time
 from typing import Any
 
 from thinkstream.bench import think_report as rep
-from thinkstream.bench.report import emit
+from thinkstream.bench.report import emit, machine
 from thinkstream.bench.think_tasks import SETS, Task, extract, make_tasks
 from thinkstream.thinking import DEPTHS, Layout, ThinkConfig
 
@@ -181,8 +179,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
         "command": "thinkstream " + " ".join(sys.argv[1:]) if checkpoint is None else "test",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "model": str(llm.engine.model_path) if checkpoint is None else "<checkpoint>",
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "settings": {"dtype": args.dtype, "quantization": args.quantization,
                      "threads": args.threads, "interval_s": args.interval,
                      "interval_steps": args.interval_steps,
