@@ -457,3 +457,36 @@ def test_draft_model_kv_is_counted_when_the_pool_is_sized() -> None:
     per_block = [kv_bytes_per_block(c.config, 4, torch.float32) for c in (target, small)]
     assert plain.num_kv_blocks == budget // per_block[0]
     assert drafted.num_kv_blocks == budget // sum(per_block) < plain.num_kv_blocks
+
+
+def test_step_cost_fits_the_knee_of_the_forward() -> None:
+    """t(N) = 10 ms + 2.5 ms * N: knee 4 tokens; the prior until token counts spread, and
+    for a fit that does not grow with N."""
+    from thinkstream.speculative.adaptive import StepCost
+
+    cost = StepCost(16)
+    for _ in range(20):
+        cost.observe(1, 0.0125)
+    assert cost.knee == 16  # one token count: no slope to fit
+    for n in (1, 2, 4, 6, 3, 5) * 10:
+        cost.observe(n, 0.010 + 0.0025 * n)
+    assert abs(cost.knee - 4.0) < 0.2
+    flat = StepCost(16)
+    for n in (1, 6) * 10:
+        flat.observe(n, 0.02 - 0.001 * n)  # faster with more tokens: no usable fit
+    assert flat.knee == 16
+    with pytest.raises(ValueError):
+        StepCost(0)
+
+
+def test_the_engine_measures_its_knee_unless_the_config_fixes_it(plain) -> None:
+    """The decoder times each forward: after steps of different sizes its knee is no longer
+    the prior (here a tiny model's, whatever it measures); compute_bound_tokens fixes it."""
+    engine = make_engine(speculative={"method": "ngram", "ngram_min": 1, **FIXED}, num_blocks=64)
+    run(engine, PROMPTS)
+    hook = engine.speculative
+    assert hook.cost is not None and hook.cost._w > 0
+    assert hook.lengths.knee == hook.cost.knee
+    fixed = make_engine(speculative={"method": "ngram", "compute_bound_tokens": 8, **FIXED})
+    run(fixed, PROMPTS[:1])
+    assert fixed.speculative.cost is None and fixed.speculative.lengths.knee == 8

@@ -79,6 +79,7 @@ class FusedDecoder:
             hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
             inter=cfg.intermediate_size, gelu=int(layers[0].mlp.gelu), num_layers=len(layers),
             eps=cfg.rms_norm_eps, scale=cfg.scale, layers=self._layers, matmul=matmul, attention=attention)
+        self.max_rows = MAX_ROWS
         self._caches: tuple[int, ...] = ()  # the bound caches' key (_bind_caches)
 
     @classmethod
@@ -132,7 +133,7 @@ class FusedDecoder:
         more than MAX_ROWS rows, shifted keys, non-float32 tensors, or inside torch.compile.
         Raises RuntimeError if the native call fails."""
         t = x.shape[0]
-        if (t == 0 or t > MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu"
+        if (t == 0 or t > self.max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
                 or meta.shift_deltas is not None or torch.compiler.is_compiling()):
             return None
         keep: list[torch.Tensor] = []  # the tensors the C structures point into, alive for the call

@@ -12,6 +12,8 @@ plus the verifier's share, which grows with the batch: a step over N tokens take
 0..``num_speculative_tokens`` that maximises ``E(k) / (1 + k * rho)``: it falls to 0 when
 drafts keep failing (or the batch is large), rises while they are accepted (FASER:
 Pan et al. 2025, speculation length per request from acceptance and the batch's phase).
+The knee is measured on this machine as the engine runs (``StepCost``) unless the config
+fixes it.
 
 A request at length 0 keeps being measured: free proposers draft one token in the
 shadow (compared with the token the step samples, never computed), costly ones get one
@@ -56,10 +58,53 @@ def best_length(alpha: float, rho: float, k_max: int) -> int:
     return best
 
 
+class StepCost:
+    """The knee of this machine's forward, measured: an exponentially weighted least-squares
+    fit of each forward's time against its token count, t(N) = t0 + c * N, gives
+    ``knee = t0 / c`` (the tokens past which a step costs about as much again as an empty
+    one). A GGUF model on one CPU core has a knee of a few tokens (each row costs the
+    kernel's arithmetic), a GPU one of hundreds: a fixed knee over-drafts on the first and
+    under-drafts on the second (FASER adapts to the batch's phase; this measures where the
+    phase changes). Until the observed token counts spread (``min_spread``: their weighted
+    standard deviation) or while the fit is not increasing, ``knee`` is the prior."""
+
+    def __init__(self, prior: float, decay: float = 0.98, min_spread: float = 0.5) -> None:
+        if prior <= 0 or not 0 < decay < 1 or min_spread <= 0:
+            raise ValueError("StepCost: prior > 0, 0 < decay < 1 and min_spread > 0")
+        self.prior, self.decay, self.min_spread = prior, decay, min_spread
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """One forward over ``tokens`` tokens took ``seconds``."""
+        if tokens < 1 or seconds <= 0:
+            return
+        d = self.decay
+        self._w = d * self._w + 1.0
+        self._x = d * self._x + tokens
+        self._y = d * self._y + seconds
+        self._xx = d * self._xx + tokens * tokens
+        self._xy = d * self._xy + tokens * seconds
+
+    @property
+    def knee(self) -> float:
+        """t0 / c in tokens, clamped to 0.5 .. 4096; the prior until the fit is usable."""
+        if self._w == 0:
+            return self.prior
+        mx, my = self._x / self._w, self._y / self._w
+        var = self._xx / self._w - mx * mx
+        if var < self.min_spread**2:
+            return self.prior
+        c = (self._xy / self._w - mx * my) / var
+        t0 = my - c * mx
+        if c <= 0 or t0 <= 0:
+            return self.prior
+        return min(max(t0 / c, 0.5), 4096.0)
+
+
 class LengthController:
     """Per-sequence lengths. ``adaptive=False``: always ``k_max``."""
 
-    def __init__(self, k_max: int, knee: int, proposer_cost: float, adaptive: bool = True,
+    def __init__(self, k_max: int, knee: float, proposer_cost: float, adaptive: bool = True,
                  probe_interval: int = 16) -> None:
         self.k_max, self.knee, self.proposer_cost = k_max, knee, proposer_cost
         self.adaptive, self.probe_interval = adaptive, probe_interval

@@ -24,7 +24,9 @@ class SpeculativeConfig:
     (``speculative.adaptive``); False drafts ``num_speculative_tokens`` whenever a proposer
     has them. ``compute_bound_tokens``: the tokens per step past which a step costs about
     as much again as an empty one (the batch's knee); the cost of a draft token rises
-    with the batch toward it, so a large batch drafts less (None: 16). ``ngram_min`` /
+    with the batch toward it, so a large batch drafts less (None: measured as the engine
+    runs, from each forward's time against its tokens, ``adaptive.StepCost``; 16 until the
+    fit is usable). ``ngram_min`` /
     ``ngram_max``: the match lengths prompt lookup tries, longest first.
     ``early_exit_layer``: None = a quarter of the layers (``bench speculative
     --choose-layer`` measures the best one).

@@ -28,13 +28,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from thinkstream.engine.hooks import StepHook
-from thinkstream.speculative.adaptive import LengthController, fit_to_blocks
+from thinkstream.speculative.adaptive import LengthController, StepCost, fit_to_blocks
 from thinkstream.speculative.config import SpeculativeConfig
 from thinkstream.speculative.proposer import Proposer
 
 if TYPE_CHECKING:
     from thinkstream.engine.llm_engine import LLMEngine
     from thinkstream.engine.request import Sequence
+    from thinkstream.engine.scheduler import ScheduledSeq
 
 
 @dataclass
@@ -65,6 +66,10 @@ class SpeculativeDecoder(StepHook):
         self.proposer = proposer
         self.lengths = LengthController(cfg.num_speculative_tokens, cfg.knee,
                                         proposer.cost_per_token, cfg.adaptive, cfg.probe_interval)
+        # the forward's cost against its tokens, measured, sets the knee (a config's
+        # compute_bound_tokens fixes it instead)
+        self.cost = None if cfg.compute_bound_tokens else StepCost(cfg.knee)
+        self._forward: tuple[int, float] | None = None  # (tokens, start) of the running forward
         self.stats = SpeculativeStats()
         self._shadow: dict[str, tuple[int, int]] = {}  # seq id -> (position, guessed token)
         self._seqs: dict[str, str] = {}  # seq id -> request id, for on_finish
@@ -126,6 +131,20 @@ class SpeculativeDecoder(StepHook):
             free = 0
         spare = [engine.blocks_for(s.num_tokens) * bs - s.num_tokens for s in seqs]
         return fit_to_blocks(lengths, spare, free, bs, order)
+
+    def before_forward(self, scheduled: list[ScheduledSeq]) -> None:
+        # decode and verification steps only: a prompt chunk runs another regime (many rows)
+        if self.cost is not None and all(s.seq.num_computed_tokens >= s.seq.num_prompt_tokens
+                                         for s in scheduled):
+            self._forward = (sum(s.num_new_tokens for s in scheduled), time.perf_counter())
+
+    def after_forward(self, scheduled: list[ScheduledSeq]) -> set[str]:
+        if self.cost is not None and self._forward is not None:
+            tokens, start = self._forward
+            self.cost.observe(tokens, time.perf_counter() - start)
+            self.lengths.knee = self.cost.knee
+            self._forward = None
+        return set()
 
     # ------------------------------------------------------------- outcomes
     def on_verified(self, seq: Sequence, drafted: int, accepted: int) -> None:
