@@ -114,6 +114,32 @@ def test_int_activation_modes_are_opt_in_and_close(gguf_ckpt, mode: str, tol: fl
     assert fast.engine.check_integrity() is None
 
 
+@needs_kernels
+@pytest.mark.parametrize("mode", ["gguf-q16", "gguf-q8"])
+def test_the_native_decoder_stack_computes_with_the_modes_activations(gguf_ckpt, mode: str) -> None:
+    """The stack (``models/fused_decode.py``) calls the mode's kernel entry: one sequence's
+    decode with it gives the eager GGUF linears' tokens and log-probs (same int rounding)."""
+    import ctypes
+
+    from thinkstream.kernels.gguf import ACT_OF_MODE, ENTRY_OF_ACT
+
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=2)
+    outs = []
+    for fused in (True, False):
+        llm = LLM(checkpoint=gguf_ckpt, dtype="float32", quantization=mode, block_size=4,
+                  num_blocks=64, max_num_seqs=1)
+        model = llm.engine.model
+        assert model.fused is not None
+        entry = getattr(KERNELS.lib, ENTRY_OF_ACT[ACT_OF_MODE[mode]])
+        assert model.fused._model.matmul == ctypes.cast(entry, ctypes.c_void_p).value
+        if not fused:
+            model.fused = None
+        outs.append(llm.generate([[5, 9, 14, 3]], params)[0].outputs[0])
+    assert outs[0].token_ids == outs[1].token_ids
+    for a, b in zip(outs[0].logprobs, outs[1].logprobs, strict=True):
+        assert a.keys() == b.keys() and max(abs(a[t].logprob - b[t].logprob) for t in a) < 1e-3
+
+
 def test_quantization_names_are_checked() -> None:
     from thinkstream.config import EngineConfig
 

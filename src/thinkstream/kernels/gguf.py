@@ -44,6 +44,8 @@ ACT_F32, ACT_I16, ACT_I8 = 32, 16, 8
 ACTS = (ACT_F32, ACT_I16, ACT_I8)
 # the ``quantization`` setting (config.GGUF_MODES) -> the kernels' ``act``
 ACT_OF_MODE = {"gguf": ACT_F32, "gguf-q16": ACT_I16, "gguf-q8": ACT_I8}
+# ``act`` -> the C entry point with gguf_matmul's signature that computes with it
+ENTRY_OF_ACT = {ACT_F32: "gguf_matmul", ACT_I16: "gguf_matmul_i16", ACT_I8: "gguf_matmul_i8"}
 
 
 @dataclass(frozen=True)

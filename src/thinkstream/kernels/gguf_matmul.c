@@ -437,10 +437,21 @@ int gguf_matmul_ex(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows
     return failed ? -2 : 0;
 }
 
-/* gguf_matmul_ex with float32 activations (the entry point other kernels call). */
+/* gguf_matmul_ex with float32 / int16 / int8 activations: the entry points other kernels
+ * call through a pointer (kernels/decoder.c), one per ``quantization`` setting. */
 int gguf_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                 const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
-    return gguf_matmul_ex(type, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads, 0);
+    return gguf_matmul_ex(type, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads, 32);
+}
+
+int gguf_matmul_i16(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
+                    const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
+    return gguf_matmul_ex(type, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads, 16);
+}
+
+int gguf_matmul_i8(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
+                   const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
+    return gguf_matmul_ex(type, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads, 8);
 }
 
 /* out (n_rows, k) float32 = the dequantized rows (the dense copy, and the tests' check). */

@@ -63,14 +63,14 @@ INLINE __m256i dot_u8s8(__m256i u, __m256i s) {
  * block at column c. 256-bit registers in both builds: on Zen 4 a 512-bit vpmaddwd /
  * vpmovsxbw costs two 256-bit ones, and the 512-bit form needs a lane insert more. */
 INLINE void dot16(__m256i w0, __m256i w1, float s0, float s1, float o, const xrows *X, int64_t c,
-                  const int rows, const int h, accs *A) {
+                  const int rows, const int h, accs *A, const int split) {
     const int64_t blk = c >> 5;
     for (int r = 0; r < rows; r++) {
         const int16_t *xq = X->q16 + r * X->k + c;
         __m256i p0 = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)xq));
         __m256i p1 = _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(xq + 16)));
         float sx = X->s[r * X->nb + blk];
-        if (s0 == s1) {
+        if (!split) {
             A->b[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1)),
                                          _mm256_set1_ps(s0 * sx), A->b[r][h]);
         } else {
@@ -81,9 +81,10 @@ INLINE void dot16(__m256i w0, __m256i w1, float s0, float s1, float o, const xro
     }
 }
 
-/* One chunk at column c (a multiple of 32) against ``rows`` rows of X. */
+/* One chunk at column c (a multiple of 32) against ``rows`` rows of X. ``kind`` (a constant):
+ * 0 q >= 0 under one scale (s0 == s1), 1 signed q (Q8_0), 2 two scales (Q6_K). */
 INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float s1, float o,
-                  const xrows *X, int64_t c, const int rows, const int h, accs *A, const int sgn) {
+                  const xrows *X, int64_t c, const int rows, const int h, accs *A, const int kind) {
     const __m128i zz = _mm_set1_epi8((char)z);
     if (mode == F32) {
         q0 = _mm_sub_epi8(q0, zz);
@@ -114,7 +115,7 @@ INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float
     }
     if (mode == I16) {
         dot16(_mm256_cvtepi8_epi16(_mm_sub_epi8(q0, zz)), _mm256_cvtepi8_epi16(_mm_sub_epi8(q1, zz)),
-              s0, s1, o, X, c, rows, h, A);
+              s0, s1, o, X, c, rows, h, A, kind == 2);
         return;
     }
     /* I8. Weights q >= 0 under one scale: u8 q against s8 x, the zero point moved into the
@@ -122,7 +123,7 @@ INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float
      * against x with q - z's sign. */
     const int64_t blk = c >> 5;
     __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
-    if (!sgn && s0 == s1) {
+    if (kind == 0) {
         o -= (float)z * s0;
         for (int r = 0; r < rows; r++) {
             __m256i xr = _mm256_loadu_si256((const __m256i *)(X->q8 + r * X->k + c));
@@ -134,7 +135,7 @@ INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float
     }
     w = _mm256_sub_epi8(w, _mm256_set1_epi8((char)z));
     __m256i u = _mm256_sign_epi8(w, w);
-    __m256 sw = _mm256_blend_ps(_mm256_set1_ps(s0), _mm256_set1_ps(s1), 0xf0);
+    __m256 sw = kind == 2 ? _mm256_blend_ps(_mm256_set1_ps(s0), _mm256_set1_ps(s1), 0xf0) : _mm256_set1_ps(s0);
     for (int r = 0; r < rows; r++) {
         __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(X->q8 + r * X->k + c)), w);
         __m256 sc = _mm256_mul_ps(sw, _mm256_set1_ps(X->s[r * X->nb + blk]));
@@ -167,7 +168,7 @@ INLINE void blk_q4(const int mode, const uint8_t *qs, int z, float d, float m, c
     if (mode == I16) {  /* nibbles split in 16-bit lanes: no byte masks, no widening */
         __m256i v = _mm256_cvtepu8_epi16(LOAD16(qs)), zz = _mm256_set1_epi16((short)z);
         dot16(_mm256_sub_epi16(_mm256_and_si256(v, _mm256_set1_epi16(15)), zz),
-              _mm256_sub_epi16(_mm256_srli_epi16(v, 4), zz), d, d, m, X, c, rows, h, A);
+              _mm256_sub_epi16(_mm256_srli_epi16(v, 4), zz), d, d, m, X, c, rows, h, A, 0);
         return;
     }
     __m128i v = LOAD16(qs);
@@ -219,16 +220,16 @@ INLINE void blk_q6_k(const int mode, const uint8_t *b, const xrows *X, int64_t c
         for (int j = 0; j < 8; j++) s[j] = d * (float)sc[j];
         chunk(mode, _mm_or_si128(NIB_LO(l0), _mm_and_si128(_mm_slli_epi16(h0, 4), m30)),
               _mm_or_si128(NIB_LO(l1), _mm_and_si128(_mm_slli_epi16(h1, 4), m30)),
-              32, s[0], s[1], 0.0f, X, c, rows, 0, A, 0);
+              32, s[0], s[1], 0.0f, X, c, rows, 0, A, 2);
         chunk(mode, _mm_or_si128(NIB_LO(l2), _mm_and_si128(_mm_slli_epi16(h0, 2), m30)),
               _mm_or_si128(NIB_LO(l3), _mm_and_si128(_mm_slli_epi16(h1, 2), m30)),
-              32, s[2], s[3], 0.0f, X, c + 32, rows, 1, A, 0);
+              32, s[2], s[3], 0.0f, X, c + 32, rows, 1, A, 2);
         chunk(mode, _mm_or_si128(NIB_HI(l0), _mm_and_si128(h0, m30)),
               _mm_or_si128(NIB_HI(l1), _mm_and_si128(h1, m30)),
-              32, s[4], s[5], 0.0f, X, c + 64, rows, 0, A, 0);
+              32, s[4], s[5], 0.0f, X, c + 64, rows, 0, A, 2);
         chunk(mode, _mm_or_si128(NIB_HI(l2), _mm_and_si128(_mm_srli_epi16(h0, 2), m30)),
               _mm_or_si128(NIB_HI(l3), _mm_and_si128(_mm_srli_epi16(h1, 2), m30)),
-              32, s[6], s[7], 0.0f, X, c + 96, rows, 1, A, 0);
+              32, s[6], s[7], 0.0f, X, c + 96, rows, 1, A, 2);
     }
 }
 

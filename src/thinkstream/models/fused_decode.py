@@ -33,6 +33,7 @@ from thinkstream.attention.metadata import (
 )
 from thinkstream.kernels import decoder as td
 from thinkstream.kernels.attention import load_fq_attention
+from thinkstream.kernels.gguf import ENTRY_OF_ACT
 from thinkstream.models.gguf_linear import MAX_ROWS, GGUFLinear
 
 _PROJECTIONS = (("attn", "qkv_proj", "qkv"), ("attn", "o_proj", "o"),
@@ -92,7 +93,8 @@ class FusedDecoder:
             return None
         for layer in layers:
             mods = [getattr(getattr(layer, part), attr) for part, attr, _ in _PROJECTIONS]
-            if not all(isinstance(m, GGUFLinear) and len(m._calls) <= 3 for m in mods):
+            if not all(isinstance(m, GGUFLinear) and len(m._calls) <= 3 and m.act == mods[0].act
+                       for m in mods):
                 return None
             norms = [layer.attn_norm, layer.mlp_norm, layer.post_attn_norm, layer.post_mlp_norm,
                      layer.attn.q_norm, layer.attn.k_norm]
@@ -103,7 +105,9 @@ class FusedDecoder:
         kernels = layers[0].attn.qkv_proj.kernels
         if lib is None or attention is None:
             return None
-        address = ctypes.cast(kernels.lib.gguf_matmul, ctypes.c_void_p).value
+        # the kernel entry for the linears' activations (float32; int16 / int8: gguf-q16 / q8)
+        entry = getattr(kernels.lib, ENTRY_OF_ACT[layers[0].attn.qkv_proj.act])
+        address = ctypes.cast(entry, ctypes.c_void_p).value
         fq_address = ctypes.cast(attention.lib.fq_attention, ctypes.c_void_p).value
         return cls(model, lib, address, fq_address)
 

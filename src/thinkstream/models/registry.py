@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from thinkstream.config import ModelConfig
-from thinkstream.kernels.gguf import ACT_F32, ACT_OF_MODE, GGUFKernels
+from thinkstream.kernels.gguf import ACT_OF_MODE, GGUFKernels
 from thinkstream.loading.gguf import GGUFBlocks
 from thinkstream.models.fused_decode import FusedDecoder
 from thinkstream.models.gemma3 import Gemma3ForCausalLM
@@ -68,9 +68,7 @@ def build_model(
         fast = dtype != torch.float32 or (dense_dtype or dtype) != torch.float32
         model.lm_head = LMHead(head.to(device), fast=fast, native=native_head)
         install_gguf_linears(model.layers, cfg, blocks, kernels, dense_dtype, act=act)
-        # the native decoder stack calls the kernels with float32 activations: the int16 /
-        # int8 modes keep the module path (GGUFLinear.act)
-        if dtype == torch.float32 and torch.device(device).type == "cpu" and act == ACT_F32:
+        if dtype == torch.float32 and torch.device(device).type == "cpu":
             model.fused = FusedDecoder.build(model)
         return model.eval()
     fast = dtype != torch.float32 or quantization is not None
