@@ -127,6 +127,22 @@ def test_env_forces_a_build_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
         assert got is not None and got.isa == "portable"
 
 
+@needs_cc
+@pytest.mark.skipif("avx512" not in BUILDS, reason="needs a CPU with AVX-512")
+def test_vnni_build_only_for_cpus_with_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 mode's vpdpbusd is compiled in (``-mavx512vnni``) only for a CPU that lists
+    avx512_vnni; without it the avx512 build stays plain and an AVX2 CPU gets avx2."""
+    monkeypatch.delenv(native.ISA_ENV, raising=False)
+    monkeypatch.delenv("THINKSTREAM_NATIVE", raising=False)
+    got = kg.load_gguf_kernels(ZEN4)
+    assert got is not None and (got.isa, got.vnni) == ("avx512", False)
+    if "avx512_vnni" in detect_cpu().flags:
+        got = kg.load_gguf_kernels(cpu(*ZEN4.flags, "avx512_vnni"))
+        assert got is not None and (got.isa, got.vnni) == ("avx512", True)
+    got = kg.load_gguf_kernels(ZEN3)
+    assert got is not None and (got.isa, got.vnni) == ("avx2", False)
+
+
 def test_no_compiler_means_no_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))

@@ -6,7 +6,8 @@ The C source is built per instruction set on first use and cached like the softm
 ``load_gguf_kernels`` returns None and callers keep the dense path). Each build links
 OpenMP when the compiler has it (torch's own ``libgomp`` once torch is loaded) and splits
 weight rows across ``torch.get_num_threads()`` threads, so the engine's per-step thread
-scope applies to it too.
+scope applies to it too. On CPUs with AVX512_VNNI the avx512 build adds ``-mavx512vnni``
+(the int8 mode's vpdpbusd); a CPU without it never gets that build.
 """
 
 from __future__ import annotations

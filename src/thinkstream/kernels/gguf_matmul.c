@@ -1,12 +1,14 @@
 /* GGUF-native linear layers: y = x W^T with W kept as the GGUF file stores it (ggml's
- * quantized blocks), dequantized on the fly, one weight row at a time, into a float32 row
- * in L1, then dotted with every row of x. Decode at small batch is bound by weight bytes:
- * a Q4_1 row is 5/32 of its float32 size, so reading the blocks as stored is the win; the
+ * quantized blocks), decoded on the fly, one weight row at a time, and dotted with every
+ * row of x. Decode at small batch is bound by weight bytes: a Q4_1 row is 5/32 of its
+ * float32 size, so reading the blocks as stored is the win. By default (gguf_matmul) the
  * arithmetic stays float32 (x float32, sums float32), so the result is the dequantized
- * float32 model's up to summation order.
+ * float32 model's up to summation order; gguf_matmul_ex's ``act`` 16 / 8 rounds x per
+ * 32-value block to int16 / int8 first and takes integer dot products (gguf_simd.h).
  *
  *   for each weight row n (split across OpenMP threads):
- *       w = dequantize(row n)                 K floats, stays in L1/L2
+ *       w = decode(row n)             SIMD builds: 32 values at a time in registers
+ *                                     (portable: K floats into a buffer in L1/L2)
  *       for each row r of x:  y[r, n] = dot(w, x[r])   (four rows at a time)
  *
  * Block formats (little-endian, "half" = IEEE float16), as ggml defines them:
@@ -20,10 +22,11 @@
  *   Q6_K 256 values, 210 B: ql[128], qh[64], int8 scales[16], d;  v = d * sc * (q - 32)
  * In the 32-value types value j < 16 is the low nibble of qs[j], value j + 16 the high one.
  *
- * One source, built three times by thinkstream/kernels/gguf.py: -mavx512f (AVX-512),
- * -mavx2 -mfma (AVX2) and with no flags (portable). The loops are written so the compiler
- * vectorises them for the target (GCC vector extensions for the dot products, plain loops
- * over 16/32 lanes for the dequantization); gguf_isa() says which build this is. */
+ * One source, built three times by thinkstream/kernels/gguf.py: -mavx512f (AVX-512, plus
+ * -mavx512vnni on CPUs with VNNI), -mavx2 -mfma (AVX2) and with no flags (portable). The
+ * SIMD builds use gguf_simd.h's intrinsics; the portable one plain loops the compiler
+ * vectorises (GCC vector extensions for the dot products); gguf_isa() says which build
+ * this is, gguf_vnni() whether it has VNNI. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

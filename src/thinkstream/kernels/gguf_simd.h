@@ -81,46 +81,38 @@ INLINE void dot16(__m256i w0, __m256i w1, float s0, float s1, float o, const xro
     }
 }
 
-/* One chunk at column c (a multiple of 32) against ``rows`` rows of X. ``kind`` (a constant):
- * 0 q >= 0 under one scale (s0 == s1), 1 signed q (Q8_0), 2 two scales (Q6_K). */
-INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float s1, float o,
-                  const xrows *X, int64_t c, const int rows, const int h, accs *A, const int kind) {
-    const __m128i zz = _mm_set1_epi8((char)z);
-    if (mode == F32) {
-        q0 = _mm_sub_epi8(q0, zz);
-        q1 = _mm_sub_epi8(q1, zz);
+/* F32: the chunk as floats, w = q * s + o (q already less its zero point). */
+INLINE void chunk_f32(__m128i q0, __m128i q1, float s0, float s1, float o, const xrows *X, int64_t c,
+                      const int rows, accs *A) {
 #if defined(__AVX512F__)
-        __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), _mm512_set1_ps(s0), _mm512_set1_ps(o));
-        __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), _mm512_set1_ps(s1), _mm512_set1_ps(o));
-        for (int r = 0; r < rows; r++) {
-            const float *xr = X->x + r * X->ldx + c;
-            A->f[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), A->f[r][0]);
-            A->f[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), A->f[r][1]);
-        }
+    __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), _mm512_set1_ps(s0), _mm512_set1_ps(o));
+    __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), _mm512_set1_ps(s1), _mm512_set1_ps(o));
+    for (int r = 0; r < rows; r++) {
+        const float *xr = X->x + r * X->ldx + c;
+        A->f[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), A->f[r][0]);
+        A->f[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), A->f[r][1]);
+    }
 #else
-        __m256 vs0 = _mm256_set1_ps(s0), vs1 = _mm256_set1_ps(s1), vo = _mm256_set1_ps(o);
-        __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), vs0, vo);
-        __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), vs0, vo);
-        __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), vs1, vo);
-        __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), vs1, vo);
-        for (int r = 0; r < rows; r++) {
-            const float *xr = X->x + r * X->ldx + c;
-            A->f[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), A->f[r][0]);
-            A->f[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), A->f[r][1]);
-            A->f[r][0] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), A->f[r][0]);
-            A->f[r][1] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), A->f[r][1]);
-        }
+    __m256 vs0 = _mm256_set1_ps(s0), vs1 = _mm256_set1_ps(s1), vo = _mm256_set1_ps(o);
+    __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), vs0, vo);
+    __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), vs0, vo);
+    __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), vs1, vo);
+    __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), vs1, vo);
+    for (int r = 0; r < rows; r++) {
+        const float *xr = X->x + r * X->ldx + c;
+        A->f[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), A->f[r][0]);
+        A->f[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), A->f[r][1]);
+        A->f[r][0] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), A->f[r][0]);
+        A->f[r][1] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), A->f[r][1]);
+    }
 #endif
-        return;
-    }
-    if (mode == I16) {
-        dot16(_mm256_cvtepi8_epi16(_mm_sub_epi8(q0, zz)), _mm256_cvtepi8_epi16(_mm_sub_epi8(q1, zz)),
-              s0, s1, o, X, c, rows, h, A, kind == 2);
-        return;
-    }
-    /* I8. Weights q >= 0 under one scale: u8 q against s8 x, the zero point moved into the
-     * offset (z * s exact: z is 0, 8, 16 or 32); else (Q8_0, Q6_K's two scales) |q - z|
-     * against x with q - z's sign. */
+}
+
+/* I8. Weights q >= 0 under one scale (kind 0): u8 q against s8 x, the zero point moved
+ * into the offset (z * s exact: z is 0, 8, 16 or 32); else (Q8_0, Q6_K's two scales)
+ * |q - z| against x with q - z's sign. */
+INLINE void chunk_i8(__m128i q0, __m128i q1, int z, float s0, float s1, float o, const xrows *X,
+                     int64_t c, const int rows, const int h, accs *A, const int kind) {
     const int64_t blk = c >> 5;
     __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
     if (kind == 0) {
@@ -142,6 +134,21 @@ INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float
         A->b[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(u, xs)), sc, A->b[r][h]);
         A->off[r][h] += o * X->sum[r * X->nb + blk];
     }
+}
+
+/* One chunk at column c (a multiple of 32) against ``rows`` rows of X: its integers q (less
+ * the zero point z), scales s0 / s1 (values 0..15 / 16..31) and offset o. ``kind`` (a
+ * constant): 0 q >= 0 under one scale (s0 == s1), 1 signed q (Q8_0), 2 two scales (Q6_K). */
+INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float s1, float o,
+                  const xrows *X, int64_t c, const int rows, const int h, accs *A, const int kind) {
+    const __m128i zz = _mm_set1_epi8((char)z);
+    if (mode == F32)
+        chunk_f32(_mm_sub_epi8(q0, zz), _mm_sub_epi8(q1, zz), s0, s1, o, X, c, rows, A);
+    else if (mode == I16)
+        dot16(_mm256_cvtepi8_epi16(_mm_sub_epi8(q0, zz)), _mm256_cvtepi8_epi16(_mm_sub_epi8(q1, zz)),
+              s0, s1, o, X, c, rows, h, A, kind == 2);
+    else
+        chunk_i8(q0, q1, z, s0, s1, o, X, c, rows, h, A, kind);
 }
 
 #define LOAD16(p) _mm_loadu_si128((const __m128i *)(p))
