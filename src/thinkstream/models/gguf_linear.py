@@ -17,9 +17,9 @@ Memory: the dense copy is kept beside the blocks (for SmolLM2-135M Q4_1 the bloc
 ~70 MB to ~430 MB of dense linears); ``keep_dense=False`` drops it and runs every batch on
 the kernel (slower for big batches, four x rows per pass over the weights).
 
-A fused projection (q/k/v, gate/up) whose parts have different types (Gemma 3: q and k
-Q5_0, v Q8_0) keeps one part per source matrix and writes each into its columns of the
-output.
+A fused projection (q/k/v, gate/up) keeps one part per run of neighbouring source
+matrices of one type (SmolLM2's all-Q4_1 q/k/v: one part, one kernel call; Gemma 3's q and k
+Q5_0, v Q8_0: two) and writes each into its columns of the output.
 """
 
 from __future__ import annotations
