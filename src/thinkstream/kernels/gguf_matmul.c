@@ -337,7 +337,8 @@ static void rows_range(int mode, int type, deq_fn fn, int values, int bytes, con
     rows_fn simd = simd_rows(mode, type);
     (void)fn; (void)buf;
     for (int64_t n = n0; n < n1; n++) {
-        for (int64_t r = 0; r < m; r += 4) {
+        for (int64_t r = 0, step; r < m; r += step) {
+            step = mode == F32 && ROWS8 && m - r >= 8 ? 8 : 4;  /* rows this pass */
             xrows G = *X;  /* rows r.. */
             G.x += r * X->ldx;
             if (mode != F32) {
@@ -346,7 +347,7 @@ static void rows_range(int mode, int type, deq_fn fn, int values, int bytes, con
                 G.s += r * X->nb;
                 G.sum += r * X->nb;
             }
-            simd(values, bytes, w + n * row_bytes, k, &G, m - r < 4 ? (int)(m - r) : 4, y + r * ldy + n, ldy);
+            simd(values, bytes, w + n * row_bytes, k, &G, m - r < step ? (int)(m - r) : (int)step, y + r * ldy + n, ldy);
         }
     }
 #else
