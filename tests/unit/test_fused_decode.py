@@ -197,3 +197,18 @@ def test_speculative_verification_of_two_sequences_padded() -> None:
     fused = llm.generate(prompts, params)
     assert any(padded) and llm.engine.check_integrity() is None
     assert_same(eager, fused)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_two_threads_compute_what_one_does(arch: str) -> None:
+    """The stack's threads split weight rows, sequences and activation columns, never a sum:
+    two threads give one thread's log-probabilities bit for bit (decode batch and chunks)."""
+    prompts = [[5, 9, 14, 3], list(range(3, 24)), [7, 7, 8]]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=4)
+    one, kinds, _ = run(arch, True, prompts, params, num_threads=1)
+    two, kinds2, _ = run(arch, True, prompts, params, num_threads=2)
+    assert kinds == kinds2 and ("Decode",) in kinds
+    for x, y in zip(one, two, strict=True):
+        assert x.outputs[0].token_ids == y.outputs[0].token_ids
+        assert [{t: p.logprob for t, p in d.items()} for d in x.outputs[0].logprobs] == \
+            [{t: p.logprob for t, p in d.items()} for d in y.outputs[0].logprobs]

@@ -17,10 +17,15 @@
  * as function pointers), so this file holds only the glue and the elementwise ops.
  * Built like the other kernels (kernels/native.py), no instruction-set flags needed. */
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef int (*matmul_fn)(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                          const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads);
@@ -95,19 +100,64 @@ static void rmsnorm(const float *x, float *y, int64_t n, const float *w, double 
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];
 }
 
-static int linear(const td_model *M, const td_linear *L, const float *x, int64_t m, int64_t ldx,
-                  float *y, int threads) {
-    double t0 = M->timers ? now(M) : 0.0;
+/* The threads of one step: one OpenMP region for the whole stack (a region per kernel call
+ * would wake sleeping workers ~250 times a step), synchronised by a barrier that spins
+ * briefly and then yields the core (a shared machine may have descheduled the other
+ * thread). Thread 0 runs the elementwise work; matmuls split their weight rows, attention
+ * its sequences. */
+typedef struct {
+    atomic_int count, gen, rc;
+} td_barrier;
+
+typedef struct {
+    int tid, nt;
+    td_barrier *bar;
+} td_team;
+
+static void sync_team(const td_team *T) {
+    if (T->nt == 1) return;
+    td_barrier *b = T->bar;
+    int g = atomic_load_explicit(&b->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == T->nt - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->gen, 1, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == g; spins++) {
+        if (spins > 2000) sched_yield();
+#if defined(__x86_64__) || defined(__i386__)
+        else __builtin_ia32_pause();
+#endif
+    }
+}
+
+static void fail(const td_team *T, int rc) {
+    int zero = 0;
+    atomic_compare_exchange_strong(&T->bar->rc, &zero, rc);
+}
+
+/* this thread's share [*a, *b) of n items */
+static void share(const td_team *T, int64_t n, int64_t *a, int64_t *b) {
+    *a = n * T->tid / T->nt;
+    *b = n * (T->tid + 1) / T->nt;
+}
+
+static void linear(const td_model *M, const td_team *T, const td_linear *L, const float *x, int64_t m,
+                   int64_t ldx, float *y) {
+    double t0 = M->timers && T->tid == 0 ? now(M) : 0.0;
     for (int64_t p = 0; p < L->nparts; p++) {
         const td_part *P = &L->parts[p];
-        if (M->matmul((int)P->qtype, P->w, P->row_bytes, P->rows, L->k, x, m, ldx, y + P->col, L->n, threads))
-            return -3;
+        int64_t a, b;
+        share(T, P->rows, &a, &b);
+        if (a < b && M->matmul((int)P->qtype, P->w + a * P->row_bytes, P->row_bytes, b - a, L->k, x, m, ldx,
+                               y + P->col + a, L->n, 1))
+            fail(T, -3);
+        if (L->bias)  /* the columns this thread wrote */
+            for (int64_t r = 0; r < m; r++)
+                for (int64_t j = P->col + a; j < P->col + b; j++) y[r * L->n + j] += L->bias[j];
     }
-    if (L->bias)
-        for (int64_t r = 0; r < m; r++)
-            for (int64_t j = 0; j < L->n; j++) y[r * L->n + j] += L->bias[j];
-    if (M->timers) M->timers[0] += now(M) - t0;
-    return 0;
+    sync_team(T);
+    if (M->timers && T->tid == 0) M->timers[0] += now(M) - t0;
 }
 
 /* rotate the two halves of each of ``heads`` head vectors of row r (models/layers.apply_rope) */
@@ -129,66 +179,84 @@ static float act(float g, int gelu) {
     return g / (1.0f + expf(-g));
 }
 
-static int layer_forward(const td_model *M, const td_layer *L, const td_step *S, float *x, float *h,
-                         float *qkv, float *q, float *o, float *gu, float *qpad, float *opad, int threads) {
-    int64_t t = S->t, H = M->hidden, nh = M->heads, kvh = M->kv_heads, d = M->head_dim, I = M->inter;
-    int64_t qs = nh * d, kvs = kvh * d, nqkv = qs + 2 * kvs;
-    for (int64_t r = 0; r < t; r++) rmsnorm(x + r * H, h + r * H, H, L->attn_norm, M->eps);
-    if (linear(M, &L->qkv, h, t, H, qkv, threads)) return -3;
-    for (int64_t r = 0; r < t; r++) {
-        float *row = qkv + r * nqkv;
-        if (L->q_norm)
-            for (int64_t j = 0; j < nh; j++) rmsnorm(row + j * d, row + j * d, d, L->q_norm, M->eps);
-        if (L->k_norm)
-            for (int64_t j = 0; j < kvh; j++) rmsnorm(row + qs + j * d, row + qs + j * d, d, L->k_norm, M->eps);
-        rope(row, nh + kvh, d, S->cos[L->rope] + r * (d / 2), S->sin[L->rope] + r * (d / 2));
-        int64_t slot = S->slot_mapping[r];
-        memcpy(L->k_cache + slot * kvs, row + qs, sizeof(float) * kvs);
-        memcpy(L->v_cache + slot * kvs, row + qs + kvs, sizeof(float) * kvs);
-        memcpy(q + r * qs, row, sizeof(float) * qs);
-    }
-    double t0 = M->timers ? now(M) : 0.0;
+static void attend(const td_model *M, const td_team *T, const td_layer *L, const td_step *S,
+                   const float *q, float *o, float *qpad, float *opad) {
+    int64_t nh = M->heads, kvh = M->kv_heads, d = M->head_dim, qs = nh * d;
+    double t0 = M->timers && T->tid == 0 ? now(M) : 0.0;
     for (int64_t gi = 0; gi < S->ngroups; gi++) {
         const td_group *G = &S->groups[gi];
-        int64_t n = G->b * G->nq;
+        int64_t n = G->b * G->nq, a, b;
         int w = L->sliding && G->mask[1] ? 1 : 0;
-        const float *qg = q + G->start * qs;
-        float *og = o + G->start * qs;
-        if (G->index) {  /* gather the group's queries (padded), scatter the real outputs */
+        if (G->index && T->tid == 0)  /* gather the group's queries (padded) */
             for (int64_t i = 0; i < n; i++) memcpy(qpad + i * qs, q + G->index[i] * qs, sizeof(float) * qs);
-            qg = qpad;
-            og = opad;
-        }
-        if (M->attention(qg, og, G->b, G->nq, nh, kvh, d, L->k_cache, L->v_cache, 0, G->slots,
-                         G->slot_b_stride, G->length, G->mask[w], G->mask_b[w], G->mask_q[w],
-                         (float)M->scale, threads))
-            return -4;
-        if (G->index)
+        if (G->index) sync_team(T);
+        const float *qg = G->index ? qpad : q + G->start * qs;
+        float *og = G->index ? opad : o + G->start * qs;
+        share(T, G->b, &a, &b);  /* this thread's sequences */
+        if (a < b && M->attention(qg + a * G->nq * qs, og + a * G->nq * qs, b - a, G->nq, nh, kvh, d,
+                                  L->k_cache, L->v_cache, 0, G->slots + a * G->slot_b_stride,
+                                  G->slot_b_stride, G->length, G->mask[w] + a * G->mask_b[w],
+                                  G->mask_b[w], G->mask_q[w], (float)M->scale, 1))
+            fail(T, -4);
+        sync_team(T);
+        if (G->index && T->tid == 0)  /* scatter the real outputs */
             for (int64_t i = 0; i < n; i++)
                 if (!G->real || G->real[i]) memcpy(o + G->index[i] * qs, opad + i * qs, sizeof(float) * qs);
     }
-    if (M->timers) M->timers[1] += now(M) - t0;
-    if (linear(M, &L->o, o, t, qs, h, threads)) return -3;
-    for (int64_t r = 0; r < t; r++) {
-        if (L->post_attn_norm) rmsnorm(h + r * H, h + r * H, H, L->post_attn_norm, M->eps);
-        for (int64_t j = 0; j < H; j++) x[r * H + j] += h[r * H + j];
-        rmsnorm(x + r * H, h + r * H, H, L->mlp_norm, M->eps);
-    }
-    if (linear(M, &L->gate_up, h, t, H, gu, threads)) return -3;
+    if (M->timers && T->tid == 0) M->timers[1] += now(M) - t0;
+}
+
+static void layer_forward(const td_model *M, const td_team *T, const td_layer *L, const td_step *S,
+                          float *x, float *h, float *qkv, float *q, float *o, float *gu, float *qpad,
+                          float *opad) {
+    int64_t t = S->t, H = M->hidden, nh = M->heads, kvh = M->kv_heads, d = M->head_dim, I = M->inter;
+    int64_t qs = nh * d, kvs = kvh * d, nqkv = qs + 2 * kvs, a, b;
+    if (T->tid == 0)
+        for (int64_t r = 0; r < t; r++) rmsnorm(x + r * H, h + r * H, H, L->attn_norm, M->eps);
+    sync_team(T);
+    linear(M, T, &L->qkv, h, t, H, qkv);
+    if (T->tid == 0)
+        for (int64_t r = 0; r < t; r++) {
+            float *row = qkv + r * nqkv;
+            if (L->q_norm)
+                for (int64_t j = 0; j < nh; j++) rmsnorm(row + j * d, row + j * d, d, L->q_norm, M->eps);
+            if (L->k_norm)
+                for (int64_t j = 0; j < kvh; j++) rmsnorm(row + qs + j * d, row + qs + j * d, d, L->k_norm, M->eps);
+            rope(row, nh + kvh, d, S->cos[L->rope] + r * (d / 2), S->sin[L->rope] + r * (d / 2));
+            int64_t slot = S->slot_mapping[r];
+            memcpy(L->k_cache + slot * kvs, row + qs, sizeof(float) * kvs);
+            memcpy(L->v_cache + slot * kvs, row + qs + kvs, sizeof(float) * kvs);
+            memcpy(q + r * qs, row, sizeof(float) * qs);
+        }
+    sync_team(T);
+    attend(M, T, L, S, q, o, qpad, opad);
+    sync_team(T);  /* the scattered outputs */
+    linear(M, T, &L->o, o, t, qs, h);
+    if (T->tid == 0)
+        for (int64_t r = 0; r < t; r++) {
+            if (L->post_attn_norm) rmsnorm(h + r * H, h + r * H, H, L->post_attn_norm, M->eps);
+            for (int64_t j = 0; j < H; j++) x[r * H + j] += h[r * H + j];
+            rmsnorm(x + r * H, h + r * H, H, L->mlp_norm, M->eps);
+        }
+    sync_team(T);
+    linear(M, T, &L->gate_up, h, t, H, gu);
+    share(T, I, &a, &b);  /* the activation, over this thread's columns */
     for (int64_t r = 0; r < t; r++) {
         float *g = gu + r * 2 * I;
-        for (int64_t j = 0; j < I; j++) g[j] = act(g[j], (int)M->gelu) * g[I + j];
+        for (int64_t j = a; j < b; j++) g[j] = act(g[j], (int)M->gelu) * g[I + j];
     }
-    if (linear(M, &L->down, gu, t, 2 * I, h, threads)) return -3;
-    for (int64_t r = 0; r < t; r++) {
-        if (L->post_mlp_norm) rmsnorm(h + r * H, h + r * H, H, L->post_mlp_norm, M->eps);
-        for (int64_t j = 0; j < H; j++) x[r * H + j] += h[r * H + j];
-    }
-    return 0;
+    sync_team(T);
+    linear(M, T, &L->down, gu, t, 2 * I, h);
+    if (T->tid == 0)
+        for (int64_t r = 0; r < t; r++) {
+            if (L->post_mlp_norm) rmsnorm(h + r * H, h + r * H, H, L->post_mlp_norm, M->eps);
+            for (int64_t j = 0; j < H; j++) x[r * H + j] += h[r * H + j];
+        }
+    sync_team(T);
 }
 
 /* x (t, hidden) float32, the embedded inputs, becomes the last layer's output (before the
- * final norm). Returns 0; -1 for bad shapes, -2 when out of memory, -3 / -4 when a matmul /
+ * final norm), computed by ``threads`` threads. Returns 0; -1 for bad shapes, -2 when out of memory, -3 / -4 when a matmul /
  * the attention kernel refuses its arguments. */
 int td_forward(const td_model *M, const td_step *S, float *x, int threads) {
     int64_t t = S->t, H = M->hidden, d = M->head_dim;
@@ -211,9 +279,23 @@ int td_forward(const td_model *M, const td_step *S, float *x, int threads) {
     if (!buf) return -2;
     float *h = buf, *qkv = h + t * H, *q = qkv + t * nqkv, *o = q + t * qs, *gu = o + t * qs;
     float *qpad = gu + t * 2 * M->inter, *opad = qpad + padded * qs;
-    int rc = 0;
-    for (int64_t l = 0; l < M->num_layers && rc == 0; l++)
-        rc = layer_forward(M, &M->layers[l], S, x, h, qkv, q, o, gu, qpad, opad, threads);
+    td_barrier bar;
+    atomic_init(&bar.count, 0);
+    atomic_init(&bar.gen, 0);
+    atomic_init(&bar.rc, 0);
+    if (threads < 1) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        td_team T = {omp_get_thread_num(), omp_get_num_threads(), &bar};
+#else
+    {
+        td_team T = {0, 1, &bar};
+#endif
+        for (int64_t l = 0; l < M->num_layers; l++)
+            layer_forward(M, &T, &M->layers[l], S, x, h, qkv, q, o, gu, qpad, opad);
+    }
+    int rc = atomic_load(&bar.rc);
     free(buf);
     return rc;
 }

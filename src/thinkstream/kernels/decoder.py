@@ -66,7 +66,7 @@ class Step(ctypes.Structure):
 
 @functools.cache
 def _load() -> ctypes.CDLL | None:
-    lib = open_library(_SRC)
+    lib = open_library(_SRC, openmp=True)  # one parallel region per step
     if lib is None:
         return None
     lib.td_forward.restype = ctypes.c_int

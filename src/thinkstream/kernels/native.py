@@ -111,16 +111,18 @@ def wanted_isa(cpu: CpuInfo | None = None) -> str | None:
     return choose_isa(cpu or detect_cpu(), os.environ.get(ISA_ENV) or None)
 
 
-def open_library(src: Path) -> ctypes.CDLL | None:
-    """``src`` built without instruction-set flags (cached) and loaded; None where it
-    cannot be built or loaded."""
-    path = build(src, cache_dir())
-    if path is None:
-        return None
-    try:
-        return ctypes.CDLL(str(path))
-    except OSError:
-        return None
+def open_library(src: Path, openmp: bool = False) -> ctypes.CDLL | None:
+    """``src`` built without instruction-set flags (cached; with ``openmp``, with OpenMP
+    where the compiler has it) and loaded; None where it cannot be built or loaded."""
+    for flags in ((("-fopenmp",), ()) if openmp else ((),)):
+        path = build(src, cache_dir(), flags=flags, variant="omp" if flags else "")
+        if path is None:
+            continue
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError:
+            continue
+    return None
 
 
 def open_isa_library(src: Path, isa: str, isa_fn: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
