@@ -17,7 +17,7 @@ from gguf.quants import dequantize, quantize
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream import LLM, SamplingParams
-from thinkstream.attention.metadata import Decode, ShortBatch, ShortChunk
+from thinkstream.attention.metadata import Decode, Prefill, ShortBatch, ShortChunk
 from thinkstream.kernels.gguf import load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
 
@@ -212,3 +212,27 @@ def test_two_threads_compute_what_one_does(arch: str) -> None:
         assert x.outputs[0].token_ids == y.outputs[0].token_ids
         assert [{t: p.logprob for t, p in d.items()} for d in x.outputs[0].logprobs] == \
             [{t: p.logprob for t, p in d.items()} for d in y.outputs[0].logprobs]
+
+
+def test_drafts_never_push_a_step_off_the_stack() -> None:
+    """Six sequences decoding with n-gram drafts of up to 3 tokens: the drafts are trimmed
+    to the stack's 8 rows (6 real tokens + 2 drafts), so no decode step falls to the dense
+    path; some drafts are still made and the tokens are plain greedy's."""
+    prompts = [[5 + i, 6, 7, 8, 9] * 3 for i in range(6)]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    spec = {"method": "ngram", "ngram_min": 1, "num_speculative_tokens": 3, "adaptive": False}
+    llm = LLM(checkpoint=gguf_checkpoint("llama"), dtype="float32", quantization="gguf",
+              block_size=4, num_blocks=128, max_num_seqs=8, speculative=spec)
+    native, decode_rows = llm.engine.model.fused, []
+
+    def counted(x, positions, meta):
+        if not any(isinstance(g, Prefill) for g in meta.groups):
+            decode_rows.append(x.shape[0])
+        return native(x, positions, meta)
+
+    counted.max_rows = native.max_rows  # what the speculative planner reads
+    llm.engine.model.fused = counted
+    got = llm.generate(prompts, params)
+    plain, _, _ = run("llama", True, prompts, params, max_num_seqs=8)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in plain]
+    assert max(decode_rows) == 8 and llm.engine.speculative.stats.num_draft_tokens > 0

@@ -109,7 +109,8 @@ class SpeculativeDecoder(StepHook):
 
     def _plan(self, seqs: list[Sequence], running: list[Sequence]) -> list[int]:
         """Each sequence's length: its own (adaptive), capped by what it may still generate,
-        then by the step's token budget and the free KV blocks, surest sequences first."""
+        then by the step's token budget (within the native stack's rows when the batch
+        fits them) and the free KV blocks, surest sequences first."""
         engine, batch = self.engine, len(running)
         lengths = []
         for s in seqs:
@@ -117,7 +118,13 @@ class SpeculativeDecoder(StepHook):
             room = min(s.max_tokens - s.num_output_tokens, engine.max_model_len - s.num_tokens) - 1
             lengths.append(max(min(k, room), 0))
         order = sorted(range(len(seqs)), key=lambda i: -self.lengths.states[seqs[i].seq_id].alpha)
-        budget = engine.config.max_num_batched_tokens - sum(s.num_pending_tokens for s in running)
+        pending = sum(s.num_pending_tokens for s in running)
+        budget = engine.config.max_num_batched_tokens - pending
+        # a step the native decoder stack takes (models/fused_decode.py) costs a fraction of
+        # one past its rows (the dense path): drafts never push a step off it
+        fast = getattr(getattr(engine.model, "fused", None), "max_rows", None)
+        if fast is not None and pending <= fast:
+            budget = min(budget, fast - pending)
         for i in order:
             lengths[i] = min(lengths[i], max(budget, 0))
             budget -= lengths[i]
