@@ -236,3 +236,12 @@ def test_drafts_never_push_a_step_off_the_stack() -> None:
     plain, _, _ = run("llama", True, prompts, params, max_num_seqs=8)
     assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in plain]
     assert max(decode_rows) == 8 and llm.engine.speculative.stats.num_draft_tokens > 0
+
+
+def test_compile_decode_leaves_the_stack_in_place() -> None:
+    """compile_decode on a GGUF model: no compiled graph (a ctypes call cannot be traced and
+    the stack is the faster of the two); decode steps run on the stack."""
+    prompts = [[5, 9, 14, 3]]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    outs, kinds, llm = run("llama", True, prompts, params, compile_decode=True)
+    assert llm.engine.runner.decode_graph is None and ("Decode",) in kinds

@@ -76,7 +76,7 @@ class ModelRunner:
             self.decode_graph = GraphDecode(
                 model, self.kv_caches, num_slots, batch_buckets(max_num_seqs), self.device
             )
-        elif compile_decode:
+        elif compile_decode and model.fused is None:  # the native stack is faster than a graph
             self.decode_graph = CompiledDecode(model)
 
     def close(self) -> None:
