@@ -490,3 +490,38 @@ def test_the_engine_measures_its_knee_unless_the_config_fixes_it(plain) -> None:
     fixed = make_engine(speculative={"method": "ngram", "compute_bound_tokens": 8, **FIXED})
     run(fixed, PROMPTS[:1])
     assert fixed.speculative.cost is None and fixed.speculative.lengths.knee == 8
+
+
+def test_seeded_sampling_is_the_same_with_drafts_alone_or_batched() -> None:
+    """A seeded sampled request keeps one row of noise per token it emits, however many
+    drafts were computed: with four drafts every step (rejected: at temperature 30
+    the tiny model's distribution is nearly flat) its tokens equal decoding without speculation, alone and beside other
+    requests."""
+
+    class Constant(Proposer):
+        def propose(self, seqs, lengths):
+            return [Draft([5, 6, 7, 8][:k], [0.5] * min(k, 4)) for k in lengths]
+
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    params = SamplingParams(temperature=30.0, seed=11, max_tokens=16, ignore_eos=True)
+    others = [[100 + i, 3, 4, 5] for i in range(3)]
+
+    def tokens(speculate: bool, batch: list[list[int]]) -> list[int]:
+        engine = make_engine(FIXED, Constant(), num_blocks=128) if speculate else make_engine(num_blocks=128)
+        engine.add_request("me", prompt, params)
+        for i, p in enumerate(batch):
+            engine.add_request(f"o{i}", p, SamplingParams(temperature=30.0, seed=i, max_tokens=16))
+        done = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out.outputs[0].token_ids
+        assert engine.check_integrity() is None
+        if speculate:
+            assert engine.speculative.stats.num_draft_tokens > engine.speculative.stats.num_accepted_tokens
+        return done["me"]
+
+    plain = tokens(False, [])
+    assert len(set(plain)) > 4  # a flat distribution: the noise decides every token
+    assert tokens(True, []) == plain
+    assert tokens(True, others) == plain

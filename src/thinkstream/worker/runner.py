@@ -205,8 +205,19 @@ class ModelRunner:
             [s.output_token_ids + drafts[i][:j] for s, i, j in zip(flat, owners, steps,
                                                                    strict=True)],
         )
+        # a seeded sequence with drafts draws noise for every computed row; it keeps only
+        # the rows up to its first rejection: its generator is rewound to what drawing just
+        # those rows leaves (decoding without drafts), so its tokens never depend on how
+        # many drafts the batch gave it
+        rewind = {i: seqs[i].generator.get_state() for i, d in enumerate(drafts)
+                  if d and seqs[i].generator is not None and not st.all_greedy}
         sampled = sample(processed, st)
         per_seq = accept_drafts(sampled.tolist(), drafts)
+        for i, state in rewind.items():
+            g = seqs[i].generator
+            g.set_state(state)
+            for _ in per_seq[i]:  # the draws of the kept rows (sampling._draw, row by row)
+                torch.empty(x.shape[1], dtype=torch.float32, device=x.device).exponential_(generator=g)
         keep = [sum(counts[:i]) + j for i, toks in enumerate(per_seq) for j in range(len(toks))]
         want = [seqs[owners[r]].params.logprobs for r in keep]
         logprobs: list[TokenLogprob | None] = [None] * len(keep)
