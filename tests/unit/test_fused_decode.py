@@ -122,7 +122,7 @@ def test_tiny_pool_preemption_gives_the_same_tokens() -> None:
 
 
 def test_steps_it_does_not_take() -> None:
-    """More rows than the kernels' (a 9-token prompt) or several groups: None, x untouched."""
+    """More rows than the stack's (a 17-token prompt): None, x untouched; then decode."""
     llm = LLM(checkpoint=gguf_checkpoint("llama"), dtype="float32", quantization="gguf",
               block_size=4, num_blocks=64)
     model = llm.engine.model
@@ -138,8 +138,8 @@ def test_steps_it_does_not_take() -> None:
         return out
 
     model.fused = spy
-    llm.generate([list(range(3, 12))], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
-    assert seen[0] == (9, False) and seen[1] == (1, True)
+    llm.generate([list(range(3, 20))], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    assert native.max_rows == 16 and seen[0] == (17, False) and seen[1] == (1, True)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -215,14 +215,14 @@ def test_two_threads_compute_what_one_does(arch: str) -> None:
 
 
 def test_drafts_never_push_a_step_off_the_stack() -> None:
-    """Six sequences decoding with n-gram drafts of up to 3 tokens: the drafts are trimmed
-    to the stack's 8 rows (6 real tokens + 2 drafts), so no decode step falls to the dense
-    path; some drafts are still made and the tokens are plain greedy's."""
-    prompts = [[5 + i, 6, 7, 8, 9] * 3 for i in range(6)]
+    """Twelve sequences decoding with n-gram drafts of up to 3 tokens: the drafts are
+    trimmed to the stack's 16 rows (12 real tokens + 4 drafts), so no decode step falls to
+    the dense path; some drafts are still made and the tokens are plain greedy's."""
+    prompts = [[5 + i, 6, 7, 8, 9] * 3 for i in range(12)]
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     spec = {"method": "ngram", "ngram_min": 1, "num_speculative_tokens": 3, "adaptive": False}
     llm = LLM(checkpoint=gguf_checkpoint("llama"), dtype="float32", quantization="gguf",
-              block_size=4, num_blocks=128, max_num_seqs=8, speculative=spec)
+              block_size=4, num_blocks=256, max_num_seqs=12, speculative=spec)
     native, decode_rows = llm.engine.model.fused, []
 
     def counted(x, positions, meta):
@@ -233,9 +233,9 @@ def test_drafts_never_push_a_step_off_the_stack() -> None:
     counted.max_rows = native.max_rows  # what the speculative planner reads
     llm.engine.model.fused = counted
     got = llm.generate(prompts, params)
-    plain, _, _ = run("llama", True, prompts, params, max_num_seqs=8)
+    plain, _, _ = run("llama", True, prompts, params, max_num_seqs=12, num_blocks=256)
     assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in plain]
-    assert max(decode_rows) == 8 and llm.engine.speculative.stats.num_draft_tokens > 0
+    assert max(decode_rows) == 16 and llm.engine.speculative.stats.num_draft_tokens > 0
 
 
 def test_compile_decode_leaves_the_stack_in_place() -> None:

@@ -6,9 +6,9 @@ The rules, measured on three CPU classes (docs/benchmarks.md):
 - CUDA: bfloat16, no weight quantization.
 - CPU, GGUF checkpoint whose matrix types the native kernels decode (``kernels/gguf.py``)
   and a build of them for this CPU: float32 with GGUF-native linears
-  (``quantization="gguf"``). Decode and small batches (up to 8 rows) read the blocks as
+  (``quantization="gguf"``). Decode and small batches (up to 16 rows) read the blocks as
   stored and compute in float32, the dequantized float32 model's logits within 1e-3 at a
-  fraction of the bytes; batches above 8 rows and prefill use a dense float32 copy. Not a
+  fraction of the bytes; batches above 16 rows and prefill use a dense float32 copy. Not a
   bfloat16 copy, although it prefills about 1.7x faster on AVX512_BF16 / AMX: measured on
   Zen 4, it moved prompt log-probs by up to 0.13 and flipped the first answer token of the
   README's own question ("What is the capital of France?": "L'Étoile..." instead of "The
@@ -41,7 +41,7 @@ class Precision:
 
     dtype: str  # activations, residual stream and KV cache: "float32" | "bfloat16" | "float16"
     quantization: str | None  # None | "int8" | "int4" | "gguf" | "gguf-q16" | "gguf-q8"
-    dense_dtype: str  # gguf mode: the dense copy's dtype (batches above 8 rows); else = dtype
+    dense_dtype: str  # gguf mode: the dense copy's dtype (batches above 16 rows); else = dtype
     reason: str  # one line for ``thinkstream info`` and the logs
 
 
@@ -69,13 +69,13 @@ def choose_precision(
         return Precision("bfloat16", quantization, "bfloat16", f"{device}: bfloat16")
     if quantization == "gguf":
         return Precision("float32", "gguf", "float32",
-                         f"float32: GGUF-native {kernels_isa} kernels for up to 8 rows, dense "
+                         f"float32: GGUF-native {kernels_isa} kernels for up to 16 rows, dense "
                          "float32 above (exact: same tokens at every batch size)")
     if quantization in GGUF_MODES:
         bits = quantization.removeprefix("gguf-q")
         return Precision("float32", quantization, "float32",
                          f"float32: GGUF-native {kernels_isa} kernels with int{bits} activations "
-                         "for up to 8 rows (as asked), dense float32 above")
+                         "for up to 16 rows (as asked), dense float32 above")
     why = "bfloat16 matmuls in hardware" if cpu.native_bf16 else "no bfloat16 matmuls in hardware"
     return Precision(bf16, quantization, bf16, f"{bf16}: {why}")
 
