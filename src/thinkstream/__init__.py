@@ -23,10 +23,11 @@ _EXPORTS = {
     "ParamError": "thinkstream.sampling_params", "EngineConfig": "thinkstream.config",
     "ModelConfig": "thinkstream.config", "RequestOutput": "thinkstream.engine.request",
     "CompletionOutput": "thinkstream.engine.request", "Logprob": "thinkstream.engine.request",
+    "SpeculativeConfig": "thinkstream.speculative.config",
 }
 __all__ = [
     "LLM", "LLMEngine", "SamplingParams", "EngineConfig", "ModelConfig", "RequestOutput",
-    "CompletionOutput", "Logprob", "RequestError", "ParamError",
+    "CompletionOutput", "Logprob", "RequestError", "ParamError", "SpeculativeConfig",
 ]
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
     from thinkstream.llm import LLM
     from thinkstream.sampling_params import ParamError, SamplingParams
+    from thinkstream.speculative.config import SpeculativeConfig
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

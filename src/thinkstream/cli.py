@@ -62,8 +62,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", default=None,
                    help="with --speculative-method draft_model: a smaller model (GGUF file, HF "
                         "directory or alias) that shares the target's tokenizer")
-    p.add_argument("--num-speculative-tokens", type=int, default=5,
-                   help="the most draft tokens per request and step (with --speculative-method)")
+    p.add_argument("--num-speculative-tokens", type=int, default=None,
+                   help="the most draft tokens per request and step (with --speculative-method; "
+                        "default 5)")
     p.add_argument("--no-adaptive-speculation", action="store_true",
                    help="draft --num-speculative-tokens whenever possible (default: each "
                         "request's length follows its acceptance and the batch size)")
@@ -99,11 +100,17 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def speculative_config(args: argparse.Namespace) -> SpeculativeConfig | None:
-    """``--speculative-method`` and friends as a ``SpeculativeConfig`` (None: off)."""
+    """``--speculative-method`` and friends as a ``SpeculativeConfig`` (None: off). Raises
+    SystemExit when a speculative flag is given without ``--speculative-method``."""
     if getattr(args, "speculative_method", None) is None:
+        if (getattr(args, "num_speculative_tokens", None) is not None
+                or getattr(args, "no_adaptive_speculation", False) or getattr(args, "draft_model", None)):
+            raise SystemExit("thinkstream: --num-speculative-tokens, --no-adaptive-speculation and "
+                             "--draft-model need --speculative-method")
         return None
+    k = args.num_speculative_tokens
     return SpeculativeConfig(method=args.speculative_method,
-                             num_speculative_tokens=args.num_speculative_tokens,
+                             num_speculative_tokens=SpeculativeConfig.num_speculative_tokens if k is None else k,
                              adaptive=not args.no_adaptive_speculation,
                              draft_model=args.draft_model)
 
@@ -229,9 +236,21 @@ def cmd_info(args: argparse.Namespace) -> int:
             "cpu": detect_cpu().as_dict(),
             "gguf_block_types": [GGML_NAMES.get(t, str(t)) for t in types],
             "precision": {"dtype": precision.dtype, "quantization": precision.quantization,
-                          "dense_dtype": precision.dense_dtype, "why": precision.reason}}
+                          "dense_dtype": precision.dense_dtype, "why": precision.reason},
+            "native_decoder_stack": _native_stack(precision, cfg, args.device)}
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def _native_stack(precision, cfg, device: str) -> bool:
+    """Whether decode steps of up to 16 rows will run the native decoder stack
+    (``models/fused_decode.py``: GGUF kernels, float32, CPU, its libraries built)."""
+    from thinkstream.kernels.attention import load_fq_attention
+    from thinkstream.kernels.decoder import load_decoder
+
+    return (str(precision.quantization or "").startswith("gguf") and precision.dtype == "float32"
+            and device == "cpu" and cfg.head_dim % 16 == 0
+            and load_decoder() is not None and load_fq_attention() is not None)
 
 
 GGML_NAMES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}

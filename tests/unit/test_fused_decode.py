@@ -245,3 +245,16 @@ def test_compile_decode_leaves_the_stack_in_place() -> None:
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     outs, kinds, llm = run("llama", True, prompts, params, compile_decode=True)
     assert llm.engine.runner.decode_graph is None and ("Decode",) in kinds
+
+
+def test_info_says_whether_the_stack_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thinkstream.cli import _native_stack
+    from thinkstream.models.precision import Precision
+
+    cfg = gguf_checkpoint("llama").config
+    gguf = Precision("float32", "gguf", "float32", "test")
+    assert _native_stack(gguf, cfg, "cpu")
+    assert not _native_stack(Precision("bfloat16", None, "bfloat16", "test"), cfg, "cpu")
+    assert not _native_stack(gguf, cfg, "cuda")
+    monkeypatch.setenv("THINKSTREAM_NATIVE", "0")
+    assert not _native_stack(gguf, cfg, "cpu")

@@ -24,7 +24,8 @@ def test_the_package_still_exports_the_api_lazily() -> None:
     assert thinkstream.SamplingParams.__name__ == "SamplingParams"
     assert sorted(thinkstream.__all__) == sorted([
         "LLM", "LLMEngine", "SamplingParams", "EngineConfig", "ModelConfig", "RequestOutput",
-        "CompletionOutput", "Logprob", "RequestError", "ParamError"])
+        "CompletionOutput", "Logprob", "RequestError", "ParamError", "SpeculativeConfig"])
+    assert thinkstream.SpeculativeConfig.__module__ == "thinkstream.speculative.config"
 
 
 # ------------------------------------------------------------ import direction

@@ -372,6 +372,12 @@ def test_config_from_cli_flags_dicts_and_names() -> None:
                                     "--speculative-method", "ngram"]))
     serve = build_parser().parse_args(["serve", "--speculative-method", "ngram"])
     assert engine_config(serve).speculative == SpeculativeConfig(method="ngram")
+    for alone in (["--num-speculative-tokens", "3"], ["--no-adaptive-speculation"],
+                  ["--draft-model", "small.gguf"]):  # a speculative flag without a method
+        with pytest.raises(SystemExit, match="need --speculative-method"):
+            engine_config(p.parse_args(alone))
+    profile = build_parser().parse_args(["bench", "profile", "--batch", "8", "9", "--batch", "32"])
+    assert profile.batch == [8, 9, 32]
     assert EngineConfig(speculative="ngram").speculative == SpeculativeConfig()
     assert EngineConfig(speculative={"num_speculative_tokens": 2}).speculative == (
         SpeculativeConfig(num_speculative_tokens=2))

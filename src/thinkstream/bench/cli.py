@@ -79,8 +79,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(fn=run_vllm_setup)
     p = sub.add_parser("profile", help="where thinkstream's decode step time goes")
     _common(p)
-    p.add_argument("--batch", type=int, action="append", default=None,
-                   help="batch size(s) to profile (default 1 and 32)")
+    p.add_argument("--batch", type=int, nargs="+", action="extend", default=None,
+                   help="batch size(s) to profile: --batch 1 8 32 or repeated (default 1 and 32)")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--speculative-method", default=None,
                    choices=["ngram", "early_exit", "fused"],

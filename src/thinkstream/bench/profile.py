@@ -173,7 +173,9 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
     n_prof = min(steps, 8)
     ops = [(e.key, e.self_cpu_time_total / 1e3 / n_prof, e.count // n_prof)
            for e in events[:top_ops]]
-    return {"batch": batch, "steps": steps, "dtype": dtype, "quantization": quantization,
+    native = engine.model.fused is not None and engine.runner.decode_graph is None
+    return {"batch": batch, "steps": steps, "dtype": engine.precision.dtype,
+            "quantization": engine.precision.quantization, "native_stack": native,
             "precision": engine.precision.reason, "clock": "cpu" if cpu_clock else "wall",
             "compile_decode": compile_decode, "speculative": speculative,
             "drafts_per_step": drafted / steps, "accepted_per_step": accepted / steps,
@@ -184,6 +186,7 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
 
 def format_profile(p: dict[str, Any]) -> str:
     lines = [f"batch {p['batch']} ({p['dtype']}, quantization={p['quantization']}"
+             f"{', native decoder stack' if p.get('native_stack') else ''}"
              f"{', compile_decode' if p.get('compile_decode') else ''}"
              f"{', speculative ' + p['speculative'] if p.get('speculative') else ''}): "
              f"{p['step_ms']:.1f} ms/step, {p['tok_s']:.0f} tok/s"
