@@ -20,22 +20,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-#if defined(__AVX512F__)
-typedef __m512 vec;
-#define VZERO _mm512_setzero_ps()
-static inline float vsum(vec a, vec b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
-#else
-typedef __m256 vec;
-#define VZERO _mm256_setzero_ps()
-static inline float vsum(vec a, vec b) {
-    __m256 s = _mm256_add_ps(a, b);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-}
-#endif
-
+/* the sum of the 16 lanes of two 256-bit vectors */
 static inline float hsum8(__m256 a, __m256 b) {
     __m256 s = _mm256_add_ps(a, b);
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
@@ -43,6 +28,16 @@ static inline float hsum8(__m256 a, __m256 b) {
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h);
 }
+
+#if defined(__AVX512F__)
+typedef __m512 vec;
+#define VZERO _mm512_setzero_ps()
+static inline float vsum(vec a, vec b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
+#else
+typedef __m256 vec;
+#define VZERO _mm256_setzero_ps()
+static inline float vsum(vec a, vec b) { return hsum8(a, b); }
+#endif
 
 /* F32 takes eight x rows a pass where 32 vector registers hold their 16 accumulators
  * (AVX-512): the weights are decoded once for eight rows instead of twice. */
