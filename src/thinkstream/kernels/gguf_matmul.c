@@ -239,46 +239,29 @@ static inline float hsum(v16 v) {
     return s;
 }
 
-/* dot(w, x_r) for r < rows (1..4); k is a multiple of 32. */
-static inline void dot_rows(const float *w, const float *x, int64_t ldx, int rows, int64_t k,
-                            float *out, int64_t ldy) {
-    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
-    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
-    switch (rows) {
-    case 4:
-        for (int64_t c = 0; c < k; c += 32) {
-            v16 w0 = ld(w + c), w1 = ld(w + c + 16);
-            a0 += w0 * ld(x0 + c); b0 += w1 * ld(x0 + c + 16);
-            a1 += w0 * ld(x1 + c); b1 += w1 * ld(x1 + c + 16);
-            a2 += w0 * ld(x2 + c); b2 += w1 * ld(x2 + c + 16);
-            a3 += w0 * ld(x3 + c); b3 += w1 * ld(x3 + c + 16);
-        }
-        break;
-    case 3:
-        for (int64_t c = 0; c < k; c += 32) {
-            v16 w0 = ld(w + c), w1 = ld(w + c + 16);
-            a0 += w0 * ld(x0 + c); b0 += w1 * ld(x0 + c + 16);
-            a1 += w0 * ld(x1 + c); b1 += w1 * ld(x1 + c + 16);
-            a2 += w0 * ld(x2 + c); b2 += w1 * ld(x2 + c + 16);
-        }
-        break;
-    case 2:
-        for (int64_t c = 0; c < k; c += 32) {
-            v16 w0 = ld(w + c), w1 = ld(w + c + 16);
-            a0 += w0 * ld(x0 + c); b0 += w1 * ld(x0 + c + 16);
-            a1 += w0 * ld(x1 + c); b1 += w1 * ld(x1 + c + 16);
-        }
-        break;
-    default:
-        for (int64_t c = 0; c < k; c += 32) {
-            a0 += ld(w + c) * ld(x0 + c);
-            b0 += ld(w + c + 16) * ld(x0 + c + 16);
+/* dot(w, x_r) for r < ROWS (a constant after inlining); k is a multiple of 32. */
+static inline __attribute__((always_inline)) void dot_rows_n(const float *w, const float *x, int64_t ldx,
+                                                             const int rows, int64_t k, float *out, int64_t ldy) {
+    v16 a[4] = {{0}}, b[4] = {{0}};
+    for (int64_t c = 0; c < k; c += 32) {
+        v16 w0 = ld(w + c), w1 = ld(w + c + 16);
+        for (int r = 0; r < rows; r++) {
+            a[r] += w0 * ld(x + r * ldx + c);
+            b[r] += w1 * ld(x + r * ldx + c + 16);
         }
     }
-    out[0] = hsum(a0 + b0);
-    if (rows > 1) out[ldy] = hsum(a1 + b1);
-    if (rows > 2) out[2 * ldy] = hsum(a2 + b2);
-    if (rows > 3) out[3 * ldy] = hsum(a3 + b3);
+    for (int r = 0; r < rows; r++) out[r * ldy] = hsum(a[r] + b[r]);
+}
+
+/* dot(w, x_r) for r < rows (1..4): one loop per row count. */
+static inline void dot_rows(const float *w, const float *x, int64_t ldx, int rows, int64_t k,
+                            float *out, int64_t ldy) {
+    switch (rows) {
+    case 4: dot_rows_n(w, x, ldx, 4, k, out, ldy); break;
+    case 3: dot_rows_n(w, x, ldx, 3, k, out, ldy); break;
+    case 2: dot_rows_n(w, x, ldx, 2, k, out, ldy); break;
+    default: dot_rows_n(w, x, ldx, 1, k, out, ldy); break;
+    }
 }
 
 /* ---- activations: float32 rows, or quantized per 32-value block -------------------- */
