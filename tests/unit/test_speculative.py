@@ -242,6 +242,26 @@ def test_length_controller_and_budget_units() -> None:
     assert fit_to_blocks([5, 5], [3, 0], 0, 4, [0, 1]) == [3, 0]
 
 
+def test_length_follows_bursty_acceptance_per_position() -> None:
+    """Echo-like history: the first draft token is rejected half the time, but when it is
+    accepted the whole draft is. Per-position rates keep the full length (E(5) = 1 + 0.41 *
+    5 per 1 + 5/3 steps beats every shorter draft); one per-token rate over the same
+    history (~0.66) would cut drafts to 2. A large batch still stops drafting."""
+    c = LengthController(k_max=5, knee=2, proposer_cost=0.0)
+    for _ in range(10):
+        c.update("a", 5, 5)
+        c.update("a", 5, 0)
+    st = c.states["a"]
+    assert len(st.alphas) == 5 and st.alphas[0] == pytest.approx(0.412, abs=1e-3)
+    assert min(st.alphas[1:]) > 0.98
+    assert (c.length("a", 1), c.length("a", 8)) == (5, 0)
+    assert best_length(0.66, 1 / 3, 5) == 2
+    # a position first judged starts from the rate before it, then follows its own record
+    c.update("b", 1, 1)
+    c.update("b", 3, 1)
+    assert c.states["b"].alphas == pytest.approx([0.755, 0.7 * 0.755])
+
+
 def test_ngram_lookup() -> None:
     p = NgramProposer(2, 3)
     toks = [1, 2, 3, 4, 5, 9, 1, 2, 3]
