@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from thinkstream.engine.llm_engine import LLMEngine
+from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams
 
 
@@ -25,3 +28,22 @@ def run_staggered(engine: LLMEngine, first: list[list[int]], later: list[list[in
         steps += 1
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
     return [done[f"r{i}"] for i in range(len(prompts))]
+
+
+def engine_logits(llm: LLM, ids: list[int], last: bool = False) -> torch.Tensor:
+    """Logits (len(ids), vocab) of ``ids`` as one prompt through ``llm``'s model and KV pool
+    (blocks taken and given back), without the scheduler; ``last``: the last row's only
+    (the LM head on one row: its small-batch path)."""
+    from thinkstream.attention.metadata import SeqSlice, build_attention_metadata
+
+    eng = llm.engine
+    assert eng.kv.allocate("probe", len(ids))
+    try:
+        meta = build_attention_metadata([SeqSlice(eng.kv.block_table("probe"), 0, len(ids))],
+                                        eng.kv.block_size, eng.runner.kv_caches,
+                                        eng.model_config.sliding_window)
+        with torch.inference_mode():
+            h = eng.model(torch.tensor(ids), torch.arange(len(ids)), meta)
+            return eng.model.compute_logits(h[-1:] if last else h)
+    finally:
+        eng.kv.free("probe")

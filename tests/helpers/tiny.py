@@ -10,6 +10,7 @@ one tokenizer as ``tiny_tok``): read those, never change them. ``tiny_tokenizer(
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -188,3 +189,17 @@ def reference_logits(cfg: ModelConfig, t: dict[str, torch.Tensor], ids: list[int
     x = _norm(x, t["norm.weight"], cfg.rms_norm_eps)
     head = t["embed.weight"] if cfg.tie_word_embeddings else t["lm_head.weight"]
     return x @ head.T
+
+
+def write_tokenizer(directory: Path, template: str | None = None) -> None:
+    """An HF tokenizer directory: a 14-token BPE (letters a-j and space), <s> / </s>, and
+    ``template`` as its chat template."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {c: 3 + i for i, c in enumerate("abcdefghij ")}
+    backend = tokenizers.Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["<s>", "</s>"])
+    backend.save(str(directory / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}}
+    if template:
+        config["chat_template"] = template
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))

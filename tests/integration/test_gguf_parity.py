@@ -8,7 +8,7 @@ with transformers.)"""
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers.runs import engine_logits
 
 from thinkstream import LLM, SamplingParams
 from thinkstream.kernels.gguf import load_gguf_kernels
@@ -30,22 +30,6 @@ def twins(request, refs):
     return request.param, dense, native
 
 
-def _all_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
-    from thinkstream.attention.metadata import SeqSlice, build_attention_metadata
-
-    eng = llm.engine
-    assert eng.kv.allocate("probe", len(ids))
-    try:
-        meta = build_attention_metadata([SeqSlice(eng.kv.block_table("probe"), 0, len(ids))],
-                                        eng.kv.block_size, eng.runner.kv_caches,
-                                        eng.model_config.sliding_window)
-        with torch.inference_mode():
-            h = eng.model(torch.tensor(ids), torch.arange(len(ids)), meta)
-            return eng.model.compute_logits(h)
-    finally:
-        eng.kv.free("probe")
-
-
 def test_every_prompt_row_on_the_kernel_matches_float32(twins) -> None:
     name, dense, native = twins
     model = native.engine.model
@@ -56,12 +40,12 @@ def test_every_prompt_row_on_the_kernel_matches_float32(twins) -> None:
         m.max_rows = len(ids)
     model.lm_head.native_max_rows = len(ids)
     try:
-        got = _all_logits(native, ids)
+        got = engine_logits(native, ids)
     finally:
         for m in linears:
             m.max_rows = 8
         model.lm_head.native_max_rows = 8
-    want = _all_logits(dense, ids)
+    want = engine_logits(dense, ids)
     assert (got - want).abs().max().item() < 1e-3, name
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.prompts import PARITY_PROMPTS
+from helpers.runs import engine_logits
 
 from thinkstream import LLM, SamplingParams
 
@@ -54,26 +55,10 @@ def test_last_logits_match(pair) -> None:
     while eng.has_unfinished_requests():
         out = eng.step() or out
     # The engine's own logits for the last position: recompute through the runner.
-    seq_logits = _engine_last_logits(llm, ids)
+    seq_logits = engine_logits(llm, ids, last=True)[0]
     assert (seq_logits - ref).abs().max().item() < 1e-3
     assert out[-1].outputs[0].token_ids[0] == int(ref.argmax())
     assert rid
-
-
-def _engine_last_logits(llm, ids: list[int]) -> torch.Tensor:
-    from thinkstream.attention.metadata import SeqSlice, build_attention_metadata
-
-    eng = llm.engine
-    assert eng.kv.allocate("probe", len(ids))
-    try:
-        meta = build_attention_metadata([SeqSlice(eng.kv.block_table("probe"), 0, len(ids))],
-                                        eng.kv.block_size, eng.runner.kv_caches,
-                                        eng.model_config.sliding_window)
-        with torch.inference_mode():
-            h = eng.model(torch.tensor(ids), torch.arange(len(ids)), meta)
-            return eng.model.compute_logits(h[-1:])[0]
-    finally:
-        eng.kv.free("probe")
 
 
 def test_greedy_chat_continuations_identical(pair) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny import write_tokenizer
 from safetensors.torch import save_file
-from tokenizers import Tokenizer as Backend
-from tokenizers import models, pre_tokenizers
 
 from thinkstream.config import RopeScaling
 from thinkstream.loading import load_checkpoint, load_tokenizer
@@ -65,18 +64,6 @@ def hf_weights(arch: str) -> dict[str, torch.Tensor]:
         if arch == "gemma3":
             w |= {p + "pre_feedforward_layernorm.weight": r(HIDDEN), p + "post_feedforward_layernorm.weight": r(HIDDEN)}
     return {k: v.to(torch.bfloat16) if arch == "gemma3" else v for k, v in w.items()}
-
-
-def write_tokenizer(directory: Path, template: str | None = None) -> None:
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {c: 3 + i for i, c in enumerate("abcdefghij ")}
-    backend = Backend(models.BPE(vocab, [], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(["<s>", "</s>"])
-    backend.save(str(directory / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}}
-    if template:
-        config["chat_template"] = template
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def write_model(directory: Path, arch: str, shards: int = 1, **config_overrides) -> dict[str, torch.Tensor]:

@@ -10,26 +10,12 @@ from pathlib import Path
 import gguf
 import jinja2
 import pytest
-from tokenizers import Tokenizer as Backend
-from tokenizers import models, pre_tokenizers
+from helpers.tiny import write_tokenizer
 
 from thinkstream.loading import NoChatTemplateError, load_tokenizer, resolve_model_path
 from thinkstream.loading.chat_template import render_chat
 from thinkstream.loading.errors import ModelNotFoundError
 from thinkstream.loading.gguf_tokenizer import build_gguf_tokenizer
-
-
-def write_tokenizer(directory: Path, template: str | None = None) -> None:
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {c: 3 + i for i, c in enumerate("abcdefghij ")}
-    backend = Backend(models.BPE(vocab, [], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(["<s>", "</s>"])
-    backend.save(str(directory / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}}
-    if template:
-        config["chat_template"] = template
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-
 
 MSGS = [{"role": "user", "content": "hé"}, {"role": "assistant", "content": "ok", "reasoning": "hmm"}]
 
