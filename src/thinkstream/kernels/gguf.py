@@ -47,6 +47,9 @@ ACTS = (ACT_F32, ACT_I16, ACT_I8)
 ACT_OF_MODE = {"gguf": ACT_F32, "gguf-q16": ACT_I16, "gguf-q8": ACT_I8}
 # ``act`` -> the C entry point with gguf_matmul's signature that computes with it
 ENTRY_OF_ACT = {ACT_F32: "gguf_matmul", ACT_I16: "gguf_matmul_i16", ACT_I8: "gguf_matmul_i8"}
+# the float32 product's algorithm (``gguf_matmul_path``): by row count (dot products for few
+# rows, the register-blocked GEMM of ``gguf_gemm.h`` for many), or forced (tests, benchmarks)
+PATHS = {"auto": 0, "dot": 1, "gemm": 2}
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,14 @@ class GGUFKernels:
 
     def matmul(self, qtype: int, blocks: torch.Tensor, k: int, x: torch.Tensor,
                out: torch.Tensor | None = None, threads: int | None = None,
-               act: int = ACT_F32) -> torch.Tensor:
+               act: int = ACT_F32, path: str = "auto") -> torch.Tensor:
         """x (M, K) float32 @ W^T -> (M, N) float32 (written into ``out``, a (M, N) float32
         tensor whose rows may be strided, when given). ``blocks``: (N, bytes per row) uint8,
         contiguous. ``act``: the activations' precision in the kernel (``ACTS``; the
-        portable build always computes in float32). Raises ValueError on a type, shape,
-        dtype or ``act`` it cannot take."""
+        portable build always computes in float32). ``path``: the float32 product's
+        algorithm (``PATHS``: "auto" by row count, "dot" products or "gemm"; the portable
+        build runs "dot" for all). Raises ValueError on a type, shape, dtype, ``act`` or
+        ``path`` it cannot take."""
         n, row_bytes = blocks.shape
         if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
             raise ValueError("gguf matmul: x must be (M, K) float32 with unit column stride")
@@ -81,9 +86,11 @@ class GGUFKernels:
             return out
         if act not in ACTS:
             raise ValueError(f"gguf matmul: act must be one of {ACTS}, got {act!r}")
-        rc = self.lib.gguf_matmul_ex(qtype, blocks.data_ptr(), row_bytes, n, k, x.data_ptr(), m,
-                                     x.stride(0), out.data_ptr(), out.stride(0),
-                                     threads or torch.get_num_threads(), act)
+        if path not in PATHS:
+            raise ValueError(f"gguf matmul: path must be one of {tuple(PATHS)}, got {path!r}")
+        rc = self.lib.gguf_matmul_path(qtype, blocks.data_ptr(), row_bytes, n, k, x.data_ptr(), m,
+                                       x.stride(0), out.data_ptr(), out.stride(0),
+                                       threads or torch.get_num_threads(), act, PATHS[path])
         if rc != 0:
             raise ValueError(f"gguf matmul: type {qtype} with {row_bytes} bytes for {k} values "
                              f"is not supported (code {rc})")
@@ -111,6 +118,8 @@ def _open(isa: str, vnni: bool = False) -> GGUFKernels | None:
                                 ctypes.c_int]
     lib.gguf_matmul_ex.restype = ctypes.c_int
     lib.gguf_matmul_ex.argtypes = [*lib.gguf_matmul.argtypes, ctypes.c_int]
+    lib.gguf_matmul_path.restype = ctypes.c_int
+    lib.gguf_matmul_path.argtypes = [*lib.gguf_matmul_ex.argtypes, ctypes.c_int]
     lib.gguf_dequantize.restype = ctypes.c_int
     lib.gguf_dequantize.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
     return GGUFKernels(isa, bool(lib.gguf_openmp()), lib, bool(lib.gguf_vnni()))

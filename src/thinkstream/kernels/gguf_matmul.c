@@ -11,6 +11,9 @@
  *                                     (portable: K floats into a buffer in L1/L2)
  *       for each row r of x:  y[r, n] = dot(w, x[r])   (four rows at a time)
  *
+ * That is load-bound beyond a few x rows; there the float32 product is a register-blocked
+ * GEMM instead (gguf_gemm.h: weight panels decoded once into L1, x transposed once).
+ *
  * Block formats (little-endian, "half" = IEEE float16), as ggml defines them:
  *   Q4_0  32 values, 18 B: d, qs[16]           v = d * (q - 8), q = 4 bits
  *   Q4_1  32 values, 20 B: d, m, qs[16]        v = d * q + m
@@ -266,7 +269,7 @@ static inline void dot_rows(const float *w, const float *x, int64_t ldx, int row
 
 /* ---- activations: float32 rows, or quantized per 32-value block -------------------- */
 
-enum { F32 = 0, I16 = 1, I8 = 2 };  /* the modes of gguf_simd.h */
+enum { F32 = 0, I16 = 1, I8 = 2, DEQ = 3 };  /* the modes of gguf_simd.h */
 
 /* The x rows a pass reads: float rows (F32) or their quantized blocks (I16 / I8; row r's
  * block b: values q + r * k + 32 b, scale s[r * nb + b], sum of the float values
@@ -278,6 +281,8 @@ typedef struct {
     const int8_t *q8;
     const float *s, *sum;
     int64_t k, nb;
+    float *dq;  /* DEQ: column c's float goes to dq[c - dq0] */
+    int64_t dq0;
 } xrows;
 
 /* x rows -> per 32-value block: values rounded to nearest into [-qmax, qmax] (int16 when
@@ -310,6 +315,7 @@ static void quantize_x(const float *x, int64_t m, int64_t ldx, int64_t k, int qm
 
 #if defined(__AVX2__)
 #include "gguf_simd.h"
+#include "gguf_gemm.h"
 #endif
 
 /* Weight rows n0..n1 against every row of X; ``buf`` holds K floats (portable path). */
@@ -362,21 +368,46 @@ static int act_mode(int act, int64_t m, int type) {
     return F32;
 }
 
+/* x rows from which the float32 product runs as a GEMM (gguf_gemm.h) rather than as dot
+ * products: measured on Zen 4 with SmolLM2's shapes, 1 thread (docs/benchmarks.md). */
+#define GEMM_MIN_ROWS 13
+
+/* Whether gguf_matmul_path's float32 product takes the GEMM: ``path`` 0 by row count, 1 the
+ * dot products, 2 the GEMM (where built: AVX2 / AVX-512). */
+static int use_gemm(int path, int mode, int64_t m) {
+#if defined(__AVX2__)
+    return mode == F32 && (path == 2 || (path == 0 && m >= GEMM_MIN_ROWS));
+#else
+    (void)path; (void)mode; (void)m;
+    return 0;
+#endif
+}
+
 /* y[r, n] = sum_c x[r, c] W[n, c] for r < m, n < n_rows. W: n_rows rows of row_bytes bytes
  * (k values each, k a multiple of the type's block); x: m rows, stride ldx floats; y:
  * stride ldy floats. ``act`` chooses the activations' precision: 0 or 32 float32 (the
  * dequantized model's arithmetic up to summation order), 16 int16 per 32-value block for
  * few rows (relative error ~1e-5 of the block's largest |x|; act_mode), 8 int8 per block
  * (llama.cpp's Q8 activations, ~250x coarser). The portable build always computes in
- * float32. Returns 0, -1 for an unsupported type / shape / act, -2 when memory runs out. */
-int gguf_matmul_ex(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
-                   const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads, int act) {
+ * float32. The float32 product runs as dot products for few rows and as a GEMM
+ * (gguf_gemm.h) for many (``path`` 0: by GEMM_MIN_ROWS; 1 / 2 force the dot products / the
+ * GEMM, the tests' and benchmarks' handle; the portable build has only the dot products).
+ * Returns 0, -1 for an unsupported type / shape / act / path, -2 when memory runs out. */
+int gguf_matmul_path(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
+                     const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads, int act,
+                     int path) {
     int values, bytes;
     deq_fn fn;
     if (!block_info(type, &values, &bytes, &fn) || k % values || k / values * bytes != row_bytes
-        || (act != 0 && act != 8 && act != 16 && act != 32))
+        || (act != 0 && act != 8 && act != 16 && act != 32) || path < 0 || path > 2)
         return -1;
     int mode = act_mode(act, m, type);
+#if defined(__AVX2__)
+    if (use_gemm(path, mode, m) && m > 0)
+        return gemm(type, values, bytes, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads);
+#else
+    (void)use_gemm;
+#endif
     int64_t nb = k / 32;
     xrows X = {x, ldx, NULL, NULL, NULL, NULL, k, nb};
     void *qbuf = NULL;
@@ -422,6 +453,12 @@ int gguf_matmul_ex(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows
     }
     free(qbuf);
     return failed ? -2 : 0;
+}
+
+/* gguf_matmul_path choosing the float32 product's path by row count. */
+int gguf_matmul_ex(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
+                   const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads, int act) {
+    return gguf_matmul_path(type, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads, act, 0);
 }
 
 /* gguf_matmul_ex with float32 / int16 / int8 activations: the entry points other kernels

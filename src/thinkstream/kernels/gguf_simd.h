@@ -11,6 +11,7 @@
  *        (vpmaddwd, one conversion per block), plus o * sum(x) for the offsets.  Relative
  *        error about 1e-5 of the block's largest |x|: opt-in (on SmolLM2 it moves logits
  *        by up to 2e-2, over the 1e-3 the exact path keeps).
+ *   DEQ  no x: the F32 floats stored to a buffer (the GEMM's decode, gguf_gemm.h).
  *   I8   as I16 with int8 (|qx| <= 127; llama.cpp's Q8 activations): u8 x s8 products
  *        (vpdpbusd with AVX512_VNNI, else vpmaddubsw + vpmaddwd), 32 values per 256-bit
  *        register.  About 250x I16's error: opt-in.
@@ -139,13 +140,31 @@ INLINE void chunk_i8(__m128i q0, __m128i q1, int z, float s0, float s1, float o,
     }
 }
 
+/* DEQ (the GEMM's decode, gguf_gemm.h): the chunk as floats, w = q * s + o as F32 computes
+ * them, stored at X->dq + (c - X->dq0). */
+INLINE void chunk_deq(__m128i q0, __m128i q1, float s0, float s1, float o, const xrows *X, int64_t c) {
+    float *out = X->dq + (c - X->dq0);
+#if defined(__AVX512F__)
+    _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), _mm512_set1_ps(s0), _mm512_set1_ps(o)));
+    _mm512_storeu_ps(out + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), _mm512_set1_ps(s1), _mm512_set1_ps(o)));
+#else
+    __m256 vs0 = _mm256_set1_ps(s0), vs1 = _mm256_set1_ps(s1), vo = _mm256_set1_ps(o);
+    _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), vs0, vo));
+    _mm256_storeu_ps(out + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), vs0, vo));
+    _mm256_storeu_ps(out + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), vs1, vo));
+    _mm256_storeu_ps(out + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), vs1, vo));
+#endif
+}
+
 /* One chunk at column c (a multiple of 32) against ``rows`` rows of X: its integers q (less
  * the zero point z), scales s0 / s1 (values 0..15 / 16..31) and offset o. ``kind`` (a
  * constant): 0 q >= 0 under one scale (s0 == s1), 1 signed q (Q8_0), 2 two scales (Q6_K). */
 INLINE void chunk(const int mode, __m128i q0, __m128i q1, int z, float s0, float s1, float o,
                   const xrows *X, int64_t c, const int rows, const int h, accs *A, const int kind) {
     const __m128i zz = _mm_set1_epi8((char)z);
-    if (mode == F32)
+    if (mode == DEQ)
+        chunk_deq(_mm_sub_epi8(q0, zz), _mm_sub_epi8(q1, zz), s0, s1, o, X, c);
+    else if (mode == F32)
         chunk_f32(_mm_sub_epi8(q0, zz), _mm_sub_epi8(q1, zz), s0, s1, o, X, c, rows, A);
     else if (mode == I16)
         dot16(_mm256_cvtepi8_epi16(_mm_sub_epi8(q0, zz)), _mm256_cvtepi8_epi16(_mm_sub_epi8(q1, zz)),

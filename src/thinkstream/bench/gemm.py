@@ -1,0 +1,125 @@
+"""Where the GGUF kernels' paths cross over (docs/benchmarks.md, "A GEMM in the GGUF
+kernels"): per x-row count, the float32 product of SmolLM2-135M's matrices by the GGUF dot
+kernel, the GGUF GEMM (``kernels/gguf_gemm.h``), a dense float32 copy through torch's matmul
+(MKL) and the same copy prepacked for oneDNN (``torch.utils.mkldnn.to_mkldnn``).
+
+Each figure is the median, over ``--reps`` rounds, of one step's CPU time (this process's
+CPU clock, so another process on the machine inflates it less than wall time) summed over the
+step's matrices: a decoder layer's four projections x 30 layers (Q4_1) and the LM head
+(Q8_0, 49,152 x 576), random blocks of SmolLM2's shapes, one thread. The paths run
+interleaved, round by round, so they see the same machine; compare their ratios.
+
+    python -m thinkstream.bench.gemm [--rows 4 8 12 16 32 64 128 512] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.utils.mkldnn
+from torch import nn
+
+from thinkstream.kernels.cpu import detect_cpu
+from thinkstream.kernels.gguf import BLOCKS, load_gguf_kernels
+
+# SmolLM2-135M: (name, output rows, input size, ggml type, matrices per step)
+SHAPES = (("qkv", 960, 576, 3, 30), ("o", 576, 576, 3, 30), ("gate_up", 3072, 576, 3, 30),
+          ("down", 576, 1536, 3, 30), ("head", 49152, 576, 8, 1))
+PATHS = ("dot", "gemm", "mkl", "mkldnn")
+
+
+def _blocks(qtype: int, n: int, k: int, rng: np.random.Generator) -> torch.Tensor:
+    """(n, bytes per row) random blocks with small float16 scales (timing only)."""
+    values, nbytes = BLOCKS[qtype]
+    b = rng.integers(0, 256, size=(n, k // values, nbytes), dtype=np.uint8)
+    b[..., 0:2] = (rng.standard_normal((n, k // values)) * 0.01).astype(np.float16).view(np.uint8).reshape(n, -1, 2)
+    return torch.from_numpy(b.reshape(n, -1))
+
+
+def _cpu_time(fn, calls: int) -> float:
+    t0 = time.process_time()
+    for _ in range(calls):
+        fn()
+    return time.process_time() - t0
+
+
+def _calls(kernels, qtype: int, blocks: torch.Tensor, dense: torch.Tensor, packed: nn.Module,
+           x: torch.Tensor) -> dict:
+    """path -> a call computing x W^T that way"""
+    k = x.shape[1]
+    return {"dot": lambda: kernels.matmul(qtype, blocks, k, x, threads=1, path="dot"),
+            "gemm": lambda: kernels.matmul(qtype, blocks, k, x, threads=1, path="gemm"),
+            "mkl": lambda: x @ dense.t(),
+            "mkldnn": lambda: packed(x)}
+
+
+def measure(rows: list[int], reps: int, seed: int = 0) -> list[dict]:
+    """Per row count and shape: the median step time (ms) of each path."""
+    kernels = load_gguf_kernels()
+    if kernels is None:
+        raise RuntimeError("the GGUF kernels are not available")
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, n, k, qtype, count in SHAPES:
+        blocks = _blocks(qtype, n, k, rng)
+        dense = kernels.dequantize(qtype, blocks, k)
+        lin = nn.Linear(k, n, bias=False)
+        lin.weight.data = dense
+        packed = torch.utils.mkldnn.to_mkldnn(lin)
+        for m in rows:
+            x = torch.randn(m, k)
+            calls = _calls(kernels, qtype, blocks, dense, packed, x)
+            reps_of = max(1, min(count, 30 if m <= 32 else 8))  # calls timed per round
+            times: dict[str, list[float]] = {p: [] for p in PATHS}
+            with torch.inference_mode():
+                for fn in calls.values():
+                    fn()  # warm-up
+                for _ in range(reps):
+                    for p in PATHS:
+                        times[p].append(_cpu_time(calls[p], reps_of) / reps_of * count * 1e3)
+            row = {"matrix": name, "n": n, "k": k, "qtype": qtype, "per_step": count, "rows": m}
+            row.update({f"{p}_ms": round(statistics.median(times[p]), 3) for p in PATHS})
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    return out
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Per row count: each path's step time summed over the decoder linears and the head."""
+    table = []
+    for m in sorted({r["rows"] for r in results}):
+        rs = [r for r in results if r["rows"] == m]
+        row: dict = {"rows": m}
+        for part, sel in (("linears", [r for r in rs if r["matrix"] != "head"]),
+                          ("head", [r for r in rs if r["matrix"] == "head"])):
+            for p in PATHS:
+                row[f"{part}_{p}_ms"] = round(sum(r[f"{p}_ms"] for r in sel), 2)
+        table.append(row)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[4, 8, 12, 16, 32, 64, 128, 512])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    results = measure(args.rows, args.reps)
+    table = summarise(results)
+    for row in table:
+        print(json.dumps(row))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cpu": detect_cpu().describe(), "threads": 1, "clock": "process CPU time",
+                       "reps": args.reps, "per_matrix": results, "per_step": table}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
