@@ -16,9 +16,9 @@ from helpers.tiny import tiny_checkpoint
 
 from thinkstream import LLM, SamplingParams
 from thinkstream.kernels.cpu import CpuInfo
-from thinkstream.kernels.gguf import ACT_F32, ACT_I16, load_gguf_kernels
+from thinkstream.kernels.gguf import ACT_F32, ACT_I8, ACT_I16, _load, load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
-from thinkstream.models.gguf_linear import GGUFLinear
+from thinkstream.models.gguf_linear import ALL_ROWS, MAX_ROWS, GGUFLinear, kernel_rows
 from thinkstream.models.precision import choose_precision
 
 KERNELS = load_gguf_kernels()
@@ -55,7 +55,7 @@ def test_mixed_parts_and_dense_path() -> None:
     (d1, b1), (d2, b2) = _as_blocks(w1, Q.Q5_0), _as_blocks(w2, Q.Q8_0)
     dense = torch.cat([d1, d2])
     lin = GGUFLinear([b1, b2], KERNELS, dense, bias=torch.randn(64, generator=g))
-    for rows in (1, 3, 8, 9, 20):  # kernel up to 8 rows, dense above
+    for rows in (1, 3, 8, 9, 20):  # the kernel: dot products, then the GEMM (or dense above 16)
         x = torch.randn(2, rows, 64, generator=g)
         want = x @ dense.t() + lin.bias
         lin.act = ACT_F32
@@ -65,6 +65,28 @@ def test_mixed_parts_and_dense_path() -> None:
     lean = GGUFLinear([b1, b2], KERNELS, None)  # no dense copy: every batch on the kernel
     x = torch.randn(20, 64, generator=g)
     assert torch.allclose(lean(x), x @ dense.t(), atol=1e-4)
+
+
+@needs_kernels
+def test_kernel_rows_and_dense_copy_follow_the_build() -> None:
+    """With the GEMM (AVX2 / AVX-512) and float32 (or int16) activations the kernel takes
+    every row count and no dense float32 copy is kept; the portable build, int8 activations
+    and a bfloat16 copy keep the copy above MAX_ROWS rows."""
+    portable = _load("portable")
+    assert portable is not None and not portable.gemm
+    assert kernel_rows(portable, torch.float32) == MAX_ROWS
+    assert kernel_rows(portable, None) == ALL_ROWS  # no copy: the kernel anyway
+    if KERNELS.gemm:
+        assert kernel_rows(KERNELS, torch.float32) == ALL_ROWS
+        assert kernel_rows(KERNELS, torch.float32, ACT_I16) == ALL_ROWS
+        assert kernel_rows(KERNELS, torch.float32, ACT_I8) == MAX_ROWS
+        assert kernel_rows(KERNELS, torch.bfloat16) == MAX_ROWS
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    deq, blocks = _as_blocks(w, Q.Q4_1)
+    lin = GGUFLinear([blocks], portable, deq)
+    assert lin.max_rows == MAX_ROWS
+    x = torch.randn(40, 64)  # dense above 16 rows: the float32 product of the copy
+    assert torch.equal(lin(x), torch.nn.functional.linear(x, deq))
 
 
 @needs_kernels
@@ -81,6 +103,9 @@ def test_tiny_model_on_blocks_equals_its_float32_twin(gguf_ckpt) -> None:
         if quant:
             linears = [m for m in llm.engine.model.modules() if isinstance(m, GGUFLinear)]
             assert len(linears) == 2 * 4 + 1  # 4 per layer + the tied head
+            # with the GEMM: no dense copies, the kernel at every batch (the 37-token prompt too)
+            layers = [m for m in llm.engine.model.layers.modules() if isinstance(m, GGUFLinear)]
+            assert all((m.dense is None) == KERNELS.gemm for m in layers)
         outs[quant] = llm.generate(prompts, params)
         assert llm.engine.check_integrity() is None
     for a, b in zip(outs[None], outs["gguf"], strict=True):

@@ -64,6 +64,12 @@ class GGUFKernels:
     def supports(self, qtype: int) -> bool:
         return qtype in BLOCKS
 
+    @property
+    def gemm(self) -> bool:
+        """This build has the GEMM for many rows (``gguf_gemm.h``: AVX2 and AVX-512; the
+        portable build has only the dot products)."""
+        return self.isa != "portable"
+
     def matmul(self, qtype: int, blocks: torch.Tensor, k: int, x: torch.Tensor,
                out: torch.Tensor | None = None, threads: int | None = None,
                act: int = ACT_F32, path: str = "auto") -> torch.Tensor:

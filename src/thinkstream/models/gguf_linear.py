@@ -2,20 +2,21 @@
 
 Decode at small batch reads every weight once per step, so its speed is the weights' bytes:
 a Q4_1 matrix is 5/32 of its float32 size. ``GGUFLinear`` keeps the blocks and, for up to
-``max_rows`` rows (decode, a few sequences, short chunks), runs the native kernel
-(``kernels/gguf.py``): each weight row decoded on the fly into registers and dotted with the
-activations: float32 by default (``act = ACT_F32``: the dequantized float32 model's
-arithmetic up to summation order, no rounding of the activations); the opt-in
-``quantization="gguf-q16"`` / ``"gguf-q8"`` round them per 32-value block to int16 (one or
-two rows) / int8 and multiply in integers (``act = ACT_I16`` / ``ACT_I8``; their accuracy
-and speed: docs/benchmarks.md). Larger batches and prefill are
-bound by arithmetic, where a dense matmul wins: those rows use a dense copy of the
-dequantized weights in ``dense.dtype`` (float32, or bfloat16 on CPUs with bfloat16
-matmuls in hardware; ``models/precision.py`` chooses).
+``max_rows`` rows, runs the native kernel (``kernels/gguf.py``): for few rows each weight
+row decoded on the fly into registers and dotted with the activations, for many (13 and
+more) a register-blocked GEMM over weight panels decoded once per call (``gguf_gemm.h``).
+Float32 by default (``act = ACT_F32``: the dequantized float32 model's arithmetic up to
+summation order, no rounding of the activations); the opt-in ``quantization="gguf-q16"`` /
+``"gguf-q8"`` round them per 32-value block to int16 (one or two rows) / int8 and multiply
+in integers (``act = ACT_I16`` / ``ACT_I8``; their accuracy and speed: docs/benchmarks.md).
 
-Memory: the dense copy is kept beside the blocks (for SmolLM2-135M Q4_1 the blocks add
-~70 MB to ~430 MB of dense linears); ``keep_dense=False`` drops it and runs every batch on
-the kernel (slower for big batches, four x rows per pass over the weights).
+Rows above ``max_rows`` use a dense copy of the dequantized weights in ``dense.dtype``. With
+the GEMM (AVX2 / AVX-512 builds) and float32 activations the kernel beats a dense float32
+matmul (MKL, and oneDNN prepacked) at every row count measured (Zen 4, 1 thread: 4 to 512
+rows; docs/benchmarks.md), so ``kernel_rows`` puts no limit there and
+``install_gguf_linears`` keeps no dense copy (~430 MB for SmolLM2-135M). The portable build
+(dot products only), the int8 mode (int8 dot products at any row count) and a bfloat16 copy
+(``dtype="bfloat16"``) keep the copy above ``MAX_ROWS`` rows.
 
 A fused projection (q/k/v, gate/up) keeps one part per run of neighbouring source
 matrices of one type (SmolLM2's all-Q4_1 q/k/v: one part, one kernel call; Gemma 3's q and k
@@ -29,14 +30,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from thinkstream.config import ModelConfig
-from thinkstream.kernels.gguf import ACT_F32, BLOCKS, GGUFKernels, load_gguf_kernels
+from thinkstream.kernels.gguf import ACT_F32, ACT_I8, BLOCKS, GGUFKernels, load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
 
-# rows up to which the kernel (and the native decoder stack around it) beats the dense path:
-# measured on Zen 4 with SmolLM2, 1 thread, CPU time, a decode step at 16 rows 113.7 ms on
-# the stack vs 132.9 dense, at 32 rows 213.1 vs 197.6 (and at 9 rows the dense step took 2.8x
-# the 8-row stack's, when this was 8)
+# rows up to which the dot-product kernel (the portable build's only path) beats the dense
+# path: measured on Zen 4 with SmolLM2, 1 thread, CPU time, a decode step at 16 rows 113.7 ms
+# on the stack vs 132.9 dense, at 32 rows 213.1 vs 197.6 (before the GEMM)
 MAX_ROWS = 16
+# "no limit": the rows of any step
+ALL_ROWS = 1 << 40
+
+
+def kernel_rows(kernels: GGUFKernels, dense_dtype: torch.dtype | None, act: int = ACT_F32) -> int:
+    """Rows up to which a GGUFLinear runs the kernel rather than a dense copy in
+    ``dense_dtype`` (None: no copy): every row count where the kernel has its GEMM (float32
+    activations; ``ACT_I16`` too, float32 from three rows) and would otherwise meet a float32
+    copy, ``MAX_ROWS`` where the copy may be faster (int8 activations, a bfloat16 copy)."""
+    if dense_dtype is None or (kernels.gemm and act != ACT_I8 and dense_dtype == torch.float32):
+        return ALL_ROWS
+    return MAX_ROWS
 
 
 @torch.library.custom_op("thinkstream::gguf_matmul", mutates_args=())
@@ -59,7 +71,7 @@ class GGUFLinear(nn.Module):
 
     def __init__(
         self, parts: list[GGUFBlocks], kernels: GGUFKernels, dense: torch.Tensor | None,
-        bias: torch.Tensor | None = None, max_rows: int = MAX_ROWS, act: int = ACT_F32,
+        bias: torch.Tensor | None = None, max_rows: int | None = None, act: int = ACT_F32,
     ) -> None:
         super().__init__()
         if not parts or any(p.k != parts[0].k for p in parts):
@@ -67,7 +79,9 @@ class GGUFLinear(nn.Module):
         self.kernels = kernels
         self.in_features = parts[0].k
         self.out_features = sum(p.rows for p in parts)
-        self.max_rows = max_rows
+        # rows up to which the kernel runs (default: ``kernel_rows``); the dense copy above
+        self.max_rows = max_rows if max_rows is not None else kernel_rows(
+            kernels, None if dense is None else dense.dtype, act)
         self.act = act  # the kernel's activations (``kernels/gguf.py``'s ACTS)
         parts = _merge_same_type(parts)
         self.qtypes = [p.qtype for p in parts]
@@ -147,11 +161,12 @@ def _parts(blocks: dict[str, GGUFBlocks], layer: int, module: str) -> list[GGUFB
 
 def install_gguf_linears(
     layers: nn.ModuleList, cfg: ModelConfig, blocks: dict[str, GGUFBlocks], kernels: GGUFKernels,
-    dense_dtype: torch.dtype | None = None, keep_dense: bool = True, act: int = ACT_F32,
+    dense_dtype: torch.dtype | None = None, keep_dense: bool | None = None, act: int = ACT_F32,
 ) -> int:
     """Replace each decoder linear whose weights are all in ``blocks`` by a GGUFLinear
     (its dense copy cast to ``dense_dtype``, default: as it is; its kernel activations
-    ``act``); returns how many."""
+    ``act``); returns how many. ``keep_dense`` None: keep the copy only where it can be
+    faster than the kernel (``kernel_rows`` limits the kernel)."""
     count = 0
     for i in range(cfg.num_layers):
         for module in ("attn.qkv_proj", "attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
@@ -161,7 +176,9 @@ def install_gguf_linears(
             parent_name, attr = module.split(".")
             parent = getattr(layers[i], parent_name)
             old: nn.Linear = getattr(parent, attr)
-            dense = old.weight.data.to(dense_dtype or old.weight.dtype) if keep_dense else None
+            dtype = dense_dtype or old.weight.dtype
+            keep = keep_dense if keep_dense is not None else kernel_rows(kernels, dtype, act) < ALL_ROWS
+            dense = old.weight.data.to(dtype) if keep else None
             bias = None if old.bias is None else old.bias.data
             setattr(parent, attr, GGUFLinear(parts, kernels, dense, bias, act=act))
             count += 1

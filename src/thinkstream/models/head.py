@@ -10,7 +10,10 @@ true top tokens rank within the approximate top ``refine`` (the approximation er
 
 With GGUF blocks (``native``, the head or tied embedding as the file stores it, Q8_0 in both
 default models) rows up to ``native_max_rows`` run on the GGUF-native kernel instead: the
-exact float32 logits of the dequantized head, from a quarter of float32's bytes.
+exact float32 logits of the dequantized head, from a quarter of float32's bytes. Where the
+kernel has its GEMM and the head is not ``fast``, that is every row count (on Zen 4, 1
+thread, the 49,152 x 576 Q8_0 head at 32 rows: 21 ms against 37 ms float32 MKL and 27 ms
+oneDNN prepacked; docs/benchmarks.md); else up to ``MAX_ROWS``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from thinkstream.models.gguf_linear import MAX_ROWS, GGUFLinear
+from thinkstream.kernels.gguf import ACT_I8
+from thinkstream.models.gguf_linear import ALL_ROWS, MAX_ROWS, GGUFLinear
 from thinkstream.models.quant import INT4_GROUP, INT4_INNER_K_TILES, quantize_int4
 
 
@@ -30,8 +34,9 @@ class LMHead(nn.Module):
         self.refine = refine
         self.int4_max_rows = int4_max_rows
         self.native = native  # a GGUFLinear without a dense copy, or None
-        self.native_max_rows = MAX_ROWS
         self.fast = fast and weight.device.type == "cpu" and weight.shape[1] % INT4_GROUP == 0
+        gemm = native is not None and native.kernels.gemm and native.act != ACT_I8
+        self.native_max_rows = ALL_ROWS if gemm and not self.fast else MAX_ROWS
         if self.fast and native is None:  # few rows: int4 (with native blocks: the kernel)
             q, sz = quantize_int4(weight)
             self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES))

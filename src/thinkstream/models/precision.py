@@ -6,9 +6,10 @@ The rules, measured on three CPU classes (docs/benchmarks.md):
 - CUDA: bfloat16, no weight quantization.
 - CPU, GGUF checkpoint whose matrix types the native kernels decode (``kernels/gguf.py``)
   and a build of them for this CPU: float32 with GGUF-native linears
-  (``quantization="gguf"``). Decode and small batches (up to 16 rows) read the blocks as
-  stored and compute in float32, the dequantized float32 model's logits within 1e-3 at a
-  fraction of the bytes; batches above 16 rows and prefill use a dense float32 copy. Not a
+  (``quantization="gguf"``). Every batch reads the blocks as stored and computes in
+  float32, the dequantized float32 model's logits within 1e-3 at a fraction of the bytes:
+  dot products for a few rows, a GEMM for more (prefill, big batches; the portable build of
+  the kernels has no GEMM and keeps a dense float32 copy for batches above 16 rows). Not a
   bfloat16 copy, although it prefills about 1.7x faster on AVX512_BF16 / AMX: measured on
   Zen 4, it moved prompt log-probs by up to 0.13 and flipped the first answer token of the
   README's own question ("What is the capital of France?": "L'Étoile..." instead of "The
@@ -68,9 +69,11 @@ def choose_precision(
     if not on_cpu:
         return Precision("bfloat16", quantization, "bfloat16", f"{device}: bfloat16")
     if quantization == "gguf":
+        rows = ("at every batch size (dot products for few rows, a GEMM for many)"
+                if kernels_isa != "portable" else "for up to 16 rows, dense float32 above")
         return Precision("float32", "gguf", "float32",
-                         f"float32: GGUF-native {kernels_isa} kernels for up to 16 rows, dense "
-                         "float32 above (exact: same tokens at every batch size)")
+                         f"float32: GGUF-native {kernels_isa} kernels {rows} (exact: same tokens "
+                         "at every batch size)")
     if quantization in GGUF_MODES:
         bits = quantization.removeprefix("gguf-q")
         return Precision("float32", quantization, "float32",
