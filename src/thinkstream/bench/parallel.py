@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Any
 
 from thinkstream.bench import parallel_report as rep
-from thinkstream.bench.report import emit
+from thinkstream.bench.report import add_run_arguments, emit
 from thinkstream.bench.think_tasks import extract, make_tasks
 from thinkstream.parallel.api import Threads
 from thinkstream.parallel.config import ParallelConfig
@@ -293,10 +293,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accuracy-path-tokens", type=int, default=48)
     p.add_argument("--layout", default="parallel", choices=["parallel", "sequential"],
                    help="where summaries see the paths")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    p.add_argument("--json", default=None, help="write the report here")
-    p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")
+    add_run_arguments(p, "tiny sizes: a smoke run")
 
 
 def main(argv: list[str] | None = None) -> int:

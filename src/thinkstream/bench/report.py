@@ -182,3 +182,12 @@ def emit(rep: Any, report: dict[str, Any], args: Any) -> int:
     if args.plot:
         rep.plot(report, args.plot)
     return 0
+
+
+def add_run_arguments(p: Any, quick_help: str) -> None:
+    """The options every report-writing benchmark shares: ``--seed``, ``--quick`` (a smoke
+    run; ``quick_help`` says what it shrinks), ``--json`` and ``--plot``."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")

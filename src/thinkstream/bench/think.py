@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from thinkstream.bench import think_report as rep
-from thinkstream.bench.report import emit, machine
+from thinkstream.bench.report import add_run_arguments, emit, machine
 from thinkstream.bench.think_tasks import SETS, Task, extract, make_tasks
 from thinkstream.thinking import DEPTHS, Layout, ThinkConfig
 
@@ -214,10 +214,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--note-tokens", type=int, default=24, help="budget of one note")
     p.add_argument("--pass-tokens", type=int, default=48, help="budget of one D2/D3 pass")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="2 tasks per set, D1 only: a smoke run")
-    p.add_argument("--json", default=None, help="write the report here")
-    p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")
+    add_run_arguments(p, "2 tasks per set, D1 only: a smoke run")
 
 
 def main(argv: list[str] | None = None) -> int:
