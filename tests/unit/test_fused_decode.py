@@ -20,6 +20,8 @@ from thinkstream import LLM, SamplingParams
 from thinkstream.attention.metadata import Decode, Prefill, ShortBatch, ShortChunk
 from thinkstream.kernels.gguf import load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
+from thinkstream.models.fused_decode import MAX_QUERIES
+from thinkstream.models.gguf_linear import ALL_ROWS
 
 pytestmark = pytest.mark.skipif(load_gguf_kernels() is None, reason="the native kernels cannot be built here")
 TYPES = {"q_proj": Q.Q4_1, "k_proj": Q.Q4_0, "v_proj": Q.Q8_0, "o_proj": Q.Q5_0,
@@ -122,12 +124,17 @@ def test_tiny_pool_preemption_gives_the_same_tokens() -> None:
 
 
 def test_steps_it_does_not_take() -> None:
-    """More rows than the stack's (a 17-token prompt): None, x untouched; then decode."""
+    """A prompt of more queries than the stack's attention takes (``max_queries``, lowered
+    to 16 here: a 17-token prompt): None, x untouched; then decode. The limits: any row
+    count and 128 queries with the kernels' GEMM, 16 rows (and queries) without."""
     llm = LLM(checkpoint=gguf_checkpoint("llama"), dtype="float32", quantization="gguf",
               block_size=4, num_blocks=64)
     model = llm.engine.model
     seen: list[tuple[int, bool]] = []
     native = model.fused
+    gemm = model.layers[0].attn.qkv_proj.kernels.gemm
+    assert (native.max_rows, native.max_queries) == ((ALL_ROWS, MAX_QUERIES) if gemm else (16, 16))
+    native.max_queries = 16
 
     def spy(x, positions, meta):
         before = x.clone()
@@ -139,7 +146,55 @@ def test_steps_it_does_not_take() -> None:
 
     model.fused = spy
     llm.generate([list(range(3, 20))], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
-    assert native.max_rows == 16 and seen[0] == (17, False) and seen[1] == (1, True)
+    assert seen[0] == (17, False) and seen[1] == (1, True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_big_steps_equal_the_eager_layers(arch: str) -> None:
+    """The sizes the GEMM opened (kernels with it only): 32 sequences' fresh prompts in one
+    step (96 rows: 32 Prefill groups), then decode steps of 32 rows; a 40-token prompt
+    arriving mid-decode (Decode + a Prefill group of 40 queries, past Gemma's window of 8)
+    and its decode."""
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, logprobs=2)
+    late = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True, logprobs=2)
+    prompts = [[3 + i, 9, 14 + i % 5] for i in range(32)]
+    got = {}
+    for fused in (False, True):
+        llm = LLM(checkpoint=gguf_checkpoint(arch), dtype="float32", quantization="gguf",
+                  block_size=4, num_blocks=256, max_num_seqs=33)
+        model, native, rows = llm.engine.model, llm.engine.model.fused, []
+        if not model.layers[0].attn.qkv_proj.kernels.gemm:
+            pytest.skip("the portable kernels keep the stack at 16 rows")
+
+        def counted(x, positions, meta, native=native, rows=rows):
+            out = native(x, positions, meta)
+            if out is not None:
+                rows.append((x.shape[0], tuple(type(g).__name__ for g in meta.groups)))
+            return out
+
+        model.fused = counted if fused else None
+        eng = llm.engine
+        for i, p in enumerate(prompts):
+            eng.add_request(f"r{i:02d}", p, params)
+        outs = {}
+        for step in range(12):
+            if step == 2:
+                eng.add_request("late", list(range(5, 45)), late)
+            for o in eng.step():
+                if o.finished:
+                    outs[o.request_id] = o
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                if o.finished:
+                    outs[o.request_id] = o
+        assert eng.check_integrity() is None and eng.kv.num_free_blocks == eng.kv.num_blocks
+        assert len(outs) == 33
+        got[fused] = ([outs[k] for k in sorted(outs)], rows)
+    assert got[False][1] == []
+    kinds = got[True][1]
+    assert kinds[0] == (96, ("Prefill",) * 32)
+    assert (32, ("Decode",)) in kinds and (72, ("Prefill", "Decode")) in kinds and (33, ("Decode",)) in kinds
+    assert_same(got[False][0], got[True][0])
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -215,9 +270,10 @@ def test_two_threads_compute_what_one_does(arch: str) -> None:
 
 
 def test_drafts_never_push_a_step_off_the_stack() -> None:
-    """Twelve sequences decoding with n-gram drafts of up to 3 tokens: the drafts are
-    trimmed to the stack's 16 rows (12 real tokens + 4 drafts), so no decode step falls to
-    the dense path; some drafts are still made and the tokens are plain greedy's."""
+    """Twelve sequences decoding with n-gram drafts of up to 3 tokens under a stack of 16
+    rows (the portable kernels' limit, set here; with the GEMM it takes any): the drafts are
+    trimmed to 16 rows (12 real tokens + 4 drafts), so no decode step falls to the eager
+    layers; some drafts are still made and the tokens are plain greedy's."""
     prompts = [[5 + i, 6, 7, 8, 9] * 3 for i in range(12)]
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     spec = {"method": "ngram", "ngram_min": 1, "num_speculative_tokens": 3, "adaptive": False}
@@ -230,6 +286,7 @@ def test_drafts_never_push_a_step_off_the_stack() -> None:
             decode_rows.append(x.shape[0])
         return native(x, positions, meta)
 
+    native.max_rows = 16
     counted.max_rows = native.max_rows  # what the speculative planner reads
     llm.engine.model.fused = counted
     got = llm.generate(prompts, params)

@@ -5,15 +5,25 @@ torch ops per layer (norms, RoPE, the cache write, casts, residuals), each a dis
 few microseconds on vectors of 576 floats. llama.cpp runs the whole graph natively;
 ``FusedDecoder`` does the same for the steps where the GGUF kernels run anyway: the layers'
 own GGUF blocks, norm weights and KV caches are described once to ``kernels/decoder.c``,
-and a step of up to ``MAX_ROWS`` rows (decode of a few sequences, one short chunk such as
-a session's question or a verification of draft tokens) is one ctypes call. The result is
-the eager layers' up to float32 summation order (tests/unit/test_fused_decode.py).
+and a step of up to ``max_rows`` rows (decode batches, chunks, a verification of draft
+tokens) is one ctypes call. The result is the eager layers' up to float32 summation order
+(tests/unit/test_fused_decode.py).
+
+Rows: with the kernels' GEMM (AVX2 / AVX-512 builds, ``kernels/gguf_gemm.h``) the linears
+run on the kernel at any row count in both paths, and the stack saves the eager layers'
+op dispatch on top: measured on Zen 4 (SmolLM2, 1 thread, CPU time) a batch-32 decode step
+took 118 ms on the stack against 127 ms eager, a fresh 128-token prompt 344-348 ms against
+351-372. So ``max_rows`` is unlimited there (the portable build: ``MAX_ROWS``, where the
+dense copy takes over). One limit stays: a group whose sequence has more than
+``max_queries`` queries (a long fresh prompt) goes to the eager layers, whose attention is
+a matmul: at 512 queries the fused kernel's attention took 302 ms of the stack's step
+against 1,140 ms of matmuls, and the step 1,575 ms against the eager 1,500-1,510.
 
 Every attention group of such a step runs on the fused attention kernel: a decode batch, a
-short chunk, a padded batch of chunks (speculative verification of several sequences,
-several sessions' chunks), a fresh prompt over its own keys. Everything else keeps the
-eager layers: more rows (the dense path), shifted KV views, compiled or distributed runs,
-bfloat16 activations or caches. ``LlamaForCausalLM.forward`` asks first; ``None`` means "not this step".
+chunk, a padded batch of chunks (speculative verification of several sequences, several
+sessions' chunks), a fresh prompt over its own keys. Everything else keeps the eager
+layers: shifted KV views, compiled or distributed runs, bfloat16 activations or caches.
+``LlamaForCausalLM.forward`` asks first; ``None`` means "not this step".
 """
 
 from __future__ import annotations
@@ -34,7 +44,11 @@ from thinkstream.attention.metadata import (
 from thinkstream.kernels import decoder as td
 from thinkstream.kernels.attention import load_fq_attention
 from thinkstream.kernels.gguf import ENTRY_OF_ACT
-from thinkstream.models.gguf_linear import MAX_ROWS, GGUFLinear
+from thinkstream.models.gguf_linear import ALL_ROWS, GGUFLinear, kernel_rows
+
+# queries of one sequence in one group up to which the fused attention kernel beats the
+# eager layers' (measured on Zen 4 with fresh prompts: 128 faster, 512 slower; see above)
+MAX_QUERIES = 128
 
 _PROJECTIONS = (("attn", "qkv_proj", "qkv"), ("attn", "o_proj", "o"),
                 ("mlp", "gate_up_proj", "gate_up"), ("mlp", "down_proj", "down"))
@@ -80,7 +94,11 @@ class FusedDecoder:
             hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
             inter=cfg.intermediate_size, gelu=int(layers[0].mlp.gelu), num_layers=len(layers),
             eps=cfg.rms_norm_eps, scale=cfg.scale, layers=self._layers, matmul=matmul, attention=attention)
-        self.max_rows = MAX_ROWS
+        # rows a step can take on the stack (speculative/decoder.py caps drafts by it), and
+        # the queries per sequence of one attention group
+        qkv = layers[0].attn.qkv_proj
+        self.max_rows = kernel_rows(qkv.kernels, torch.float32, qkv.act)
+        self.max_queries = MAX_QUERIES if self.max_rows == ALL_ROWS else self.max_rows
         self._caches: tuple[int, ...] = ()  # the bound caches' key (_bind_caches)
 
     @classmethod
@@ -134,7 +152,8 @@ class FusedDecoder:
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
         """x (T, hidden) float32 embedded inputs, positions (T,) -> the last layer's output
         (T, hidden) (x itself, updated in place), or None when this step is not one it runs:
-        more than MAX_ROWS rows, shifted keys, non-float32 tensors, or inside torch.compile.
+        more than ``max_rows`` rows or a group of more than ``max_queries`` queries per
+        sequence, shifted keys, non-float32 tensors, or inside torch.compile.
         Raises RuntimeError if the native call fails."""
         t = x.shape[0]
         if (t == 0 or t > self.max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
@@ -143,7 +162,8 @@ class FusedDecoder:
         keep: list[torch.Tensor] = []  # the tensors the C structures point into, alive for the call
         groups = (td.Group * len(meta.groups))()
         for i, g in enumerate(meta.groups):
-            if not _describe(g, t, len(meta.groups) == 1, meta.slot_mapping, groups[i], keep):
+            if (not _describe(g, t, len(meta.groups) == 1, meta.slot_mapping, groups[i], keep)
+                    or groups[i].nq > self.max_queries):
                 return None
         if not self._bind_caches(meta.kv_caches):
             return None
