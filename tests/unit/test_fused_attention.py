@@ -1,7 +1,8 @@
 """The fused few-query attention kernel (``kernels/attention.py``, ``fq_attention.c``):
-every build this CPU runs against a float64 softmax reference over float32 and bfloat16
-caches, paged slots, masks with hidden keys and whole hidden tiles, key counts that are not
-a multiple of the 16-key tile; and the paths of ``few_query`` that take it."""
+every build this CPU runs (AVX-512, AVX2, portable) against a float64 softmax reference over
+float32 and bfloat16 caches, paged slots, masks with hidden keys and whole hidden blocks, key
+counts that are not a multiple of the 64-key block, many query rows per key/value head, the
+threads' split; and the paths of ``few_query`` that take it."""
 
 from __future__ import annotations
 
@@ -57,6 +58,70 @@ def test_kernel_matches_reference(kernel, dtype, b, nq, h, kvh, d, length) -> No
     got = kernel(q, kc, vc, slots, mask, 0.125)
     assert got.dtype == torch.float32
     assert (got.double() - reference(q, kc, vc, slots, mask, 0.125)).abs().max() < 2e-5
+
+
+def chunk_mask(nq: int, length: int, window: int | None = None) -> torch.Tensor:
+    """(1, nq, length): the last ``nq`` keys are the chunk itself (causal), each query sees
+    the keys at or before its position, the last ``window`` of them with a sliding window."""
+    pos = torch.arange(length - nq, length)[:, None]  # (nq, 1) the queries' positions
+    keys = torch.arange(length)[None]
+    mask = keys <= pos
+    if window is not None:
+        mask &= keys > pos - window
+    return mask[None]
+
+
+# Many rows (the G heads x nq queries of one key/value head: 54 for SmolLM2's 18-token
+# question, 72 for Gemma 3's 4 heads) over key counts that are not a multiple of the 64-key
+# block, with the chunk's causal tail, a sliding window (whole blocks hidden from some rows
+# and not others) and paged (scattered) slots.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("nq", "h", "kvh", "d", "length", "window"),
+                         [(18, 9, 3, 64, 1000, None), (18, 9, 3, 64, 4100, None),
+                          (18, 9, 3, 64, 1000, 300), (18, 4, 1, 256, 1000, 512),
+                          (5, 9, 3, 64, 130, 40)])
+def test_many_rows_over_long_contexts(kernel, dtype, nq, h, kvh, d, length, window) -> None:
+    g = torch.Generator().manual_seed(length + nq)
+    kc = torch.randn(length + 200, kvh, d, generator=g).to(dtype)
+    vc = torch.randn(length + 200, kvh, d, generator=g).to(dtype)
+    slots = torch.randperm(length + 200, generator=g)[:length][None]
+    mask = chunk_mask(nq, length, window)
+    q = torch.randn(1, nq, h, d, generator=g) * 2  # peaked softmaxes: the max moves
+    got = kernel(q, kc, vc, slots, mask, d ** -0.5)
+    assert (got.double() - reference(q, kc, vc, slots, mask, d ** -0.5)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_split_sequences_and_heads(kernel, threads: int) -> None:
+    """Each thread takes a run of (sequence, key/value head) pairs: whole sequences, a
+    sequence's heads split between threads, more threads than pairs of one sequence."""
+    g = torch.Generator().manual_seed(threads)
+    kc, vc = torch.randn(300, 2, 32, generator=g), torch.randn(300, 2, 32, generator=g)
+    slots = torch.randint(0, 300, (3, 150), generator=g)
+    mask = torch.rand(3, 4, 150, generator=g) > 0.2
+    mask[1, :, 70:] = False  # a shorter sequence, padded
+    q = torch.randn(3, 4, 6, 32, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = kernel(q, kc, vc, slots, mask, 0.2)
+    finally:
+        torch.set_num_threads(before)
+    assert (got.double() - reference(q, kc, vc, slots, mask, 0.2)).abs().max() < 1e-5
+
+
+def test_rows_that_see_no_key_give_zeros(kernel) -> None:
+    g = torch.Generator().manual_seed(5)
+    kc, vc = torch.randn(100, 1, 16, generator=g), torch.randn(100, 1, 16, generator=g)
+    slots = torch.arange(100)[None]
+    mask = torch.ones(1, 3, 100, dtype=torch.bool)
+    mask[0, 1] = False
+    q = torch.randn(1, 3, 2, 16, generator=g)
+    got = kernel(q, kc, vc, slots, mask, 0.25)
+    assert torch.equal(got[0, 1], torch.zeros(2, 16))
+    keep = torch.tensor([0, 2])
+    want = reference(q[:, keep], kc, vc, slots, mask[:, keep], 0.25)
+    assert (got[:, keep].double() - want).abs().max() < 1e-5
 
 
 def test_few_query_paths_take_the_kernel_and_agree_with_torch() -> None:
