@@ -193,3 +193,26 @@ def test_speculative_bench_tiny_model(tmp_path, tiny_ckpt):
                     (2, "ngram fixed")]
     assert all(r["same_output"] in (None, True) for r in doc["rows"])  # greedy: lossless
     assert doc["rows"][0]["vs_none"] == 1.0 and doc["early_exit_layer"] == 1
+
+
+def test_profile_takes_a_context_length(tiny_ckpt, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    args = parser.parse_args(["bench", "profile", "--batch", "1", "--steps", "2", "--context", "40",
+                              "--dtype", "float32", "--quantization", "none", "--cpu-clock"])
+    assert args.context == 40
+    assert args.fn(args, checkpoint=tiny_ckpt) == 0
+    assert "batch 1 (float32" in capsys.readouterr().out
+
+
+def test_fq_kernel_bench_inputs_are_paged_and_causal():
+    import torch
+
+    from thinkstream.bench import fq_kernel
+
+    x = fq_kernel.inputs(5, 40, torch.bfloat16)
+    slots = x["slots"][0]
+    assert slots.shape == (40,) and len(set(slots.tolist())) == 40
+    assert torch.equal(slots.view(-1, 8)[:, 1:] - slots.view(-1, 8)[:, :-1], torch.ones(5, 7, dtype=torch.int64))
+    assert len(x["caches"]) == fq_kernel.LAYERS and x["caches"][0][0].dtype == torch.bfloat16
+    assert x["mask"].shape == (1, 5, 40) and x["mask"][0].sum(1).tolist() == [36, 37, 38, 39, 40]

@@ -87,6 +87,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
                    help="profile with speculative decoding (repeating prompts)")
     p.add_argument("--cpu-clock", action="store_true",
                    help="CPU time instead of wall time (1 thread: without a shared machine's waits)")
+    p.add_argument("--context", type=int, default=16,
+                   help="prompt tokens per sequence before the profiled decode steps (default 16)")
     p.set_defaults(fn=run_profile)
     p = sub.add_parser("speculative", help="speculative decoding: proposers, adaptive, peers")
     from thinkstream.bench import speculative
@@ -198,6 +200,7 @@ def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
                                 quantization=quantization_arg(args.quantization), threads=args.threads,
                                 checkpoint=checkpoint, compile_decode=args.compile_decode,
                                 speculative=getattr(args, "speculative_method", None),
-                                cpu_clock=getattr(args, "cpu_clock", False))
+                                cpu_clock=getattr(args, "cpu_clock", False),
+                                prompt_len=getattr(args, "context", 16))
         print(format_profile(result))
     return 0

@@ -129,7 +129,9 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
         prompt = list(r.prompt) * (4 if speculative else 1)
         engine.add_request(None, prompt, SamplingParams(
             temperature=0.0, max_tokens=r.max_tokens, ignore_eos=True))
-    for _ in range(8):  # prefill, then a few warm-up decode steps (and the decode compile)
+    # prefill (chunks of up to 1,024 tokens a step), then a few warm-up decode steps (and
+    # the decode compile)
+    for _ in range(8 + -(-batch * len(prompt) // 1024)):
         engine.step()
     acc: dict[str, float] = defaultdict(float)
     clock = time.process_time if cpu_clock else time.perf_counter

@@ -67,8 +67,11 @@ class FusedAttention:
 @functools.cache
 def _load(isa: str) -> FusedAttention | None:
     lib = open_isa_library(_SRC, isa, "fq_isa")
-    if lib is None:
-        return None
+    return None if lib is None else _configure(lib, isa)
+
+
+def _configure(lib: ctypes.CDLL, isa: str) -> FusedAttention:
+    """``lib`` (a build of fq_attention.c for ``isa``) with its entry point's C types set."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.fq_attention.restype = ctypes.c_int
     lib.fq_attention.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr,
