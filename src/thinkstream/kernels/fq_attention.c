@@ -164,7 +164,8 @@ INLINE void scores(const float *qs, int d, const float *kt, int kend, const int 
  * the block; vis[r]: block_vis of it. */
 INLINE void softmax(float *s, const uint8_t *const *mk, const uint8_t *vis, int nk, const int R,
                     float *m, float *lv, float *corr) {
-    float top[RS], shift[16] = {0};
+    float top[RS], shift[16] = {0}, c16[16];
+    int grew = 0;
     for (int r = 0; r < R; r++) {
         float *sr = s + r * BK;
         if (vis[r] != 2)
@@ -175,9 +176,16 @@ INLINE void softmax(float *s, const uint8_t *const *mk, const uint8_t *vis, int 
         float bmax = v_hmax(mx);
         top[r] = bmax > m[r] ? bmax : m[r];
         shift[r] = top[r] == -INFINITY ? 0.0f : m[r] - top[r];  /* m -inf: 2^-inf = 0 */
+        grew |= shift[r] != 0.0f;
     }
-    float c16[16];
-    v_store(c16, v_exp2(v_load(shift)));
+    if (!grew)  /* the common case past the first blocks: no row's max grew */
+        for (int r = 0; r < R; r++) c16[r] = 1.0f;
+    else
+#if defined(__AVX2__)
+        v_store(c16, v_exp2(v_load(shift)));
+#else
+        for (int r = 0; r < R; r++) c16[r] = exp2f(shift[r]);
+#endif
     for (int r = 0; r < R; r++) {
         float *sr = s + r * BK;
         corr[r] = c16[r];
