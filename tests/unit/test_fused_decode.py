@@ -20,7 +20,6 @@ from thinkstream import LLM, SamplingParams
 from thinkstream.attention.metadata import Decode, Prefill, ShortBatch, ShortChunk
 from thinkstream.kernels.gguf import load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
-from thinkstream.models.fused_decode import MAX_QUERIES
 from thinkstream.models.gguf_linear import ALL_ROWS
 
 pytestmark = pytest.mark.skipif(load_gguf_kernels() is None, reason="the native kernels cannot be built here")
@@ -125,15 +124,15 @@ def test_tiny_pool_preemption_gives_the_same_tokens() -> None:
 
 def test_steps_it_does_not_take() -> None:
     """A prompt of more queries than the stack's attention takes (``max_queries``, lowered
-    to 16 here: a 17-token prompt): None, x untouched; then decode. The limits: any row
-    count and 128 queries with the kernels' GEMM, 16 rows (and queries) without."""
+    to 16 here: a 17-token prompt): None, x untouched; then decode. The limits: any rows
+    and queries with the kernels' GEMM, 16 without."""
     llm = LLM(checkpoint=gguf_checkpoint("llama"), dtype="float32", quantization="gguf",
               block_size=4, num_blocks=64)
     model = llm.engine.model
     seen: list[tuple[int, bool]] = []
     native = model.fused
     gemm = model.layers[0].attn.qkv_proj.kernels.gemm
-    assert (native.max_rows, native.max_queries) == ((ALL_ROWS, MAX_QUERIES) if gemm else (16, 16))
+    assert (native.max_rows, native.max_queries) == ((ALL_ROWS, ALL_ROWS) if gemm else (16, 16))
     native.max_queries = 16
 
     def spy(x, positions, meta):
@@ -152,8 +151,8 @@ def test_steps_it_does_not_take() -> None:
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_big_steps_equal_the_eager_layers(arch: str) -> None:
     """The sizes the GEMM opened (kernels with it only): 32 sequences' fresh prompts in one
-    step (96 rows: 32 Prefill groups), then decode steps of 32 rows; a 40-token prompt
-    arriving mid-decode (Decode + a Prefill group of 40 queries, past Gemma's window of 8)
+    step (96 rows: 32 Prefill groups), then decode steps of 32 rows; a 160-token prompt
+    arriving mid-decode (Decode + a Prefill group of 160 queries, past Gemma's window of 8)
     and its decode."""
     params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, logprobs=2)
     late = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True, logprobs=2)
@@ -179,7 +178,7 @@ def test_big_steps_equal_the_eager_layers(arch: str) -> None:
         outs = {}
         for step in range(12):
             if step == 2:
-                eng.add_request("late", list(range(5, 45)), late)
+                eng.add_request("late", [5 + i % 90 for i in range(160)], late)
             for o in eng.step():
                 if o.finished:
                     outs[o.request_id] = o
@@ -193,7 +192,7 @@ def test_big_steps_equal_the_eager_layers(arch: str) -> None:
     assert got[False][1] == []
     kinds = got[True][1]
     assert kinds[0] == (96, ("Prefill",) * 32)
-    assert (32, ("Decode",)) in kinds and (72, ("Prefill", "Decode")) in kinds and (33, ("Decode",)) in kinds
+    assert (32, ("Decode",)) in kinds and (192, ("Prefill", "Decode")) in kinds and (33, ("Decode",)) in kinds
     assert_same(got[False][0], got[True][0])
 
 

@@ -14,10 +14,11 @@ run on the kernel at any row count in both paths, and the stack saves the eager 
 op dispatch on top: measured on Zen 4 (SmolLM2, 1 thread, CPU time) a batch-32 decode step
 took 118 ms on the stack against 127 ms eager, a fresh 128-token prompt 344-348 ms against
 351-372. So ``max_rows`` is unlimited there (the portable build: ``MAX_ROWS``, where the
-dense copy takes over). One limit stays: a group whose sequence has more than
-``max_queries`` queries (a long fresh prompt) goes to the eager layers, whose attention is
-a matmul: at 512 queries the fused kernel's attention took 302 ms of the stack's step
-against 1,140 ms of matmuls, and the step 1,575 ms against the eager 1,500-1,510.
+dense copy takes over). Fresh prompts too, since the fused attention kernel's register-
+blocked passes for many queries: 512 tokens took 1,313 ms on the stack against 1,416 eager,
+2,048 tokens 6,430 against 7,404 (``bench/stack_rows.py``; before those passes the stack's
+attention took 302 ms of a 512-token prompt, SDPA 243 ms). ``max_queries`` (queries of one
+sequence in one attention group) stays as a knob for a build where that does not hold.
 
 Every attention group of such a step runs on the fused attention kernel: a decode batch, a
 chunk, a padded batch of chunks (speculative verification of several sequences, several
@@ -44,11 +45,7 @@ from thinkstream.attention.metadata import (
 from thinkstream.kernels import decoder as td
 from thinkstream.kernels.attention import load_fq_attention
 from thinkstream.kernels.gguf import ENTRY_OF_ACT
-from thinkstream.models.gguf_linear import ALL_ROWS, GGUFLinear, kernel_rows
-
-# queries of one sequence in one group up to which the fused attention kernel beats the
-# eager layers' (measured on Zen 4 with fresh prompts: 128 faster, 512 slower; see above)
-MAX_QUERIES = 128
+from thinkstream.models.gguf_linear import GGUFLinear, kernel_rows
 
 _PROJECTIONS = (("attn", "qkv_proj", "qkv"), ("attn", "o_proj", "o"),
                 ("mlp", "gate_up_proj", "gate_up"), ("mlp", "down_proj", "down"))
@@ -98,7 +95,7 @@ class FusedDecoder:
         # the queries per sequence of one attention group
         qkv = layers[0].attn.qkv_proj
         self.max_rows = kernel_rows(qkv.kernels, torch.float32, qkv.act)
-        self.max_queries = MAX_QUERIES if self.max_rows == ALL_ROWS else self.max_rows
+        self.max_queries = self.max_rows
         self._caches: tuple[int, ...] = ()  # the bound caches' key (_bind_caches)
 
     @classmethod
