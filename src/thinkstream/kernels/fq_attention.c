@@ -5,23 +5,26 @@
  * where the unfused path (gather, matmul, masked_fill, softmax, matmul) writes and rereads an
  * (H, Q, L) score tensor and pays a dozen op dispatches per layer.
  *
- *   for each (sequence b, key/value head h):              (OpenMP over these pairs)
+ *   for each sequence b, its key/value heads h0 .. h1 (threads: runs of (b, h) pairs):
  *     rows = the G query heads of h x the nq queries of b, q pre-scaled by scale * log2(e)
  *     for each block of BK = 64 keys (slots[b, t0 .. t0+63]) some row sees:
- *       K^T (D, 64) and V (64, D) copied as float32 (bfloat16 caches widened)
- *       for each group of RS rows:
- *         S = Q K^T        (RS x 64: a register-blocked GEMM, RS rows x 16 CS keys at a time)
- *         per row: masked keys -inf; m' = max(m, max s); p = 2^(s - m') (base 2: the scale
- *                  folded log2(e) in); c = 2^(m - m') (1, no exp, when m did not grow);
- *                  l = l c + sum p;  m = m'
- *         acc = acc c + P V  (RS rows x 16 CD dims of acc in registers; p broadcast, V loaded)
+ *       the next block's slot rows prefetched (all heads' parts: one contiguous read)
+ *       for each head h: K^T (D, 64) as float32 (bfloat16 widened), V rows read in place
+ *         for each group of RS rows:
+ *           S = Q K^T       (RS x 64: a register-blocked GEMM, RS rows x 16 CS keys at a time)
+ *           per row: masked keys -inf; m' = max(m, max s); p = 2^(s - m') (base 2: the
+ *                    scale folded log2(e) in); c = 2^(m - m') (1, no exp, when no m grew);
+ *                    l = l c + sum p;  m = m'
+ *           acc = acc c + P V (RS rows x 16 CD dims of acc in registers; p broadcast)
  *     out_r = acc / l
  *
  * One softmax update and one rescale of the accumulators per 64 keys (the first version did
  * them per 16 keys: as much work as the 128 multiply-adds per row and tile) and RS rows
- * sharing each key and value load: at 54 rows x 4,096 keys it runs near the FMA peak.
- * float32 arithmetic throughout (q, keys, values, sums). Built like gguf_matmul.c: one
- * source, three builds (AVX-512 / AVX2 / portable) chosen by thinkstream/kernels/attention.py. */
+ * sharing each key and value load (10 loads per 24 FMAs on AVX-512). At 54 rows x 4,096 keys
+ * it runs at ~67% of the core's FMA peak with the keys cold in cache, ~80% warm
+ * (docs/benchmarks.md, Zen 4). float32 arithmetic throughout (q, keys, values, sums).
+ * Built like gguf_matmul.c: one source, three builds (AVX-512 / AVX2 / portable) chosen by
+ * thinkstream/kernels/attention.py; fq_simd.h holds the vector layer. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -93,13 +96,13 @@ static void load_block(const kv_src *src, int64_t head_off, int64_t t0, int nk, 
     }
 }
 
-INLINE int64_t bf16_bytes(const kv_src *src) { return src->bf16 ? 2 : 4; }
+INLINE int64_t elt_bytes(const kv_src *src) { return src->bf16 ? 2 : 4; }
 
 /* the cache lines of slots[t0 .. t0+nk), ``span`` bytes from byte ``off`` of each slot row,
  * on their way to L2 while a block computes (inlined: GCC drops calls to a function whose
  * only effects are prefetches) */
 INLINE void prefetch_block(const kv_src *src, int64_t off, int64_t span, int64_t t0, int nk) {
-    int64_t elt = bf16_bytes(src);
+    int64_t elt = elt_bytes(src);
     for (int j = 0; j < nk; j++) {
         int64_t at = (src->slots[t0 + j] * src->slot_stride) * elt + off;
         for (int64_t b = 0; b < span; b += 64) {
@@ -282,7 +285,7 @@ static void attend(const float *const *qrows, float *const *orows, const uint8_t
          * group: all at once, they would stall on the core's outstanding-miss limit */
         int64_t next = length - t0 - BK;
         int pk = next <= 0 ? 0 : next < BK ? (int)next : BK, calls = nh * ((rows + RS - 1) / RS), call = 0;
-        int64_t elt = bf16_bytes(src), span = nh * d * elt;
+        int64_t elt = elt_bytes(src), span = nh * d * elt;
         for (int i = 0; i < nh && any; i++) {
             rows_state hs = {st->qs + (int64_t)i * rows * d, st->acc + (int64_t)i * rows * d,
                              st->m + i * rows, st->lv + (int64_t)i * rows * 16};
