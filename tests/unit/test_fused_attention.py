@@ -74,12 +74,14 @@ def chunk_mask(nq: int, length: int, window: int | None = None) -> torch.Tensor:
 # Many rows (the G heads x nq queries of one key/value head: 54 for SmolLM2's 18-token
 # question, 72 for Gemma 3's 4 heads) over key counts that are not a multiple of the 64-key
 # block, with the chunk's causal tail, a sliding window (whole blocks hidden from some rows
-# and not others) and paged (scattered) slots.
+# and not others) and paged (scattered) slots. The last two are prompts: 900 and 800 rows
+# per key/value head, more than one pass over the keys takes (``rows_per_pass``).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("nq", "h", "kvh", "d", "length", "window"),
                          [(18, 9, 3, 64, 1000, None), (18, 9, 3, 64, 4100, None),
                           (18, 9, 3, 64, 1000, 300), (18, 4, 1, 256, 1000, 512),
-                          (5, 9, 3, 64, 130, 40)])
+                          (5, 9, 3, 64, 130, 40), (300, 9, 3, 64, 300, None),
+                          (200, 4, 1, 256, 520, 128)])
 def test_many_rows_over_long_contexts(kernel, dtype, nq, h, kvh, d, length, window) -> None:
     g = torch.Generator().manual_seed(length + nq)
     kc = torch.randn(length + 200, kvh, d, generator=g).to(dtype)

@@ -264,15 +264,17 @@ static void group_any(const scratch *w, const rows_state *st, const uint8_t *con
 }
 
 /* One sequence, key/value heads h0 .. h0+nh-1 together (each block's slot rows are read
- * once for all of them): ``rows`` query rows per head (head i's at i * rows in qrows /
+ * once for all of them): ``rows`` query rows per head (head i's at i * stride in qrows /
  * orows), their mask rows (the same for every head). */
 static void attend(const float *const *qrows, float *const *orows, const uint8_t *const *mrows,
-                   int rows, int nh, const kv_src *src, int64_t h0, int64_t length, int d,
-                   float qscale, const scratch *w, const rows_state *st) {
-    for (int r = 0; r < nh * rows; r++) {
-        for (int c = 0; c < d; c++) st->qs[(int64_t)r * d + c] = qrows[r][c] * qscale;
-        st->m[r] = -INFINITY;
-    }
+                   int stride, int rows, int nh, const kv_src *src, int64_t h0, int64_t length,
+                   int d, float qscale, const scratch *w, const rows_state *st) {
+    for (int i = 0; i < nh; i++)
+        for (int r = 0; r < rows; r++) {
+            const float *qr = qrows[i * stride + r];
+            for (int c = 0; c < d; c++) st->qs[((int64_t)i * rows + r) * d + c] = qr[c] * qscale;
+            st->m[i * rows + r] = -INFINITY;
+        }
     memset(st->lv, 0, sizeof(float) * 16 * (size_t)(nh * rows));
     memset(st->acc, 0, sizeof(float) * (size_t)(nh * rows) * d);
     for (int64_t t0 = 0; t0 < length; t0 += BK) {
@@ -282,7 +284,8 @@ static void attend(const float *const *qrows, float *const *orows, const uint8_t
             any |= w->vis[r];
         }
         /* the next block's slot rows (all nh heads' parts) are prefetched a slice before each
-         * group: all at once, they would stall on the core's outstanding-miss limit */
+         * group (all at once, they would stall on the core's outstanding-miss limit); after
+         * a block no row sees (a window's start, a prompt's later keys) none is */
         int64_t next = length - t0 - BK;
         int pk = next <= 0 ? 0 : next < BK ? (int)next : BK, calls = nh * ((rows + RS - 1) / RS), call = 0;
         int64_t elt = elt_bytes(src), span = nh * d * elt;
@@ -296,12 +299,22 @@ static void attend(const float *const *qrows, float *const *orows, const uint8_t
                 group_any(w, &hs, mrows, r0, rows - r0 < RS ? rows - r0 : RS, t0, nk, d);
             }
         }
-        if (!any) prefetch_block(src, h0 * d * elt, span, t0 + BK, pk);
     }
-    for (int r = 0; r < nh * rows; r++) {
-        float l = v_hsum(v_load(st->lv + (int64_t)r * 16)), inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int c = 0; c < d; c++) orows[r][c] = st->acc[(int64_t)r * d + c] * inv;
-    }
+    for (int i = 0; i < nh; i++)
+        for (int r = 0; r < rows; r++) {
+            int64_t k = (int64_t)i * rows + r;
+            float l = v_hsum(v_load(st->lv + k * 16)), inv = l > 0.0f ? 1.0f / l : 0.0f;
+            for (int c = 0; c < d; c++) orows[i * stride + r][c] = st->acc[k * d + c] * inv;
+        }
+}
+
+/* Query rows per pass over the keys: a prompt's thousands of rows in chunks whose queries and
+ * accumulators (nh heads x rows x d, twice) stay within ~384 KB of L2 (else every key block
+ * would stream them from memory); a multiple of RS, at least RS. */
+static int64_t rows_per_pass(int64_t rows, int64_t kvh, int64_t d) {
+    int64_t fit = (384 << 10) / (kvh * d * 8) / RS * RS;
+    fit = fit < RS ? RS : fit;
+    return rows < fit ? rows : fit;
 }
 
 /* q, out: (B, nq, H, d) float32 contiguous. slots: (B, L) int64, row stride slot_b_stride.
@@ -314,7 +327,8 @@ int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_
                  int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
                  int64_t mask_q, float scale, int threads) {
     if (d % 16 || h % kvh || d <= 0 || length < 0) return -1;
-    int64_t g = h / kvh, rows = g * nq, pairs = b_count * kvh, all = kvh * rows;
+    int64_t g = h / kvh, rows = g * nq, pairs = b_count * kvh, chunk = rows_per_pass(rows, kvh, d),
+            all = kvh * chunk;  /* state rows: every head of a pass */
     int failed = 0;
     if (threads < 1) threads = 1;
     if (threads > pairs) threads = (int)(pairs > 0 ? pairs : 1);
@@ -327,10 +341,10 @@ int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_
 #endif
         size_t floats = (size_t)((2 * BK + TK) * d + RS * BK + 2 * all * d + 17 * all);
         float *buf = aligned_alloc(64, (floats * 4 + 63) / 64 * 64);
-        const float **qrows = malloc(sizeof(float *) * (size_t)all), **vrows = malloc(sizeof(float *) * BK);
-        float **orows = malloc(sizeof(float *) * (size_t)all);
+        const float **qrows = malloc(sizeof(float *) * (size_t)(kvh * rows)), **vrows = malloc(sizeof(float *) * BK);
+        float **orows = malloc(sizeof(float *) * (size_t)(kvh * rows));
         const uint8_t **mrows = malloc(sizeof(uint8_t *) * (size_t)rows);
-        uint8_t *vis = malloc((size_t)rows);
+        uint8_t *vis = malloc((size_t)chunk);
         if (!buf || !qrows || !vrows || !orows || !mrows || !vis) {
 #pragma omp atomic write
             failed = 1;
@@ -356,8 +370,9 @@ int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_
                         }
                 }
                 kv_src src = {kc, vc, bf16, kvh * d, slots + b * slot_b_stride};
-                attend(qrows, orows, mrows, (int)rows, (int)nh, &src, h0, length, (int)d,
-                       scale * 1.4426950408889634f, &w, &st);
+                for (int64_t r0 = 0; r0 < rows; r0 += chunk)
+                    attend(qrows + r0, orows + r0, mrows + r0, (int)rows, (int)(rows - r0 < chunk ? rows - r0 : chunk),
+                           (int)nh, &src, h0, length, (int)d, scale * 1.4426950408889634f, &w, &st);
                 p += nh;
             }
         }
