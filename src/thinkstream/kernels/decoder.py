@@ -3,19 +3,19 @@
 ``decoder.c`` holds no matmul or attention of its own: the model descriptor carries the
 entry points of the GGUF matmul library (``kernels/gguf.py``) and of the fused attention
 library (``kernels/attention.py``), so the stack runs exactly the kernels the eager path
-calls. Built once with the system compiler like the others (``native.build``); where it
-cannot be (no compiler, ``THINKSTREAM_NATIVE=0``) ``load_decoder`` returns None and the
-model keeps its eager layers.
+calls. Built with the system compiler for the instruction set the GGUF kernels use
+(``native.open_isa_library``: the elementwise loops, SiLU's exp among them, vectorise to
+its width); where it cannot be (no compiler, ``THINKSTREAM_NATIVE=0``, a forced build this
+CPU cannot run) ``load_decoder`` returns None and the model keeps its eager layers.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 
-from thinkstream.kernels.native import open_library
+from thinkstream.kernels.native import open_isa_library, wanted_isa
 
 _SRC = Path(__file__).with_name("decoder.c")
 
@@ -65,8 +65,8 @@ class Step(ctypes.Structure):
 
 
 @functools.cache
-def _load() -> ctypes.CDLL | None:
-    lib = open_library(_SRC, openmp=True)  # one parallel region per step
+def _load(isa: str) -> ctypes.CDLL | None:
+    lib = open_isa_library(_SRC, isa, "td_isa")  # with OpenMP: one parallel region per step
     if lib is None:
         return None
     lib.td_forward.restype = ctypes.c_int
@@ -77,6 +77,5 @@ def _load() -> ctypes.CDLL | None:
 def load_decoder() -> ctypes.CDLL | None:
     """The library (``td_forward(model*, step*, x, threads) -> int``), or None where it
     cannot be built or ``THINKSTREAM_NATIVE=0``."""
-    if os.environ.get("THINKSTREAM_NATIVE", "1") == "0":
-        return None
-    return _load()
+    isa = wanted_isa()
+    return None if isa is None else _load(isa)
