@@ -154,3 +154,12 @@ def test_parity_mode_takes_short_chunks_only_with_the_fused_kernel() -> None:
 def test_disabled_or_unrunnable_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("THINKSTREAM_NATIVE", "0")
     assert ka.load_fq_attention() is None
+
+
+def test_bad_shapes_are_refused_and_empty_calls_do_nothing(kernel) -> None:
+    lib, null = kernel.lib, None
+    assert lib.fq_attention(null, null, 1, 1, 4, 0, 16, null, null, 0, null, 0, 8, null, 0, 0, 1.0, 1) == -1
+    assert lib.fq_attention(null, null, 1, 1, 4, 2, 24, null, null, 0, null, 0, 8, null, 0, 0, 1.0, 1) == -1
+    assert lib.fq_attention(null, null, 1, 1, 3, 2, 16, null, null, 0, null, 0, 8, null, 0, 0, 1.0, 1) == -1
+    assert lib.fq_attention(null, null, 0, 1, 4, 2, 16, null, null, 0, null, 0, 8, null, 0, 0, 1.0, 1) == 0
+    assert lib.fq_attention(null, null, 2, 0, 4, 2, 16, null, null, 0, null, 0, 8, null, 0, 0, 1.0, 2) == 0

@@ -321,14 +321,16 @@ static int64_t rows_per_pass(int64_t rows, int64_t kvh, int64_t d) {
  * mask: uint8, element (b, i, j) at b * mask_b + i * mask_q + j (nonzero: visible).
  * Caches: (num_slots, KVH, d), float32 (bf16 == 0) or bfloat16. d a multiple of 16.
  * Threads take contiguous runs of the (sequence, key/value head) pairs.
- * Returns 0, -1 on bad shapes, -2 when out of memory. */
+ * Returns 0 (at once when there are no rows), -1 on bad shapes (kvh or h <= 0, h not a
+ * multiple of kvh, d not a positive multiple of 16, negative counts), -2 when out of memory. */
 int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_t h, int64_t kvh,
                  int64_t d, const void *kc, const void *vc, int bf16, const int64_t *slots,
                  int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
                  int64_t mask_q, float scale, int threads) {
-    if (d % 16 || h % kvh || d <= 0 || length < 0) return -1;
+    if (kvh <= 0 || h <= 0 || h % kvh || d <= 0 || d % 16 || length < 0 || nq < 0 || b_count < 0) return -1;
     int64_t g = h / kvh, rows = g * nq, pairs = b_count * kvh, chunk = rows_per_pass(rows, kvh, d),
             all = kvh * chunk;  /* state rows: every head of a pass */
+    if (rows == 0 || pairs == 0) return 0;
     int failed = 0;
     if (threads < 1) threads = 1;
     if (threads > pairs) threads = (int)(pairs > 0 ? pairs : 1);
