@@ -58,8 +58,12 @@ typedef __m128 hvec;
 /* x rows 0..rows (rows <= G_MB, stride ldx) -> xt (k, G_MB), zero past rows. */
 static void pack_xt(const float *x, int64_t ldx, int64_t rows, int64_t k, float *xt) {
     if (rows < G_MB) memset(xt, 0, sizeof(float) * (size_t)(k * G_MB));
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < k; c++) xt[c * G_MB + r] = x[r * ldx + c];
+    /* in tiles of 16 columns: the tile's source and destination lines stay in L1 */
+    for (int64_t c0 = 0; c0 < k; c0 += 16) {
+        int64_t c1 = c0 + 16 < k ? c0 + 16 : k;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = c0; c < c1; c++) xt[c * G_MB + r] = x[r * ldx + c];
+    }
 }
 
 /* nr (<= G_MR) weight rows -> wb: chunk j's row i at wb + (j G_MR + i) G_KC; rows past nr 0. */
