@@ -55,15 +55,37 @@ typedef __m128 hvec;
 #define G_XT_BYTES (4 << 20)
 #endif
 
-/* x rows 0..rows (rows <= G_MB, stride ldx) -> xt (k, G_MB), zero past rows. */
+/* out[j * ldo + i] = x[i * ldx + j] for i, j < 8: the 8 x 8 transpose in registers
+ * (unpack pairs, shuffle quads, swap 128-bit halves). */
+static inline void transpose8(const float *x, int64_t ldx, float *out, int64_t ldo) {
+    __m256 r[8], t[8], q[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(x + i * ldx);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        q[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        q[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        q[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        q[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; j++) {
+        _mm256_storeu_ps(out + j * ldo, _mm256_permute2f128_ps(q[j], q[j + 4], 0x20));
+        _mm256_storeu_ps(out + (j + 4) * ldo, _mm256_permute2f128_ps(q[j], q[j + 4], 0x31));
+    }
+}
+
+/* x rows 0..rows (rows <= G_MB, stride ldx) -> xt (k, G_MB), zero past rows; k is a
+ * multiple of 32. Eight rows at a time through transpose8 (scalar, row by row, this took
+ * ~3% of a 512-row prefill), the last rows % 8 one by one. */
 static void pack_xt(const float *x, int64_t ldx, int64_t rows, int64_t k, float *xt) {
     if (rows < G_MB) memset(xt, 0, sizeof(float) * (size_t)(k * G_MB));
-    /* in tiles of 16 columns: the tile's source and destination lines stay in L1 */
-    for (int64_t c0 = 0; c0 < k; c0 += 16) {
-        int64_t c1 = c0 + 16 < k ? c0 + 16 : k;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = c0; c < c1; c++) xt[c * G_MB + r] = x[r * ldx + c];
-    }
+    int64_t r8 = rows / 8 * 8;
+    for (int64_t r0 = 0; r0 < r8; r0 += 8)
+        for (int64_t c = 0; c < k; c += 8) transpose8(x + r0 * ldx + c, ldx, xt + c * G_MB + r0, G_MB);
+    for (int64_t r = r8; r < rows; r++)
+        for (int64_t c = 0; c < k; c++) xt[c * G_MB + r] = x[r * ldx + c];
 }
 
 /* nr (<= G_MR) weight rows -> wb: chunk j's row i at wb + (j G_MR + i) G_KC; rows past nr 0. */
