@@ -3,7 +3,7 @@ runs (the AVX2 one forced too; the portable build answers with its dot products)
 float64 product of gguf's dequantization of random blocks of every type.
 
 Shapes cover the GEMM's edges: x rows 1..40 (one and two vectors of rows per block, blocks
-of 16 / 32 with zero-filled rows past m), weight rows not a multiple of a panel (14 rows on
+of 16 / 32 with zero-filled rows past m), weight rows not a multiple of a panel (12 rows on
 AVX-512, 6 on AVX2), K of one block, of several and past one 256-column chunk of a decoded
 panel (288 = 256 + 32), strided x and y, and the weight panels split across threads.
 """
