@@ -268,6 +268,24 @@ def test_two_threads_compute_what_one_does(arch: str) -> None:
             [{t: p.logprob for t, p in d.items()} for d in y.outputs[0].logprobs]
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_two_threads_split_one_sequences_queries(arch: str) -> None:
+    """One sequence alone: its prompt's chunks (16 queries over a growing context) are split
+    between two threads by query (balanced by the keys each sees), and every query's output
+    is one thread's bit for bit; the tokens are the eager layers'."""
+    prompts = [list(range(3, 47))]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=4)
+    one, kinds, _ = run(arch, True, prompts, params, num_threads=1,
+                        max_num_batched_tokens=16)
+    two, kinds2, _ = run(arch, True, prompts, params, num_threads=2, max_num_batched_tokens=16)
+    eager, _, _ = run(arch, False, prompts, params, num_threads=2, max_num_batched_tokens=16)
+    assert kinds == kinds2 and len(kinds) >= 3 + 5  # three prompt chunks, then decode
+    assert one[0].outputs[0].token_ids == two[0].outputs[0].token_ids
+    assert [{t: p.logprob for t, p in d.items()} for d in one[0].outputs[0].logprobs] == \
+        [{t: p.logprob for t, p in d.items()} for d in two[0].outputs[0].logprobs]
+    assert_same(two, eager)
+
+
 def test_drafts_never_push_a_step_off_the_stack() -> None:
     """Twelve sequences decoding with n-gram drafts of up to 3 tokens under a stack of 16
     rows (the portable kernels' limit, set here; with the GEMM it takes any): the drafts are

@@ -105,7 +105,7 @@ static void rmsnorm(const float *x, float *y, int64_t n, const float *w, double 
  * would wake sleeping workers ~250 times a step), synchronised by a barrier that spins
  * briefly and then yields the core (a shared machine may have descheduled the other
  * thread). Thread 0 runs the elementwise work; matmuls split their weight rows, attention
- * its sequences. */
+ * its sequences (or, with fewer sequences than threads, each sequence's queries). */
 typedef struct {
     atomic_int count, gen, rc;
 } td_barrier;
@@ -141,6 +141,26 @@ static void fail(const td_team *T, int rc) {
 static void share(const td_team *T, int64_t n, int64_t *a, int64_t *b) {
     *a = n * T->tid / T->nt;
     *b = n * (T->tid + 1) / T->nt;
+}
+
+static int64_t query_split(int64_t nq, int64_t base, double target) {
+    double done = 0.0;  /* work of queries 0 .. i-1; query i goes left of the cut if most of it is */
+    for (int64_t i = 0; i < nq; i++) {
+        if (done + 0.5 * (double)(base + i) >= target) return i;
+        done += (double)(base + i);
+    }
+    return nq;
+}
+
+/* this thread's share [*a, *b) of a sequence's nq queries over length keys, balanced by the
+ * keys each sees when the queries end the context causally (query i: length - nq + i + 1;
+ * later queries cost more: an even split of a 512-token prompt gives one thread 3x the
+ * other's work). Each query's output is the same whichever thread computes it. */
+static void share_queries(const td_team *T, int64_t nq, int64_t length, int64_t *a, int64_t *b) {
+    int64_t base = length - nq + 1 > 1 ? length - nq + 1 : 1;
+    double total = (double)nq * (double)base + 0.5 * (double)nq * (double)(nq - 1);
+    *a = T->tid == 0 ? 0 : query_split(nq, base, total * T->tid / T->nt);
+    *b = T->tid == T->nt - 1 ? nq : query_split(nq, base, total * (T->tid + 1) / T->nt);
 }
 
 static void linear(const td_model *M, const td_team *T, const td_linear *L, const float *x, int64_t m,
@@ -242,12 +262,24 @@ static void attend(const td_model *M, const td_team *T, const td_layer *L, const
         if (G->index) sync_team(T);
         const float *qg = G->index ? qpad : q + G->start * qs;
         float *og = G->index ? opad : o + G->start * qs;
-        share(T, G->b, &a, &b);  /* this thread's sequences */
-        if (a < b && M->attention(qg + a * G->nq * qs, og + a * G->nq * qs, b - a, G->nq, nh, kvh, d,
-                                  L->k_cache, L->v_cache, 0, G->slots + a * G->slot_b_stride,
-                                  G->slot_b_stride, G->length, G->mask[w] + a * G->mask_b[w],
-                                  G->mask_b[w], G->mask_q[w], (float)M->scale, 1))
-            fail(T, -4);
+        if (G->b >= T->nt || G->nq < 2) {
+            share(T, G->b, &a, &b);  /* this thread's sequences */
+            if (a < b && M->attention(qg + a * G->nq * qs, og + a * G->nq * qs, b - a, G->nq, nh, kvh, d,
+                                      L->k_cache, L->v_cache, 0, G->slots + a * G->slot_b_stride,
+                                      G->slot_b_stride, G->length, G->mask[w] + a * G->mask_b[w],
+                                      G->mask_b[w], G->mask_q[w], (float)M->scale, 1))
+                fail(T, -4);
+        } else {  /* fewer sequences than threads: each one's queries split between them */
+            share_queries(T, G->nq, G->length, &a, &b);
+            for (int64_t s = 0; a < b && s < G->b; s++) {
+                int64_t row = s * G->nq + a;
+                if (M->attention(qg + row * qs, og + row * qs, 1, b - a, nh, kvh, d, L->k_cache,
+                                 L->v_cache, 0, G->slots + s * G->slot_b_stride, G->slot_b_stride,
+                                 G->length, G->mask[w] + s * G->mask_b[w] + a * G->mask_q[w],
+                                 G->mask_b[w], G->mask_q[w], (float)M->scale, 1))
+                    fail(T, -4);
+            }
+        }
         sync_team(T);
         if (G->index && T->tid == 0)  /* scatter the real outputs */
             for (int64_t i = 0; i < n; i++)
