@@ -12,8 +12,8 @@ With GGUF blocks (``native``, the head or tied embedding as the file stores it, 
 default models) rows up to ``native_max_rows`` run on the GGUF-native kernel instead: the
 exact float32 logits of the dequantized head, from a quarter of float32's bytes. Where the
 kernel has its GEMM and the head is not ``fast``, that is every row count (on Zen 4, 1
-thread, the 49,152 x 576 Q8_0 head at 32 rows: 21 ms against 37 ms float32 MKL and 27 ms
-oneDNN prepacked; docs/benchmarks.md); else up to ``MAX_ROWS``.
+thread, the 49,152 x 576 Q8_0 head at 32 rows: 21-23 ms against 35-37 ms float32 MKL and
+27-31 ms oneDNN prepacked; docs/benchmarks.md); else up to ``MAX_ROWS``.
 """
 
 from __future__ import annotations
