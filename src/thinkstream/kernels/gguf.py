@@ -137,7 +137,7 @@ def _load(isa: str, vnni: bool = False) -> GGUFKernels | None:
 
 
 def load_gguf_kernels(cpu: CpuInfo | None = None) -> GGUFKernels | None:
-    """The kernels for this CPU (``THINKSTREAM_GGUF_ISA`` forces a build), or None where
+    """The kernels for this CPU (``THINKSTREAM_ISA`` forces a build), or None where
     they cannot be built or run, or ``THINKSTREAM_NATIVE=0``."""
     cpu = cpu or detect_cpu()
     isa = wanted_isa(cpu)
