@@ -112,6 +112,28 @@ def test_threads_split_sequences_and_heads(kernel, threads: int) -> None:
     assert (got.double() - reference(q, kc, vc, slots, mask, 0.2)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("parts", [1, 2, 4, 7])
+def test_parts_compute_what_one_call_does(kernel, parts: int) -> None:
+    """``fq_attention_part``: the shares 0 .. parts-1 of the (sequence, key/value head) pairs
+    (the native stack's threads call one each), run in turn, fill the output of one call bit
+    for bit (more parts than the 6 pairs leave some empty); a part outside 0 .. parts-1 is
+    refused."""
+    g = torch.Generator().manual_seed(parts)
+    kc, vc = torch.randn(200, 3, 32, generator=g), torch.randn(200, 3, 32, generator=g)
+    slots = torch.randint(0, 200, (2, 90), generator=g)
+    mask = torch.rand(2, 1, 90, generator=g) > 0.1
+    q = torch.randn(2, 1, 9, 32, generator=g)
+    want = kernel(q, kc, vc, slots, mask, 0.3)
+    out = torch.full_like(q, float("nan"))
+    args = (2, 1, 9, 3, 32, kc.data_ptr(), vc.data_ptr(), 0, slots.data_ptr(), 90, 90,
+            mask.data_ptr(), mask.stride(0), mask.stride(1), 0.3)
+    for part in range(parts):
+        assert kernel.lib.fq_attention_part(q.data_ptr(), out.data_ptr(), *args, part, parts) == 0
+    assert torch.equal(out, want)
+    assert kernel.lib.fq_attention_part(q.data_ptr(), out.data_ptr(), *args, parts, parts) == -1
+    assert kernel.lib.fq_attention_part(q.data_ptr(), out.data_ptr(), *args, 0, 0) == -1
+
+
 def test_rows_that_see_no_key_give_zeros(kernel) -> None:
     g = torch.Generator().manual_seed(5)
     kc, vc = torch.randn(100, 1, 16, generator=g), torch.randn(100, 1, 16, generator=g)

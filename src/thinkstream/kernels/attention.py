@@ -76,6 +76,10 @@ def _configure(lib: ctypes.CDLL, isa: str) -> FusedAttention:
     lib.fq_attention.restype = ctypes.c_int
     lib.fq_attention.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr,
                                  i64, i64, ptr, i64, i64, ctypes.c_float, ctypes.c_int]
+    # the same arguments, then (part, parts) instead of threads: one share on the calling
+    # thread (the native decoder stack's threads call it)
+    lib.fq_attention_part.restype = ctypes.c_int
+    lib.fq_attention_part.argtypes = lib.fq_attention.argtypes + [ctypes.c_int]
     return FusedAttention(isa, lib)
 
 

@@ -33,7 +33,7 @@ typedef int (*matmul_fn)(int type, const uint8_t *w, int64_t row_bytes, int64_t 
 typedef int (*attention_fn)(const float *q, float *out, int64_t b, int64_t nq, int64_t h, int64_t kvh,
                             int64_t d, const void *kc, const void *vc, int bf16, const int64_t *slots,
                             int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
-                            int64_t mask_q, float scale, int threads);
+                            int64_t mask_q, float scale, int part, int parts);  /* fq_attention_part */
 
 /* One GGUF matrix of a (fused) projection: output columns col .. col + rows. */
 typedef struct {
@@ -105,7 +105,8 @@ static void rmsnorm(const float *x, float *y, int64_t n, const float *w, double 
  * would wake sleeping workers ~250 times a step), synchronised by a barrier that spins
  * briefly and then yields the core (a shared machine may have descheduled the other
  * thread). Thread 0 runs the elementwise work; matmuls split their weight rows, attention
- * its sequences (or, with fewer sequences than threads, each sequence's queries). */
+ * its sequences (with fewer sequences than threads: each sequence's queries, or for decode
+ * rows the (sequence, key/value head) pairs). */
 typedef struct {
     atomic_int count, gen, rc;
 } td_barrier;
@@ -262,12 +263,17 @@ static void attend(const td_model *M, const td_team *T, const td_layer *L, const
         if (G->index) sync_team(T);
         const float *qg = G->index ? qpad : q + G->start * qs;
         float *og = G->index ? opad : o + G->start * qs;
-        if (G->b >= T->nt || G->nq < 2) {
+        if (G->b >= T->nt) {
             share(T, G->b, &a, &b);  /* this thread's sequences */
             if (a < b && M->attention(qg + a * G->nq * qs, og + a * G->nq * qs, b - a, G->nq, nh, kvh, d,
                                       L->k_cache, L->v_cache, 0, G->slots + a * G->slot_b_stride,
                                       G->slot_b_stride, G->length, G->mask[w] + a * G->mask_b[w],
-                                      G->mask_b[w], G->mask_q[w], (float)M->scale, 1))
+                                      G->mask_b[w], G->mask_q[w], (float)M->scale, 0, 1))
+                fail(T, -4);
+        } else if (G->nq < 2) {  /* a few decode rows: the (sequence, key/value head) pairs split */
+            if (M->attention(qg, og, G->b, G->nq, nh, kvh, d, L->k_cache, L->v_cache, 0, G->slots,
+                             G->slot_b_stride, G->length, G->mask[w], G->mask_b[w], G->mask_q[w],
+                             (float)M->scale, T->tid, T->nt))
                 fail(T, -4);
         } else {  /* fewer sequences than threads: each one's queries split between them */
             share_queries(T, G->nq, G->length, &a, &b);
@@ -276,7 +282,7 @@ static void attend(const td_model *M, const td_team *T, const td_layer *L, const
                 if (M->attention(qg + row * qs, og + row * qs, 1, b - a, nh, kvh, d, L->k_cache,
                                  L->v_cache, 0, G->slots + s * G->slot_b_stride, G->slot_b_stride,
                                  G->length, G->mask[w] + s * G->mask_b[w] + a * G->mask_q[w],
-                                 G->mask_b[w], G->mask_q[w], (float)M->scale, 1))
+                                 G->mask_b[w], G->mask_q[w], (float)M->scale, 0, 1))
                     fail(T, -4);
             }
         }

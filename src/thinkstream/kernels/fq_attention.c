@@ -317,6 +317,64 @@ static int64_t rows_per_pass(int64_t rows, int64_t kvh, int64_t d) {
     return rows < fit ? rows : fit;
 }
 
+/* The (sequence, key/value head) pairs p .. p1 on the calling thread. Returns 0, or -2 when
+ * out of memory. */
+static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64_t kvh, int64_t d,
+                        const void *kc, const void *vc, int bf16, const int64_t *slots,
+                        int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
+                        int64_t mask_q, float scale, int64_t p, int64_t p1) {
+    int64_t g = h / kvh, rows = g * nq, chunk = rows_per_pass(rows, kvh, d),
+            all = kvh * chunk;  /* state rows: every head of a pass */
+    size_t floats = (size_t)((2 * BK + TK) * d + RS * BK + 2 * all * d + 17 * all);
+    float *buf = aligned_alloc(64, (floats * 4 + 63) / 64 * 64);
+    const float **qrows = malloc(sizeof(float *) * (size_t)(kvh * rows)), **vrows = malloc(sizeof(float *) * BK);
+    float **orows = malloc(sizeof(float *) * (size_t)(kvh * rows));
+    const uint8_t **mrows = malloc(sizeof(uint8_t *) * (size_t)rows);
+    uint8_t *vis = malloc((size_t)chunk);
+    int rc = 0;
+    if (!buf || !qrows || !vrows || !orows || !mrows || !vis) {
+        rc = -2;
+    } else {
+        scratch w = {.kt = buf, .vrows = vrows, .vis = vis};
+        w.vt = w.kt + BK * d;
+        w.kb = w.vt + BK * d;
+        w.s = w.kb + TK * d;
+        rows_state st = {.qs = w.s + RS * BK};
+        st.acc = st.qs + all * d;
+        st.lv = st.acc + all * d;
+        st.m = st.lv + 16 * all;
+        while (p < p1) {
+            int64_t b = p / kvh, h0 = p % kvh, nh = kvh - h0 < p1 - p ? kvh - h0 : p1 - p;
+            for (int64_t i = 0; i < nq; i++) {
+                mrows[i * g] = mask + b * mask_b + i * mask_q;
+                for (int64_t gi = 0; gi < g; gi++) mrows[i * g + gi] = mrows[i * g];
+                for (int64_t hk = 0; hk < nh; hk++)
+                    for (int64_t gi = 0; gi < g; gi++) {
+                        int64_t r = hk * rows + i * g + gi, off = ((b * nq + i) * h + (h0 + hk) * g + gi) * d;
+                        qrows[r] = q + off;
+                        orows[r] = out + off;
+                    }
+            }
+            kv_src src = {kc, vc, bf16, kvh * d, slots + b * slot_b_stride};
+            for (int64_t r0 = 0; r0 < rows; r0 += chunk)
+                attend(qrows + r0, orows + r0, mrows + r0, (int)rows, (int)(rows - r0 < chunk ? rows - r0 : chunk),
+                       (int)nh, &src, h0, length, (int)d, scale * 1.4426950408889634f, &w, &st);
+            p += nh;
+        }
+    }
+    free(buf);
+    free(qrows);
+    free(vrows);
+    free(orows);
+    free(mrows);
+    free(vis);
+    return rc;
+}
+
+static int bad_shapes(int64_t b_count, int64_t nq, int64_t h, int64_t kvh, int64_t d, int64_t length) {
+    return kvh <= 0 || h <= 0 || h % kvh || d <= 0 || d % 16 || length < 0 || nq < 0 || b_count < 0;
+}
+
 /* q, out: (B, nq, H, d) float32 contiguous. slots: (B, L) int64, row stride slot_b_stride.
  * mask: uint8, element (b, i, j) at b * mask_b + i * mask_q + j (nonzero: visible).
  * Caches: (num_slots, KVH, d), float32 (bf16 == 0) or bfloat16. d a multiple of 16.
@@ -327,13 +385,12 @@ int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_
                  int64_t d, const void *kc, const void *vc, int bf16, const int64_t *slots,
                  int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
                  int64_t mask_q, float scale, int threads) {
-    if (kvh <= 0 || h <= 0 || h % kvh || d <= 0 || d % 16 || length < 0 || nq < 0 || b_count < 0) return -1;
-    int64_t g = h / kvh, rows = g * nq, pairs = b_count * kvh, chunk = rows_per_pass(rows, kvh, d),
-            all = kvh * chunk;  /* state rows: every head of a pass */
-    if (rows == 0 || pairs == 0) return 0;
+    if (bad_shapes(b_count, nq, h, kvh, d, length)) return -1;
+    int64_t pairs = b_count * kvh;
+    if (nq == 0 || pairs == 0) return 0;
     int failed = 0;
     if (threads < 1) threads = 1;
-    if (threads > pairs) threads = (int)(pairs > 0 ? pairs : 1);
+    if (threads > pairs) threads = (int)pairs;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int t = 0, nt = 1;
@@ -341,49 +398,25 @@ int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_
         t = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        size_t floats = (size_t)((2 * BK + TK) * d + RS * BK + 2 * all * d + 17 * all);
-        float *buf = aligned_alloc(64, (floats * 4 + 63) / 64 * 64);
-        const float **qrows = malloc(sizeof(float *) * (size_t)(kvh * rows)), **vrows = malloc(sizeof(float *) * BK);
-        float **orows = malloc(sizeof(float *) * (size_t)(kvh * rows));
-        const uint8_t **mrows = malloc(sizeof(uint8_t *) * (size_t)rows);
-        uint8_t *vis = malloc((size_t)chunk);
-        if (!buf || !qrows || !vrows || !orows || !mrows || !vis) {
+        if (attend_pairs(q, out, nq, h, kvh, d, kc, vc, bf16, slots, slot_b_stride, length, mask, mask_b,
+                         mask_q, scale, pairs * t / nt, pairs * (t + 1) / nt)) {
 #pragma omp atomic write
             failed = 1;
-        } else {
-            scratch w = {.kt = buf, .vrows = vrows, .vis = vis};
-            w.vt = w.kt + BK * d;
-            w.kb = w.vt + BK * d;
-            w.s = w.kb + TK * d;
-            rows_state st = {.qs = w.s + RS * BK};
-            st.acc = st.qs + all * d;
-            st.lv = st.acc + all * d;
-            st.m = st.lv + 16 * all;
-            for (int64_t p = pairs * t / nt, p1 = pairs * (t + 1) / nt; p < p1;) {
-                int64_t b = p / kvh, h0 = p % kvh, nh = kvh - h0 < p1 - p ? kvh - h0 : p1 - p;
-                for (int64_t i = 0; i < nq; i++) {
-                    mrows[i * g] = mask + b * mask_b + i * mask_q;
-                    for (int64_t gi = 0; gi < g; gi++) mrows[i * g + gi] = mrows[i * g];
-                    for (int64_t hk = 0; hk < nh; hk++)
-                        for (int64_t gi = 0; gi < g; gi++) {
-                            int64_t r = hk * rows + i * g + gi, off = ((b * nq + i) * h + (h0 + hk) * g + gi) * d;
-                            qrows[r] = q + off;
-                            orows[r] = out + off;
-                        }
-                }
-                kv_src src = {kc, vc, bf16, kvh * d, slots + b * slot_b_stride};
-                for (int64_t r0 = 0; r0 < rows; r0 += chunk)
-                    attend(qrows + r0, orows + r0, mrows + r0, (int)rows, (int)(rows - r0 < chunk ? rows - r0 : chunk),
-                           (int)nh, &src, h0, length, (int)d, scale * 1.4426950408889634f, &w, &st);
-                p += nh;
-            }
         }
-        free(buf);
-        free(qrows);
-        free(vrows);
-        free(orows);
-        free(mrows);
-        free(vis);
     }
     return failed ? -2 : 0;
+}
+
+/* fq_attention's share ``part`` of ``parts`` on the calling thread (a caller running its own
+ * threads, kernels/decoder.c: each computes its part of the (sequence, key/value head)
+ * pairs; every pair's output is the same whichever part computes it). */
+int fq_attention_part(const float *q, float *out, int64_t b_count, int64_t nq, int64_t h, int64_t kvh,
+                      int64_t d, const void *kc, const void *vc, int bf16, const int64_t *slots,
+                      int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
+                      int64_t mask_q, float scale, int part, int parts) {
+    if (bad_shapes(b_count, nq, h, kvh, d, length) || parts < 1 || part < 0 || part >= parts) return -1;
+    int64_t pairs = b_count * kvh, p = pairs * part / parts, p1 = pairs * (part + 1) / parts;
+    if (nq == 0 || p >= p1) return 0;
+    return attend_pairs(q, out, nq, h, kvh, d, kc, vc, bf16, slots, slot_b_stride, length, mask, mask_b,
+                        mask_q, scale, p, p1);
 }

@@ -123,7 +123,7 @@ class FusedDecoder:
         # the kernel entry for the linears' activations (float32; int16 / int8: gguf-q16 / q8)
         entry = getattr(kernels.lib, ENTRY_OF_ACT[layers[0].attn.qkv_proj.act])
         address = ctypes.cast(entry, ctypes.c_void_p).value
-        fq_address = ctypes.cast(attention.lib.fq_attention, ctypes.c_void_p).value
+        fq_address = ctypes.cast(attention.lib.fq_attention_part, ctypes.c_void_p).value
         return cls(model, lib, address, fq_address)
 
     def time_parts(self, timers: ctypes.Array | None, cpu_clock: bool = False) -> None:
