@@ -104,6 +104,19 @@ def test_build_is_cached_by_source(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == [second.name]
 
 
+def test_build_key_covers_nested_headers(tmp_path: Path) -> None:
+    """A header included by a header the source includes is part of the build's key: editing
+    it rebuilds (a stale library would keep the old code)."""
+    (tmp_path / "inner.h").write_text("#define ANSWER 42\n")
+    (tmp_path / "outer.h").write_text('#include "inner.h"\n')
+    src = tmp_path / "k.c"
+    src.write_text('#include "outer.h"\nint answer(void) { return ANSWER; }\n')
+    first = build(src, tmp_path / "out")
+    (tmp_path / "inner.h").write_text("#define ANSWER 43\n")
+    second = build(src, tmp_path / "out")
+    assert first is not None and second is not None and second != first
+
+
 @needs_native
 def test_short_chunk_same_with_native_and_torch_softmax(one_thread) -> None:
     """A 17-token chunk over 600 cached keys (bfloat16): the native softmax gives the

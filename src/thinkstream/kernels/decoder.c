@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "kernels_common.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -195,15 +196,7 @@ static void rope(float *row, int64_t heads, int64_t d, const float *c, const flo
 
 /* 2 / 1 / 0: the AVX-512 / AVX2 / portable build (kernels/decoder.py builds the one this CPU
  * runs, like gguf_matmul.c, so the elementwise loops vectorise to its width). */
-int td_isa(void) {
-#if defined(__AVX512F__)
-    return 2;
-#elif defined(__AVX2__)
-    return 1;
-#else
-    return 0;
-#endif
-}
+int td_isa(void) { return BUILD_ISA; }
 
 #if defined(__GNUC__) && !defined(__clang__)
 #define VECTOR_SELECTS __attribute__((optimize("no-trapping-math")))  /* the clamps vectorise */

@@ -29,6 +29,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels_common.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -53,15 +54,7 @@
 #define INLINE static inline __attribute__((always_inline))
 #include "fq_simd.h"
 
-int fq_isa(void) {
-#if defined(__AVX512F__)
-    return 2;
-#elif defined(__AVX2__)
-    return 1;
-#else
-    return 0;
-#endif
-}
+int fq_isa(void) { return BUILD_ISA; }
 
 typedef struct {  /* where a sequence's keys and values lie */
     const void *kc, *vc;  /* caches (num_slots, KVH, d) */

@@ -129,25 +129,13 @@ static inline void transpose16(const float *const *rows, int c, float *kt, int l
 static inline void transpose16(const float *const *rows, int c, float *kt, int ld) {
     for (int half = 0; half < 2; half++)  /* two 8 x 8 transposes per 8 keys */
         for (int cb = 0; cb < 16; cb += 8) {
-            __m256 r[8], t[8], u[8];
+            __m256 r[8];
             for (int j = 0; j < 8; j++) {
                 const float *p = rows[8 * half + j];
                 r[j] = p ? _mm256_loadu_ps(p + c + cb) : _mm256_setzero_ps();
             }
-            for (int j = 0; j < 8; j += 2) {
-                t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
-                t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-            }
-            for (int j = 0; j < 8; j += 4) {
-                u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
-                u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE);
-                u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
-                u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
-            }
-            for (int i = 0; i < 4; i++) {
-                _mm256_storeu_ps(kt + (int64_t)(cb + i) * ld + 8 * half, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
-                _mm256_storeu_ps(kt + (int64_t)(cb + 4 + i) * ld + 8 * half, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
-            }
+            transpose8x8(r);
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(kt + (int64_t)(cb + i) * ld + 8 * half, r[i]);
         }
 }
 #else

@@ -57,25 +57,12 @@ typedef __m128 hvec;
 #define G_XT_BYTES (4 << 20)
 #endif
 
-/* out[j * ldo + i] = x[i * ldx + j] for i, j < 8: the 8 x 8 transpose in registers
- * (unpack pairs, shuffle quads, swap 128-bit halves). */
+/* out[j * ldo + i] = x[i * ldx + j] for i, j < 8 (kernels_common.h's register transpose). */
 static inline void transpose8(const float *x, int64_t ldx, float *out, int64_t ldo) {
-    __m256 r[8], t[8], q[8];
+    __m256 r[8];
     for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(x + i * ldx);
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        q[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        q[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        q[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        q[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int j = 0; j < 4; j++) {
-        _mm256_storeu_ps(out + j * ldo, _mm256_permute2f128_ps(q[j], q[j + 4], 0x20));
-        _mm256_storeu_ps(out + (j + 4) * ldo, _mm256_permute2f128_ps(q[j], q[j + 4], 0x31));
-    }
+    transpose8x8(r);
+    for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + j * ldo, r[j]);
 }
 
 /* x rows 0..rows (rows <= G_MB, stride ldx) -> xt (k, G_MB), zero past rows; k is a

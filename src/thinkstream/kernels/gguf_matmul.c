@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels_common.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -43,15 +44,7 @@
 enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
        T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };  /* ggml's type ids */
 
-int gguf_isa(void) {
-#if defined(__AVX512F__)
-    return 2;
-#elif defined(__AVX2__)
-    return 1;
-#else
-    return 0;
-#endif
-}
+int gguf_isa(void) { return BUILD_ISA; }
 
 int gguf_vnni(void) {
 #if defined(__AVX512VNNI__)

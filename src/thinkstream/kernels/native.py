@@ -44,11 +44,9 @@ def build(src: Path, out_dir: Path, compiler: str | None = None,
     if cc is None:
         return None
     stem = f"{src.stem}.{variant}" if variant else src.stem
-    # the hash covers the local headers the source includes too (gguf_matmul.c: gguf_simd.h)
-    text = src.read_bytes()
-    for name in re.findall(rb'^#include "([^"]+)"', text, flags=re.M):
-        header = src.parent / name.decode()
-        text += header.read_bytes() if header.exists() else b""
+    # the hash covers the local headers the source includes too, and theirs (gguf_matmul.c:
+    # gguf_simd.h, gguf_gemm.h, kernels_common.h)
+    text = _with_headers(src)
     digest = hashlib.sha256(text + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
     lib = out_dir / f"{stem}-{digest}.so"
     if lib.exists():
@@ -109,6 +107,24 @@ def wanted_isa(cpu: CpuInfo | None = None) -> str | None:
     if os.environ.get("THINKSTREAM_NATIVE", "1") == "0":
         return None
     return choose_isa(cpu or detect_cpu(), os.environ.get(ISA_ENV) or None)
+
+
+def _with_headers(src: Path) -> bytes:
+    """``src``'s bytes followed by those of every local header it includes, recursively
+    (each once, in include order)."""
+    seen: set[Path] = set()
+
+    def walk(path: Path) -> bytes:
+        seen.add(path)
+        text = path.read_bytes()
+        out = text
+        for name in re.findall(rb'^#include "([^"]+)"', text, flags=re.M):
+            header = path.parent / name.decode()
+            if header.exists() and header not in seen:
+                out += walk(header)
+        return out
+
+    return walk(src)
 
 
 def open_library(src: Path, openmp: bool = False) -> ctypes.CDLL | None:
