@@ -24,6 +24,7 @@ import torch
 from thinkstream.attention.metadata import AttentionConfig
 from thinkstream.config import EngineConfig
 from thinkstream.engine.errors import RequestError
+from thinkstream.engine.heap import trim_heap
 from thinkstream.engine.hooks import SequenceOwner, StepHook, token_mask
 from thinkstream.engine.open_input import OpenInputs
 from thinkstream.engine.output import RequestState
@@ -144,6 +145,8 @@ class LLMEngine(OpenInputs):
         # request, ended with it; their owner hears of their tokens and starvation.
         self._attached: dict[str, list[Sequence]] = {}
         self._owners: dict[str, SequenceOwner] = {}
+        del ckpt, checkpoint  # the loader's float32 tensors the model did not keep are freed
+        trim_heap()  # ... and their pages handed back (engine/heap.py: ~430 MB for SmolLM2)
 
     # ------------------------------------------------------------------ requests
     def encode_prompt(self, prompt: str | Seq[int], allow_empty: bool = False) -> list[int]:
