@@ -163,6 +163,32 @@ def test_stop_string_cuts_text() -> None:
     assert last.outputs[0].finish_reason == "stop" and last.outputs[0].stop_reason == stop
 
 
+def test_stop_token_text_left_out_unless_asked() -> None:
+    """A token of stop_token_ids that ends the output stays in token_ids, and its text is
+    left out of ``text`` (streamed or not) unless include_stop_str_in_output (vLLM)."""
+    engine = make_engine()
+    engine.add_request("r", PROMPTS[0], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    ref = None
+    while engine.has_unfinished_requests():
+        ref = engine.step() or ref
+    ids, text = ref[0].outputs[0].token_ids, ref[0].outputs[0].text
+    stop_id = ids[3]
+    n = ids.index(stop_id)
+    want = engine.tokenizer.decode(ids[:n]), engine.tokenizer.decode(ids[: n + 1])
+    assert want[1] != want[0] and text.startswith(want[1])
+    for include, expected in ((False, want[0]), (True, want[1])):
+        engine.add_request("s", PROMPTS[0], SamplingParams(
+            temperature=0, max_tokens=8, ignore_eos=True, stop_token_ids=[stop_id],
+            include_stop_str_in_output=include))
+        last, streamed = None, ""
+        while engine.has_unfinished_requests():
+            for o in engine.step():
+                last, streamed = o, streamed + o.outputs[0].new_text
+        out = last.outputs[0]
+        assert out.token_ids == ids[: n + 1] and out.stop_reason == stop_id
+        assert out.text == streamed == expected
+
+
 def test_prompt_logprobs_match_reference(tiny_ckpt) -> None:
     engine = make_engine(max_num_batched_tokens=7)  # chunked: logprobs cross chunk boundaries
     prompt = PROMPTS[1]

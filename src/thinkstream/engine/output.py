@@ -79,7 +79,13 @@ class RequestState:
         out_ids = seq.output_token_ids
         stopped = False
         min_tokens = seq.params.min_tokens  # no stop string ends the first min_tokens tokens
-        while st.num_tokens_seen < len(out_ids) and not stopped:
+        # a token of stop_token_ids that ended the sequence is kept in token_ids but not in
+        # the text, unless include_stop_str_in_output (vLLM's detokenizer does the same)
+        end = len(out_ids)
+        if (seq.status.finished and isinstance(seq.stop_reason, int)
+                and not seq.params.include_stop_str_in_output):
+            end -= 1
+        while st.num_tokens_seen < end and not stopped:
             delta = st.detok.push(out_ids[st.num_tokens_seen])
             st.num_tokens_seen += 1
             emit, stopped = st.stops.feed(delta, armed=st.num_tokens_seen > min_tokens)
