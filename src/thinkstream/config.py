@@ -160,10 +160,12 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speculative", SpeculativeConfig.coerce(self.speculative))
+        if self.quantization == "none":  # the CLI's spelling of None
+            object.__setattr__(self, "quantization", None)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.quantization not in (None, "int8", "int4", *GGUF_MODES, "auto"):
-            raise ValueError(f"quantization must be int8, int4, {', '.join(GGUF_MODES)}, auto or None, "
+            raise ValueError(f"quantization must be int8, int4, {', '.join(GGUF_MODES)}, auto or None / \"none\", "
                              f"got {self.quantization!r}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a positive power of two")
