@@ -313,6 +313,9 @@ INLINE void row_dot(const int mode, const int type, int values, int bytes, const
         switch (rows) {                                                                              \
         case 3: if (MODE != I16) row_dot(MODE, TYPE, values, bytes, row, k, X, 3, y, ldy); break;    \
         case 8: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 8, y, ldy); break; \
+        case 7: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 7, y, ldy); break; \
+        case 6: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 6, y, ldy); break; \
+        case 5: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 5, y, ldy); break; \
         case 4: if (MODE != I16) row_dot(MODE, TYPE, values, bytes, row, k, X, 4, y, ldy); break;    \
         case 2: row_dot(MODE, TYPE, values, bytes, row, k, X, 2, y, ldy); break;                     \
         default: row_dot(MODE, TYPE, values, bytes, row, k, X, 1, y, ldy); break;                    \
