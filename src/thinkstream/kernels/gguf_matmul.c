@@ -9,7 +9,7 @@
  *   for each weight row n (split across OpenMP threads):
  *       w = decode(row n)             SIMD builds: 32 values at a time in registers
  *                                     (portable: K floats into a buffer in L1/L2)
- *       for each row r of x:  y[r, n] = dot(w, x[r])   (four rows at a time)
+ *       for each row r of x:  y[r, n] = dot(w, x[r])   (AVX-512: up to eight rows a pass; else four)
  *
  * That is load-bound beyond a few x rows; there the float32 product is a register-blocked
  * GEMM instead (gguf_gemm.h: weight panels decoded once into L1, x transposed once).
