@@ -24,7 +24,7 @@ import torch
 import torch.utils.mkldnn
 from torch import nn
 
-from thinkstream.kernels.cpu import detect_cpu
+from thinkstream.bench.report import write_one_thread_json
 from thinkstream.kernels.gguf import BLOCKS, load_gguf_kernels
 
 # SmolLM2-135M: (name, output rows, input size, ggml type, matrices per step)
@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in table:
         print(json.dumps(row))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": detect_cpu().describe(), "threads": 1, "clock": "process CPU time",
-                       "reps": args.reps, "per_matrix": results, "per_step": table}, f, indent=1)
+        write_one_thread_json(args.json, args.reps, per_matrix=results, per_step=table)
     return 0
 
 

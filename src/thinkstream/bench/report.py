@@ -191,3 +191,12 @@ def add_run_arguments(p: Any, quick_help: str) -> None:
     p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")
+
+
+def write_one_thread_json(path: str | Path, reps: int, **results: Any) -> None:
+    """The JSON of a one-thread, CPU-time micro-benchmark (``bench/gemm.py``,
+    ``stack_rows.py``, ``verify_rows.py``): the CPU class it ran on, the clock, ``reps``
+    and ``results``."""
+    doc = {"cpu": cpu_record(), "threads": 1, "clock": "process CPU time", "reps": reps, **results}
+    Path(path).write_text(json.dumps(doc, indent=1))
+

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from thinkstream.kernels.cpu import detect_cpu
+from thinkstream.bench.report import write_one_thread_json
 from thinkstream.llm import LLM
 from thinkstream.models.gguf_linear import ALL_ROWS
 from thinkstream.sampling_params import SamplingParams
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k, v in r.items()} for name, r in res.items()}
     print(json.dumps(table, indent=1))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": detect_cpu().describe(), "threads": 1, "clock": "process CPU time",
-                       "reps": args.reps, "medians": table, "runs": res}, f, indent=1)
+        write_one_thread_json(args.json, args.reps, medians=table, runs=res)
     return 0
 
 

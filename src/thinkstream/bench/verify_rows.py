@@ -12,11 +12,12 @@ LM head runs on every row, as in verification.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+
+from thinkstream.bench.report import write_one_thread_json
 
 ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
@@ -65,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for m, t in ms.items():
         print(f"| {m} | {t:.1f} | {t / ms[1]:.2f} |")
     if args.json:
-        from thinkstream.bench.report import machine
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "prefix": args.prefix, "reps": args.reps,
-                       "cpu_ms": ms}, f, indent=1)
+        write_one_thread_json(args.json, args.reps, prefix=args.prefix, cpu_ms=ms)
     return 0
 
 
