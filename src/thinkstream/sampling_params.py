@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+_SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 63) - 1  # what a torch.Generator takes
 
 
 class ParamError(ValueError):
@@ -30,6 +33,15 @@ def _as_tuple(value: object, kind: type) -> tuple:
     if isinstance(value, Iterable) and not isinstance(value, str | bytes):
         return tuple(value)
     raise TypeError(f"expected {kind.__name__} or a sequence of them, got {type(value).__name__}")
+
+
+def _as_ids(value: object) -> tuple[int, ...]:
+    """Token ids as a tuple of ints (numpy / torch integers too; never a float cut)."""
+    ids = _as_tuple(value, int)
+    try:
+        return tuple(operator.index(t) for t in ids)
+    except TypeError:
+        raise ParamError("stop_token_ids", f"must be integers, got {list(ids)!r}") from None
 
 
 def _as_bias(value: object) -> tuple[tuple[int, float], ...]:
@@ -123,7 +135,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", _as_tuple(self.stop, str))
         object.__setattr__(self, "logit_bias", _as_bias(self.logit_bias))
-        object.__setattr__(self, "stop_token_ids", _as_tuple(self.stop_token_ids, int))
+        object.__setattr__(self, "stop_token_ids", _as_ids(self.stop_token_ids))
         self._validate()
 
     def _validate(self) -> None:
@@ -141,6 +153,9 @@ class SamplingParams:
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:
                 raise ParamError(name, f"must be in [-2, 2], got {value}")
+        if self.seed is not None and not _SEED_MIN <= self.seed <= _SEED_MAX - (self.n - 1):
+            raise ParamError("seed", f"must be in [{_SEED_MIN}, {_SEED_MAX - (self.n - 1)}] "
+                             f"(sequence i is seeded with seed + i), got {self.seed}")
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ParamError(
                 "repetition_penalty", f"must be finite and > 0, got {self.repetition_penalty}"
@@ -158,6 +173,8 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ParamError(name, f"must be >= 0, got {value}")
+        if any(not isinstance(s, str) for s in self.stop):
+            raise ParamError("stop", f"must be strings, got {list(self.stop)!r}")
         if any(s == "" for s in self.stop):
             raise ParamError("stop", "must not contain empty strings")
         if any(t < 0 for t in self.stop_token_ids):

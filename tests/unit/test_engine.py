@@ -9,7 +9,7 @@ from helpers.tiny import reference_logits, tiny_checkpoint
 
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine, RequestError
-from thinkstream.sampling_params import SamplingParams
+from thinkstream.sampling_params import ParamError, SamplingParams
 
 PROMPTS = [
     [5, 6, 7, 8, 9],
@@ -217,8 +217,19 @@ def test_bad_requests_take_no_blocks() -> None:
         engine.add_request("b", [1, 99999], GREEDY)
     with pytest.raises(RequestError, match="prompt"):
         engine.add_request("c", list(range(10)) * 60, GREEDY)
+    with pytest.raises(RequestError, match="prompt: token ids must be integers"):
+        engine.add_request("d", [1, 2.5], GREEDY)  # not cut to 2
+    # more log-probs than the vocabulary has: refused here, not a crash of the step
+    # (which would fail every request in its batch)
+    for name in ("logprobs", "prompt_logprobs"):
+        with pytest.raises(ParamError, match=f"{name} must be <= the vocabulary's 320 tokens"):
+            engine.add_request("e", [1, 2], SamplingParams(max_tokens=2, **{name: 321}))
     assert not engine.has_unfinished_requests()
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    engine.add_request("f", [1, 2], SamplingParams(max_tokens=1, logprobs=320))  # all of them
+    done = [o for _ in range(8) for o in engine.step() if o.finished]
+    assert len(done[0].outputs[0].logprobs[0]) == 320
+    engine.check_integrity()
 
 
 def test_open_input_extend_truncate_close_matches_one_shot(alone) -> None:

@@ -139,3 +139,23 @@ def test_structured_outputs_takes_exactly_one_constraint() -> None:
         StructuredOutputsParams()
     with pytest.raises(ParamError, match="structured_outputs must be a StructuredOutputsParams"):
         SamplingParams(structured_outputs={"json": schema})  # type: ignore[arg-type]
+
+
+def test_stop_entries_and_seed_are_checked_on_construction() -> None:
+    # a non-string stop or a non-integer stop id used to pass and crash the engine's step
+    with pytest.raises(ParamError, match="stop must be strings"):
+        SamplingParams(stop=["a", None])  # type: ignore[list-item]
+    with pytest.raises(ParamError, match="stop must be strings"):
+        SamplingParams(stop=[5])  # type: ignore[list-item]
+    with pytest.raises(ParamError, match="stop_token_ids must be integers"):
+        SamplingParams(stop_token_ids=["2"])  # type: ignore[list-item]
+    with pytest.raises(ParamError, match="stop_token_ids must be integers"):
+        SamplingParams(stop_token_ids=[1.5])  # type: ignore[list-item]
+    # a torch.Generator takes int64 seeds; sequence i of n is seeded with seed + i
+    assert SamplingParams(seed=-(2**63)).seed == -(2**63)
+    assert SamplingParams(seed=2**63 - 3, n=3).seed == 2**63 - 3
+    with pytest.raises(ParamError, match="seed must be in") as err:
+        SamplingParams(seed=2**63 - 2, n=3)
+    assert err.value.param == "seed"
+    with pytest.raises(ParamError, match="seed must be in"):
+        SamplingParams(seed=2**70)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import random
 import uuid
@@ -153,7 +154,10 @@ class LLMEngine(OpenInputs):
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
         else:
-            ids = [int(t) for t in prompt]
+            try:  # ints, numpy / torch integers; never a float cut to an int
+                ids = [operator.index(t) for t in prompt]
+            except TypeError:
+                raise RequestError("prompt", "prompt: token ids must be integers") from None
             bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
             if bad:
                 raise RequestError("prompt", f"prompt: token id {bad[0]} is outside the vocabulary "
@@ -206,10 +210,15 @@ class LLMEngine(OpenInputs):
 
     def check_params(self, params: SamplingParams) -> None:
         """What ``SamplingParams`` cannot check alone: ``logit_bias`` ids in the vocabulary,
-        a ``structured_outputs`` constraint that compiles (``self.structured``, cached)."""
-        if any(t >= self.model_config.vocab_size for t, _ in params.logit_bias):
-            raise ParamError("logit_bias", "token ids must be in the vocabulary "
-                             f"(0..{self.model_config.vocab_size - 1})")
+        ``logprobs`` / ``prompt_logprobs`` at most the vocabulary's size, a
+        ``structured_outputs`` constraint that compiles (``self.structured``, cached)."""
+        vocab = self.model_config.vocab_size
+        if any(t >= vocab for t, _ in params.logit_bias):
+            raise ParamError("logit_bias", f"token ids must be in the vocabulary (0..{vocab - 1})")
+        for name in ("logprobs", "prompt_logprobs"):
+            if (getattr(params, name) or 0) > vocab:
+                raise ParamError(name, f"must be <= the vocabulary's {vocab} tokens, "
+                                 f"got {getattr(params, name)}")
         self.structured.check_params(params)
 
     def resolve_max_tokens(self, params: SamplingParams, num_prompt_tokens: int) -> int:
