@@ -182,24 +182,51 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _read_prompts(path: str) -> list[dict]:
-    """JSONL: each line {"prompt": str} or {"messages": [...]} (plus optional "id")."""
+    """JSONL: each line {"prompt": str or token ids} or {"messages": [...]} (plus optional
+    "id"). A bad file or line exits with its path and line number, before a model loads."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{n}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
-                raise SystemExit(f"{path}:{n}: each line needs a 'prompt' or 'messages' field")
-            rows.append(row)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"{path}:{n}: invalid JSON: {exc.msg}") from None
+        if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
+            raise SystemExit(f"{path}:{n}: each line needs a 'prompt' or 'messages' field")
+        field = "messages" if "messages" in row else "prompt"
+        value = row[field]
+        ok = (isinstance(value, list) and all(isinstance(m, dict) for m in value)
+              if field == "messages" else isinstance(value, str) or (
+                  isinstance(value, list) and all(type(t) is int for t in value)))
+        if not ok or not value:
+            what = ("a non-empty list of messages" if field == "messages"
+                    else "a non-empty string or list of token ids")
+            raise SystemExit(f"{path}:{n}: '{field}' must be {what}")
+        rows.append(row)
     return rows
+
+
+def _check_writable(path: str) -> None:
+    """Exit now, before a model loads and a batch runs, if ``path`` cannot be written
+    (an existing file is left as it is until the outputs are in)."""
+    if os.path.exists(path):
+        ok = not os.path.isdir(path) and os.access(path, os.W_OK)
+    else:
+        folder = os.path.dirname(path) or "."
+        ok = os.path.isdir(folder) and os.access(folder, os.W_OK)
+    if not ok:
+        raise SystemExit(f"{path}: cannot write the output here")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     rows = _read_prompts(args.input)
+    _check_writable(args.output)
     llm = _llm(args)
     prompts = [llm.chat_prompt(r["messages"]) if "messages" in r else r["prompt"] for r in rows]
     start = time.perf_counter()

@@ -1,0 +1,49 @@
+"""The CLI's ``generate`` input checks: a bad file, line or output path exits with the
+path (and line) before any model loads (no traceback, no lost batch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from thinkstream import cli
+
+
+def _generate(tmp_path, lines: list[str] | None, output: str = "out.jsonl") -> str:
+    src = tmp_path / "in.jsonl"
+    if lines is not None:
+        src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:  # the model is never loaded: it exits first
+        cli.main(["generate", "--input", str(src), "--output", str(tmp_path / output)])
+    return str(exc.value.code)
+
+
+def test_a_missing_input_file_is_a_message_not_a_traceback(tmp_path) -> None:
+    assert _generate(tmp_path, None) == f"{tmp_path / 'in.jsonl'}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("not json", "invalid JSON: Expecting value"),
+    ('{"foo": 1}', "each line needs a 'prompt' or 'messages' field"),
+    ('{"prompt": ""}', "'prompt' must be a non-empty string or list of token ids"),
+    ('{"prompt": [1, 2.5]}', "'prompt' must be a non-empty string or list of token ids"),
+    ('{"prompt": {"a": 1}}', "'prompt' must be a non-empty string or list of token ids"),
+    ('{"messages": []}', "'messages' must be a non-empty list of messages"),
+    ('{"messages": "hi"}', "'messages' must be a non-empty list of messages"),
+])
+def test_a_bad_line_names_its_number(tmp_path, line: str, message: str) -> None:
+    lines = ['{"prompt": "ok"}', "", line]
+    assert _generate(tmp_path, lines) == f"{tmp_path / 'in.jsonl'}:3: {message}"
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_batch(tmp_path) -> None:
+    (tmp_path / "a_dir").mkdir()
+    for output in ("a_dir", "missing_dir/out.jsonl"):
+        message = _generate(tmp_path, ['{"prompt": "ok"}'], output)
+        assert message == f"{tmp_path / output}: cannot write the output here"
+
+
+def test_good_lines_are_kept(tmp_path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "a", "id": 1}\n\n{"prompt": [1, 2]}\n'
+                   '{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    assert [r.get("id") for r in cli._read_prompts(str(src))] == [1, None, None]
