@@ -10,6 +10,7 @@ import pytest
 
 COMPLETION = {"model": "tiny", "prompt": "Hello", "max_tokens": 4}
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+RESPONSE = {"model": "tiny", "input": "hi", "max_output_tokens": 4}
 NAN = float("nan")
 
 
@@ -57,7 +58,13 @@ CASES = [
     ("completions", _with(COMPLETION, repetition_penalty=0.0), "repetition_penalty"),
     ("completions", _with(COMPLETION, max_tokens=0), "max_tokens"),
     ("chat", _with(CHAT, max_tokens=0), "max_tokens"),
-    ("chat", _with(CHAT, max_completion_tokens=-1), "max_tokens"),
+    ("chat", _with(CHAT, max_completion_tokens=-1), "max_completion_tokens"),
+    ("chat", _with(CHAT, max_completion_tokens=10**6), "max_completion_tokens"),
+    # the Responses API's own names, not those of the chat request it runs as
+    ("responses", _with(RESPONSE, max_output_tokens=0), "max_output_tokens"),
+    ("responses", _with(RESPONSE, max_output_tokens=10**6), "max_output_tokens"),
+    ("responses", _with(RESPONSE, input=[]), "input"),
+    ("responses", _with(RESPONSE, input="word " * 700), "input"),
     ("completions", _with(COMPLETION, n=0), "n"),
     ("completions", _with(COMPLETION, n=1000), "n"),
     ("chat", _with(CHAT, n=1000), "n"),
@@ -78,7 +85,8 @@ CASES = [
      "stream_options.include_usage"),
     ("completions", _with(COMPLETION, suffix="x"), "suffix"),
 ]
-URL = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+URL = {"completions": "/v1/completions", "chat": "/v1/chat/completions",
+       "responses": "/v1/responses"}
 
 
 def check_error(r: httpx.Response, status: int, param: str | None) -> dict:

@@ -10,7 +10,10 @@ so they cannot leak a file path, and they are capped so a body stays well under 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+from collections.abc import Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -73,6 +76,22 @@ def to_api_error(exc: BaseException) -> APIError:
                         "engine_error")
     log.error("internal error: %s", type(exc).__name__, exc_info=exc)
     return APIError(500, "internal server error", None, "internal_error")
+
+
+@contextlib.contextmanager
+def field_names(names: dict[str, str]) -> Iterator[None]:
+    """Report a refusal in the names the client sent: the chat pipeline checks
+    ``max_tokens`` and ``messages``, while a client may have sent ``max_completion_tokens``
+    (chat) or ``max_output_tokens`` and ``input`` (the Responses API)."""
+    try:
+        yield
+    except (ParamError, RequestError, APIError) as exc:
+        err = to_api_error(exc)
+        name = names.get(err.param or "")
+        if name is None:
+            raise
+        message = re.sub(rf"\b{re.escape(err.param)}\b", name, err.message)
+        raise APIError(err.status, message, name, err.code, err.headers, err.type) from None
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -29,7 +29,7 @@ from thinkstream.server import protocol as P
 from thinkstream.server.auth import request_owner
 from thinkstream.server.chat_tools import call_or_answer, opens_reasoning, plan_tools
 from thinkstream.server.constraints import body_constraint, checked
-from thinkstream.server.errors import APIError, to_api_error
+from thinkstream.server.errors import APIError, field_names, to_api_error
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
 
@@ -325,7 +325,9 @@ async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = await parse_body(request, P.ChatCompletionRequest)
     check_model(state, body.model)
-    chat = prepare_chat(state, body)
+    sent = {"max_tokens": "max_completion_tokens"} if body.max_completion_tokens is not None else {}
+    with field_names(sent):
+        chat = prepare_chat(state, body)
     parallel = parallel_config(chat.params, body.parallel, state.config.max_n)
     job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from thinkstream.server import responses_protocol as R
 from thinkstream.server.auth import request_owner
 from thinkstream.server.constraints import checked
-from thinkstream.server.errors import to_api_error
+from thinkstream.server.errors import field_names, to_api_error
 from thinkstream.server.openai_routes import (
     ERRORS,
     body_doc,
@@ -57,7 +57,8 @@ async def responses(request: Request) -> Response:
     check_model(state, body.model)
     R.check_stateless(body)
     text_format = checked(state, R.text_constraint(body), "text.format.schema")
-    chat = prepare_chat(state, R.chat_request(body), text_format)
+    with field_names({"max_tokens": "max_output_tokens", "messages": "input"}):
+        chat = prepare_chat(state, R.chat_request(body), text_format)
     job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt())
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
