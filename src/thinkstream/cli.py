@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from thinkstream.config import ATTENTION_PRECISIONS, EngineConfig
+from thinkstream.config import ATTENTION_PRECISIONS, KV_CACHE_DTYPES, EngineConfig
 from thinkstream.loading.errors import ModelLoadError
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.speculative.config import METHODS as SPECULATIVE_METHODS
@@ -31,6 +31,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "this CPU has them; gguf-q16/gguf-q8: the same with int16/int8 "
                         "activations (faster, less exact); none: dense weights; int8/int4: "
                         "weight-only (CPU)")
+    add_kv_cache_dtype_arg(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
@@ -70,6 +71,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "request's length follows its acceptance and the batch size)")
 
 
+def add_kv_cache_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """``--kv-cache-dtype`` (``EngineConfig.kv_cache_dtype``), beside every ``--dtype``."""
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                   help="the KV cache's elements; auto (default): the model's dtype; bfloat16: "
+                        "half the memory and attention reads of float32 (keys and values rounded)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
     p.add_argument("--max-tokens", type=int, default=max_tokens)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -84,7 +92,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         dtype=args.dtype, quantization=None if args.quantization == "none" else args.quantization,
-        device=args.device,
+        kv_cache_dtype=args.kv_cache_dtype, device=args.device,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         kv_cache_memory=args.kv_cache_memory_mb * 1024 * 1024,
@@ -254,7 +262,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.model)
     cfg = ckpt.config
     precision, _ = resolve_precision(args.dtype, None if args.quantization == "none" else args.quantization,
-                                     args.device, ckpt.blocks)
+                                     args.device, ckpt.blocks, args.kv_cache_dtype)
     types = sorted({b.qtype for b in ckpt.blocks.values()})
     info = {"path": str(ckpt.path), **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "tokenizer_vocab": ckpt.tokenizer.vocab_size,
@@ -262,7 +270,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "parameters": sum(t.numel() for t in ckpt.tensors.values()),
             "cpu": detect_cpu().as_dict(),
             "gguf_block_types": [GGML_NAMES.get(t, str(t)) for t in types],
-            "precision": {"dtype": precision.dtype, "quantization": precision.quantization,
+            "precision": {"dtype": precision.dtype, "kv_cache_dtype": precision.kv_dtype,
+                          "quantization": precision.quantization,
                           "dense_dtype": precision.dense_dtype, "why": precision.reason},
             "native_decoder_stack": _native_stack(precision, cfg, args.device)}
     print(json.dumps(info, indent=2, default=str))
@@ -307,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "gguf-q16", "gguf-q8", "int8", "int4"])
+    add_kv_cache_dtype_arg(p)
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_info)
     for name, module in (("serve", "thinkstream.server.cli"), ("bench", "thinkstream.bench.cli")):

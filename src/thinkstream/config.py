@@ -16,6 +16,7 @@ GGUF_MODES = ("gguf", "gguf-q16", "gguf-q8")
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 ATTENTION_PRECISIONS = ("auto", "parity", "mixed", "float32")
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,12 @@ class EngineConfig:
     block_size: int = 16
     num_blocks: int | None = None
     kv_cache_memory: int = 256 * 1024 * 1024
+    # The KV cache's element type: "auto" (the model's dtype, as resolved), "float32" or
+    # "bfloat16" (half the bytes of float32: twice the blocks for the same kv_cache_memory,
+    # half the bytes attention reads; keys and values rounded to nearest even when written,
+    # widened to float32 where attention computes in it; llama.cpp's --cache-type-k/v,
+    # vLLM's --kv-cache-dtype). Pool sizing uses its bytes.
+    kv_cache_dtype: str = "auto"
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 1024
     max_model_len: int | None = None  # default: the model's max_position_embeddings
@@ -167,6 +174,9 @@ class EngineConfig:
         if self.quantization not in (None, "int8", "int4", *GGUF_MODES, "auto"):
             raise ValueError(f"quantization must be int8, int4, {', '.join(GGUF_MODES)}, auto or None / \"none\", "
                              f"got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a positive power of two")
         if self.num_blocks is not None and self.num_blocks < 1:
@@ -200,3 +210,8 @@ class EngineConfig:
                              "or max_weight_memory_mb")
         if self.session_policy not in ("fcfs", "lca", "mcf"):
             raise ValueError(f"session_policy must be fcfs, lca or mcf, got {self.session_policy!r}")
+
+    def resolved_kv_cache_dtype(self, model_dtype: str) -> str:
+        """The KV cache's dtype name for a model running in ``model_dtype`` (resolved:
+        never "auto"): ``kv_cache_dtype``, or ``model_dtype`` for "auto"."""
+        return model_dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype

@@ -125,6 +125,35 @@ def tiny_checkpoint(arch: str = "llama", seed: int = 0, **overrides):
     return LoadedCheckpoint(cfg, random_tensors(cfg, seed), tiny_tokenizer(), Path(f"<tiny-{arch}>"))
 
 
+# the GGUF block type of each matrix in ``tiny_gguf_checkpoint`` (types mixed within q/k/v)
+GGUF_TYPES = {"q_proj": "Q4_1", "k_proj": "Q4_0", "v_proj": "Q8_0", "o_proj": "Q5_0",
+              "gate_proj": "Q5_1", "up_proj": "Q4_1", "down_proj": "Q8_0", "embed": "Q8_0"}
+
+
+@functools.cache
+def tiny_gguf_checkpoint(arch: str = "llama"):
+    """The tiny checkpoint with its matrices as GGUF blocks (``GGUF_TYPES``) and its dense
+    tensors the blocks dequantized (the exact weights the native kernels compute with)."""
+    import dataclasses
+
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    from thinkstream.loading.gguf import GGUFBlocks
+
+    ckpt = tiny_checkpoint(arch)
+    tensors, blocks = dict(ckpt.tensors), {}
+    for name, w in ckpt.tensors.items():
+        qname = GGUF_TYPES.get(name.split(".")[-2])
+        if w.dim() == 2 and qname is not None:
+            qtype = GGMLQuantizationType[qname]
+            raw = quantize(w.numpy().astype(np.float32), qtype)
+            tensors[name] = torch.from_numpy(dequantize(raw, qtype).astype(np.float32).reshape(w.shape))
+            blocks[name] = GGUFBlocks(int(qtype), torch.from_numpy(raw.copy()), w.shape[1])
+    return dataclasses.replace(ckpt, tensors=tensors, blocks=blocks)
+
+
 # --------------------------------------------------------------- dense reference
 def _norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
@@ -140,9 +169,12 @@ def _rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.T
 
 def reference_logits(cfg: ModelConfig, t: dict[str, torch.Tensor], ids: list[int],
                      positions: list[int] | None = None,
-                     allowed: torch.Tensor | None = None) -> torch.Tensor:
+                     allowed: torch.Tensor | None = None,
+                     kv_dtype: torch.dtype | None = None) -> torch.Tensor:
     """All-position logits (T, V) of a full causal pass, float32, no cache, written plainly.
-    ``allowed`` (T, T) replaces the causal mask (True: query row may attend to key column)."""
+    ``allowed`` (T, T) replaces the causal mask (True: query row may attend to key column).
+    ``kv_dtype``: keys (after RoPE) and values rounded through it, as a KV cache of that
+    dtype holds them (``EngineConfig.kv_cache_dtype``)."""
     from thinkstream.models.layers import rope_inv_freq
 
     n = len(ids)
@@ -166,6 +198,8 @@ def reference_logits(cfg: ModelConfig, t: dict[str, torch.Tensor], ids: list[int
             q = _norm(q, t[p + "attn.q_norm.weight"], cfg.rms_norm_eps)
             k = _norm(k, t[p + "attn.k_norm.weight"], cfg.rms_norm_eps)
         q, k = _rope(q, pos, inv), _rope(k, pos, inv)
+        if kv_dtype is not None:
+            k, v = k.to(kv_dtype).float(), v.to(kv_dtype).float()
         k = k.repeat_interleave(hq // hk, dim=1)
         v = v.repeat_interleave(hq // hk, dim=1)
         scores = torch.einsum("qhd,khd->hqk", q, k) * cfg.scale

@@ -7,38 +7,19 @@ too; the stack leaves the steps it does not take to the eager layers."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as Q
-from gguf.quants import dequantize, quantize
-from helpers.tiny import tiny_checkpoint
+from helpers.tiny import tiny_gguf_checkpoint
 
 from thinkstream import LLM, SamplingParams
 from thinkstream.attention.metadata import Decode, Prefill, ShortBatch, ShortChunk
 from thinkstream.kernels.gguf import load_gguf_kernels
-from thinkstream.loading.gguf import GGUFBlocks
 from thinkstream.models.gguf_linear import ALL_ROWS
 
 pytestmark = pytest.mark.skipif(load_gguf_kernels() is None, reason="the native kernels cannot be built here")
-TYPES = {"q_proj": Q.Q4_1, "k_proj": Q.Q4_0, "v_proj": Q.Q8_0, "o_proj": Q.Q5_0,
-         "gate_proj": Q.Q5_1, "up_proj": Q.Q4_1, "down_proj": Q.Q8_0, "embed": Q.Q8_0}
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
-
-
-def gguf_checkpoint(arch: str):
-    """The tiny checkpoint with its matrices as GGUF blocks (types mixed within q/k/v)."""
-    ckpt = tiny_checkpoint(arch)
-    tensors, blocks = dict(ckpt.tensors), {}
-    for name, w in ckpt.tensors.items():
-        qtype = TYPES.get(name.split(".")[-2])
-        if w.dim() == 2 and qtype is not None:
-            raw = quantize(w.numpy().astype(np.float32), qtype)
-            tensors[name] = torch.from_numpy(dequantize(raw, qtype).astype(np.float32).reshape(w.shape))
-            blocks[name] = GGUFBlocks(int(qtype), torch.from_numpy(raw.copy()), w.shape[1])
-    return dataclasses.replace(ckpt, tensors=tensors, blocks=blocks)
+gguf_checkpoint = tiny_gguf_checkpoint  # the tiny checkpoint with its matrices as GGUF blocks
 
 
 def run(arch: str, fused: bool, prompts, params, **engine):

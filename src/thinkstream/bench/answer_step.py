@@ -7,9 +7,12 @@ short-chunk path (``attention/few_query.py``, precision
 "mixed"; its softmax native (``kernels/softmax_bf16.c``) or torch's) and with the flash
 kernel (precision "parity"); then one step
 computing a 3-word chunk for each of 16 sessions, each way. Medians of ``--reps`` sessions
-on different documents; the ways alternate, so noise hits all of them.
+on different documents; the ways alternate, so noise hits all of them. ``--kv-cache-dtype
+float32,bfloat16`` builds one engine per KV cache dtype (``EngineConfig.kv_cache_dtype``)
+and alternates between them too.
 
     python -m thinkstream.bench.answer_step [--reps 3] [--dtype auto] [--quantization auto] [--threads 1]
+        [--kv-cache-dtype auto[,bfloat16]]
 """
 
 from __future__ import annotations
@@ -72,14 +75,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", default="wall", choices=list(CLOCKS))
     p.add_argument("--modes", default=None, help="comma-separated subset of the attention paths")
+    p.add_argument("--kv-cache-dtype", default="auto",
+                   help="comma-separated KV cache dtypes, one engine each (auto, float32, bfloat16)")
     args = p.parse_args()
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     quant = None if args.quantization in ("", "none") else args.quantization
-    llm = LLM(dtype=args.dtype, quantization=quant, num_threads=args.threads,
-              kv_cache_memory=1024 << 20, max_num_batched_tokens=512)
-    runner = llm.engine.runner
-    engine_default = runner.attention
+    kv_dtypes = args.kv_cache_dtype.split(",")
+    llms = {kv: LLM(dtype=args.dtype, quantization=quant, num_threads=args.threads,
+                    kv_cache_memory=512 << 20, max_num_batched_tokens=512, kv_cache_dtype=kv)
+            for kv in kv_dtypes}
     modes = {"fused kernel": AttentionConfig(Precision.PARITY, fused=True),
              "short-chunk path": AttentionConfig(Precision.MIXED),
              "short-chunk path, torch softmax": AttentionConfig(Precision.MIXED, native_softmax=False),
@@ -88,17 +93,21 @@ def main() -> None:
         modes = {m: modes[m] for m in args.modes.split(",")}
     rows: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.reps):
-        for i, (mode, attention) in enumerate(modes.items()):
-            runner.attention = attention  # the settings of the steps that follow
-            for n in (256, 4096):
-                close, step = answer_step(llm, n, 1000 * rep + 10 * n + i, clock)
-                rows.setdefault((f"close command, {n} tokens", mode), []).append(close)
-                rows.setdefault((f"answer step, {n} tokens", mode), []).append(step)
-            rows.setdefault(("step with 16 sessions' chunks", mode), []).append(
-                sessions_step(llm, 7919 * (rep + 1) + i, clock=clock))
-    runner.attention = engine_default
+        for llm in llms.values():
+            runner = llm.engine.runner
+            engine_default = runner.attention
+            for i, (mode, attention) in enumerate(modes.items()):
+                runner.attention = attention  # the settings of the steps that follow
+                path = mode if len(llms) == 1 else f"{mode}, KV cache {llm.engine.precision.kv_dtype}"
+                for n in (256, 4096):
+                    close, step = answer_step(llm, n, 1000 * rep + 10 * n + i, clock)
+                    rows.setdefault((f"close command, {n} tokens", path), []).append(close)
+                    rows.setdefault((f"answer step, {n} tokens", path), []).append(step)
+                rows.setdefault(("step with 16 sessions' chunks", path), []).append(
+                    sessions_step(llm, 7919 * (rep + 1) + i, clock=clock))
+            runner.attention = engine_default
     print("| what | path | median ms |\n|---|---|---|")
-    for (what, mode), xs in rows.items():
+    for (what, mode), xs in sorted(rows.items(), key=lambda r: r[0][0]):
         print(f"| {what} | {mode} | {statistics.median(xs) * 1e3:.1f} |")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkstream.bench.report import machine, quantization_arg
+from thinkstream.config import KV_CACHE_DTYPES
 
 KINDS = {"prefill": ("prefill",), "decode": ("decode",), "throughput": ("throughput",),
          "all": ("prefill", "decode", "throughput")}
@@ -29,6 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="thinkstream's dtype (and HF's, unless --hf-dtype; auto: HF float32)")
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "gguf-q16", "gguf-q8", "int8", "int4"],
                    help="thinkstream's weight quantization (auto: GGUF-native where it runs)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                   help="thinkstream's KV cache (EngineConfig.kv_cache_dtype; auto: its dtype)")
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--max-batch", type=int, default=32,
                    help="most sequences in flight, for every peer (default 32)")
@@ -134,7 +137,8 @@ def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
     options = {
         "thinkstream": {"dtype": args.dtype, "quantization": quantization_arg(args.quantization),
                         "max_batch": args.max_batch, "kv_cache_mb": args.kv_cache_mb,
-                        "threads": threads, "compile_decode": args.compile_decode},
+                        "threads": threads, "compile_decode": args.compile_decode,
+                        "kv_cache_dtype": args.kv_cache_dtype},
         "hf": {"dtype": args.hf_dtype or hf_dtype(args.dtype), "max_batch": args.max_batch,
                "threads": threads},
         "llamacpp": {"max_batch": args.max_batch, "threads": threads},
@@ -201,6 +205,7 @@ def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
                                 checkpoint=checkpoint, compile_decode=args.compile_decode,
                                 speculative=getattr(args, "speculative_method", None),
                                 cpu_clock=getattr(args, "cpu_clock", False),
-                                prompt_len=getattr(args, "context", 16))
+                                prompt_len=getattr(args, "context", 16),
+                                kv_cache_dtype=args.kv_cache_dtype)
         print(format_profile(result))
     return 0

@@ -45,7 +45,8 @@ class ThinkstreamPeer:
 
     def __init__(self, model: str | None, dtype: str = "float32", quantization: str | None = None,
                  max_batch: int = 32, kv_cache_mb: int = 1024, threads: int | None = None,
-                 checkpoint: Any = None, compile_decode: bool = False) -> None:
+                 checkpoint: Any = None, compile_decode: bool = False,
+                 kv_cache_dtype: str = "auto") -> None:
         from thinkstream.llm import LLM
 
         options: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
@@ -53,8 +54,8 @@ class ThinkstreamPeer:
         self._settings = {"dtype": dtype, "quantization": quantization, "max_num_seqs": max_batch,
                           "kv_cache_mb": kv_cache_mb, "max_num_batched_tokens": 2048,
                           "prefix_caching": True, "threads": threads,
-                          "compile_decode": compile_decode}
-        self.llm = LLM(model, dtype=dtype, max_num_seqs=max_batch,
+                          "compile_decode": compile_decode, "kv_cache_dtype": kv_cache_dtype}
+        self.llm = LLM(model, dtype=dtype, max_num_seqs=max_batch, kv_cache_dtype=kv_cache_dtype,
                        kv_cache_memory=kv_cache_mb << 20, max_num_batched_tokens=2048,
                        num_threads=threads, compile_decode=compile_decode, **options)
         self.vocab_size = self.llm.engine.model_config.vocab_size

@@ -103,11 +103,12 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
                    quantization: str | None = None, threads: int | None = None,
                    checkpoint: Any = None, prompt_len: int = 16, top_ops: int = 8,
                    compile_decode: bool = False, speculative: str | None = None,
-                   cpu_clock: bool = False) -> dict[str, Any]:
+                   cpu_clock: bool = False, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     """Profile ``steps`` decode steps at ``batch`` sequences; returns ms per step per part.
     ``speculative``: a method (``SpeculativeConfig``); the prompts then repeat a chunk, so
     prompt lookup has something to find. ``cpu_clock``: this process's CPU time instead of
-    wall time (with one thread, the cost without the waits of a shared machine)."""
+    wall time (with one thread, the cost without the waits of a shared machine).
+    ``kv_cache_dtype``: ``EngineConfig.kv_cache_dtype``."""
     import torch
 
     from thinkstream.bench.workloads import decode_workload
@@ -120,7 +121,8 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
         options["compile_decode"] = True
     if speculative:
         options["speculative"] = speculative
-    llm = LLM(model, dtype=dtype, max_num_seqs=max(batch, 1), num_threads=threads, **options)
+    llm = LLM(model, dtype=dtype, max_num_seqs=max(batch, 1), num_threads=threads,
+              kv_cache_dtype=kv_cache_dtype, **options)
     engine = llm.engine
     vocab = engine.model_config.vocab_size
     work = decode_workload(batch, vocab, output_len=(8 if speculative else 2) * steps + 8,
@@ -177,6 +179,7 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
            for e in events[:top_ops]]
     native = engine.model.fused is not None and engine.runner.decode_graph is None
     return {"batch": batch, "steps": steps, "dtype": engine.precision.dtype,
+            "kv_cache_dtype": engine.precision.kv_dtype,
             "quantization": engine.precision.quantization, "native_stack": native,
             "precision": engine.precision.reason, "clock": "cpu" if cpu_clock else "wall",
             "compile_decode": compile_decode, "speculative": speculative,
@@ -187,7 +190,9 @@ def profile_decode(model: str | None, batch: int, steps: int = 32, *, dtype: str
 
 
 def format_profile(p: dict[str, Any]) -> str:
-    lines = [f"batch {p['batch']} ({p['dtype']}, quantization={p['quantization']}"
+    kv = p.get("kv_cache_dtype", p["dtype"])
+    lines = [f"batch {p['batch']} ({p['dtype']}{'' if kv == p['dtype'] else ', KV cache ' + kv}"
+             f", quantization={p['quantization']}"
              f"{', native decoder stack' if p.get('native_stack') else ''}"
              f"{', compile_decode' if p.get('compile_decode') else ''}"
              f"{', speculative ' + p['speculative'] if p.get('speculative') else ''}): "

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkstream.bench.report import machine
+from thinkstream.config import KV_CACHE_DTYPES
 
 SCHEMA = "thinkstream-bench-streaming/1"
 PEERS = ("thinkstream-stream", "thinkstream-oneshot", "hf", "llamacpp")
@@ -176,7 +177,7 @@ async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dic
     from thinkstream.sampling_params import SamplingParams
 
     cfg = EngineConfig(dtype=args.dtype, quantization=quantization_arg(args.quantization),
-                       kv_cache_memory=args.kv_cache_mb << 20,
+                       kv_cache_memory=args.kv_cache_mb << 20, kv_cache_dtype=args.kv_cache_dtype,
                        max_num_batched_tokens=args.max_batched_tokens, num_threads=args.threads)
     t = time.perf_counter()
     llm = AsyncLLM(LLMEngine(args.model, cfg, checkpoint=checkpoint))
@@ -184,6 +185,7 @@ async def _thinkstream_part(args, peers: list[str], checkpoint: Any, report: dic
     report["peers"]["thinkstream"] = {"load_s": time.perf_counter() - t, "dtype": args.dtype,
                                       "quantization": args.quantization,
                                       "precision": llm.engine.precision.reason,
+                                      "kv_cache_dtype": llm.engine.precision.kv_dtype,
                                       "threads": args.threads, "kv_cache_mb": args.kv_cache_mb,
                                       "max_num_batched_tokens": args.max_batched_tokens}
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
@@ -351,6 +353,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="thinkstream's dtype (default: the engine's own; HF: float32 for auto)")
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
                    help="thinkstream's weight quantization (auto: GGUF-native where it runs)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                   help="thinkstream's KV cache (EngineConfig.kv_cache_dtype; auto: its dtype)")
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--lengths", default=[256, 1024, 4096], type=ints,
                    help="document lengths in tokens (default 256,1024,4096)")

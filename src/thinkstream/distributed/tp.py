@@ -82,8 +82,9 @@ def build_rank_runner(spec: RankSpec, rank: int, comm: Comm, cls: type = ModelRu
     if comm.world > 1:
         extra = {"comm": comm, "overlap": cfg.tp_overlap, **(extra or {})}
         cls = cls if cls is not ModelRunner else RankRunner
+    kv_dtype = DTYPES[cfg.resolved_kv_cache_dtype(cfg.dtype)]
     return cls(model, local, spec.num_blocks, cfg.block_size, dtype, device,
-               False, cfg.max_num_seqs, attention, **(extra or {}))
+               False, cfg.max_num_seqs, attention, kv_dtype, **(extra or {}))
 
 
 class RankRunner(ModelRunner):

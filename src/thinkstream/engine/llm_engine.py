@@ -97,14 +97,15 @@ class LLMEngine(OpenInputs):
         # "auto" dtype / quantization resolved for this machine (models/precision.py); the
         # distributed runners shard dense weights, so they never take the GGUF blocks
         self.precision, kernels = resolve_precision(cfg.dtype, cfg.quantization, cfg.device,
-                                                    {} if distributed else ckpt.blocks)
-        dtype = DTYPES[self.precision.dtype]
+                                                    {} if distributed else ckpt.blocks,
+                                                    cfg.kv_cache_dtype)
+        dtype, kv_dtype = DTYPES[self.precision.dtype], DTYPES[self.precision.kv_dtype]
         self.device = torch.device(cfg.device)
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = min(cfg.max_model_len or mcfg.max_position_embeddings,
                                mcfg.max_position_embeddings)
         spec = load_draft(cfg.speculative)  # a draft model's KV shares the pool's blocks
-        block_bytes = sum(kv_bytes_per_block(m, cfg.block_size, dtype)
+        block_bytes = sum(kv_bytes_per_block(m, cfg.block_size, kv_dtype)
                           for m in [mcfg, *pool_models(spec)])
         num_blocks = cfg.num_blocks or max(1, cfg.kv_cache_memory // block_bytes)
         self.max_model_len = min(self.context_len, num_blocks * cfg.block_size)
@@ -122,7 +123,8 @@ class LLMEngine(OpenInputs):
                 from thinkstream.distributed.tp import start_tp_runner  # ranks, streaming
 
                 resolved = replace(cfg, dtype=self.precision.dtype,
-                                               quantization=self.precision.quantization)
+                                   quantization=self.precision.quantization,
+                                   kv_cache_dtype=self.precision.kv_dtype)
                 self.runner: ModelRunner = start_tp_runner(ckpt, resolved, num_blocks)
             else:
                 model = build_model(mcfg, ckpt.tensors, dtype, self.device, self.precision.quantization,
@@ -131,7 +133,8 @@ class LLMEngine(OpenInputs):
                                           self.device, cfg.compile_decode, cfg.max_num_seqs,
                                           AttentionConfig.for_engine(
                                               cfg.attention_precision, dtype,
-                                              fused_attention_available(self.device)))
+                                              fused_attention_available(self.device)),
+                                          kv_dtype)
         self.model = self.runner.model
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
         self.requests: dict[str, RequestState] = {}

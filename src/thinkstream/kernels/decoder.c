@@ -5,7 +5,8 @@
  *   for each layer:
  *       h = rmsnorm(x) ; qkv = h Wqkv^T (+ b)                  GGUF kernel (gguf_matmul)
  *       q, k = rmsnorm per head (q/k norm, optional) ; rotate (RoPE, table per layer)
- *       k, v -> the layer's cache at the step's slots ; o = attention(q)   (fq_attention)
+ *       k, v -> the layer's cache at the step's slots (bfloat16 caches: rounded to
+ *               nearest even) ; o = attention(q)   (fq_attention)
  *       a = o Wo^T ; a = rmsnorm(a) (sandwich norm, optional) ; x += a
  *       h = rmsnorm(x) ; g, u = h Wgu^T ; m = act(g) * u ; d = m Wd^T (; rmsnorm) ; x += d
  *
@@ -52,7 +53,7 @@ typedef struct {
 typedef struct {
     const float *attn_norm, *mlp_norm, *post_attn_norm, *post_mlp_norm, *q_norm, *k_norm;
     td_linear qkv, o, gate_up, down;
-    float *k_cache, *v_cache; /* (slots, kv_heads, head_dim) float32 */
+    void *k_cache, *v_cache;  /* (slots, kv_heads, head_dim) float32, or bfloat16 (kv_bf16) */
     int64_t rope;             /* index of the step's RoPE table */
     int64_t sliding;          /* 1: the sliding-window mask */
 } td_layer;
@@ -65,6 +66,7 @@ typedef struct {
     attention_fn attention;
     double *timers;   /* NULL, or seconds added per part: [0] matmuls, [1] attention */
     int64_t clock_id; /* the clock of the timers (CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID) */
+    int64_t kv_bf16;  /* 1: the caches hold bfloat16 (keys / values rounded when stored) */
 } td_model;
 
 static double now(const td_model *M) {
@@ -243,6 +245,26 @@ VECTOR_SELECTS static void act_mul(float *restrict g, const float *restrict u, i
         for (int64_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + exp_v(-g[j])) * u[j];
 }
 
+/* float32 -> bfloat16, rounded to nearest even (a NaN stays a quiet NaN): the rounding of
+ * torch's .to(torch.bfloat16), which the eager layers' cache write does. Branch-free, so
+ * the store loop vectorises. */
+VECTOR_SELECTS static void store_bf16(uint16_t *restrict dst, const float *restrict src, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        dst[i] = (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : r);
+    }
+}
+
+/* one row's key or value heads (n floats) into the cache at ``slot`` in its dtype */
+static void store_kv(const td_model *M, void *cache, int64_t slot, const float *src, int64_t n) {
+    if (M->kv_bf16)
+        store_bf16((uint16_t *)cache + slot * n, src, n);
+    else
+        memcpy((float *)cache + slot * n, src, sizeof(float) * n);
+}
+
 static void attend(const td_model *M, const td_team *T, const td_layer *L, const td_step *S,
                    const float *q, float *o, float *qpad, float *opad) {
     int64_t nh = M->heads, kvh = M->kv_heads, d = M->head_dim, qs = nh * d;
@@ -259,12 +281,12 @@ static void attend(const td_model *M, const td_team *T, const td_layer *L, const
         if (G->b >= T->nt) {
             share(T, G->b, &a, &b);  /* this thread's sequences */
             if (a < b && M->attention(qg + a * G->nq * qs, og + a * G->nq * qs, b - a, G->nq, nh, kvh, d,
-                                      L->k_cache, L->v_cache, 0, G->slots + a * G->slot_b_stride,
+                                      L->k_cache, L->v_cache, (int)M->kv_bf16, G->slots + a * G->slot_b_stride,
                                       G->slot_b_stride, G->length, G->mask[w] + a * G->mask_b[w],
                                       G->mask_b[w], G->mask_q[w], (float)M->scale, 0, 1))
                 fail(T, -4);
         } else if (G->nq < 2) {  /* a few decode rows: the (sequence, key/value head) pairs split */
-            if (M->attention(qg, og, G->b, G->nq, nh, kvh, d, L->k_cache, L->v_cache, 0, G->slots,
+            if (M->attention(qg, og, G->b, G->nq, nh, kvh, d, L->k_cache, L->v_cache, (int)M->kv_bf16, G->slots,
                              G->slot_b_stride, G->length, G->mask[w], G->mask_b[w], G->mask_q[w],
                              (float)M->scale, T->tid, T->nt))
                 fail(T, -4);
@@ -273,7 +295,7 @@ static void attend(const td_model *M, const td_team *T, const td_layer *L, const
             for (int64_t s = 0; a < b && s < G->b; s++) {
                 int64_t row = s * G->nq + a;
                 if (M->attention(qg + row * qs, og + row * qs, 1, b - a, nh, kvh, d, L->k_cache,
-                                 L->v_cache, 0, G->slots + s * G->slot_b_stride, G->slot_b_stride,
+                                 L->v_cache, (int)M->kv_bf16, G->slots + s * G->slot_b_stride, G->slot_b_stride,
                                  G->length, G->mask[w] + s * G->mask_b[w] + a * G->mask_q[w],
                                  G->mask_b[w], G->mask_q[w], (float)M->scale, 0, 1))
                     fail(T, -4);
@@ -305,8 +327,8 @@ static void layer_forward(const td_model *M, const td_team *T, const td_layer *L
                 for (int64_t j = 0; j < kvh; j++) rmsnorm(row + qs + j * d, row + qs + j * d, d, L->k_norm, M->eps);
             rope(row, nh + kvh, d, S->cos[L->rope] + r * (d / 2), S->sin[L->rope] + r * (d / 2));
             int64_t slot = S->slot_mapping[r];
-            memcpy(L->k_cache + slot * kvs, row + qs, sizeof(float) * kvs);
-            memcpy(L->v_cache + slot * kvs, row + qs + kvs, sizeof(float) * kvs);
+            store_kv(M, L->k_cache, slot, row + qs, kvs);
+            store_kv(M, L->v_cache, slot, row + qs + kvs, kvs);
             memcpy(q + r * qs, row, sizeof(float) * qs);
         }
     sync_team(T);

@@ -45,7 +45,8 @@ class Model(ctypes.Structure):
     _fields_ = [("hidden", _i64), ("heads", _i64), ("kv_heads", _i64), ("head_dim", _i64),
                 ("inter", _i64), ("gelu", _i64), ("num_layers", _i64), ("eps", ctypes.c_double),
                 ("scale", ctypes.c_double), ("layers", ctypes.POINTER(Layer)), ("matmul", _ptr),
-                ("attention", _ptr), ("timers", ctypes.POINTER(ctypes.c_double)), ("clock_id", _i64)]
+                ("attention", _ptr), ("timers", ctypes.POINTER(ctypes.c_double)), ("clock_id", _i64),
+                ("kv_bf16", _i64)]
 
 
 class Group(ctypes.Structure):

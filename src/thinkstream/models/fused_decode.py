@@ -23,7 +23,9 @@ sequence in one attention group) stays as a knob for a build where that does not
 Every attention group of such a step runs on the fused attention kernel: a decode batch, a
 chunk, a padded batch of chunks (speculative verification of several sequences, several
 sessions' chunks), a fresh prompt over its own keys. Everything else keeps the eager
-layers: shifted KV views, compiled or distributed runs, bfloat16 activations or caches.
+layers: shifted KV views, compiled or distributed runs, bfloat16 activations. The caches
+may be float32 or bfloat16 (``EngineConfig.kv_cache_dtype``: the stack rounds what it
+stores as the eager cache write does, and the kernel reads bfloat16 keys widened).
 ``LlamaForCausalLM.forward`` asks first; ``None`` means "not this step".
 """
 
@@ -134,15 +136,20 @@ class FusedDecoder:
         self._model.clock_id = time.CLOCK_PROCESS_CPUTIME_ID if cpu_clock else time.CLOCK_MONOTONIC
 
     def _bind_caches(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-        """Point the layers at the step's caches; False if a cache is not float32 contiguous."""
-        key = (id(kv_caches), len(kv_caches), kv_caches[0][0].data_ptr(), kv_caches[-1][1].data_ptr())
+        """Point the layers at the step's caches; False unless every cache is contiguous and
+        all are float32 or all bfloat16 (``EngineConfig.kv_cache_dtype``: the stack rounds
+        the keys and values it stores, and the attention kernel reads them widened)."""
+        dtype = kv_caches[0][0].dtype
+        key = (id(kv_caches), len(kv_caches), kv_caches[0][0].data_ptr(),
+               kv_caches[-1][1].data_ptr(), dtype)
         if key == self._caches:  # the runner's list, allocated once
             return True
-        if len(kv_caches) != len(self._layers) or any(
-                t.dtype != torch.float32 or not t.is_contiguous() for kv in kv_caches for t in kv):
+        if (len(kv_caches) != len(self._layers) or dtype not in (torch.float32, torch.bfloat16)
+                or any(t.dtype != dtype or not t.is_contiguous() for kv in kv_caches for t in kv)):
             return False
         for layer, (k, v) in zip(self._layers, kv_caches, strict=True):
             layer.k_cache, layer.v_cache = k.data_ptr(), v.data_ptr()
+        self._model.kv_bf16 = int(dtype == torch.bfloat16)
         self._caches = key
         return True
 

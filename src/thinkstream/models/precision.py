@@ -20,12 +20,14 @@ The rules, measured on three CPU classes (docs/benchmarks.md):
   elsewhere (AVX2 emulates bfloat16 at 1-25% of float32's speed).
 
 An explicit ``dtype`` is kept; an explicit ``quantization`` too (``"gguf"`` raises
-``ValueError`` where it cannot run).
+``ValueError`` where it cannot run). The KV cache takes the resolved ``dtype`` unless
+``kv_cache_dtype`` names another (``EngineConfig.kv_cache_dtype``: a bfloat16 cache under a
+float32 model halves the cache's bytes; the reason line then says so).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,10 +42,24 @@ from thinkstream.loading.gguf import GGUFBlocks
 class Precision:
     """A resolved setting: what the engine builds."""
 
-    dtype: str  # activations, residual stream and KV cache: "float32" | "bfloat16" | "float16"
+    dtype: str  # activations and residual stream: "float32" | "bfloat16" | "float16"
     quantization: str | None  # None | "int8" | "int4" | "gguf" | "gguf-q16" | "gguf-q8"
     dense_dtype: str  # gguf mode: the dense copy's dtype (batches above 16 rows); else = dtype
     reason: str  # one line for ``thinkstream info`` and the logs
+    kv_cache_dtype: str | None = None  # the KV cache's elements; None: ``dtype``
+
+    @property
+    def kv_dtype(self) -> str:
+        """The KV cache's dtype name (resolved)."""
+        return self.kv_cache_dtype or self.dtype
+
+    def with_kv_cache(self, kv_cache_dtype: str) -> Precision:
+        """This setting with the KV cache in ``kv_cache_dtype`` ("auto": ``dtype``); the
+        reason line names a cache dtype that differs from ``dtype``."""
+        if kv_cache_dtype in ("auto", self.dtype):
+            return replace(self, kv_cache_dtype=None)
+        return replace(self, kv_cache_dtype=kv_cache_dtype,
+                       reason=f"{self.reason}; KV cache {kv_cache_dtype} (as given)")
 
 
 def choose_precision(
@@ -85,16 +101,18 @@ def choose_precision(
 
 def resolve_precision(
     dtype: str, quantization: str | None, device: str, blocks: dict[str, GGUFBlocks],
+    kv_cache_dtype: str = "auto",
 ) -> tuple[Precision, GGUFKernels | None]:
-    """``choose_precision`` for this machine and checkpoint, and the kernels it needs (None
-    unless the choice is ``"gguf"``). The kernels are built only when they may be used."""
+    """``choose_precision`` for this machine and checkpoint (its KV cache in
+    ``kv_cache_dtype``), and the kernels it needs (None unless the choice is ``"gguf"``).
+    The kernels are built only when they may be used."""
     cpu = detect_cpu()
     usable = {b.qtype for b in blocks.values()} & set(BLOCKS)
     kernels = None
     if device == "cpu" and usable and quantization in ("auto", *GGUF_MODES):
         kernels = load_gguf_kernels(cpu)
     choice = choose_precision(dtype, quantization, device, cpu, bool(usable),
-                              kernels.isa if kernels else None)
+                              kernels.isa if kernels else None).with_kv_cache(kv_cache_dtype)
     return choice, kernels if choice.quantization in GGUF_MODES else None
 
 

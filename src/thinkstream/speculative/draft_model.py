@@ -54,12 +54,13 @@ class DraftModelProposer(Proposer):
         if checkpoint.tokenizer.eos_token_ids != engine.tokenizer.eos_token_ids:
             raise ValueError("draft_model: its tokenizer must be the target's")
         runner = engine.runner
-        dtype = DTYPES[engine.config.dtype]
+        dtype = DTYPES[engine.precision.dtype]  # the target's, resolved (never "auto")
         self.engine, self.cfg = engine, cfg
         self.model = build_model(cfg, checkpoint.tensors, dtype, runner.device)
         slots = engine.num_kv_blocks * engine.block_size
+        # the target's cache dtype (the pool's blocks are sized with it)
         self.kv_caches = allocate_kv_caches(cfg.num_layers, slots, cfg.num_kv_heads,
-                                            cfg.head_dim, dtype, runner.device)
+                                            cfg.head_dim, runner.kv_dtype, runner.device)
         target_cost = layer_cost(engine.model, len(engine.model.layers))
         draft_size = sum(p.numel() for p in self.model.parameters())
         self.cost_per_token = target_cost * draft_size / max(

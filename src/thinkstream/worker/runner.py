@@ -50,6 +50,7 @@ class StepBatch:
 
 
 def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one block's keys and values over every layer, in the cache's ``dtype``."""
     elem = torch.empty(0, dtype=dtype).element_size()
     return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * elem
 
@@ -59,7 +60,10 @@ class ModelRunner:
         self, model: LlamaForCausalLM, cfg: ModelConfig, num_blocks: int, block_size: int,
         dtype: torch.dtype, device: torch.device | str, compile_decode: bool = False,
         max_num_seqs: int = 64, attention: AttentionConfig | None = None,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
+        """``dtype``: the model's activations; ``kv_dtype``: the KV cache's elements (None:
+        ``dtype``; ``EngineConfig.kv_cache_dtype``). Writes round into it, reads widen."""
         self.model = model
         self.cfg = cfg
         self.block_size = block_size
@@ -67,9 +71,10 @@ class ModelRunner:
         self.attention = attention or AttentionConfig.for_engine("auto", dtype)
         self.device = torch.device(device)
         num_slots = num_blocks * block_size
+        self.kv_dtype = kv_dtype or dtype
         self.kv_caches = allocate_kv_caches(  # compiled: + the scratch slot of padded rows
             cfg.num_layers, num_slots + int(compile_decode), cfg.num_kv_heads, cfg.head_dim,
-            dtype, device,
+            self.kv_dtype, device,
         )
         self.decode_graph: CompiledDecode | GraphDecode | None = None
         if compile_decode and self.device.type == "cuda":
