@@ -60,7 +60,9 @@ def _whole(ckpt, cfg: EngineConfig, batch: StepBatch) -> torch.Tensor:
     from thinkstream.models.registry import build_model
 
     model = build_model(ckpt.config, ckpt.tensors, torch.float32, "cpu", cfg.quantization)
-    runner = ModelRunner(model, ckpt.config, 16, cfg.block_size, torch.float32, "cpu")
+    kv_dtype = getattr(torch, cfg.resolved_kv_cache_dtype("float32"))
+    runner = ModelRunner(model, ckpt.config, 16, cfg.block_size, torch.float32, "cpu",
+                         kv_dtype=kv_dtype)
     return runner.execute(batch)
 
 
@@ -92,3 +94,15 @@ def test_quantized_linears_are_built_from_the_slices(kind: str) -> None:
     top2 = want.topk(2).values
     clear = (top2[:, 0] - top2[:, 1]) > 0.5  # rows without a near-tie: the same choice
     assert clear.sum() >= 3 and torch.equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+
+
+def test_a_bfloat16_kv_cache_on_every_rank() -> None:
+    """``kv_cache_dtype="bfloat16"`` reaches the ranks: their logits are the whole model's
+    with a bfloat16 cache, not its float32-cache logits."""
+    ckpt = tiny_checkpoint("llama", 0)
+    cfg = EngineConfig(dtype="float32", block_size=4, num_blocks=16, kv_cache_dtype="bfloat16")
+    want = _whole(ckpt, cfg, _batch(11))
+    f32 = _whole(ckpt, EngineConfig(dtype="float32", block_size=4, num_blocks=16), _batch(11))
+    assert (want - f32).abs().max() > 1e-2
+    for got in _tp2(ckpt, cfg, _batch(11)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

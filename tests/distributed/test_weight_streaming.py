@@ -78,6 +78,17 @@ def test_streamed_logits_equal_loaded(on_disk) -> None:
     assert torch.equal(logits[0], logits[1])
 
 
+def test_streamed_with_a_bfloat16_kv_cache_equals_loaded(on_disk) -> None:
+    """``kv_cache_dtype="bfloat16"`` with weight streaming: the streamed runner's caches are
+    bfloat16 and its tokens the loaded model's with the same cache."""
+    outs = []
+    for ckpt, options in ((CKPT, {}), (on_disk, {"max_weight_memory_mb": 1, "weight_window": 1})):
+        llm = LLM(checkpoint=ckpt, kv_cache_dtype="bfloat16", **options, **ENGINE)
+        assert llm.engine.runner.kv_caches[0][0].dtype == torch.bfloat16
+        outs.append([list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, GREEDY)])
+    assert outs[0] == outs[1]
+
+
 def test_tensor_parallel_ranks_stream_their_slices(on_disk, loaded) -> None:
     llm = LLM(checkpoint=on_disk, tensor_parallel_size=2, max_weight_memory_mb=1,
               weight_window=1, **ENGINE)

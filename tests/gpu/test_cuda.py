@@ -97,3 +97,14 @@ def test_cuda_graph_decode_equals_eager() -> None:
     graphs = engine.runner.decode_graph.buckets
     assert {bp for bp, _ in graphs} >= {4, 8}  # batches 3 and 5 padded
     assert all(b.graph is not None for b in graphs.values())
+
+
+@pytest.mark.parametrize("compile_decode", [False, True])
+def test_cuda_float32_model_with_a_bfloat16_kv_cache_equals_cpu(compile_decode: bool) -> None:
+    """``kv_cache_dtype="bfloat16"`` under a float32 model on CUDA (eager and CUDA-graph
+    decode): the CPU engine's tokens with the same cache."""
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    cuda = _engine("cuda", dtype="float32", kv_cache_dtype="bfloat16", compile_decode=compile_decode)
+    assert cuda.runner.kv_caches[0][0].dtype == torch.bfloat16
+    cpu = _engine("cpu", dtype="float32", kv_cache_dtype="bfloat16")
+    assert _run(cuda, params) == _run(cpu, params)

@@ -151,3 +151,30 @@ def test_abort_leaves_the_pool_full() -> None:
     assert engine.check_integrity() is None
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
+
+
+def test_a_draft_model_keeps_its_kv_in_the_cache_dtype() -> None:
+    """Speculative decoding with a draft model (the target's first layer): the draft's own
+    caches are bfloat16 too, the pool is sized by both models' bfloat16 bytes, and greedy
+    output is the target's without speculation."""
+    from thinkstream.speculative.config import SpeculativeConfig
+
+    target = tiny_checkpoint(tie_word_embeddings=False)
+    small = tiny_checkpoint(num_layers=1, tie_word_embeddings=False)
+    budget = 1 << 20
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    spec = SpeculativeConfig(method="draft_model", draft_model=small, num_speculative_tokens=3,
+                             adaptive=False)
+    outs = []
+    for speculative in (None, spec):
+        llm = LLM(checkpoint=target, dtype="float32", quantization=None, block_size=4,
+                  kv_cache_memory=budget, kv_cache_dtype="bfloat16", speculative=speculative)
+        outs.append([o.outputs[0].token_ids for o in llm.generate([PROMPT, PROMPT[5:12]], params)])
+        assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+    engine = llm.engine
+    proposer = engine.speculative.proposer
+    assert {t.dtype for kv in proposer.kv_caches for t in kv} == {torch.bfloat16}
+    per_block = sum(kv_bytes_per_block(c.config, 4, torch.bfloat16) for c in (target, small))
+    assert engine.num_kv_blocks == budget // per_block
+    assert engine.speculative.stats.num_accepted_tokens > 0
+    assert outs[0] == outs[1]
