@@ -115,3 +115,20 @@ def test_completion_offsets_skip_special_tokens_the_text_skips(tiny_tok) -> None
         view = CompletionView("c", "tiny", tiny_tok, ["x"], [[1]], False, 0, 1, skip)
         lp = view.response([_output(ids, text)])["choices"][0]["logprobs"]
         assert (lp["tokens"], lp["text_offset"]) == (["a", "b", "<|im_end|>", "c"], offsets)
+
+
+def test_echoed_prompt_offsets_skip_a_special_token_the_prompt_text_lacks(tiny_tok) -> None:
+    """A BOS the tokenizer put before the prompt (Gemma's ``<bos>``) is in the tokens but not
+    in the echoed text: it takes no characters, and the prompt's own tokens count from 0
+    (they counted from 5, past the output's first offset). Special-token text the client
+    wrote into the prompt is in the text and counts."""
+    im_end = tiny_tok.encode("<|im_end|>", add_special_tokens=False)
+    out = tiny_tok.encode("c", add_special_tokens=False)
+    for prompt, prompt_ids, offsets in (
+            ("ab", im_end + tiny_tok.encode("ab", add_special_tokens=False), [0, 0, 1, 2]),
+            ("a<|im_end|>b", tiny_tok.encode("a<|im_end|>b", add_special_tokens=False),
+             [0, 1, 11, 12])):
+        view = CompletionView("c", "tiny", tiny_tok, [prompt], [prompt_ids], True, 0, 1, True)
+        choice = view.response([_output(out, "c")])["choices"][0]
+        assert choice["text"] == prompt + "c"
+        assert choice["logprobs"]["text_offset"] == offsets

@@ -122,18 +122,26 @@ class _View:
 class _Offsets:
     """Character offsets of consecutive tokens in a text, from their bytes: a token starts
     at the number of whole characters decoded before it (a character split over tokens
-    counts once it is complete). Special tokens count as their text unless skipped."""
+    counts once it is complete). Special tokens count as their text unless skipped; with
+    ``text`` (an echoed prompt as the client sent it), a special token counts only where
+    its text stands in ``text``: the BOS the tokenizer added is in no text."""
 
-    def __init__(self, view: _View, start: int = 0, skip_special: bool = False) -> None:
-        self.view, self.chars, self.skip_special = view, start, skip_special
+    def __init__(self, view: _View, start: int = 0, skip_special: bool = False,
+                 text: str | None = None) -> None:
+        self.view, self.chars, self.skip_special, self.text = view, start, skip_special, text
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def take(self, ids: list[int]) -> list[int]:
         offsets = []
         for tid in ids:
             offsets.append(self.chars)
-            if not (self.skip_special and self.view.tokenizer.is_special(tid)):
-                self.chars += len(self._utf8.decode(self.view.token_bytes(tid)))
+            special = self.view.tokenizer.is_special(tid)
+            if special and self.skip_special:
+                continue
+            piece = self._utf8.decode(self.view.token_bytes(tid))
+            if special and self.text is not None and not self.text.startswith(piece, self.chars):
+                continue
+            self.chars += len(piece)
         return offsets
 
 
@@ -192,7 +200,7 @@ class CompletionView(_View):
             num_prompt = len(self.prompt_ids[i])
         logprobs = None
         if self.logprobs is not None:
-            prompt_offsets = _Offsets(self).take(ids[:num_prompt])
+            prompt_offsets = _Offsets(self, text=self.prompt_text(i)).take(ids[:num_prompt])
             offsets = prompt_offsets + self._output_offsets(i).take(ids[num_prompt:])
             logprobs = self._logprobs(entries, ids, offsets)
         return {"index": i * self.n + o.index, "text": text, "logprobs": logprobs,
@@ -241,7 +249,8 @@ class CompletionView(_View):
                         text = self.prompt_text(i) + text
                         plp = out.prompt_logprobs or [None] * len(self.prompt_ids[i])
                         ids, entries = self.prompt_ids[i] + ids, list(plp) + entries
-                        prompt_offsets = _Offsets(self).take(self.prompt_ids[i])
+                        prompt_offsets = _Offsets(self, text=self.prompt_text(i)).take(
+                            self.prompt_ids[i])
                 if not (text or ids or o.finish_reason):
                     continue
                 if o.finish_reason:
