@@ -1,5 +1,8 @@
 """The fused few-query attention kernel (``fq_attention.c``): decode rows and short chunks
-over the paged KV cache in one pass over the keys (online softmax), float32 arithmetic.
+over the paged KV cache in one pass over the keys (online softmax), float32 arithmetic;
+bfloat16 caches on a CPU with AVX512_BF16 take bfloat16 dot products (``fq_bf16.h``: the
+avx512 build made with ``-mavx512bf16``, q and the probabilities rounded to bfloat16, float32
+sums), elsewhere they are widened to float32.
 
 Built per instruction set like the GGUF kernels (``native.open_isa_library``; the best
 build for this CPU, ``THINKSTREAM_ISA`` forces one, ``THINKSTREAM_NATIVE=0`` disables it:
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from thinkstream.kernels.cpu import CpuInfo, detect_cpu
 from thinkstream.kernels.native import ISA_ENV, open_isa_library, wanted_isa
 
 _SRC = Path(__file__).with_name("fq_attention.c")
@@ -25,6 +29,7 @@ _SRC = Path(__file__).with_name("fq_attention.c")
 class FusedAttention:
     isa: str
     lib: ctypes.CDLL
+    bf16_dot: bool = False  # bfloat16 caches use vdpbf16ps (head sizes that are multiples of 32)
 
     @staticmethod
     def accepts(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -65,9 +70,16 @@ class FusedAttention:
 
 
 @functools.cache
-def _load(isa: str) -> FusedAttention | None:
-    lib = open_isa_library(_SRC, isa, "fq_isa")
+def _load(isa: str, bf16_dot: bool = False) -> FusedAttention | None:
+    """The ``isa`` build; with ``bf16_dot`` (avx512 only, for a CPU the caller checked has
+    avx512_bf16) the one made with ``-mavx512bf16``."""
+    lib = open_isa_library(_SRC, isa, "fq_isa", ("-mavx512bf16",) if bf16_dot else ())
     return None if lib is None else _configure(lib, isa)
+
+
+def wants_bf16_dot(isa: str, cpu: CpuInfo) -> bool:
+    """Whether the ``isa`` build for ``cpu`` is the one with bfloat16 dot products."""
+    return isa == "avx512" and "avx512_bf16" in cpu.flags
 
 
 def _configure(lib: ctypes.CDLL, isa: str) -> FusedAttention:
@@ -80,7 +92,8 @@ def _configure(lib: ctypes.CDLL, isa: str) -> FusedAttention:
     # thread (the native decoder stack's threads call it)
     lib.fq_attention_part.restype = ctypes.c_int
     lib.fq_attention_part.argtypes = lib.fq_attention.argtypes + [ctypes.c_int]
-    return FusedAttention(isa, lib)
+    dot = hasattr(lib, "fq_bf16_dot") and bool(lib.fq_bf16_dot())  # (older sources: none)
+    return FusedAttention(isa, lib, dot)
 
 
 def load_fq_attention() -> FusedAttention | None:
@@ -91,5 +104,6 @@ def load_fq_attention() -> FusedAttention | None:
 
 @functools.lru_cache(maxsize=8)
 def _for_env(native: str | None, forced: str | None) -> FusedAttention | None:
-    isa = wanted_isa()
-    return None if isa is None else _load(isa)
+    cpu = detect_cpu()
+    isa = wanted_isa(cpu)
+    return None if isa is None else _load(isa, wants_bf16_dot(isa, cpu))

@@ -22,7 +22,10 @@
  * them per 16 keys: as much work as the 128 multiply-adds per row and tile) and RS rows
  * sharing each key and value load (10 loads per 24 FMAs on AVX-512). At 54 rows x 4,096 keys
  * it runs at ~67% of the core's FMA peak with the keys cold in cache, ~80% warm
- * (docs/benchmarks.md, Zen 4). float32 arithmetic throughout (q, keys, values, sums).
+ * (docs/benchmarks.md, Zen 4). float32 arithmetic throughout (q, keys, values, sums), but for
+ * bfloat16 caches in the build with AVX512_BF16 (fq_bf16.h: the scores and the value product
+ * as vdpbf16ps dot products of bfloat16 pairs, q and P rounded to bfloat16; the softmax and
+ * every sum float32), where the head size is a multiple of 32; elsewhere bfloat16 is widened.
  * Built like gguf_matmul.c: one source, three builds (AVX-512 / AVX2 / portable) chosen by
  * thinkstream/kernels/attention.py; fq_simd.h holds the vector layer. */
 #include <math.h>
@@ -53,21 +56,41 @@
 #endif
 #define INLINE static inline __attribute__((always_inline))
 #include "fq_simd.h"
+#if defined(__AVX512BF16__)
+#include "fq_bf16.h"
+#define BF16_DOT 1
+#else
+#define BF16_DOT 0
+#endif
 
 int fq_isa(void) { return BUILD_ISA; }
+int fq_bf16_dot(void) { return BF16_DOT; }  /* 1: bfloat16 caches use vdpbf16ps (fq_bf16.h) */
 
 typedef struct {  /* where a sequence's keys and values lie */
     const void *kc, *vc;  /* caches (num_slots, KVH, d) */
-    int bf16;
+    int bf16, dot;  /* bfloat16 caches; their dot-product path (fq_bf16.h) */
     int64_t slot_stride;  /* elements */
     const int64_t *slots;  /* this sequence's, (length,) */
 } kv_src;
 
 /* Keys slots[t0 .. t0+nk) of the head at head_off (elements) -> kt (d, BK) float32, zero
  * past nk; vrows[j]: value row j as float32, in the cache (float32) or widened into vt
- * (BK, d) (bfloat16); kb (TK, d): scratch for the widened bfloat16 keys. */
+ * (BK, d) (bfloat16); kb (TK, d): scratch for the widened bfloat16 keys. The dot-product
+ * path packs kt and vt as fq_bf16.h's kt2 (d/2, BK) and vt2 (BK/2, d) words instead. */
 static void load_block(const kv_src *src, int64_t head_off, int64_t t0, int nk, int d, float *kt,
                        float *vt, const float **vrows, float *kb) {
+#if BF16_DOT
+    if (src->dot) {
+        const uint16_t *krows[BK], *vr[BK];
+        for (int j = 0; j < nk; j++) {
+            int64_t off = src->slots[t0 + j] * src->slot_stride + head_off;
+            krows[j] = (const uint16_t *)src->kc + off;
+            vr[j] = (const uint16_t *)src->vc + off;
+        }
+        pack_block(krows, vr, nk, d, (bf2 *)kt, (bf2 *)vt);
+        return;
+    }
+#endif
     for (int j0 = 0; j0 < BK; j0 += TK) {
         const float *rows[TK];
         for (int j = 0; j < TK; j++) {
@@ -110,12 +133,14 @@ typedef struct {  /* one thread's scratch */
     float *kt, *vt, *kb;  /* (d, BK), (BK, d), (TK, d) */
     const float **vrows;  /* (BK,) the block's value rows */
     float *s;  /* (RS, BK) one group's scores, then probabilities */
+    uint32_t *p2;  /* (RS, BK/2) the probabilities as bfloat16 pairs (the dot-product path) */
     uint8_t *vis;  /* (rows,) the block's keys each row sees: 0 none, 1 some, 2 all */
 } scratch;
 
 typedef struct {  /* the running state of one head's rows */
     float *qs, *acc, *m, *lv;  /* (rows, d) queries x scale log2(e), (rows, d) outputs,
                                   (rows,) running max, (rows, 16) running sums per lane */
+    uint32_t *q2;  /* (rows, d/2) qs as bfloat16 pairs (the dot-product path) */
 } rows_state;
 
 static const uint64_t ALL_VISIBLE = 0x0101010101010101ull;
@@ -220,9 +245,11 @@ INLINE void values(const float *p, const float *const *vrows, int d, int c0, int
         for (int u = 0; u < C; u++) v_store(acc + (int64_t)r * d + c0 + 16 * u, x[r][u]);
 }
 
-/* Rows r0 .. r0+R-1 (R <= RS, a constant after inlining) of one head against its block. */
+/* Rows r0 .. r0+R-1 (R <= RS, a constant after inlining) of one head against its block;
+ * ``dot``: the block is packed for the dot-product path. */
 INLINE void group(const scratch *w, const rows_state *st, const uint8_t *const *mrows, int r0,
-                  const int R, int64_t t0, int nk, int d) {
+                  const int R, int64_t t0, int nk, int d, int dot) {
+    (void)dot;  /* the builds without AVX512_BF16 have no dot-product path */
     int any = 0;
     const uint8_t *mk[RS];
     for (int r = 0; r < R; r++) {
@@ -231,28 +258,42 @@ INLINE void group(const scratch *w, const rows_state *st, const uint8_t *const *
     }
     if (!any) return;
     int kend = (nk + 16 * CS - 1) / (16 * CS) * (16 * CS);
-    scores(st->qs + (int64_t)r0 * d, d, w->kt, kend, R, w->s);
+#if BF16_DOT
+    if (dot)
+        scores_dp(st->q2 + (int64_t)r0 * (d / 2), d, (const bf2 *)w->kt, R, w->s);
+    else
+#endif
+        scores(st->qs + (int64_t)r0 * d, d, w->kt, kend, R, w->s);
     float corr[RS];
     softmax(w->s, mk, w->vis + r0, nk, R, st->m + r0, st->lv + (int64_t)r0 * 16, corr);
     float *acc = st->acc + (int64_t)r0 * d;
     int c0 = 0;
+#if BF16_DOT
+    if (dot) {
+        for (int r = 0; r < R; r++) round_pairs(w->s + r * BK, w->p2 + r * (BK / 2), BK);
+        const bf2 *vt2 = (const bf2 *)w->vt;
+        for (; c0 + 16 * CD <= d; c0 += 16 * CD) values_dp(w->p2, vt2, d, c0, (nk + 1) / 2, R, CD, corr, acc);
+        for (; c0 < d; c0 += 16) values_dp(w->p2, vt2, d, c0, (nk + 1) / 2, R, 1, corr, acc);
+        return;
+    }
+#endif
     for (; c0 + 16 * CD <= d; c0 += 16 * CD) values(w->s, w->vrows, d, c0, nk, R, CD, corr, acc);
     for (; c0 < d; c0 += 16) values(w->s, w->vrows, d, c0, nk, R, 1, corr, acc);
 }
 
 static void group_any(const scratch *w, const rows_state *st, const uint8_t *const *mrows, int r0,
-                      int R, int64_t t0, int nk, int d) {
+                      int R, int64_t t0, int nk, int d, int dot) {
     switch (R) {
 #if RS >= 6
-    case 6: group(w, st, mrows, r0, 6, t0, nk, d); break;
+    case 6: group(w, st, mrows, r0, 6, t0, nk, d, dot); break;
 #endif
 #if RS >= 5
-    case 5: group(w, st, mrows, r0, 5, t0, nk, d); break;
+    case 5: group(w, st, mrows, r0, 5, t0, nk, d, dot); break;
 #endif
-    case 4: group(w, st, mrows, r0, 4, t0, nk, d); break;
-    case 3: group(w, st, mrows, r0, 3, t0, nk, d); break;
-    case 2: group(w, st, mrows, r0, 2, t0, nk, d); break;
-    default: group(w, st, mrows, r0, 1, t0, nk, d); break;
+    case 4: group(w, st, mrows, r0, 4, t0, nk, d, dot); break;
+    case 3: group(w, st, mrows, r0, 3, t0, nk, d, dot); break;
+    case 2: group(w, st, mrows, r0, 2, t0, nk, d, dot); break;
+    default: group(w, st, mrows, r0, 1, t0, nk, d, dot); break;
     }
 }
 
@@ -265,7 +306,11 @@ static void attend(const float *const *qrows, float *const *orows, const uint8_t
     for (int i = 0; i < nh; i++)
         for (int r = 0; r < rows; r++) {
             const float *qr = qrows[i * stride + r];
-            for (int c = 0; c < d; c++) st->qs[((int64_t)i * rows + r) * d + c] = qr[c] * qscale;
+            float *qs = st->qs + ((int64_t)i * rows + r) * d;
+            for (int c = 0; c < d; c++) qs[c] = qr[c] * qscale;
+#if BF16_DOT
+            if (src->dot) round_pairs(qs, st->q2 + ((int64_t)i * rows + r) * (d / 2), d);
+#endif
             st->m[i * rows + r] = -INFINITY;
         }
     memset(st->lv, 0, sizeof(float) * 16 * (size_t)(nh * rows));
@@ -284,12 +329,13 @@ static void attend(const float *const *qrows, float *const *orows, const uint8_t
         int64_t elt = elt_bytes(src), span = nh * d * elt;
         for (int i = 0; i < nh && any; i++) {
             rows_state hs = {st->qs + (int64_t)i * rows * d, st->acc + (int64_t)i * rows * d,
-                             st->m + i * rows, st->lv + (int64_t)i * rows * 16};
+                             st->m + i * rows, st->lv + (int64_t)i * rows * 16,
+                             st->q2 + (int64_t)i * rows * (d / 2)};
             load_block(src, (h0 + i) * d, t0, nk, d, w->kt, w->vt, w->vrows, w->kb);
             for (int r0 = 0; r0 < rows; r0 += RS, call++) {
                 int j0 = pk * call / calls, j1 = pk * (call + 1) / calls;
                 prefetch_block(src, h0 * d * elt, span, t0 + BK + j0, j1 - j0);
-                group_any(w, &hs, mrows, r0, rows - r0 < RS ? rows - r0 : RS, t0, nk, d);
+                group_any(w, &hs, mrows, r0, rows - r0 < RS ? rows - r0 : RS, t0, nk, d, src->dot);
             }
         }
     }
@@ -318,7 +364,8 @@ static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64
                         int64_t mask_q, float scale, int64_t p, int64_t p1) {
     int64_t g = h / kvh, rows = g * nq, chunk = rows_per_pass(rows, kvh, d),
             all = kvh * chunk;  /* state rows: every head of a pass */
-    size_t floats = (size_t)((2 * BK + TK) * d + RS * BK + 2 * all * d + 17 * all);
+    size_t floats = (size_t)((2 * BK + TK) * d + RS * BK + 2 * all * d + 17 * all)
+                    + (size_t)(RS * BK / 2 + all * d / 2);  /* p2, q2 */
     float *buf = aligned_alloc(64, (floats * 4 + 63) / 64 * 64);
     const float **qrows = malloc(sizeof(float *) * (size_t)(kvh * rows)), **vrows = malloc(sizeof(float *) * BK);
     float **orows = malloc(sizeof(float *) * (size_t)(kvh * rows));
@@ -336,6 +383,8 @@ static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64
         st.acc = st.qs + all * d;
         st.lv = st.acc + all * d;
         st.m = st.lv + 16 * all;
+        w.p2 = (uint32_t *)(st.m + all);
+        st.q2 = w.p2 + RS * BK / 2;
         while (p < p1) {
             int64_t b = p / kvh, h0 = p % kvh, nh = kvh - h0 < p1 - p ? kvh - h0 : p1 - p;
             for (int64_t i = 0; i < nq; i++) {
@@ -348,7 +397,7 @@ static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64
                         orows[r] = out + off;
                     }
             }
-            kv_src src = {kc, vc, bf16, kvh * d, slots + b * slot_b_stride};
+            kv_src src = {kc, vc, bf16, BF16_DOT && bf16 && d % 32 == 0, kvh * d, slots + b * slot_b_stride};
             for (int64_t r0 = 0; r0 < rows; r0 += chunk)
                 attend(qrows + r0, orows + r0, mrows + r0, (int)rows, (int)(rows - r0 < chunk ? rows - r0 : chunk),
                        (int)nh, &src, h0, length, (int)d, scale * 1.4426950408889634f, &w, &st);
