@@ -2,7 +2,8 @@
 the kernels build): README's question gets the same greedy answer as with the float32
 cache, and prompt log-probabilities stay within the bound measured on Zen 4 (max |logit
 difference| 0.20 on README's chat prompt, 0.14 on a 40-token text; prompt log-probs 0.098 /
-0.028; README "KV cache dtype")."""
+0.028; README "KV cache dtype"; with AVX512_BF16's dot products in the fused kernel, q and
+the probabilities rounded too: 0.29 / 0.13, log-probs 0.067 / 0.025)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_prompt_logprobs_within_the_measured_bound(pair) -> None:
         a, b = (engine_logits(pair[kv], ids) for kv in ("float32", "bfloat16"))
         target = torch.tensor(ids[1:])[:, None]  # (T-1, 1): each next prompt token
         la, lb = (x.log_softmax(-1)[:-1].gather(1, target) for x in (a, b))
-        assert 1e-3 < (a - b).abs().max().item() < 0.3  # rounded, but not far
+        assert 1e-3 < (a - b).abs().max().item() < 0.5  # rounded, but not far
         assert (la - lb).abs().max().item() < 0.15
         assert (a.argmax(-1) == b.argmax(-1)).all()
 
