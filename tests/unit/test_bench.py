@@ -121,6 +121,12 @@ def test_unknown_peer_is_rejected(tiny_ckpt):
     args = parser.parse_args(["bench", "decode", "--peers", "nope"])
     with pytest.raises(ValueError, match="unknown peer"):
         run(args, checkpoint=tiny_ckpt)
+    # an empty list, a batch of 0: a message naming the flag (were min() of an empty
+    # sequence and a ValueError traceback from a worker process)
+    for flags, message in ((["--peers", " , "], "--peers: name at least one of thinkstream"),
+                           (["--max-batch", "0"], "--max-batch must be >= 1")):
+        with pytest.raises(ValueError, match=message):
+            run(parser.parse_args(["bench", "decode", *flags]), checkpoint=tiny_ckpt)
 
 
 def test_streaming_quick_tiny_model(tmp_path, tiny_ckpt):

@@ -146,6 +146,8 @@ def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
                  "dtype": args.hf_dtype or hf_dtype(args.dtype), "kv_cache_gb": args.vllm_kv_gb},
     }
     names = [n.strip() for n in args.peers.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--peers: name at least one of {', '.join(options)}")
     for n in names:
         if n not in options:
             raise ValueError(f"--peers: unknown peer {n!r}; choose from {', '.join(options)}")
@@ -180,6 +182,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
 
     if args.reps < 1:
         raise ValueError("--reps must be >= 1")
+    if args.max_batch < 1:  # checked here, not as a traceback from a peer's worker process
+        raise ValueError("--max-batch must be >= 1")
     sizes = Sizes.quick() if args.quick else Sizes()
     specs = _specs(args, checkpoint)
     raw = run_bench(specs, args.kinds, sizes, args.reps, args.seed,
