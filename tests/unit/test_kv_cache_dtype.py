@@ -125,10 +125,15 @@ def test_greedy_tokens_alike_on_both_stacks_and_thread_counts() -> None:
 def test_the_same_memory_holds_twice_the_blocks() -> None:
     ckpt = tiny_checkpoint("llama")
     f32 = kv_bytes_per_block(ckpt.config, 4, torch.float32)
-    blocks = {kv: LLM(checkpoint=ckpt, dtype="float32", quantization=None, block_size=4,
-                      kv_cache_memory=10 * f32, kv_cache_dtype=kv).engine.num_kv_blocks
-              for kv in ("auto", "float32", "bfloat16")}
-    assert blocks == {"auto": 10, "float32": 10, "bfloat16": 20}
+    engines = {kv: LLM(checkpoint=ckpt, dtype="float32", quantization=None, block_size=4,
+                       kv_cache_memory=10 * f32, kv_cache_dtype=kv).engine
+               for kv in ("auto", "float32", "bfloat16")}
+    assert {kv: e.num_kv_blocks for kv, e in engines.items()} == {
+        "auto": 10, "float32": 10, "bfloat16": 20}
+    precision = engines["bfloat16"].precision  # what ``thinkstream info`` prints
+    assert precision.kv_dtype == "bfloat16" and precision.dtype == "float32"
+    assert precision.reason == "dtype float32 as given; KV cache bfloat16 (as given)"
+    assert engines["auto"].precision.kv_dtype == "float32"
 
 
 def test_bad_values_raise_naming_the_field() -> None:
@@ -178,3 +183,18 @@ def test_a_draft_model_keeps_its_kv_in_the_cache_dtype() -> None:
     assert engine.num_kv_blocks == budget // per_block
     assert engine.speculative.stats.num_accepted_tokens > 0
     assert outs[0] == outs[1]
+
+
+def test_cli_flags() -> None:
+    """``--kv-cache-dtype`` beside ``--dtype``: run / serve's engine flags, info, bench."""
+    from thinkstream.cli import build_parser, engine_config
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "hi", "--dtype", "float32", "--kv-cache-dtype", "bfloat16"])
+    assert engine_config(args).kv_cache_dtype == "bfloat16"
+    assert engine_config(parser.parse_args(["run", "hi"])).kv_cache_dtype == "auto"
+    assert parser.parse_args(["info", "--kv-cache-dtype", "bfloat16"]).kv_cache_dtype == "bfloat16"
+    bench = parser.parse_args(["bench", "profile", "--kv-cache-dtype", "bfloat16"])
+    assert bench.kv_cache_dtype == "bfloat16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "hi", "--kv-cache-dtype", "float8"])
