@@ -198,3 +198,35 @@ def test_cli_flags() -> None:
     assert bench.kv_cache_dtype == "bfloat16"
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "hi", "--kv-cache-dtype", "float8"])
+
+
+def test_profile_bench_with_a_bfloat16_cache(tmp_path, capsys) -> None:
+    """``bench profile --kv-cache-dtype bfloat16`` runs it, says so, and records it."""
+    import argparse
+    import json
+
+    from thinkstream.bench.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    out = tmp_path / "profile.json"
+    args = parser.parse_args(["bench", "profile", "--batch", "1", "--steps", "2", "--context", "9",
+                              "--dtype", "float32", "--quantization", "none", "--cpu-clock",
+                              "--kv-cache-dtype", "bfloat16", "--json", str(out)])
+    assert args.fn(args, checkpoint=tiny_checkpoint("llama")) == 0
+    assert "batch 1 (float32, KV cache bfloat16" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["profiles"][0]["kv_cache_dtype"] == "bfloat16" and "isa" in doc["cpu"]
+
+
+def test_accuracy_bench_compare() -> None:
+    """``bench/kv_cache_dtype.compare``: logit and next-token log-prob differences."""
+    from thinkstream.bench.kv_cache_dtype import compare
+
+    a = torch.zeros(3, 4)
+    b = a.clone()
+    b[0, 2] = 0.5  # position 0: the next token (2) gains, the argmax moves to 2
+    got = compare(a, b, [7, 2, 1])
+    assert got["max_abs_logit_diff"] == 0.5 and got["argmax_agreement"] == pytest.approx(2 / 3)
+    expected = torch.tensor([0.0, 0.0, 0.5, 0.0]).log_softmax(-1)[2] - torch.zeros(4).log_softmax(-1)[2]
+    assert abs(got["max_abs_prompt_logprob_diff"] - float(expected)) < 1e-6

@@ -12,18 +12,21 @@ float32,bfloat16`` builds one engine per KV cache dtype (``EngineConfig.kv_cache
 and alternates between them too.
 
     python -m thinkstream.bench.answer_step [--reps 3] [--dtype auto] [--quantization auto] [--threads 1]
-        [--kv-cache-dtype auto[,bfloat16]]
+        [--kv-cache-dtype auto[,bfloat16]] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from thinkstream.attention.metadata import AttentionConfig, Precision
+from thinkstream.bench.report import cpu_record
 from thinkstream.bench.streaming import document
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams
@@ -77,6 +80,7 @@ def main() -> None:
     p.add_argument("--modes", default=None, help="comma-separated subset of the attention paths")
     p.add_argument("--kv-cache-dtype", default="auto",
                    help="comma-separated KV cache dtypes, one engine each (auto, float32, bfloat16)")
+    p.add_argument("--json", default=None, help="write the medians here (with the CPU class)")
     args = p.parse_args()
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
@@ -106,9 +110,15 @@ def main() -> None:
                 rows.setdefault(("step with 16 sessions' chunks", path), []).append(
                     sessions_step(llm, 7919 * (rep + 1) + i, clock=clock))
             runner.attention = engine_default
+    medians = [{"what": what, "path": mode, "median_ms": statistics.median(xs) * 1e3}
+               for (what, mode), xs in sorted(rows.items(), key=lambda r: r[0][0])]
     print("| what | path | median ms |\n|---|---|---|")
-    for (what, mode), xs in sorted(rows.items(), key=lambda r: r[0][0]):
-        print(f"| {what} | {mode} | {statistics.median(xs) * 1e3:.1f} |")
+    for r in medians:
+        print(f"| {r['what']} | {r['path']} | {r['median_ms']:.1f} |")
+    if args.json:
+        doc = {"cpu": cpu_record(), "threads": args.threads, "clock": args.clock, "reps": args.reps,
+               "dtype": args.dtype, "quantization": args.quantization, "rows": medians}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
                    help="CPU time instead of wall time (1 thread: without a shared machine's waits)")
     p.add_argument("--context", type=int, default=16,
                    help="prompt tokens per sequence before the profiled decode steps (default 16)")
+    p.add_argument("--json", default=None, help="write the profiles here (with the CPU class)")
     p.set_defaults(fn=run_profile)
     p = sub.add_parser("speculative", help="speculative decoding: proposers, adaptive, peers")
     from thinkstream.bench import speculative
@@ -203,6 +204,7 @@ def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
     from thinkstream.bench.profile import format_profile, profile_decode
 
     batches = args.batch or [1, 32]
+    results = []
     for batch in batches:
         result = profile_decode(args.model, batch, args.steps, dtype=args.dtype,
                                 quantization=quantization_arg(args.quantization), threads=args.threads,
@@ -212,4 +214,12 @@ def run_profile(args: argparse.Namespace, checkpoint: Any = None) -> int:
                                 prompt_len=getattr(args, "context", 16),
                                 kv_cache_dtype=args.kv_cache_dtype)
         print(format_profile(result))
+        results.append(result)
+    if getattr(args, "json", None):
+        import json
+
+        from thinkstream.bench.report import cpu_record
+
+        doc = {"cpu": cpu_record(), "threads": args.threads, "profiles": results}
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     return 0
