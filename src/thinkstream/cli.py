@@ -165,14 +165,14 @@ def _plain(messages: list[dict]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    llm = _llm(args)
-    _stream_chat(llm, [{"role": "user", "content": args.prompt}], sampling_params(args))
+    params = sampling_params(args)  # a bad flag fails before the model loads
+    _stream_chat(_llm(args), [{"role": "user", "content": args.prompt}], params)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = _llm(args)
     params = sampling_params(args)
+    llm = _llm(args)
     history: list[dict] = []
     if args.system:
         history.append({"role": "system", "content": args.system})
@@ -235,10 +235,11 @@ def _check_writable(path: str) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     rows = _read_prompts(args.input)
     _check_writable(args.output)
+    params = sampling_params(args)
     llm = _llm(args)
     prompts = [llm.chat_prompt(r["messages"]) if "messages" in r else r["prompt"] for r in rows]
     start = time.perf_counter()
-    outputs = llm.generate(prompts, sampling_params(args), use_tqdm=True)
+    outputs = llm.generate(prompts, params, use_tqdm=True)
     elapsed = time.perf_counter() - start
     n_prompt = sum(len(o.prompt_token_ids) for o in outputs)
     n_gen = sum(len(c.token_ids) for o in outputs for c in o.outputs)

@@ -47,3 +47,14 @@ def test_good_lines_are_kept(tmp_path) -> None:
     src.write_text('{"prompt": "a", "id": 1}\n\n{"prompt": [1, 2]}\n'
                    '{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
     assert [r.get("id") for r in cli._read_prompts(str(src))] == [1, None, None]
+
+
+@pytest.mark.parametrize("command", [["run", "Hi"], ["chat"]])
+def test_a_bad_sampling_flag_is_refused_before_the_model_loads(monkeypatch, capsys,
+                                                               command: list[str]) -> None:
+    def no_model(args):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(cli, "_llm", no_model)
+    assert cli.main([*command, "--max-tokens", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "thinkstream: error: max_tokens must be >= 1, got -1"
