@@ -287,3 +287,35 @@ def test_children_stop_on_their_stop_strings(include: bool) -> None:
     assert len(t.result().outputs[0].token_ids) == 6
     llm.engine.check_integrity()
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_a_bad_fork_or_join_is_refused_before_anything_runs() -> None:
+    """Suffix ids outside the vocabulary and params the model cannot serve are refused by
+    fork / join, as a request's are by add_request: they used to pass and make the next
+    step raise (IndexError in the embedding, topk out of range), failing every request in
+    its batch; another request goes on untouched."""
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
+    engine = llm.engine
+    engine.add_request("other", [5, 6, 7], SamplingParams(temperature=0, max_tokens=3))
+    t = llm.threads(PROMPT, HOT)
+    for suffixes, params, param in (([[320]], None, "suffix"), ([[-1]], None, "suffix"),
+                                    ([[1, 2.5]], None, "suffix"),
+                                    (["a"], SamplingParams(logprobs=321), "logprobs"),
+                                    (["a"], SamplingParams(logit_bias={320: 1}), "logit_bias")):
+        with pytest.raises(ParamError) as err:
+            t.fork(t.root, suffixes, params)
+        assert err.value.param == param
+        assert not t.root.children and not t.root.seq.status.finished
+    kid = t.fork(t.root, [[1, 2]], max_tokens=2)[0]
+    t.wait([kid])
+    with pytest.raises(ParamError) as err:
+        t.join(t.root, [kid], [320])
+    assert err.value.param == "suffix"
+    with pytest.raises(ParamError) as err:
+        t.join(t.root, [kid], "x", into="new", params=SamplingParams(prompt_logprobs=321))
+    assert err.value.param == "prompt_logprobs"
+    t.join(t.root, [kid], " so:")
+    assert len(t.result().outputs[0].token_ids) == 6
+    assert "other" not in engine.requests  # finished beside the tree, never failed
+    engine.check_integrity()
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks

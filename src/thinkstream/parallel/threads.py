@@ -32,6 +32,7 @@ depth are capped (``ThreadLimits``, a ``ParamError`` naming ``width`` / ``depth`
 from __future__ import annotations
 
 import dataclasses
+import operator
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ class ThreadTree:
             raise ParamError("thread", "cannot fork a finished thread")
         if max_tokens < 1:
             raise ParamError("max_tokens", f"must be >= 1, got {max_tokens}")
+        for suffix, p in zip(suffixes, params, strict=True):
+            self._check(suffix, p)
         t = thread.seq
         t.input_closed = False  # pause: its last token is held, every child continues it
         fork_tok, fork_pos = t.token_ids[-1], t.position(t.num_tokens - 1)
@@ -141,6 +144,7 @@ class ThreadTree:
             raise ParamError("children", "join reads finished children of the thread only")
         if thread.seq.status.finished:
             raise ParamError("thread", "cannot join into a finished thread")
+        self._check(suffix, params)
         t = thread.seq
         n = t.num_tokens  # own tokens up to and with the held fork token
         fork_pos = t.position(n - 1)
@@ -191,6 +195,17 @@ class ThreadTree:
         kid.summary = True
         self.engine.attach(self.rid, kid.seq, self)
         return kid
+
+    def _check(self, suffix: Sequence[int], params: SamplingParams | None) -> None:
+        """What the engine checks of a request, for a child's or a join's own tokens and
+        params: token ids in the vocabulary, params the model can serve (else the step that
+        computes them would fail, and every request in its batch with it)."""
+        vocab = self.engine.model_config.vocab_size
+        bad = [t for t in suffix if not (hasattr(t, "__index__") and 0 <= operator.index(t) < vocab)]
+        if bad:
+            raise ParamError("suffix", f"token id {bad[0]!r} is not in the vocabulary (0..{vocab - 1})")
+        if params is not None:
+            self.engine.check_params(params)
 
     def _new_thread(self, own: list[int], p: SamplingParams, budget: int, prefix: list[tuple],
                     offset: int, depth: int, group: str | None, index: int = 0) -> Thread:
