@@ -2,8 +2,9 @@
 runs (the AVX2 one forced too; the portable build answers with its dot products) against a
 float64 product of gguf's dequantization of random blocks of every type.
 
-Shapes cover the GEMM's edges: x rows 1..40 (one and two vectors of rows per block, blocks
-of 16 / 32 with zero-filled rows past m), weight rows not a multiple of a panel (12 rows on
+Shapes cover the GEMM's edges: x rows 1..40, 47 and 63 (each tile width: 8, 16, 24 and 32
+rows a block on AVX-512, 4 / 8 / 16 on AVX2; blocks of 16 / 32 with zero-filled rows past
+m; a last block of 15 or 31 rows), weight rows not a multiple of a panel (12 rows on
 AVX-512, 6 on AVX2), K of one block, of several and past one 256-column chunk of a decoded
 panel (288 = 256 + 32), strided x and y, and the weight panels split across threads.
 """
@@ -39,16 +40,31 @@ def relative_error(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> float
 
 @needs_cc
 @pytest.mark.parametrize("qtype", sorted(kg.BLOCKS), ids=lambda q: NAMES[q])
-def test_gemm_matches_the_reference_for_1_to_40_rows(kernels: kg.GGUFKernels, qtype: int) -> None:
+def test_gemm_matches_the_reference_for_1_to_63_rows(kernels: kg.GGUFKernels, qtype: int) -> None:
     g = torch.Generator().manual_seed(qtype)
     for n, k in shapes(qtype):
         blocks = random_blocks(qtype, n, k, seed=qtype + k)
         w, bt = reference(qtype, blocks, k), torch.from_numpy(blocks)
-        x = torch.randn(40, k, generator=g)
-        for m in range(1, 41):
+        x = torch.randn(63, k, generator=g)
+        for m in [*range(1, 41), 47, 63]:
             got = kernels.matmul(qtype, bt, k, x[:m], path="gemm")
             assert got.shape == (m, n)
             assert relative_error(got, x[:m], w) < 1e-5, (NAMES[qtype], n, k, m)
+
+
+@needs_cc
+@pytest.mark.parametrize("qtype", sorted(kg.BLOCKS), ids=lambda q: NAMES[q])
+def test_gemm_rows_are_bit_identical_whichever_tile_they_fall_in(kernels: kg.GGUFKernels, qtype: int) -> None:
+    """Batch invariance: a row's output from an m-row GEMM equals, bit for bit, the same row
+    alone (one row: the narrowest tile), for m = 1..40, 47, 63 (every tile width, rows in
+    a first or a last block), so a speculative verification on the GEMM computes each row
+    as a one-row call would (the dot kernel's own invariance: test_gguf_kernels.py)."""
+    k = 288 if kg.BLOCKS[qtype][0] == 32 else 512
+    bt = torch.from_numpy(random_blocks(qtype, 29, k, seed=qtype))
+    x = torch.randn(63, k, generator=torch.Generator().manual_seed(qtype))
+    alone = torch.cat([kernels.matmul(qtype, bt, k, x[i:i + 1], path="gemm") for i in range(63)])
+    for m in [*range(1, 41), 47, 63]:
+        assert torch.equal(kernels.matmul(qtype, bt, k, x[:m], path="gemm"), alone[:m]), (NAMES[qtype], m)
 
 
 @needs_cc

@@ -17,8 +17,8 @@
  * broadcast (the inner loop is 2 loads, 12 broadcasts and 24 FMAs: FMA-bound, ~100 GFLOP/s
  * on one Zen 4 core; 12 rather than 14 divides SmolLM2's 576 / 960 / 3,072 / 49,152 rows:
  * 1-2% faster there, 6% for the 576-row down projection at 512 x rows); AVX2: 6 x 16 = 12
- * ymm accumulators. A block with at most one vector
- * (half a vector) of real rows takes the one-vector (half-vector) tile. x blocks go in
+ * ymm accumulators. A block of fewer rows takes a narrower tile (pick_tile: 24, 16 or 8
+ * rows on AVX-512), so the cost grows with the rows in steps of 8. x blocks go in
  * groups whose xt slice stays within G_XT_BYTES, each group decoding the panels again. */
 
 #if defined(__AVX512F__)
@@ -137,7 +137,33 @@ static void gemm_tile_half(const float *wb, const float *xt, int64_t k, float *t
 }
 
 static void gemm_tile1(const float *wb, const float *xt, int64_t k, float *tile) { gemm_tile(1, wb, xt, k, tile); }
+/* A block of 17..24 rows (AVX-512): the one-vector tile for the first 16, the half-vector
+ * tile for the rest (rows 16.. of xt and of the tile: the same strides), so 24 rows cost
+ * 3/4 of 32. Two passes over the panel measured as fast as one fused zmm + ymm tile (Zen 4,
+ * SmolLM2's linears at 24 rows: 79-81 vs 83-84 ms against 94 for the two-vector tile). */
+static void gemm_tile_24(const float *wb, const float *xt, int64_t k, float *tile) {
+    gemm_tile(1, wb, xt, k, tile);
+    gemm_tile_half(wb, xt + G_VW, k, tile + G_VW);
+}
 static void gemm_tile2(const float *wb, const float *xt, int64_t k, float *tile) { gemm_tile(2, wb, xt, k, tile); }
+
+typedef void (*tile_fn)(const float *wb, const float *xt, int64_t k, float *tile);
+
+/* The tile for a block of ``rows`` (1..G_MB) x rows: the narrowest that holds them, so the
+ * FMAs grow with the rows in steps of 8 (AVX-512: tiles of 8 / 16 / 24 / 32 rows; AVX2:
+ * blocks of 16 rows, tiles of 4 / 8 / 16, where 4 rows in 128-bit FMAs cost what 8 do).
+ * Finer steps would not pay on Zen 4: a 128-bit FMA takes a 256-bit one's slot. Every
+ * tile computes each output as the same chain of FMAs over the columns, so a row's result
+ * is bit-identical whichever tile and block it falls in (tests/unit/test_gguf_gemm.py). */
+static tile_fn pick_tile(int64_t rows) {
+#if defined(__AVX512F__)
+    if (rows > G_VW + G_VW / 2) return gemm_tile2;
+    if (rows > G_VW) return gemm_tile_24;
+#else
+    if (rows > G_VW) return gemm_tile2;
+#endif
+    return rows > G_VW / 2 ? gemm_tile1 : gemm_tile_half;
+}
 
 /* Weight rows n0..n1 against the m rows packed in xt; ``wb`` holds a decoded panel. */
 static void gemm_range(int type, int values, int bytes, const uint8_t *w, int64_t row_bytes, int64_t n0,
@@ -152,9 +178,7 @@ static void gemm_range(int type, int values, int bytes, const uint8_t *w, int64_
             deq_panel(type, values, bytes, w + n * row_bytes, row_bytes, nr, k, wb);
             for (int64_t b = b0; b < b1; b++) {
                 int64_t r0 = b * G_MB, rows = m - r0 < G_MB ? m - r0 : G_MB;
-                if (rows > G_VW) gemm_tile2(wb, xt + b * k * G_MB, k, tile);
-                else if (rows > G_VW / 2) gemm_tile1(wb, xt + b * k * G_MB, k, tile);
-                else gemm_tile_half(wb, xt + b * k * G_MB, k, tile);
+                pick_tile(rows)(wb, xt + b * k * G_MB, k, tile);
                 for (int64_t r = 0; r < rows; r++)
                     for (int i = 0; i < nr; i++) y[(r0 + r) * ldy + n + i] = tile[i * G_MB + r];
             }
