@@ -84,6 +84,9 @@ CASES = [
     ("completions", _with(COMPLETION, stream_options={"include_usage": "x"}),
      "stream_options.include_usage"),
     ("completions", _with(COMPLETION, suffix="x"), "suffix"),
+    # without stream: true, as OpenAI and vLLM answer
+    ("completions", _with(COMPLETION, stream_options={"include_usage": True}), "stream_options"),
+    ("chat", _with(CHAT, stream=False, stream_options={"include_usage": True}), "stream_options"),
 ]
 URL = {"completions": "/v1/completions", "chat": "/v1/chat/completions",
        "responses": "/v1/responses"}

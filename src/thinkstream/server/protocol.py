@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -72,6 +73,17 @@ class StrictBody(BaseModel):
 
 class StreamOptions(StrictBody):
     include_usage: bool = False
+
+
+def _needs_stream(value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+    """``stream_options`` without ``stream: true`` is a 400, as OpenAI and vLLM answer."""
+    if value is not None and not info.data.get("stream", False):
+        raise ValueError("only allowed when stream is true")
+    return value
+
+
+# declared after ``stream``, which the check reads
+StreamOptionsField = Annotated[StreamOptions | None, AfterValidator(_needs_stream)]
 
 
 class JsonSchemaFormat(StrictBody):
@@ -130,7 +142,7 @@ class SamplingRequest(StrictBody):
     guided_choice: list[Text] | None = None
     guided_grammar: Text | None = None
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptionsField = None
     user: Text | None = None
     request_id: Text | None = None
     cache_salt: Text | None = None  # vLLM's: prefix-cache blocks are shared only within a salt

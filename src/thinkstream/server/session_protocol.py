@@ -74,7 +74,7 @@ class SessionCloseRequest(P.StrictBody):
     the close takes the next number): computed in the answer's first step."""
 
     stream: bool = False
-    stream_options: P.StreamOptions | None = None
+    stream_options: P.StreamOptionsField = None
     seq: int | None = None
     text: P.Text | None = None
     token_ids: P.TokenIds | None = None
