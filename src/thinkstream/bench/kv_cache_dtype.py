@@ -7,7 +7,9 @@ cache and one with a bfloat16 cache, score the same prompts: README's chat quest
 |logit difference| over every position, the largest |log-probability difference| of the
 prompt's own next tokens, and how many positions keep their argmax; then each engine's
 greedy answer to README's question, its KV bytes per token and its blocks in
-``--kv-cache-mb``. Deterministic (no timing).
+``--kv-cache-mb``. Deterministic (no timing). With AVX512_BF16 the fused attention kernel
+reads bfloat16 caches with bfloat16 dot products (q and the probabilities rounded too);
+``THINKSTREAM_ISA=avx2`` measures the widening build (only K and V rounded).
 
     python -m thinkstream.bench.kv_cache_dtype [--model M] [--lengths 512,2000] [--json F]
 """
@@ -83,8 +85,12 @@ def measure(model: str | None, lengths: list[int], kv_cache_mb: int, threads: in
                        "kv_bytes_per_token": kv_bytes_per_block(eng.model_config, 1,
                                                                 getattr(torch, kv)),
                        "readme_answer": llm.chat(CHAT, greedy)[0].outputs[0].text}
-    return {"model": str(ref.engine.model_path), "kv_cache_mb": kv_cache_mb, "prompts": rows,
-            "engines": engines}
+    from thinkstream.kernels.attention import load_fq_attention
+
+    fq = load_fq_attention()  # which attention build read the bfloat16 caches
+    kernel = None if fq is None else {"isa": fq.isa, "bf16_dot_products": fq.bf16_dot}
+    return {"model": str(ref.engine.model_path), "kv_cache_mb": kv_cache_mb,
+            "attention_kernel": kernel, "prompts": rows, "engines": engines}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in result["prompts"].items():
         print(f"| {name} | {r['tokens']} | {r['max_abs_logit_diff']:.3f} | "
               f"{r['max_abs_prompt_logprob_diff']:.3f} | {100 * r['argmax_agreement']:.1f}% |")
+    print(f"attention kernel: {result['attention_kernel']}")
     for kv, e in result["engines"].items():
         print(f"{kv} cache: {e['kv_bytes_per_token']} bytes/token, {e['num_kv_blocks']} blocks in "
               f"{args.kv_cache_mb} MiB, README answer {e['readme_answer']!r}")
