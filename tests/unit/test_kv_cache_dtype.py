@@ -230,3 +230,18 @@ def test_accuracy_bench_compare() -> None:
     assert got["max_abs_logit_diff"] == 0.5 and got["argmax_agreement"] == pytest.approx(2 / 3)
     expected = torch.tensor([0.0, 0.0, 0.5, 0.0]).log_softmax(-1)[2] - torch.zeros(4).log_softmax(-1)[2]
     assert abs(got["max_abs_prompt_logprob_diff"] - float(expected)) < 1e-6
+
+
+def test_info_prints_the_cache_dtype(monkeypatch, capsys) -> None:
+    """``thinkstream info --kv-cache-dtype bfloat16``: the precision block names the cache."""
+    import json
+
+    import thinkstream.loading
+    from thinkstream.cli import build_parser
+
+    monkeypatch.setattr(thinkstream.loading, "load_checkpoint", lambda _: tiny_checkpoint("llama"))
+    args = build_parser().parse_args(["info", "--dtype", "float32", "--kv-cache-dtype", "bfloat16"])
+    assert args.fn(args) == 0
+    precision = json.loads(capsys.readouterr().out)["precision"]
+    assert precision["dtype"] == "float32" and precision["kv_cache_dtype"] == "bfloat16"
+    assert precision["why"].endswith("; KV cache bfloat16 (as given)")
