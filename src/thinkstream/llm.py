@@ -38,14 +38,16 @@ class LLM:
     def __init__(
         self, model: str | os.PathLike | None = None, *, dtype: str = "auto",
         quantization: str | None = "auto", device: str = "cpu", max_num_seqs: int = 64,
-        kv_cache_memory: int = 256 * 1024 * 1024, **engine_options,
+        kv_cache_memory: int = 256 * 1024 * 1024, kv_cache_dtype: str = "auto", **engine_options,
     ) -> None:
         """``dtype`` / ``quantization`` ``"auto"``: the fastest exact-enough setting for this
         hardware and checkpoint (``models/precision.py``; ``llm.engine.precision`` says what
-        was chosen). Pin ``dtype="float32", quantization=None`` for plain float32."""
+        was chosen). Pin ``dtype="float32", quantization=None`` for plain float32.
+        ``kv_cache_dtype``: "auto" (the model's dtype), "float32" or "bfloat16" (half the
+        cache's bytes, keys and values rounded; ``EngineConfig.kv_cache_dtype``)."""
         checkpoint = engine_options.pop("checkpoint", None)  # an already loaded model
         config = EngineConfig(dtype=dtype, quantization=quantization, device=device,
-                              max_num_seqs=max_num_seqs,
+                              max_num_seqs=max_num_seqs, kv_cache_dtype=kv_cache_dtype,
                               kv_cache_memory=kv_cache_memory, **engine_options)
         self.engine = LLMEngine(model, config, checkpoint=checkpoint)
         self.tokenizer = self.engine.tokenizer
