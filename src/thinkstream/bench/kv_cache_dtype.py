@@ -70,8 +70,9 @@ def measure(model: str | None, lengths: list[int], kv_cache_mb: int, threads: in
             for kv in ("float32", "bfloat16")}
     ref = llms["float32"]
     tok = ref.tokenizer
-    prompts = {"README chat question": tok.encode_chat(CHAT),
-               "40-token text": tok.encode(TEXT, add_special_tokens=True)[:40]}
+    chat = tok.chat_template is not None  # a base model (Gemma 3 270M) has none
+    prompts = {"README chat question": tok.encode_chat(CHAT)} if chat else {}
+    prompts["40-token text"] = tok.encode(TEXT, add_special_tokens=True)[:40]
     for n in lengths:
         text = "".join(document(tok, n, 3, "speech"))
         prompts[f"{n}-token document"] = tok.encode(text, add_special_tokens=True)[:n]
@@ -84,7 +85,7 @@ def measure(model: str | None, lengths: list[int], kv_cache_mb: int, threads: in
         engines[kv] = {"precision": eng.precision.reason, "num_kv_blocks": eng.num_kv_blocks,
                        "kv_bytes_per_token": kv_bytes_per_block(eng.model_config, 1,
                                                                 getattr(torch, kv)),
-                       "readme_answer": llm.chat(CHAT, greedy)[0].outputs[0].text}
+                       "readme_answer": llm.chat(CHAT, greedy)[0].outputs[0].text if chat else None}
     from thinkstream.kernels.attention import load_fq_attention
 
     fq = load_fq_attention()  # which attention build read the bfloat16 caches
