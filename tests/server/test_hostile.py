@@ -239,3 +239,50 @@ def test_websocket_validation_errors_in_words(message, param, text) -> None:
     assert err == {"type": "error", "error": {"message": text, "type": "invalid_request_error",
                                               "param": param, "code": "invalid_type"}}
     assert not any(word in text for word in INTERNALS)
+
+
+# ------------------------------------------------------------------ a slow request check
+JSON_OBJECT = {"type": "json_object"}
+SLOW_CHECKS = {
+    "/v1/completions": {"prompt": "hi", "max_tokens": 2, "response_format": JSON_OBJECT},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                             "response_format": JSON_OBJECT},
+    "/v1/responses": {"input": "hi", "max_output_tokens": 2, "text": {"format": JSON_OBJECT}},
+    "/v1/sessions": {"prompt": "hi", "max_tokens": 2, "response_format": JSON_OBJECT},
+}
+
+
+@pytest.mark.parametrize("path", list(SLOW_CHECKS))
+def test_a_slow_request_check_never_stalls_other_clients(tiny_server, monkeypatch, path) -> None:
+    """Compiling a client's constraint (or tokenizing megabytes of prompt) runs off the
+    event loop: a choice of 150,000 strings held every other client (health checks and
+    streams included) for 53 s. Here the compile is held until the other clients have
+    been answered."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    structured = tiny_server.engine.structured
+    compile_, entered, release = structured.compile, threading.Event(), threading.Event()
+
+    def held(constraint):
+        entered.set()
+        release.wait(30)
+        return compile_(constraint)
+
+    monkeypatch.setattr(structured, "compile", held)
+    url = tiny_server.url
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.post, url + path, json=SLOW_CHECKS[path], timeout=60)
+        try:
+            assert entered.wait(10)
+            health = httpx.get(url + "/health", timeout=10)
+            other = httpx.post(url + "/v1/completions", timeout=10,
+                               json={"prompt": "Hello", "max_tokens": 2})
+        finally:
+            release.set()
+        assert (health.status_code, other.status_code) == (200, 200)
+        answer = slow.result()
+    assert answer.status_code == 200, answer.text
+    if path == "/v1/sessions":
+        assert httpx.delete(f"{url}/v1/sessions/{answer.json()['id']}").status_code == 200
+    tiny_server.wait_idle()

@@ -138,6 +138,17 @@ def test_invalid_constraints_name_their_field(compiler, so, field, words) -> Non
     assert str(err.value).startswith(f"{field}: ")
 
 
+def test_a_panic_reason_keeps_no_native_backtrace() -> None:
+    """llguidance panics (a choice of ~66,000 strings overflows its symbol table) come with
+    a native backtrace naming build paths; the client is told the assertion only."""
+    panic = ("panic: assertion failed: grammar.symbols.len() < u16::MAX as usize - 10\n"
+             "<backtrace>\n  16: type_call\n     at /tmp/python-build/Objects/typeobject.c:1091"
+             "\n</backtrace>")
+    err = ConstraintError("choice", panic)
+    assert err.reason == "panic: assertion failed: grammar.symbols.len() < u16::MAX as usize - 10"
+    assert str(err) == f"choice: {err.reason}"
+
+
 def test_compiled_grammars_are_cached_by_the_params(compiler) -> None:
     so = StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}})
     first = compiler.compile(so)

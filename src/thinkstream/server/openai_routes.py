@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from thinkstream.engine.llm_engine import RequestError
 from thinkstream.engine.request import RequestOutput
@@ -231,6 +232,23 @@ async def completions(request: Request) -> Response:
     state = server_state(request)
     body = await parse_body(request, P.CompletionRequest)
     check_model(state, body.model)
+    # off the event loop: tokenizing megabytes or compiling a big constraint takes seconds
+    params, prompts, encoded = await run_in_threadpool(_prepare_completion, state, body)
+    score_only = body.max_tokens == 0
+    job = Job(state, public_id(request, body, "cmpl"), encoded, params,
+              request_owner(request.scope), salt=body.prefix_salt())
+    view = fmt.CompletionView(job.public_id, state.config.served_model_name,
+                              state.llm.tokenizer, prompts, encoded, body.echo,
+                              body.logprobs, params.n, params.skip_special_tokens, score_only)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
+    return await run_job(request, job, stream, view.response)
+
+
+def _prepare_completion(state: ServerState, body: P.CompletionRequest,
+                        ) -> tuple[SamplingParams, list, list[list[int]]]:
+    """Params, prompts and their token ids of a completion request, checked (caps, the
+    constraint compiled, the context); ``max_tokens: 0`` with ``echo`` scores the prompt."""
     if body.suffix is not None:
         raise APIError(400, "suffix: not supported", "suffix", "unsupported")
     if body.best_of is not None and body.best_of != body.n:
@@ -249,14 +267,7 @@ async def completions(request: Request) -> Response:
     encoded = [state.llm.engine.encode_prompt(p) for p in prompts]
     for ids in encoded:
         _check_context(state, ids, params, "prompt")
-    job = Job(state, public_id(request, body, "cmpl"), encoded, params,
-              request_owner(request.scope), salt=body.prefix_salt())
-    view = fmt.CompletionView(job.public_id, state.config.served_model_name,
-                              state.llm.tokenizer, prompts, encoded, body.echo,
-                              body.logprobs, params.n, params.skip_special_tokens, score_only)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
-    return await run_job(request, job, stream, view.response)
+    return params, prompts, encoded
 
 
 def chat_params(state, body) -> tuple[SamplingParams, int | None]:
@@ -327,7 +338,7 @@ async def chat_completions(request: Request) -> Response:
     check_model(state, body.model)
     sent = {"max_tokens": "max_completion_tokens"} if body.max_completion_tokens is not None else {}
     with field_names(sent):
-        chat = prepare_chat(state, body)
+        chat = await run_in_threadpool(prepare_chat, state, body)  # off the event loop
     parallel = parallel_config(chat.params, body.parallel, state.config.max_n)
     job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from thinkstream.server import responses_protocol as R
 from thinkstream.server.auth import request_owner
@@ -56,15 +57,19 @@ async def responses(request: Request) -> Response:
     body = await parse_body(request, R.ResponsesRequest)
     check_model(state, body.model)
     R.check_stateless(body)
-    text_format = checked(state, R.text_constraint(body), "text.format.schema")
     with field_names({"max_tokens": "max_output_tokens", "messages": "input"}):
-        chat = prepare_chat(state, R.chat_request(body), text_format)
+        chat = await run_in_threadpool(_prepare, state, body)  # off the event loop
     job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt())
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
                          chat.parser, len(chat.ids))
     stream = (lambda: _events(view.events(job.outputs()))) if body.stream else None
     return await run_job(request, job, stream, view.response)
+
+
+def _prepare(state, body: R.ResponsesRequest):
+    text_format = checked(state, R.text_constraint(body), "text.format.schema")
+    return prepare_chat(state, R.chat_request(body), text_format)
 
 
 async def _events(events: AsyncIterator[dict]) -> AsyncIterator[str]:

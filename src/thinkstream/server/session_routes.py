@@ -49,6 +49,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
@@ -90,7 +91,7 @@ def session_router() -> APIRouter:
         try:
             state, hub, key = ctx(request)
             body = await parse_body(request, SessionCreateRequest)
-            prompt, messages, params, logprobs = open_args(state, body)
+            prompt, messages, params, logprobs = await run_in_threadpool(open_args, state, body)
             thinking = body.thinking.config() if body.thinking is not None else None
             info = await hub.open(key, prompt, messages, params, thinking,
                                   (logprobs, params.n, thinking is not None),

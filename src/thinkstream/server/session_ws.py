@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
@@ -150,7 +151,7 @@ class WsSession:
         if self.sid is not None and (self.answer is None or not self.answer.done()):
             raise APIError(409, "this connection already has a session", None, "session_open")
         body = await _parse_ws(obj, SessionCreateRequest)
-        prompt, messages, params, logprobs = open_args(self.state, body)
+        prompt, messages, params, logprobs = await run_in_threadpool(open_args, self.state, body)
         thinking = body.thinking.config() if body.thinking is not None else None
         info = await self.hub.open(self.key, prompt, messages, params, thinking,
                                    salt=body.prefix_salt())

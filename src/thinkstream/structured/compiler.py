@@ -43,6 +43,9 @@ class ConstraintError(ValueError):
     at fault (``json``, ``json_object``, ``regex``, ``choice`` or ``grammar``)."""
 
     def __init__(self, field: str, message: str) -> None:
+        # llguidance's panics carry a native backtrace (file paths of the build): keep
+        # only the assertion, which is what the client may read
+        message = message.split("<backtrace>", 1)[0].strip()
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
