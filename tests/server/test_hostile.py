@@ -286,3 +286,32 @@ def test_a_slow_request_check_never_stalls_other_clients(tiny_server, monkeypatc
     if path == "/v1/sessions":
         assert httpx.delete(f"{url}/v1/sessions/{answer.json()['id']}").status_code == 200
     tiny_server.wait_idle()
+
+
+def test_tokenizing_for_tokenize_never_stalls_other_clients(tiny_server, monkeypatch) -> None:
+    """``/tokenize`` of megabytes took ~5 s of the event loop (every client held)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer = tiny_server.llm.engine.tokenizer
+    encode, entered, release = tokenizer.encode, threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", held)
+    url = tiny_server.url
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.post, url + "/tokenize", json={"prompt": "hi"}, timeout=60)
+        try:
+            assert entered.wait(10)
+            health = httpx.get(url + "/health", timeout=10)
+            other = httpx.post(url + "/v1/completions", timeout=10,  # token ids: no encode
+                               json={"prompt": [5, 6, 7], "max_tokens": 2})
+        finally:
+            release.set()
+        assert (health.status_code, other.status_code) == (200, 200)
+        assert slow.result().json()["tokens"] == encode("hi")
+    tiny_server.wait_idle()

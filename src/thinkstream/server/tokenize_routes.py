@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
@@ -56,9 +57,15 @@ async def tokenize(request: Request) -> Response:
     state = server_state(request)
     body = await parse_body(request, TokenizeRequest)
     check_model(state, body.model)
-    tokenizer = state.llm.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "prompt or messages: give exactly one", "prompt", "invalid_value")
+    ids, strs = await run_in_threadpool(_tokenize, state, body)  # megabytes take seconds
+    return JSONResponse({"count": len(ids), "max_model_len": state.llm.engine.max_model_len,
+                         "tokens": ids, "token_strs": strs})
+
+
+def _tokenize(state, body: TokenizeRequest) -> tuple[list[int], list[str] | None]:
+    tokenizer = state.llm.tokenizer
     if body.prompt is not None:
         ids = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens
                                is not False)
@@ -73,9 +80,7 @@ async def tokenize(request: Request) -> Response:
         if body.add_special_tokens and tokenizer.bos_token_id is not None \
                 and ids[:1] != [tokenizer.bos_token_id]:
             ids = [tokenizer.bos_token_id, *ids]
-    strs = tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
-    return JSONResponse({"count": len(ids), "max_model_len": state.llm.engine.max_model_len,
-                         "tokens": ids, "token_strs": strs})
+    return ids, tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
 
 
 @router.post("/detokenize", openapi_extra=body_doc(DetokenizeRequest), responses=ERRORS)
@@ -90,7 +95,7 @@ async def detokenize(request: Request) -> Response:
     if bad is not None:
         raise APIError(400, f"tokens: {bad} is not a token id of this model (0 to {vocab - 1})",
                        "tokens", "invalid_value")
-    return JSONResponse({"prompt": state.llm.tokenizer.decode(body.tokens)})
+    return JSONResponse({"prompt": await run_in_threadpool(state.llm.tokenizer.decode, body.tokens)})
 
 
 @router.get("/tokenizer_info", responses=ERRORS)
