@@ -148,6 +148,25 @@ def test_parts_compute_what_one_call_does(dot, parts: int) -> None:
 
 
 @needs_dot
+def test_threads_give_one_threads_bits(dot) -> None:
+    """fq_attention's OpenMP threads (runs of (sequence, key/value head) pairs) over
+    bfloat16 caches: the same output as one thread, bit for bit."""
+    g = torch.Generator().manual_seed(11)
+    q, kc, vc, slots = random_case(g, 3, 4, 6, 2, 32, 150)
+    mask = torch.rand(3, 4, 150, generator=g) > 0.2
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dot(q, kc, vc, slots, mask, 0.2)
+        torch.set_num_threads(2)
+        two = dot(q, kc, vc, slots, mask, 0.2)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    check(dot, q, kc, vc, slots, mask, 0.2)
+
+
+@needs_dot
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 def test_builds_without_dot_products_widen(dot, isa) -> None:
     """The plain avx512 and the avx2 builds widen bfloat16 caches: float32 arithmetic, within
