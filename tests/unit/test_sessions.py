@@ -244,6 +244,34 @@ def test_closed_session_refuses_input_and_limits(llm: LLM) -> None:
     assert_pool_full(llm)
 
 
+def test_a_text_too_long_to_fit_is_refused_before_it_is_tokenized(monkeypatch) -> None:
+    """A replace (or an append) whose text has more characters than the session's tokens
+    could ever hold (2x the longest vocabulary entry per token) is a 413 at once: a few
+    megabytes were tokenized on the engine thread first (seconds of every request held)."""
+    llm = make_llm(num_blocks=64)
+    mgr = SessionManager(llm.engine, max_input_tokens=10)
+    mgr.open("long", "ab", params=GREEDY)
+    vocab = llm.tokenizer.backend.get_vocab(with_added_tokens=True)
+    most = 2 * max(map(len, vocab)) * 10  # characters 10 tokens can stand for, at most
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("the text was tokenized")
+
+    monkeypatch.setattr(llm.tokenizer.backend, "encode_batch", no_tokenizing)
+    for update, text in ((mgr.replace, "a" * (most + 1)), (mgr.append, "a" * (most - 1))):
+        with pytest.raises(SessionLimitError) as err:
+            update("long", text)
+        assert (err.value.status, err.value.code) == (413, "session_tokens_exceeded")
+        assert str(err.value).startswith("input: ")
+    monkeypatch.undo()
+    with pytest.raises(SessionLimitError, match="exceed the session limit of 10"):
+        mgr.replace("long", "a b " * (most // 4))  # may fit by its length: tokenized, refused
+    assert mgr.info("long").tokens_received == 2  # refused whole: nothing changed
+    mgr.replace("long", "abc")
+    assert mgr.abort("long")
+    assert_pool_full(llm)
+
+
 def test_fifty_sessions_random_aborts_leave_pool_full() -> None:
     llm = make_llm(num_blocks=64, max_num_seqs=64)
     engine, mgr = llm.engine, SessionManager(llm.engine)

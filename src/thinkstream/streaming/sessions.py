@@ -85,6 +85,7 @@ class SessionManager:
         self._open: dict[str, _Session] = {}
         self._ended: OrderedDict[str, _Session] = OrderedDict()  # closed or aborted, newest last
         self.remember = remember
+        self._token_chars: int | None = None  # the longest vocabulary entry (_check_chars)
 
     # ----------------------------------------------------------------- queries
     def _get(self, sid: str) -> _Session:
@@ -175,12 +176,31 @@ class SessionManager:
 
     def append(self, sid: str, data: Data, seq: int | None = None) -> UpdateResult:
         s = self._get_open(sid)
+        if s.input.mode != "tokens":
+            self._check_chars(len(s.input.content) + len(data))
         return self._apply(s, s.input.plan_append(data, seq), seq)
 
     def replace(self, sid: str, data: str | Sequence[int], seq: int | None = None) -> UpdateResult:
         """Update mode: ``data`` becomes the whole input (the content, for a chat session)."""
         s = self._get_open(sid)
+        if isinstance(data, str):
+            self._check_chars(len(data))
         return self._apply(s, s.input.plan_replace(data, seq), seq)
+
+    def _check_chars(self, num_chars: int) -> None:
+        """Refuse, before tokenizing it, a text that holds more tokens than a session may:
+        a token stands for at most as many characters as the vocabulary's longest entry
+        (twice that for a normalizer that folds characters). Tokenizing a few megabytes
+        on the engine thread held every request for seconds; a text this long never fits."""
+        if num_chars <= self.max_input_tokens:
+            return
+        if self._token_chars is None:  # once, and only for a long text (~0.7 s for 262k)
+            vocab = self.engine.tokenizer.backend.get_vocab(with_added_tokens=True)
+            self._token_chars = max(map(len, vocab), default=1)
+        if num_chars > 2 * self._token_chars * self.max_input_tokens:
+            raise SessionLimitError(
+                f"input: {num_chars} characters hold more tokens than the session limit of "
+                f"{self.max_input_tokens}", "input", "session_tokens_exceeded", 413)
 
     def close(self, sid: str, seq: int | None = None, data: Data | None = None) -> SessionInfo:
         """End the input; the request starts answering (outputs come from ``engine.step``).
