@@ -139,7 +139,8 @@ def test_max_tokens_zero_with_echo_scores_the_prompt(server) -> None:
     n = len(server.engine.tokenizer.encode(PROMPT))
     assert choice["text"] == PROMPT and choice["finish_reason"] == "length"
     assert len(choice["logprobs"]["tokens"]) == n and choice["logprobs"]["token_logprobs"][0] is None
-    assert r["usage"] == {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}
+    assert r["usage"] == {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
     with httpx.stream("POST", server.url + "/v1/completions", headers=AUTH, timeout=60,
                       json={**body, "stream": True}) as s:
         lines = [line for line in s.iter_lines() if line.startswith("data: {")]
@@ -244,3 +245,33 @@ def test_cache_salt_separates_prefix_caches(server) -> None:
     assert session("e") == 0
     assert session("a") >= 16
     server.wait_idle()
+
+
+def test_usage_reports_prefix_cache_hits(server) -> None:
+    """usage.prompt_tokens_details.cached_tokens: the prompt tokens served from the prefix
+    cache, as OpenAI reports them: 0 the first time, the full blocks the second time, in
+    plain and streamed answers, chat and completions."""
+    bs = server.engine.kv.block_size
+    prompt = " ".join(f"word{i}" for i in range(40))  # unlike the other tests' prompts
+    n = len(server.engine.tokenizer.encode(prompt))
+    hit = (n - 1) // bs * bs  # full blocks before the last prompt token
+    assert hit >= bs
+    body = {"prompt": prompt, "max_tokens": 2, "temperature": 0}
+    first = post(server, "/v1/completions", body).json()["usage"]
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0}
+    again = post(server, "/v1/completions", body).json()["usage"]
+    assert again["prompt_tokens"] == n and again["prompt_tokens_details"] == {"cached_tokens": hit}
+    with httpx.stream("POST", server.url + "/v1/completions", headers=AUTH, timeout=60,
+                      json={**body, "stream": True,
+                            "stream_options": {"include_usage": True}}) as s:
+        lines = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert lines[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": hit}
+    chat = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 2, "temperature": 0}
+    post(server, "/v1/chat/completions", chat)
+    usage = post(server, "/v1/chat/completions", chat).json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == (usage["prompt_tokens"] - 1) // bs * bs
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=AUTH, timeout=60,
+                      json={**chat, "stream": True,
+                            "stream_options": {"include_usage": True}}) as s:
+        lines = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert lines[-1]["usage"] == usage

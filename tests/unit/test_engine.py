@@ -272,3 +272,8 @@ def test_shared_prefix_computed_once_per_step() -> None:
     engine.step()
     assert engine.kv.prefix_hits == 24
     assert engine.kv.block_table("a#0")[:6] == engine.kv.block_table("b#0")[:6]
+    outs: dict[str, int] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            outs[out.request_id] = out.num_cached_tokens
+    assert outs == {"a": 0, "b": 24}  # RequestOutput.num_cached_tokens, as vLLM's

@@ -141,6 +141,7 @@ class RequestState:
             prompt_logprobs=self._prompt_logprobs_now(),
             outputs=outs,
             finished=self.finished,
+            num_cached_tokens=max(self.seqs[0].num_cached_tokens, 0),
         )
 
     def _path_output(self, out: CompletionOutput, consume: bool) -> None:

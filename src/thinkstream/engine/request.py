@@ -96,6 +96,9 @@ class Sequence:
     input_closed: bool = True
     last_input_time: float = field(default_factory=time.monotonic)  # newest input change
     num_preemptions: int = 0
+    # Prompt tokens served from the prefix cache when first scheduled (-1: not yet);
+    # kept through preemption, as vLLM's ``num_cached_tokens``.
+    num_cached_tokens: int = -1
     first_token_time: float | None = None
     salt: object = None  # prefix-cache salt (a position layout, say)
     # KV views: (seq_id, num_tokens) segments of other sequences' caches this sequence

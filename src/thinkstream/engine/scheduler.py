@@ -272,6 +272,8 @@ class Scheduler:
             return False
         ids = seq.token_ids[: seq.num_shareable_tokens]
         seq.num_computed_tokens = self.kv.lookup_prefix(seq.seq_id, ids, seq.salt) if use_cache else 0
+        if seq.num_cached_tokens < 0:
+            seq.num_cached_tokens = seq.num_computed_tokens
         if not use_cache:
             self.kv.allocate(seq.seq_id, 0)
         elif seq.num_computed_tokens == 0 and head is not None:

@@ -95,10 +95,14 @@ def _top(entry: dict[int, Logprob], k: int | None) -> list[tuple[int, float]]:
     return [(tid, logprob) for _, tid, logprob in ranked]
 
 
-def _usage(prompt_tokens: int, completion_tokens: int, path_tokens: int = 0) -> dict:
-    """OpenAI's usage; parallel paths' tokens count as completion (reasoning) tokens."""
+def _usage(prompt_tokens: int, completion_tokens: int, path_tokens: int = 0,
+           cached_tokens: int = 0) -> dict:
+    """OpenAI's usage; parallel paths' tokens count as completion (reasoning) tokens;
+    ``cached_tokens``: prompt tokens served from the prefix cache (``prompt_tokens_details``,
+    as OpenAI reports it)."""
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+             "total_tokens": prompt_tokens + completion_tokens,
+             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
     if path_tokens:
         usage["completion_tokens_details"] = {"reasoning_tokens": path_tokens}
     return usage
@@ -211,7 +215,8 @@ class CompletionView(_View):
         completion = sum(len(self._scored(o).token_ids) for out in finals for o in out.outputs)
         return {"id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model, "choices": choices,
-                "usage": _usage(sum(map(len, self.prompt_ids)), completion)}
+                "usage": _usage(sum(map(len, self.prompt_ids)), completion,
+                                cached_tokens=sum(out.num_cached_tokens for out in finals))}
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         return _envelope(self, "text_completion", choices, usage)
@@ -231,7 +236,9 @@ class CompletionView(_View):
         counters: dict[int, _Offsets] = {}  # choice index -> text offsets so far
         done: set[int] = set()
         completion = 0
+        cached: dict[int, int] = {}  # prompt index -> its prefix-cache hit
         async for i, out in outputs:
+            cached[i] = out.num_cached_tokens
             for o in map(self._scored, out.outputs):
                 idx = i * self.n + o.index
                 if idx in done:
@@ -264,7 +271,8 @@ class CompletionView(_View):
                                     "finish_reason": o.finish_reason,
                                     "stop_reason": o.stop_reason}])
         if include_usage:
-            yield self.chunk([], _usage(sum(map(len, self.prompt_ids)), completion))
+            yield self.chunk([], _usage(sum(map(len, self.prompt_ids)), completion,
+                                        cached_tokens=sum(cached.values())))
 
 
 @dataclass
@@ -318,7 +326,7 @@ class ChatView(_View):
         completion = sum(len(o.token_ids) for o in out.outputs) + paths
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model, "choices": choices,
-                "usage": _usage(self.num_prompt_tokens, completion, paths)}
+                "usage": _usage(self.num_prompt_tokens, completion, paths, out.num_cached_tokens)}
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         return _envelope(self, "chat.completion.chunk", choices, usage)
@@ -359,7 +367,9 @@ class ChatView(_View):
         done: set[int] = set()
         reasoned: dict[int, int] = {}  # reasoning characters sent (think while reading)
         parsers: dict[int, OutputParser] = {}
+        cached = 0
         async for _, out in outputs:
+            cached = out.num_cached_tokens
             for o in out.outputs:
                 if o.index in done:
                     continue
@@ -397,7 +407,7 @@ class ChatView(_View):
                                         "finish_reason": reason,
                                         "stop_reason": o.stop_reason}])
         if include_usage:
-            yield self.chunk([], _usage(self.num_prompt_tokens, completion, paths))
+            yield self.chunk([], _usage(self.num_prompt_tokens, completion, paths, cached))
 
 
 def call_finish_reason(reason: str | None) -> str | None:
