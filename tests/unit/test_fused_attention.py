@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from helpers.attention_ref import reference_attention as reference
 
 from thinkstream.attention.few_query import decode, short_chunk
 from thinkstream.attention.metadata import AttentionConfig, Precision
@@ -19,20 +20,6 @@ from thinkstream.kernels.cpu import detect_cpu
 
 HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
 BUILDS = [isa for isa in native.ISAS if native.choose_isa(detect_cpu(), isa)] if HAS_CC else []
-
-
-def reference(q, kc, vc, slots, mask, scale) -> torch.Tensor:
-    """q (B, Q, H, D), slots (B, L), mask (B, Q, L) -> (B, Q, H, D), in float64."""
-    b, _, h, _ = q.shape
-    g = h // kc.shape[1]
-    out = []
-    for i in range(b):
-        k = kc[slots[i]].double().repeat_interleave(g, 1)  # (L, H, D)
-        v = vc[slots[i]].double().repeat_interleave(g, 1)
-        s = torch.einsum("qhd,lhd->hql", q[i].double(), k) * scale
-        s = s.masked_fill(~mask[i][None], float("-inf"))
-        out.append(torch.einsum("hql,lhd->qhd", s.softmax(-1), v))
-    return torch.stack(out)
 
 
 @pytest.fixture(scope="module", params=BUILDS)

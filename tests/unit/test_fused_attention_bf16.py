@@ -18,6 +18,7 @@ import shutil
 
 import pytest
 import torch
+from helpers.attention_ref import reference_attention as reference
 
 from thinkstream.kernels import attention as ka
 from thinkstream.kernels.cpu import CpuInfo, detect_cpu
@@ -28,20 +29,6 @@ HAS_DOT = HAS_CC and CPU.avx512 and "avx512_bf16" in CPU.flags and "f16c" in CPU
 needs_dot = pytest.mark.skipif(not HAS_DOT, reason="needs a compiler and a CPU with avx512_bf16")
 P_ROUNDING = 2.0 ** -8  # bfloat16's relative rounding error (8-bit significand, nearest even)
 LOG2E = 1.4426950408889634
-
-
-def reference(q, kc, vc, slots, mask, scale) -> torch.Tensor:
-    """q (B, Q, H, D), slots (B, L), mask (B, Q, L) -> (B, Q, H, D), in float64."""
-    b, _, h, _ = q.shape
-    g = h // kc.shape[1]
-    out = []
-    for i in range(b):
-        k = kc[slots[i]].double().repeat_interleave(g, 1)  # (L, H, D)
-        v = vc[slots[i]].double().repeat_interleave(g, 1)
-        s = torch.einsum("qhd,lhd->hql", q[i].double(), k) * scale
-        s = s.masked_fill(~mask[i][None], float("-inf"))
-        out.append(torch.einsum("hql,lhd->qhd", s.softmax(-1), v))
-    return torch.stack(out)
 
 
 def rounded_queries(q: torch.Tensor, scale: float) -> torch.Tensor:
