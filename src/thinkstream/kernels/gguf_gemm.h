@@ -77,9 +77,10 @@ static void pack_xt(const float *x, int64_t ldx, int64_t rows, int64_t k, float 
         for (int64_t c = 0; c < k; c++) xt[c * G_MB + r] = x[r * ldx + c];
 }
 
-/* nr (<= G_MR) weight rows -> wb: chunk j's row i at wb + (j G_MR + i) G_KC; rows past nr 0. */
-static void deq_panel(int type, int values, int bytes, const uint8_t *w, int64_t row_bytes, int nr,
-                      int64_t k, float *wb) {
+/* deq_panel's decode of nr rows for one ``type`` (a constant after inlining, so blk's
+ * switch folds away: one loop per type rather than a switch per block). */
+INLINE void deq_rows(const int type, const int values, const int bytes, const uint8_t *w,
+                     int64_t row_bytes, int nr, int64_t k, float *wb) {
     xrows X;
     memset(&X, 0, sizeof X);
     for (int i = 0; i < nr; i++) {
@@ -89,6 +90,20 @@ static void deq_panel(int type, int values, int bytes, const uint8_t *w, int64_t
             X.dq0 = c;
             blk(DEQ, type, row, &X, c, 0, 0, NULL);
         }
+    }
+}
+
+/* nr (<= G_MR) weight rows -> wb: chunk j's row i at wb + (j G_MR + i) G_KC; rows past nr 0. */
+static void deq_panel(int type, const uint8_t *w, int64_t row_bytes, int nr, int64_t k, float *wb) {
+    switch (type) {
+    case T_Q4_0: deq_rows(T_Q4_0, 32, 18, w, row_bytes, nr, k, wb); break;
+    case T_Q4_1: deq_rows(T_Q4_1, 32, 20, w, row_bytes, nr, k, wb); break;
+    case T_Q5_0: deq_rows(T_Q5_0, 32, 22, w, row_bytes, nr, k, wb); break;
+    case T_Q5_1: deq_rows(T_Q5_1, 32, 24, w, row_bytes, nr, k, wb); break;
+    case T_Q8_0: deq_rows(T_Q8_0, 32, 34, w, row_bytes, nr, k, wb); break;
+    case T_Q4_K: deq_rows(T_Q4_K, 256, 144, w, row_bytes, nr, k, wb); break;
+    case T_Q5_K: deq_rows(T_Q5_K, 256, 176, w, row_bytes, nr, k, wb); break;
+    default: deq_rows(T_Q6_K, 256, 210, w, row_bytes, nr, k, wb); break;
     }
     for (int i = nr; i < G_MR; i++)
         for (int64_t j = 0; j < (k + G_KC - 1) / G_KC; j++)
@@ -137,6 +152,7 @@ static void gemm_tile_half(const float *wb, const float *xt, int64_t k, float *t
 }
 
 static void gemm_tile1(const float *wb, const float *xt, int64_t k, float *tile) { gemm_tile(1, wb, xt, k, tile); }
+#if defined(__AVX512F__)
 /* A block of 17..24 rows (AVX-512): the one-vector tile for the first 16, the half-vector
  * tile for the rest (rows 16.. of xt and of the tile: the same strides), so 24 rows cost
  * 3/4 of 32. Two passes over the panel measured as fast as one fused zmm + ymm tile (Zen 4,
@@ -145,6 +161,7 @@ static void gemm_tile_24(const float *wb, const float *xt, int64_t k, float *til
     gemm_tile(1, wb, xt, k, tile);
     gemm_tile_half(wb, xt + G_VW, k, tile + G_VW);
 }
+#endif
 static void gemm_tile2(const float *wb, const float *xt, int64_t k, float *tile) { gemm_tile(2, wb, xt, k, tile); }
 
 typedef void (*tile_fn)(const float *wb, const float *xt, int64_t k, float *tile);
@@ -166,8 +183,8 @@ static tile_fn pick_tile(int64_t rows) {
 }
 
 /* Weight rows n0..n1 against the m rows packed in xt; ``wb`` holds a decoded panel. */
-static void gemm_range(int type, int values, int bytes, const uint8_t *w, int64_t row_bytes, int64_t n0,
-                       int64_t n1, int64_t k, const float *xt, int64_t m, float *y, int64_t ldy, float *wb) {
+static void gemm_range(int type, const uint8_t *w, int64_t row_bytes, int64_t n0, int64_t n1, int64_t k,
+                       const float *xt, int64_t m, float *y, int64_t ldy, float *wb) {
     float tile[G_MR * G_MB] __attribute__((aligned(64)));
     int64_t nblk = (m + G_MB - 1) / G_MB, group = G_XT_BYTES / (k * G_MB * 4);
     if (group < 1) group = 1;
@@ -175,7 +192,7 @@ static void gemm_range(int type, int values, int bytes, const uint8_t *w, int64_
         int64_t b1 = b0 + group < nblk ? b0 + group : nblk;
         for (int64_t n = n0; n < n1; n += G_MR) {
             int nr = n1 - n < G_MR ? (int)(n1 - n) : G_MR;
-            deq_panel(type, values, bytes, w + n * row_bytes, row_bytes, nr, k, wb);
+            deq_panel(type, w + n * row_bytes, row_bytes, nr, k, wb);
             for (int64_t b = b0; b < b1; b++) {
                 int64_t r0 = b * G_MB, rows = m - r0 < G_MB ? m - r0 : G_MB;
                 pick_tile(rows)(wb, xt + b * k * G_MB, k, tile);
@@ -188,7 +205,7 @@ static void gemm_range(int type, int values, int bytes, const uint8_t *w, int64_
 
 /* gguf_matmul's float32 product by the GEMM (the checks done by the caller): x packed once,
  * then the weight panels split across ``threads``. Returns 0, or -2 when out of memory. */
-static int gemm(int type, int values, int bytes, const uint8_t *w, int64_t row_bytes, int64_t n_rows,
+static int gemm(int type, const uint8_t *w, int64_t row_bytes, int64_t n_rows,
                 int64_t k, const float *x, int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
     int64_t nblk = (m + G_MB - 1) / G_MB, panels = (n_rows + G_MR - 1) / G_MR;
     size_t wbytes = sizeof(float) * (size_t)((k + G_KC - 1) / G_KC * G_MR * G_KC);
@@ -216,7 +233,7 @@ static int gemm(int type, int values, int bytes, const uint8_t *w, int64_t row_b
 #endif
             failed = 1;
         } else {
-            if (n0 < n1) gemm_range(type, values, bytes, w, row_bytes, n0, n1, k, xt, m, y, ldy, wb);
+            if (n0 < n1) gemm_range(type, w, row_bytes, n0, n1, k, xt, m, y, ldy, wb);
             free(wb);
         }
     }

@@ -399,7 +399,7 @@ int gguf_matmul_path(int type, const uint8_t *w, int64_t row_bytes, int64_t n_ro
     int mode = act_mode(act, m, type);
 #if defined(__AVX2__)
     if (use_gemm(path, mode, m) && m > 0)
-        return gemm(type, values, bytes, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads);
+        return gemm(type, w, row_bytes, n_rows, k, x, m, ldx, y, ldy, threads);
 #else
     (void)use_gemm;
 #endif
