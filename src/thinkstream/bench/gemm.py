@@ -10,14 +10,23 @@ step's matrices: a decoder layer's four projections x 30 layers (Q4_1) and the L
 interleaved, round by round, so they see the same machine; compare their ratios.
 
     python -m thinkstream.bench.gemm [--rows 4 8 12 16 32 64 128 512] [--json out.json]
+        [--baseline DIR]
+
+``--baseline DIR`` adds the GEMM of another version of the kernels as the path "baseline"
+(DIR holds its ``gguf_matmul.c`` and headers, e.g. ``git archive <commit>
+src/thinkstream/kernels | tar -x -C DIR --strip-components=3``), built for the same
+instruction set and timed in the same rounds: a before / after in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +34,7 @@ import torch.utils.mkldnn
 from torch import nn
 
 from thinkstream.bench.report import write_one_thread_json
-from thinkstream.kernels.gguf import BLOCKS, load_gguf_kernels
+from thinkstream.kernels.gguf import BLOCKS, GGUFKernels, load_gguf_kernels, open_source
 
 # SmolLM2-135M: (name, output rows, input size, ggml type, matrices per step)
 SHAPES = (("qkv", 960, 576, 3, 30), ("o", 576, 576, 3, 30), ("gate_up", 3072, 576, 3, 30),
@@ -49,20 +58,44 @@ def _cpu_time(fn, calls: int) -> float:
 
 
 def _calls(kernels, qtype: int, blocks: torch.Tensor, dense: torch.Tensor, packed: nn.Module,
-           x: torch.Tensor) -> dict:
+           x: torch.Tensor, baseline: GGUFKernels | None = None) -> dict:
     """path -> a call computing x W^T that way"""
     k = x.shape[1]
-    return {"dot": lambda: kernels.matmul(qtype, blocks, k, x, threads=1, path="dot"),
-            "gemm": lambda: kernels.matmul(qtype, blocks, k, x, threads=1, path="gemm"),
-            "mkl": lambda: x @ dense.t(),
-            "mkldnn": lambda: packed(x)}
+    calls = {"dot": lambda: kernels.matmul(qtype, blocks, k, x, threads=1, path="dot"),
+             "gemm": lambda: kernels.matmul(qtype, blocks, k, x, threads=1, path="gemm"),
+             "mkl": lambda: x @ dense.t(),
+             "mkldnn": lambda: packed(x)}
+    if baseline is not None:
+        calls["baseline"] = lambda: baseline.matmul(qtype, blocks, k, x, threads=1, path="gemm")
+    return calls
 
 
-def measure(rows: list[int], reps: int, seed: int = 0) -> list[dict]:
-    """Per row count and shape: the median step time (ms) of each path."""
+def load_baseline(src_dir: str, work: Path) -> GGUFKernels:
+    """The kernels of ``src_dir/gguf_matmul.c``, built for the instruction set this process's
+    own kernels use. The sources are copied into ``work`` with the .c renamed, so the build
+    cache keeps them apart from the current kernels' (it drops other builds of a name).
+    Raises RuntimeError where they cannot be built."""
+    kernels = load_gguf_kernels()
+    src = Path(src_dir) / "gguf_matmul.c"
+    if kernels is None or not src.exists():
+        raise RuntimeError(f"cannot build the baseline kernels from {src}")
+    for f in Path(src_dir).glob("*.h"):
+        shutil.copy(f, work / f.name)
+    shutil.copy(src, work / "gguf_matmul_baseline.c")
+    got = open_source(work / "gguf_matmul_baseline.c", kernels.isa, kernels.vnni)
+    if got is None:
+        raise RuntimeError(f"cannot build the baseline kernels from {src}")
+    return got
+
+
+def measure(rows: list[int], reps: int, seed: int = 0,
+            baseline: GGUFKernels | None = None) -> list[dict]:
+    """Per row count and shape: the median step time (ms) of each path (with ``baseline``,
+    its GEMM too, as "baseline")."""
     kernels = load_gguf_kernels()
     if kernels is None:
         raise RuntimeError("the GGUF kernels are not available")
+    paths = PATHS + (("baseline",) if baseline is not None else ())
     rng = np.random.default_rng(seed)
     out = []
     for name, n, k, qtype, count in SHAPES:
@@ -73,17 +106,17 @@ def measure(rows: list[int], reps: int, seed: int = 0) -> list[dict]:
         packed = torch.utils.mkldnn.to_mkldnn(lin)
         for m in rows:
             x = torch.randn(m, k)
-            calls = _calls(kernels, qtype, blocks, dense, packed, x)
+            calls = _calls(kernels, qtype, blocks, dense, packed, x, baseline)
             reps_of = max(1, min(count, 30 if m <= 32 else 8))  # calls timed per round
-            times: dict[str, list[float]] = {p: [] for p in PATHS}
+            times: dict[str, list[float]] = {p: [] for p in paths}
             with torch.inference_mode():
                 for fn in calls.values():
                     fn()  # warm-up
                 for _ in range(reps):
-                    for p in PATHS:
+                    for p in paths:
                         times[p].append(_cpu_time(calls[p], reps_of) / reps_of * count * 1e3)
             row = {"matrix": name, "n": n, "k": k, "qtype": qtype, "per_step": count, "rows": m}
-            row.update({f"{p}_ms": round(statistics.median(times[p]), 3) for p in PATHS})
+            row.update({f"{p}_ms": round(statistics.median(times[p]), 3) for p in paths})
             out.append(row)
             print(json.dumps(row), flush=True)
     return out
@@ -95,9 +128,10 @@ def summarise(results: list[dict]) -> list[dict]:
     for m in sorted({r["rows"] for r in results}):
         rs = [r for r in results if r["rows"] == m]
         row: dict = {"rows": m}
+        paths = [p for p in (*PATHS, "baseline") if f"{p}_ms" in rs[0]]
         for part, sel in (("linears", [r for r in rs if r["matrix"] != "head"]),
                           ("head", [r for r in rs if r["matrix"] == "head"])):
-            for p in PATHS:
+            for p in paths:
                 row[f"{part}_{p}_ms"] = round(sum(r[f"{p}_ms"] for r in sel), 2)
         table.append(row)
     return table
@@ -108,14 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[4, 8, 12, 16, 32, 64, 128, 512])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="a folder with another gguf_matmul.c (+ headers): its GEMM timed beside")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results = measure(args.rows, args.reps)
+    with tempfile.TemporaryDirectory() as work:
+        baseline = load_baseline(args.baseline, Path(work)) if args.baseline else None
+        results = measure(args.rows, args.reps, baseline=baseline)
     table = summarise(results)
     for row in table:
         print(json.dumps(row))
     if args.json:
-        write_one_thread_json(args.json, args.reps, per_matrix=results, per_step=table)
+        extra = {"baseline": str(Path(args.baseline).resolve())} if args.baseline else {}
+        write_one_thread_json(args.json, args.reps, per_matrix=results, per_step=table, **extra)
     return 0
 
 

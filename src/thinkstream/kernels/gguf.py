@@ -112,10 +112,12 @@ class GGUFKernels:
         return out
 
 
-def _open(isa: str, vnni: bool = False) -> GGUFKernels | None:
+def _open(isa: str, vnni: bool = False, src: Path = _SRC) -> GGUFKernels | None:
     """The ``isa`` build, with AVX512_VNNI's dot products when ``vnni`` (an avx512 build for
-    a CPU the caller checked has them; without, the int8 mode uses vpmaddubsw)."""
-    lib = open_isa_library(_SRC, isa, "gguf_isa", ("-mavx512vnni",) if vnni else ())
+    a CPU the caller checked has them; without, the int8 mode uses vpmaddubsw). ``src``:
+    another version of ``gguf_matmul.c`` with the same entry points (a benchmark's
+    baseline; its headers beside it)."""
+    lib = open_isa_library(src, isa, "gguf_isa", ("-mavx512vnni",) if vnni else ())
     if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -129,6 +131,13 @@ def _open(isa: str, vnni: bool = False) -> GGUFKernels | None:
     lib.gguf_dequantize.restype = ctypes.c_int
     lib.gguf_dequantize.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
     return GGUFKernels(isa, bool(lib.gguf_openmp()), lib, bool(lib.gguf_vnni()))
+
+
+def open_source(src: Path, isa: str, vnni: bool = False) -> GGUFKernels | None:
+    """Another version of ``gguf_matmul.c`` (``src``, its headers beside it) built for
+    ``isa``: a benchmark's baseline (``bench/gemm.py --baseline``). None where it cannot be
+    built or loaded."""
+    return _open(isa, vnni, src)
 
 
 @functools.cache
