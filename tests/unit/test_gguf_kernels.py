@@ -63,7 +63,7 @@ def test_matmul_and_dequantize_match_the_reference(kernels: kg.GGUFKernels, qtyp
     bt = torch.from_numpy(blocks)
     assert torch.equal(kernels.dequantize(qtype, bt, k), w)
     g = torch.Generator().manual_seed(qtype)
-    for m in (1, 2, 3, 5, 6, 7, 8, 12, 13):
+    for m in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13):
         x = torch.randn(m, k, generator=g)
         want = (x.double() @ w.double().t())
         scale = (x.abs().double() @ w.abs().double().t()).clamp_min(1e-30)

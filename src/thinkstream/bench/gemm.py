@@ -12,7 +12,8 @@ interleaved, round by round, so they see the same machine; compare their ratios.
     python -m thinkstream.bench.gemm [--rows 4 8 12 16 32 64 128 512] [--json out.json]
         [--baseline DIR]
 
-``--baseline DIR`` adds the GEMM of another version of the kernels as the path "baseline"
+``--baseline DIR`` adds the GEMM and the dot kernel of another version of the kernels as
+the paths "baseline" and "baseline_dot"
 (DIR holds its ``gguf_matmul.c`` and headers, e.g. ``git archive <commit>
 src/thinkstream/kernels | tar -x -C DIR --strip-components=3``), built for the same
 instruction set and timed in the same rounds: a before / after in one run.
@@ -67,6 +68,7 @@ def _calls(kernels, qtype: int, blocks: torch.Tensor, dense: torch.Tensor, packe
              "mkldnn": lambda: packed(x)}
     if baseline is not None:
         calls["baseline"] = lambda: baseline.matmul(qtype, blocks, k, x, threads=1, path="gemm")
+        calls["baseline_dot"] = lambda: baseline.matmul(qtype, blocks, k, x, threads=1, path="dot")
     return calls
 
 
@@ -95,7 +97,7 @@ def measure(rows: list[int], reps: int, seed: int = 0,
     kernels = load_gguf_kernels()
     if kernels is None:
         raise RuntimeError("the GGUF kernels are not available")
-    paths = PATHS + (("baseline",) if baseline is not None else ())
+    paths = PATHS + (("baseline", "baseline_dot") if baseline is not None else ())
     rng = np.random.default_rng(seed)
     out = []
     for name, n, k, qtype, count in SHAPES:
@@ -128,7 +130,7 @@ def summarise(results: list[dict]) -> list[dict]:
     for m in sorted({r["rows"] for r in results}):
         rs = [r for r in results if r["rows"] == m]
         row: dict = {"rows": m}
-        paths = [p for p in (*PATHS, "baseline") if f"{p}_ms" in rs[0]]
+        paths = [p for p in (*PATHS, "baseline", "baseline_dot") if f"{p}_ms" in rs[0]]
         for part, sel in (("linears", [r for r in rs if r["matrix"] != "head"]),
                           ("head", [r for r in rs if r["matrix"] == "head"])):
             for p in paths:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
     ap.add_argument("--baseline", default=None, metavar="DIR",
-                    help="a folder with another gguf_matmul.c (+ headers): its GEMM timed beside")
+                    help="a folder with another gguf_matmul.c (+ headers): its GEMM and dot kernel timed beside")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as work:

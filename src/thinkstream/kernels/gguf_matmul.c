@@ -9,7 +9,7 @@
  *   for each weight row n (split across OpenMP threads):
  *       w = decode(row n)             SIMD builds: 32 values at a time in registers
  *                                     (portable: K floats into a buffer in L1/L2)
- *       for each row r of x:  y[r, n] = dot(w, x[r])   (AVX-512: up to eight rows a pass; else four)
+ *       for each row r of x:  y[r, n] = dot(w, x[r])   (AVX-512: up to 12 rows a pass; else four)
  *
  * That is load-bound beyond a few x rows; there the float32 product is a register-blocked
  * GEMM instead (gguf_gemm.h: weight panels decoded once into L1, x transposed once).
@@ -320,9 +320,9 @@ static void rows_range(int mode, int type, deq_fn fn, int values, int bytes, con
     (void)fn; (void)buf;
     for (int64_t n = n0; n < n1; n++) {
         for (int64_t r = 0, step; r < m; r += step) {
-            /* rows this pass: up to 8 in one (5-7 too: the weights decoded once, not twice
-             * as 4 + the rest; a 6-row verification step cost what 8 rows did) */
-            step = mode == F32 && ROWS8 && m - r > 4 ? 8 : 4;
+            /* rows this pass: up to 12 in one (5-7 and 9-11 too: the weights decoded once,
+             * not twice as 4 / 8 + the rest; a 6-row verification step cost what 8 did) */
+            step = mode == F32 && ROWS8 && m - r > 4 ? (m - r > 8 ? 12 : 8) : 4;
             xrows G = *X;  /* rows r.. */
             G.x += r * X->ldx;
             if (mode != F32) {
