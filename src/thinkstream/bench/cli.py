@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from thinkstream.bench.report import machine, quantization_arg
+from thinkstream.bench.report import machine, positive_int, quantization_arg
 from thinkstream.config import KV_CACHE_DTYPES
 
 KINDS = {"prefill": ("prefill",), "decode": ("decode",), "throughput": ("throughput",),
@@ -33,10 +33,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
                    help="thinkstream's KV cache (EngineConfig.kv_cache_dtype; auto: its dtype)")
     p.add_argument("--hf-dtype", default=None, choices=["float32", "bfloat16"])
-    p.add_argument("--max-batch", type=int, default=32,
+    p.add_argument("--max-batch", type=positive_int, default=32,
                    help="most sequences in flight, for every peer (default 32)")
     p.add_argument("--kv-cache-mb", type=int, default=512, help="thinkstream's KV cache")
-    p.add_argument("--threads", type=int, default=None, help="default: the cores available")
+    p.add_argument("--threads", type=positive_int, default=None, help="default: the cores available")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     p.add_argument("--compile-decode", action="store_true",
@@ -59,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         p.add_argument("--peers", default="thinkstream,hf,llamacpp",
                        help="comma-separated subset of thinkstream,hf,llamacpp,vllm")
         vllm_arguments(p)
-        p.add_argument("--reps", type=int, default=3)
-        p.add_argument("--throughput-reps", type=int, default=None,
+        p.add_argument("--reps", type=positive_int, default=3)
+        p.add_argument("--throughput-reps", type=positive_int, default=None,
                        help="repetitions of the (long) throughput workloads; default --reps")
         p.add_argument("--json", default=None, help="write the report here")
         p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")
@@ -82,9 +82,9 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(fn=run_vllm_setup)
     p = sub.add_parser("profile", help="where thinkstream's decode step time goes")
     _common(p)
-    p.add_argument("--batch", type=int, nargs="+", action="extend", default=None,
+    p.add_argument("--batch", type=positive_int, nargs="+", action="extend", default=None,
                    help="batch size(s) to profile: --batch 1 8 32 or repeated (default 1 and 32)")
-    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--steps", type=positive_int, default=32)
     p.add_argument("--speculative-method", default=None,
                    choices=["ngram", "early_exit", "fused"],
                    help="profile with speculative decoding (repeating prompts)")

@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Any
 
 from thinkstream.bench import parallel_report as rep
-from thinkstream.bench.report import add_run_arguments, emit
+from thinkstream.bench.report import add_run_arguments, emit, positive_int
 from thinkstream.bench.think_tasks import extract, make_tasks
 from thinkstream.parallel.api import Threads
 from thinkstream.parallel.config import ParallelConfig
@@ -278,9 +278,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of "
                    + ",".join(PARTS))
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--kv-cache-mb", type=int, default=512)
-    p.add_argument("--reps", type=int, default=3, help="timing repetitions (median reported)")
+    p.add_argument("--reps", type=positive_int, default=3, help="timing repetitions (median reported)")
     p.add_argument("--paths", default="1,2,4,8,16", help="(a) path counts")
     p.add_argument("--path-tokens", type=int, default=256, help="(a) tokens per path")
     p.add_argument("--join-sizes", default="64,128,256,512,1000", help="(b) tokens per path")

@@ -4,6 +4,7 @@ ratio above 1 means thinkstream is ahead), a markdown table, JSON and a PNG."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -182,6 +183,18 @@ def emit(rep: Any, report: dict[str, Any], args: Any) -> int:
     if args.plot:
         rep.plot(report, args.plot)
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (repetitions, steps, batch sizes, threads): 0 or less is
+    a usage error naming the flag, not a ZeroDivisionError or a StopIteration later."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def add_run_arguments(p: Any, quick_help: str) -> None:

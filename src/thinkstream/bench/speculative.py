@@ -223,6 +223,8 @@ def _csv(value: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from thinkstream.bench.report import positive_int
+
     p.add_argument("--model", default=None, help="GGUF (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="thinkstream's dtype (default: the engine's own)")
@@ -235,7 +237,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batched-configs", default="none,ngram fixed,ngram adaptive,fused adaptive",
                    help="the configurations also run at batch > 1")
     p.add_argument("--peers", default="llamacpp,hf", help="batch-1 peers: llamacpp,hf or none")
-    p.add_argument("--reps", type=int, default=1,
+    p.add_argument("--reps", type=positive_int, default=1,
                    help="thinkstream runs per configuration, alternating (median reported)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--long-max-tokens", type=int, default=96)
@@ -259,6 +261,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     configs = {c: CONFIGS[c] for c in _csv(args.configs)}
     batched = set(_csv(args.batched_configs))
     peers = [p for p in _csv(args.peers) if p != "none"]
+    if any(p not in ("llamacpp", "hf") for p in peers):
+        raise ValueError(f"--peers: batch-1 peers are llamacpp, hf or none, got {args.peers!r}")
     probe = LLM(checkpoint=ckpt, num_threads=1)
     prompts = {w: _prompts(probe, w) for w in _csv(args.workloads)}
     del probe

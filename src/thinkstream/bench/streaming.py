@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from thinkstream.bench.report import machine
+from thinkstream.bench.report import machine, positive_int
 from thinkstream.config import KV_CACHE_DTYPES
 
 SCHEMA = "thinkstream-bench-streaming/1"
@@ -363,7 +363,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mean input tokens/s (default: speech 20, bursts 15%% of the measured "
                         "prefill rate)")
     p.add_argument("--max-tokens", type=int, default=16, help="answer length (greedy)")
-    p.add_argument("--reps", type=int, default=3,
+    p.add_argument("--reps", type=positive_int, default=3,
                    help="streamed sessions per length (different documents; medians)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     p.add_argument("--sessions", type=int, default=16, help="concurrent sessions (0: skip)")
@@ -374,7 +374,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policies", default=",".join(POLICIES), type=lambda s: s.split(","))
     p.add_argument("--max-batched-tokens", type=int, default=512)
     p.add_argument("--kv-cache-mb", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=1, help="threads of every peer (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="threads of every peer (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="write a PNG here (needs matplotlib)")
