@@ -11,8 +11,16 @@ on different documents; the ways alternate, so noise hits all of them. ``--kv-ca
 float32,bfloat16`` builds one engine per KV cache dtype (``EngineConfig.kv_cache_dtype``)
 and alternates between them too.
 
+Clocks (``--clock``; every step is timed on all three, the JSON keeps each median): "wall";
+"cpu", this process's CPU time, which also counts the close check's reference tokenization
+of the whole input (``streaming/close_check.py``: on its worker thread, beside the answer
+step; ~5 ms for 4,096 tokens on Zen 4); "thread", the calling thread's CPU time: with
+``--threads 1`` the whole forward (the native stack and torch run on it), the answer's
+critical path when a second core takes the check (with more threads, OpenMP's workers are
+not counted: use "wall").
+
     python -m thinkstream.bench.answer_step [--reps 3] [--dtype auto] [--quantization auto] [--threads 1]
-        [--kv-cache-dtype auto[,bfloat16]] [--json F]
+        [--clock wall|cpu|thread] [--kv-cache-dtype auto[,bfloat16]] [--json F]
 """
 
 from __future__ import annotations
@@ -35,36 +43,47 @@ ONE = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
 
 
 # --clock: "cpu" counts this process's CPU time (1 thread: the cost without a shared
-# machine's waits)
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+# machine's waits), "thread" the calling thread's (module docstring)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time, "thread": time.thread_time}
+Times = dict[str, float]  # seconds on each of CLOCKS
 
 
-def answer_step(llm: LLM, n: int, seed: int, clock=time.perf_counter) -> tuple[float, float]:
-    """(close command s, answer step s) for an ``n``-token document streamed 24 words at a time."""
+def _now() -> Times:
+    return {name: clock() for name, clock in CLOCKS.items()}
+
+
+def _since(t0: Times) -> Times:
+    t1 = _now()
+    return {name: t1[name] - t0[name] for name in CLOCKS}
+
+
+def answer_step(llm: LLM, n: int, seed: int) -> tuple[Times, Times]:
+    """(close command s, answer step s) on every clock for an ``n``-token document streamed
+    24 words at a time."""
     chunks = document(llm.tokenizer, n, seed, "speech")
     s = llm.open_session("", sampling_params=ONE)
     for i in range(0, len(chunks) - 1, 8):
         s.append("".join(chunks[i : i + 8]))
-    t0 = clock()
+    t0 = _now()
     llm._sessions.close(s.id, data=chunks[-1])
-    t1 = clock()
+    close, t1 = _since(t0), _now()
     llm.engine.step()
-    t2 = clock()
+    step = _since(t1)
     assert s.id not in llm.engine.requests  # the one answer token came from that step
-    return t1 - t0, t2 - t1
+    return close, step
 
 
-def sessions_step(llm: LLM, seed: int, count: int = 16, clock=time.perf_counter) -> float:
-    """One step computing the next 3-word chunk of ``count`` open sessions."""
+def sessions_step(llm: LLM, seed: int, count: int = 16) -> Times:
+    """One step computing the next 3-word chunk of ``count`` open sessions (s, every clock)."""
     docs = [document(llm.tokenizer, 128, seed + i, "speech") for i in range(count)]
     sessions = [llm.open_session("", sampling_params=ONE) for _ in docs]
     for s, d in zip(sessions, docs, strict=True):
         s.append("".join(d[:20]))
     for s, d in zip(sessions, docs, strict=True):
         s.append(d[20], prefill=False)
-    t = clock()
+    t = _now()
     llm.engine.step()
-    took = clock() - t
+    took = _since(t)
     for s in sessions:
         s.abort()
     return took
@@ -82,7 +101,6 @@ def main() -> None:
                    help="comma-separated KV cache dtypes, one engine each (auto, float32, bfloat16)")
     p.add_argument("--json", default=None, help="write the medians here (with the CPU class)")
     args = p.parse_args()
-    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     quant = None if args.quantization in ("", "none") else args.quantization
     kv_dtypes = args.kv_cache_dtype.split(",")
@@ -95,7 +113,7 @@ def main() -> None:
              "flash kernel": AttentionConfig(Precision.PARITY)}
     if args.modes:
         modes = {m: modes[m] for m in args.modes.split(",")}
-    rows: dict[tuple[str, str], list[float]] = {}
+    rows: dict[tuple[str, str], list[Times]] = {}
     for rep in range(args.reps):
         for llm in llms.values():
             runner = llm.engine.runner
@@ -104,15 +122,18 @@ def main() -> None:
                 runner.attention = attention  # the settings of the steps that follow
                 path = mode if len(llms) == 1 else f"{mode}, KV cache {llm.engine.precision.kv_dtype}"
                 for n in (256, 4096):
-                    close, step = answer_step(llm, n, 1000 * rep + 10 * n + i, clock)
+                    close, step = answer_step(llm, n, 1000 * rep + 10 * n + i)
                     rows.setdefault((f"close command, {n} tokens", path), []).append(close)
                     rows.setdefault((f"answer step, {n} tokens", path), []).append(step)
                 rows.setdefault(("step with 16 sessions' chunks", path), []).append(
-                    sessions_step(llm, 7919 * (rep + 1) + i, clock=clock))
+                    sessions_step(llm, 7919 * (rep + 1) + i))
             runner.attention = engine_default
-    medians = [{"what": what, "path": mode, "median_ms": statistics.median(xs) * 1e3}
-               for (what, mode), xs in sorted(rows.items(), key=lambda r: r[0][0])]
-    print("| what | path | median ms |\n|---|---|---|")
+    medians = []
+    for (what, mode), xs in sorted(rows.items(), key=lambda r: r[0][0]):
+        by_clock = {name: statistics.median(x[name] for x in xs) * 1e3 for name in CLOCKS}
+        medians.append({"what": what, "path": mode, "median_ms": by_clock[args.clock],
+                        "median_ms_by_clock": by_clock})
+    print(f"| what | path | median ms ({args.clock} clock) |\n|---|---|---|")
     for r in medians:
         print(f"| {r['what']} | {r['path']} | {r['median_ms']:.1f} |")
     if args.json:
