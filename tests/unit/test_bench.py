@@ -198,6 +198,26 @@ def test_speculative_bench_tiny_model(tmp_path, tiny_ckpt):
     assert doc["rows"][0]["vs_none"] == 1.0 and doc["early_exit_layer"] == 1
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--configs", "bogus"], "--configs: unknown 'bogus'; choose from none, "),
+    (["--workloads", "echo,nope"], "--workloads: unknown 'nope'; choose from echo, chat, long"),
+    (["--peers", "vllm"], "--peers: unknown 'vllm'; choose from llamacpp, hf, none"),
+    (["--batches", "1,0"], "--batches: batch sizes >= 1, got '1,0'"),
+    (["--batched-configs", ""], "--batched-configs: name at least one of none, "),
+])
+def test_speculative_bench_lists_are_checked_before_loading(flags, message):
+    """Were a KeyError or a ZeroDivisionError after the model had loaded."""
+    from thinkstream.bench import speculative
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    args = parser.parse_args(["bench", "speculative", "--model", "/nonexistent.gguf", *flags])
+    with pytest.raises(ValueError) as err:  # the model path is never looked at
+        speculative.run(args)
+    assert str(err.value).startswith(message)
+    speculative._check_lists(parser.parse_args(["bench", "speculative"]))  # defaults: fine
+
+
 def test_profile_takes_a_context_length(tiny_ckpt, capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(), "bench")

@@ -222,6 +222,21 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _check_lists(args: argparse.Namespace) -> None:
+    """The comma-separated flags name known things (a ValueError naming the flag: they were
+    a KeyError or a ZeroDivisionError once the model had loaded)."""
+    for flag, value, known in (("--configs", args.configs, CONFIGS),
+                               ("--batched-configs", args.batched_configs, CONFIGS),
+                               ("--workloads", args.workloads, WORKLOADS),
+                               ("--peers", args.peers, ("llamacpp", "hf", "none"))):
+        bad = [v for v in _csv(value) if v not in known]
+        if bad or not _csv(value):
+            raise ValueError(f"{flag}: unknown {bad[0]!r}; choose from {', '.join(known)}"
+                             if bad else f"{flag}: name at least one of {', '.join(known)}")
+    if not all(b.isdigit() and int(b) >= 1 for b in _csv(args.batches)) or not _csv(args.batches):
+        raise ValueError(f"--batches: batch sizes >= 1, got {args.batches!r}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from thinkstream.bench.report import positive_int
 
@@ -255,14 +270,13 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     from thinkstream.llm import LLM
     from thinkstream.loading import load_checkpoint, resolve_model_path
 
+    _check_lists(args)  # before anything loads
     torch.set_num_threads(1)
     gguf = resolve_model_path(args.model) if checkpoint is None else None
     ckpt = checkpoint or load_checkpoint(args.model)
     configs = {c: CONFIGS[c] for c in _csv(args.configs)}
     batched = set(_csv(args.batched_configs))
     peers = [p for p in _csv(args.peers) if p != "none"]
-    if any(p not in ("llamacpp", "hf") for p in peers):
-        raise ValueError(f"--peers: batch-1 peers are llamacpp, hf or none, got {args.peers!r}")
     probe = LLM(checkpoint=ckpt, num_threads=1)
     prompts = {w: _prompts(probe, w) for w in _csv(args.workloads)}
     del probe
