@@ -315,3 +315,42 @@ def test_tokenizing_for_tokenize_never_stalls_other_clients(tiny_server, monkeyp
         assert (health.status_code, other.status_code) == (200, 200)
         assert slow.result().json()["tokens"] == encode("hi")
     tiny_server.wait_idle()
+
+
+class _GoneSocket:
+    """A WebSocket whose client left after sending one frame: every send fails as
+    starlette's does then (the answer task saw the disconnect first)."""
+
+    def __init__(self, app, frames: list[str], state) -> None:
+        self.app, self.scope, self.query_params = app, {"headers": []}, {}
+        self.frames, self.application_state = list(frames), state
+
+    async def accept(self) -> None:
+        pass
+
+    async def receive(self) -> dict:
+        if self.frames:
+            return {"type": "websocket.receive", "text": self.frames.pop(0)}
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    async def send_json(self, msg: dict) -> None:
+        from starlette import websockets
+
+        gone = getattr(websockets, "WebSocketDisconnected", websockets.WebSocketDisconnect)
+        raise gone('Cannot call "send" once a close message has been sent.')
+
+
+@pytest.mark.parametrize("seen", ["by_a_send", "already"])
+def test_a_client_gone_while_its_frame_is_handled_ends_quietly(tiny_server, seen) -> None:
+    """The error for a frame that arrived before the client left cannot be sent: the
+    connection ends as a disconnect (it escaped as 'Exception in ASGI application')."""
+    import asyncio
+
+    from starlette.websockets import WebSocketState
+
+    from thinkstream.server.session_ws import WsSession
+
+    state = WebSocketState.CONNECTED if seen == "by_a_send" else WebSocketState.DISCONNECTED
+    ws = _GoneSocket(tiny_server.app, ['{"type": "append", "text": "x"}'], state)
+    asyncio.run(WsSession(ws, tiny_server.state.hub).run())  # returns: no exception
+    assert not ws.frames

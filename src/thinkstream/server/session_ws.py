@@ -21,7 +21,9 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ValidationError
+from starlette import websockets as starlette_ws
 from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketState
 
 from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
@@ -38,6 +40,10 @@ from thinkstream.server.session_protocol import (
     output_pairs,
     session_body,
 )
+
+# the client is gone: a receive says so (WebSocketDisconnect); a send after it, in starlette
+# (recent versions) raises WebSocketDisconnected (it escaped as "Exception in ASGI application")
+_GONE = (WebSocketDisconnect, getattr(starlette_ws, "WebSocketDisconnected", WebSocketDisconnect))
 
 
 async def _parse_ws(obj: dict, model: type[BaseModel]) -> Any:
@@ -99,8 +105,10 @@ class WsSession:
                 try:
                     await self.handle(msg)
                 except Exception as exc:  # noqa: BLE001 - reported, the connection stays
+                    if self.ws.application_state == WebSocketState.DISCONNECTED:
+                        break  # the client left while this was handled: no one to tell
                     await self.send_error(exc)
-        except WebSocketDisconnect:
+        except _GONE:
             pass
         finally:
             await self._drop()
