@@ -70,7 +70,9 @@ def main() -> None:
         raise SystemExit("no fused kernel here (no compiler, or THINKSTREAM_NATIVE=0)")
     builds = {"this": current}
     if args.baseline is not None:
-        lib = open_isa_library(args.baseline.resolve(), isa, "fq_isa")
+        # built like "this" (with -mavx512bf16 where this build has the dot products)
+        extra = ("-mavx512bf16",) if current.bf16_dot else ()
+        lib = open_isa_library(args.baseline.resolve(), isa, "fq_isa", extra)
         if lib is None:
             raise SystemExit(f"{args.baseline} does not build for {isa}")
         builds["baseline"] = ka._configure(lib, isa)
