@@ -256,3 +256,17 @@ def test_counts_below_one_are_usage_errors(argv, capsys):
         parser.parse_args(["bench", *argv])
     assert exc.value.code == 2
     assert f"argument {argv[-2]}: must be >= 1, got {argv[-1]}" in capsys.readouterr().err
+
+
+def test_answer_step_times_every_clock(tiny_ckpt):
+    """bench/answer_step: the close command and the answer step on the wall, process and
+    engine-thread clocks; the answer's one token comes from that step (asserted inside)."""
+    from thinkstream.bench import answer_step
+    from thinkstream.llm import LLM
+
+    llm = LLM(checkpoint=tiny_ckpt, dtype="float32", block_size=4, num_blocks=128, max_num_seqs=4)
+    close, step = answer_step.answer_step(llm, 40, seed=3)
+    assert set(close) == set(step) == {"wall", "cpu", "thread"} == set(answer_step.CLOCKS)
+    assert all(t >= 0.0 for t in (*close.values(), *step.values()))
+    assert step["wall"] > 0.0 and not llm.engine.requests
+    llm.engine.check_integrity()
