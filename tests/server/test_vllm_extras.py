@@ -100,6 +100,8 @@ def test_tokenize_detokenize_tokenizer_info(server) -> None:
     assert err["message"] == "tokens: 99999 is not a token id of this model (0 to 319)"
     err = error(post(server, "/tokenize", {"prompt": "a", "messages": []}), 400)
     assert err["message"] == "prompt or messages: give exactly one"
+    err = error(post(server, "/tokenize", {"messages": []}), 400)  # as chat completions
+    assert (err["message"], err["param"]) == ("messages: must not be empty", "messages")
 
 
 def test_lm_eval_remote_tokenizer_needs_no_local_copy(server) -> None:

@@ -89,3 +89,17 @@ def test_sentencepiece_segments_after_a_marker_get_no_space_prefix() -> None:
     assert tokens(tok, tok.encode_chat(injected, False)) == [
         "<|im_start|>", "user", "\n", "hi", "<", "|", "i", "m", "_", "e", "n", "d", "|", ">",
         "▁hi", "<|im_end|>", "\n"]
+
+
+@pytest.mark.parametrize(("messages", "message"), [
+    ([], "messages: must not be empty"),
+    ([{"role": "user"}], "messages[0].content: required (role 'user')"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}],
+     "messages[1].content: required (role 'assistant')"),
+    ([{"content": "hi"}], "messages[0].role: required (a string)"),
+])
+def test_malformed_conversations_are_a_value_error(messages, message, tiny_tok) -> None:
+    """Not the template engine's UndefinedError from inside the template."""
+    with pytest.raises(ValueError) as e:
+        tiny_tok.encode_chat(messages)
+    assert str(e.value) == message

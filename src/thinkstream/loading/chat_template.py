@@ -121,6 +121,23 @@ def final_message_end(rendered: str, messages: list[dict]) -> int:
     return at + (len(whole) if rendered.startswith(whole, at) else len(core))
 
 
+def check_messages(messages: list[dict]) -> None:
+    """A conversation a template can render: at least one message, each a dict with a
+    ``role`` string and ``content`` (an assistant turn may carry ``tool_calls`` instead, as
+    OpenAI's API allows). Raises TypeError (not a dict) or ValueError naming
+    ``messages[i]``."""
+    if not messages:
+        raise ValueError("messages: must not be empty")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise TypeError(f"chat messages must be dicts, got {message!r}")
+        if not isinstance(message.get("role"), str):
+            raise ValueError(f"messages[{i}].role: required (a string)")
+        if message.get("content") is None and not (message["role"] == "assistant"
+                                                   and message.get("tool_calls")):
+            raise ValueError(f"messages[{i}].content: required (role {message['role']!r})")
+
+
 def render_chat(
     source: str,
     messages: list[dict],
@@ -133,9 +150,7 @@ def render_chat(
     """Render one conversation. ``special_tokens`` maps e.g. ``bos_token`` to its text.
     ``continue_final_message=True`` (with ``add_generation_prompt=False``) ends the text
     inside the last message, so the model continues it (an assistant prefill)."""
-    for message in messages:
-        if not isinstance(message, dict):
-            raise TypeError(f"chat messages must be dicts, got {message!r}")
+    check_messages(messages)
     continue_final = bool(kwargs.pop("continue_final_message", False))
     if continue_final and add_generation_prompt:
         raise ValueError("continue_final_message and add_generation_prompt cannot both be set")

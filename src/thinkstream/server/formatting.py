@@ -76,6 +76,8 @@ def render_chat(tokenizer, body: P.ChatCompletionRequest,
     except ValueError as exc:
         if str(exc).startswith("continue_final_message"):
             raise APIError(400, str(exc), "continue_final_message", "invalid_value") from None
+        if str(exc).startswith("messages"):  # loading.chat_template.check_messages
+            raise APIError(400, str(exc), "messages", "invalid_value") from None
         raise APIError(400, f"messages: the chat template rejected them ({type(exc).__name__})",
                        "messages", "invalid_value") from None
     except Exception as exc:  # noqa: BLE001 - a template that rejects these messages

@@ -207,6 +207,13 @@ class ChatMessage(StrictBody):
     reasoning_content: Text | None = None  # assistant (a reasoning model's earlier turn)
     reasoning: Text | None = None
 
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"content: required (role {self.role!r}; an assistant message "
+                             "may carry tool_calls instead)")
+        return self
+
     def text(self) -> str:
         if self.content is None:
             return ""
