@@ -20,8 +20,8 @@ Message = dict[str, str]
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str):
-        return [prompts]
+    if isinstance(prompts, str | bytes | bytearray):
+        return [prompts]  # bytes: the engine's error (text or token ids, not bytes)
     items = list(prompts)
     if items and all(isinstance(t, int) for t in items):
         return [items]  # one prompt given as token ids

@@ -104,6 +104,8 @@ def test_vllm_structured_outputs_and_guided_names(server, fields, check) -> None
     ({"guided_json": "{nope"}, "guided_json", None),
     ({"guided_grammar": "start: foo"}, "guided_grammar", None),
     ({"guided_choice": []}, "guided_choice", "guided_choice: choice must not be empty"),
+    ({"guided_choice": [str(i) for i in range(16385)]}, "guided_choice",
+     "guided_choice: choice: at most 16384 strings, got 16385"),
     ({"guided_regex": "a+", "response_format": {"type": "json_object"}}, "guided_regex",
      "guided_regex: only one output constraint per request (the request also sets "
      "response_format)"),

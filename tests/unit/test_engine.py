@@ -219,6 +219,8 @@ def test_bad_requests_take_no_blocks() -> None:
         engine.add_request("c", list(range(10)) * 60, GREEDY)
     with pytest.raises(RequestError, match="prompt: token ids must be integers"):
         engine.add_request("d", [1, 2.5], GREEDY)  # not cut to 2
+    with pytest.raises(RequestError, match="prompt: text \\(str\\) or token ids, not bytes"):
+        engine.add_request("d", b"ab", GREEDY)  # not the ids 97, 98
     # more log-probs than the vocabulary has: refused here, not a crash of the step
     # (which would fail every request in its batch)
     for name in ("logprobs", "prompt_logprobs"):

@@ -156,6 +156,8 @@ class LLMEngine(OpenInputs):
     def encode_prompt(self, prompt: str | Seq[int], allow_empty: bool = False) -> list[int]:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        elif isinstance(prompt, bytes | bytearray | memoryview):  # not token ids: decode it
+            raise RequestError("prompt", "prompt: text (str) or token ids, not bytes")
         else:
             try:  # ints, numpy / torch integers; never a float cut to an int
                 ids = [operator.index(t) for t in prompt]
