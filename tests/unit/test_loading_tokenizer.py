@@ -32,7 +32,7 @@ def test_template_environment() -> None:
     with pytest.raises(jinja2.TemplateError, match="no"):
         render_chat(src, [{"role": "bad", "content": ""}], False, {})
     with pytest.raises(jinja2.exceptions.SecurityError):
-        render_chat("{% set ns = namespace(_x=1) %}", [], False, {})
+        render_chat("{% set ns = namespace(_x=1) %}", [{"role": "user", "content": ""}], False, {})
 
 
 def test_trim_and_lstrip_blocks() -> None:
