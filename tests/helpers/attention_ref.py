@@ -18,3 +18,18 @@ def reference_attention(q, kc, vc, slots, mask, scale) -> torch.Tensor:
         s = s.masked_fill(~mask[i][None], float("-inf"))
         out.append(torch.einsum("hql,lhd->qhd", s.softmax(-1), v))
     return torch.stack(out)
+
+
+def run_parts(kernel, q, kc, vc, slots, mask, scale: float, parts: int) -> torch.Tensor:
+    """The kernel's ``fq_attention_part`` for every part 0 .. parts-1 in turn (as the native
+    stack's threads call it), into one output: decode rows (q (B, 1, H, D)), caches
+    float32 or bfloat16. Each call must return 0."""
+    b, nq, h, d = q.shape
+    length = slots.shape[1]
+    out = torch.full_like(q, float("nan"))
+    args = (b, nq, h, kc.shape[1], d, kc.data_ptr(), vc.data_ptr(),
+            int(kc.dtype == torch.bfloat16), slots.data_ptr(), length, length,
+            mask.data_ptr(), mask.stride(0), mask.stride(1), scale)
+    for part in range(parts):
+        assert kernel.lib.fq_attention_part(q.data_ptr(), out.data_ptr(), *args, part, parts) == 0
+    return out

@@ -19,6 +19,7 @@ import shutil
 import pytest
 import torch
 from helpers.attention_ref import reference_attention as reference
+from helpers.attention_ref import run_parts
 
 from thinkstream.kernels import attention as ka
 from thinkstream.kernels.cpu import CpuInfo, detect_cpu
@@ -126,12 +127,7 @@ def test_parts_compute_what_one_call_does(dot, parts: int) -> None:
     q, kc, vc, slots = random_case(g, 2, 1, 9, 3, 64, 90)
     mask = torch.rand(2, 1, 90, generator=g) > 0.1
     want = dot(q, kc, vc, slots, mask, 0.3)
-    out = torch.full_like(q, float("nan"))
-    args = (2, 1, 9, 3, 64, kc.data_ptr(), vc.data_ptr(), 1, slots.data_ptr(), 90, 90,
-            mask.data_ptr(), mask.stride(0), mask.stride(1), 0.3)
-    for part in range(parts):
-        assert dot.lib.fq_attention_part(q.data_ptr(), out.data_ptr(), *args, part, parts) == 0
-    assert torch.equal(out, want)
+    assert torch.equal(run_parts(dot, q, kc, vc, slots, mask, 0.3, parts), want)
 
 
 @needs_dot
