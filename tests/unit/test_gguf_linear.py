@@ -19,7 +19,7 @@ from thinkstream.kernels.cpu import CpuInfo
 from thinkstream.kernels.gguf import ACT_F32, ACT_I8, ACT_I16, _load, load_gguf_kernels
 from thinkstream.loading.gguf import GGUFBlocks
 from thinkstream.models.gguf_linear import ALL_ROWS, MAX_ROWS, GGUFLinear, kernel_rows
-from thinkstream.models.precision import choose_precision
+from thinkstream.models.precision import choose_kv_cache, choose_precision
 
 KERNELS = load_gguf_kernels()
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason="the native kernels cannot be built here")
@@ -223,6 +223,24 @@ def test_auto_without_blocks_or_kernels(info: CpuInfo, dtype: str) -> None:
     for has_blocks, isa in ((False, "avx2"), (True, None)):
         p = choose_precision("auto", "auto", "cpu", info, has_blocks, isa)
         assert (p.dtype, p.quantization, p.dense_dtype) == (dtype, None, dtype)
+
+
+@pytest.mark.parametrize(("info", "dot", "cache"), [
+    (AVX2, False, None), (AVX512_NO_BF16, False, None), (ZEN4, True, "bfloat16"),
+    (SPR, True, "bfloat16"), (ZEN4, False, None)])
+def test_auto_kv_cache_on_each_cpu_class(info: CpuInfo, dot: bool, cache: str | None) -> None:
+    """``kv_cache_dtype="auto"`` under the float32 GGUF choice: bfloat16 where the CPU has
+    bfloat16 dot products and the attention kernel's bfloat16 build loaded (``dot``), else
+    the model's float32; an explicit dtype or cache dtype is kept."""
+    p = choose_kv_cache(choose_precision("auto", "auto", "cpu", info, True, "avx2"), "auto",
+                        "auto", info, dot)
+    assert (p.dtype, p.kv_cache_dtype, p.kv_dtype) == ("float32", cache, cache or "float32")
+    assert ("KV cache bfloat16 (auto" in p.reason) == (cache is not None)
+    pinned = choose_precision("float32", "auto", "cpu", info, True, "avx2")
+    assert choose_kv_cache(pinned, "auto", "float32", info, dot).kv_dtype == "float32"
+    assert choose_kv_cache(p, "float32", "auto", info, dot).kv_dtype == "float32"
+    dense = choose_precision("auto", "auto", "cpu", info, False, "avx2")  # bfloat16 on ZEN4 / SPR
+    assert choose_kv_cache(dense, "auto", "auto", info, dot).kv_cache_dtype is None
 
 
 def test_auto_on_cuda_and_explicit_settings() -> None:
