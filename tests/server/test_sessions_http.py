@@ -274,3 +274,33 @@ def test_websocket_on_a_live_uvicorn(llm) -> None:
     with make_client(llm) as c:
         assert got == one_shot(c, "What is the capital of France?")
     wait_pool_full(llm)
+
+
+def test_an_append_that_can_never_be_closed_is_a_413_at_once(llm) -> None:
+    """At most 40 tokens per session: the append after which the closed input (with the
+    template's end) would pass 40 is refused with 413 naming ``input``; the session keeps its
+    previous content and still answers."""
+    with make_client(llm, max_tokens_per_session=40) as c:
+        sid = c.post("/v1/sessions", headers=KEY, json=OPEN).json()["id"]
+        tok = llm.engine.tokenizer
+        content, seq = "", 0
+
+        def closed(text: str) -> int:
+            return len(tok.encode_chat([*MSGS, {"role": "user", "content": text}], True))
+
+        while closed(content + "fox jumps ") <= 40:
+            ack = c.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "fox jumps ", "seq": seq})
+            assert ack.status_code == 200, ack.text
+            content, seq = content + "fox jumps ", seq + 1
+        n = closed(content + "fox jumps ")
+        r = c.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": "fox jumps ", "seq": seq})
+        assert r.status_code == 413
+        assert r.json()["error"] == {
+            "message": f"input: {n} tokens when closed exceed the session limit of 40",
+            "type": "invalid_request_error", "param": "input", "code": "session_tokens_exceeded"}
+        info = c.get(f"/v1/sessions/{sid}", headers=KEY).json()
+        assert (info["state"], info["next_seq"]) == ("open", seq)
+        done = c.post(f"/v1/sessions/{sid}/close", headers=KEY, json={"seq": seq}).json()
+        usage = done["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (closed(content), 8)
+    wait_pool_full(llm)

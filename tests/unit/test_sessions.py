@@ -19,7 +19,12 @@ from thinkstream.engine.policy import POLICIES
 from thinkstream.engine.request import SeqStatus
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams
-from thinkstream.streaming.errors import SequenceGapError, SessionClosedError, SessionLimitError
+from thinkstream.streaming.errors import (
+    SequenceGapError,
+    SessionClosedError,
+    SessionLimitError,
+    SessionTooLongError,
+)
 from thinkstream.streaming.sessions import SessionManager
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
@@ -325,4 +330,45 @@ def test_close_with_last_chunk_is_one_step(llm: LLM) -> None:
     llm._sessions.close(n.id, seq=1, data="brown fox")
     assert n.info.state == "answering" and n.info.next_seq == 2
     list(llm._follow(n.id))
+    assert_pool_full(llm)
+
+
+def test_an_update_that_could_never_be_answered_is_refused_at_once() -> None:
+    """A chat session with ``max_tokens`` on a pool of 64 tokens: the append after which
+    even an immediate close (the template's end added) + max_tokens could not fit is a 413
+    at once, naming the exact count, and changes nothing; a close (with a last chunk, whose
+    count includes the template's end) then answers in full. Replace likewise."""
+    llm = make_llm(num_blocks=16)  # 16 blocks of 4: 64 tokens (context 512)
+    mgr = SessionManager(llm.engine)
+    params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    messages = [{"role": "system", "content": "Be brief."}]
+    mgr.open("s", messages=messages, params=params)
+
+    def final(content: str) -> int:  # the exact ids of the input closed on ``content``
+        return len(llm.tokenizer.encode_chat([*messages, {"role": "user", "content": content}], True))
+
+    content = ""
+    while final(content + "fox jumps ") + 21 <= 64:
+        mgr.append("s", "fox jumps ")
+        content += "fox jumps "
+    before = mgr.info("s")
+    n = final(content + "fox jumps ")
+    with pytest.raises(SessionTooLongError) as err:
+        mgr.append("s", "fox jumps ")
+    assert str(err.value) == (f"input: {n} tokens when closed + max_tokens 20 need "
+                              f"{-(-(n + 21) // 4)} KV blocks but the cache has 16")
+    assert (err.value.status, err.value.param, err.value.code) == (413, "input", "session_tokens_exceeded")
+    with pytest.raises(SessionTooLongError):
+        mgr.replace("s", content + "fox jumps ")
+    assert mgr.info("s").tokens_received == before.tokens_received
+    assert mgr.info("s").next_seq == before.next_seq  # refused whole: the session is as it was
+    last = "fox"
+    assert final(content + last) + 21 <= 64  # fits exactly as counted: no over-count at close
+    mgr.close("s", data=last)
+    while llm.engine.has_unfinished_requests():
+        llm.engine.step()
+    out = mgr.snapshot("s")
+    assert out.prompt_token_ids == llm.tokenizer.encode_chat(
+        [*messages, {"role": "user", "content": content + last}], True)
+    assert len(out.outputs[0].token_ids) == 20
     assert_pool_full(llm)

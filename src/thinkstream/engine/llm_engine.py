@@ -241,11 +241,15 @@ class LLMEngine(OpenInputs):
                      f"the KV cache's {self.max_model_len} tokens ({self.kv.num_blocks} blocks)")
             raise RequestError("prompt", f"prompt: {num_prompt_tokens} tokens leave no room to "
                                f"generate within {where}")
-        blocks = -(-min(num_prompt_tokens + (params.max_tokens or 0) + 1, self.context_len)
-                   // self.kv.block_size)
+        blocks = self.blocks_needed(num_prompt_tokens, params.max_tokens)
         if blocks > self.kv.num_blocks:
             raise RequestError("max_tokens", f"max_tokens: prompt + max_tokens needs {blocks} KV blocks "
                                f"but the cache has {self.kv.num_blocks}")
+
+    def blocks_needed(self, num_prompt_tokens: int, max_tokens: int | None) -> int:
+        """KV blocks a sequence of ``num_prompt_tokens`` input tokens may come to need with
+        ``max_tokens`` (None: unbounded) output tokens; an output is capped at the context."""
+        return self.kv.blocks_for(min(num_prompt_tokens + (max_tokens or 0) + 1, self.context_len))
 
     def abort(self, request_id: str) -> bool:
         """Stop a request wherever it is and free all its blocks. False if unknown."""

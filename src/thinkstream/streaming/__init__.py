@@ -11,12 +11,15 @@ from thinkstream.streaming.errors import (
     SequenceGapError,
     SessionClosedError,
     SessionError,
+    SessionLimitError,
     SessionNotFoundError,
+    SessionTooLongError,
 )
 from thinkstream.streaming.retokenize import TailTokenizer, common_prefix_len
 from thinkstream.streaming.state import Edit, SessionInput
 
 __all__ = [
     "POLICIES", "Edit", "SequenceGapError", "SessionClosedError", "SessionError", "SessionInput",
-    "SessionNotFoundError", "TailTokenizer", "common_prefix_len", "policy_key",
+    "SessionLimitError", "SessionNotFoundError", "SessionTooLongError", "TailTokenizer",
+    "common_prefix_len", "policy_key",
 ]

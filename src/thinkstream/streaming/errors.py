@@ -39,3 +39,12 @@ class SessionLimitError(SessionError):
         super().__init__(message, param)
         self.code = code
         self.status = status
+
+
+class SessionTooLongError(SessionLimitError):
+    """The session's input (at close, with the chat template's end) exceeds the session's
+    token limit, or with the answer's ``max_tokens`` the KV pool: HTTP 413. Raised by the
+    open, append or replace that makes it so (that update changes nothing) and by close."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "input", "session_tokens_exceeded", 413)

@@ -20,6 +20,7 @@ caller, which compares with a full tokenization once, when the input closes.
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,6 +104,14 @@ class TailTokenizer:
         keep = k + common_prefix_len(self.ids[k:], ids)
         return Retokenized(new_text, self.ids[:k] + ids, self._starts[:k] + starts,
                            self._ends[:k] + ends, keep)
+
+    def copy(self, encode: EncodeFn | None = None) -> TailTokenizer:
+        """An independent copy (``apply`` rebinds fields, never mutates them), encoding with
+        ``encode`` if given: an encoder bound to its owner must follow the owner's copy."""
+        twin = copy.copy(self)
+        if encode is not None:
+            twin._encode = encode
+        return twin
 
     def apply(self, plan: Retokenized) -> None:
         self.text, self.ids = plan.text, plan.ids

@@ -32,7 +32,12 @@ from thinkstream.engine.output import RequestState
 from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import SamplingParams
 from thinkstream.streaming.close_check import CloseCheck
-from thinkstream.streaming.errors import SessionClosedError, SessionLimitError, SessionNotFoundError
+from thinkstream.streaming.errors import (
+    SessionClosedError,
+    SessionLimitError,
+    SessionNotFoundError,
+    SessionTooLongError,
+)
 from thinkstream.streaming.state import Data, Plan, SessionInput
 from thinkstream.thinking.config import ThinkConfig
 from thinkstream.thinking.controller import ThinkController
@@ -133,7 +138,7 @@ class SessionManager:
             raise RequestError("session_id", f"session_id: {sid!r} is already in use")
         inp = SessionInput.open(self.engine.tokenizer, prompt, messages, self.window,
                                 self.engine.config.allow_special_tokens_in_content)
-        self._check_size(len(inp.ids))
+        self._check_size(inp.close_size(), (params or SamplingParams()).max_tokens, "open")
         if thinking is not None:  # input positions depend on the layout (and on the notes)
             lay = thinking.layout
             u = thinking.units
@@ -258,7 +263,9 @@ class SessionManager:
             vocab = self.engine.model_config.vocab_size
             if any(not 0 <= t < vocab for t in plan.edit.add):
                 raise RequestError("input", f"input: token id outside the vocabulary (0..{vocab - 1})")
-            self._check_size(plan.num_tokens)
+            # refused now if even a close right after it could never be answered
+            self._check_size(s.input.after(plan).close_size(), s.state.seqs[0].params.max_tokens,
+                             "update")
             self._edit(s, plan)
             s.input.commit(plan)
             s.state.prompt = s.input.content if s.input.mode != "tokens" else None
@@ -280,18 +287,24 @@ class SessionManager:
     def _check_close(self, s: _Session, plan: Plan) -> None:
         if not plan.ids:
             raise SessionLimitError("input: empty at close", "input", "empty_input")
-        self._check_size(plan.num_tokens, s.state.seqs[0].params.max_tokens)
+        self._check_size(plan.num_tokens, s.state.seqs[0].params.max_tokens, "close")
 
-    def _check_size(self, num_tokens: int, max_tokens: int | None = 0) -> None:
+    def _check_size(self, num_tokens: int, max_tokens: int | None, when: str) -> None:
+        """Refuse (``SessionTooLongError``, 413) an input of ``num_tokens`` at close (the
+        chat template's end included) that the session may not hold, or that with
+        ``max_tokens`` needs more KV blocks than the pool has (the rule of a request's
+        ``LLMEngine.check_length``: the answer is capped at the context, never refused for
+        it). ``when``: "open" / "update" (a close right after it would be refused, so the
+        update is refused and changes nothing) or "close"."""
+        at = "at close" if when == "close" else "when closed"
         if num_tokens > self.max_input_tokens:
-            raise SessionLimitError(
-                f"input: {num_tokens} tokens exceed the session limit of {self.max_input_tokens}",
-                "input", "session_tokens_exceeded", 413)
-        blocks = self.engine.blocks_for(num_tokens + (max_tokens or 0) + 1)
+            raise SessionTooLongError(f"input: {num_tokens} tokens {at} exceed the session "
+                                      f"limit of {self.max_input_tokens}")
+        blocks = self.engine.blocks_needed(num_tokens, max_tokens)
         if blocks > self.engine.num_kv_blocks:
-            raise SessionLimitError(
-                f"input: {num_tokens} tokens (+ max_tokens) need {blocks} KV blocks but the cache "
-                f"has {self.engine.num_kv_blocks}", "input", "session_tokens_exceeded", 413)
+            raise SessionTooLongError(
+                f"input: {num_tokens} tokens {at} + max_tokens {max_tokens} need {blocks} KV "
+                f"blocks but the cache has {self.engine.num_kv_blocks}")
 
     def _end(self, s: _Session) -> None:
         self._open.pop(s.sid, None)

@@ -242,6 +242,14 @@ class SessionInput:
             raise SessionClosedError("the session's input is already closed", self.next_seq)
         if self.pending:
             raise SessionError("input: ends inside a UTF-8 character", "input")
+        return self._close_plan(exact)
+
+    def close_size(self) -> int:
+        """Tokens the input would have if it closed now (the chat template's end added; an
+        unfinished UTF-8 character left out): what the limits must hold at close. O(window)."""
+        return self._close_plan(exact=False).num_tokens
+
+    def _close_plan(self, exact: bool) -> Plan:
         old = self.ids
         if self.mode == "tokens":
             final = old
@@ -278,7 +286,8 @@ class SessionInput:
         right after the update would see. Commits only rebind fields, so a shallow copy of
         the input and of its tail tokenizer is independent."""
         trial = copy.copy(self)
-        trial._tail = copy.copy(self._tail)
+        # the guarded encoder reads its input's fields (where the content ends at close)
+        trial._tail = self._tail.copy(trial._encode_guarded if self._guarded else None)  # type: ignore[union-attr]
         trial.commit(plan)
         return trial
 
