@@ -304,3 +304,48 @@ def test_an_append_that_can_never_be_closed_is_a_413_at_once(llm) -> None:
         usage = done["usage"]
         assert (usage["prompt_tokens"], usage["completion_tokens"]) == (closed(content), 8)
     wait_pool_full(llm)
+
+
+class Clock:
+    """A hand-moved clock for the hub's rate buckets (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_replace_costs_what_appending_it_would(llm) -> None:
+    """Chunks of at most 10 characters, a burst of 3, 1 per second (the hub's clock moved by
+    hand): a replace of 25 characters costs 3 chunks, one of 31 could never be sent as
+    appends within the burst (413)."""
+    clock = Clock()
+    with make_client(llm, max_chunk_chars=10, chunk_burst=3, max_chunks_per_s=1.0) as c:
+        c.app.state.session_hub.clock = clock
+        sid = c.post("/v1/sessions", headers=KEY, json=OPEN).json()["id"]
+
+        def update(text: str, replace: bool = False):
+            if replace:
+                return c.put(f"/v1/sessions/{sid}/input", headers=KEY, json={"text": text})
+            return c.post(f"/v1/sessions/{sid}/append", headers=KEY, json={"text": text})
+
+        assert update("x" * 25, replace=True).status_code == 200  # 3 of 3
+        limited = update("y")
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "chunk_rate_exceeded"
+        clock.now += 1.0
+        assert update("y").status_code == 200  # 1 refilled, spent
+        clock.now += 2.0
+        costly = update("z" * 25, replace=True)  # 2 held, 3 asked
+        assert costly.status_code == 429 and "counts as 3" in costly.json()["error"]["message"]
+        clock.now += 1.0
+        assert update("z" * 25, replace=True).status_code == 200
+        clock.now += 10.0
+        big = update("w" * 31, replace=True)
+        assert big.status_code == 413 and big.json()["error"]["param"] == "input"
+        assert big.json()["error"]["code"] == "chunk_too_large"
+        info = c.get(f"/v1/sessions/{sid}", headers=KEY).json()
+        assert info["next_seq"] == 3  # the refused updates changed nothing
+        c.delete(f"/v1/sessions/{sid}", headers=KEY)
+    wait_pool_full(llm)

@@ -1,17 +1,20 @@
-"""What keeps the server standing: body-size limit, bounded admission, request-id hygiene.
+"""What keeps the server standing: body-size limit, bounded admission, rate buckets,
+request-id hygiene.
 
 ``BodyLimitMiddleware`` reads a request body up to ``max_body_bytes`` before the app sees it
 (413 past it, whether announced by ``Content-Length`` or streamed in chunks), then replays
 it. ``Admission`` counts the sequences the server has handed to the engine and refuses a
 request whose ``n`` sequences would not all fit, so a request is admitted whole or not at
-all; refusal is immediate. ``clean_request_id`` makes a client-chosen id short and
-log-safe.
+all; refusal is immediate. ``RateBucket`` meters a client's updates (a session's chunks).
+``clean_request_id`` makes a client-chosen id short and log-safe.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -78,6 +81,27 @@ class Admission:
     def release(self, num_seqs: int) -> None:
         self.in_flight -= num_seqs
         self.requests -= 1
+
+
+class RateBucket:
+    """A token bucket (the classic traffic-shaping meter): it holds up to ``burst`` units,
+    refilled at ``rate`` units per second; ``take(cost)`` spends ``cost`` units if it holds
+    them. Starts full. ``clock``: seconds, monotonic (a test passes its own)."""
+
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.level = float(burst)
+        self._stamp = clock()
+
+    def take(self, cost: float = 1.0) -> bool:
+        now = self.clock()
+        self.level = min(self.burst, self.level + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self.level < cost:
+            return False
+        self.level -= cost
+        return True
 
 
 def clean_request_id(raw: str | None, max_len: int) -> str:

@@ -2,8 +2,9 @@
 
 Transport-independent (the HTTP routes and the WebSocket both use it): it checks who owns a
 session (its owner, ``auth``; others get 404), how many open sessions an owner has, the size
-and rate of chunks, and closes sessions idle past ``idle_timeout_s`` (reason
-``idle_timeout``, blocks freed). Every refusal is an ``APIError`` with a 4xx status; session
+and rate of chunks (a replace of N characters or ids costs what appending them would:
+ceil(N / ``max_chunk_chars``) chunks, at least one), and closes sessions idle past
+``idle_timeout_s`` (reason ``idle_timeout``, blocks freed). Every refusal is an ``APIError`` with a 4xx status; session
 conflicts (a sequence gap, input after close) are 409 and carry the expected number in the
 message and in the ``X-Expected-Seq`` header. Engine work goes through ``AsyncLLM``'s
 session commands.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from thinkstream.engine.llm_engine import RequestError
 from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.server.errors import APIError
+from thinkstream.server.limits import RateBucket
 from thinkstream.streaming.errors import (
     SequenceGapError,
     SessionConflictError,
@@ -77,9 +79,8 @@ def api_error(exc: BaseException) -> BaseException:
 @dataclass
 class _Owned:
     key: str
+    bucket: RateBucket  # chunks per second
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    tokens: float = 0.0  # rate bucket
-    refilled: float = field(default_factory=time.monotonic)
     open: bool = True  # input still open (counts against the owner's session limit)
     view: tuple[int | None, int, bool] = (None, 1, False)  # answer format: logprobs, n, thinking
     num_seqs: int = 1  # admission held while live
@@ -88,8 +89,10 @@ class _Owned:
 
 
 class SessionHub:
-    def __init__(self, state: ServerState, limits: SessionLimits | None = None) -> None:
+    def __init__(self, state: ServerState, limits: SessionLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
+        self.clock = clock  # seconds, monotonic: the chunk-rate buckets' clock
         self.llm = llm = state.llm
         self.limits = limits = limits or SessionLimits()
         context = llm.engine.max_model_len - 1  # the engine enforces this limit per update
@@ -108,19 +111,22 @@ class SessionHub:
     def open_count(self, key: str) -> int:
         return sum(o.open for o in self._owned.values() if o.key == key)
 
-    def _take_chunk(self, owned: _Owned, size: int) -> None:
+    def _take_chunk(self, owned: _Owned, size: int, whole: bool = False) -> None:
+        """Charge an update of ``size`` characters (or ids, or bytes) to the session's rate:
+        one chunk for an append (at most ``max_chunk_chars``), ceil(size / max_chunk_chars)
+        for a ``whole`` input (a replace: what appending it would cost, at most the burst)."""
         lim = self.limits
-        if size > lim.max_chunk_chars:
-            raise APIError(413, f"input: a chunk may have at most {lim.max_chunk_chars} "
-                           f"characters, got {size}", "input", "chunk_too_large")
-        now = time.monotonic()
-        owned.tokens = min(lim.chunk_burst, owned.tokens + (now - owned.refilled) * lim.max_chunks_per_s)
-        owned.refilled = now
-        if owned.tokens < 1:
+        cost = max(1, -(-size // lim.max_chunk_chars))
+        if cost > (lim.chunk_burst if whole else 1):
+            most = lim.max_chunk_chars * (lim.chunk_burst if whole else 1)
+            what = "an input (chunk size x chunk burst)" if whole else "a chunk"
+            raise APIError(413, f"input: {what} may have at most {most} characters, got {size}",
+                           "input", "chunk_too_large")
+        if not owned.bucket.take(cost):
+            as_chunks = f" (this one counts as {cost})" if cost > 1 else ""
             raise APIError(429, f"more than {lim.max_chunks_per_s:g} chunks per second on this "
-                           "session; slow down", None, "chunk_rate_exceeded",
+                           f"session{as_chunks}; slow down", None, "chunk_rate_exceeded",
                            {"Retry-After": "1"})
-        owned.tokens -= 1
 
     def num_live(self) -> int:
         return sum(o.live for o in self._owned.values())
@@ -178,8 +184,8 @@ class SessionHub:
         except BaseException:
             self.state.admission.release(num_seqs)
             raise
-        self._owned[info.session_id] = _Owned(key, tokens=self.limits.chunk_burst, view=view,
-                                              num_seqs=num_seqs)
+        bucket = RateBucket(self.limits.max_chunks_per_s, self.limits.chunk_burst, self.clock)
+        self._owned[info.session_id] = _Owned(key, bucket, view=view, num_seqs=num_seqs)
         return info
 
     async def append(self, key: str, sid: str, data: str | bytes | Sequence[int],
@@ -193,7 +199,7 @@ class SessionHub:
                       seq: int | None) -> UpdateResult:
         owned = self._session(key, sid)
         async with owned.lock:
-            self._take_chunk(owned, 0)  # the rate applies; the size is the session's limit
+            self._take_chunk(owned, len(data), whole=True)
             return await self._run(self.llm.replace_session(sid, data, seq))
 
     async def close(self, key: str, sid: str, seq: int | None,
