@@ -67,10 +67,16 @@ class LLM:
                   for p in items]  # validate all first
         if cfg is not None and any(not s.prompt_token_ids for s in states):
             raise ParamError("prompt", "prompt: must not be empty")
-        ids = [self.engine.add(s) for s in states]
-        if cfg is not None:
+        ids = []
+        try:
             for s in states:
-                start_paths(self.engine, s, cfg)
+                ids.append(self.engine.add(s))
+                if cfg is not None:
+                    start_paths(self.engine, s, cfg)  # may refuse paths that never fit
+        except BaseException:
+            for rid in ids:
+                self.engine.abort(rid)
+            raise
         return self._run(ids, use_tqdm)
 
     def chat(

@@ -88,3 +88,15 @@ def test_vote_answers_with_the_majority(tiny_server) -> None:  # noqa: F811
 
     assert msg["content"] == majority([extract_answer(p) for p in msg["paths"]])
     tiny_server.wait_idle()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_paths_that_could_never_all_run_are_a_400(tiny_server, stream) -> None:  # noqa: F811
+    """The paths stay resident until the summary: more of them than the engine's 16 slots
+    (with the request's own sequence), or budgets over the KV pool, would wait forever."""
+    for parallel, field in [({"paths": 16, "path_tokens": 2}, "parallel.paths"),
+                            ({"paths": 2, "path_tokens": 30000}, "parallel.path_tokens")]:
+        r = post(tiny_server, {**CHAT, "stream": stream, "parallel": parallel})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field
+    tiny_server.wait_idle()

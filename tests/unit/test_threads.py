@@ -171,7 +171,7 @@ def test_the_children_of_a_fork_are_admitted_together() -> None:
     engine.step()  # the big request holds 9 of 16 blocks (36 tokens) and grows
     state = engine.make_request("r", PROMPT, HOT, input_closed=False)
     engine.add(state)
-    paths = start_paths(engine, state, ParallelConfig(paths=4, path_tokens=3,
+    paths = start_paths(engine, state, ParallelConfig(paths=4, path_tokens=3, merge="none",
                                                       path_prompts=("Path one:",)))
     kids = [p.seq for p in paths.paths]
     seen = []
@@ -319,3 +319,34 @@ def test_a_bad_fork_or_join_is_refused_before_anything_runs() -> None:
     assert "other" not in engine.requests  # finished beside the tree, never failed
     engine.check_integrity()
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+
+def test_a_tree_that_could_never_run_is_refused() -> None:
+    """A request's threads stay resident until it ends, so a tree that cannot fit the
+    engine's sequence slots or KV pool at once would wait forever (or answer nothing): it
+    is refused, naming the setting, with nothing left in the engine."""
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=16, block_size=4,
+              max_num_seqs=4)
+    for parallel, param in [({"paths": 4, "path_tokens": 2}, "parallel.paths"),
+                            ({"paths": 2, "path_tokens": 40}, "parallel.path_tokens")]:
+        with pytest.raises(ParamError) as err:
+            llm.generate([PROMPT, PROMPT], HOT, parallel=parallel)
+        assert err.value.param == param
+        assert not llm.engine.requests
+    out = llm.generate(PROMPT, HOT, parallel={"paths": 3, "path_tokens": 2})[0].outputs[0]
+    assert out.num_path_tokens == 6 and len(out.token_ids) == 6
+    t = llm.threads(PROMPT, HOT)
+    kids = t.fork(t.root, ["a", "b"], max_tokens=2)
+    with pytest.raises(ParamError) as err:  # root, 2 children, 2 more: 5 of 4 slots
+        t.fork(kids[0], ["c", "d"], max_tokens=2)
+    assert err.value.param == "width"
+    t.wait(kids)
+    with pytest.raises(ParamError) as err:  # a summary of 60 tokens: over the 16 blocks
+        t.join(t.root, kids, into="new", max_tokens=60)
+    assert err.value.param == "max_tokens"
+    s = t.join(t.root, kids, " so", into="new", max_tokens=2)
+    t.wait([s])
+    assert len(s.token_ids) == 2
+    assert t.abort()
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks

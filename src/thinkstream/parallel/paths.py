@@ -24,7 +24,8 @@ from thinkstream.engine.detokenize import IncrementalDetokenizer
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.output import RequestState
 from thinkstream.parallel.config import ParallelConfig
-from thinkstream.parallel.threads import Thread, ThreadTree
+from thinkstream.parallel.threads import Thread, ThreadTree, check_room
+from thinkstream.sampling_params import SamplingParams
 
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 
@@ -77,6 +78,8 @@ class ParallelPaths:
         state.paths_sent = [0] * cfg.paths
 
     def start(self) -> None:
+        check_paths_room(self.engine, self.state.seqs[0].num_tokens, self.state.seqs[0].params,
+                         self.cfg)
         self.paths = self.tree.fork(self.tree.root, self.suffixes, self.params,
                                     self.cfg.path_tokens)
 
@@ -107,3 +110,21 @@ def start_paths(engine: LLMEngine, state: RequestState, cfg: ParallelConfig) -> 
     paths = ParallelPaths(engine, state, cfg)
     paths.start()
     return paths
+
+
+def check_paths_room(engine: LLMEngine, num_prompt_tokens: int, params: SamplingParams,
+                     cfg: ParallelConfig) -> None:
+    """Refuse paths that could never all run (``threads.check_room``): every path at
+    ``path_tokens`` beside the prompt, the summary prompt and the request's ``max_tokens``
+    (one token when unset). ``ParamError`` naming ``parallel.paths`` (sequence slots) or
+    ``parallel.path_tokens`` (KV blocks); safe from any thread (it reads only settings)."""
+    tok = engine.tokenizer
+    answer = num_prompt_tokens
+    if cfg.merge == "summary":
+        answer += len(tok.encode(cfg.summary_prompt, add_special_tokens=False))
+        answer += params.max_tokens or 1
+    prompts = [len(tok.encode(cfg.path_prompts[i % len(cfg.path_prompts)],
+                              add_special_tokens=False)) if cfg.path_prompts else 0
+               for i in range(cfg.paths)]
+    check_room(engine, [answer, *(1 + n + cfg.path_tokens for n in prompts)],
+               "parallel.paths", "parallel.path_tokens")

@@ -108,6 +108,7 @@ class ThreadTree:
             raise ParamError("max_tokens", f"must be >= 1, got {max_tokens}")
         for suffix, p in zip(suffixes, params, strict=True):
             self._check(suffix, p)
+        self.check_room([1 + len(s) + max_tokens for s in suffixes], "width", "max_tokens")
         t = thread.seq
         t.input_closed = False  # pause: its last token is held, every child continues it
         fork_tok, fork_pos = t.token_ids[-1], t.position(t.num_tokens - 1)
@@ -185,6 +186,7 @@ class ThreadTree:
         budget = max_tokens if max_tokens is not None else (p.max_tokens or 64)
         if budget < 1:
             raise ParamError("max_tokens", f"must be >= 1, got {budget}")
+        self.check_room([1 + len(suffix) + budget], "into", "max_tokens")
         fork_pos = t.position(t.num_tokens - 1)
         before = [*t.kv_prefix, (t.seq_id, t.num_tokens - 1)]  # what the fork token sees
         own = [t.token_ids[-1], *suffix]
@@ -195,6 +197,13 @@ class ThreadTree:
         kid.summary = True
         self.engine.attach(self.rid, kid.seq, self)
         return kid
+
+    def check_room(self, new: Sequence[int], seats_param: str, blocks_param: str) -> None:
+        """Refuse threads that could never all run (``check_room``): the root as it is now,
+        the live threads at their budgets and ``new`` (the tokens each new thread may hold)."""
+        live = [t for t in self._threads.values() if not t.seq.status.finished]
+        held = [self.root.seq.num_tokens, *(t.gen_start + (t.budget or 0) for t in live), *new]
+        check_room(self.engine, held, seats_param, blocks_param)
 
     def _check(self, suffix: Sequence[int], params: SamplingParams | None) -> None:
         """What the engine checks of a request, for a child's or a join's own tokens and
@@ -276,3 +285,21 @@ class ThreadTree:
 
     def thread(self, seq_id: str) -> Thread | None:
         return self._threads.get(seq_id)
+
+
+def check_room(engine: LLMEngine, held: Sequence[int], seats_param: str,
+               blocks_param: str) -> None:
+    """Refuse a thread tree that could never run: a request's threads stay resident until it
+    ends (a join reads them), so all of them, each holding ``held[i]`` tokens (the root
+    first), must fit the engine's sequence slots (``max_num_seqs``) and KV pool at once;
+    else the children of a fork wait forever for room that only their own tree holds.
+    ``ParamError`` naming ``seats_param`` (slots) or ``blocks_param`` (blocks)."""
+    most = engine.config.max_num_seqs
+    if len(held) > most:
+        raise ParamError(seats_param, f"too many: {len(held)} sequences of this request at "
+                         f"once (its threads and root) but the engine runs at most {most} "
+                         "(max_num_seqs)")
+    blocks = sum(engine.blocks_for(n) for n in held)
+    if blocks > engine.num_kv_blocks:
+        raise ParamError(blocks_param, f"too large: the request's threads at their token budgets need "
+                         f"{blocks} KV blocks at once but the cache has {engine.num_kv_blocks}")

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from thinkstream.engine.llm_engine import RequestError
 from thinkstream.engine.request import RequestOutput
 from thinkstream.parallel.config import parallel_config
+from thinkstream.parallel.paths import check_paths_room
 from thinkstream.parsers.output import ParserSpec
 from thinkstream.sampling_params import ParamError, SamplingParams, StructuredOutputsParams
 from thinkstream.server import formatting as fmt
@@ -340,6 +341,9 @@ async def chat_completions(request: Request) -> Response:
     with field_names(sent):
         chat = await run_in_threadpool(prepare_chat, state, body)  # off the event loop
     parallel = parallel_config(chat.params, body.parallel, state.config.max_n)
+    if parallel is not None:  # paths that could never all run: a 400 before any stream
+        await run_in_threadpool(check_paths_room, state.llm.engine, len(chat.ids), chat.params,
+                                parallel)
     job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
