@@ -100,3 +100,36 @@ def test_paths_that_could_never_all_run_are_a_400(tiny_server, stream) -> None: 
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == field
     tiny_server.wait_idle()
+
+
+def test_completions_take_parallel_as_chat_does(tiny_server) -> None:  # noqa: F811
+    """``parallel`` on /v1/completions: the same settings checked, the same paths as the
+    chat route's for the same prompt ids (a plain prompt of the chat's rendered ids), the
+    summary as the text, and usage counting every path; streamed path deltas are tagged."""
+    ids = tiny_server.engine.tokenizer.encode_chat(CHAT["messages"], True)
+    body = {"prompt": ids, "max_tokens": 5, "temperature": 1.0, "seed": 3,
+            "parallel": {"paths": 3, "path_tokens": 4}}
+    url = tiny_server.url + "/v1/completions"
+    bad = httpx.post(url, json={**body, "parallel": {"paths": 0}}, timeout=120)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "parallel.paths"
+    never = httpx.post(url, json={**body, "parallel": {"paths": 16, "path_tokens": 2}}, timeout=120)
+    assert never.status_code == 400 and never.json()["error"]["param"] == "parallel.paths"
+    scoring = httpx.post(url, json={**body, "max_tokens": 0, "echo": True}, timeout=120)
+    assert scoring.status_code == 400 and scoring.json()["error"]["param"] == "parallel"
+    got = httpx.post(url, json=body, timeout=120).json()
+    chat = post(tiny_server, {**CHAT, "parallel": body["parallel"]}).json()
+    choice, msg = got["choices"][0], chat["choices"][0]["message"]
+    assert choice["paths"] == msg["paths"] and len(choice["paths"]) == 3
+    assert choice["reasoning_content"] == msg["reasoning_content"]
+    assert choice["text"] == msg["content"]
+    assert got["usage"]["completion_tokens_details"]["reasoning_tokens"] == 12
+    assert got["usage"]["completion_tokens"] == chat["usage"]["completion_tokens"]
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=120) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    choices = [c["choices"][0] for c in events if c["choices"]]
+    streamed = {p: "".join(c["reasoning_content"] for c in choices if c.get("path") == p)
+                for p in range(3)}
+    assert [streamed[p] for p in range(3)] == choice["paths"]
+    assert "".join(c["text"] for c in choices) == choice["text"]
+    tiny_server.wait_idle()

@@ -209,15 +209,19 @@ class CompletionView(_View):
             prompt_offsets = _Offsets(self, text=self.prompt_text(i)).take(ids[:num_prompt])
             offsets = prompt_offsets + self._output_offsets(i).take(ids[num_prompt:])
             logprobs = self._logprobs(entries, ids, offsets)
-        return {"index": i * self.n + o.index, "text": text, "logprobs": logprobs,
-                "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
+        choice = {"index": i * self.n + o.index, "text": text, "logprobs": logprobs,
+                  "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
+        if o.paths:  # parallel paths: as a chat message carries them
+            choice.update(reasoning_content=reasoning_text(o.paths), paths=list(o.paths))
+        return choice
 
     def response(self, finals: list[RequestOutput]) -> dict:
         choices = [self._choice(i, out, o) for i, out in enumerate(finals) for o in out.outputs]
-        completion = sum(len(self._scored(o).token_ids) for out in finals for o in out.outputs)
+        paths = sum(o.num_path_tokens for out in finals for o in out.outputs)
+        completion = paths + sum(len(self._scored(o).token_ids) for out in finals for o in out.outputs)
         return {"id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model, "choices": choices,
-                "usage": _usage(sum(map(len, self.prompt_ids)), completion,
+                "usage": _usage(sum(map(len, self.prompt_ids)), completion, paths,
                                 cached_tokens=sum(out.num_cached_tokens for out in finals))}
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
@@ -237,7 +241,7 @@ class CompletionView(_View):
         sent: dict[int, int] = {}  # choice index -> tokens sent
         counters: dict[int, _Offsets] = {}  # choice index -> text offsets so far
         done: set[int] = set()
-        completion = 0
+        completion = paths = 0
         cached: dict[int, int] = {}  # prompt index -> its prefix-cache hit
         async for i, out in outputs:
             cached[i] = out.num_cached_tokens
@@ -245,6 +249,9 @@ class CompletionView(_View):
                 idx = i * self.n + o.index
                 if idx in done:
                     continue
+                for path, delta in o.new_paths:  # parallel paths: tagged, before the text
+                    yield self.chunk([{"index": idx, "text": "", "reasoning_content": delta,
+                                       "path": path, "logprobs": None, "finish_reason": None}])
                 first = idx not in sent
                 start = sent.get(idx, 0)
                 new_ids = list(o.token_ids[start:])
@@ -263,7 +270,8 @@ class CompletionView(_View):
                 if not (text or ids or o.finish_reason):
                     continue
                 if o.finish_reason:
-                    completion += len(o.token_ids)
+                    completion += len(o.token_ids) + o.num_path_tokens
+                    paths += o.num_path_tokens
                     done.add(idx)
                 logprobs = None
                 if self.logprobs is not None:
@@ -273,7 +281,7 @@ class CompletionView(_View):
                                     "finish_reason": o.finish_reason,
                                     "stop_reason": o.stop_reason}])
         if include_usage:
-            yield self.chunk([], _usage(sum(map(len, self.prompt_ids)), completion,
+            yield self.chunk([], _usage(sum(map(len, self.prompt_ids)), completion, paths,
                                         cached_tokens=sum(cached.values())))
 
 

@@ -229,15 +229,22 @@ async def list_models(request: Request) -> dict:
              responses={200: {"model": P.CompletionResponse}, **ERRORS})
 @wrap_errors
 async def completions(request: Request) -> Response:
-    """OpenAI text completions (``stream`` sends server-sent events ending in ``[DONE]``)."""
+    """OpenAI text completions (``stream`` sends server-sent events ending in ``[DONE]``;
+    ``parallel``: reasoning paths, as on chat completions)."""
     state = server_state(request)
     body = await parse_body(request, P.CompletionRequest)
     check_model(state, body.model)
     # off the event loop: tokenizing megabytes or compiling a big constraint takes seconds
     params, prompts, encoded = await run_in_threadpool(_prepare_completion, state, body)
     score_only = body.max_tokens == 0
+    parallel = parallel_config(params, body.parallel, state.config.max_n)
+    if parallel is not None and score_only:
+        raise APIError(400, "parallel: prompt scoring (max_tokens 0) generates nothing to "
+                       "run paths for", "parallel", "invalid_value")
+    for ids in encoded if parallel is not None else ():  # each prompt's paths, as on chat
+        await run_in_threadpool(check_paths_room, state.llm.engine, len(ids), params, parallel)
     job = Job(state, public_id(request, body, "cmpl"), encoded, params,
-              request_owner(request.scope), salt=body.prefix_salt())
+              request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
                               state.llm.tokenizer, prompts, encoded, body.echo,
                               body.logprobs, params.n, params.skip_special_tokens, score_only)

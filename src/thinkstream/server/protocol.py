@@ -161,6 +161,9 @@ class CompletionRequest(SamplingRequest):
     echo: bool = False
     suffix: Text | None = None
     best_of: int | None = None
+    # thinkstream: N reasoning paths, then a summary / vote, as on chat completions (each
+    # choice gets ``reasoning_content`` and ``paths``; streamed deltas tagged with ``path``)
+    parallel: dict[str, Any] | None = None
 
 
 TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal")
@@ -286,6 +289,8 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    reasoning_content: str | None = None  # with ``parallel``: the paths, each headed
+    paths: list[str] | None = None  # with ``parallel``: each path's text
 
 
 class CompletionResponse(BaseModel):
