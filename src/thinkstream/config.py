@@ -6,6 +6,8 @@ and the server all build these same dataclasses.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from thinkstream.speculative.config import SpeculativeConfig
@@ -17,6 +19,8 @@ GGUF_MODES = ("gguf", "gguf-q16", "gguf-q8")
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 ATTENTION_PRECISIONS = ("auto", "parity", "mixed", "float32")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
+# set to 1 to let max_model_len pass the model's context (vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN)
+ALLOW_LONG_MAX_MODEL_LEN = "THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN"
 
 
 @dataclass(frozen=True)
@@ -215,3 +219,23 @@ class EngineConfig:
         """The KV cache's dtype name for a model running in ``model_dtype`` (resolved:
         never "auto"): ``kv_cache_dtype``, or ``model_dtype`` for "auto"."""
         return model_dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
+
+
+def context_len(max_model_len: int | None, model_max: int,
+                env: Mapping[str, str] | None = None) -> int:
+    """The context a request may use: ``max_model_len``, or (None) the model's
+    ``model_max`` (its ``max_position_embeddings``, a GGUF's ``context_length``). Past the
+    model's maximum is a ``ValueError``, as in vLLM (positions the model was never trained
+    on: outputs degrade), unless ``env`` (default ``os.environ``) sets
+    ``THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN=1`` (then it is taken as asked)."""
+    if max_model_len is None:
+        return model_max
+    if max_model_len <= model_max:
+        return max_model_len
+    env = os.environ if env is None else env
+    if env.get(ALLOW_LONG_MAX_MODEL_LEN, "").strip().lower() in ("1", "true"):
+        return max_model_len
+    raise ValueError(
+        f"max_model_len: the requested {max_model_len} is greater than the model's maximum "
+        f"context of {model_max} tokens (max_position_embeddings); positions past it are "
+        f"untrained and outputs may be wrong. Set {ALLOW_LONG_MAX_MODEL_LEN}=1 to allow it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from thinkstream.config import EngineConfig
+from thinkstream.config import EngineConfig, context_len
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2"])
@@ -24,3 +24,42 @@ def test_quantization_none_spelled_out() -> None:
     assert EngineConfig(quantization="none").quantization is None
     with pytest.raises(ValueError, match="quantization must be"):
         EngineConfig(quantization="q4")
+
+
+def test_max_model_len_past_the_model_is_refused_unless_opted_in() -> None:
+    """As vLLM: a max_model_len over the model's context is a ValueError naming both, not a
+    silent cap; THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN=1 takes it as asked."""
+    assert context_len(None, 512, {}) == 512
+    assert context_len(512, 512, {}) == 512 and context_len(100, 512, {}) == 100
+    with pytest.raises(ValueError) as err:
+        context_len(1024, 512, {})
+    assert str(err.value).startswith("max_model_len: the requested 1024 is greater than the "
+                                     "model's maximum context of 512 tokens")
+    assert "THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN=1" in str(err.value)
+    for opt_in in ("1", "true", "TRUE"):
+        assert context_len(1024, 512, {"THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN": opt_in}) == 1024
+    with pytest.raises(ValueError):
+        context_len(1024, 512, {"THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN": "0"})
+
+
+def test_llm_and_cli_refuse_a_max_model_len_past_the_model(monkeypatch, capsys) -> None:
+    """The tiny model's context is 512: ``LLM(max_model_len=513)`` raises, the CLI exits 2
+    with the message; opted in through the environment, the engine takes 1024."""
+    from helpers.tiny import tiny_checkpoint
+
+    import thinkstream.llm
+    from thinkstream import cli
+
+    ckpt = tiny_checkpoint()
+    real = thinkstream.llm.LLM
+    monkeypatch.delenv("THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    with pytest.raises(ValueError, match="the requested 513 is greater than"):
+        real(checkpoint=ckpt, max_model_len=513, num_blocks=8, block_size=4)
+    monkeypatch.setattr(thinkstream.llm, "LLM", lambda model, **kw: real(checkpoint=ckpt, **kw))
+    assert cli.main(["run", "Hi", "--max-model-len", "1024", "--kv-cache-memory-mb", "1"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "thinkstream: error: max_model_len: the requested 1024 is greater than the model's "
+        "maximum context of 512 tokens")
+    monkeypatch.setenv("THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    llm = real(checkpoint=ckpt, max_model_len=1024, num_blocks=512, block_size=4)
+    assert (llm.engine.context_len, llm.engine.max_model_len) == (1024, 1024)
