@@ -194,6 +194,7 @@ class AsyncLLM:
         def close() -> None:  # the stream is registered once the close is accepted
             self.sessions.close(session_id, seq, data)
             self._streams[session_id] = (loop, q)
+            self.stats.prompt_tokens += len(self.engine.input_ids(session_id))  # the answer's
 
         await self.call(lambda _: close())
         return self._session_stream(session_id, q)
@@ -286,8 +287,10 @@ class AsyncLLM:
         return True
 
     def _count_finished(self, out: RequestOutput) -> RequestOutput:
-        """Count a finished request's sequences by finish reason (aborts included)."""
+        """Count a finished request's sequences by finish reason (aborts included), and the
+        tokens its parallel paths sampled (generated, as usage counts them)."""
         if out.finished:
+            self.stats.generation_tokens += sum(o.num_path_tokens for o in out.outputs)
             for o in out.outputs:
                 reason = o.finish_reason or "unknown"
                 self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1

@@ -131,6 +131,33 @@ def test_metrics_series(client) -> None:
         assert name in text, name
 
 
+def _tokens_counted(client) -> tuple[float, float]:
+    """``thinkstream_prompt_tokens_total`` and ``_generation_tokens_total`` now (parsed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {s.name: s.value for fam in text_string_to_metric_families(client.get("/metrics").text)
+           for s in fam.samples}
+    return got["thinkstream_prompt_tokens_total"], got["thinkstream_generation_tokens_total"]
+
+
+def test_token_counters_agree_with_usage(client, tiny_server) -> None:
+    """Parallel paths' tokens are generated tokens (usage counts them as completion tokens);
+    a session's answer counts its input as prompt tokens."""
+    before = _tokens_counted(client)
+    usage = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "ignore_eos": True,
+        "parallel": {"paths": 2, "path_tokens": 3}}).json()["usage"]
+    sid = client.post("/v1/sessions", json={"messages": [], "max_tokens": 2,
+                                            "ignore_eos": True}).json()["id"]
+    client.post(f"/v1/sessions/{sid}/append", json={"text": "The quick brown fox", "seq": 0})
+    session = client.post(f"/v1/sessions/{sid}/close", json={"seq": 1}).json()["usage"]
+    tiny_server.wait_idle()
+    after = _tokens_counted(client)
+    assert usage["completion_tokens"] == 9 and session["completion_tokens"] == 2
+    assert after[0] - before[0] == usage["prompt_tokens"] + session["prompt_tokens"]
+    assert after[1] - before[1] == 9 + 2
+
+
 def test_openapi_documents_the_api(client) -> None:
     spec = client.get("/openapi.json").json()
     for path in ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics",
