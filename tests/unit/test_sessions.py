@@ -362,6 +362,10 @@ def test_an_update_that_could_never_be_answered_is_refused_at_once() -> None:
         mgr.replace("s", content + "fox jumps ")
     assert mgr.info("s").tokens_received == before.tokens_received
     assert mgr.info("s").next_seq == before.next_seq  # refused whole: the session is as it was
+    big = "fox jumps " * 3  # a close's own chunk counts, the template's end as its tokens
+    with pytest.raises(SessionTooLongError, match=f"^input: {final(content + big)} tokens at close "):
+        mgr.close("s", data=big)
+    assert mgr.info("s").next_seq == before.next_seq
     last = "fox"
     assert final(content + last) + 21 <= 64  # fits exactly as counted: no over-count at close
     mgr.close("s", data=last)
