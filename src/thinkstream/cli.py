@@ -65,7 +65,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "directory or alias) that shares the target's tokenizer")
     p.add_argument("--num-speculative-tokens", type=int, default=None,
                    help="the most draft tokens per request and step (with --speculative-method; "
-                        "default 5)")
+                        "default 32 adaptive, 5 with --no-adaptive-speculation)")
     p.add_argument("--no-adaptive-speculation", action="store_true",
                    help="draft --num-speculative-tokens whenever possible (default: each "
                         "request's length follows its acceptance and the batch size)")
@@ -116,9 +116,8 @@ def speculative_config(args: argparse.Namespace) -> SpeculativeConfig | None:
             raise SystemExit("thinkstream: --num-speculative-tokens, --no-adaptive-speculation and "
                              "--draft-model need --speculative-method")
         return None
-    k = args.num_speculative_tokens
     return SpeculativeConfig(method=args.speculative_method,
-                             num_speculative_tokens=SpeculativeConfig.num_speculative_tokens if k is None else k,
+                             num_speculative_tokens=args.num_speculative_tokens,
                              adaptive=not args.no_adaptive_speculation,
                              draft_model=args.draft_model)
 

@@ -8,16 +8,24 @@ never judged). Acceptance is bursty: when prompt lookup's first token is right t
 is usually quoting, and the rest follow (echo: the first draft token accepted ~70% of the
 time, the later ones ~95% after it), which one per-token rate cannot express: it would
 cut such drafts at 2-3 tokens where 5 measure faster. A draft of k tokens yields
-``E(k) = 1 + a0 + a0 a1 + ... + a0 ... a(k-1)`` tokens per step, and costs ``1 + k * rho`` steps,
-where ``rho`` is one draft token's cost: the proposer's own (``Proposer.cost_per_token``)
-plus the verifier's share, which grows with the batch: a step over N tokens takes about
-``t0 + c * N`` and is compute-bound past ``knee = t0 / c`` tokens, so one more token costs
-``B / (knee + B)`` of a step of B decoding sequences. The length is the k in
-0..``num_speculative_tokens`` that maximises ``E(k) / (1 + k * rho)``: it falls to 0 when
+``E(k) = 1 + a0 + a0 a1 + ... + a0 ... a(k-1)`` tokens per step. Its cost, in steps of the
+request's share of the batch, is the measured cost curve of this machine's forward
+(``StepCost``: the time of a forward over N tokens, for every N the engine ran, between
+them interpolated, past them the fitted slope): ``1 + B * (t(N + k) - t(N)) / t(B)`` for a
+request whose step already holds N tokens, B sequences decoding (at batch 1, ``t(1 + k) /
+t(1)``), plus the proposer's own ``k * Proposer.cost_per_token``. The curve is not a line
+on a CPU: the GGUF kernels verify up to 12 rows in one dot-product pass and more in GEMM
+tiles (SmolLM2 on Zen 4, x one row: 8 rows 3.04, 12 rows 4.68, 16 rows 5.14), so a long
+verbatim copy pays up to 16 drafts and more where a line through the first rows would stop
+at a few. Without measurements (or with the config's ``compute_bound_tokens``) the cost is
+the line ``1 + k * rho`` with ``rho = B / (knee + B)``: a step over N tokens takes ``t0 + c
+* N``, compute-bound past ``knee = t0 / c``. The length is the k in
+0..``num_speculative_tokens`` that maximises ``E(k) / cost(k)``: it falls to 0 when
 drafts keep failing (or the batch is large), rises while they are accepted (FASER:
 Pan et al. 2025, speculation length per request from acceptance and the batch's phase).
-The knee is measured on this machine as the engine runs (``StepCost``) unless the config
-fixes it.
+A request whose whole draft of k tokens was accepted tries ``2k`` once where the curve has
+no measurement there yet (so a cheaper long step is found, not only assumed from the
+line).
 
 A request at length 0 keeps being measured: free proposers draft one token in the
 shadow (compared with the token the step samples, never computed), costly ones get one
@@ -30,11 +38,13 @@ never make the scheduler preempt anything. This module imports no torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left, insort
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 PRIOR = 0.5  # acceptance assumed before a request has any history
 DECAY = 0.7  # weight of the past in the moving average (per verified position)
+POINT_WEIGHT = 8  # a measured point of the cost curve: the mean of its last ~8 forwards
 
 
 @dataclass
@@ -50,6 +60,7 @@ class LengthState:
     steps_at_zero: int = 0
     verified: int = 0  # draft tokens verified (real, not shadow)
     accepted: int = 0
+    full: int = 0  # the length of the last real draft if all of it was accepted, else 0
 
     @property
     def alpha(self) -> float:
@@ -74,11 +85,17 @@ def expected_tokens(alpha: float | Sequence[float], k: int) -> float:
     return total
 
 
-def best_length(alpha: float | Sequence[float], rho: float, k_max: int) -> int:
-    """argmax over k in 0..k_max of E(k) / (1 + k * rho) (the smallest k on ties)."""
+def best_length(alpha: float | Sequence[float], cost: float | Sequence[float], k_max: int) -> int:
+    """argmax over k in 0..k_max of E(k) / cost(k) (the smallest k on ties). ``cost``: a
+    float ``rho`` (the line ``1 + k * rho``) or the cost of 0..k_max drafts, in steps
+    (``cost[0]`` is 1)."""
     best, value = 0, 1.0
+    run, total = 1.0, 1.0
+    rates = [alpha] if isinstance(alpha, (int, float)) else list(alpha) or [PRIOR]
     for k in range(1, k_max + 1):
-        v = expected_tokens(alpha, k) / (1 + k * rho)
+        run *= rates[min(k - 1, len(rates) - 1)]
+        total += run  # expected_tokens(alpha, k), incrementally
+        v = total / (1 + k * cost if isinstance(cost, (int, float)) else cost[k])
         if v > value + 1e-9:
             best, value = k, v
     return best
@@ -92,18 +109,29 @@ class StepCost:
     kernel's arithmetic), a GPU one of hundreds: a fixed knee over-drafts on the first and
     under-drafts on the second (FASER adapts to the batch's phase; this measures where the
     phase changes). Until the observed token counts spread (``min_spread``: their weighted
-    standard deviation) or while the fit is not increasing, ``knee`` is the prior."""
+    standard deviation) or while the fit is not increasing, ``knee`` is the prior.
+
+    Beside the line, the curve itself: the mean time of the last forwards over each token
+    count N (``seconds``), where the line misses the kernels' steps (a dot-product pass of
+    up to 12 rows, GEMM tiles of 16, 24, 32 rows)."""
 
     def __init__(self, prior: float, decay: float = 0.98, min_spread: float = 0.5) -> None:
         if prior <= 0 or not 0 < decay < 1 or min_spread <= 0:
             raise ValueError("StepCost: prior > 0, 0 < decay < 1 and min_spread > 0")
         self.prior, self.decay, self.min_spread = prior, decay, min_spread
         self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self._points: dict[int, tuple[int, float]] = {}  # N -> (forwards seen, mean seconds)
+        self._ns: list[int] = []  # the measured N, sorted
 
     def observe(self, tokens: int, seconds: float) -> None:
         """One forward over ``tokens`` tokens took ``seconds``."""
         if tokens < 1 or seconds <= 0:
             return
+        seen, mean = self._points.get(tokens, (0, 0.0))
+        if not seen:
+            insort(self._ns, tokens)
+        seen += 1
+        self._points[tokens] = (seen, mean + (seconds - mean) / min(seen, POINT_WEIGHT))
         d = self.decay
         self._w = d * self._w + 1.0
         self._x = d * self._x + tokens
@@ -126,27 +154,68 @@ class StepCost:
             return self.prior
         return min(max(t0 / c, 0.5), 4096.0)
 
+    def measured(self, tokens: int) -> bool:
+        """Whether a forward over ``tokens`` tokens was timed."""
+        return tokens in self._points
+
+    def seconds(self, tokens: int) -> float | None:
+        """A forward over ``tokens`` tokens, in seconds: the measured mean at that count;
+        between measured counts interpolated; outside them the nearest one plus the slope
+        ``t / (knee + N)`` of the line through it (the fitted knee, or the prior). None
+        before any forward was timed."""
+        ns = self._ns
+        if not ns:
+            return None
+        i = bisect_left(ns, tokens)
+        if i < len(ns) and ns[i] == tokens:
+            return self._points[tokens][1]
+        if 0 < i < len(ns):
+            lo, hi = ns[i - 1], ns[i]
+            t_lo, t_hi = self._points[lo][1], self._points[hi][1]
+            return t_lo + (t_hi - t_lo) * (tokens - lo) / (hi - lo)
+        near = ns[0] if i == 0 else ns[-1]
+        t = self._points[near][1]
+        return max(t + t / (self.knee + near) * (tokens - near), 1e-9)
+
 
 class LengthController:
-    """Per-sequence lengths. ``adaptive=False``: always ``k_max``."""
+    """Per-sequence lengths. ``adaptive=False``: always ``k_max``. ``cost``: the measured
+    cost curve (None: the line through ``knee``)."""
 
     def __init__(self, k_max: int, knee: float, proposer_cost: float, adaptive: bool = True,
-                 probe_interval: int = 16) -> None:
+                 probe_interval: int = 16, cost: StepCost | None = None) -> None:
         self.k_max, self.knee, self.proposer_cost = k_max, knee, proposer_cost
         self.adaptive, self.probe_interval = adaptive, probe_interval
+        self.cost = cost
         self.states: dict[str, LengthState] = {}
 
     def rho(self, batch: int) -> float:
-        """A draft token's cost in steps, with ``batch`` sequences decoding."""
+        """A draft token's cost in steps on the line, with ``batch`` sequences decoding."""
         return self.proposer_cost + batch / (self.knee + batch)
 
-    def length(self, seq_id: str, batch: int) -> int:
-        """The draft length for ``seq_id`` this step (0: no real drafts)."""
+    def costs(self, batch: int, tokens: int) -> float | list[float]:
+        """The cost of 0..k_max drafts in steps of one request's share, for a request whose
+        step already holds ``tokens`` tokens with ``batch`` sequences decoding: from the
+        measured curve, else ``rho(batch)`` (the line)."""
+        sec: Callable[[int], float | None] = self.cost.seconds if self.cost else lambda n: None
+        base, share = sec(tokens), sec(batch)
+        if base is None or share is None:
+            return self.rho(batch)
+        return [1 + batch * (sec(tokens + k) - base) / share + k * self.proposer_cost
+                for k in range(self.k_max + 1)]
+
+    def length(self, seq_id: str, batch: int, tokens: int | None = None) -> int:
+        """The draft length for ``seq_id`` this step (0: no real drafts); ``tokens``: the
+        tokens the step holds before this request's drafts (default ``batch``)."""
         st = self._state(seq_id, length=self.k_max)
         if not self.adaptive:
             st.length = self.k_max
             return st.length
-        st.length = best_length(st.alphas, self.rho(batch), self.k_max)
+        tokens = batch if tokens is None else tokens
+        st.length = best_length(st.alphas, self.costs(batch, tokens), self.k_max)
+        probe = min(2 * st.full, self.k_max)
+        if st.length < probe and self.cost is not None and not self.cost.measured(tokens + probe):
+            st.length = probe  # the whole draft was accepted: time a longer one once
         if st.length == 0:
             st.steps_at_zero += 1
             if self.proposer_cost > 0 and st.steps_at_zero % self.probe_interval == 0:
@@ -171,6 +240,7 @@ class LengthController:
         if real:
             st.verified += drafted
             st.accepted += accepted
+            st.full = drafted if accepted == drafted else 0
 
     def _state(self, seq_id: str, length: int = 0) -> LengthState:
         st = self.states.get(seq_id)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 METHODS = ("ngram", "early_exit", "fused", "draft_model")
+# default maxima: adaptive lengths stop where the measured step cost says (a long verbatim
+# copy pays 16-32 drafts on a CPU's GEMM tiles), a fixed length drafts this many always
+ADAPTIVE_MAX_TOKENS = 32
+FIXED_TOKENS = 5
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,8 @@ class SpeculativeConfig:
     last tokens), "early_exit" (the target's first ``early_exit_layer`` layers, then its
     final norm and LM head), "fused" (both; at each position the more confident draft),
     "draft_model" (``draft_model``, a smaller model with the target's tokenizer).
-    ``num_speculative_tokens``: the most drafts per sequence and step. ``adaptive``: each
+    ``num_speculative_tokens``: the most drafts per sequence and step (None: 32 when
+    adaptive, where the measured cost of a step decides how many pay; 5 fixed). ``adaptive``: each
     request's length follows its recent acceptance and the batch's phase
     (``speculative.adaptive``); False drafts ``num_speculative_tokens`` whenever a proposer
     has them. ``compute_bound_tokens``: the tokens per step past which a step costs about
@@ -33,7 +38,7 @@ class SpeculativeConfig:
     """
 
     method: str = "ngram"
-    num_speculative_tokens: int = 5
+    num_speculative_tokens: int | None = None  # resolved in __post_init__
     adaptive: bool = True
     compute_bound_tokens: int | None = None
     ngram_min: int = 2
@@ -48,6 +53,9 @@ class SpeculativeConfig:
         if self.method not in METHODS:
             raise ValueError(f"speculative method must be one of {', '.join(METHODS)}, "
                              f"got {self.method!r}")
+        if self.num_speculative_tokens is None:  # frozen: resolve the default once
+            object.__setattr__(self, "num_speculative_tokens",
+                               ADAPTIVE_MAX_TOKENS if self.adaptive else FIXED_TOKENS)
         if not 1 <= self.num_speculative_tokens <= 64:
             raise ValueError("num_speculative_tokens must be in 1..64")
         if self.compute_bound_tokens is not None and self.compute_bound_tokens < 1:

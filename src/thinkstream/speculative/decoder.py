@@ -64,11 +64,12 @@ class SpeculativeDecoder(StepHook):
         self.engine = engine
         self.cfg = cfg
         self.proposer = proposer
-        self.lengths = LengthController(cfg.num_speculative_tokens, cfg.knee,
-                                        proposer.cost_per_token, cfg.adaptive, cfg.probe_interval)
-        # the forward's cost against its tokens, measured, sets the knee (a config's
-        # compute_bound_tokens fixes it instead)
+        # the forward's cost against its tokens, measured, gives the cost curve and the knee
+        # (a config's compute_bound_tokens fixes the knee and the line instead)
         self.cost = None if cfg.compute_bound_tokens else StepCost(cfg.knee)
+        self.lengths = LengthController(cfg.num_speculative_tokens, cfg.knee,
+                                        proposer.cost_per_token, cfg.adaptive, cfg.probe_interval,
+                                        self.cost)
         self._forward: tuple[int, float] | None = None  # (tokens, start) of the running forward
         self.stats = SpeculativeStats()
         self._shadow: dict[str, tuple[int, int]] = {}  # seq id -> (position, guessed token)
@@ -108,16 +109,14 @@ class SpeculativeDecoder(StepHook):
         self.stats.propose_s += time.perf_counter() - t0
 
     def _plan(self, seqs: list[Sequence], running: list[Sequence]) -> list[int]:
-        """Each sequence's length: its own (adaptive), capped by what it may still generate,
-        then by the step's token budget (within the native stack's rows when the batch
-        fits them) and the free KV blocks, surest sequences first."""
+        """Each sequence's length, surest sequences first: its own (adaptive: priced at the
+        step's tokens so far, the real ones and the drafts of surer sequences), capped by
+        what it may still generate, then by the step's token budget (within the native
+        stack's rows when the batch fits them) and the free KV blocks."""
         engine, batch = self.engine, len(running)
-        lengths = []
-        for s in seqs:
-            k = self.lengths.length(s.seq_id, batch)
-            room = min(s.max_tokens - s.num_output_tokens, engine.max_model_len - s.num_tokens) - 1
-            lengths.append(max(min(k, room), 0))
-        order = sorted(range(len(seqs)), key=lambda i: -self.lengths.states[seqs[i].seq_id].alpha)
+        states = self.lengths.states
+        order = sorted(range(len(seqs)), key=lambda i: -(
+            states[seqs[i].seq_id].alpha if seqs[i].seq_id in states else 0.5))
         pending = sum(s.num_pending_tokens for s in running)
         budget = engine.config.max_num_batched_tokens - pending
         # a step the native decoder stack takes (models/fused_decode.py) costs a fraction of
@@ -125,9 +124,15 @@ class SpeculativeDecoder(StepHook):
         fast = getattr(getattr(engine.model, "fused", None), "max_rows", None)
         if fast is not None and pending <= fast:
             budget = min(budget, fast - pending)
+        lengths = [0] * len(seqs)
+        tokens = pending
         for i in order:
-            lengths[i] = min(lengths[i], max(budget, 0))
+            s = seqs[i]
+            k = self.lengths.length(s.seq_id, batch, tokens)
+            room = min(s.max_tokens - s.num_output_tokens, engine.max_model_len - s.num_tokens) - 1
+            lengths[i] = max(min(k, room, budget), 0)
             budget -= lengths[i]
+            tokens += lengths[i]
         bs = engine.block_size
         usage = engine.usage()
         free = usage.kv_blocks_total - usage.kv_blocks_used
