@@ -184,7 +184,7 @@ def test_speculative_bench_tiny_model(tmp_path, tiny_ckpt):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(), "bench")
     out = tmp_path / "spec.json"
-    args = parser.parse_args(["bench", "speculative", "--workloads", "echo", "--batches", "1,2",
+    args = parser.parse_args(["bench", "speculative", "--workloads", "echo-short", "--batches", "1,2",
                               "--configs", "none,ngram fixed,early_exit fixed",
                               "--batched-configs", "none,ngram fixed", "--exit-layer", "1",
                               "--peers", "none", "--max-tokens", "4", "--json", str(out)])
@@ -196,11 +196,14 @@ def test_speculative_bench_tiny_model(tmp_path, tiny_ckpt):
                     (2, "ngram fixed")]
     assert all(r["same_output"] in (None, True) for r in doc["rows"])  # greedy: lossless
     assert doc["rows"][0]["vs_none"] == 1.0 and doc["early_exit_layer"] == 1
+    # decode tokens/s: the tokens after each answer's first (4 answers of 4 tokens at batch 1)
+    assert doc["rows"][0]["decode_tokens"] == 4 * 3 and doc["rows"][0]["decode_vs_none"] == 1.0
+    assert all(0 < r["decode_seconds"] < r["seconds"] for r in doc["rows"])
 
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--configs", "bogus"], "--configs: unknown 'bogus'; choose from none, "),
-    (["--workloads", "echo,nope"], "--workloads: unknown 'nope'; choose from echo, chat, long"),
+    (["--workloads", "echo,nope"], "--workloads: unknown 'nope'; choose from echo, echo-short, chat, long"),
     (["--peers", "vllm"], "--peers: unknown 'vllm'; choose from llamacpp, hf, none"),
     (["--batches", "1,0"], "--batches: batch sizes >= 1, got '1,0'"),
     (["--batched-configs", ""], "--batched-configs: name at least one of none, "),

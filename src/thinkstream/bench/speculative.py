@@ -1,24 +1,29 @@
 """``thinkstream bench speculative``: speculative decoding against no speculation and the
-peers' own drafting, on three workloads at several batch sizes.
+peers' own drafting, on four workloads at several batch sizes.
 
-Workloads (chat prompts, greedy): **echo** (repeat, correct or edit a given passage or
-function: the answer quotes its input), **chat** (short open questions: little overlap) and
+Workloads (chat prompts, greedy; ``bench/speculative_workloads.py``): **echo** (edit a
+20-30 line function or three paragraphs and return all of it: answers of 100-215 tokens,
+mostly copied: the issue's echo-heavy case), **echo-short** (the first, one-paragraph echo
+set: answers of 24-63 tokens), **chat** (short open questions: little overlap) and
 **long** (long-form writing). Batch b runs b requests at once (the workload's prompts
 cycled); batch 1 runs them one after another. Configurations: no speculation, each
 proposer with a fixed length, and adaptive (``speculative.adaptive``). Peers at batch 1 on
-the same GGUF: llama.cpp with prompt-lookup drafting (llama-cpp-python's
-``LlamaPromptLookupDecoding``) and without, and HF transformers' ``generate`` without,
-with ``prompt_lookup_num_tokens`` and with ``assistant_early_exit`` (transformers' own
-self-speculation: its first k layers draft, ``num_assistant_tokens`` at a time, the same
-layer and length as thinkstream's ``early_exit fixed``). Everything runs in this process on one thread,
-one configuration after another (compare ratios within one run: these machines are
-shared and noisy).
+the same GGUF (``bench/speculative_peers.py``): llama.cpp with prompt-lookup drafting
+(llama-cpp-python's ``LlamaPromptLookupDecoding``) and without, and HF transformers'
+``generate`` without, with ``prompt_lookup_num_tokens`` and (beside an early_exit or
+fused config) with ``assistant_early_exit`` (transformers' own self-speculation: its
+first k layers draft, ``num_assistant_tokens`` at a time, the same layer and length as
+thinkstream's ``early_exit fixed``). Everything runs in this process on one thread, one
+configuration after another (compare ratios within one run: these machines are shared
+and noisy).
 
-Reported per row: tokens/s, the ratio to the same engine without speculation, the
-acceptance rate and mean accepted length (tokens per verification), and whether the
-greedy output equals the run without speculation. With ``--reps`` the configurations
-of a workload and batch run in turn, repeatedly, and the median run is reported (of two,
-the faster).
+Reported per row: end-to-end tokens/s (the prompt's prefill included) and decode tokens/s
+(the tokens after each answer's first over the time after it, as speculative-decoding
+papers report: the time to the first token is the same prefill with and without drafts),
+each as a ratio to the same engine without drafting; the acceptance rate and mean
+accepted length (tokens per verification), and whether the greedy output equals the run
+without speculation. With ``--reps`` the configurations of a workload and batch run in
+turn, repeatedly, and the median run is reported (of two, the faster).
 """
 
 from __future__ import annotations
@@ -31,28 +36,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-PASSAGE = ("The river rose slowly through the night. By morning the lower road was under "
-           "water, the ferry had stopped running, and the school on the hill had opened its "
-           "doors to families from the valley. Volunteers carried blankets, bread and dry "
-           "clothes up the path while the mayor spoke with the engineers about the dam.")
-CODE = ("def total_price(items, tax_rate):\n    subtotal = 0\n    for item in items:\n"
-        "        subtotal += item.price * item.quantity\n    tax = subtotal * tax_rate\n"
-        "    return subtotal + tax\n")
-WORKLOADS: dict[str, list[str]] = {
-    "echo": [f"Repeat the following text exactly, word for word:\n\n{PASSAGE}",
-             f"Rewrite this function with the variable `subtotal` renamed to `net`. Output "
-             f"only the code.\n\n{CODE}",
-             f"Copy this paragraph, replacing 'river' with 'stream':\n\n{PASSAGE}",
-             f"Quote the sentences of this text that mention the school:\n\n{PASSAGE}"],
-    "chat": ["What are three good habits for better sleep?", "Name some fruits rich in vitamin C.",
-             "How do I make a cup of green tea?", "Give me two ideas for a weekend trip."],
-    "long": ["Write a long story about a lighthouse keeper who finds a message in a bottle.",
-             "Write a detailed essay about the history of bicycles."],
-}
+from thinkstream.bench.speculative_peers import decode_rate, hf_drafts, run_hf, run_llamacpp
+from thinkstream.bench.speculative_workloads import ECHO_MAX_TOKENS, WORKLOADS
+
+__all__ = ["CONFIGS", "WORKLOADS", "hf_drafts", "run", "run_hf", "run_llamacpp",
+           "run_thinkstream"]
+
 CONFIGS: dict[str, dict | None] = {
     "none": None,
     "ngram fixed": {"method": "ngram", "num_speculative_tokens": 5, "adaptive": False},
-    "ngram adaptive": {"method": "ngram", "num_speculative_tokens": 5},
+    "ngram adaptive": {"method": "ngram"},  # the default maximum: 32
     "early_exit fixed": {"method": "early_exit", "num_speculative_tokens": 3, "adaptive": False},
     "early_exit adaptive": {"method": "early_exit", "num_speculative_tokens": 3},
     "fused adaptive": {"method": "fused", "num_speculative_tokens": 5},
@@ -65,7 +58,10 @@ def _prompts(llm: Any, workload: str) -> list[list[int]]:
 
 def run_thinkstream(ckpt: Any, prompts: list[list[int]], batch: int, max_tokens: int,
                     spec: dict | None, dtype: str, quantization: str | None) -> dict[str, Any]:
-    """Generate ``max_tokens`` greedy tokens for ``batch`` requests (prompts cycled)."""
+    """Generate up to ``max_tokens`` greedy tokens for each prompt one after another (batch
+    1) or for ``batch`` requests at once (prompts cycled). The row has end-to-end and decode
+    tokens/s (``speculative_peers.decode_rate``; a batch's decode time starts when its last
+    request has its first token)."""
     from thinkstream.llm import LLM
     from thinkstream.sampling_params import SamplingParams
 
@@ -76,16 +72,18 @@ def run_thinkstream(ckpt: Any, prompts: list[list[int]], batch: int, max_tokens:
     hook = llm.engine.speculative
     before = (hook.stats.num_drafts, hook.stats.num_draft_tokens,
               hook.stats.num_accepted_tokens) if hook else (0, 0, 0)
-    work = [prompts[i % len(prompts)] for i in range(batch)]
-    t0 = time.perf_counter()
-    if batch == 1:
-        outs = [llm.generate([p], params)[0] for p in prompts]
-    else:
-        outs = llm.generate(work, params)
-    seconds = time.perf_counter() - t0
-    tokens = [list(o.outputs[0].token_ids) for o in outs]
-    row = {"tokens": sum(map(len, tokens)), "seconds": seconds,
-           "tok_s": sum(map(len, tokens)) / seconds, "outputs": tokens}
+    groups = [[p] for p in prompts] if batch == 1 else [
+        [prompts[i % len(prompts)] for i in range(batch)]]
+    tokens: list[list[int]] = []
+    counts, seconds, first, after = [], [], [], []
+    for group in groups:
+        outs, t_all, t_first, n_first = _timed(llm.engine, group, params)
+        tokens += outs
+        counts.append(sum(map(len, outs)))
+        after.append(counts[-1] - n_first)
+        seconds.append(t_all)
+        first.append(t_first)
+    row = {**decode_rate(counts, seconds, first, after), "outputs": tokens}
     if hook is not None:
         drafts, drafted, accepted = (hook.stats.num_drafts - before[0],
                                      hook.stats.num_draft_tokens - before[1],
@@ -96,61 +94,24 @@ def run_thinkstream(ckpt: Any, prompts: list[list[int]], batch: int, max_tokens:
     return row
 
 
-def run_llamacpp(gguf: Path, prompts: list[list[int]], max_tokens: int,
-                 lookup: int) -> dict[str, Any]:
-    """llama.cpp (llama-cpp-python's ``Llama``), batch 1, greedy; ``lookup`` > 0 drafts
-    that many tokens by prompt lookup."""
-    import llama_cpp
-    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
-
-    draft = LlamaPromptLookupDecoding(num_pred_tokens=lookup) if lookup else None
-    llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=1, n_threads_batch=1,
-                          draft_model=draft, verbose=False, logits_all=draft is not None)
-    llm.create_completion(prompts[0], max_tokens=4, temperature=0.0)  # warm-up
+def _timed(engine: Any, prompts: list[list[int]], params: Any) -> tuple[list[list[int]], float, float, int]:
+    """Run ``prompts`` together to the end: their output tokens, the seconds it took, the
+    seconds until every request had its first token, and the tokens emitted by then."""
     t0 = time.perf_counter()
-    outs = []
-    for p in prompts:
-        llm.reset()
-        res = llm.create_completion(p, max_tokens=max_tokens, temperature=0.0, top_k=1)
-        outs.append(res["usage"]["completion_tokens"])
-    seconds = time.perf_counter() - t0
-    return {"tokens": sum(outs), "seconds": seconds, "tok_s": sum(outs) / seconds}
-
-
-def run_hf(gguf: Path, prompts: list[list[int]], max_tokens: int, draft: dict[str, Any],
-           model: Any = None) -> tuple[dict[str, Any], Any]:
-    """HF transformers ``generate``, batch 1, greedy; ``draft``: its drafting arguments
-    (``hf_drafts``), none for plain decoding. Returns the row and the model (loaded once)."""
-    import torch
-    import transformers
-
-    if model is None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    t0 = time.perf_counter()
-    outputs = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = torch.tensor([p])
-            out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
-                                 attention_mask=torch.ones_like(ids), **draft)
-            outputs.append(out[0, ids.shape[1]:].tolist())
-    seconds = time.perf_counter() - t0
-    n = sum(map(len, outputs))
-    return {"tokens": n, "seconds": seconds, "tok_s": n / seconds, "outputs": outputs}, model
-
-
-def hf_drafts(lookup: int, layer: int | None, exit_tokens: int) -> dict[str, dict[str, Any]]:
-    """HF's configurations: none, prompt lookup of ``lookup`` tokens, and (with a layer)
-    early exit at ``layer`` drafting ``exit_tokens`` per step (constant schedule: its
-    default heuristic changes the length between calls)."""
-    out: dict[str, dict[str, Any]] = {"none": {},
-                                      f"prompt lookup {lookup}": {"prompt_lookup_num_tokens": lookup}}
-    if layer is not None:
-        out[f"early exit {layer} x{exit_tokens}"] = {
-            "assistant_early_exit": layer, "num_assistant_tokens": exit_tokens,
-            "num_assistant_tokens_schedule": "constant"}
-    return out
+    ids = [engine.add_request(None, p, params) for p in prompts]
+    out: dict[str, list[int]] = {i: [] for i in ids}
+    started: set[str] = set()
+    t_first, n_first = None, 0
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            new = list(o.outputs[0].new_token_ids)
+            out[o.request_id] += new
+            if new:
+                started.add(o.request_id)
+        if t_first is None and len(started) == len(ids):
+            t_first, n_first = time.perf_counter() - t0, sum(map(len, out.values()))
+    total = time.perf_counter() - t0
+    return [out[i] for i in ids], total, total if t_first is None else t_first, n_first
 
 
 def choose_exit_layer(ckpt: Any, prompts: list[list[int]], max_tokens: int) -> tuple[int, list]:
@@ -171,14 +132,19 @@ def choose_exit_layer(ckpt: Any, prompts: list[list[int]], max_tokens: int) -> t
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | batch | engine | config | tok/s | vs none | acceptance | "
-             "mean accepted length | same output |", "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: end-to-end tokens/s (prefill included) and decode tokens/s (after each
+    answer's first token), each against the same engine without drafting."""
+    lines = ["| workload | batch | engine | config | tok/s | vs none | decode tok/s | "
+             "decode vs none | acceptance | mean accepted length | same output |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = f"{r['acceptance']:.2f}" if "acceptance" in r else "-"
         mal = f"{r['mean_accepted_length']:.2f}" if "mean_accepted_length" in r else "-"
         same = {True: "yes", False: "NO", None: "-"}[r.get("same_output")]
+        dec = f"{r['decode_tok_s']:.1f} | {r['decode_vs_none']:.2f}x" if "decode_vs_none" in r \
+            else "- | -"
         lines.append(f"| {r['workload']} | {r['batch']} | {r['engine']} | {r['config']} | "
-                     f"{r['tok_s']:.1f} | {r['vs_none']:.2f}x | {acc} | {mal} | {same} |")
+                     f"{r['tok_s']:.1f} | {r['vs_none']:.2f}x | {dec} | {acc} | {mal} | {same} |")
     return "\n".join(lines)
 
 
@@ -245,7 +211,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="thinkstream's dtype (default: the engine's own)")
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "gguf", "int8", "int4"],
                    help="thinkstream's weight quantization (auto: GGUF-native where it runs)")
-    p.add_argument("--workloads", default="echo,chat,long", help="subset of echo,chat,long")
+    p.add_argument("--workloads", default="echo,echo-short,chat,long",
+                   help=f"subset of {','.join(WORKLOADS)} (bench/speculative_workloads.py)")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"subset of: {', '.join(CONFIGS)}")
@@ -254,13 +221,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default="llamacpp,hf", help="batch-1 peers: llamacpp,hf or none")
     p.add_argument("--reps", type=positive_int, default=1,
                    help="thinkstream runs per configuration, alternating (median reported)")
-    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--max-tokens", type=int, default=48, help="echo-short and chat answers")
+    p.add_argument("--echo-max-tokens", type=int, default=ECHO_MAX_TOKENS,
+                   help="echo answers (their copies run 105-215 tokens on SmolLM2: not cut off)")
     p.add_argument("--long-max-tokens", type=int, default=96)
     p.add_argument("--lookup-tokens", type=int, default=5, help="the peers' draft length")
     p.add_argument("--exit-layer", type=int, default=None,
-                   help="early-exit layer (default: chosen by measurement on the chat answers)")
+                   help="early-exit layer of early_exit / fused configs and HF's early-exit "
+                        "row (default: chosen by measurement on the chat answers); HF's "
+                        "early exit runs only beside an early_exit or fused config")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
+
+
+def peer_rows(peers: list[str], gguf: Path, prompts: list[list[int]], max_tokens: int,
+              lookup: int, layer: int | None, hf_cache: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batch-1 rows of llama.cpp and HF (``speculative_peers``), each with and without
+    its own drafting; ``layer``: HF's early exit too."""
+    rows: list[dict[str, Any]] = []
+    exit_tokens = CONFIGS["early_exit fixed"]["num_speculative_tokens"]
+    for peer in peers:
+        pbase = None
+        drafts = ({"none": 0, f"prompt lookup {lookup}": lookup} if peer == "llamacpp"
+                  else hf_drafts(lookup, layer, exit_tokens))
+        for config, draft in drafts.items():
+            if peer == "llamacpp":
+                r = run_llamacpp(gguf, prompts, max_tokens, draft)
+            else:
+                r, hf_cache["model"] = run_hf(gguf, prompts, max_tokens, draft, hf_cache.get("model"))
+            pbase = pbase or r
+            r.update(batch=1, engine=peer, config=config, vs_none=r["tok_s"] / pbase["tok_s"],
+                     decode_vs_none=r["decode_tok_s"] / pbase["decode_tok_s"],
+                     same_output=r["outputs"] == pbase["outputs"] if draft else None)
+            rows.append(r)
+    return rows
 
 
 def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
@@ -281,13 +275,13 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     prompts = {w: _prompts(probe, w) for w in _csv(args.workloads)}
     del probe
     layer, layers = (args.exit_layer, [])
-    wants_layer = any("early_exit" in c or "fused" in c for c in configs) or "hf" in peers
+    wants_layer = any("early_exit" in c or "fused" in c for c in configs)
     if layer is None and wants_layer:
         layer, layers = choose_exit_layer(ckpt, prompts.get("chat") or next(iter(prompts.values())),
                                           args.max_tokens)
         print(f"early-exit layer chosen by measurement: {layer}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
-    hf_model = None
+    hf_cache: dict[str, Any] = {}  # HF's model, loaded once
     meta = {"command": "thinkstream " + " ".join(sys.argv[1:]),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "model": str(gguf or "<checkpoint>"), "dtype": args.dtype,
@@ -302,7 +296,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                 {**meta, "rows": [{k: v for k, v in r.items() if k != "outputs"}
                                   for r in rows]}, indent=1))
     for w, ps in prompts.items():
-        n = args.long_max_tokens if w == "long" else args.max_tokens
+        n = {"long": args.long_max_tokens, "echo": args.echo_max_tokens}.get(w, args.max_tokens)
         for b in (int(x) for x in _csv(args.batches)):
             runs: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.reps):  # configurations alternate: load drifts hit all alike
@@ -313,36 +307,27 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                         spec = {**spec, "early_exit_layer": layer}
                     r = run_thinkstream(ckpt, ps, b, n, spec, args.dtype, quantization_arg(args.quantization))
                     runs.setdefault(name, []).append(r)
-                    print(f"{w} b{b} {name}: {r['tok_s']:.1f} tok/s", file=sys.stderr)
+                    print(f"{w} b{b} {name}: {r['tok_s']:.1f} tok/s, decode "
+                          f"{r['decode_tok_s']:.1f}", file=sys.stderr)
             base = _median(runs[next(iter(runs))])
             for name, reps in runs.items():
                 r = _median(reps)
                 r.update(workload=w, batch=b, engine="thinkstream", config=name,
                          vs_none=r["tok_s"] / base["tok_s"], reps=[x["tok_s"] for x in reps],
+                         decode_vs_none=r["decode_tok_s"] / base["decode_tok_s"],
+                         decode_reps=[x["decode_tok_s"] for x in reps],
                          same_output=all(x["outputs"] == base["outputs"] for x in reps)
                          if configs[name] else None)
                 rows.append(r)
                 save()
             if b != 1 or gguf is None:
                 continue
-            exit_tokens = CONFIGS["early_exit fixed"]["num_speculative_tokens"]
-            for peer in peers:
-                pbase = None
-                drafts = ({"none": 0, f"prompt lookup {args.lookup_tokens}": args.lookup_tokens}
-                          if peer == "llamacpp" else hf_drafts(args.lookup_tokens, layer, exit_tokens))
-                for config, draft in drafts.items():
-                    if peer == "llamacpp":
-                        r = run_llamacpp(gguf, ps, n, draft)
-                    else:
-                        r, hf_model = run_hf(gguf, ps, n, draft, hf_model)
-                    pbase = pbase or r
-                    same = r["outputs"] == pbase["outputs"] if "outputs" in r else None
-                    r.update(workload=w, batch=1, engine=peer, config=config,
-                             vs_none=r["tok_s"] / pbase["tok_s"],
-                             same_output=same if draft else None)
-                    rows.append(r)
-                    save()
-                    print(table([r]).splitlines()[-1], file=sys.stderr)
+            hf_layer = layer if wants_layer else None
+            for r in peer_rows(peers, gguf, ps, n, args.lookup_tokens, hf_layer, hf_cache):
+                r.update(workload=w)
+                rows.append(r)
+                save()
+                print(table([r]).splitlines()[-1], file=sys.stderr)
     print(table(rows))
     save()
     if args.plot:
