@@ -32,8 +32,11 @@ def test_cost_curve_is_measured_interpolated_and_extended() -> None:
     assert cost.seconds(7) == pytest.approx((0.0331 + 0.041) / 2)  # between 6 and 8
     # past 32: the line through 32 ms with the fitted knee t0 / c
     assert cost.seconds(40) == pytest.approx(0.1101 * (1 + 8 / (cost.knee + 32)))
-    cost.observe(8, 0.049)  # a point is the mean of its forwards
-    assert cost.seconds(8) == pytest.approx(0.045)
+    cost.observe(8, 0.049)  # a point is the fastest of its last forwards (load only adds)
+    assert cost.seconds(8) == pytest.approx(0.041)
+    for _ in range(8):
+        cost.observe(8, 0.045)
+    assert cost.seconds(8) == pytest.approx(0.045)  # the 41 ms left the last eight
     assert StepCost(16).seconds(4) is None
 
 
@@ -53,26 +56,6 @@ def test_length_follows_the_cost_curve_not_a_line() -> None:
     assert best_length(0.0, curve.costs(1, 1), 32) == 0
     assert curve.costs(1, 1)[15] == pytest.approx(69.4 / 13.5)
     assert curve.length("echo", 32) == 0  # a batch of 32: a draft costs a row of the step
-
-
-def test_a_fully_accepted_draft_times_a_longer_one_once() -> None:
-    """The line says 3 pays best at this acceptance; a draft of 3 all accepted tries 6 once
-    where the curve has no point at 7 rows, then follows the curve."""
-    cost = StepCost(2)
-    for m in (1, 2, 3, 4, 5):
-        cost.observe(m, 0.010 + 0.005 * m)  # knee 2
-    c = LengthController(k_max=6, knee=2, proposer_cost=0.0, cost=cost)
-    c.length("a", 1)
-    c.states["a"].alphas = [0.8]
-    assert c.length("a", 1) == 3
-    c.update("a", 3, 3)
-    assert c.length("a", 1) == 6  # probe
-    cost.observe(7, 0.015)  # 7 rows measured as cheap as 1: the curve keeps them
-    c.update("a", 6, 6)
-    assert c.length("a", 1) == 6
-    c.update("a", 6, 2)
-    assert c.states["a"].full == 0
-    assert c.length("a", 1) == 6  # still cheap
 
 
 def test_config_default_length_by_mode() -> None:

@@ -23,9 +23,8 @@ the line ``1 + k * rho`` with ``rho = B / (knee + B)``: a step over N tokens tak
 0..``num_speculative_tokens`` that maximises ``E(k) / cost(k)``: it falls to 0 when
 drafts keep failing (or the batch is large), rises while they are accepted (FASER:
 Pan et al. 2025, speculation length per request from acceptance and the batch's phase).
-A request whose whole draft of k tokens was accepted tries ``2k`` once where the curve has
-no measurement there yet (so a cheaper long step is found, not only assumed from the
-line).
+With every draft accepted, E(k) = k + 1 grows faster than any such cost, so the length
+rises to the maximum.
 
 A request at length 0 keeps being measured: free proposers draft one token in the
 shadow (compared with the token the step samples, never computed), costly ones get one
@@ -39,12 +38,13 @@ never make the scheduler preempt anything. This module imports no torch.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 PRIOR = 0.5  # acceptance assumed before a request has any history
 DECAY = 0.7  # weight of the past in the moving average (per verified position)
-POINT_WEIGHT = 8  # a measured point of the cost curve: the mean of its last ~8 forwards
+POINT_SAMPLES = 8  # a measured point of the cost curve: the fastest of its last 8 forwards
 
 
 @dataclass
@@ -60,7 +60,6 @@ class LengthState:
     steps_at_zero: int = 0
     verified: int = 0  # draft tokens verified (real, not shadow)
     accepted: int = 0
-    full: int = 0  # the length of the last real draft if all of it was accepted, else 0
 
     @property
     def alpha(self) -> float:
@@ -111,27 +110,27 @@ class StepCost:
     phase changes). Until the observed token counts spread (``min_spread``: their weighted
     standard deviation) or while the fit is not increasing, ``knee`` is the prior.
 
-    Beside the line, the curve itself: the mean time of the last forwards over each token
-    count N (``seconds``), where the line misses the kernels' steps (a dot-product pass of
-    up to 12 rows, GEMM tiles of 16, 24, 32 rows)."""
+    Beside the line, the curve itself (``seconds``): for each token count N the fastest of
+    the last ``POINT_SAMPLES`` forwards over N tokens (on a shared machine other jobs only
+    add time), where the line misses the kernels' steps (a dot-product pass of up to 12
+    rows, GEMM tiles of 16, 24, 32 rows)."""
 
     def __init__(self, prior: float, decay: float = 0.98, min_spread: float = 0.5) -> None:
         if prior <= 0 or not 0 < decay < 1 or min_spread <= 0:
             raise ValueError("StepCost: prior > 0, 0 < decay < 1 and min_spread > 0")
         self.prior, self.decay, self.min_spread = prior, decay, min_spread
         self._w = self._x = self._y = self._xx = self._xy = 0.0
-        self._points: dict[int, tuple[int, float]] = {}  # N -> (forwards seen, mean seconds)
+        self._points: dict[int, deque[float]] = {}  # N -> seconds of its last forwards
         self._ns: list[int] = []  # the measured N, sorted
 
     def observe(self, tokens: int, seconds: float) -> None:
         """One forward over ``tokens`` tokens took ``seconds``."""
         if tokens < 1 or seconds <= 0:
             return
-        seen, mean = self._points.get(tokens, (0, 0.0))
-        if not seen:
+        if tokens not in self._points:
             insort(self._ns, tokens)
-        seen += 1
-        self._points[tokens] = (seen, mean + (seconds - mean) / min(seen, POINT_WEIGHT))
+            self._points[tokens] = deque(maxlen=POINT_SAMPLES)
+        self._points[tokens].append(seconds)
         d = self.decay
         self._w = d * self._w + 1.0
         self._x = d * self._x + tokens
@@ -159,7 +158,7 @@ class StepCost:
         return tokens in self._points
 
     def seconds(self, tokens: int) -> float | None:
-        """A forward over ``tokens`` tokens, in seconds: the measured mean at that count;
+        """A forward over ``tokens`` tokens, in seconds: the measured time at that count;
         between measured counts interpolated; outside them the nearest one plus the slope
         ``t / (knee + N)`` of the line through it (the fitted knee, or the prior). None
         before any forward was timed."""
@@ -168,13 +167,13 @@ class StepCost:
             return None
         i = bisect_left(ns, tokens)
         if i < len(ns) and ns[i] == tokens:
-            return self._points[tokens][1]
+            return min(self._points[tokens])
         if 0 < i < len(ns):
             lo, hi = ns[i - 1], ns[i]
-            t_lo, t_hi = self._points[lo][1], self._points[hi][1]
+            t_lo, t_hi = min(self._points[lo]), min(self._points[hi])
             return t_lo + (t_hi - t_lo) * (tokens - lo) / (hi - lo)
         near = ns[0] if i == 0 else ns[-1]
-        t = self._points[near][1]
+        t = min(self._points[near])
         return max(t + t / (self.knee + near) * (tokens - near), 1e-9)
 
 
@@ -213,9 +212,6 @@ class LengthController:
             return st.length
         tokens = batch if tokens is None else tokens
         st.length = best_length(st.alphas, self.costs(batch, tokens), self.k_max)
-        probe = min(2 * st.full, self.k_max)
-        if st.length < probe and self.cost is not None and not self.cost.measured(tokens + probe):
-            st.length = probe  # the whole draft was accepted: time a longer one once
         if st.length == 0:
             st.steps_at_zero += 1
             if self.proposer_cost > 0 and st.steps_at_zero % self.probe_interval == 0:
@@ -240,7 +236,6 @@ class LengthController:
         if real:
             st.verified += drafted
             st.accepted += accepted
-            st.full = drafted if accepted == drafted else 0
 
     def _state(self, seq_id: str, length: int = 0) -> LengthState:
         st = self.states.get(seq_id)
