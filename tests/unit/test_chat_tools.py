@@ -10,15 +10,18 @@ import json
 import pytest
 from helpers.tiny import CHATML, tiny_tokenizer
 
+from thinkstream.sampling_params import StructuredOutputsParams
 from thinkstream.server import protocol as P
 from thinkstream.server.chat_tools import (
     TOOL_PROMPT,
     call_constraint,
+    call_or_answer,
     plan_tools,
     template_messages,
     template_supports_tools,
 )
 from thinkstream.server.errors import APIError
+from thinkstream.structured.compiler import GrammarCompiler
 
 # A Hermes-style template that reads tools, tool_calls and tool results (written for these tests).
 TOOLS_TEMPLATE = (
@@ -131,7 +134,7 @@ def test_tool_choices_and_their_constraints() -> None:
         "type": "array", "minItems": 1, "maxItems": 1,
         "items": {"anyOf": [{"type": "object", "required": ["name", "arguments"], "properties": {
             "name": {"const": "get_weather"},
-            "arguments": TOOLS[0]["function"]["parameters"]}}]}}
+            "arguments": TOOLS[0]["function"]["parameters"]}, "additionalProperties": False}]}}
     assert "maxItems" not in call_constraint(TOOLS, "required", parallel=True).json_schema
     with pytest.raises(APIError, match="no tool named 'nope'"):
         plan_tools(chat_body(tool_choice={"type": "function", "function": {"name": "nope"}}),
@@ -156,3 +159,21 @@ def test_continue_final_message_as_transformers(content) -> None:
         assert tok.decode(ids) == ours and ids.count(2) == 1
     with pytest.raises(ValueError, match="cannot both be set"):
         tok.apply_chat_template(messages, True, continue_final_message=True)
+
+
+@pytest.mark.parametrize("auto", [False, True])
+def test_a_forced_call_holds_nothing_but_name_and_arguments(tiny_tok, auto) -> None:
+    """After a call's arguments the grammar closes the call object: no extra keys that the
+    parser would drop (a small model kept adding them until max_tokens)."""
+    if auto:  # tool_choice auto with a JSON answer format: Hermes blocks or the answer
+        so = call_or_answer(TOOLS, StructuredOutputsParams(json_object=True), parallel=True)
+        prefix = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}'
+    else:
+        so = call_constraint(TOOLS, "required", parallel=True)
+        prefix = '[{"name": "get_weather", "arguments": {"city": "Paris"}'
+    m = GrammarCompiler(tiny_tok, tiny_tok.vocab_size, [2]).compile(so).matcher()
+    assert m.consume_tokens(tiny_tok.encode(prefix, add_special_tokens=False))
+    assert m.consume_tokens(tiny_tok.encode("}", add_special_tokens=False))
+    m = GrammarCompiler(tiny_tok, tiny_tok.vocab_size, [2]).compile(so).matcher()
+    assert m.consume_tokens(tiny_tok.encode(prefix, add_special_tokens=False))
+    assert not m.consume_tokens(tiny_tok.encode(", ", add_special_tokens=False))

@@ -117,14 +117,19 @@ def call_constraint(tools: list[dict], choice: str,
         return None
     if choice != "required":
         return StructuredOutputsParams(json=params[choice])
-    call = {"anyOf": [{"type": "object",
-                       "properties": {"name": {"const": name}, "arguments": schema},
-                       "required": ["name", "arguments"]}
-                      for name, schema in params.items()]}
+    call = {"anyOf": [_call_object(name, schema) for name, schema in params.items()]}
     array = {"type": "array", "items": call, "minItems": 1}
     if not parallel:
         array["maxItems"] = 1
     return StructuredOutputsParams(json=array)
+
+
+def _call_object(name: str, parameters: dict) -> dict:
+    """The schema of one call: ``{"name": name, "arguments": <parameters>}`` and nothing
+    else (a key past these two would be dropped by the parser, and a small model left free
+    to add keys writes them until ``max_tokens``)."""
+    return {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters},
+            "required": ["name", "arguments"], "additionalProperties": False}
 
 
 def call_or_answer(tools: list[dict], answer: StructuredOutputsParams,
@@ -140,10 +145,9 @@ def call_or_answer(tools: list[dict], answer: StructuredOutputsParams,
         schema = '{"type": "object"}'
     else:
         return None
-    calls = {"anyOf": [{"type": "object", "properties": {
-        "name": {"const": t["function"]["name"]},
-        "arguments": t["function"].get("parameters") or {"type": "object"}},
-        "required": ["name", "arguments"]} for t in tools]}
+    calls = {"anyOf": [_call_object(t["function"]["name"],
+                                    t["function"].get("parameters") or {"type": "object"})
+                       for t in tools]}
     repeat = "+" if parallel else ""
     lark = (f"start: call{repeat} | answer\n"
             f'call: "<tool_call>\\n" %json {json.dumps(calls)} "\\n</tool_call>" "\\n"?\n'
