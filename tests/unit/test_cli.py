@@ -58,3 +58,16 @@ def test_a_bad_sampling_flag_is_refused_before_the_model_loads(monkeypatch, caps
     monkeypatch.setattr(cli, "_llm", no_model)
     assert cli.main([*command, "--max-tokens", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "thinkstream: error: max_tokens must be >= 1, got -1"
+
+
+@pytest.mark.parametrize("replicas", ["0", "-1"])
+def test_serve_refuses_fewer_than_one_replica(monkeypatch, capsys, replicas: str) -> None:
+    """``--replicas 0`` once served one engine as if the flag were absent."""
+    from thinkstream.engine import llm_engine
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(llm_engine, "LLMEngine", no_model)
+    assert cli.main(["serve", "--replicas", replicas]) == 2
+    assert capsys.readouterr().err.strip() == f"thinkstream: error: replicas must be >= 1, got {replicas}"

@@ -95,6 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from thinkstream.server.lifecycle import serve
 
     config = server_config(args)  # validate flags before loading the model
+    if args.replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {args.replicas}")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     engine_cfg = engine_config(args)
     if args.replicas > 1 or args.ray_address:  # N servers on Ray behind one router
