@@ -90,3 +90,16 @@ class _Lengths(StepHook):
 
     def on_verified(self, seq, drafted: int, accepted: int) -> None:
         self.seen.append(drafted)
+
+
+def test_drafts_keep_a_step_within_the_exact_rows() -> None:
+    """Where the kernels' rows bitwise equal to a one-row step end (the GGUF dot products:
+    12 rows; here 6, patched in), always-right drafts stop there: 1 + 5 rows at batch 1."""
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    plain = run(make_engine(), PROMPTS[1:2], params)[0].outputs[0].token_ids
+    engine = make_engine({}, Oracle({tuple(PROMPTS[1]): plain}, wrong_every=10**6))
+    engine.speculative.row_caps = lambda: (6, None)
+    seen: list[int] = []
+    engine.add_hook(_Lengths(seen))
+    assert run(engine, PROMPTS[1:2], params)[0].outputs[0].token_ids == plain
+    assert max(seen) == 5, seen

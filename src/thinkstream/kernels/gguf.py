@@ -50,6 +50,10 @@ ENTRY_OF_ACT = {ACT_F32: "gguf_matmul", ACT_I16: "gguf_matmul_i16", ACT_I8: "ggu
 # the float32 product's algorithm (``gguf_matmul_path``): by row count (dot products for few
 # rows, the register-blocked GEMM of ``gguf_gemm.h`` for many), or forced (tests, benchmarks)
 PATHS = {"auto": 0, "dot": 1, "gemm": 2}
+# rows from which the float32 product runs as the GEMM (gguf_matmul.c's GEMM_MIN_ROWS, in the
+# builds that have it): fewer rows run as dot products, each row summed in the order of a
+# one-row product, so a verification of drafts gives bitwise a one-row decode's logits
+GEMM_MIN_ROWS = 13
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,14 @@ class GGUFKernels:
         """This build has the GEMM for many rows (``gguf_gemm.h``: AVX2 and AVX-512; the
         portable build has only the dot products)."""
         return self.isa != "portable"
+
+    @property
+    def exact_rows(self) -> int | None:
+        """Rows up to which each row of a float32 product is bitwise the one-row product
+        (the dot products; the GEMM sums in another order: logits ~6e-5 apart on SmolLM2,
+        enough to flip a near tie, more after a bfloat16 KV cache rounds them). None: every
+        row count (the portable build's dot products)."""
+        return GEMM_MIN_ROWS - 1 if self.gemm else None
 
     def matmul(self, qtype: int, blocks: torch.Tensor, k: int, x: torch.Tensor,
                out: torch.Tensor | None = None, threads: int | None = None,

@@ -98,6 +98,9 @@ class FusedDecoder:
         qkv = layers[0].attn.qkv_proj
         self.max_rows = kernel_rows(qkv.kernels, torch.float32, qkv.act)
         self.max_queries = self.max_rows
+        # rows up to which each row's logits are bitwise a one-row step's (None: any): a
+        # speculative verification stays within them, so its greedy output is exact
+        self.exact_rows = qkv.kernels.exact_rows
         self._caches: tuple[int, ...] = ()  # the bound caches' key (_bind_caches)
 
     @classmethod

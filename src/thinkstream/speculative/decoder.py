@@ -119,11 +119,9 @@ class SpeculativeDecoder(StepHook):
             states[seqs[i].seq_id].alpha if seqs[i].seq_id in states else 0.5))
         pending = sum(s.num_pending_tokens for s in running)
         budget = engine.config.max_num_batched_tokens - pending
-        # a step the native decoder stack takes (models/fused_decode.py) costs a fraction of
-        # one past its rows (the dense path): drafts never push a step off it
-        fast = getattr(getattr(engine.model, "fused", None), "max_rows", None)
-        if fast is not None and pending <= fast:
-            budget = min(budget, fast - pending)
+        for cap in self.row_caps():  # drafts never push a step that fits a cap past it
+            if cap is not None and pending <= cap:
+                budget = min(budget, cap - pending)
         lengths = [0] * len(seqs)
         tokens = pending
         for i in order:
@@ -143,6 +141,16 @@ class SpeculativeDecoder(StepHook):
             free = 0
         spare = [engine.blocks_for(s.num_tokens) * bs - s.num_tokens for s in seqs]
         return fit_to_blocks(lengths, spare, free, bs, order)
+
+    def row_caps(self) -> tuple[int | None, int | None]:
+        """Rows a step keeps within when it fits them without drafts: the rows whose logits
+        are bitwise a one-row step's (the GGUF kernels' dot products, 12 rows; the GEMM past
+        them sums in another order, which can flip a greedy near tie: the output would not
+        be token for token the one without speculation), and the native decoder stack's rows
+        (``models/fused_decode.py``: a step past them runs the dense path, several times
+        more per row). None: no cap (no stack, a GPU)."""
+        fused = getattr(self.engine.model, "fused", None)
+        return getattr(fused, "exact_rows", None), getattr(fused, "max_rows", None)
 
     def before_forward(self, scheduled: list[ScheduledSeq]) -> None:
         # decode and verification steps only: a prompt chunk runs another regime (many rows)
