@@ -48,6 +48,7 @@ class ResponsesRequest(P.SamplingRequest):
     parallel_tool_calls: bool = True
     text: ResponseText | None = None
     store: bool | None = None
+    background: bool | None = None
     previous_response_id: P.Text | None = None
     metadata: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
@@ -61,6 +62,9 @@ def check_stateless(body: ResponsesRequest) -> None:
     if body.store:
         raise APIError(400, "store: this server keeps no responses; leave store unset or "
                        "false", "store", "unsupported")
+    if body.background:  # a background response is fetched later by id: it needs a store
+        raise APIError(400, "background: this server keeps no responses to fetch later; "
+                       "leave background unset or false", "background", "unsupported")
     if body.n != 1:
         raise APIError(400, "n: the Responses API makes one output", "n", "unsupported")
 
