@@ -103,3 +103,19 @@ def test_drafts_keep_a_step_within_the_exact_rows() -> None:
     engine.add_hook(_Lengths(seen))
     assert run(engine, PROMPTS[1:2], params)[0].outputs[0].token_ids == plain
     assert max(seen) == 5, seen
+
+
+def test_replay_of_a_copy_counts_steps_by_the_cost_table() -> None:
+    """bench/speculative_sim.py: an answer copying its prompt, steps at a flat cost: the
+    oracle needs 1 step without a match, then one verification of the whole rest (19
+    tokens in 2 steps), or three steps when a step holds 12 rows at most."""
+    from thinkstream.bench.speculative_sim import adaptive, cost_table, replay
+
+    text = list(range(1, 21))
+    answers = [(text + [99], text)]
+    flat = cost_table({1: 1.0, 64: 1.0})
+    assert replay(answers, flat, None, oracle=True) == pytest.approx(19 / 2)
+    assert replay(answers, flat, None, oracle=True, k_max=11) == pytest.approx(19 / 3)
+    assert replay(answers, flat, lambda key: 0) == pytest.approx(1.0)
+    assert cost_table({1: 2.0, 3: 4.0, 4: 8.0})(2) == 3.0 and cost_table({1: 2.0, 3: 4.0, 4: 8.0})(5) == 12.0
+    assert 1.0 < adaptive(answers, flat, 11) <= 19 / 3
