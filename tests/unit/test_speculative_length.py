@@ -56,6 +56,11 @@ def test_length_follows_the_cost_curve_not_a_line() -> None:
     assert best_length(0.0, curve.costs(1, 1), 32) == 0
     assert curve.costs(1, 1)[15] == pytest.approx(69.4 / 13.5)
     assert curve.length("echo", 32) == 0  # a batch of 32: a draft costs a row of the step
+    noisy = StepCost(16)
+    noisy.observe(1, 0.010)
+    noisy.observe(3, 0.009)  # more rows measured faster: a draft still costs something
+    free = LengthController(k_max=2, knee=2, proposer_cost=0.0, cost=noisy).costs(1, 1)
+    assert free == pytest.approx([1.0, 1.02, 1.04])
 
 
 def test_config_default_length_by_mode() -> None:
@@ -80,6 +85,17 @@ def test_adaptive_grows_past_the_old_cap_on_the_engine() -> None:
     engine.add_hook(_Lengths(seen))
     assert run(engine, PROMPTS[1:2], params)[0].outputs[0].token_ids == plain
     assert max(seen) > 5, seen
+    # never right: the length falls to 0 and stays there (the curve measured, no knee fixed)
+    wrong = Oracle({tuple(PROMPTS[1]): [(t + 1) % 320 for t in plain]}, wrong_every=10**6)
+    engine = make_engine({}, wrong)
+    lengths: list[int] = []
+    engine.add_request("r", PROMPTS[1], params)
+    while engine.has_unfinished_requests():
+        engine.step()
+        if "r#0" in engine.speculative.lengths.states:
+            lengths.append(engine.speculative.lengths.states["r#0"].length)
+    assert engine.speculative.cost.seconds(1) is not None
+    assert lengths[-8:] == [0] * 8, lengths
 
 
 class _Lengths(StepHook):

@@ -45,6 +45,10 @@ from dataclasses import dataclass, field
 PRIOR = 0.5  # acceptance assumed before a request has any history
 DECAY = 0.7  # weight of the past in the moving average (per verified position)
 POINT_SAMPLES = 8  # a measured point of the cost curve: the fastest of its last 8 forwards
+# the least a draft token costs in steps on the measured curve (its row's sampling and
+# bookkeeping; where rows measure free or noise makes more rows look faster, drafts that
+# are never accepted must still lose)
+MIN_DRAFT_COST = 0.02
 
 
 @dataclass
@@ -200,8 +204,11 @@ class LengthController:
         base, share = sec(tokens), sec(batch)
         if base is None or share is None:
             return self.rho(batch)
-        return [1 + batch * (sec(tokens + k) - base) / share + k * self.proposer_cost
-                for k in range(self.k_max + 1)]
+        out = [1.0]
+        for k in range(1, self.k_max + 1):  # never below MIN_DRAFT_COST a token (noise)
+            raw = 1 + batch * (sec(tokens + k) - base) / share + k * self.proposer_cost
+            out.append(max(raw, out[-1] + MIN_DRAFT_COST))
+        return out
 
     def length(self, seq_id: str, batch: int, tokens: int | None = None) -> int:
         """The draft length for ``seq_id`` this step (0: no real drafts); ``tokens``: the
