@@ -350,3 +350,31 @@ def test_a_tree_that_could_never_run_is_refused() -> None:
     assert t.abort()
     llm.engine.check_integrity()
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_requests_whose_trees_fit_one_at_a_time_all_finish() -> None:
+    """Two requests whose paths fit the engine's slots one tree at a time: a root waiting
+    for its paths gives its slot to the other tree's paths (parked, an idle open input),
+    and a root under running paths is never parked for the other root (its paths would
+    stall and recompute, over and over): both finish with the tokens each makes alone."""
+    ckpt, cfg = tiny_checkpoint(), ParallelConfig(paths=4, path_tokens=6)
+    prompts = {"a": PROMPT, "b": list(range(60, 75))}
+    engine = LLMEngine(checkpoint=ckpt, config=EngineConfig(num_blocks=64, block_size=4,
+                                                            max_num_seqs=5))
+    for rid, prompt in prompts.items():
+        state = engine.make_request(rid, prompt, HOT, input_closed=False)
+        engine.add(state)
+        start_paths(engine, state, cfg)
+    finals = {}
+    for _ in range(100):
+        finals.update({o.request_id: o for o in engine.step() if o.finished})
+        engine.check_integrity()
+        if not engine.has_unfinished_requests():
+            break
+    assert set(finals) == {"a", "b"}
+    assert engine.num_preemptions == 1  # the root of "b", once, while "a" ran
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    for rid, prompt in prompts.items():
+        alone = run_paths(ckpt, cfg, HOT, prompt=prompt)[0].outputs[0]
+        assert finals[rid].outputs[0].token_ids == alone.token_ids
+        assert finals[rid].outputs[0].paths == alone.paths

@@ -23,7 +23,10 @@ the last in line is preempted first. And an *idle open input* (a session whose i
 still arriving and has nothing left to compute) holds blocks it does not need now: under
 pressure it is preempted before anything else and *parked*, out of the waiting queue, until
 ``wake`` says its input changed; it then recomputes from the prefix cache. Idle sessions
-therefore never starve ordinary requests, of blocks or of sequence slots.
+therefore never starve ordinary requests, of blocks or of sequence slots, nor a fork's
+children (a root waiting for its children gives way to another tree's). One that a running
+sequence views (a root under its running children) is not idle: parking it would stall
+them, so it is never chosen.
 
 KV views (a sequence reading other sequences' KV: a session's reasoning, its answer) follow
 one rule the scheduler asks about, not a branch per feature: ``engine.views.ViewRule``
@@ -212,6 +215,8 @@ class Scheduler:
                 deferred.append(self.waiting.popleft())
                 continue
             if seq.admit_group is not None and seq.admit_group not in groups:
+                if not self._group_fits(seq.admit_group) and self._idle_gives_way(seq, out):
+                    continue  # an idle open input it does not view made room: try again
                 if not self._group_fits(seq.admit_group):  # all of them wait, in order
                     if self._passed.get(_pass_key(seq), 0) >= self.cfg.max_num_seqs and any(
                             s.input_closed or s.num_pending_tokens for s in self.running):
@@ -294,11 +299,14 @@ class Scheduler:
         """Remove and return what ``seq`` preempts to get blocks: the last idle open input
         in ``kept`` or ``queue`` (searched last first), else (unless ``idle_only``) the last
         of ``queue``. Never a source ``seq`` views: preempting it would stall ``seq`` on
-        the blocks just freed for it, a preemption cycle (``None``: ``seq`` gives way)."""
+        the blocks just freed for it, a preemption cycle (``None``: ``seq`` gives way). An
+        idle open input that a running sequence views is not idle (a fork's root under its
+        children): parked, it would stall them too, so it is no idle victim."""
         sources = self.views.sources(seq)
+        read = {sid for s in self.running if s is not seq for sid in self.views.sources(s)}
         for seqs in (queue, kept):
             for i in range(len(seqs) - 1, -1, -1):
-                if self._idle_open(seqs[i]) and seqs[i].seq_id not in sources:
+                if self._idle_open(seqs[i]) and seqs[i].seq_id not in sources | read:
                     return seqs.pop(i)
         if not idle_only:
             for i in range(len(queue) - 1, -1, -1):
