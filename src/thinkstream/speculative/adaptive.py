@@ -17,7 +17,8 @@ t(1)``), plus the proposer's own ``k * Proposer.cost_per_token``. The curve is n
 on a CPU: the GGUF kernels verify up to 12 rows in one dot-product pass and more in GEMM
 tiles (SmolLM2 on Zen 4, x one row: 8 rows 3.04, 12 rows 4.68, 16 rows 5.14), so a long
 verbatim copy pays up to 16 drafts and more where a line through the first rows would stop
-at a few. Without measurements (or with the config's ``compute_bound_tokens``) the cost is
+at a few (where the step may take them: the decoder keeps a step within the rows the
+kernels compute bit for bit as one row, ``SpeculativeDecoder.row_caps``). Without measurements (or with the config's ``compute_bound_tokens``) the cost is
 the line ``1 + k * rho`` with ``rho = B / (knee + B)``: a step over N tokens takes ``t0 + c
 * N``, compute-bound past ``knee = t0 / c``. The length is the k in
 0..``num_speculative_tokens`` that maximises ``E(k) / cost(k)``: it falls to 0 when

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 METHODS = ("ngram", "early_exit", "fused", "draft_model")
 # default maxima: adaptive lengths stop where the measured step cost says (a long verbatim
-# copy pays 16-32 drafts on a CPU's GEMM tiles), a fixed length drafts this many always
+# copy pays 16-32 drafts where a step may take that many rows: decoder.row_caps), a fixed
+# length drafts this many always
 ADAPTIVE_MAX_TOKENS = 32
 FIXED_TOKENS = 5
 

@@ -111,8 +111,8 @@ class SpeculativeDecoder(StepHook):
     def _plan(self, seqs: list[Sequence], running: list[Sequence]) -> list[int]:
         """Each sequence's length, surest sequences first: its own (adaptive: priced at the
         step's tokens so far, the real ones and the drafts of surer sequences), capped by
-        what it may still generate, then by the step's token budget (within the native
-        stack's rows when the batch fits them) and the free KV blocks."""
+        what it may still generate, then by the step's token budget (within ``row_caps``
+        when the batch fits them) and the free KV blocks."""
         engine, batch = self.engine, len(running)
         states = self.lengths.states
         order = sorted(range(len(seqs)), key=lambda i: -(
