@@ -349,3 +349,14 @@ def test_a_replace_costs_what_appending_it_would(llm) -> None:
         assert info["next_seq"] == 3  # the refused updates changed nothing
         c.delete(f"/v1/sessions/{sid}", headers=KEY)
     wait_pool_full(llm)
+
+
+def test_session_times_are_unix_seconds(client: TestClient) -> None:
+    """``created`` / ``last_activity`` as OpenAI gives times (they were monotonic seconds:
+    the machine's uptime, not a date)."""
+    before = time.time()
+    opened = client.post("/v1/sessions", headers=KEY, json=OPEN).json()
+    got = client.get(f"/v1/sessions/{opened['id']}", headers=KEY).json()
+    assert isinstance(got["created"], int) and int(before) - 1 <= got["created"] <= time.time() + 1
+    assert before - 1 <= got["last_activity"] <= time.time() + 1
+    assert client.delete(f"/v1/sessions/{opened['id']}", headers=KEY).status_code == 200

@@ -4,6 +4,7 @@ the arguments an open turns into, and an answer stream as (choice, output) pairs
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
@@ -87,7 +88,12 @@ class SessionCloseRequest(P.StrictBody):
 
 # ------------------------------------------------------------------ plumbing
 def session_body(info: SessionInfo) -> dict:
+    """A session's state as JSON; ``created`` (integer) and ``last_activity`` in Unix
+    seconds, as OpenAI's objects give times (the engine keeps monotonic ones)."""
     d = asdict(info)
+    to_unix = time.time() - time.monotonic()
+    d["created"] = int(d["created"] + to_unix)
+    d["last_activity"] = round(d["last_activity"] + to_unix, 3)
     return {"id": d.pop("session_id"), "object": "session", **d}
 
 
