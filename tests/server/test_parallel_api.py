@@ -93,9 +93,14 @@ def test_vote_answers_with_the_majority(tiny_server) -> None:  # noqa: F811
 @pytest.mark.parametrize("stream", [False, True])
 def test_paths_that_could_never_all_run_are_a_400(tiny_server, stream) -> None:  # noqa: F811
     """The paths stay resident until the summary: more of them than the engine's 16 slots
-    (with the request's own sequence), or budgets over the KV pool, would wait forever."""
+    (with the request's own sequence), or budgets over the KV pool, would wait forever; a
+    summary past the model's context is refused as prompt + max_tokens over it is."""
     for parallel, field in [({"paths": 16, "path_tokens": 2}, "parallel.paths"),
-                            ({"paths": 2, "path_tokens": 30000}, "parallel.path_tokens")]:
+                            ({"paths": 2, "path_tokens": 30000}, "parallel.path_tokens"),
+                            # fits the pool, but the summary after both would sit past
+                            # the tiny model's 512 positions
+                            ({"paths": 2, "path_tokens": 300, "layout": "sequential"},
+                             "parallel.path_tokens")]:
         r = post(tiny_server, {**CHAT, "stream": stream, "parallel": parallel})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == field

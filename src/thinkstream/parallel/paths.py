@@ -25,7 +25,7 @@ from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.output import RequestState
 from thinkstream.parallel.config import ParallelConfig
 from thinkstream.parallel.threads import Thread, ThreadTree, check_room
-from thinkstream.sampling_params import SamplingParams
+from thinkstream.sampling_params import ParamError, SamplingParams
 
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 
@@ -116,15 +116,25 @@ def check_paths_room(engine: LLMEngine, num_prompt_tokens: int, params: Sampling
                      cfg: ParallelConfig) -> None:
     """Refuse paths that could never all run (``threads.check_room``): every path at
     ``path_tokens`` beside the prompt, the summary prompt and the request's ``max_tokens``
-    (one token when unset). ``ParamError`` naming ``parallel.paths`` (sequence slots) or
-    ``parallel.path_tokens`` (KV blocks); safe from any thread (it reads only settings)."""
+    (one token when unset); and a summary placed past the model's context (after the
+    longest path, or every path with ``layout="sequential"``), as a request whose prompt
+    and ``max_tokens`` exceed it is refused. ``ParamError`` naming ``parallel.paths``
+    (sequence slots) or ``parallel.path_tokens`` (KV blocks, positions); safe from any
+    thread (it reads only settings)."""
     tok = engine.tokenizer
     answer = num_prompt_tokens
-    if cfg.merge == "summary":
-        answer += len(tok.encode(cfg.summary_prompt, add_special_tokens=False))
-        answer += params.max_tokens or 1
     prompts = [len(tok.encode(cfg.path_prompts[i % len(cfg.path_prompts)],
                               add_special_tokens=False)) if cfg.path_prompts else 0
                for i in range(cfg.paths)]
+    if cfg.merge == "summary":
+        answer += len(tok.encode(cfg.summary_prompt, add_special_tokens=False))
+        answer += params.max_tokens or 1
+        spans = [n + cfg.path_tokens for n in prompts]  # what the summary reads of each path
+        last = answer + (sum(spans) if cfg.layout == "sequential" else max(spans))
+        if last > engine.context_len:
+            raise ParamError("parallel.path_tokens", f"too large: the summary would sit at "
+                             f"positions up to {last}, past the context of "
+                             f"{engine.context_len} tokens (prompt, {cfg.layout} paths, "
+                             "summary prompt and max_tokens)")
     check_room(engine, [answer, *(1 + n + cfg.path_tokens for n in prompts)],
                "parallel.paths", "parallel.path_tokens")
