@@ -288,9 +288,10 @@ class AsyncLLM:
 
     def _count_finished(self, out: RequestOutput) -> RequestOutput:
         """Count a finished request's sequences by finish reason (aborts included), and the
-        tokens its parallel paths sampled (generated, as usage counts them)."""
+        tokens its parallel paths or its reasoning sampled (generated, as usage counts them)."""
         if out.finished:
-            self.stats.generation_tokens += sum(o.num_path_tokens for o in out.outputs)
+            self.stats.generation_tokens += sum(o.num_path_tokens + o.num_reasoning_tokens
+                                                for o in out.outputs)
             for o in out.outputs:
                 reason = o.finish_reason or "unknown"
                 self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1

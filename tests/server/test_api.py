@@ -141,21 +141,28 @@ def _tokens_counted(client) -> tuple[float, float]:
 
 
 def test_token_counters_agree_with_usage(client, tiny_server) -> None:
-    """Parallel paths' tokens are generated tokens (usage counts them as completion tokens);
-    a session's answer counts its input as prompt tokens."""
+    """Parallel paths' and think-while-reading notes' tokens are generated tokens, counted in
+    usage as completion (reasoning) tokens; a session's answer counts its input as prompt
+    tokens."""
     before = _tokens_counted(client)
     usage = client.post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "ignore_eos": True,
         "parallel": {"paths": 2, "path_tokens": 3}}).json()["usage"]
-    sid = client.post("/v1/sessions", json={"messages": [], "max_tokens": 2,
-                                            "ignore_eos": True}).json()["id"]
-    client.post(f"/v1/sessions/{sid}/append", json={"text": "The quick brown fox", "seq": 0})
-    session = client.post(f"/v1/sessions/{sid}/close", json={"seq": 1}).json()["usage"]
+    sessions = []
+    for thinking in (None, {"layout": "gap", "gap": 40, "note_tokens": 3, "pass_tokens": 2,
+                            "depth": "D2"}):
+        sid = client.post("/v1/sessions", json={"messages": [], "max_tokens": 2,
+                                                "ignore_eos": True, "thinking": thinking}).json()["id"]
+        client.post(f"/v1/sessions/{sid}/append", json={"text": "The fox ran. It hid.", "seq": 0})
+        sessions.append(client.post(f"/v1/sessions/{sid}/close", json={"seq": 1}).json()["usage"])
     tiny_server.wait_idle()
     after = _tokens_counted(client)
-    assert usage["completion_tokens"] == 9 and session["completion_tokens"] == 2
-    assert after[0] - before[0] == usage["prompt_tokens"] + session["prompt_tokens"]
-    assert after[1] - before[1] == 9 + 2
+    assert usage["completion_tokens"] == 9 and sessions[0]["completion_tokens"] == 2
+    assert "completion_tokens_details" not in sessions[0]
+    notes = sessions[1]["completion_tokens_details"]["reasoning_tokens"]  # think while reading
+    assert notes > 0 and sessions[1]["completion_tokens"] == 2 + notes
+    assert after[0] - before[0] == usage["prompt_tokens"] + sum(s["prompt_tokens"] for s in sessions)
+    assert after[1] - before[1] == 9 + 2 + 2 + notes
 
 
 def test_openapi_documents_the_api(client) -> None:

@@ -58,6 +58,14 @@ def client(llm) -> Iterator[TestClient]:
 
 
 # ------------------------------------------------------------------ helpers
+def answer_tokens(usage: dict) -> int:
+    """The answer's tokens: ``completion_tokens`` counts the notes' tokens too, as
+    ``completion_tokens_details.reasoning_tokens`` (OpenAI's reasoning tokens)."""
+    reasoning = usage["completion_tokens_details"]["reasoning_tokens"]
+    assert reasoning > 0
+    return usage["completion_tokens"] - reasoning
+
+
 def on_engine(llm, fn: Callable[[], Any]) -> Any:
     """``fn()`` run on the engine thread between steps (a consistent view of a session)."""
     async def run() -> Any:
@@ -158,7 +166,7 @@ def test_events_stream_reasoning_while_the_input_is_open(http: httpx.Client, liv
         assert set(choice["delta"]) == {"reasoning_content"} and choice["finish_reason"] is None
     final_reasoning, content = message_of(done.json())
     assert "".join(c["choices"][0]["delta"]["reasoning_content"] for c in chunks) == final_reasoning
-    assert final_reasoning and content and done.json()["usage"]["completion_tokens"] == 6
+    assert final_reasoning and content and answer_tokens(done.json()["usage"]) == 6
     # a listener that comes after the end gets the whole reasoning at once, then [DONE]
     late = sse_chunks(http.get(f"/v1/sessions/{sid}/events").text.split("\n"))
     assert [c["choices"][0]["delta"] for c in late] == [{"reasoning_content": final_reasoning}]
@@ -188,7 +196,7 @@ def test_close_stream_reasoning_then_content(http: httpx.Client, llm) -> None:
     assert (reasoning, content) == (ref_reasoning, ref_content)
     assert reasoning.startswith(before) and len(reasoning) > len(before)  # last note, D2 pass
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    assert chunks[-1]["usage"]["completion_tokens"] == 6
+    assert answer_tokens(chunks[-1]["usage"]) == 6
 
 
 def test_session_without_thinking_has_no_reasoning_field(http: httpx.Client) -> None:
@@ -244,7 +252,7 @@ def test_websocket_reasoning_messages_then_answer(client: TestClient, llm) -> No
     content = "".join(ch["delta"].get("content", "") for m in answer for ch in m["choices"])
     assert (joined(reading_msgs) + joined(after), content) == (ref_reasoning, ref_content)
     assert joined(after) != ""  # the last note and the D2 pass, after close
-    assert answer[-1]["usage"]["completion_tokens"] == 6
+    assert answer_tokens(answer[-1]["usage"]) == 6
 
 
 # ------------------------------------------------------------------ refusals

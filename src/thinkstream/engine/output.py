@@ -42,6 +42,7 @@ class RequestState:
     texts: list[_SeqText] = field(default_factory=list)
     reasoning: str = ""  # reasoning text (think while reading), reported on output 0
     reasoning_sent: int = 0
+    num_reasoning_tokens: int = 0  # tokens the reasoning sampled (notes, passes)
     paths: list[str] = field(default_factory=list)  # parallel paths' text, on output 0
     paths_sent: list[int] = field(default_factory=list)
     num_path_tokens: int = 0
@@ -127,6 +128,8 @@ class RequestState:
             )
             if seq.index == 0 and self.paths:
                 self._path_output(outs[-1], consume)
+            if seq.index == 0:
+                outs[-1].num_reasoning_tokens = self.num_reasoning_tokens
             if seq.index == 0 and self.reasoning:
                 outs[-1].reasoning_content = self.reasoning
                 outs[-1].new_reasoning_content = self.reasoning[self.reasoning_sent :]

@@ -215,6 +215,8 @@ class CompletionOutput:
     paths: list[str] = field(default_factory=list)
     new_paths: list[tuple[int, str]] = field(default_factory=list)
     num_path_tokens: int = 0
+    # Think while reading: how many tokens the notes and passes sampled.
+    num_reasoning_tokens: int = 0
 
     @property
     def finished(self) -> bool:

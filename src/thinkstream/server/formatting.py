@@ -97,9 +97,15 @@ def _top(entry: dict[int, Logprob], k: int | None) -> list[tuple[int, float]]:
     return [(tid, logprob) for _, tid, logprob in ranked]
 
 
+def _reasoned(o: CompletionOutput) -> int:
+    """Tokens an output sampled besides its answer: parallel paths, think-while-reading
+    notes and passes (OpenAI's reasoning tokens, counted in ``completion_tokens``)."""
+    return o.num_path_tokens + o.num_reasoning_tokens
+
+
 def _usage(prompt_tokens: int, completion_tokens: int, path_tokens: int = 0,
            cached_tokens: int = 0) -> dict:
-    """OpenAI's usage; parallel paths' tokens count as completion (reasoning) tokens;
+    """OpenAI's usage; reasoning tokens (``_reasoned``) count as completion tokens;
     ``cached_tokens``: prompt tokens served from the prefix cache (``prompt_tokens_details``,
     as OpenAI reports it)."""
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -217,7 +223,7 @@ class CompletionView(_View):
 
     def response(self, finals: list[RequestOutput]) -> dict:
         choices = [self._choice(i, out, o) for i, out in enumerate(finals) for o in out.outputs]
-        paths = sum(o.num_path_tokens for out in finals for o in out.outputs)
+        paths = sum(_reasoned(o) for out in finals for o in out.outputs)
         completion = paths + sum(len(self._scored(o).token_ids) for out in finals for o in out.outputs)
         return {"id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model, "choices": choices,
@@ -270,8 +276,8 @@ class CompletionView(_View):
                 if not (text or ids or o.finish_reason):
                     continue
                 if o.finish_reason:
-                    completion += len(o.token_ids) + o.num_path_tokens
-                    paths += o.num_path_tokens
+                    completion += len(o.token_ids) + _reasoned(o)
+                    paths += _reasoned(o)
                     done.add(idx)
                 logprobs = None
                 if self.logprobs is not None:
@@ -332,7 +338,7 @@ class ChatView(_View):
             choices.append({"index": o.index, "message": message,
                             "logprobs": lps, "finish_reason": reason,
                             "stop_reason": o.stop_reason})
-        paths = sum(o.num_path_tokens for o in out.outputs)
+        paths = sum(_reasoned(o) for o in out.outputs)
         completion = sum(len(o.token_ids) for o in out.outputs) + paths
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model, "choices": choices,
@@ -407,8 +413,8 @@ class ChatView(_View):
                                         "logprobs": lps if k == 0 else None,
                                         "finish_reason": None}])
                 if o.finish_reason:
-                    completion += len(o.token_ids) + o.num_path_tokens
-                    paths += o.num_path_tokens
+                    completion += len(o.token_ids) + _reasoned(o)
+                    paths += _reasoned(o)
                     done.add(o.index)
                     reason = o.finish_reason
                     if o.index in parsers and parsers[o.index].num_calls:

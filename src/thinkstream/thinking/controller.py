@@ -270,6 +270,7 @@ class ThinkController:
         R.positions.append(R.positions[-1] + 1)
         seg.count += 1
         self.reasoning_tokens += 1
+        self.state.num_reasoning_tokens += 1  # usage: reasoning tokens are completion tokens
         if self.onset_time is None:
             self.onset_time = time.monotonic()
             self.onset_input_tokens = self.S.num_prompt_tokens
