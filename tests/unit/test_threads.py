@@ -378,3 +378,43 @@ def test_requests_whose_trees_fit_one_at_a_time_all_finish() -> None:
         alone = run_paths(ckpt, cfg, HOT, prompt=prompt)[0].outputs[0]
         assert finals[rid].outputs[0].token_ids == alone.token_ids
         assert finals[rid].outputs[0].paths == alone.paths
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_parallel_requests_under_tight_slots_and_pools_all_finish(seed: int) -> None:
+    """Parallel-paths requests (refused when their tree could never run), plain ones and
+    n > 1 beside them, a few aborts, under small pools and few sequence slots: every
+    request ends and the pool is full again (roots once held slots each other's paths
+    needed, forever)."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(10):
+        engine = LLMEngine(checkpoint=tiny_checkpoint(), config=EngineConfig(
+            num_blocks=rng.choice([12, 20, 32]), block_size=4, max_num_seqs=rng.choice([2, 3, 4]),
+            max_num_batched_tokens=rng.choice([8, 64])))
+        for k in range(rng.randint(2, 5)):
+            p = SamplingParams(temperature=1.0, seed=k, n=rng.choice([1, 1, 2]),
+                               max_tokens=rng.choice([1, 3, None]))
+            prompt = list(range(10 + k, 11 + k + rng.randint(0, 20)))
+            if p.n == 1 and rng.random() < 0.7:
+                state = engine.make_request(f"r{k}", prompt, p, input_closed=False)
+                engine.add(state)
+                try:
+                    start_paths(engine, state, ParallelConfig(
+                        paths=rng.randint(1, 3), path_tokens=rng.randint(1, 6),
+                        layout=rng.choice(["parallel", "sequential"]),
+                        merge=rng.choice(["summary", "vote", "none"])))
+                except ParamError:
+                    engine.abort(f"r{k}")
+            else:
+                engine.add_request(f"r{k}", prompt, p)
+        for step in range(1000):
+            if not engine.has_unfinished_requests():
+                break
+            if step < 20 and rng.random() < 0.05 and engine.requests:
+                engine.abort(rng.choice(sorted(engine.requests)))
+            engine.step()
+            engine.check_integrity()
+        assert not engine.requests
+        assert engine.kv.num_free_blocks == engine.kv.num_blocks
