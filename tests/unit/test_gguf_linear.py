@@ -236,6 +236,7 @@ def test_auto_kv_cache_on_each_cpu_class(info: CpuInfo, dot: bool, cache: str | 
                         "auto", info, dot)
     assert (p.dtype, p.kv_cache_dtype, p.kv_dtype) == ("float32", cache, cache or "float32")
     assert ("KV cache bfloat16 (auto" in p.reason) == (cache is not None)
+    assert ("exact: same tokens at every batch size" in p.reason) == (cache is None)
     pinned = choose_precision("float32", "auto", "cpu", info, True, "avx2")
     assert choose_kv_cache(pinned, "auto", "float32", info, dot).kv_dtype == "float32"
     assert choose_kv_cache(p, "float32", "auto", info, dot).kv_dtype == "float32"

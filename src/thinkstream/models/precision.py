@@ -116,8 +116,11 @@ def choose_kv_cache(choice: Precision, kv_cache_dtype: str, dtype: str, cpu: Cpu
     kernel's bfloat16 dot-product build loaded on this CPU). Module docstring: the rule."""
     if (kv_cache_dtype == "auto" and dtype == "auto" and choice.dtype == "float32"
             and cpu.native_bf16 and bf16_attention):
+        # rounding keys and values to bfloat16 can amplify the GEMM's and the dot products'
+        # different summation orders past a near tie: the batch-size claim is float32's
+        linears = choice.reason.replace(" (exact: same tokens at every batch size)", "")
         return replace(choice, kv_cache_dtype="bfloat16",
-                       reason=f"{choice.reason}; KV cache bfloat16 (auto: bfloat16 dot products "
+                       reason=f"{linears}; KV cache bfloat16 (auto: bfloat16 dot products "
                               "in attention on this CPU; kv_cache_dtype='float32' keeps it exact)")
     return choice.with_kv_cache(kv_cache_dtype)
 
