@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams
+
+
+def drain(engine: LLMEngine, before_step: Callable[[int], None] | None = None) -> dict[str, list[int]]:
+    """Step ``engine`` until no request is left (``before_step(i)`` before step i), checking
+    integrity after every step and a full pool at the end. Finished token ids by request id."""
+    done, steps = {}, 0
+    while engine.has_unfinished_requests():
+        if before_step is not None:
+            before_step(steps)
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.outputs[0].token_ids
+        engine.check_integrity()
+        steps += 1
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    return done
 
 
 def run_staggered(engine: LLMEngine, first: list[list[int]], later: list[list[int]],
@@ -16,17 +34,13 @@ def run_staggered(engine: LLMEngine, first: list[list[int]], later: list[list[in
     prompts = first + later
     for i, p in enumerate(first):
         engine.add_request(f"r{i}", p, params)
-    done, steps = {}, 0
-    while engine.has_unfinished_requests():
-        if steps == late:
+
+    def arrive(step: int) -> None:
+        if step == late:
             for i, p in enumerate(later, len(first)):
                 engine.add_request(f"r{i}", p, params)
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.outputs[0].token_ids
-        engine.check_integrity()
-        steps += 1
-    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+    done = drain(engine, arrive)
     return [done[f"r{i}"] for i in range(len(prompts))]
 
 

@@ -7,6 +7,7 @@ echo task."""
 from __future__ import annotations
 
 import pytest
+from helpers.runs import drain
 
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import SamplingParams, StructuredOutputsParams
@@ -50,14 +51,8 @@ def test_greedy_identical_in_a_batch(refs, plain) -> None:
     engine = llm.engine
     ids = [engine.add_request(None, llm.chat_prompt(m), GREEDY) for m in (ECHO, CHAT)]
     ids.append(engine.add_request(None, llm.chat_prompt(CHAT), json_params))
-    done = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.outputs[0].token_ids
-        engine.check_integrity()
+    done = drain(engine)
     assert [done[i] for i in ids] == [*want, want_json]
-    assert engine.kv.num_free_blocks == engine.kv.num_blocks
     stats = llm.engine.speculative.stats  # the echo is mostly drafted right
     assert stats.num_accepted_tokens > 0.5 * stats.num_draft_tokens > 0
 

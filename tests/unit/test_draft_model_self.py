@@ -7,6 +7,7 @@ for 1 + k steps), so it only probes."""
 
 from __future__ import annotations
 
+from helpers.runs import drain
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream.config import EngineConfig
@@ -25,13 +26,7 @@ def generate(speculative: SpeculativeConfig | None) -> tuple[list[list[int]], LL
                                            dtype="float32", speculative=speculative),
                        checkpoint=ckpt)
     ids = [engine.add_request(f"r{i}", p, GREEDY) for i, p in enumerate(PROMPTS)]
-    done = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.outputs[0].token_ids
-        engine.check_integrity()
-    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    done = drain(engine)
     return [done[i] for i in ids], engine
 
 
