@@ -18,6 +18,13 @@
  *           acc = acc c + P V (RS rows x 16 CD dims of acc in registers; p broadcast)
  *     out_r = acc / l
  *
+ * The keys go in segments of FQ_SEG (512, kernels_common.h), each from a fresh (m, l, acc)
+ * that is then merged into the row's total (``merge``, left to right): the same arithmetic
+ * whether one thread runs every segment or threads each run some (``fq_attention_keys``
+ * writes a range of segments' partials, ``fq_attention_merge`` merges them), so a lone
+ * sequence's long context can be split between threads (FlashDecoding's split-K) and its
+ * rows still equal a batch's or one thread's bit for bit.
+ *
  * One softmax update and one rescale of the accumulators per 64 keys (the first version did
  * them per 16 keys: as much work as the 128 multiply-adds per row and tile) and RS rows
  * sharing each key and value load (10 loads per 24 FMAs on AVX-512). At 54 rows x 4,096 keys
@@ -139,9 +146,46 @@ typedef struct {  /* one thread's scratch */
 
 typedef struct {  /* the running state of one head's rows */
     float *qs, *acc, *m, *lv;  /* (rows, d) queries x scale log2(e), (rows, d) outputs,
-                                  (rows,) running max, (rows, 16) running sums per lane */
+                                  (rows,) running max, (rows, 16) running sums per lane:
+                                  the current segment's */
     uint32_t *q2;  /* (rows, d/2) qs as bfloat16 pairs (the dot-product path) */
+    float *tm, *tl, *tacc;  /* (rows,), (rows,), (rows, d): the total of the segments so far */
 } rows_state;
+
+/* Where a call writes its segments' partials instead of outputs (NULL: outputs). Segment s
+ * of output row R ((b * nq + i) * h + head) at partial + (s * nrows + R) * (d + 2): its
+ * max m, sum l and unnormalised output (d). */
+typedef struct {
+    int64_t lo, hi;  /* the segments computed */
+    float *partial;
+    int64_t nrows;
+} seg_out;
+
+/* (m, l, acc) of one row += a segment's partial (ms, ls, as): the log-sum-exp merge of two
+ * softmax states. One compiled copy (noinline) serves every path, so the sums are the same
+ * bits whoever merges. An empty segment (ms = -inf) changes nothing; into an empty total
+ * the segment is copied (one segment: the single pass's result exactly). */
+static __attribute__((noinline)) void merge(float *m, float *l, float *acc, float ms, float ls,
+                                            const float *as, int d) {
+    if (ms == -INFINITY) return;
+    if (*m == -INFINITY) {
+        *m = ms;
+        *l = ls;
+        memcpy(acc, as, sizeof(float) * (size_t)d);
+        return;
+    }
+    float top = ms > *m ? ms : *m, c = exp2f(*m - top), cs = exp2f(ms - top);
+    *l = fmaf(ls, cs, *l * c);
+    v16 vc = v_set1(c), vs = v_set1(cs);
+    for (int k = 0; k < d; k += 16) v_store(acc + k, v_fma(v_load(as + k), vs, v_mul(v_load(acc + k), vc)));
+    *m = top;
+}
+
+/* out (d) = the normalised total: acc / l (0 for a row that saw no key) */
+static void finish(float *out, float m, float l, const float *acc, int d) {
+    float inv = m != -INFINITY && l > 0.0f ? 1.0f / l : 0.0f;
+    for (int c = 0; c < d; c++) out[c] = m != -INFINITY ? acc[c] * inv : 0.0f;
+}
 
 static const uint64_t ALL_VISIBLE = 0x0101010101010101ull;
 
@@ -297,26 +341,13 @@ static void group_any(const scratch *w, const rows_state *st, const uint8_t *con
     }
 }
 
-/* One sequence, key/value heads h0 .. h0+nh-1 together (each block's slot rows are read
- * once for all of them): ``rows`` query rows per head (head i's at i * stride in qrows /
- * orows), their mask rows (the same for every head). */
-static void attend(const float *const *qrows, float *const *orows, const uint8_t *const *mrows,
-                   int stride, int rows, int nh, const kv_src *src, int64_t h0, int64_t length,
-                   int d, float qscale, const scratch *w, const rows_state *st) {
-    for (int i = 0; i < nh; i++)
-        for (int r = 0; r < rows; r++) {
-            const float *qr = qrows[i * stride + r];
-            float *qs = st->qs + ((int64_t)i * rows + r) * d;
-            for (int c = 0; c < d; c++) qs[c] = qr[c] * qscale;
-#if BF16_DOT
-            if (src->dot) round_pairs(qs, st->q2 + ((int64_t)i * rows + r) * (d / 2), d);
-#endif
-            st->m[i * rows + r] = -INFINITY;
-        }
-    memset(st->lv, 0, sizeof(float) * 16 * (size_t)(nh * rows));
-    memset(st->acc, 0, sizeof(float) * (size_t)(nh * rows) * d);
-    for (int64_t t0 = 0; t0 < length; t0 += BK) {
-        int nk = length - t0 < BK ? (int)(length - t0) : BK, any = 0;
+/* One block of keys t0 .. min(t0 + BK, k1) for the rows of key/value heads h0 .. h0+nh-1
+ * (``attend``); the next block up to ``end`` is prefetched. */
+static void attend_block(const uint8_t *const *mrows, int rows, int nh, const kv_src *src, int64_t h0,
+                         int64_t t0, int64_t k1, int64_t end, int d, const scratch *w, const rows_state *st) {
+    {
+        int64_t length = end;
+        int nk = k1 - t0 < BK ? (int)(k1 - t0) : BK, any = 0;
         for (int r = 0; r < rows; r++) {  /* a chunk's G heads of one query share its mask row */
             w->vis[r] = r > 0 && mrows[r] == mrows[r - 1] ? w->vis[r - 1] : block_vis(mrows[r] + t0, nk);
             any |= w->vis[r];
@@ -339,11 +370,55 @@ static void attend(const float *const *qrows, float *const *orows, const uint8_t
             }
         }
     }
+}
+
+/* One sequence, key/value heads h0 .. h0+nh-1 together (each block's slot rows are read
+ * once for all of them): ``rows`` query rows per head (head i's at i * stride in qrows /
+ * orows), their mask rows (the same for every head). With ``so``, only its segments, their
+ * partials to prows (laid out as orows, at segment 0; so->nrows * (d + 2) floats apart). */
+static void attend(const float *const *qrows, float *const *orows, const uint8_t *const *mrows,
+                   int stride, int rows, int nh, const kv_src *src, int64_t h0, int64_t length,
+                   int d, float qscale, const scratch *w, const rows_state *st, const seg_out *so,
+                   float *const *prows) {
+    for (int i = 0; i < nh; i++)
+        for (int r = 0; r < rows; r++) {
+            const float *qr = qrows[i * stride + r];
+            float *qs = st->qs + ((int64_t)i * rows + r) * d;
+            for (int c = 0; c < d; c++) qs[c] = qr[c] * qscale;
+#if BF16_DOT
+            if (src->dot) round_pairs(qs, st->q2 + ((int64_t)i * rows + r) * (d / 2), d);
+#endif
+            st->tm[i * rows + r] = -INFINITY;
+        }
+    int64_t all = (int64_t)nh * rows, nseg = (length + FQ_SEG - 1) / FQ_SEG;
+    int64_t s_lo = so ? so->lo : 0, s_hi = so ? (so->hi < nseg ? so->hi : nseg) : nseg;
+    int64_t end = s_hi * FQ_SEG < length ? s_hi * FQ_SEG : length;  /* the last key computed */
+    for (int64_t sg = s_lo; sg < s_hi; sg++) {
+        for (int64_t k = 0; k < all; k++) st->m[k] = -INFINITY;
+        memset(st->lv, 0, sizeof(float) * 16 * (size_t)all);
+        memset(st->acc, 0, sizeof(float) * (size_t)all * d);
+        int64_t k1 = (sg + 1) * FQ_SEG < length ? (sg + 1) * FQ_SEG : length;
+        for (int64_t t0 = sg * FQ_SEG; t0 < k1; t0 += BK)
+            attend_block(mrows, rows, nh, src, h0, t0, k1, end, d, w, st);
+        for (int i = 0; i < nh; i++)
+            for (int r = 0; r < rows; r++) {
+                int64_t k = (int64_t)i * rows + r;
+                float l = v_hsum(v_load(st->lv + k * 16));
+                if (so) {
+                    float *rec = prows[i * stride + r] + sg * so->nrows * (d + 2);
+                    rec[0] = st->m[k];
+                    rec[1] = l;
+                    memcpy(rec + 2, st->acc + k * d, sizeof(float) * (size_t)d);
+                } else {
+                    merge(st->tm + k, st->tl + k, st->tacc + k * d, st->m[k], l, st->acc + k * d, d);
+                }
+            }
+    }
+    if (so) return;
     for (int i = 0; i < nh; i++)
         for (int r = 0; r < rows; r++) {
             int64_t k = (int64_t)i * rows + r;
-            float l = v_hsum(v_load(st->lv + k * 16)), inv = l > 0.0f ? 1.0f / l : 0.0f;
-            for (int c = 0; c < d; c++) orows[i * stride + r][c] = st->acc[k * d + c] * inv;
+            finish(orows[i * stride + r], st->tm[k], st->tl[k], st->tacc + k * d, d);
         }
 }
 

@@ -12,6 +12,23 @@
 #define BUILD_ISA 0
 #endif
 
+/* Attention's key segments (fq_attention.c; decoder.c splits a lone sequence's keys by them):
+ * each row's softmax runs over the keys in segments of FQ_SEG, each from a fresh state, and
+ * the segments' partials are merged left to right, by every path. So a row's output does not
+ * depend on which thread computed which segment (vLLM's paged attention v2 and
+ * FlashDecoding partition the keys the same way, 512 per partition). */
+#define FQ_SEG 512
+
+/* Whether attention over ``length`` keys for ``pairs`` (sequence, key/value head) pairs of
+ * ``nq`` queries each should split the keys between ``threads`` threads (a segment range
+ * each, then a merge) rather than the pairs or the queries: when the pairs cannot give every
+ * thread the same work, the queries are few (each thread would read every key for a share
+ * of them) and there are enough segments. */
+static inline int fq_split_keys(long long pairs, long long nq, long long length, int threads) {
+    long long nseg = (length + FQ_SEG - 1) / FQ_SEG;
+    return threads > 1 && pairs % threads != 0 && pairs < 4LL * threads && nq <= 64 && nseg >= threads;
+}
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 /* r[0 .. 8): eight rows of eight floats, replaced by the rows of their transpose (in
