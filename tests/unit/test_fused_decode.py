@@ -7,6 +7,8 @@ too; the stack leaves the steps it does not take to the eager layers."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -22,9 +24,9 @@ ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 gguf_checkpoint = tiny_gguf_checkpoint  # the tiny checkpoint with its matrices as GGUF blocks
 
 
-def run(arch: str, fused: bool, prompts, params, **engine):
+def run(arch: str, fused: bool, prompts, params, ckpt=None, **engine):
     """Outputs, the group kinds of the steps the native stack ran, and the engine."""
-    llm = LLM(checkpoint=gguf_checkpoint(arch), dtype="float32", quantization="gguf", block_size=4,
+    llm = LLM(checkpoint=ckpt or gguf_checkpoint(arch), dtype="float32", quantization="gguf", block_size=4,
               **{"num_blocks": 64, "max_num_seqs": 4, **engine})
     model = llm.engine.model
     assert model.fused is not None
@@ -313,3 +315,22 @@ def test_info_says_whether_the_stack_runs(monkeypatch: pytest.MonkeyPatch) -> No
     assert not _native_stack(gguf, cfg, "cuda")
     monkeypatch.setenv("THINKSTREAM_NATIVE", "0")
     assert not _native_stack(gguf, cfg, "cpu")
+
+
+def test_three_threads_split_a_long_contexts_keys() -> None:
+    """One sequence over 1,100 keys with threads that its two key/value heads cannot share
+    evenly: chunks of 64 queries and decode rows split the keys by 512-key segments
+    (``fq_attention_keys`` / ``_merge``), and the log-probabilities are one thread's bit for
+    bit, the tokens the eager layers'."""
+    prompts = [[3 + (7 * i) % 90 for i in range(1100)]]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=4)
+    base = gguf_checkpoint("llama")
+    long = dataclasses.replace(base, config=dataclasses.replace(base.config, max_position_embeddings=2048))
+    cfg = {"num_blocks": 300, "max_num_batched_tokens": 64, "ckpt": long}
+    one, kinds, _ = run("llama", True, prompts, params, num_threads=1, **cfg)
+    three, kinds3, _ = run("llama", True, prompts, params, num_threads=3, **cfg)
+    eager, _, _ = run("llama", False, prompts, params, num_threads=1, **cfg)
+    assert kinds == kinds3 and len(kinds) >= 1100 // 64 + 3
+    assert [{t: p.logprob for t, p in d.items()} for d in one[0].outputs[0].logprobs] == \
+        [{t: p.logprob for t, p in d.items()} for d in three[0].outputs[0].logprobs]
+    assert_same(one, eager)

@@ -92,6 +92,15 @@ def _configure(lib: ctypes.CDLL, isa: str) -> FusedAttention:
     # thread (the native decoder stack's threads call it)
     lib.fq_attention_part.restype = ctypes.c_int
     lib.fq_attention_part.argtypes = lib.fq_attention.argtypes + [ctypes.c_int]
+    # a lone sequence's keys split between threads (FQ_SEG-key segments, kernels_common.h):
+    # each computes a range of segments' partials, then each merges a range of rows
+    if hasattr(lib, "fq_attention_keys"):
+        f32p = ctypes.POINTER(ctypes.c_float)
+        lib.fq_attention_keys.restype = ctypes.c_int
+        lib.fq_attention_keys.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr, i64,
+                                          i64, ptr, i64, i64, ctypes.c_float, i64, i64, f32p]
+        lib.fq_attention_merge.restype = None
+        lib.fq_attention_merge.argtypes = [f32p, f32p, i64, i64, i64, i64, i64]
     dot = hasattr(lib, "fq_bf16_dot") and bool(lib.fq_bf16_dot())  # (older sources: none)
     return FusedAttention(isa, lib, dot)
 

@@ -36,6 +36,13 @@ typedef int (*attention_fn)(const float *q, float *out, int64_t b, int64_t nq, i
                             int64_t d, const void *kc, const void *vc, int bf16, const int64_t *slots,
                             int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
                             int64_t mask_q, float scale, int part, int parts);  /* fq_attention_part */
+typedef int (*attention_keys_fn)(const float *q, int64_t b, int64_t nq, int64_t h, int64_t kvh, int64_t d,
+                                 const void *kc, const void *vc, int bf16, const int64_t *slots,
+                                 int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
+                                 int64_t mask_q, float scale, int64_t seg_lo, int64_t seg_hi,
+                                 float *partial);  /* fq_attention_keys */
+typedef void (*attention_merge_fn)(const float *partial, float *out, int64_t nrows, int64_t d, int64_t nseg,
+                                   int64_t r_lo, int64_t r_hi);  /* fq_attention_merge */
 
 /* One GGUF matrix of a (fused) projection: output columns col .. col + rows. */
 typedef struct {
@@ -67,6 +74,8 @@ typedef struct {
     double *timers;   /* NULL, or seconds added per part: [0] matmuls, [1] attention */
     int64_t clock_id; /* the clock of the timers (CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID) */
     int64_t kv_bf16;  /* 1: the caches hold bfloat16 (keys / values rounded when stored) */
+    attention_keys_fn attention_keys;    /* NULL: a lone sequence's keys are never split */
+    attention_merge_fn attention_merge;
 } td_model;
 
 static double now(const td_model *M) {
@@ -265,8 +274,14 @@ static void store_kv(const td_model *M, void *cache, int64_t slot, const float *
         memcpy((float *)cache + slot * n, src, sizeof(float) * n);
 }
 
+/* Whether a group of fewer sequences than threads splits its keys between them (then
+ * ``partial`` holds its segments: nseg x b*nq*heads x (head_dim + 2) floats) */
+static int group_splits_keys(const td_model *M, const td_group *G, int nt) {
+    return M->attention_keys && G->b < nt && fq_split_keys(G->b * M->kv_heads, G->nq, G->length, nt);
+}
+
 static void attend(const td_model *M, const td_team *T, const td_layer *L, const td_step *S,
-                   const float *q, float *o, float *qpad, float *opad) {
+                   const float *q, float *o, float *qpad, float *opad, float *partial) {
     int64_t nh = M->heads, kvh = M->kv_heads, d = M->head_dim, qs = nh * d;
     double t0 = M->timers && T->tid == 0 ? now(M) : 0.0;
     for (int64_t gi = 0; gi < S->ngroups; gi++) {
@@ -285,6 +300,16 @@ static void attend(const td_model *M, const td_team *T, const td_layer *L, const
                                       G->slot_b_stride, G->length, G->mask[w] + a * G->mask_b[w],
                                       G->mask_b[w], G->mask_q[w], (float)M->scale, 0, 1))
                 fail(T, -4);
+        } else if (group_splits_keys(M, G, T->nt)) {  /* a lone sequence's keys: segments each, merged */
+            int64_t nseg = (G->length + FQ_SEG - 1) / FQ_SEG, nrows = G->b * G->nq * nh;
+            if (M->attention_keys(qg, G->b, G->nq, nh, kvh, d, L->k_cache, L->v_cache, (int)M->kv_bf16, G->slots,
+                                  G->slot_b_stride, G->length, G->mask[w], G->mask_b[w], G->mask_q[w],
+                                  (float)M->scale, fq_seg_share(G->length, T->tid, T->nt),
+                                  fq_seg_share(G->length, T->tid + 1, T->nt), partial))
+                fail(T, -4);
+            sync_team(T);
+            share(T, nrows, &a, &b);
+            M->attention_merge(partial, og, nrows, d, nseg, a, b);
         } else if (G->nq < 2) {  /* a few decode rows: the (sequence, key/value head) pairs split */
             if (M->attention(qg, og, G->b, G->nq, nh, kvh, d, L->k_cache, L->v_cache, (int)M->kv_bf16, G->slots,
                              G->slot_b_stride, G->length, G->mask[w], G->mask_b[w], G->mask_q[w],
@@ -311,7 +336,7 @@ static void attend(const td_model *M, const td_team *T, const td_layer *L, const
 
 static void layer_forward(const td_model *M, const td_team *T, const td_layer *L, const td_step *S,
                           float *x, float *h, float *qkv, float *q, float *o, float *gu, float *qpad,
-                          float *opad) {
+                          float *opad, float *partial) {
     int64_t t = S->t, H = M->hidden, nh = M->heads, kvh = M->kv_heads, d = M->head_dim, I = M->inter;
     int64_t qs = nh * d, kvs = kvh * d, nqkv = qs + 2 * kvs, a, b;
     if (T->tid == 0)
@@ -332,7 +357,7 @@ static void layer_forward(const td_model *M, const td_team *T, const td_layer *L
             memcpy(q + r * qs, row, sizeof(float) * qs);
         }
     sync_team(T);
-    attend(M, T, L, S, q, o, qpad, opad);
+    attend(M, T, L, S, q, o, qpad, opad, partial);
     sync_team(T);  /* the scattered outputs */
     linear(M, T, &L->o, o, t, qs, h);
     if (T->tid == 0)
@@ -363,7 +388,8 @@ static void layer_forward(const td_model *M, const td_team *T, const td_layer *L
  * the attention kernel refuses its arguments. */
 int td_forward(const td_model *M, const td_step *S, float *x, int threads) {
     int64_t t = S->t, H = M->hidden, d = M->head_dim;
-    int64_t qs = M->heads * d, nqkv = qs + 2 * M->kv_heads * d, covered = 0, padded = 0;
+    int64_t qs = M->heads * d, nqkv = qs + 2 * M->kv_heads * d, covered = 0, padded = 0, split = 0;
+    if (threads < 1) threads = 1;
     if (t <= 0 || d % 2 || M->heads % M->kv_heads || S->ngroups < 1) return -1;
     for (int64_t gi = 0; gi < S->ngroups; gi++) {
         const td_group *G = &S->groups[gi];
@@ -375,18 +401,22 @@ int td_forward(const td_model *M, const td_step *S, float *x, int threads) {
             padded = n > padded ? n : padded;
         }
         for (int64_t i = 0; i < n; i++) covered += !G->real || G->real[i];
+        if (group_splits_keys(M, G, threads)) {
+            int64_t need = (G->length + FQ_SEG - 1) / FQ_SEG * n * M->heads * (d + 2);
+            split = need > split ? need : split;
+        }
     }
     if (covered != t) return -1; /* every row's output written exactly once */
-    size_t floats = (size_t)t * (size_t)(H + nqkv + 2 * qs + 2 * M->inter) + (size_t)(2 * padded * qs);
+    size_t floats = (size_t)t * (size_t)(H + nqkv + 2 * qs + 2 * M->inter) + (size_t)(2 * padded * qs)
+                    + (size_t)split;
     float *buf = malloc(sizeof(float) * floats);
     if (!buf) return -2;
     float *h = buf, *qkv = h + t * H, *q = qkv + t * nqkv, *o = q + t * qs, *gu = o + t * qs;
-    float *qpad = gu + t * 2 * M->inter, *opad = qpad + padded * qs;
+    float *qpad = gu + t * 2 * M->inter, *opad = qpad + padded * qs, *partial = opad + padded * qs;
     td_barrier bar;
     atomic_init(&bar.count, 0);
     atomic_init(&bar.gen, 0);
     atomic_init(&bar.rc, 0);
-    if (threads < 1) threads = 1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -396,7 +426,7 @@ int td_forward(const td_model *M, const td_step *S, float *x, int threads) {
         td_team T = {0, 1, &bar};
 #endif
         for (int64_t l = 0; l < M->num_layers; l++)
-            layer_forward(M, &T, &M->layers[l], S, x, h, qkv, q, o, gu, qpad, opad);
+            layer_forward(M, &T, &M->layers[l], S, x, h, qkv, q, o, gu, qpad, opad, partial);
     }
     int rc = atomic_load(&bar.rc);
     free(buf);

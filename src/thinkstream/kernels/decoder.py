@@ -46,7 +46,7 @@ class Model(ctypes.Structure):
                 ("inter", _i64), ("gelu", _i64), ("num_layers", _i64), ("eps", ctypes.c_double),
                 ("scale", ctypes.c_double), ("layers", ctypes.POINTER(Layer)), ("matmul", _ptr),
                 ("attention", _ptr), ("timers", ctypes.POINTER(ctypes.c_double)), ("clock_id", _i64),
-                ("kv_bf16", _i64)]
+                ("kv_bf16", _i64), ("attention_keys", _ptr), ("attention_merge", _ptr)]
 
 
 class Group(ctypes.Structure):

@@ -361,7 +361,7 @@ static void attend_block(const uint8_t *const *mrows, int rows, int nh, const kv
         for (int i = 0; i < nh && any; i++) {
             rows_state hs = {st->qs + (int64_t)i * rows * d, st->acc + (int64_t)i * rows * d,
                              st->m + i * rows, st->lv + (int64_t)i * rows * 16,
-                             st->q2 + (int64_t)i * rows * (d / 2)};
+                             st->q2 + (int64_t)i * rows * (d / 2), NULL, NULL, NULL};
             load_block(src, (h0 + i) * d, t0, nk, d, w->kt, w->vt, w->vrows, w->kb);
             for (int r0 = 0; r0 < rows; r0 += RS, call++) {
                 int j0 = pk * call / calls, j1 = pk * (call + 1) / calls;
@@ -431,23 +431,25 @@ static int64_t rows_per_pass(int64_t rows, int64_t kvh, int64_t d) {
     return rows < fit ? rows : fit;
 }
 
-/* The (sequence, key/value head) pairs p .. p1 on the calling thread. Returns 0, or -2 when
- * out of memory. */
+/* The (sequence, key/value head) pairs p .. p1 on the calling thread; with ``so``, only its
+ * segments, as partials. Returns 0, or -2 when out of memory. */
 static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64_t kvh, int64_t d,
                         const void *kc, const void *vc, int bf16, const int64_t *slots,
                         int64_t slot_b_stride, int64_t length, const uint8_t *mask, int64_t mask_b,
-                        int64_t mask_q, float scale, int64_t p, int64_t p1) {
+                        int64_t mask_q, float scale, int64_t p, int64_t p1, const seg_out *so) {
     int64_t g = h / kvh, rows = g * nq, chunk = rows_per_pass(rows, kvh, d),
             all = kvh * chunk;  /* state rows: every head of a pass */
     size_t floats = (size_t)((2 * BK + TK) * d + RS * BK + 2 * all * d + 17 * all)
-                    + (size_t)(RS * BK / 2 + all * d / 2);  /* p2, q2 */
+                    + (size_t)(RS * BK / 2 + all * d / 2)  /* p2, q2 */
+                    + (size_t)(all * (d + 2));  /* tacc, tm, tl */
     float *buf = aligned_alloc(64, (floats * 4 + 63) / 64 * 64);
     const float **qrows = malloc(sizeof(float *) * (size_t)(kvh * rows)), **vrows = malloc(sizeof(float *) * BK);
     float **orows = malloc(sizeof(float *) * (size_t)(kvh * rows));
+    float **prows = malloc(sizeof(float *) * (size_t)(kvh * rows));
     const uint8_t **mrows = malloc(sizeof(uint8_t *) * (size_t)rows);
     uint8_t *vis = malloc((size_t)chunk);
     int rc = 0;
-    if (!buf || !qrows || !vrows || !orows || !mrows || !vis) {
+    if (!buf || !qrows || !vrows || !orows || !prows || !mrows || !vis) {
         rc = -2;
     } else {
         scratch w = {.kt = buf, .vrows = vrows, .vis = vis};
@@ -460,6 +462,9 @@ static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64
         st.m = st.lv + 16 * all;
         w.p2 = (uint32_t *)(st.m + all);
         st.q2 = w.p2 + RS * BK / 2;
+        st.tacc = (float *)(st.q2 + all * d / 2);
+        st.tm = st.tacc + all * d;
+        st.tl = st.tm + all;
         while (p < p1) {
             int64_t b = p / kvh, h0 = p % kvh, nh = kvh - h0 < p1 - p ? kvh - h0 : p1 - p;
             for (int64_t i = 0; i < nq; i++) {
@@ -469,13 +474,15 @@ static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64
                     for (int64_t gi = 0; gi < g; gi++) {
                         int64_t r = hk * rows + i * g + gi, off = ((b * nq + i) * h + (h0 + hk) * g + gi) * d;
                         qrows[r] = q + off;
-                        orows[r] = out + off;
+                        orows[r] = out ? out + off : NULL;
+                        if (so) prows[r] = so->partial + off / d * (d + 2);
                     }
             }
             kv_src src = {kc, vc, bf16, BF16_DOT && bf16 && d % 32 == 0, kvh * d, slots + b * slot_b_stride};
             for (int64_t r0 = 0; r0 < rows; r0 += chunk)
                 attend(qrows + r0, orows + r0, mrows + r0, (int)rows, (int)(rows - r0 < chunk ? rows - r0 : chunk),
-                       (int)nh, &src, h0, length, (int)d, scale * 1.4426950408889634f, &w, &st);
+                       (int)nh, &src, h0, length, (int)d, scale * 1.4426950408889634f, &w, &st, so,
+                       prows + r0);
             p += nh;
         }
     }
@@ -483,6 +490,7 @@ static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64
     free(qrows);
     free(vrows);
     free(orows);
+    free(prows);
     free(mrows);
     free(vis);
     return rc;
@@ -490,6 +498,37 @@ static int attend_pairs(const float *q, float *out, int64_t nq, int64_t h, int64
 
 static int bad_shapes(int64_t b_count, int64_t nq, int64_t h, int64_t kvh, int64_t d, int64_t length) {
     return kvh <= 0 || h <= 0 || h % kvh || d <= 0 || d % 16 || length < 0 || nq < 0 || b_count < 0;
+}
+
+/* Segments seg_lo .. seg_hi of every (sequence, key/value head) pair, as partials: segment s
+ * of output row R = (b * nq + i) * h + head at partial + (s * B * nq * h + R) * (d + 2) (its
+ * max, sum and unnormalised output). Arguments as fq_attention's. Returns 0, -1 on bad shapes,
+ * -2 when out of memory. */
+int fq_attention_keys(const float *q, int64_t b_count, int64_t nq, int64_t h, int64_t kvh, int64_t d,
+                      const void *kc, const void *vc, int bf16, const int64_t *slots, int64_t slot_b_stride,
+                      int64_t length, const uint8_t *mask, int64_t mask_b, int64_t mask_q, float scale,
+                      int64_t seg_lo, int64_t seg_hi, float *partial) {
+    if (bad_shapes(b_count, nq, h, kvh, d, length) || seg_lo < 0) return -1;
+    if (nq == 0 || b_count == 0 || seg_lo >= seg_hi) return 0;
+    seg_out so = {seg_lo, seg_hi, partial, b_count * nq * h};
+    return attend_pairs(q, NULL, nq, h, kvh, d, kc, vc, bf16, slots, slot_b_stride, length, mask, mask_b,
+                        mask_q, scale, 0, b_count * kvh, &so);
+}
+
+/* Output rows r_lo .. r_hi (of nrows, each d floats) from their nseg segments' partials
+ * (fq_attention_keys' layout), merged left to right as a single call merges them. */
+void fq_attention_merge(const float *partial, float *out, int64_t nrows, int64_t d, int64_t nseg,
+                        int64_t r_lo, int64_t r_hi) {
+    float acc[1024];  /* d <= 1024: bad_shapes callers keep head sizes far below */
+    if (d > 1024) return;
+    for (int64_t r = r_lo; r < r_hi; r++) {
+        float m = -INFINITY, l = 0.0f;
+        for (int64_t sg = 0; sg < nseg; sg++) {
+            const float *rec = partial + (sg * nrows + r) * (d + 2);
+            merge(&m, &l, acc, rec[0], rec[1], rec + 2, (int)d);
+        }
+        finish(out + r * d, m, l, acc, (int)d);
+    }
 }
 
 /* q, out: (B, nq, H, d) float32 contiguous. slots: (B, L) int64, row stride slot_b_stride.
@@ -507,6 +546,29 @@ int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_
     if (nq == 0 || pairs == 0) return 0;
     int failed = 0;
     if (threads < 1) threads = 1;
+    if (fq_split_keys(pairs, nq, length, threads)) {  /* a segment range each, then the merge */
+        int64_t nseg = (length + FQ_SEG - 1) / FQ_SEG, nrows = b_count * nq * h;
+        float *partial = malloc(sizeof(float) * (size_t)(nseg * nrows * (d + 2)));
+        if (!partial) return -2;
+#pragma omp parallel num_threads(threads)
+        {
+            int t = 0, nt = 1;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+            nt = omp_get_num_threads();
+#endif
+            if (fq_attention_keys(q, b_count, nq, h, kvh, d, kc, vc, bf16, slots, slot_b_stride, length, mask,
+                                  mask_b, mask_q, scale, fq_seg_share(length, t, nt),
+                                  fq_seg_share(length, t + 1, nt), partial)) {
+#pragma omp atomic write
+                failed = 1;
+            }
+#pragma omp barrier
+            fq_attention_merge(partial, out, nrows, d, nseg, nrows * t / nt, nrows * (t + 1) / nt);
+        }
+        free(partial);
+        return failed ? -2 : 0;
+    }
     if (threads > pairs) threads = (int)pairs;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -516,7 +578,7 @@ int fq_attention(const float *q, float *out, int64_t b_count, int64_t nq, int64_
         nt = omp_get_num_threads();
 #endif
         if (attend_pairs(q, out, nq, h, kvh, d, kc, vc, bf16, slots, slot_b_stride, length, mask, mask_b,
-                         mask_q, scale, pairs * t / nt, pairs * (t + 1) / nt)) {
+                         mask_q, scale, pairs * t / nt, pairs * (t + 1) / nt, NULL)) {
 #pragma omp atomic write
             failed = 1;
         }
@@ -535,5 +597,5 @@ int fq_attention_part(const float *q, float *out, int64_t b_count, int64_t nq, i
     int64_t pairs = b_count * kvh, p = pairs * part / parts, p1 = pairs * (part + 1) / parts;
     if (nq == 0 || p >= p1) return 0;
     return attend_pairs(q, out, nq, h, kvh, d, kc, vc, bf16, slots, slot_b_stride, length, mask, mask_b,
-                        mask_q, scale, p, p1);
+                        mask_q, scale, p, p1, NULL);
 }

@@ -29,6 +29,13 @@ static inline int fq_split_keys(long long pairs, long long nq, long long length,
     return threads > 1 && pairs % threads != 0 && pairs < 4LL * threads && nq <= 64 && nseg >= threads;
 }
 
+/* The first segment of thread t's share (of nt) of ``length`` keys: the cut at t/nt of the
+ * keys, rounded to a segment (the last segment may be short). */
+static inline long long fq_seg_share(long long length, long long t, long long nt) {
+    long long nseg = (length + FQ_SEG - 1) / FQ_SEG, s = (length * t / nt + FQ_SEG / 2) / FQ_SEG;
+    return t >= nt ? nseg : s < nseg ? s : nseg;
+}
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 /* r[0 .. 8): eight rows of eight floats, replaced by the rows of their transpose (in

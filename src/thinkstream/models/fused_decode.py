@@ -72,7 +72,8 @@ class FusedDecoder:
     """The native stack over ``model.layers`` (built by ``build``; holds no tensors of its
     own beyond the descriptors, which point into the model's buffers)."""
 
-    def __init__(self, model: nn.Module, lib: ctypes.CDLL, matmul: int, attention: int) -> None:
+    def __init__(self, model: nn.Module, lib: ctypes.CDLL, matmul: int, attention: int,
+                 split_keys: tuple[int, int] = (0, 0)) -> None:
         cfg, layers = model.cfg, model.layers
         self.model, self.lib = model, lib
         probe = model.rope_tables(torch.zeros(1, dtype=torch.long), torch.float32)
@@ -92,7 +93,9 @@ class FusedDecoder:
         self._model = td.Model(
             hidden=cfg.hidden_size, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
             inter=cfg.intermediate_size, gelu=int(layers[0].mlp.gelu), num_layers=len(layers),
-            eps=cfg.rms_norm_eps, scale=cfg.scale, layers=self._layers, matmul=matmul, attention=attention)
+            eps=cfg.rms_norm_eps, scale=cfg.scale, layers=self._layers, matmul=matmul, attention=attention,
+            # fq_attention_keys / _merge: a lone sequence's long context split between threads
+            attention_keys=split_keys[0] or None, attention_merge=split_keys[1] or None)
         # rows a step can take on the stack (speculative/decoder.py caps drafts by it), and
         # the queries per sequence of one attention group
         qkv = layers[0].attn.qkv_proj
@@ -128,8 +131,14 @@ class FusedDecoder:
         # the kernel entry for the linears' activations (float32; int16 / int8: gguf-q16 / q8)
         entry = getattr(kernels.lib, ENTRY_OF_ACT[layers[0].attn.qkv_proj.act])
         address = ctypes.cast(entry, ctypes.c_void_p).value
-        fq_address = ctypes.cast(attention.lib.fq_attention_part, ctypes.c_void_p).value
-        return cls(model, lib, address, fq_address)
+        fq = attention.lib
+
+        def at(name: str) -> int:
+            return ctypes.cast(getattr(fq, name), ctypes.c_void_p).value or 0
+
+        split = (at("fq_attention_keys"), at("fq_attention_merge")) if hasattr(fq, "fq_attention_keys") \
+            else (0, 0)
+        return cls(model, lib, address, at("fq_attention_part"), split)
 
     def time_parts(self, timers: ctypes.Array | None, cpu_clock: bool = False) -> None:
         """Add the seconds of the stack's matmuls and attention to ``timers[0]`` and
