@@ -6,6 +6,7 @@ and the server all build these same dataclasses.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -227,13 +228,16 @@ def context_len(max_model_len: int | None, model_max: int,
     ``model_max`` (its ``max_position_embeddings``, a GGUF's ``context_length``). Past the
     model's maximum is a ``ValueError``, as in vLLM (positions the model was never trained
     on: outputs degrade), unless ``env`` (default ``os.environ``) sets
-    ``THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN=1`` (then it is taken as asked)."""
+    ``THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN=1`` (then it is taken as asked, with a warning)."""
     if max_model_len is None:
         return model_max
     if max_model_len <= model_max:
         return max_model_len
     env = os.environ if env is None else env
     if env.get(ALLOW_LONG_MAX_MODEL_LEN, "").strip().lower() in ("1", "true"):
+        logging.getLogger("thinkstream").warning(
+            "max_model_len %d is past the model's context of %d tokens (%s=1): outputs past it "
+            "may be wrong", max_model_len, model_max, ALLOW_LONG_MAX_MODEL_LEN)
         return max_model_len
     raise ValueError(
         f"max_model_len: the requested {max_model_len} is greater than the model's maximum "

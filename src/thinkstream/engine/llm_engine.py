@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from thinkstream.attention.metadata import AttentionConfig
-from thinkstream.config import ALLOW_LONG_MAX_MODEL_LEN, EngineConfig, context_len
+from thinkstream.config import EngineConfig, context_len
 from thinkstream.engine.errors import RequestError
 from thinkstream.engine.heap import trim_heap
 from thinkstream.engine.hooks import SequenceOwner, StepHook, token_mask
@@ -103,10 +103,6 @@ class LLMEngine(OpenInputs):
         self.device = torch.device(cfg.device)
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = context_len(cfg.max_model_len, mcfg.max_position_embeddings)
-        if self.context_len > mcfg.max_position_embeddings:  # opted in: say it once
-            log.warning("max_model_len %d is past the model's context of %d tokens (%s=1): "
-                        "outputs past it may be wrong", self.context_len,
-                        mcfg.max_position_embeddings, ALLOW_LONG_MAX_MODEL_LEN)
         spec = load_draft(cfg.speculative)  # a draft model's KV shares the pool's blocks
         block_bytes = sum(kv_bytes_per_block(m, cfg.block_size, kv_dtype)
                           for m in [mcfg, *pool_models(spec)])
