@@ -519,15 +519,13 @@ int fq_attention_keys(const float *q, int64_t b_count, int64_t nq, int64_t h, in
  * (fq_attention_keys' layout), merged left to right as a single call merges them. */
 void fq_attention_merge(const float *partial, float *out, int64_t nrows, int64_t d, int64_t nseg,
                         int64_t r_lo, int64_t r_hi) {
-    float acc[1024];  /* d <= 1024: bad_shapes callers keep head sizes far below */
-    if (d > 1024) return;
-    for (int64_t r = r_lo; r < r_hi; r++) {
-        float m = -INFINITY, l = 0.0f;
+    for (int64_t r = r_lo; r < r_hi; r++) {  /* the row's output holds its running total */
+        float m = -INFINITY, l = 0.0f, *acc = out + r * d;
         for (int64_t sg = 0; sg < nseg; sg++) {
             const float *rec = partial + (sg * nrows + r) * (d + 2);
             merge(&m, &l, acc, rec[0], rec[1], rec + 2, (int)d);
         }
-        finish(out + r * d, m, l, acc, (int)d);
+        finish(acc, m, l, acc, (int)d);  /* in place, element by element */
     }
 }
 
