@@ -108,3 +108,24 @@ def test_cuda_float32_model_with_a_bfloat16_kv_cache_equals_cpu(compile_decode: 
     assert cuda.runner.kv_caches[0][0].dtype == torch.bfloat16
     cpu = _engine("cpu", dtype="float32", kv_cache_dtype="bfloat16")
     assert _run(cuda, params) == _run(cpu, params)
+
+
+SPEC_PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [100, 200, 300, 12, 13, 14, 100, 200, 300],
+                [42], [250, 240, 230, 220, 210, 200, 250, 240]]
+
+
+@pytest.mark.parametrize("method", ["ngram", "early_exit", "fused"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_cuda_speculative_greedy_equals_plain(method: str, adaptive: bool) -> None:
+    """Speculative decoding on CUDA (issue 13's GPU side: verification rows in one forward,
+    the rejected drafts rolled back): greedy tokens are the CUDA engine's own without
+    speculation, drafts were made (fixed length) and the pool is full afterwards."""
+    params = SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)
+    want = _run(_engine("cuda"), params, SPEC_PROMPTS)
+    spec = {"method": method, "ngram_min": 1, "early_exit_layer": 1, "adaptive": adaptive,
+            "num_speculative_tokens": 4}
+    engine = _engine("cuda", speculative=spec)
+    assert _run(engine, params, SPEC_PROMPTS) == want
+    if not adaptive:
+        assert engine.speculative.stats.num_draft_tokens > 0
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks

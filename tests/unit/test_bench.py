@@ -207,6 +207,7 @@ def test_speculative_bench_tiny_model(tmp_path, tiny_ckpt):
     (["--peers", "vllm"], "--peers: unknown 'vllm'; choose from llamacpp, hf, none"),
     (["--batches", "1,0"], "--batches: batch sizes >= 1, got '1,0'"),
     (["--batched-configs", ""], "--batched-configs: name at least one of none, "),
+    (["--device", "cuda"], "--device cuda: the peers (llama.cpp, HF) run on the CPU; "),
 ])
 def test_speculative_bench_lists_are_checked_before_loading(flags, message):
     """Were a KeyError or a ZeroDivisionError after the model had loaded."""
@@ -219,6 +220,8 @@ def test_speculative_bench_lists_are_checked_before_loading(flags, message):
         speculative.run(args)
     assert str(err.value).startswith(message)
     speculative._check_lists(parser.parse_args(["bench", "speculative"]))  # defaults: fine
+    speculative._check_lists(parser.parse_args(["bench", "speculative", "--device", "cuda",
+                                                "--peers", "none"]))
 
 
 def test_profile_takes_a_context_length(tiny_ckpt, capsys):

@@ -57,7 +57,8 @@ def _prompts(llm: Any, workload: str) -> list[list[int]]:
 
 
 def run_thinkstream(ckpt: Any, prompts: list[list[int]], batch: int, max_tokens: int,
-                    spec: dict | None, dtype: str, quantization: str | None) -> dict[str, Any]:
+                    spec: dict | None, dtype: str, quantization: str | None,
+                    device: str = "cpu") -> dict[str, Any]:
     """Generate up to ``max_tokens`` greedy tokens for each prompt one after another (batch
     1) or for ``batch`` requests at once (prompts cycled). The row has end-to-end and decode
     tokens/s (``speculative_peers.decode_rate``; a batch's decode time starts when its last
@@ -66,7 +67,8 @@ def run_thinkstream(ckpt: Any, prompts: list[list[int]], batch: int, max_tokens:
     from thinkstream.sampling_params import SamplingParams
 
     llm = LLM(checkpoint=ckpt, dtype=dtype, quantization=quantization, num_threads=1,
-              max_num_seqs=max(batch, 1), max_num_batched_tokens=2048, speculative=spec)
+              max_num_seqs=max(batch, 1), max_num_batched_tokens=2048, speculative=spec,
+              device=device)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     llm.generate([prompts[0]], SamplingParams(temperature=0.0, max_tokens=4))  # warm-up
     hook = llm.engine.speculative
@@ -114,7 +116,8 @@ def _timed(engine: Any, prompts: list[list[int]], params: Any) -> tuple[list[lis
     return [out[i] for i in ids], total, total if t_first is None else t_first, n_first
 
 
-def choose_exit_layer(ckpt: Any, prompts: list[list[int]], max_tokens: int) -> tuple[int, list]:
+def choose_exit_layer(ckpt: Any, prompts: list[list[int]], max_tokens: int,
+                      device: str = "cpu") -> tuple[int, list]:
     """The early-exit layer with the best measured speed-up bound (``measure_exit_layers``
     on the greedy answers to ``prompts``), and the per-layer reports."""
     from dataclasses import asdict
@@ -123,7 +126,7 @@ def choose_exit_layer(ckpt: Any, prompts: list[list[int]], max_tokens: int) -> t
     from thinkstream.sampling_params import SamplingParams
     from thinkstream.speculative.early_exit import measure_exit_layers
 
-    llm = LLM(checkpoint=ckpt, num_threads=1)
+    llm = LLM(checkpoint=ckpt, num_threads=1, device=device)
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
     texts = [list(o.prompt_token_ids) + list(o.outputs[0].token_ids) for o in outs]
     reports = measure_exit_layers(llm.engine, texts)
@@ -201,6 +204,9 @@ def _check_lists(args: argparse.Namespace) -> None:
                              if bad else f"{flag}: name at least one of {', '.join(known)}")
     if not all(b.isdigit() and int(b) >= 1 for b in _csv(args.batches)) or not _csv(args.batches):
         raise ValueError(f"--batches: batch sizes >= 1, got {args.batches!r}")
+    if getattr(args, "device", "cpu") != "cpu" and any(p != "none" for p in _csv(args.peers)):
+        raise ValueError(f"--device {args.device}: the peers (llama.cpp, HF) run on the CPU; "
+                         "compare on one device: --peers none")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -230,6 +236,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="early-exit layer of early_exit / fused configs and HF's early-exit "
                         "row (default: chosen by measurement on the chat answers); HF's "
                         "early exit runs only beside an early_exit or fused config")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="thinkstream's device (cuda: the GPU check, docs/benchmarks.md; the "
+                        "CPU peers then need --peers none)")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
 
@@ -271,14 +280,14 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     configs = {c: CONFIGS[c] for c in _csv(args.configs)}
     batched = set(_csv(args.batched_configs))
     peers = [p for p in _csv(args.peers) if p != "none"]
-    probe = LLM(checkpoint=ckpt, num_threads=1)
+    probe = LLM(checkpoint=ckpt, num_threads=1, device=args.device)
     prompts = {w: _prompts(probe, w) for w in _csv(args.workloads)}
     del probe
     layer, layers = (args.exit_layer, [])
     wants_layer = any("early_exit" in c or "fused" in c for c in configs)
     if layer is None and wants_layer:
         layer, layers = choose_exit_layer(ckpt, prompts.get("chat") or next(iter(prompts.values())),
-                                          args.max_tokens)
+                                          args.max_tokens, args.device)
         print(f"early-exit layer chosen by measurement: {layer}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     hf_cache: dict[str, Any] = {}  # HF's model, loaded once
@@ -286,6 +295,7 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "model": str(gguf or "<checkpoint>"), "dtype": args.dtype,
             "quantization": args.quantization, "threads": 1, "early_exit_layer": layer,
+            "device": args.device,
             "exit_layers": layers,
             "machine": machine()}
 
@@ -305,7 +315,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                         continue
                     if spec is not None and spec["method"] in ("early_exit", "fused"):
                         spec = {**spec, "early_exit_layer": layer}
-                    r = run_thinkstream(ckpt, ps, b, n, spec, args.dtype, quantization_arg(args.quantization))
+                    r = run_thinkstream(ckpt, ps, b, n, spec, args.dtype,
+                                        quantization_arg(args.quantization), args.device)
                     runs.setdefault(name, []).append(r)
                     print(f"{w} b{b} {name}: {r['tok_s']:.1f} tok/s, decode "
                           f"{r['decode_tok_s']:.1f}", file=sys.stderr)
