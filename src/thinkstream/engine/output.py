@@ -176,11 +176,13 @@ class RequestState:
         return st.logprobs[:num_tokens]
 
     def _prompt_logprobs_now(self) -> PromptLogprobs | None:
-        """The head sequence's prompt logprobs, converted where they changed (an input that
-        is rolled back and recomputed replaces its tail)."""
+        """The head sequence's prompt logprobs for the request's prompt (``prompt_token_ids``;
+        a feature's internal tokens after it left out), converted where they changed (an
+        input that is rolled back and recomputed replaces its tail)."""
         src = self.seqs[0].prompt_logprobs
         if src is None:
             return None
+        src = src[: len(self.prompt_token_ids)]
         done, have = 0, self._prompt_sources
         while done < min(len(src), len(have)) and src[done] is have[done]:
             done += 1

@@ -9,7 +9,8 @@ computes the prompt but for its last token and samples nothing; the paths are a 
 Each path's text goes to the request's output as it is sampled (``RequestState.paths``:
 ``CompletionOutput.new_paths`` holds (path index, text delta) pairs). When the last path
 ends: ``summary`` joins P after every path and the summary prompt (no path is recomputed;
-the request's text is the summary), ``vote`` ends P with the most common extracted answer
+the request's text is the summary; its ``prompt_token_ids`` stay the request's own),
+``vote`` ends P with the most common extracted answer
 as its text, ``none`` ends P with no text. ``num_path_tokens`` counts every path's tokens
 for ``usage``.
 """
@@ -64,7 +65,8 @@ class ParallelPaths:
         # the request's stop strings end its answer, not a path (a path ends on a stop
         # token or after path_tokens)
         self.params = [dataclasses.replace(p, seed=base + i, temperature=temp, n=1, stop=(),
-                                           structured_outputs=None, logprobs=None)
+                                           structured_outputs=None, logprobs=None,
+                                           prompt_logprobs=None)
                        for i in range(cfg.paths)]
         tok = engine.tokenizer
         self.suffixes = [list(tok.encode(cfg.path_prompts[i % len(cfg.path_prompts)],

@@ -162,9 +162,12 @@ class ThreadTree:
         t.kv_prefix.extend(views)
         t.position_offset = fork_pos + 1 + span - n  # own token i >= n sits at offset + i
         if thread is self.root and t.num_tokens == t.num_prompt_tokens:
+            state = self.engine.requests[self.rid]
+            prompt = state.prompt_token_ids
             if suffix:
                 self.engine.extend_input(self.rid, suffix)
             self.engine.close_input(self.rid)
+            state.prompt_token_ids = prompt  # the suffix is the tree's, not the request's
         else:
             t.token_ids.extend(suffix)
             t.input_closed = True
