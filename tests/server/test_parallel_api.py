@@ -138,3 +138,17 @@ def test_completions_take_parallel_as_chat_does(tiny_server) -> None:  # noqa: F
     assert [streamed[p] for p in range(3)] == choice["paths"]
     assert "".join(c["text"] for c in choices) == choice["text"]
     tiny_server.wait_idle()
+
+
+def test_an_echoed_one_token_prompt_has_one_entry(tiny_server) -> None:  # noqa: F811
+    """An echoed one-token prompt with a summary has one entry (None) before the summary's
+    tokens, as a plain request's echo does."""
+    url = tiny_server.url + "/v1/completions"
+    echo = httpx.post(url, json={"prompt": [5], "max_tokens": 3, "temperature": 0, "echo": True,
+                                 "logprobs": 1, "parallel": {"paths": 2, "path_tokens": 3}},
+                      timeout=120)
+    assert echo.status_code == 200, echo.text
+    lps = echo.json()["choices"][0]["logprobs"]
+    assert len(lps["tokens"]) == 1 + 3 and lps["token_logprobs"][0] is None
+    assert all(isinstance(x, float) for x in lps["token_logprobs"][1:])
+    tiny_server.wait_idle()

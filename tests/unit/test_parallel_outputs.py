@@ -1,5 +1,6 @@
 """What a parallel-paths request reports, on the tiny model: its prompt ids and prompt
-logprobs are a plain request's for the same prompt (the summary prompt is internal)."""
+logprobs are a plain request's for the same prompt (the summary prompt is internal, a
+one-token prompt gives ``[None]``)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ def _plain_prompt_logprobs(ckpt, prompts: list[list[int]]) -> list:
 
 def test_prompt_ids_and_logprobs_are_a_plain_requests() -> None:
     ckpt = tiny_checkpoint()
-    prompts = [[5, 17, 33, 8, 91]]
+    prompts = [[5], [5, 17, 33, 8, 91]]
     plain = _plain_prompt_logprobs(ckpt, prompts)
-    assert len(plain[0]) == 5
+    assert plain[0] == [None] and len(plain[1]) == 5
     for merge in ("summary", "vote", "none"):
         cfg = ParallelConfig(paths=2, path_tokens=3, merge=merge, summary_prompt=" so:")
         for prompt, want in zip(prompts, plain, strict=True):

@@ -178,10 +178,13 @@ class RequestState:
     def _prompt_logprobs_now(self) -> PromptLogprobs | None:
         """The head sequence's prompt logprobs for the request's prompt (``prompt_token_ids``;
         a feature's internal tokens after it left out), converted where they changed (an
-        input that is rolled back and recomputed replaces its tail)."""
+        input that is rolled back and recomputed replaces its tail). The first token's
+        entry is None before anything is computed (a prompt of one token whose token is
+        held, as parallel paths hold it, is never computed as a prompt)."""
         src = self.seqs[0].prompt_logprobs
         if src is None:
-            return None
+            wanted = self.seqs[0].wants_prompt_logprobs and self.prompt_token_ids
+            return [None] if wanted else None
         src = src[: len(self.prompt_token_ids)]
         done, have = 0, self._prompt_sources
         while done < min(len(src), len(have)) and src[done] is have[done]:
