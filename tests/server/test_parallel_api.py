@@ -152,3 +152,22 @@ def test_an_echoed_one_token_prompt_has_one_entry(tiny_server) -> None:  # noqa:
     assert len(lps["tokens"]) == 1 + 3 and lps["token_logprobs"][0] is None
     assert all(isinstance(x, float) for x in lps["token_logprobs"][1:])
     tiny_server.wait_idle()
+
+
+def test_a_vote_has_its_answers_logprobs(tiny_server) -> None:  # noqa: F811
+    """A vote with ``logprobs`` carries its answer's tokens' logprobs (the winning path's),
+    on chat and completions alike."""
+    vote = {"paths": 3, "path_tokens": 10, "merge": "vote"}
+    chat = post(tiny_server, {**CHAT, "temperature": 6.0, "seed": 4, "logprobs": True,
+                              "top_logprobs": 2, "parallel": vote}).json()
+    content = chat["choices"][0]["logprobs"]["content"]
+    assert chat["choices"][0]["message"]["content"] and content
+    assert all(len(c["top_logprobs"]) == 2 and c["logprob"] <= 0 for c in content)
+    ids = tiny_server.engine.tokenizer.encode_chat(CHAT["messages"], True)
+    url = tiny_server.url + "/v1/completions"
+    body = {"prompt": ids, "max_tokens": 4, "temperature": 6.0, "seed": 4, "logprobs": 2,
+            "parallel": vote}
+    got = httpx.post(url, json=body, timeout=120).json()["choices"][0]
+    assert got["text"] == chat["choices"][0]["message"]["content"]
+    assert got["logprobs"]["token_logprobs"] == [c["logprob"] for c in content]  # same path
+    tiny_server.wait_idle()

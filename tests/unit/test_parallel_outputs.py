@@ -1,6 +1,7 @@
 """What a parallel-paths request reports, on the tiny model: its prompt ids and prompt
 logprobs are a plain request's for the same prompt (the summary prompt is internal, a
-one-token prompt gives ``[None]``)."""
+one-token prompt gives ``[None]``), and a vote answers with the tokens (and logprobs) in
+which the first path giving the majority answer wrote it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from helpers.tiny import tiny_checkpoint
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.parallel.config import ParallelConfig
+from thinkstream.parallel.paths import extract_answer, majority
 from thinkstream.sampling_params import SamplingParams
 
 SCORED = SamplingParams(temperature=0, max_tokens=3, prompt_logprobs=2, ignore_eos=True)
@@ -43,3 +45,26 @@ def test_prompt_ids_and_logprobs_are_a_plain_requests() -> None:
                 assert [x.rank for x in g.values()] == [x.rank for x in w.values()]
                 assert [x.logprob for x in g.values()] == pytest.approx(
                     [x.logprob for x in w.values()], abs=1e-4)
+
+
+def test_a_vote_answers_with_the_winning_paths_tokens_and_logprobs() -> None:
+    ckpt = tiny_checkpoint()
+    params = SamplingParams(temperature=6.0, seed=4, max_tokens=4, logprobs=3, ignore_eos=True)
+    out, paths, engine = run_paths(ckpt, ParallelConfig(paths=3, path_tokens=10, merge="vote"),
+                                   params)
+    o = out.outputs[0]
+    answer = majority([extract_answer(t) for t in o.paths])
+    assert answer and o.text == answer
+    win = next(p for p, t in zip(paths.paths, o.paths, strict=True) if extract_answer(t) == answer)
+    tok = engine.tokenizer
+    ends = [len(tok.decode(win.token_ids[: k + 1])) for k in range(len(win.token_ids))]
+    at = tok.decode(win.token_ids).lower().rfind(answer)  # seeded: "...hu\fqqq" votes "qqq"
+    assert at >= 0
+    start, end = at, at + len(answer)
+    want = [k for k, e in enumerate(ends) if e > start and (k == 0 or ends[k - 1] < end)]
+    assert 0 < len(want) < len(win.token_ids)  # the answer's tokens, not the whole path
+    assert o.token_ids == [win.token_ids[k] for k in want]
+    assert o.logprobs is not None and len(o.logprobs) == len(o.token_ids)
+    for k, entry, tid in zip(want, o.logprobs, o.token_ids, strict=True):
+        assert next(iter(entry)) == tid and len(entry) >= 3  # the chosen token, then top 3
+        assert entry[tid].logprob == win.seq.logprobs[k].logprob

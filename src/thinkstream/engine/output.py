@@ -105,6 +105,13 @@ class RequestState:
                 st.stopped_by_string = st.stops.matched
         return stopped
 
+    def set_text(self, index: int, text: str) -> None:
+        """Sequence ``index``'s text is ``text``, not what its output tokens decode to (a
+        feature's answer: a vote over parallel paths answers with the normalized answer
+        and the tokens a path wrote it in). Call once its tokens are final."""
+        st = self.texts[index]
+        st.num_tokens_seen, st.text = len(self.seqs[index].output_token_ids), text
+
     def make_output(self, consume: bool = True) -> RequestOutput:
         """The request's output now. ``new_*`` fields hold what was not reported yet, and
         are marked reported unless ``consume`` is False (a snapshot for a late listener)."""

@@ -10,8 +10,9 @@ Each path's text goes to the request's output as it is sampled (``RequestState.p
 ``CompletionOutput.new_paths`` holds (path index, text delta) pairs). When the last path
 ends: ``summary`` joins P after every path and the summary prompt (no path is recomputed;
 the request's text is the summary; its ``prompt_token_ids`` stay the request's own),
-``vote`` ends P with the most common extracted answer
-as its text, ``none`` ends P with no text. ``num_path_tokens`` counts every path's tokens
+``vote`` ends P with the most common extracted answer as its text and, as its tokens (and
+their logprobs), the tokens in which the first path giving that answer wrote it; ``none``
+ends P with no text. ``num_path_tokens`` counts every path's tokens
 for ``usage``.
 """
 
@@ -29,19 +30,43 @@ from thinkstream.parallel.threads import Thread, ThreadTree, check_room
 from thinkstream.sampling_params import ParamError, SamplingParams
 
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
+_LINE = re.compile("[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")  # str.splitlines' breaks
+
+
+def answer_span(text: str) -> tuple[int, int, bool] | None:
+    """Where a path's final answer stands in ``text``: (start, end, is a number). The last
+    number after the last "answer" marker if any, else the text's last number, else its last
+    non-empty line (stripped, trailing dots left out); None for none."""
+    at = text.lower().rfind("answer")
+    for base in ([at, 0] if at >= 0 else [0]):
+        nums = list(_NUMBER.finditer(text, base))
+        if nums:
+            return nums[-1].start(), nums[-1].end(), True
+    lines = [m for m in _LINE.finditer(text) if m.group().strip()]
+    if not lines:
+        return None
+    line = lines[-1]
+    start = line.start() + len(line.group()) - len(line.group().lstrip())
+    end = line.start() + len(line.group().rstrip().rstrip("."))
+    return (start, end, False) if end > start else None
 
 
 def extract_answer(text: str) -> str:
-    """A path's final answer: the text after the last "answer" marker if any, then its last
-    number, else its last non-empty line (stripped, lower case); "" for none."""
-    low = text.lower()
-    at = low.rfind("answer")
-    tail = text[at:] if at >= 0 else text
-    nums = _NUMBER.findall(tail) or _NUMBER.findall(text)
-    if nums:
-        return nums[-1].replace(",", "")
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1].lower().rstrip(".") if lines else ""
+    """A path's final answer (``answer_span``): a number without thousands separators, or
+    a line in lower case; "" for none."""
+    span = answer_span(text)
+    if span is None:
+        return ""
+    start, end, number = span
+    return text[start:end].replace(",", "") if number else text[start:end].lower()
+
+
+def span_tokens(ends: list[int], start: int, end: int) -> range:
+    """Indices of the tokens whose text overlaps characters ``[start, end)``; ``ends[k]``:
+    the length of the text after token k (a character a token completes counts as its)."""
+    first = next((k for k, e in enumerate(ends) if e > start), len(ends))
+    last = next((k for k, e in enumerate(ends) if e >= end), len(ends) - 1)
+    return range(first, last + 1)
 
 
 def majority(answers: list[str]) -> str:
@@ -65,8 +90,8 @@ class ParallelPaths:
         # the request's stop strings end its answer, not a path (a path ends on a stop
         # token or after path_tokens)
         self.params = [dataclasses.replace(p, seed=base + i, temperature=temp, n=1, stop=(),
-                                           structured_outputs=None, logprobs=None,
-                                           prompt_logprobs=None)
+                                           structured_outputs=None, prompt_logprobs=None,
+                                           logprobs=p.logprobs if cfg.merge == "vote" else None)
                        for i in range(cfg.paths)]
         tok = engine.tokenizer
         self.suffixes = [list(tok.encode(cfg.path_prompts[i % len(cfg.path_prompts)],
@@ -76,6 +101,7 @@ class ParallelPaths:
         self.detoks = [IncrementalDetokenizer(tok, [], p.skip_special_tokens)
                        for _ in range(cfg.paths)]
         self.paths: list[Thread] = []
+        self.ends: list[list[int]] = [[] for _ in range(cfg.paths)]  # text length per token
         state.paths = [""] * cfg.paths
         state.paths_sent = [0] * cfg.paths
 
@@ -89,9 +115,12 @@ class ParallelPaths:
         st = self.state
         if token_id is not None:
             st.paths[path.index] += self.detoks[path.index].push(token_id)
+            self.ends[path.index].append(len(st.paths[path.index]))
             st.num_path_tokens += 1
             return
         st.paths[path.index] += self.detoks[path.index].flush()
+        if self.ends[path.index]:  # text held back to the end is the last token's
+            self.ends[path.index][-1] = len(st.paths[path.index])
         if all(p.done for p in self.paths):
             self._merge()
 
@@ -100,11 +129,28 @@ class ParallelPaths:
         if self.cfg.merge == "summary":
             self.tree.join(self.tree.root, self.paths, self.summary, self.cfg.layout)
             return
-        text = majority([extract_answer(t) for t in self.state.paths]) \
-            if self.cfg.merge == "vote" else ""
-        ids = list(self.engine.tokenizer.encode(text, add_special_tokens=False)) if text else []
-        root.token_ids.extend(ids)  # the voted answer is the request's text (never computed)
+        ids, lps, text = [], [], ""
+        if self.cfg.merge == "vote":
+            ids, lps, text = self._vote()
+        root.token_ids.extend(ids)  # the answer is the request's output (never computed)
+        root.logprobs.extend(lps)
+        self.state.set_text(0, text)
         self.engine.finish_sequence(root)
+
+    def _vote(self) -> tuple[list[int], list, str]:
+        """The majority answer, and the tokens in which the first path that gave it wrote
+        it (with their logprobs, where the request asked for them)."""
+        texts = self.state.paths
+        text = majority([extract_answer(t) for t in texts])
+        if not text:
+            return [], [], ""
+        i = next(i for i, t in enumerate(texts) if extract_answer(t) == text)
+        start, end, _ = answer_span(texts[i])  # type: ignore[misc]
+        ks = span_tokens(self.ends[i], start, end)
+        path = self.paths[i]
+        ids = [path.token_ids[k] for k in ks]
+        lps = path.seq.logprobs[ks.start : ks.stop] if path.seq.params.logprobs is not None else []
+        return ids, lps, text
 
 
 def start_paths(engine: LLMEngine, state: RequestState, cfg: ParallelConfig) -> ParallelPaths:
