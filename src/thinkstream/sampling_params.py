@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 63) - 1  # what a torch.Generator takes
+_INT_FIELDS = ("n", "top_k", "seed", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs")
+_OPTIONAL_FIELDS = ("seed", "max_tokens", "logprobs", "prompt_logprobs")  # None: unset
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                 "repetition_penalty")
 
 
 class ParamError(ValueError):
@@ -142,10 +147,30 @@ class SamplingParams:
     structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
+        self._coerce_numbers()
         object.__setattr__(self, "stop", _as_tuple(self.stop, str))
         object.__setattr__(self, "logit_bias", _as_bias(self.logit_bias))
         object.__setattr__(self, "stop_token_ids", _as_ids(self.stop_token_ids))
         self._validate()
+
+    def _coerce_numbers(self) -> None:
+        """Integer fields as ``int`` (numpy / torch integers too) and real fields as
+        ``float``; anything else (``logprobs=1.5``, ``seed="1"``) is a ``ParamError`` here,
+        not a ``TypeError`` from torch in the middle of an engine step shared with other
+        requests."""
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL_FIELDS:
+                continue
+            try:
+                object.__setattr__(self, name, operator.index(value))
+            except TypeError:
+                raise ParamError(name, f"must be an integer, got {value!r}") from None
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ParamError(name, f"must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
 
     def _validate(self) -> None:
         if self.n < 1:

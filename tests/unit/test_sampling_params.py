@@ -159,3 +159,26 @@ def test_stop_entries_and_seed_are_checked_on_construction() -> None:
     assert err.value.param == "seed"
     with pytest.raises(ParamError, match="seed must be in"):
         SamplingParams(seed=2**70)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("logprobs", 1.5), ("prompt_logprobs", 0.5), ("seed", 1.5), ("seed", "7"), ("n", 2.0),
+     ("max_tokens", 2.5), ("min_tokens", 1.5), ("top_k", 2.5), ("temperature", "0.5"),
+     ("top_p", None), ("repetition_penalty", True)],
+)
+def test_wrong_number_types_are_param_errors(field: str, value: object) -> None:
+    """A float where an integer belongs (or a string anywhere) is refused when the params
+    are made: ``logprobs=1.5`` used to pass and fail torch's ``topk`` inside ``step()``,
+    taking every other request of that step with it."""
+    with pytest.raises(ParamError) as err:
+        SamplingParams(**{field: value})
+    assert err.value.param == field
+
+
+def test_integral_numbers_of_other_types_are_taken() -> None:
+    np = pytest.importorskip("numpy")
+    p = SamplingParams(n=np.int64(2), logprobs=np.int32(3), temperature=np.float32(0.5),
+                       top_p=1)
+    assert (p.n, p.logprobs, p.temperature, p.top_p) == (2, 3, 0.5, 1.0)
+    assert type(p.n) is int and type(p.top_p) is float
