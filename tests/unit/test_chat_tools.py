@@ -177,3 +177,25 @@ def test_a_forced_call_holds_nothing_but_name_and_arguments(tiny_tok, auto) -> N
     m = GrammarCompiler(tiny_tok, tiny_tok.vocab_size, [2]).compile(so).matcher()
     assert m.consume_tokens(tiny_tok.encode(prefix, add_special_tokens=False))
     assert not m.consume_tokens(tiny_tok.encode(", ", add_special_tokens=False))
+
+
+@pytest.mark.parametrize("choice", ["required", "named", "auto"])
+def test_a_function_without_parameters_takes_no_arguments(tiny_tok, choice) -> None:
+    """An omitted ``parameters`` is an empty parameter list (OpenAI): a forced call's
+    arguments are ``{}``, not any object (the 135M model filled one with made-up keys)."""
+    tools = [{"type": "function", "function": {"name": "now"}}]
+    if choice == "auto":
+        so = call_or_answer(tools, StructuredOutputsParams(json_object=True), parallel=False)
+        prefix = '<tool_call>\n{"name": "now", "arguments": {'
+    elif choice == "named":
+        so, prefix = call_constraint(tools, "now", parallel=False), "{"
+    else:
+        so = call_constraint(tools, "required", parallel=False)
+        prefix = '[{"name": "now", "arguments": {'
+    compiled = GrammarCompiler(tiny_tok, tiny_tok.vocab_size, [2]).compile(so)
+    m = compiled.matcher()
+    assert m.consume_tokens(tiny_tok.encode(prefix, add_special_tokens=False))
+    assert m.consume_tokens(tiny_tok.encode("}", add_special_tokens=False))
+    m = compiled.matcher()
+    assert m.consume_tokens(tiny_tok.encode(prefix, add_special_tokens=False))
+    assert not m.consume_tokens(tiny_tok.encode('"', add_special_tokens=False))

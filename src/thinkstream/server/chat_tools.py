@@ -45,6 +45,7 @@ To call a function, answer with a JSON object holding its name and its arguments
 The results come back inside <tool_response></tool_response> tags."""
 
 _USES_TOOLS = re.compile(r"\btools\b")
+NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 def template_supports_tools(template: str | None) -> bool:
@@ -111,8 +112,7 @@ def call_constraint(tools: list[dict], choice: str,
     """The JSON a required or named call must be (None for ``auto`` / ``none``): named, the
     function's arguments object; required, an array of ``{"name", "arguments"}`` with one
     call (``parallel_tool_calls: false``) or more."""
-    params = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
-              for t in tools}
+    params = {t["function"]["name"]: _parameters(t) for t in tools}
     if choice in ("auto", "none"):
         return None
     if choice != "required":
@@ -122,6 +122,13 @@ def call_constraint(tools: list[dict], choice: str,
     if not parallel:
         array["maxItems"] = 1
     return StructuredOutputsParams(json=array)
+
+
+def _parameters(tool: dict) -> dict:
+    """A function's ``parameters`` schema; without one (or ``{}``) it takes no arguments,
+    as OpenAI reads an omitted ``parameters`` ("an empty parameter list"): the arguments
+    are ``{}`` (any object would leave a small model writing keys until ``max_tokens``)."""
+    return tool["function"].get("parameters") or NO_PARAMETERS
 
 
 def _call_object(name: str, parameters: dict) -> dict:
@@ -145,9 +152,7 @@ def call_or_answer(tools: list[dict], answer: StructuredOutputsParams,
         schema = '{"type": "object"}'
     else:
         return None
-    calls = {"anyOf": [_call_object(t["function"]["name"],
-                                    t["function"].get("parameters") or {"type": "object"})
-                       for t in tools]}
+    calls = {"anyOf": [_call_object(t["function"]["name"], _parameters(t)) for t in tools]}
     repeat = "+" if parallel else ""
     lark = (f"start: call{repeat} | answer\n"
             f'call: "<tool_call>\\n" %json {json.dumps(calls)} "\\n</tool_call>" "\\n"?\n'
