@@ -74,8 +74,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def add_kv_cache_dtype_arg(p: argparse.ArgumentParser) -> None:
     """``--kv-cache-dtype`` (``EngineConfig.kv_cache_dtype``), beside every ``--dtype``."""
     p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
-                   help="the KV cache's elements; auto (default): the model's dtype; bfloat16: "
-                        "half the memory and attention reads of float32 (keys and values rounded)")
+                   help="the KV cache's elements; auto (default): the model's dtype, but "
+                        "bfloat16 under --dtype auto on CPUs with bfloat16 dot products "
+                        "(AVX512_BF16, AMX; `thinkstream info` says which); float32: exact; "
+                        "bfloat16: half the memory and attention reads of float32 (keys and "
+                        "values rounded)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
@@ -293,7 +296,7 @@ GGML_NAMES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thinkstream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="thinkstream", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="answer one prompt with the chat model, streamed")
     p.add_argument("prompt")

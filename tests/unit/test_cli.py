@@ -71,3 +71,16 @@ def test_serve_refuses_fewer_than_one_replica(monkeypatch, capsys, replicas: str
     monkeypatch.setattr(llm_engine, "LLMEngine", no_model)
     assert cli.main(["serve", "--replicas", replicas]) == 2
     assert capsys.readouterr().err.strip() == f"thinkstream: error: replicas must be >= 1, got {replicas}"
+
+
+def test_help_says_what_kv_cache_dtype_auto_picks(capsys) -> None:
+    """``auto`` is bfloat16 on AVX512_BF16 / AMX CPUs (``thinkstream info`` shows it there):
+    the help said "the model's dtype" only."""
+    with pytest.raises(SystemExit):
+        cli.main(["info", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "auto (default): the model's dtype, but bfloat16 under --dtype auto on CPUs with " \
+           "bfloat16 dot products (AVX512_BF16, AMX" in text
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "``" not in capsys.readouterr().out
