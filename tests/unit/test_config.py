@@ -3,6 +3,8 @@ ValueError naming the field (the CLI prints it as ``thinkstream: error: ...``)."
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from thinkstream.config import EngineConfig, context_len
@@ -63,3 +65,31 @@ def test_llm_and_cli_refuse_a_max_model_len_past_the_model(monkeypatch, capsys) 
     monkeypatch.setenv("THINKSTREAM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     llm = real(checkpoint=ckpt, max_model_len=1024, num_blocks=512, block_size=4)
     assert (llm.engine.context_len, llm.engine.max_model_len) == (1024, 1024)
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("tpu", "device 'tpu': not a device (cpu, cuda or cuda:N)"),
+    ("mps", "device 'mps': thinkstream runs on cpu or cuda"),
+    ("cuda", "device 'cuda': CUDA is not available to this torch"),
+])
+def test_a_device_this_process_cannot_use_is_refused_before_loading(
+        monkeypatch, capsys, device: str, message: str) -> None:
+    """``--device cuda`` on a CPU wheel raised torch's AssertionError (a traceback) after
+    the weights loaded; ``--device tpu`` a RuntimeError listing every torch backend."""
+    import torch
+
+    import thinkstream.engine.llm_engine as engine_module
+    from thinkstream import cli
+    from thinkstream.llm import LLM
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load for a bad device")
+
+    monkeypatch.setattr(engine_module, "load_checkpoint", no_load)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LLM(device=device)
+    assert cli.main(["run", "Hi", "--device", device]) == 2
+    assert capsys.readouterr().err.startswith(f"thinkstream: error: {message}")

@@ -34,7 +34,11 @@ from thinkstream.engine.request import RequestOutput, SeqStatus, Sequence
 from thinkstream.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
-from thinkstream.models.precision import fused_attention_available, resolve_precision
+from thinkstream.models.precision import (
+    fused_attention_available,
+    resolve_device,
+    resolve_precision,
+)
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.speculative.decoder import load_draft, make_decoder, pool_models
@@ -89,6 +93,7 @@ class LLMEngine(OpenInputs):
         checkpoint: LoadedCheckpoint | None = None,
     ) -> None:
         self.config = cfg = config or EngineConfig()
+        self.device = resolve_device(cfg.device)  # a bad device fails before the weights load
         ckpt = checkpoint or load_checkpoint(model, tensors=cfg.max_weight_memory_mb is None)
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
@@ -100,7 +105,6 @@ class LLMEngine(OpenInputs):
                                                     {} if distributed else ckpt.blocks,
                                                     cfg.kv_cache_dtype)
         dtype, kv_dtype = DTYPES[self.precision.dtype], DTYPES[self.precision.kv_dtype]
-        self.device = torch.device(cfg.device)
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = context_len(cfg.max_model_len, mcfg.max_position_embeddings)
         spec = load_draft(cfg.speculative)  # a draft model's KV shares the pool's blocks

@@ -145,6 +145,26 @@ def resolve_precision(
     return choice, kernels if choice.quantization in GGUF_MODES else None
 
 
+def resolve_device(device: str) -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:N") as a torch device this process can run on, checked
+    before any weight loads: anything else, or CUDA where this torch has none (a CPU wheel,
+    no GPU), is a ``ValueError`` naming it (the CLI exits 2 with it), not a torch error from
+    deep inside the model build."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a device (cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: thinkstream runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available to this torch "
+                         f"({torch.__version__}); use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s)")
+    return dev
+
+
 def fused_attention_available(device: torch.device) -> bool:
     """The fused few-query attention kernel (``kernels/attention.py``) runs for ``device``."""
     return device.type == "cpu" and load_fq_attention() is not None
