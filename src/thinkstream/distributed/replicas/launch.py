@@ -22,10 +22,12 @@ processes across machines.
 from __future__ import annotations
 
 import logging
+import subprocess
 from dataclasses import dataclass
 
 from thinkstream.config import EngineConfig
 from thinkstream.distributed.replicas.proxy import ReplicaProxy, create_router_app
+from thinkstream.distributed.replicas.reaper import descendants, watch
 from thinkstream.distributed.replicas.replica import ReplicaServer
 from thinkstream.distributed.replicas.routing import Router
 from thinkstream.server.config import ServerConfig
@@ -41,6 +43,9 @@ class Replicas:
     urls: list[str]
     app: object  # the router's FastAPI app
     router: Router
+    # the local Ray instance start_replicas started (None: Ray was up, or a cluster's): its
+    # processes end with this process, however it ends (``reaper``)
+    watcher: subprocess.Popen | None = None
 
     def kill(self, index: int) -> None:
         import ray
@@ -48,10 +53,16 @@ class Replicas:
         ray.kill(self.actors[index], no_restart=True)
 
     def shutdown(self) -> None:
+        """Kill the replicas, and stop the local Ray instance if ``start_replicas`` started it."""
         import ray
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        if self.watcher is not None:
+            ray.shutdown()
+            self.watcher.stdin.close()  # what ray.shutdown left, if anything
+            self.watcher.wait(10)
+            self.watcher = None
 
 
 def _ray():
@@ -70,6 +81,7 @@ def start_replicas(n: int, model: str | None, engine: EngineConfig, server: Serv
     if n < 1:
         raise ValueError("replicas must be >= 1")
     ray = _ray()
+    local = not ray.is_initialized() and not address
     if not ray.is_initialized():
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": max(int(n * cpus_per_replica), 1)}))
@@ -82,7 +94,8 @@ def start_replicas(n: int, model: str | None, engine: EngineConfig, server: Serv
     tokenizer = checkpoint.tokenizer if checkpoint is not None else _tokenizer(model)
     proxy = ReplicaProxy(router, tokenizer, lambda i: actors[i].ping.remote())
     log.info("%d replicas: %s", n, ", ".join(urls))
-    return Replicas(actors, urls, create_router_app(proxy), router)
+    watcher = watch(descendants()) if local else None  # the instance ends with this process
+    return Replicas(actors, urls, create_router_app(proxy), router, watcher)
 
 
 def _tokenizer(model: str | None):
