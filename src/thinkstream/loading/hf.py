@@ -25,8 +25,10 @@ _ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "Gemma3ForCausalLM": "gemma3",
+    "MistralForCausalLM": "llama",  # Llama's layers; a sliding window on every layer if set
 }
-_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
+_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3",
+                "mistral": "llama"}
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
 
@@ -99,6 +101,9 @@ def hf_config(directory: Path, raw: dict[str, Any] | None = None) -> ModelConfig
             raise UnsupportedArchitectureError(f"{directory}: attention logit soft-capping is not supported")
     elif arch == "qwen3":
         fields = dict(qk_norm=True)
+    elif raw.get("model_type") == "mistral" and raw.get("sliding_window"):
+        fields = dict(sliding_window=raw["sliding_window"],
+                      layer_types=("sliding",) * raw["num_hidden_layers"])
     act = raw.get("hidden_activation") or raw.get("hidden_act") or "silu"
     if act not in _ACTIVATIONS:
         raise UnsupportedArchitectureError(f"{directory}: activation {act!r} is not supported")
