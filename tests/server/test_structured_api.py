@@ -194,3 +194,31 @@ def test_required_and_named_tool_calls_always_parse(choice) -> None:
             name = call["function"]["name"]
             assert isinstance(choice, str) or name == "get_weather"
             jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[name])
+
+
+def test_the_vocabulary_index_is_built_before_serving(monkeypatch) -> None:
+    """llguidance holds the GIL while it indexes the vocabulary (Gemma 3's 262k tokens took
+    4-14 s, stalling every stream and /health when the first constrained request came):
+    ``create_app`` builds it, and a request's compile then only compiles its grammar."""
+    import llguidance
+
+    import thinkstream.structured.compiler as compiler_module
+    from thinkstream.sampling_params import StructuredOutputsParams
+    from thinkstream.server.app import create_app
+
+    built, real = [], llguidance.LLTokenizer
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiler_module.llguidance, "LLTokenizer", counting)
+    llm = tiny_llm()
+    try:
+        assert built == []
+        create_app(llm, ServerConfig(served_model_name="tiny"))
+        assert built == [1]
+        llm.engine.structured.compile(StructuredOutputsParams(json_object=True))
+        assert built == [1]
+    finally:
+        llm.shutdown()

@@ -48,6 +48,10 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
     state = app.state.server = ServerState(llm, config, metrics, Admission(capacity), keys)
     metrics.queued = state.queued_seqs
     state.hub = app.state.session_hub = SessionHub(state, session_limits)
+    # llguidance builds its vocabulary index holding the GIL (Gemma 3's 262k tokens: 4-14 s
+    # on 2 cores, every stream and /health stalled): once here, before serving, not in the
+    # first constrained request (SmolLM2: ~0.35 s)
+    llm.engine.structured.compiler.lltokenizer()
     install_redaction()
     install_handlers(app)
     app.include_router(openai_router)
