@@ -199,3 +199,17 @@ def test_a_function_without_parameters_takes_no_arguments(tiny_tok, choice) -> N
     m = compiled.matcher()
     assert m.consume_tokens(tiny_tok.encode(prefix, add_special_tokens=False))
     assert not m.consume_tokens(tiny_tok.encode('"', add_special_tokens=False))
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ('{"a": 1, "b": [1, 2]}', True), ('{\n  "a"', False), ('{"a":1}', False),
+    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}', True),
+    ('<tool_call>\n{"name":"get_weather"', False),
+    ('<tool_call>\n{"name": "get_weather", "arguments": {\n', False),
+])
+def test_a_call_or_an_answer_is_compact_json_as_every_constraint(tiny_tok, text, ok) -> None:
+    """``tool_choice: auto`` with a JSON answer format took free whitespace (the 135M model
+    answered ``{\\n    "error_messages": ...``), where README promises compact JSON."""
+    so = call_or_answer(TOOLS, StructuredOutputsParams(json_object=True), parallel=True)
+    m = GrammarCompiler(tiny_tok, tiny_tok.vocab_size, [2]).compile(so).matcher()
+    assert m.consume_tokens(tiny_tok.encode(text, add_special_tokens=False)) is ok

@@ -28,6 +28,7 @@ from thinkstream.parsers.output import ParserSpec
 from thinkstream.sampling_params import StructuredOutputsParams
 from thinkstream.server import protocol as P
 from thinkstream.server.errors import APIError
+from thinkstream.structured.compiler import JSON_OPTIONS
 
 TOOL_PROMPT = """# Tools
 
@@ -147,17 +148,26 @@ def call_or_answer(tools: list[dict], answer: StructuredOutputsParams,
     or the answer in its schema, as one grammar, so a constrained model can still call a
     tool. None when the answer is not JSON (it is then constrained as given)."""
     if answer.json is not None:
-        schema = answer.json if isinstance(answer.json, str) else json.dumps(answer.json)
+        schema = answer.json_schema
     elif answer.json_object:
-        schema = '{"type": "object"}'
+        schema = {"type": "object"}
     else:
         return None
     calls = {"anyOf": [_call_object(t["function"]["name"], _parameters(t)) for t in tools]}
     repeat = "+" if parallel else ""
     lark = (f"start: call{repeat} | answer\n"
-            f'call: "<tool_call>\\n" %json {json.dumps(calls)} "\\n</tool_call>" "\\n"?\n'
-            f"answer: %json {schema}\n")
+            f'call: "<tool_call>\\n" %json {_compact(calls)} "\\n</tool_call>" "\\n"?\n'
+            f"answer: %json {_compact(schema)}\n")
     return StructuredOutputsParams(grammar=lark)
+
+
+def _compact(schema: object) -> str:
+    """A schema for Lark's ``%json`` with the JSON layout every other constraint has
+    (``JSON_OPTIONS``: ``", "`` / ``": "``, no free whitespace, which small models loop on),
+    given as llguidance's ``x-guidance`` options."""
+    if isinstance(schema, dict):
+        schema = {**schema, "x-guidance": JSON_OPTIONS}
+    return json.dumps(schema)
 
 
 # ------------------------------------------------------------------ messages
