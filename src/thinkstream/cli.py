@@ -191,9 +191,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_prompts(path: str) -> list[dict]:
+def _read_prompts(path: str) -> list[tuple[int, dict]]:
     """JSONL: each line {"prompt": str or token ids} or {"messages": [...]} (plus optional
-    "id"). A bad file or line exits with its path and line number, before a model loads."""
+    "id"), as (line number, row). A bad file or line exits with its path and line number,
+    before a model loads."""
     rows = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -218,7 +219,7 @@ def _read_prompts(path: str) -> list[dict]:
             what = ("a non-empty list of messages" if field == "messages"
                     else "a non-empty string or list of token ids")
             raise SystemExit(f"{path}:{n}: '{field}' must be {what}")
-        rows.append(row)
+        rows.append((n, row))
     return rows
 
 
@@ -239,14 +240,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_writable(args.output)
     params = sampling_params(args)
     llm = _llm(args)
-    prompts = [llm.chat_prompt(r["messages"]) if "messages" in r else r["prompt"] for r in rows]
+    prompts = []
+    for n, row in rows:  # what only the model can check (a template, the context): path:line
+        try:
+            prompt = llm.chat_prompt(row["messages"]) if "messages" in row else row["prompt"]
+            prompts.append(llm.engine.make_request(None, prompt, params).prompt_token_ids)
+        except (ValueError, TypeError) as exc:
+            raise SystemExit(f"{args.input}:{n}: {exc}") from None
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=True)
     elapsed = time.perf_counter() - start
     n_prompt = sum(len(o.prompt_token_ids) for o in outputs)
     n_gen = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     with open(args.output, "w", encoding="utf-8") as f:
-        for row, out in zip(rows, outputs, strict=True):
+        for (_, row), out in zip(rows, outputs, strict=True):
             c = out.outputs[0]
             f.write(json.dumps({"id": row.get("id"), "text": c.text, "finish_reason": c.finish_reason,
                                 "prompt_tokens": len(out.prompt_token_ids),

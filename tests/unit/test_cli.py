@@ -3,6 +3,9 @@ path (and line) before any model loads (no traceback, no lost batch)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from thinkstream import cli
@@ -46,7 +49,32 @@ def test_good_lines_are_kept(tmp_path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "a", "id": 1}\n\n{"prompt": [1, 2]}\n'
                    '{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
-    assert [r.get("id") for r in cli._read_prompts(str(src))] == [1, None, None]
+    assert [(n, r.get("id")) for n, r in cli._read_prompts(str(src))] == [(1, 1), (3, None),
+                                                                          (4, None)]
+
+
+def test_a_line_only_the_model_refuses_names_its_number(monkeypatch, tmp_path) -> None:
+    """A prompt past the context (the tiny model's: 512 tokens) or a chat line for a model
+    without a chat template failed the whole batch with a message naming no line."""
+    from helpers.tiny import tiny_checkpoint, tiny_tokenizer
+
+    from thinkstream.llm import LLM
+
+    tok = tiny_tokenizer()
+    tok.chat_template = None
+    no_template = dataclasses.replace(tiny_checkpoint(), tokenizer=tok)
+    monkeypatch.setattr(cli, "_llm", lambda args: LLM(checkpoint=no_template, num_blocks=64,
+                                                      block_size=4))
+    too_long = json.dumps({"prompt": [5] + [6] * 600})
+    for bad, message in [(too_long, "prompt: 601 tokens leave no room to generate"),
+                         ('{"messages": [{"role": "user", "content": "hi"}]}',
+                          "this model has no chat template")]:
+        src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        src.write_text('{"prompt": "ok"}\n\n' + bad + "\n", encoding="utf-8")
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["generate", "--input", str(src), "--output", str(out), "--max-tokens", "8"])
+        assert str(exc.value.code).startswith(f"{src}:3: {message}")
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("command", [["run", "Hi"], ["chat"]])
