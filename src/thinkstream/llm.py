@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
@@ -19,13 +19,40 @@ Prompt = str | Sequence[int]
 Message = dict[str, str]
 
 
-def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str | bytes | bytearray):
-        return [prompts]  # bytes: the engine's error (text or token ids, not bytes)
+def _as_prompt(prompt: Prompt | Mapping) -> Prompt:
+    """A prompt, or vLLM's ``{"prompt": text}`` / ``{"prompt_token_ids": [...]}`` as one (a
+    dict was read as a list of its keys: the prompt became the text "prompt")."""
+    if not isinstance(prompt, Mapping):
+        return prompt
+    fields = set(prompt)
+    if fields == {"prompt"}:
+        return prompt["prompt"]
+    if fields == {"prompt_token_ids"}:
+        return list(prompt["prompt_token_ids"])
+    raise ParamError("prompt", "a dict prompt takes exactly one of 'prompt' (text) or "
+                     f"'prompt_token_ids' (this model takes text only); got {sorted(fields)}")
+
+
+def _as_prompt_list(prompts: Prompt | Mapping | Sequence[Prompt | Mapping]) -> list[Prompt]:
+    if isinstance(prompts, str | bytes | bytearray | Mapping):
+        return [_as_prompt(prompts)]  # bytes: the engine's error (text or ids, not bytes)
     items = list(prompts)
     if items and all(isinstance(t, int) for t in items):
         return [items]  # one prompt given as token ids
-    return items
+    return [_as_prompt(p) for p in items]
+
+
+def _params_list(params: SamplingParams | Sequence[SamplingParams] | None,
+                 n: int) -> list[SamplingParams]:
+    """One ``SamplingParams`` per prompt: one for all, or a list as long as the prompts (as
+    vLLM's ``generate`` takes them)."""
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * n
+    plist = list(params)
+    if len(plist) != n or not all(isinstance(p, SamplingParams) for p in plist):
+        raise ParamError("sampling_params", f"must be one SamplingParams or a list of {n} "
+                         f"(one per prompt), got {len(plist)} items")
+    return plist
 
 
 class LLM:
@@ -54,22 +81,25 @@ class LLM:
         self._sessions: SessionManager | None = None
 
     def generate(
-        self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | None = None,
+        self, prompts: Prompt | Mapping | Sequence[Prompt | Mapping],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         *, use_tqdm: bool = False, parallel: ParallelConfig | dict | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs in the order of the prompts.
+        """Generate for every prompt (text, token ids, or vLLM's ``{"prompt": ...}`` /
+        ``{"prompt_token_ids": [...]}``) with one ``SamplingParams`` for all or one per
+        prompt; outputs in the order of the prompts.
         ``parallel`` (``ParallelConfig`` or its fields as a dict): N reasoning paths per
         prompt, then a summary / vote (``outputs[0].paths``; ``parallel.paths``)."""
         items = _as_prompt_list(prompts)
-        params = sampling_params or SamplingParams()
-        cfg = parallel_config(params, parallel)
+        plist = _params_list(sampling_params, len(items))
+        cfgs = [parallel_config(params, parallel) for params in plist]
         states = [self.engine.make_request(None, p, params, input_closed=cfg is None)
-                  for p in items]  # validate all first
-        if cfg is not None and any(not s.prompt_token_ids for s in states):
+                  for p, params, cfg in zip(items, plist, cfgs, strict=True)]  # validate all first
+        if any(c is not None for c in cfgs) and any(not s.prompt_token_ids for s in states):
             raise ParamError("prompt", "prompt: must not be empty")
         ids = []
         try:
-            for s in states:
+            for s, cfg in zip(states, cfgs, strict=True):
                 ids.append(self.engine.add(s))
                 if cfg is not None:
                     start_paths(self.engine, s, cfg)  # may refuse paths that never fit
@@ -81,8 +111,8 @@ class LLM:
 
     def chat(
         self, messages: Sequence[Message] | Sequence[Sequence[Message]],
-        sampling_params: SamplingParams | None = None, *, use_tqdm: bool = False,
-        parallel: ParallelConfig | dict | None = None, **template_kwargs,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+        use_tqdm: bool = False, parallel: ParallelConfig | dict | None = None, **template_kwargs,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then generate."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
@@ -102,11 +132,11 @@ class LLM:
         return Threads(self, prompt, sampling_params, limits)
 
     def stream(
-        self, prompt: Prompt, sampling_params: SamplingParams | None = None
+        self, prompt: Prompt | Mapping, sampling_params: SamplingParams | None = None
     ) -> Iterator[RequestOutput]:
         """Yield the request's output after every step; ``outputs[i].new_text`` is the delta.
         Closing the iterator early aborts the request."""
-        return self._follow(self.engine.add_request(None, prompt, sampling_params))
+        return self._follow(self.engine.add_request(None, _as_prompt(prompt), sampling_params))
 
     def _follow(self, rid: str) -> Iterator[RequestOutput]:
         finished = False

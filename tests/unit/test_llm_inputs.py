@@ -1,0 +1,51 @@
+"""``LLM.generate`` takes its inputs as vLLM's does: vLLM's prompt dicts and one
+``SamplingParams`` per prompt. A dict prompt was read as the list of its keys (the model
+answered the text "prompt"), a list of params raised ``AttributeError``."""
+
+from __future__ import annotations
+
+import pytest
+from helpers.tiny import tiny_checkpoint
+
+from thinkstream.llm import LLM
+from thinkstream.sampling_params import ParamError, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def llm() -> LLM:
+    return LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
+
+
+def tokens(outs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def test_vllm_prompt_dicts_are_their_prompts(llm: LLM) -> None:
+    text, ids = "The quick brown fox", [5, 6, 7, 8]
+    want = tokens(llm.generate([text, ids], GREEDY))
+    assert tokens(llm.generate([{"prompt": text}, {"prompt_token_ids": ids}], GREEDY)) == want
+    assert tokens(llm.generate({"prompt": text}, GREEDY)) == want[:1]
+    assert [o.outputs[0].token_ids for o in llm.stream({"prompt_token_ids": ids}, GREEDY)][-1] \
+        == want[1]
+    with pytest.raises(ParamError, match="'multi_modal_data', 'prompt'") as err:
+        llm.generate({"prompt": text, "multi_modal_data": {}}, GREEDY)
+    assert err.value.param == "prompt"
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_one_sampling_params_per_prompt(llm: LLM) -> None:
+    prompts = ["The quick brown fox", "Paris is the capital"]
+    short, long = SamplingParams(temperature=0, max_tokens=2), SamplingParams(temperature=0,
+                                                                             max_tokens=5)
+    outs = llm.generate(prompts, [short, long])
+    assert tokens(outs) == tokens(llm.generate(prompts[:1], short)) + tokens(
+        llm.generate(prompts[1:], long))
+    assert [len(t) for t in tokens(outs)] == [2, 5]
+    for bad in ([short], [short, long, short], [short, "x"]):
+        with pytest.raises(ParamError) as err:
+            llm.generate(prompts, bad)
+        assert err.value.param == "sampling_params"
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
