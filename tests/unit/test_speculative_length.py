@@ -125,6 +125,7 @@ def test_replay_of_a_copy_counts_steps_by_the_cost_table() -> None:
     """bench/speculative_sim.py: an answer copying its prompt, steps at a flat cost: the
     oracle needs 1 step without a match, then one verification of the whole rest (19
     tokens in 2 steps), or three steps when a step holds 12 rows at most."""
+    from thinkstream.bench.speculative_policies import Fixed
     from thinkstream.bench.speculative_sim import adaptive, cost_table, replay
 
     text = list(range(1, 21))
@@ -132,6 +133,6 @@ def test_replay_of_a_copy_counts_steps_by_the_cost_table() -> None:
     flat = cost_table({1: 1.0, 64: 1.0})
     assert replay(answers, flat, None, oracle=True) == pytest.approx(19 / 2)
     assert replay(answers, flat, None, oracle=True, k_max=11) == pytest.approx(19 / 3)
-    assert replay(answers, flat, lambda key: 0) == pytest.approx(1.0)
+    assert replay(answers, flat, Fixed(0)) == pytest.approx(1.0)
     assert cost_table({1: 2.0, 3: 4.0, 4: 8.0})(2) == 3.0 and cost_table({1: 2.0, 3: 4.0, 4: 8.0})(5) == 12.0
     assert 1.0 < adaptive(answers, flat, 11) <= 19 / 3

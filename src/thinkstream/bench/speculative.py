@@ -306,7 +306,8 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
                 {**meta, "rows": [{k: v for k, v in r.items() if k != "outputs"}
                                   for r in rows]}, indent=1))
     for w, ps in prompts.items():
-        n = {"long": args.long_max_tokens, "echo": args.echo_max_tokens}.get(w, args.max_tokens)
+        n = {"long": args.long_max_tokens, "echo": args.echo_max_tokens,
+             "echo-holdout": args.echo_max_tokens}.get(w, args.max_tokens)
         for b in (int(x) for x in _csv(args.batches)):
             runs: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.reps):  # configurations alternate: load drifts hit all alike

@@ -2,20 +2,22 @@
 table: a replay, free of the machine's noise (docs/benchmarks.md, "Speculative decoding").
 
 Greedy answers are the same with and without speculation, so the decode of each answer is
-replayed teacher-forced: at each step a policy picks a draft length k, ``NgramProposer``
-drafts from the prompt and the answer so far, the run of draft tokens equal to the answer
+replayed teacher-forced: at each step a policy (``bench/speculative_policies.py``) picks a
+draft length k from the step's lookup (``Step``: ``NgramProposer``'s draft from the prompt
+and the answer so far, the matched suffix, the other candidates, whether the draft
+continues the copy the last step accepted), the run of draft tokens equal to the answer
 is accepted, and the step costs ``t(1 + k)`` from the table (``bench/verify_rows.py``
 JSON: CPU ms of one sequence's forward over m rows after a cached prefix, interpolated
 between measured rows). The speed-up is ``(n - 1) * t(1)`` over the replay's cost: decode
-only (the prompt's prefill is the same in both). Policies: fixed lengths; ``adaptive``
-(``LengthController`` on the table's curve as ``StepCost`` measures it in the engine,
-shadow drafts at length 0 as the decoder makes them); ``oracle`` (drafts exactly the
-accepted run: the ceiling for prompt lookup on this cost curve). ``--max-rows`` caps a
-step's rows as the engine does (12 on CPUs with the GGUF kernels' GEMM: the rows computed
-bit for bit as one row; ``speculative/decoder.py``); 0: no cap.
+only (the prompt's prefill is the same in both). Besides the policies: fixed lengths and
+``oracle`` (drafts exactly the accepted run: the ceiling for prompt lookup on this cost
+curve). ``--max-rows`` caps a step's rows as the engine does (12 on CPUs with the GGUF
+kernels' GEMM: the rows computed bit for bit as one row; ``speculative/decoder.py``); 0: no
+cap. ``--policies``: the policy table too (each policy a row, each workload a column).
 
     python -m thinkstream.bench.speculative_sim --cost docs/results/verify_rows_zen4.json \\
-        [--workloads echo,echo-short,chat] [--max-rows 12] [--answers answers.json] [--json out.json]
+        [--workloads echo,echo-short,chat] [--max-rows 12] [--answers answers.json] \\
+        [--policies] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from thinkstream.speculative.adaptive import LengthController, StepCost
+from thinkstream.bench.speculative_policies import Adaptive, Fixed, Step, policies
 from thinkstream.speculative.config import ADAPTIVE_MAX_TOKENS
 from thinkstream.speculative.ngram import NgramProposer
 
 FIXED = (1, 2, 3, 4, 5, 6, 7, 8, 11, 15, 23, 31)
-Policy = Callable[[list[int], int, list[int]], int]  # (tokens so far, i, full draft) -> k
+MAX_MATCH = 64  # a matched suffix is measured up to this many tokens
 
 
 def cost_table(ms: dict[int, float]) -> Callable[[int], float]:
@@ -50,26 +52,51 @@ def cost_table(ms: dict[int, float]) -> Callable[[int], float]:
     return t
 
 
+def lookup(proposer: NgramProposer, key: str, tokens: list[int], k: int,
+           last_end: int) -> Step:
+    """The step's ``Step`` for ``tokens`` (the prompt and the answer so far), the draft of
+    at most ``k`` tokens; ``last_end``: where the last step's accepted run ended in the
+    source it copied (-1: none)."""
+    found = proposer.match(key, tokens, k)
+    if found is None:
+        return Step()
+    end, n = found
+    match = n
+    while match < MAX_MATCH and end - match >= 0 and tokens[end - match] == tokens[-1 - match]:
+        match += 1
+    gram, last = tokens[-n:], len(tokens)
+    conts = [tokens[e + 1 : min(e + 1 + k, last)] for e in range(n - 1, last - 1)
+             if tokens[e - n + 1 : e + 1] == gram]
+    agree = 0
+    while all(len(c) > agree for c in conts) and len({c[agree] for c in conts}) == 1:
+        agree += 1
+    return Step(tuple(tokens[end + 1 : end + 1 + k]), end, match, len(conts), agree,
+                end == last_end)
+
+
 def replay(answers: list[tuple[list[int], list[int]]], t: Callable[[int], float],
-           choose: Callable[[str], int] | None, learn: Callable[..., None] | None = None,
-           oracle: bool = False, k_max: int = 64) -> float:
+           policy: object | None, oracle: bool = False, k_max: int = 64) -> float:
     """Decode speed-up over one token per step of ``answers`` ((prompt, answer) pairs)
-    with lengths from ``choose(request key)`` (None and not oracle: no drafts), at most
-    ``k_max``; ``learn(key, drafted, accepted, shadow hit, tokens, ms)`` hears each step."""
+    with lengths from ``policy`` (``length(key, step)``, told each outcome by
+    ``learn(key, step, k, accepted, shadow hit, ms)``; None and not oracle: no drafts), at
+    most ``k_max``."""
     spent = base = 0.0
     for a, (prompt, answer) in enumerate(answers):
-        key, toks, lookup = f"r{a}", prompt + answer, NgramProposer()
-        i = len(prompt) + 1  # the first answer token comes with the prefill
+        key, toks, proposer = f"r{a}", prompt + answer, NgramProposer()
+        i, last_end = len(prompt) + 1, -1  # the first answer token comes with the prefill
         while i < len(toks):
-            full = lookup.lookup(key, toks[:i], k_max).tokens
+            step = lookup(proposer, key, toks[:i], k_max, last_end)
+            full = step.draft
             run = next((j for j, d in enumerate(full) if i + j >= len(toks) or toks[i + j] != d),
                        len(full))
-            k = min(run if oracle else choose(key) if choose else 0, len(full), k_max)
+            k = run if oracle else policy.length(key, step) if policy else 0
+            k = max(min(k, len(full), k_max), 0)
             acc = min(run, k)
             spent += t(1 + k)
-            if learn is not None:
-                shadow = int(bool(full) and full[0] == toks[i])
-                learn(key, k, acc, shadow if full else None, 1 + k, t(1 + k))
+            if policy is not None and not oracle:
+                hit = (full[0] == toks[i]) if full else None
+                policy.learn(key, step, k, acc, hit, t(1 + k))
+            last_end = step.source + acc + 1 if full else -1
             i += acc + 1
         base += (len(answer) - 1) * t(1)
     return base / spent
@@ -79,18 +106,7 @@ def adaptive(answers: list[tuple[list[int], list[int]]], t: Callable[[int], floa
              k_max: int = ADAPTIVE_MAX_TOKENS) -> float:
     """The replay with the engine's adaptive length (at most ``k_max``) on the table's
     measured curve."""
-    cost = StepCost(16)
-    ctl = LengthController(ADAPTIVE_MAX_TOKENS, 16, 0.0, cost=cost)
-
-    def learn(key: str, k: int, acc: int, shadow: int | None, n: int, ms: float) -> None:
-        if k:
-            ctl.update(key, k, acc)
-        elif shadow is not None and ctl.shadow_wanted(key):
-            ctl.update(key, 1, shadow, real=False)
-        cost.observe(n, ms / 1e3)
-        ctl.knee = cost.knee
-
-    return replay(answers, t, lambda key: ctl.length(key, 1, 1), learn, k_max=k_max)
+    return replay(answers, t, Adaptive(), k_max=k_max)
 
 
 def greedy_answers(workloads: list[str], model: str | None) -> dict[str, list]:
@@ -103,7 +119,7 @@ def greedy_answers(workloads: list[str], model: str | None) -> dict[str, list]:
     out = {}
     for w in workloads:
         prompts = [llm.chat_prompt([{"role": "user", "content": p}]) for p in WORKLOADS[w]]
-        n = {"echo": ECHO_MAX_TOKENS, "long": 96}.get(w, 48)
+        n = {"echo": ECHO_MAX_TOKENS, "echo-holdout": ECHO_MAX_TOKENS, "long": 96}.get(w, 48)
         res = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=n))
         out[w] = [(p, list(r.outputs[0].token_ids)) for p, r in zip(prompts, res, strict=True)]
     return out
@@ -116,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--answers", default=None, help="cache of the greedy answers (JSON)")
     p.add_argument("--max-rows", type=int, default=12, help="a step's rows at most (0: any)")
+    p.add_argument("--policies", action="store_true",
+                   help="also every drafting policy of bench/speculative_policies.py")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     k_max = args.max_rows - 1 if args.max_rows > 0 else 64
@@ -132,16 +150,32 @@ def main(argv: list[str] | None = None) -> int:
     print("| workload | " + " | ".join(f"fixed {k}" for k in fixed) + " | adaptive | oracle |")
     print("|---" * (len(fixed) + 3) + "|")
     for w in workloads:
-        r = {f"fixed {k}": replay(answers[w], t, lambda key, k=k: k) for k in FIXED if k <= k_max}
+        r = {f"fixed {k}": replay(answers[w], t, Fixed(k)) for k in fixed}
         r["adaptive"] = adaptive(answers[w], t, k_max)
         r["oracle"] = replay(answers[w], t, None, oracle=True, k_max=k_max)
         rows[w] = r
         print(f"| {w} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |")
+    out = {"cost": args.cost, "max_rows": args.max_rows, "rows": rows}
+    if args.policies:
+        out["policies"] = policy_table(answers, workloads, t, k_max)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cost": args.cost, "max_rows": args.max_rows,
-                                               "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
+
+def policy_table(answers: dict[str, list], workloads: list[str], t: Callable[[int], float],
+                 k_max: int) -> dict[str, dict[str, float]]:
+    """Every policy of ``bench/speculative_policies.py`` (and fixed 7, oracle) on each
+    workload, printed as a table (a policy a row); returns {policy: {workload: speed-up}}."""
+    costs = [t(1 + k) / t(1) for k in range(k_max + 1)]
+    makers = {"fixed 7": lambda: Fixed(7), **policies(costs)}
+    table = {name: {w: replay(answers[w], t, make(), k_max=k_max) for w in workloads}
+             for name, make in makers.items()}
+    table["oracle"] = {w: replay(answers[w], t, None, oracle=True, k_max=k_max) for w in workloads}
+    print("\n| policy | " + " | ".join(workloads) + " |\n" + "|---" * (len(workloads) + 1) + "|")
+    for name, r in table.items():
+        print(f"| {name} | " + " | ".join(f"{r[w]:.2f}" for w in workloads) + " |")
+    return table
 
 if __name__ == "__main__":
     raise SystemExit(main())

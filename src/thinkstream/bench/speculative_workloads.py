@@ -11,6 +11,11 @@
   paragraph of ~60 words to repeat, quote or copy with an edit, a 6-line function to
   rename a variable in; prompts ~105 tokens, answers 24-63 tokens (SmolLM2 drops or
   rewrites much of them).
+- **echo-holdout**: eight more echo prompts of the same kinds (rename a function, add a
+  method, f-strings, a JSDoc comment, an SQL condition, copy / correct / quote three
+  paragraphs), written to judge drafting policies out of sample (``bench/speculative_sim.py
+  --policies``: a policy tuned on echo must hold here too). SmolLM2 loops on two of them to
+  ``max_tokens``.
 - **chat**: four short open questions (little overlap with the prompt).
 - **long**: two long-form writing prompts.
 
@@ -113,6 +118,98 @@ AVERAGE = '''def moving_average(values, window):
     return averages
 '''
 
+LIBRARY = """Anna opened the library at eight every morning, long before the first readers \
+came in from the square. She watered the plants on the windowsill, switched on the old \
+radiators and sorted the books that had been returned through the slot overnight. On \
+Mondays there were always more of them, and some came back with sand between the pages.
+
+At ten the schoolchildren arrived with their teacher. Anna read them a chapter from a book \
+about a fox who wanted to see the sea, and afterwards each child chose a book to take \
+home. The youngest could not yet read, so they picked books by their covers, which Anna \
+thought was as good a reason as any.
+
+In the afternoon the library was quiet. Students worked at the long tables by the \
+windows, an old man read the newspapers from three countries, and Anna mended torn \
+spines with tape and glue. When the bell of the church struck six, she closed the \
+shutters, locked the door and walked home along the canal."""
+TYPOS = (LIBRARY.replace("Anna", "Ines").replace("children", "childrn")
+         .replace("library", "libary").replace("afternoon", "afternon"))
+DURATION = '''def parse_duration(text):
+    """Turn "1h30m", "45s" or "2d" into a number of seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    total = 0
+    number = ""
+    for char in text.strip().lower():
+        if char.isdigit():
+            number += char
+        elif char in units:
+            if not number:
+                raise ValueError("missing number before " + char)
+            total += int(number) * units[char]
+            number = ""
+        elif char == " ":
+            continue
+        else:
+            raise ValueError("unknown unit: " + char)
+    if number:
+        raise ValueError("trailing number without unit")
+    return total
+'''
+ACCOUNT = '''class Account:
+    def __init__(self, owner, balance=0):
+        self.owner = owner
+        self.balance = balance
+        self.history = []
+
+    def deposit(self, amount):
+        if amount <= 0:
+            raise ValueError("deposit must be positive")
+        self.balance += amount
+        self.history.append(("deposit", amount))
+
+    def withdraw(self, amount):
+        if amount > self.balance:
+            raise ValueError("insufficient funds")
+        self.balance -= amount
+        self.history.append(("withdraw", amount))
+'''
+REPORT = '''def format_report(name, scores):
+    lines = []
+    lines.append("Report for %s" % name)
+    lines.append("Number of scores: %d" % len(scores))
+    best = max(scores)
+    worst = min(scores)
+    mean = sum(scores) / len(scores)
+    lines.append("Best: %d, worst: %d" % (best, worst))
+    lines.append("Mean: %.2f" % mean)
+    for index, score in enumerate(scores):
+        lines.append("  %d. %d" % (index + 1, score))
+    return "\\n".join(lines)
+'''
+JS = '''function debounce(callback, delay) {
+  let timer = null;
+  return function (...args) {
+    if (timer !== null) {
+      clearTimeout(timer);
+    }
+    timer = setTimeout(() => {
+      timer = null;
+      callback.apply(this, args);
+    }, delay);
+  };
+}
+'''
+SQL = '''SELECT users.id,
+       users.name,
+       users.email,
+       COUNT(orders.id) AS order_count,
+       SUM(orders.total) AS revenue
+FROM users
+LEFT JOIN orders ON orders.user_id = users.id
+GROUP BY users.id, users.name, users.email
+ORDER BY revenue DESC
+LIMIT 20;
+'''
 WORKLOADS: dict[str, list[str]] = {
     "echo": [
         "Add a parameter `strict=False` to this function: when `strict` is true, unknown "
@@ -135,6 +232,19 @@ WORKLOADS: dict[str, list[str]] = {
              "How do I make a cup of green tea?", "Give me two ideas for a weekend trip."],
     "long": ["Write a long story about a lighthouse keeper who finds a message in a bottle.",
              "Write a detailed essay about the history of bicycles."],
+    "echo-holdout": [
+        "Rename this function to `parse_interval` and return the whole function."
+        f"\n\n```python\n{DURATION}```",
+        f"Add a `__repr__` method to this class and return the complete class.\n\n```python\n{ACCOUNT}```",
+        "Rewrite this function to use f-strings instead of % formatting. Return the whole "
+        f"function.\n\n```python\n{REPORT}```",
+        f"Add a JSDoc comment to this function and return the whole function.\n\n```javascript\n{JS}```",
+        "Add a condition to this query so that only users whose `active` column is true are "
+        f"counted. Return the whole query.\n\n```sql\n{SQL}```",
+        f"Copy the following text exactly, replacing 'Anna' with 'Maria' everywhere:\n\n{LIBRARY}",
+        f"Correct the spelling in this text and return the whole text:\n\n{TYPOS}",
+        f"Repeat the second paragraph of this text word for word:\n\n{LIBRARY}",
+    ],
 }
 
 

@@ -48,6 +48,18 @@ class NgramProposer(Proposer):
 
     def lookup(self, key: str, tokens: list[int], k: int) -> Draft:
         """At most ``k`` tokens after the latest earlier match of ``tokens``' suffix."""
+        found = self.match(key, tokens, k)
+        if found is None:
+            return NO_DRAFT
+        end, n = found
+        draft = tokens[end + 1 : end + 1 + k]
+        conf = min(0.9, 0.5 + 0.15 * (n - 1))
+        return Draft(draft, [conf] * len(draft))
+
+    def match(self, key: str, tokens: list[int], k: int) -> tuple[int, int] | None:
+        """(end, n): the position where the matched earlier occurrence of ``tokens``' last
+        n tokens ends (the draft is the tokens after it), n the longest n-gram length with
+        a match; None without a match."""
         idx = self._update(key, tokens)
         last = len(tokens)
         for n in range(min(self.ngram_max, last - 1), self.ngram_min - 1, -1):
@@ -55,11 +67,8 @@ class NgramProposer(Proposer):
             if ends is None:
                 continue
             first, latest = ends  # the latest match, unless it leaves fewer than k tokens
-            end = latest if latest + k < last else first
-            draft = tokens[end + 1 : end + 1 + k]
-            conf = min(0.9, 0.5 + 0.15 * (n - 1))
-            return Draft(draft, [conf] * len(draft))
-        return NO_DRAFT
+            return (latest if latest + k < last else first), n
+        return None
 
     def _update(self, key: str, tokens: list[int]) -> _Index:
         """Index every n-gram ending at positions < len(tokens) - 1 (the suffix itself,
