@@ -1,6 +1,7 @@
-"""The drafting policies of the prompt-lookup replay (bench/speculative_policies.py,
-bench/speculative_sim.py): what a step's lookup knows, exact on crafted token lists, and
-the continuity rule's lengths. No model."""
+"""Copy continuity (speculative/continuity.py: continuing drafts priced by the engine-wide
+copy rates, fresh ones a probe) and the drafting policies of the prompt-lookup replay
+(bench/speculative_policies.py, bench/speculative_sim.py): exact lengths on crafted
+histories and token lists. No model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,79 @@ import pytest
 
 from thinkstream.bench.speculative_policies import Continuity, Fixed, Step
 from thinkstream.bench.speculative_sim import cost_table, lookup, replay
+from thinkstream.speculative.adaptive import LengthController, StepCost
+from thinkstream.speculative.continuity import CopyRates, Rate, probe_cap
 from thinkstream.speculative.ngram import NgramProposer
+
+# verify_rows on Zen 4: ms of a forward over m rows (docs/results/verify_rows_zen4.json)
+ZEN4_MS = {1: 13.5, 2: 16.7, 3: 21.7, 4: 27.0, 6: 33.1, 8: 41.0, 12: 63.1, 16: 69.4}
+
+
+def zen4_controller() -> LengthController:
+    cost = StepCost(16)
+    for m, ms in ZEN4_MS.items():
+        cost.observe(m, ms / 1e3)
+    return LengthController(k_max=11, knee=16, proposer_cost=0.0, cost=cost)
+
+
+def test_ngram_proposer_tells_a_continuing_copy_from_a_fresh_alignment() -> None:
+    """The source 1..9 quoted: the first match is fresh; after 2 of 2 drafts and the
+    target's own token the next match starts where that run ended (continuing); a token
+    off the passage ends it (the next match is fresh again)."""
+    p = NgramProposer()
+    source = [1, 2, 3, 4, 5, 6, 7, 8, 9, 50]
+    toks = source + [1, 2]
+    assert p.continuing("s", toks, 2) is False  # (1, 2) ends at 1: drafts 3, 4
+    assert p.lookup("s", toks, 2).tokens == [3, 4]
+    p.observe("s", [3, 4], 2)  # both kept; the target's token 5 follows
+    toks += [3, 4, 5]
+    assert p.continuing("s", toks, 2) is True  # (4, 5) ends at 4, where the run ended
+    assert p.lookup("s", toks, 2).tokens == [6, 7]
+    p.observe("s", [6, 7], 0)  # rejected: the target said 60
+    toks += [60]
+    assert p.continuing("s", toks, 2) is False  # no match of (5, 60)
+    toks += [6, 7]  # back on the passage: (6, 7) ends at 6, not where a copy ended
+    assert p.continuing("s", toks, 2) is False
+    assert p.tracked() == {"s"}
+    p.forget("s")
+    assert p.tracked() == set()
+
+
+def test_continuing_drafts_use_the_copy_rates_fresh_ones_a_probe() -> None:
+    """Zen 4 cost curve, batch 1: a fresh draft at most 1 token (1 draft costs 1.24 steps,
+    2 cost 1.61 > 1.5); a continuing one priced by the copy rates (at their prior 0.5 /
+    0.8: 1), 7 once continuing drafts were accepted (rows 9-12 cost 0.41 a step each) for
+    every request, the request's own history untouched; 0 at batch 32 (compute-bound)."""
+    c = zen4_controller()
+    assert (c.length("r", 1, 1, False), c.length("r", 1, 1, None)) == (1, 1)
+    assert c.length("r", 1, 1, True) == 1
+    for _ in range(10):
+        c.length("r", 1, 1, True)
+        c.update("r", 11, 11)
+    assert c.copies.rates() == pytest.approx([0.900, 0.996], abs=1e-3)
+    assert c.length("r", 1, 1, True) == 7
+    assert c.length("q", 1, 1, True) == 7  # engine-wide: another request's copy as well
+    assert c.states["r"].alphas == [] and c.states["r"].accepted == 110
+    assert c.length("r", 32, 32, True) == 0
+    c.length("r", 1, 1, False)
+    for _ in range(3):  # fresh drafts rejected: only the request's history learns it
+        c.update("r", 1, 0)
+    assert c.states["r"].alphas == pytest.approx([0.5 * 0.7**3])
+    assert (c.length("r", 1, 1, False), c.length("r", 1, 1, True)) == (0, 7)
+
+
+def test_copy_rates_and_probe_cap() -> None:
+    rates = CopyRates(first=0.5, later=0.8, decay=(1.0, 1.0))
+    rates.update(5, 3)  # first hit; positions 1, 2 hits, 3 a miss
+    rates.update(1, 0)  # a shadow miss
+    assert rates.rates() == pytest.approx([(1 + 1) / (2 + 2), (2 + 1.6) / (3 + 2)])
+    assert Rate(0.5, 0.5).value == 0.5
+    with pytest.raises(ValueError):
+        Rate(1.5, 0.9)
+    assert (probe_cap(0.25, 11), probe_cap(0.1, 3), probe_cap(0.0, 7)) == (2, 3, 7)
+    assert probe_cap([1.0, 1.24, 1.61, 2.0], 3) == 1
+    assert probe_cap([1.0, 1.02, 1.04, 1.06], 3) == 3
+    assert probe_cap([1.0, 2.0], 1) == 0
 
 
 def test_lookup_reports_source_match_length_candidates_and_continuity() -> None:

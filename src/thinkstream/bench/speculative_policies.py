@@ -44,7 +44,8 @@ class Step:
     ``match``: the matched suffix's length (up to 64; the proposer matches n-grams of 2-4,
     this extends the chosen occurrence backwards); ``candidates``: earlier occurrences of
     the proposer's n-gram; ``agree``: tokens on which all their continuations agree;
-    ``continuing``: the source is where the last step's accepted run ended."""
+    ``continuing``: the source is where the last step's accepted run ended;
+    ``from_prompt``: the source is in the prompt (else in the answer so far)."""
 
     draft: tuple[int, ...] = ()
     source: int = -1
@@ -52,6 +53,7 @@ class Step:
     candidates: int = 0
     agree: int = 0
     continuing: bool = False
+    from_prompt: bool = False
 
 
 class Fixed:
@@ -69,21 +71,25 @@ class Fixed:
 
 
 class Adaptive:
-    """The engine's adaptive length. ``cap(step) -> int``: a per-step ceiling (a capped
-    step judges fewer positions, learns only those); ``context(step)``: the acceptance
-    kept per (request, context)."""
+    """The engine's adaptive length: with ``continuity`` (the default since 2026-12-01,
+    ``speculative/continuity.py``) told whether each draft continues the accepted copy,
+    without it one acceptance history per request (the length before). ``cap(step) ->
+    int``: a per-step ceiling (a capped step judges fewer positions, learns only those);
+    ``context(step)``: the acceptance kept per (request, context)."""
 
     def __init__(self, cap: Callable[[Step], int] | None = None,
-                 context: Callable[[Step], Hashable] | None = None) -> None:
+                 context: Callable[[Step], Hashable] | None = None,
+                 continuity: bool = True) -> None:
         self.cost = StepCost(16)
         self.ctl = LengthController(ADAPTIVE_MAX_TOKENS, 16, 0.0, cost=self.cost)
-        self.cap, self.context = cap, context
+        self.cap, self.context, self.continuity = cap, context, continuity
 
     def _key(self, key: str, step: Step) -> str:
         return f"{key}/{self.context(step)}" if self.context else key
 
     def length(self, key: str, step: Step) -> int:
-        k = self.ctl.length(self._key(key, step), 1, 1)
+        cont = step.continuing if self.continuity else None
+        k = self.ctl.length(self._key(key, step), 1, 1, cont)
         return max(min(k, self.cap(step)), 0) if self.cap else k
 
     def learn(self, key: str, step: Step, k: int, accepted: int, hit: bool | None,
@@ -150,11 +156,11 @@ class Pooled:
 
 
 class Continuity:
-    """``cont`` drafts for a continuing alignment while the adaptive length is above 0;
-    at most ``fresh`` for a fresh one."""
+    """``cont`` drafts for a continuing alignment while the adaptive length (before) is
+    above 0; at most ``fresh`` for a fresh one."""
 
     def __init__(self, cont: int = 7, fresh: int = 1) -> None:
-        self.adaptive, self.cont, self.fresh = Adaptive(), cont, fresh
+        self.adaptive, self.cont, self.fresh = Adaptive(continuity=False), cont, fresh
 
     def length(self, key: str, step: Step) -> int:
         k = self.adaptive.length(key, step)
@@ -191,21 +197,22 @@ def policies(costs: list[float]) -> dict[str, Callable[[], object]]:
     def buckets(s: Step) -> int:
         return 0 if s.match <= 2 else 1 if s.match <= 3 else 2 if s.match <= 7 else 3
 
+    def before(**kw: object) -> Callable[[], Adaptive]:
+        return lambda: Adaptive(continuity=False, **kw)  # type: ignore[arg-type]
+
     return {
-        "adaptive": Adaptive,
-        "adaptive, k <= match length": lambda: Adaptive(cap=lambda s: s.match),
-        "adaptive, k <= candidates' agreement": lambda: Adaptive(cap=lambda s: s.agree),
-        "adaptive, no draft on a 2-token match": lambda: Adaptive(
-            cap=lambda s: 0 if s.match <= 2 else 99),
-        "adaptive, 1 draft on a 2-token match": lambda: Adaptive(
-            cap=lambda s: 1 if s.match <= 2 else 99),
-        "adaptive per match length (2, 3, 4-7, 8+)": lambda: Adaptive(context=buckets),
-        "adaptive per continuing / fresh": lambda: Adaptive(context=lambda s: s.continuing),
-        "adaptive, fresh at most 1": lambda: Adaptive(
-            cap=lambda s: 99 if s.continuing else 1),
+        "adaptive before (one history per request)": before(),
+        "before, k <= match length": before(cap=lambda s: s.match),
+        "before, k <= candidates' agreement": before(cap=lambda s: s.agree),
+        "before, no draft on a 2-token match": before(cap=lambda s: 0 if s.match <= 2 else 99),
+        "before, 1 draft on a 2-token match": before(cap=lambda s: 1 if s.match <= 2 else 99),
+        "before, per match length (2, 3, 4-7, 8+)": before(context=buckets),
+        "before, per continuing / fresh": before(context=lambda s: s.continuing),
+        "before, fresh at most 1": before(cap=lambda s: 99 if s.continuing else 1),
         "pooled rates": lambda: Pooled(costs),
         "continuity: 7 / fresh at most 1": Continuity,
         "continuity: 5 / fresh at most 1": lambda: Continuity(5),
         "continuity: 7 / fresh at most 2": lambda: Continuity(7, 2),
-        "continuity, pooled on the cost curve": lambda: ContinuityPooled(costs),
+        "continuity, pooled rates, fresh at most 1": lambda: ContinuityPooled(costs),
+        "**adaptive with continuity (the default)**": Adaptive,
     }

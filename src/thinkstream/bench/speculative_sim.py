@@ -53,10 +53,10 @@ def cost_table(ms: dict[int, float]) -> Callable[[int], float]:
 
 
 def lookup(proposer: NgramProposer, key: str, tokens: list[int], k: int,
-           last_end: int) -> Step:
-    """The step's ``Step`` for ``tokens`` (the prompt and the answer so far), the draft of
-    at most ``k`` tokens; ``last_end``: where the last step's accepted run ended in the
-    source it copied (-1: none)."""
+           last_end: int, prompt_len: int = 0) -> Step:
+    """The step's ``Step`` for ``tokens`` (the prompt of ``prompt_len`` tokens and the
+    answer so far), the draft of at most ``k`` tokens; ``last_end``: where the last step's
+    accepted run ended in the source it copied (-1: none)."""
     found = proposer.match(key, tokens, k)
     if found is None:
         return Step()
@@ -71,7 +71,7 @@ def lookup(proposer: NgramProposer, key: str, tokens: list[int], k: int,
     while all(len(c) > agree for c in conts) and len({c[agree] for c in conts}) == 1:
         agree += 1
     return Step(tuple(tokens[end + 1 : end + 1 + k]), end, match, len(conts), agree,
-                end == last_end)
+                end == last_end, end < prompt_len)
 
 
 def replay(answers: list[tuple[list[int], list[int]]], t: Callable[[int], float],
@@ -85,7 +85,7 @@ def replay(answers: list[tuple[list[int], list[int]]], t: Callable[[int], float]
         key, toks, proposer = f"r{a}", prompt + answer, NgramProposer()
         i, last_end = len(prompt) + 1, -1  # the first answer token comes with the prefill
         while i < len(toks):
-            step = lookup(proposer, key, toks[:i], k_max, last_end)
+            step = lookup(proposer, key, toks[:i], k_max, last_end, len(prompt))
             full = step.draft
             run = next((j for j, d in enumerate(full) if i + j >= len(toks) or toks[i + j] != d),
                        len(full))

@@ -43,6 +43,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from thinkstream.speculative.continuity import CopyRates, probe_cap
+
 PRIOR = 0.5  # acceptance assumed before a request has any history
 DECAY = 0.7  # weight of the past in the moving average (per verified position)
 POINT_SAMPLES = 8  # a measured point of the cost curve: the fastest of its last 8 forwards
@@ -65,6 +67,7 @@ class LengthState:
     steps_at_zero: int = 0
     verified: int = 0  # draft tokens verified (real, not shadow)
     accepted: int = 0
+    continuing: bool | None = None  # this step's draft continues a copy (None: unknown)
 
     @property
     def alpha(self) -> float:
@@ -192,6 +195,7 @@ class LengthController:
         self.adaptive, self.probe_interval = adaptive, probe_interval
         self.cost = cost
         self.states: dict[str, LengthState] = {}
+        self.copies = CopyRates()  # continuing drafts, all requests
 
     def rho(self, batch: int) -> float:
         """A draft token's cost in steps on the line, with ``batch`` sequences decoding."""
@@ -211,15 +215,25 @@ class LengthController:
             out.append(max(raw, out[-1] + MIN_DRAFT_COST))
         return out
 
-    def length(self, seq_id: str, batch: int, tokens: int | None = None) -> int:
+    def length(self, seq_id: str, batch: int, tokens: int | None = None,
+               continuing: bool | None = None) -> int:
         """The draft length for ``seq_id`` this step (0: no real drafts); ``tokens``: the
-        tokens the step holds before this request's drafts (default ``batch``)."""
+        tokens the step holds before this request's drafts (default ``batch``);
+        ``continuing``: whether the proposer's draft continues the copy the last
+        verification accepted (``continuity.py``: priced by the engine-wide ``copies``;
+        False: the request's own history, at most a probe; None: the proposer cannot
+        tell, the request's own history)."""
         st = self._state(seq_id, length=self.k_max)
         if not self.adaptive:
             st.length = self.k_max
             return st.length
         tokens = batch if tokens is None else tokens
-        st.length = best_length(st.alphas, self.costs(batch, tokens), self.k_max)
+        costs = self.costs(batch, tokens)
+        st.continuing = continuing
+        st.length = best_length(self.copies.rates() if continuing else st.alphas, costs,
+                                self.k_max)
+        if continuing is False:
+            st.length = min(st.length, probe_cap(costs, self.k_max))
         if st.length == 0:
             st.steps_at_zero += 1
             if self.proposer_cost > 0 and st.steps_at_zero % self.probe_interval == 0:
@@ -234,16 +248,20 @@ class LengthController:
         return self.adaptive and self.proposer_cost == 0 and st is not None and st.length == 0
 
     def update(self, seq_id: str, drafted: int, accepted: int, real: bool = True) -> None:
-        """``drafted`` tokens were judged and the first ``accepted`` kept."""
+        """``drafted`` tokens were judged and the first ``accepted`` kept (a continuing
+        draft's outcome goes to the engine-wide ``copies``)."""
         st = self._state(seq_id)
+        if real:
+            st.verified += drafted
+            st.accepted += accepted
+        if st.continuing:
+            self.copies.update(drafted, accepted)
+            return
         for i in range(min(drafted, accepted + 1, self.k_max)):
             hit = 1.0 if i < accepted else 0.0
             if i == len(st.alphas):
                 st.alphas.append(st.alphas[-1] if st.alphas else PRIOR)
             st.alphas[i] = DECAY * st.alphas[i] + (1 - DECAY) * hit
-        if real:
-            st.verified += drafted
-            st.accepted += accepted
 
     def _state(self, seq_id: str, length: int = 0) -> LengthState:
         st = self.states.get(seq_id)

@@ -126,7 +126,8 @@ class SpeculativeDecoder(StepHook):
         tokens = pending
         for i in order:
             s = seqs[i]
-            k = self.lengths.length(s.seq_id, batch, tokens)
+            cont = self.proposer.continuing(s.seq_id, s.token_ids, self.cfg.num_speculative_tokens)
+            k = self.lengths.length(s.seq_id, batch, tokens, cont)
             room = min(s.max_tokens - s.num_output_tokens, engine.max_model_len - s.num_tokens) - 1
             lengths[i] = max(min(k, room, budget), 0)
             budget -= lengths[i]

@@ -6,7 +6,8 @@ is free; it pays when the answer quotes or edits its input.
 
 Each sequence keeps an index from every n-gram of its tokens to the latest position where
 it ended, extended incrementally as tokens arrive (O(1) per token and n), rebuilt if the
-tokens shrink. This module imports no torch.
+tokens shrink. ``continuing`` tells the adaptive length whether this step's draft continues
+the copy the last verification accepted (``continuity.py``). This module imports no torch.
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ class NgramProposer(Proposer):
             raise ValueError("need 1 <= ngram_min <= ngram_max")
         self.ngram_min, self.ngram_max = ngram_min, ngram_max
         self._index: dict[str, _Index] = {}
+        self._step: dict[str, tuple[int, int, int]] = {}  # seq -> (tokens, end, n) this step
+        self._next: dict[str, int] = {}  # seq -> where its last accepted copy ended
+
+    def continuing(self, seq_id: str, tokens: list[int], k: int) -> bool | None:
+        """Whether the draft of ``seq_id`` this step (at most ``k`` tokens after
+        ``tokens``) continues the copy the last verification accepted: its source starts
+        where the last draft's source ended after the accepted run and the target's own
+        token (False without a match). Call once a step, before ``propose``: the match
+        found here is the one drafted from, and until ``observe`` reports drafts accepted
+        the copy is taken to have ended after the target's token."""
+        found = self.match(seq_id, tokens, k)
+        if found is None:
+            self._step.pop(seq_id, None)
+            self._next.pop(seq_id, None)
+            return False
+        end, n = found
+        cont = self._next.get(seq_id) == end
+        self._step[seq_id] = (len(tokens), end, n)
+        self._next[seq_id] = end + 1
+        return cont
 
     def propose(self, seqs: list[Sequence], lengths: list[int]) -> list[Draft]:
         return [self.lookup(s.seq_id, s.token_ids, k) if k > 0 else NO_DRAFT
@@ -48,7 +69,8 @@ class NgramProposer(Proposer):
 
     def lookup(self, key: str, tokens: list[int], k: int) -> Draft:
         """At most ``k`` tokens after the latest earlier match of ``tokens``' suffix."""
-        found = self.match(key, tokens, k)
+        step = self._step.get(key)
+        found = step[1:] if step and step[0] == len(tokens) else self.match(key, tokens, k)
         if found is None:
             return NO_DRAFT
         end, n = found
@@ -85,8 +107,14 @@ class NgramProposer(Proposer):
         idx.upto = max(idx.upto, stop)
         return idx
 
+    def observe(self, seq_id: str, tokens: list[int], accepted: int) -> None:
+        step = self._step.get(seq_id)
+        if step is not None:
+            self._next[seq_id] = step[1] + accepted + 1
+
     def forget(self, seq_id: str) -> None:
-        self._index.pop(seq_id, None)
+        for table in (self._index, self._step, self._next):
+            table.pop(seq_id, None)
 
     def tracked(self) -> set[str]:
-        return set(self._index)
+        return set(self._index) | set(self._step) | set(self._next)

@@ -53,6 +53,12 @@ class Proposer(ABC):
         drafts measure requests at length 0 with it), or None."""
         return self if self.cost_per_token == 0 else None
 
+    def continuing(self, seq_id: str, tokens: list[int], k: int) -> bool | None:
+        """Whether this step's draft for ``seq_id`` continues the copy the last
+        verification accepted (prompt lookup; ``continuity.py``); None: this proposer
+        cannot tell (the adaptive length then uses the request's history alone)."""
+        return None
+
     def observe(self, seq_id: str, tokens: list[int], accepted: int) -> None:  # noqa: B027 (optional hook)
         """The verifier judged ``tokens`` (this proposer's draft for ``seq_id``, as far as
         it was computed) and kept the first ``accepted``."""
