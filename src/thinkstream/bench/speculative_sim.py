@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rows", type=int, default=12, help="a step's rows at most (0: any)")
     p.add_argument("--policies", action="store_true",
                    help="also every drafting policy of bench/speculative_policies.py")
+    p.add_argument("--perturb", type=int, default=0, metavar="N",
+                   help="adaptive with and without continuity on N tables, each row +-10%%")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     k_max = args.max_rows - 1 if args.max_rows > 0 else 64
-    t = cost_table({int(m): v for m, v in json.loads(Path(args.cost).read_text())["cpu_ms"].items()})
+    ms = {int(m): v for m, v in json.loads(Path(args.cost).read_text())["cpu_ms"].items()}
+    t = cost_table(ms)
     workloads = [w for w in args.workloads.split(",") if w]
     cache = Path(args.answers) if args.answers else None
     answers = json.loads(cache.read_text()) if cache and cache.exists() else {}
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"cost": args.cost, "max_rows": args.max_rows, "rows": rows}
     if args.policies:
         out["policies"] = policy_table(answers, workloads, t, k_max)
+    if args.perturb:
+        out["perturbed"] = perturbed(answers, workloads, ms, k_max, args.perturb)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
@@ -176,6 +182,29 @@ def policy_table(answers: dict[str, list], workloads: list[str], t: Callable[[in
     for name, r in table.items():
         print(f"| {name} | " + " | ".join(f"{r[w]:.2f}" for w in workloads) + " |")
     return table
+
+
+def perturbed(answers: dict[str, list], workloads: list[str], ms: dict[int, float],
+              k_max: int, n: int) -> dict[str, list[list[float]]]:
+    """The adaptive length with and without copy continuity on ``n`` cost tables, each
+    measured row count's ms scaled by a uniform draw in 0.9..1.1 (seeds 0..n-1: the kind
+    of noise the engine's measured curve has); prints the mean and the least gain per
+    workload. Returns {"before" / "continuity": [[speed-up per workload] per table]}."""
+    out: dict[str, list[list[float]]] = {"before": [], "continuity": []}
+    for seed in range(n):
+        rnd = random.Random(seed)
+        t = cost_table({m: v * rnd.uniform(0.9, 1.1) for m, v in sorted(ms.items())})
+        for name, cont in (("before", False), ("continuity", True)):
+            out[name].append([replay(answers[w], t, Adaptive(continuity=cont), k_max=k_max)
+                              for w in workloads])
+    gains = [[c - b for b, c in zip(rb, rc, strict=True)]
+             for rb, rc in zip(out["before"], out["continuity"], strict=True)]
+    print(f"\n{n} tables +-10%: | workload | before (mean) | continuity (mean) | gain mean | "
+          "gain least |\n|---|---|---|---|---|")
+    for j, w in enumerate(workloads):
+        b, c = (sum(r[j] for r in out[k]) / n for k in ("before", "continuity"))
+        print(f"| {w} | {b:.2f} | {c:.2f} | {c - b:+.2f} | {min(g[j] for g in gains):+.2f} |")
+    return out
 
 if __name__ == "__main__":
     raise SystemExit(main())
