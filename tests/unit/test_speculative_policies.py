@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from thinkstream.bench.speculative_policies import Continuity, Fixed, Step
-from thinkstream.bench.speculative_sim import cost_table, lookup, replay
+from thinkstream.bench.speculative_sim import cost_table, lookup, perturbed, policy_table, replay
 from thinkstream.speculative.adaptive import LengthController, StepCost
 from thinkstream.speculative.continuity import CopyRates, Rate, probe_cap
 from thinkstream.speculative.ngram import NgramProposer
@@ -116,3 +116,8 @@ def test_replay_of_a_copy_with_the_continuity_rule() -> None:
     flat = cost_table({1: 1.0, 64: 1.0})
     assert replay(answers, flat, Continuity(), k_max=11) == pytest.approx(19 / 4)
     assert replay(answers, flat, Fixed(0)) == pytest.approx(1.0)
+    table = policy_table({"w": answers}, ["w"], flat, 11)
+    assert table["oracle"]["w"] == pytest.approx(19 / 3)
+    assert table["continuity: 7 / fresh at most 1"]["w"] == pytest.approx(19 / 4)
+    runs = perturbed({"w": answers}, ["w"], {1: 1.0, 64: 1.0}, 11, 2)
+    assert [len(runs["before"]), len(runs["continuity"])] == [2, 2]
