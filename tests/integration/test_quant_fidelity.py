@@ -44,13 +44,22 @@ def engines(refs):
     return {q: LLM(checkpoint=ck, dtype="float32", quantization=q) for q in (None, "int8", "int4")}
 
 
-@pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_quantized_greedy_and_perplexity(engines, kind: str) -> None:
-    ref, llm = engines[None], engines[kind]
-    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+PARAMS = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+
+
+@pytest.fixture(scope="module")
+def reference(engines):
+    """float32's outputs and perplexity, computed once for both kinds."""
+    ref = engines[None]
     prompts = [ref.chat_prompt([{"role": "user", "content": p}]) for p in PROMPTS]
-    want = [o.outputs[0] for o in ref.generate(prompts, params)]
-    got = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    return prompts, [o.outputs[0] for o in ref.generate(prompts, PARAMS)], _perplexity(ref)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_greedy_and_perplexity(engines, reference, kind: str) -> None:
+    llm = engines[kind]
+    prompts, want, base = reference
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, PARAMS)]
     for w, g in zip(want, got, strict=True):
         # exact up to the reference's first near tie (top-2 within NEAR_TIE nats): there int8 /
         # int4 rounding may pick the runner-up (prompt 4 of SmolLM2 has one at token 2: 0.087)
@@ -58,5 +67,5 @@ def test_quantized_greedy_and_perplexity(engines, kind: str) -> None:
                   if _margin(lp) < NEAR_TIE), len(w.token_ids))
         assert g[:n] == w.token_ids[:n], (n, g, w.token_ids)
     assert sum(g == w.token_ids for w, g in zip(want, got, strict=True)) >= len(got) - 2
-    base, quant = _perplexity(ref), _perplexity(llm)
+    quant = _perplexity(llm)
     assert quant / base < 1.01, (kind, base, quant)
