@@ -12,7 +12,7 @@ from helpers.tiny import tiny_checkpoint
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.parallel.config import ParallelConfig
-from thinkstream.parallel.paths import extract_answer, majority
+from thinkstream.parallel.paths import extract_answer, majority, span_tokens
 from thinkstream.sampling_params import SamplingParams
 
 SCORED = SamplingParams(temperature=0, max_tokens=3, prompt_logprobs=2, ignore_eos=True)
@@ -68,3 +68,12 @@ def test_a_vote_answers_with_the_winning_paths_tokens_and_logprobs() -> None:
     for k, entry, tid in zip(want, o.logprobs, o.token_ids, strict=True):
         assert next(iter(entry)) == tid and len(entry) >= 3  # the chosen token, then top 3
         assert entry[tid].logprob == win.seq.logprobs[k].logprob
+
+
+def test_an_answers_tokens_include_those_whose_bytes_it_released() -> None:
+    """Tokens that added no text (bytes of a character held back) belong with the token
+    whose text released them; a token overlapping the answer's edge is in."""
+    assert list(span_tokens([0, 0, 3, 5], 0, 3)) == [0, 1, 2]
+    assert list(span_tokens([2, 4, 4, 7], 5, 7)) == [2, 3]
+    assert list(span_tokens([2, 4, 4, 7], 3, 4)) == [1]
+    assert list(span_tokens([1, 2, 3], 1, 2)) == [1]

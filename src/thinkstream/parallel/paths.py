@@ -63,9 +63,12 @@ def extract_answer(text: str) -> str:
 
 def span_tokens(ends: list[int], start: int, end: int) -> range:
     """Indices of the tokens whose text overlaps characters ``[start, end)``; ``ends[k]``:
-    the length of the text after token k (a character a token completes counts as its)."""
+    the length of the text after token k. A token that added no text (bytes of a character
+    held back) belongs with the token whose text released them."""
     first = next((k for k, e in enumerate(ends) if e > start), len(ends))
     last = next((k for k, e in enumerate(ends) if e >= end), len(ends) - 1)
+    while first > 0 and ends[first - 1] == (ends[first - 2] if first > 1 else 0):
+        first -= 1
     return range(first, last + 1)
 
 
