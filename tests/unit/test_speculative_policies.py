@@ -45,6 +45,16 @@ def test_ngram_proposer_tells_a_continuing_copy_from_a_fresh_alignment() -> None
     assert p.tracked() == {"s"}
     p.forget("s")
     assert p.tracked() == set()
+    # a repeating run: each match is the run's first occurrence (the latest leaves too few
+    # tokens), not where the copy ended, yet it drafts what the copy goes on with
+    run = [9, 1, 6, 6, 6, 6, 6, 6]
+    assert (p.continuing("r", run, 3), p.lookup("r", run, 3).tokens) == (False, [6, 6])
+    p.observe("r", [6, 6], 2)
+    run += [6, 6, 6]
+    assert (p.continuing("r", run, 3), p.lookup("r", run, 3).tokens) == (True, [6, 6, 6])
+    p.observe("r", [6, 6, 6], 1)  # the target said 7 at the second draft
+    run += [6, 7]
+    assert p.continuing("r", run, 3) is False
 
 
 def test_continuing_drafts_use_the_copy_rates_fresh_ones_a_probe() -> None:

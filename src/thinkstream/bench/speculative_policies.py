@@ -44,7 +44,8 @@ class Step:
     ``match``: the matched suffix's length (up to 64; the proposer matches n-grams of 2-4,
     this extends the chosen occurrence backwards); ``candidates``: earlier occurrences of
     the proposer's n-gram; ``agree``: tokens on which all their continuations agree;
-    ``continuing``: the source is where the last step's accepted run ended;
+    ``continuing``: the last step's accepted run and the target's own token followed that
+    step's source (the copy goes on);
     ``from_prompt``: the source is in the prompt (else in the answer so far)."""
 
     draft: tuple[int, ...] = ()

@@ -56,11 +56,14 @@ def cost_table(ms: dict[int, float]) -> Callable[[int], float]:
 def lookup(proposer: NgramProposer, key: str, tokens: list[int], k: int,
            last_end: int, prompt_len: int = 0) -> Step:
     """The step's ``Step`` for ``tokens`` (the prompt of ``prompt_len`` tokens and the
-    answer so far), the draft of at most ``k`` tokens; ``last_end``: where the last step's
-    accepted run ended in the source it copied (-1: none)."""
+    answer so far), the draft of at most ``k`` tokens; ``last_end``: the position in the
+    last step's source that the target's own token (``tokens[-1]``) continued, after the
+    accepted run (-1: none); continuing when that token followed the source
+    (``NgramProposer.continuing``'s rule)."""
     found = proposer.match(key, tokens, k)
     if found is None:
         return Step()
+    went_on = 0 <= last_end < len(tokens) - 1 and tokens[last_end] == tokens[-1]
     end, n = found
     match = n
     while match < MAX_MATCH and end - match >= 0 and tokens[end - match] == tokens[-1 - match]:
@@ -71,8 +74,10 @@ def lookup(proposer: NgramProposer, key: str, tokens: list[int], k: int,
     agree = 0
     while all(len(c) > agree for c in conts) and len({c[agree] for c in conts}) == 1:
         agree += 1
-    return Step(tuple(tokens[end + 1 : end + 1 + k]), end, match, len(conts), agree,
-                end == last_end, end < prompt_len)
+    draft, before = tokens[end + 1 : end + 1 + k], tokens[last_end + 1 : last_end + 1 + k]
+    m = min(len(draft), len(before))
+    cont = went_on and (end == last_end or draft[:m] == before[:m])
+    return Step(tuple(draft), end, match, len(conts), agree, cont, end < prompt_len)
 
 
 def replay(answers: list[tuple[list[int], list[int]]], t: Callable[[int], float],

@@ -43,25 +43,33 @@ class NgramProposer(Proposer):
         self.ngram_min, self.ngram_max = ngram_min, ngram_max
         self._index: dict[str, _Index] = {}
         self._step: dict[str, tuple[int, int, int]] = {}  # seq -> (tokens, end, n) this step
-        self._next: dict[str, int] = {}  # seq -> where its last accepted copy ended
+        # seq -> (the source position the target's next token should copy, the token
+        # count then) after the last step's accepted run
+        self._next: dict[str, tuple[int, int]] = {}
 
     def continuing(self, seq_id: str, tokens: list[int], k: int) -> bool | None:
         """Whether the draft of ``seq_id`` this step (at most ``k`` tokens after
-        ``tokens``) continues the copy the last verification accepted: its source starts
-        where the last draft's source ended after the accepted run and the target's own
-        token (False without a match). Call once a step, before ``propose``: the match
-        found here is the one drafted from, and until ``observe`` reports drafts accepted
-        the copy is taken to have ended after the target's token."""
+        ``tokens``) continues the copy the last verification accepted: the last step's
+        accepted run and the target's own token (``tokens[-1]``) all followed that step's
+        source, and the new draft is what that source goes on with (from there, or from
+        another occurrence of the same tokens: a repeating run matches its first one).
+        False without a match. Call once a step, before ``propose``: the match found here
+        is the one drafted from, and until ``observe`` reports drafts accepted none are
+        taken to have been."""
+        last = len(tokens)
         found = self.match(seq_id, tokens, k)
+        src, expected = self._next.pop(seq_id, (-1, -1))
         if found is None:
             self._step.pop(seq_id, None)
-            self._next.pop(seq_id, None)
             return False
         end, n = found
-        cont = self._next.get(seq_id) == end
-        self._step[seq_id] = (len(tokens), end, n)
-        self._next[seq_id] = end + 1
-        return cont
+        self._step[seq_id] = (last, end, n)
+        self._next[seq_id] = (end + 1, last + 1)
+        if expected != last or not 0 <= src < last - 1 or tokens[src] != tokens[-1]:
+            return False
+        draft, before = tokens[end + 1 : end + 1 + k], tokens[src + 1 : src + 1 + k]
+        m = min(len(draft), len(before))
+        return end == src or draft[:m] == before[:m]
 
     def propose(self, seqs: list[Sequence], lengths: list[int]) -> list[Draft]:
         return [self.lookup(s.seq_id, s.token_ids, k) if k > 0 else NO_DRAFT
@@ -110,7 +118,7 @@ class NgramProposer(Proposer):
     def observe(self, seq_id: str, tokens: list[int], accepted: int) -> None:
         step = self._step.get(seq_id)
         if step is not None:
-            self._next[seq_id] = step[1] + accepted + 1
+            self._next[seq_id] = (step[1] + accepted + 1, step[0] + accepted + 1)
 
     def forget(self, seq_id: str) -> None:
         for table in (self._index, self._step, self._next):
