@@ -277,3 +277,27 @@ def test_usage_reports_prefix_cache_hits(server) -> None:
                             "stream_options": {"include_usage": True}}) as s:
         lines = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
     assert lines[-1]["usage"] == usage
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_last_tokens(server) -> None:
+    """vLLM's ``truncate_prompt_tokens`` was ignored: the whole prompt was computed (or a
+    prompt past the context refused) where vLLM reads its last k tokens."""
+    ids = list(range(5, 45))
+    base = {"max_tokens": 4, "temperature": 0, "logprobs": 1}
+    cut = post(server, "/v1/completions", {"prompt": ids, **base, "truncate_prompt_tokens": 6,
+                                           "echo": True}).json()
+    tail = post(server, "/v1/completions", {"prompt": ids[-6:], **base, "echo": True}).json()
+    assert cut["usage"]["prompt_tokens"] == 6
+    assert cut["choices"][0]["text"] == tail["choices"][0]["text"]
+    assert cut["choices"][0]["logprobs"]["token_logprobs"][6:] == pytest.approx(
+        tail["choices"][0]["logprobs"]["token_logprobs"][6:], abs=1e-5)
+    whole = post(server, "/v1/completions", {"prompt": ids, **base, "truncate_prompt_tokens": 99})
+    assert whole.json()["usage"]["prompt_tokens"] == len(ids)
+    chat = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "The quick brown fox"}], "max_tokens": 2,
+        "truncate_prompt_tokens": 3}).json()
+    assert chat["usage"]["prompt_tokens"] == 3
+    for bad in (0, -2):
+        body = error(post(server, "/v1/completions", {"prompt": ids, **base,
+                                                       "truncate_prompt_tokens": bad}), 400)
+        assert body["param"] == "truncate_prompt_tokens"

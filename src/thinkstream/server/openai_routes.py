@@ -272,10 +272,27 @@ def _prepare_completion(state: ServerState, body: P.CompletionRequest,
     prompts = fmt.split_prompts(body.prompt)
     if not prompts:
         raise APIError(400, "prompt: must not be empty", "prompt", "invalid_value")
-    encoded = [state.llm.engine.encode_prompt(p) for p in prompts]
+    whole = [state.llm.engine.encode_prompt(p) for p in prompts]
+    encoded = [truncated(state, body, ids) for ids in whole]
+    # a cut prompt is echoed as the tokens the model read
+    prompts = [p if len(cut) == len(ids) else cut
+               for p, ids, cut in zip(prompts, whole, encoded, strict=True)]
     for ids in encoded:
         _check_context(state, ids, params, "prompt")
     return params, prompts, encoded
+
+
+def truncated(state: ServerState, body: P.SamplingRequest, ids: list[int]) -> list[int]:
+    """vLLM's ``truncate_prompt_tokens``: the prompt's last k token ids (-1: the last
+    ``max_model_len``); None leaves it whole."""
+    k = body.truncate_prompt_tokens
+    if k is None:
+        return ids
+    if k == 0 or k < -1:
+        raise APIError(400, f"truncate_prompt_tokens: must be -1 or >= 1, got {k}",
+                       "truncate_prompt_tokens", "invalid_value")
+    k = state.llm.engine.max_model_len if k == -1 else k
+    return ids[-k:]
 
 
 def chat_params(state, body) -> tuple[SamplingParams, int | None]:
@@ -326,7 +343,7 @@ def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
     if not ids:
         raise APIError(400, "messages: the rendered prompt is empty", "messages", "invalid_value")
     try:
-        ids = state.llm.engine.encode_prompt(ids)
+        ids = truncated(state, body, state.llm.engine.encode_prompt(ids))
     except RequestError as exc:
         raise APIError(400, str(exc).replace("prompt", "messages", 1), "messages") from None
     _check_context(state, ids, params, "messages")

@@ -146,6 +146,8 @@ class SamplingRequest(StrictBody):
     user: Text | None = None
     request_id: Text | None = None
     cache_salt: Text | None = None  # vLLM's: prefix-cache blocks are shared only within a salt
+    # vLLM's: keep the prompt's last k tokens (-1: as many as the context holds)
+    truncate_prompt_tokens: int | None = None
 
     def prefix_salt(self) -> object:
         """The engine's prefix-cache salt for ``cache_salt`` (None: the shared namespace)."""
