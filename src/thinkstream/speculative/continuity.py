@@ -1,9 +1,10 @@
 """Copy continuity: the adaptive length's view of prompt lookup's drafts (issue 13;
 docs/benchmarks.md, "Drafting policies in the replay").
 
-A prompt-lookup draft either **continues** the copy the last verification accepted (its
-source starts where the last draft's accepted run ended, the target's own token included:
-the answer is still copying the same passage) or starts a **fresh** alignment (the first
+A prompt-lookup draft either **continues** the copy the last verification accepted (the
+accepted run and the target's own token followed the last draft's source, and the new
+draft is what that source goes on with: the answer is still copying the same passage;
+``NgramProposer.continuing``) or starts a **fresh** alignment (the first
 step of a copy, or after the answer left the passage: SmolLM2 drops a line, rewrites a
 clause). The two behave differently: on echo-heavy answers a continuing draft's first
 token is accepted ~90% of the time and each later one ~95%, a fresh one's first token
