@@ -34,11 +34,7 @@ from thinkstream.engine.request import RequestOutput, SeqStatus, Sequence
 from thinkstream.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.loading import LoadedCheckpoint, load_checkpoint
-from thinkstream.models.precision import (
-    fused_attention_available,
-    resolve_device,
-    resolve_precision,
-)
+from thinkstream.models import precision as mp
 from thinkstream.models.registry import build_model
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.speculative.decoder import load_draft, make_decoder, pool_models
@@ -93,7 +89,7 @@ class LLMEngine(OpenInputs):
         checkpoint: LoadedCheckpoint | None = None,
     ) -> None:
         self.config = cfg = config or EngineConfig()
-        self.device = resolve_device(cfg.device)  # a bad device fails before the weights load
+        self.device = mp.resolve_device(cfg.device)  # a bad device fails before the weights load
         ckpt = checkpoint or load_checkpoint(model, tensors=cfg.max_weight_memory_mb is None)
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
@@ -101,9 +97,9 @@ class LLMEngine(OpenInputs):
         distributed = cfg.tensor_parallel_size > 1 or cfg.max_weight_memory_mb is not None
         # "auto" dtype / quantization resolved for this machine (models/precision.py); the
         # distributed runners shard dense weights, so they never take the GGUF blocks
-        self.precision, kernels = resolve_precision(cfg.dtype, cfg.quantization, cfg.device,
-                                                    {} if distributed else ckpt.blocks,
-                                                    cfg.kv_cache_dtype)
+        self.precision, kernels = mp.resolve_precision(cfg.dtype, cfg.quantization, cfg.device,
+                                                       {} if distributed else ckpt.blocks,
+                                                       cfg.kv_cache_dtype)
         dtype, kv_dtype = DTYPES[self.precision.dtype], DTYPES[self.precision.kv_dtype]
         # the context a request may ask for, and the longest sequence the KV pool can hold
         self.context_len = context_len(cfg.max_model_len, mcfg.max_position_embeddings)
@@ -136,7 +132,7 @@ class LLMEngine(OpenInputs):
                                           self.device, cfg.compile_decode, cfg.max_num_seqs,
                                           AttentionConfig.for_engine(
                                               cfg.attention_precision, dtype,
-                                              fused_attention_available(self.device)),
+                                              mp.fused_attention_available(self.device)),
                                           kv_dtype)
         self.model = self.runner.model
         self.eos_ids = frozenset(mcfg.eos_token_ids) | frozenset(self.tokenizer.eos_token_ids)
