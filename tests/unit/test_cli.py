@@ -112,3 +112,23 @@ def test_help_says_what_kv_cache_dtype_auto_picks(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "``" not in capsys.readouterr().out
+
+
+def test_serve_refuses_a_port_in_use_before_the_model_loads(monkeypatch, capsys) -> None:
+    """A port in use was uvicorn's error (exit 3) after the model had loaded."""
+    import socket
+
+    from thinkstream.engine import llm_engine
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was taken")
+
+    monkeypatch.setattr(llm_engine, "LLMEngine", no_model)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"thinkstream: error: --host 127.0.0.1 --port {port}: cannot listen there "
+        "(Address already in use)")

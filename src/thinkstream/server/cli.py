@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from pathlib import Path
 
 from thinkstream.parsers.reasoning import REASONING_PARSERS
@@ -104,9 +105,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return serve_replicas(args.replicas, args.model, engine_cfg, config, args.ray_address,
                               args.log_level)
+    sock = listen_socket(config.host, config.port)  # a port in use fails before the model loads
     set_process_threads(engine_cfg)
     llm = AsyncLLM(LLMEngine(args.model, engine_cfg))
-    return serve(create_app(llm, config), args.log_level)
+    return serve(create_app(llm, config), args.log_level, [sock])
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now (as uvicorn binds it: ``SO_REUSEADDR``): a host or
+    port it cannot have is a ``ValueError`` naming them (the CLI exits 2), not uvicorn's
+    error once the model has loaded."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ValueError(f"--host {host}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"--host {host} --port {port}: cannot listen there "
+                         f"({exc.strerror or exc})") from None
+    return sock
 
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:

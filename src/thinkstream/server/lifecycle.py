@@ -126,6 +126,11 @@ def serve(app: FastAPI, log_level: str = "info",
     state: ServerState = app.state.server
     server = DrainingServer(uvicorn_config(app, state.config, log_level=log_level), state,
                             state.config.shutdown_timeout)
+    for sock in sockets or ():  # uvicorn says where it listens only for sockets it binds
+        host, port = sock.getsockname()[:2]
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
+            f"[{host}]" if ":" in host else host, port)
     try:
         server.run(sockets)
     finally:
