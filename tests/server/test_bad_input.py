@@ -44,6 +44,11 @@ CASES = [
     ("chat", _with(CHAT, messages=[{"role": "user"}]), "messages[0]"),
     ("chat", _with(CHAT, messages=[{"role": "system", "content": "be brief"},
                                    {"role": "assistant"}]), "messages[1]"),
+    # OpenAI rejects these two: a tool result answering no call, and no content parts
+    ("chat", _with(CHAT, messages=[{"role": "user", "content": "hi"},
+                                   {"role": "tool", "content": "22 C"}]),
+     "messages[1].tool_call_id"),
+    ("chat", _with(CHAT, messages=[{"role": "user", "content": []}]), "messages[0].content"),
     ("completions", _with(COMPLETION, max_tokens="5"), "max_tokens"),
     ("completions", _with(COMPLETION, max_tokens=1.5), "max_tokens"),
     ("completions", _with(COMPLETION, n=True), "n"),

@@ -203,12 +203,29 @@ class ToolCallIn(StrictBody):
     function: FunctionCallIn
 
 
+def _some_parts(parts: list) -> list:
+    """An empty content-part list is a 400, as OpenAI answers (``messages[i].content``)."""
+    if not parts:
+        raise ValueError("must not be an empty list of parts")
+    return parts
+
+
+def _tool_needs_call_id(value: str | None, info: ValidationInfo) -> str | None:
+    """A ``tool`` message answers one call: without ``tool_call_id`` it is a 400, as
+    OpenAI answers (``messages[i].tool_call_id``)."""
+    if value is None and info.data.get("role") == "tool":
+        raise ValueError("required for a tool message (the id of the call it answers)")
+    return value
+
+
 class ChatMessage(StrictBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
+    content: Text | Annotated[list[TextPart], AfterValidator(_some_parts)] | None = None
     name: Text | None = None
     tool_calls: list[ToolCallIn] | None = None  # assistant
-    tool_call_id: Text | None = None  # tool
+    # declared after ``role``, which the check reads; checked when omitted too
+    tool_call_id: Annotated[Text | None, AfterValidator(_tool_needs_call_id)] = Field(
+        default=None, validate_default=True)
     reasoning_content: Text | None = None  # assistant (a reasoning model's earlier turn)
     reasoning: Text | None = None
 
