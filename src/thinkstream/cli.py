@@ -225,7 +225,9 @@ def _read_prompts(path: str) -> list[tuple[int, dict]]:
 
 def _check_writable(path: str) -> None:
     """Exit now, before a model loads and a batch runs, if ``path`` cannot be written
-    (an existing file is left as it is until the outputs are in)."""
+    (an existing file is left as it is until the outputs are in); ``-`` is stdout."""
+    if path == "-":
+        return
     if os.path.exists(path):
         ok = not os.path.isdir(path) and os.access(path, os.W_OK)
     else:
@@ -252,12 +254,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     n_prompt = sum(len(o.prompt_token_ids) for o in outputs)
     n_gen = sum(len(c.token_ids) for o in outputs for c in o.outputs)
-    with open(args.output, "w", encoding="utf-8") as f:
-        for (_, row), out in zip(rows, outputs, strict=True):
-            c = out.outputs[0]
-            f.write(json.dumps({"id": row.get("id"), "text": c.text, "finish_reason": c.finish_reason,
-                                "prompt_tokens": len(out.prompt_token_ids),
-                                "completion_tokens": len(c.token_ids)}) + "\n")
+    lines = []
+    for (n, row), out in zip(rows, outputs, strict=True):  # no "id": the line number
+        c = out.outputs[0]
+        lines.append(json.dumps({"id": row.get("id", n), "text": c.text,
+                                 "finish_reason": c.finish_reason,
+                                 "prompt_tokens": len(out.prompt_token_ids),
+                                 "completion_tokens": len(c.token_ids)}) + "\n")
+    if args.output == "-":
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.writelines(lines)
     print(f"{len(rows)} requests in {elapsed:.2f}s: {len(rows) / elapsed:.2f} req/s, "
           f"{n_prompt / elapsed:.1f} prompt tok/s, {n_gen / elapsed:.1f} generated tok/s",
           file=sys.stderr)
@@ -317,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_chat)
     p = sub.add_parser("generate", help="offline batch: JSONL prompts in, JSONL answers out")
     p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True,
+                   help="the JSONL answers' file; - writes them to stdout")
     add_engine_args(p)
     add_sampling_args(p)
     p.set_defaults(fn=cmd_generate)

@@ -132,3 +132,22 @@ def test_serve_refuses_a_port_in_use_before_the_model_loads(monkeypatch, capsys)
     assert capsys.readouterr().err.strip() == (
         f"thinkstream: error: --host 127.0.0.1 --port {port}: cannot listen there "
         "(Address already in use)")
+
+
+def test_output_dash_is_stdout_and_a_row_without_id_gets_its_line_number(
+        monkeypatch, capsys, tmp_path) -> None:
+    """``--output -`` wrote a file named ``-``, and a row without ``"id"`` got ``null``."""
+    from helpers.tiny import tiny_checkpoint
+
+    from thinkstream.llm import LLM
+
+    monkeypatch.setattr(cli, "_llm", lambda args: LLM(checkpoint=tiny_checkpoint(),
+                                                      num_blocks=32, block_size=4))
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": [5, 6], "id": "a"}\n\n{"prompt": [7, 8]}\n', encoding="utf-8")
+    assert cli.main(["generate", "--input", str(src), "--output", "-", "--max-tokens", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["id"], r["completion_tokens"], r["finish_reason"]) for r in rows] == [
+        ("a", 2, "length"), (3, 2, "length")]
+    assert not (tmp_path / "-").exists()
