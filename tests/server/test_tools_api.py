@@ -331,3 +331,27 @@ def test_parallel_tool_calls_false_keeps_the_first_call(client) -> None:
         '{"city": "Paris"}']
     _, _, calls, finish = streamed_message(client.chat.completions.create(**kw, stream=True))
     assert [c["arguments"] for c in calls] == ['{"city": "Paris"}'] and finish == "tool_calls"
+
+
+
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize(("text", "choice", "cut", "arguments"), [
+    ("[required] weather please", "required", 12, ""),  # cut inside the name
+    ("[required] weather please", "required", 38, '{"cit'),
+    ("[named] weather please", NAMED, 3, '{"c')])
+def test_a_forced_call_cut_by_max_tokens_keeps_what_was_written(client, text, choice, cut,
+                                                                arguments) -> None:
+    """A required call cut before its name was complete came back as ``content: ""`` and
+    no call; OpenAI returns the cut call (name, partial arguments) with ``length``."""
+    whole = client.chat.completions.create(model="tiny", messages=ask(text), tools=TOOLS,
+                                           tool_choice=choice, max_tokens=cut).choices[0]
+    assert (whole.finish_reason, whole.message.content) == ("length", None)
+    assert [(c.function.name, c.function.arguments) for c in whole.message.tool_calls] == [
+        ("get_weather", arguments)]
+    stream = client.chat.completions.create(model="tiny", messages=ask(text), tools=TOOLS,
+                                            tool_choice=choice, max_tokens=cut, stream=True)
+    content, _, calls, finish = streamed_message(stream)
+    assert (content, finish, [(c["name"], c["arguments"]) for c in calls]) == (
+        "", "length", [("get_weather", arguments)])

@@ -169,3 +169,24 @@ def test_inactive_spec_passes_text_through() -> None:
     assert not spec.active
     out = parse_output(spec.make(), "<think>x</think> " + CALL)
     assert out.content == "<think>x</think> " + CALL and out.calls == []
+
+
+@pytest.mark.parametrize(("text", "content", "calls"), [
+    ("[", "", [("get_weather", "")]),  # one name starts with "get_w": it is that call
+    ('[{"name": "get_w', "", [("get_weather", "")]),
+    ('[{"name": "get_', '{"name": "get_', []),  # two do: the text stays, as content
+    ('[{"name": "get_time", "arguments": {"tz": "U', "", [("get_time", '{"tz": "U')]),
+    ('[{"name": "get_time", "arguments": {}}, {"na', "", [("get_time", "{}")]),
+])
+def test_a_required_call_cut_short_keeps_what_was_written(text, content, calls) -> None:
+    """The output ends inside the call (``max_tokens``): the call as far as it goes."""
+    def stream() -> ToolChoiceStream:
+        return ToolChoiceStream(HermesToolStream(), None, ("get_weather", "get_time")
+                                if text != "[" else ("get_weather",))
+    whole = parse(stream(), text)
+    assert (whole[0], calls_of(whole[1])) == (content, calls)
+    s, events = stream(), []
+    for ch in text:
+        events += s.feed(ch)
+    got = fold(events + s.finish())
+    assert (got[0], calls_of(got[1])) == (content, calls)

@@ -47,6 +47,16 @@ class CallScanner:
         return self._in_string
 
     @property
+    def name_prefix(self) -> str:
+        """The name as far as it was written: all of it once known, the start of its string
+        while it is being read, else "" (an output cut inside a call keeps what it has)."""
+        if self.name is not None:
+            return self.name
+        if self.state == _VALUE and self._current_key == "name" and self._kind == "string":
+            return "".join(self._value[1:])
+        return ""
+
+    @property
     def closed(self) -> bool:
         return self.done or self.error
 

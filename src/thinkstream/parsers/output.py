@@ -39,13 +39,15 @@ class ParserSpec:
     """How a request's outputs are parsed. ``tool_parser`` None: no tool parsing (no tools,
     or ``tool_choice: "none"``); ``tool_choice`` ``"auto"``, ``"required"`` or a function's
     name; ``in_reasoning``: the prompt already opened the reasoning block; ``max_calls``:
-    calls past it are dropped (1 for ``parallel_tool_calls: false``)."""
+    calls past it are dropped (1 for ``parallel_tool_calls: false``); ``tool_names``: the
+    request's functions (a required call cut inside its name is completed from them)."""
 
     reasoning_parser: str | None = None
     tool_parser: str | None = None
     tool_choice: str = "auto"
     in_reasoning: bool = False
     max_calls: int | None = None
+    tool_names: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -60,7 +62,7 @@ class ParserSpec:
             tools = tool_stream_factory(self.tool_parser)()
             if self.tool_choice != "auto":
                 function = None if self.tool_choice == "required" else self.tool_choice
-                tools = ToolChoiceStream(tools, function)
+                tools = ToolChoiceStream(tools, function, self.tool_names)
         return OutputParser(reasoning, tools, self.max_calls)
 
 

@@ -118,13 +118,15 @@ class CallTracker:
             self.out.args(self.index, args[self.sent:])
             self.sent = len(args)
 
-    def end(self) -> bool:
-        """The call is over; False if it never had a name (the caller keeps its text)."""
+    def end(self, cut: bool = False) -> bool:
+        """The call is over; False if it never had a name (the caller keeps its text).
+        ``cut``: the output ended inside it, its arguments are the text written (maybe "",
+        not the ``{}`` of a call written without arguments)."""
         if self.index is None and self.scanner.name is not None:
             self.sync()
         if self.index is None:
             return False
-        args = self.scanner.finish()
+        args = self.scanner.args_text if cut else self.scanner.finish()
         self.out.args(self.index, args[self.sent:])
         self.sent = len(args)
         return True
@@ -253,17 +255,25 @@ class ToolChoiceStream(ToolStream):
     """``tool_choice`` required (``function=None``) or named: the first character of the
     output picks the reading. Named: ``{`` starts the arguments object of ``function``.
     Required: ``[`` a JSON array of call objects, ``{`` one call object. Anything else is
-    the model's own format (``fallback``)."""
+    the model's own format (``fallback``).
 
-    def __init__(self, fallback: ToolStream, function: str | None) -> None:
+    An output cut inside a call (``max_tokens``) returns the call as far as it was written,
+    as OpenAI returns a cut forced call (with ``finish_reason: length``): its name and its
+    arguments' text so far. A name cut short is completed when exactly one of ``names`` (the
+    request's tools, the only names the constraint allows) starts with it; otherwise the
+    call's text is kept as content, or dropped after calls that were complete."""
+
+    def __init__(self, fallback: ToolStream, function: str | None,
+                 names: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.fallback, self.function = fallback, function
+        self.fallback, self.function, self.names = fallback, function, names
         self.out = fallback.out  # one numbering and one hold-back for both readings
         self.mode = ""  # "", "args", "array", "object" or "fallback"
         self.call: CallTracker | None = None
         self.args_index: int | None = None
         self.args = _ArgsText()
         self.array_done = False
+        self.raw = ""  # the text of the call being read (array / object modes)
 
     def _feed(self, text: str) -> None:
         if not self.mode:
@@ -294,13 +304,15 @@ class ToolChoiceStream(ToolStream):
         while i < len(text) and not self.array_done:
             if self.call is None:
                 if text[i] == "{":
-                    self.call = CallTracker(self.out)
+                    self.call, self.raw = CallTracker(self.out), ""
                 else:  # separators; "]" (or junk after a lone object) ends the calls
                     self.array_done = text[i] == "]" or (
                         self.mode == "object" and text[i] not in " \t\r\n,")
                     i += 1
                 continue
-            i += self.call.feed(text[i:])
+            taken = self.call.feed(text[i:])
+            self.raw += text[i:i + taken]
+            i += taken
             if not self.call.scanner.closed:
                 return
             self.call.end()
@@ -313,8 +325,22 @@ class ToolChoiceStream(ToolStream):
         elif self.mode == "args":
             assert self.args_index is not None
             self.out.args(self.args_index, self.args.rest())
-        elif self.call is not None:
-            self.call.end()
+        elif self.mode in ("array", "object") and not self.array_done:
+            self._end_cut_call()
+
+    def _end_cut_call(self) -> None:
+        """The output ended inside a call, or before any (``[`` alone): see the class doc."""
+        call = self.call
+        if call is not None and call.end(cut=True):
+            return
+        if call is None and self.out.num_calls:
+            return  # between calls: nothing of another one was written
+        prefix = call.scanner.name_prefix if call is not None else ""
+        names = [n for n in self.names if n.startswith(prefix)]
+        if len(names) == 1:
+            self.out.start_call(names[0])
+        elif call is not None and not self.out.num_calls:
+            self.out.text(self.raw)
 
 
 class _ArgsText:

@@ -70,9 +70,10 @@ class ToolPlan:
 
     def parser_spec(self, tool_parser: str, reasoning_parser: str | None,
                     in_reasoning: bool) -> ParserSpec:
+        names = tuple(t["function"]["name"] for t in self.template_tools or self.prompt_tools or [])
         return ParserSpec(reasoning_parser, tool_parser if self.parses_calls else None,
                           self.choice if self.parses_calls else "auto", in_reasoning,
-                          None if self.parallel else 1)
+                          None if self.parallel else 1, names)
 
 
 def plan_tools(body: P.ChatCompletionRequest, template: str | None,
