@@ -121,9 +121,13 @@ def test_invalid_constraints_are_400s_naming_the_field(server, fields, param, me
 
 
 def test_invalid_tool_schemas_and_text_formats_are_400s(server) -> None:
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}]
-    r = post(server, "/v1/chat/completions", {**CHAT, "tools": tools, "tool_choice": "required"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+    """The param names the tool whose schema is bad (it was ``tools`` alone)."""
+    tools = [{"type": "function", "function": {"name": "g"}},
+             {"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}]
+    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        r = post(server, "/v1/chat/completions", {**CHAT, "tools": tools, "tool_choice": choice})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "tools[1].function.parameters"
     r = post(server, "/v1/responses", {"input": "hi", "text": {"format": {
         "type": "json_schema", "name": "x", "schema": {"type": "object", "minProperties": "a"}}}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema"

@@ -64,6 +64,13 @@ class ToolPlan:
     constraint: StructuredOutputsParams | None
     parallel: bool = True  # False: only the first call is kept
 
+    def constrained_schemas(self) -> list[tuple[int, dict]]:
+        """``(index in tools, parameters schema)`` of the tools a required or named call's
+        constraint holds (to name the one whose schema does not compile)."""
+        tools = self.template_tools or self.prompt_tools or []
+        return [(i, _parameters(t)) for i, t in enumerate(tools)
+                if self.choice in ("auto", "required") or t["function"]["name"] == self.choice]
+
     @property
     def parses_calls(self) -> bool:
         return self.choice != "none" and bool(self.template_tools or self.prompt_tools)

@@ -45,6 +45,19 @@ def checked(state, so: StructuredOutputsParams | None,
     return so
 
 
+def checked_tools(state, so: StructuredOutputsParams | None,
+                  schemas: list[tuple[int, dict]]) -> StructuredOutputsParams | None:
+    """``checked`` for a constraint built from tools' schemas (``chat_tools``): one that does
+    not compile is a 400 naming the first tool whose own schema does not,
+    ``tools[i].function.parameters`` (``tools`` if each compiles alone)."""
+    try:
+        return checked(state, so, "tools")
+    except APIError:
+        for i, schema in schemas:
+            checked(state, StructuredOutputsParams(json=schema), f"tools[{i}].function.parameters")
+        raise
+
+
 def _make(field: str, **kwargs) -> tuple[str, StructuredOutputsParams]:
     try:
         return field, StructuredOutputsParams(**kwargs)

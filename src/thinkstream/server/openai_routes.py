@@ -30,7 +30,7 @@ from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
 from thinkstream.server.auth import request_owner
 from thinkstream.server.chat_tools import call_or_answer, opens_reasoning, plan_tools
-from thinkstream.server.constraints import body_constraint, checked
+from thinkstream.server.constraints import body_constraint, checked_tools
 from thinkstream.server.errors import APIError, field_names, to_api_error
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
@@ -329,13 +329,13 @@ def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
     params, logprobs = chat_params(state, body)
     tokenizer, cfg = state.llm.tokenizer, state.config
     plan = plan_tools(body, tokenizer.chat_template, cfg.tool_prompt)
-    constraint = checked(state, plan.constraint, "tools") or constraint
+    constraint = checked_tools(state, plan.constraint, plan.constrained_schemas()) or constraint
     answer = constraint or params.structured_outputs
     if plan.choice == "auto" and plan.parses_calls and answer is not None \
             and cfg.tool_call_parser == "hermes":  # a tool call stays possible
         tools = plan.template_tools or plan.prompt_tools or []
-        constraint = checked(state, call_or_answer(tools, answer, plan.parallel), "tools") \
-            or constraint
+        constraint = checked_tools(state, call_or_answer(tools, answer, plan.parallel),
+                                   plan.constrained_schemas()) or constraint
     if constraint is not None:
         params = dataclasses.replace(params, structured_outputs=constraint)
     ids = fmt.render_chat(tokenizer, body,
