@@ -57,7 +57,10 @@ async def responses(request: Request) -> Response:
     body = await parse_body(request, R.ResponsesRequest)
     check_model(state, body.model)
     R.check_stateless(body)
-    with field_names({"max_tokens": "max_output_tokens", "messages": "input"}):
+    names = {"max_tokens": "max_output_tokens", "messages": "input"} | {  # tools are flat
+        f"tools[{i}].function.parameters": f"tools[{i}].parameters"
+        for i in range(len(body.tools or []))}
+    with field_names(names):
         chat = await run_in_threadpool(_prepare, state, body)  # off the event loop
     job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt())
