@@ -218,6 +218,16 @@ def test_responses_function_call_and_reasoning(client) -> None:
 def test_responses_cut_by_max_output_tokens_is_incomplete(client) -> None:
     r = client.responses.create(model="tiny", input="Say hello.", max_output_tokens=3)
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert [(o.type, o.status) for o in r.output] == [("message", "incomplete")]
+    flat = [{"type": "function", **TOOLS[0]["function"]}]  # a forced call cut in its arguments
+    r = client.responses.create(model="tiny", input="[required] weather please", tools=flat,
+                                tool_choice="required", max_output_tokens=38)
+    assert [(o.type, o.name, o.arguments, o.status) for o in r.output] == [
+        ("function_call", "get_weather", '{"cit', "incomplete")]
+    with client.responses.stream(model="tiny", input="[required] weather please", tools=flat,
+                                 tool_choice="required", max_output_tokens=38) as stream:
+        done = [ev.item for ev in stream if ev.type == "response.output_item.done"]
+    assert [(o.arguments, o.status) for o in done] == [('{"cit', "incomplete")]
 
 
 def test_responses_is_stateless(server) -> None:

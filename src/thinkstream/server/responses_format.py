@@ -69,11 +69,14 @@ class ItemBuilder:
                                          delta=ev.text))
         return events
 
-    def finish(self) -> list[dict]:
-        """Close what is open; an output with no item gets an empty message."""
-        events = self._close()
+    def finish(self, cut: bool = False) -> list[dict]:
+        """Close what is open; an output with no item gets an empty message. ``cut``: the
+        output ended at ``max_output_tokens``, the item it ended in is ``incomplete`` (as
+        OpenAI marks it: a function call's arguments are then partial)."""
+        status = "incomplete" if cut else "completed"
+        events = self._close(status)
         if not self.items:
-            events += self._text("message", "") + self._close()
+            events += self._text("message", "") + self._close(status)
         return events
 
     def _at(self, item: dict) -> int:
@@ -110,12 +113,12 @@ class ItemBuilder:
                                      delta=text, **extra))
         return events
 
-    def _close(self) -> list[dict]:
+    def _close(self, status: str = "completed") -> list[dict]:
         item, self.open = self.open, None
         if item is None:
             return []
         at, events = self._at(item), []
-        item["status"] = "completed"
+        item["status"] = status
         if item["type"] == "function_call":
             events.append(self.event("response.function_call_arguments.done", item_id=item["id"],
                                      output_index=at, arguments=item["arguments"],
@@ -171,8 +174,8 @@ class ResponsesView:
         builder, parser = ItemBuilder(), self.parser.make()
         builder.feed(parser.feed(out.outputs[0].text))
         builder.feed(parser.finish())
-        builder.finish()
         status, incomplete = self._ending(out)
+        builder.finish(cut=incomplete is not None)
         return self.body(status, builder.items, self._usage(out), incomplete)
 
     async def events(self, outputs: AsyncIterator[tuple[int, RequestOutput]]
@@ -187,9 +190,9 @@ class ResponsesView:
                 yield ev
             if o.finish_reason is None:
                 continue
-            for ev in builder.feed(parser.finish()) + builder.finish():
-                yield ev
             status, incomplete = self._ending(out)
+            for ev in builder.feed(parser.finish()) + builder.finish(incomplete is not None):
+                yield ev
             kind = "response.completed" if status == "completed" else "response.incomplete"
             yield builder.event(kind, response=self.body(status, builder.items, self._usage(out),
                                                          incomplete))
