@@ -225,6 +225,19 @@ def test_adaptive_length_falls_to_zero_and_rises(plain) -> None:
         assert engine.requests == {}
 
 
+def test_a_compute_bound_batch_drafts_nothing(plain) -> None:
+    """FASER: with the batch's own tokens at or past the knee, no request drafts, even one
+    the oracle would always be right for; below it (one request) the same one drafts."""
+    spec = {"num_speculative_tokens": 4, "compute_bound_tokens": 3}
+    params = SamplingParams(temperature=0.0, max_tokens=14, ignore_eos=True)
+    batched = make_engine(spec, Oracle(answers(plain), wrong_every=10**6))
+    got = [o.outputs[0].token_ids for o in run(batched, PROMPTS[:3], params)]
+    assert got == plain[:3] and batched.speculative.stats.num_draft_tokens == 0
+    alone = make_engine(spec, Oracle(answers(plain), wrong_every=10**6))
+    assert run(alone, PROMPTS[:1], params)[0].outputs[0].token_ids == plain[0]
+    assert alone.speculative.stats.num_accepted_tokens > 0
+
+
 def test_length_controller_and_budget_units() -> None:
     c = LengthController(k_max=5, knee=16, proposer_cost=0.0)
     assert c.length("a", 1) == 3  # prior alpha 0.5
