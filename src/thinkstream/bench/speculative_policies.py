@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from thinkstream.speculative.adaptive import LengthController, StepCost, best_length
 from thinkstream.speculative.config import ADAPTIVE_MAX_TOKENS
+from thinkstream.speculative.continuity import Rate
 
 
 @dataclass(frozen=True)
@@ -104,23 +105,6 @@ class Adaptive:
         self.ctl.knee = self.cost.knee
 
 
-class _Rate:
-    """An exponentially forgetting acceptance rate with ``weight`` pseudo-trials of
-    ``prior``."""
-
-    def __init__(self, prior: float, weight: float, decay: float) -> None:
-        self.hits = self.trials = 0.0
-        self.prior, self.weight, self.decay = prior, weight, decay
-
-    def add(self, hits: float, trials: float) -> None:
-        self.hits = self.decay * self.hits + hits
-        self.trials = self.decay * self.trials + trials
-
-    @property
-    def value(self) -> float:
-        return (self.hits + self.prior * self.weight) / (self.trials + self.weight)
-
-
 class Pooled:
     """Two rates per key (``first``: the first draft token's; ``later``: each later one,
     given the ones before it were accepted), E(k) / cost(k) maximised on the cost table
@@ -131,13 +115,13 @@ class Pooled:
                  decay: tuple[float, float] = (0.8, 0.9), shared: bool = False) -> None:
         self.costs, self.shared = costs, shared
         self.prior, self.decay = (first, later), decay
-        self.rates: dict[str, tuple[_Rate, _Rate]] = {}
+        self.rates: dict[str, tuple[Rate, Rate]] = {}
 
-    def _rates(self, key: str) -> tuple[_Rate, _Rate]:
+    def _rates(self, key: str) -> tuple[Rate, Rate]:
         key = "*" if self.shared else key
         if key not in self.rates:
-            self.rates[key] = (_Rate(self.prior[0], 2.0, self.decay[0]),
-                               _Rate(self.prior[1], 2.0, self.decay[1]))
+            self.rates[key] = (Rate(self.prior[0], self.decay[0]),
+                               Rate(self.prior[1], self.decay[1]))
         return self.rates[key]
 
     def length(self, key: str, step: Step) -> int:
