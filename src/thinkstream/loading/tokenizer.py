@@ -68,11 +68,12 @@ class Tokenizer:
         self._bytes: dict[int, bytes] = {}  # token_bytes, filled on use
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        # encode_batch releases the GIL (encode does not), at the same cost: a long text
-        # tokenized on one thread never stalls the engine's forward pass on another. With
+        # encode_batch_fast releases the GIL (encode does not) and skips the offsets nobody
+        # reads here (4,096 tokens: 3.6 against encode_batch's 4.8 CPU ms, Zen 4): a long
+        # text tokenized on one thread never stalls the engine's forward pass on another. With
         # TOKENIZERS_PARALLELISM unset it would hand the text to a pool of spinning threads
         # that take the forward pass's core (a 60 ms step measured 80-260 ms): see the module top.
-        return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+        return self.backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
