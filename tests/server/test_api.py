@@ -27,9 +27,15 @@ def oai(tiny_server):
     return openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused", max_retries=0)
 
 
-def test_models(client) -> None:
+def test_models(client, oai) -> None:
     data = client.get("/v1/models").json()
     assert data["object"] == "list" and [m["id"] for m in data["data"]] == ["tiny"]
+    card = oai.models.retrieve("tiny")  # GET /v1/models/{id}, as OpenAI serves it
+    assert (card.id, card.object, card.owned_by) == ("tiny", "model", "thinkstream")
+    assert client.get("/v1/models/tiny").json() == data["data"][0]
+    with pytest.raises(openai.NotFoundError) as err:
+        oai.models.retrieve("org/other")
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
 
 
 @pytest.mark.parametrize("prompt", ["Hello there", ["Hello", "Paris is"], [5, 6, 7],

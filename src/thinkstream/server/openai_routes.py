@@ -1,5 +1,5 @@
-"""The OpenAI-compatible endpoints: ``/v1/models``, ``/v1/completions``,
-``/v1/chat/completions`` and ``/v1/requests/{id}/cancel``.
+"""The OpenAI-compatible endpoints: ``/v1/models`` (and ``/v1/models/{id}``),
+``/v1/completions``, ``/v1/chat/completions`` and ``/v1/requests/{id}/cancel``.
 
 A request goes: ``Content-Type: application/json`` (else 415) -> raw body -> JSON object
 -> pydantic model (``protocol``) -> caps from ``ServerConfig`` -> ``SamplingParams`` ->
@@ -220,9 +220,24 @@ def wrap_errors(fn):
 async def list_models(request: Request) -> dict:
     """The one model this server serves."""
     state = server_state(request)
-    card = P.ModelCard(id=state.config.served_model_name, created=int(state.started),
+    return {"object": "list", "data": [_model_card(state).model_dump()]}
+
+
+@router.get("/v1/models/{model:path}", response_model=P.ModelCard, responses=ERRORS)
+async def retrieve_model(request: Request, model: str) -> Response:
+    """The served model's card (the ``openai`` SDK's ``models.retrieve``); any other id is a
+    404 ``model_not_found``, as OpenAI answers. ``:path``: a served name may hold ``/``."""
+    state = server_state(request)
+    try:
+        check_model(state, model)
+    except APIError as exc:
+        return JSONResponse(exc.body(), exc.status)
+    return JSONResponse(_model_card(state).model_dump())
+
+
+def _model_card(state: ServerState) -> P.ModelCard:
+    return P.ModelCard(id=state.config.served_model_name, created=int(state.started),
                        max_model_len=state.llm.engine.max_model_len)
-    return {"object": "list", "data": [card.model_dump()]}
 
 
 @router.post("/v1/completions", openapi_extra=body_doc(P.CompletionRequest),
