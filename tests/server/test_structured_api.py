@@ -121,19 +121,43 @@ def test_invalid_constraints_are_400s_naming_the_field(server, fields, param, me
 
 
 def test_invalid_tool_schemas_and_text_formats_are_400s(server) -> None:
-    """The param names the tool whose schema is bad (it was ``tools`` alone)."""
+    """The param names the tool whose schema is bad (it was ``tools`` alone), under every
+    ``tool_choice`` (auto and none got a 200 before), streamed or not."""
     tools = [{"type": "function", "function": {"name": "g"}},
              {"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}]
-    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
-        r = post(server, "/v1/chat/completions", {**CHAT, "tools": tools, "tool_choice": choice})
-        assert r.status_code == 400, r.text
-        assert r.json()["error"]["param"] == "tools[1].function.parameters"
+    for choice in (None, "auto", "none", "required", {"type": "function", "function": {"name": "f"}}):
+        for stream in (False, True):
+            r = post(server, "/v1/chat/completions", {**CHAT, "tools": tools, "stream": stream,
+                                                       **({} if choice is None else {"tool_choice": choice})})
+            assert r.status_code == 400, (choice, r.text)
+            assert r.json() == {"error": {
+                "message": "tools[1].function.parameters: not a valid JSON Schema: 'nope' is not "
+                           "valid under any of the given schemas (at type)",
+                "type": "invalid_request_error", "param": "tools[1].function.parameters",
+                "code": "invalid_value"}}
     flat = [{"type": "function", **t["function"]} for t in tools]  # the Responses API's
     r = post(server, "/v1/responses", {"input": "hi", "tools": flat, "tool_choice": "required"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools[1].parameters", r.text
     r = post(server, "/v1/responses", {"input": "hi", "text": {"format": {
         "type": "json_schema", "name": "x", "schema": {"type": "object", "minProperties": "a"}}}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema"
+    server.wait_idle()
+
+
+def test_valid_tool_schema_the_grammar_cannot_compile_is_refused_only_when_forced(server) -> None:
+    """``dependentSchemas`` is valid JSON Schema that llguidance does not implement: under
+    ``auto`` nothing compiles it (the tiny model's context cannot hold the tool prompt, so
+    the chat route's refusal is the context's; /tokenize renders it: 200); a forced call
+    must compile it (400 naming the tool)."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "dependentSchemas": {"a": {"required": ["b"]}}}}}]
+    r = post(server, "/v1/chat/completions", {**CHAT, "tools": tools, "tool_choice": "auto"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    r = post(server, "/tokenize", {"messages": CHAT["messages"], "tools": tools})
+    assert r.status_code == 200 and r.json()["count"] > 500, r.text
+    r = post(server, "/v1/chat/completions", {**CHAT, "tools": tools, "tool_choice": "required"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools[0].function.parameters"
+    server.wait_idle()
 
 
 def test_streamed_n_seed_logprobs_under_a_schema_equal_the_whole_answer(server) -> None:

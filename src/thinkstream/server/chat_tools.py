@@ -11,6 +11,11 @@ function signatures as JSON and the Hermes ``<tool_call>`` format, appended to t
 system message (or as one); earlier calls are written into the assistant turns
 in that format and tool results become user turns wrapped in ``<tool_response>`` tags.
 
+Every tool's ``parameters`` must be a valid JSON Schema (checked against its meta-schema
+with ``jsonschema``, whatever ``tool_choice`` is): a bad one is a 400 naming
+``tools[i].function.parameters``, as OpenAI answers. A valid schema the grammar library
+cannot compile is refused only where a call is forced (``required`` or named).
+
 ``tool_choice``: ``none`` gives the template no tools and parses no calls; ``auto`` parses
 calls when the model makes them; ``required`` and a named function also set
 ``SamplingParams.structured_outputs`` to the call's JSON schema (``call_constraint``), which
@@ -23,6 +28,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import Draft202012Validator, validator_for
 
 from thinkstream.parsers.output import ParserSpec
 from thinkstream.sampling_params import StructuredOutputsParams
@@ -86,6 +94,7 @@ class ToolPlan:
 def plan_tools(body: P.ChatCompletionRequest, template: str | None,
                tool_prompt: bool) -> ToolPlan:
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    check_tool_schemas(tools)
     choice = _choice_name(body.tool_choice, tools)
     if not tools or choice == "none":
         return ToolPlan(None, None, "none" if tools else "auto", None)
@@ -97,6 +106,26 @@ def plan_tools(body: P.ChatCompletionRequest, template: str | None,
         raise APIError(400, "tools: this model's chat template has no tool support and the "
                        "server runs with --no-tool-prompt", "tools", "tools_unsupported")
     return ToolPlan(None, tools, choice, constraint, parallel)
+
+
+def check_tool_schemas(tools: list[dict]) -> None:
+    """A 400 naming ``tools[i].function.parameters`` for the first tool whose ``parameters``
+    is not a valid JSON Schema under its ``$schema``'s meta-schema (draft 2020-12 when it
+    names none); the check needs no network (the meta-schemas ship with ``jsonschema``)."""
+    for i, tool in enumerate(tools):
+        schema = tool["function"].get("parameters")
+        if schema is None:
+            continue
+        param = f"tools[{i}].function.parameters"
+        try:
+            validator_for(schema, default=Draft202012Validator).check_schema(schema)
+        except SchemaError as exc:
+            where = "/".join(map(str, exc.path))
+            raise APIError(400, f"{param}: not a valid JSON Schema: {exc.message}"
+                           + (f" (at {where})" if where else ""), param,
+                           "invalid_value") from None
+        except RecursionError:
+            raise APIError(400, f"{param}: nested too deeply", param, "invalid_value") from None
 
 
 def _choice_name(choice: str | P.ToolChoiceFunction | None, tools: list[dict]) -> str:
