@@ -6,7 +6,9 @@ max_tokens=0 with echo, text-only content parts, unknown models, /metrics withou
 
 from __future__ import annotations
 
+import argparse
 import json
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -301,3 +303,143 @@ def test_truncate_prompt_tokens_keeps_the_prompts_last_tokens(server) -> None:
         body = error(post(server, "/v1/completions", {"prompt": ids, **base,
                                                        "truncate_prompt_tokens": bad}), 400)
         assert body["param"] == "truncate_prompt_tokens"
+
+
+# ------------------------------------------------ vLLM's output options (server.vllm_fields)
+CHAT_HI = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4,
+           "temperature": 0}
+
+
+def events(r: httpx.Response) -> list[dict]:
+    assert r.status_code == 200, r.text
+    lines = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_prompt_logprobs_on_chat_match_completions_and_echo(server) -> None:
+    """Chat's top-level prompt_logprobs, completions' per-choice ones and the echoed prompt's
+    logprobs are the same engine numbers: one entry per prompt token, None first, the
+    prompt token plus the top k keyed by id."""
+    chat = post(server, "/v1/chat/completions", {**CHAT_HI, "prompt_logprobs": 2}).json()
+    ids = post(server, "/tokenize", {"messages": CHAT_HI["messages"]}).json()["tokens"]
+    plp = chat["prompt_logprobs"]
+    assert len(plp) == len(ids) == chat["usage"]["prompt_tokens"] and plp[0] is None
+    for tid, entry in zip(ids[1:], plp[1:], strict=True):
+        ranks = {e["rank"] for e in entry.values()}
+        assert ranks == {1, 2, entry[str(tid)]["rank"]} and len(entry) == len(ranks)
+        assert entry[str(tid)]["decoded_token"] == server.engine.tokenizer.decode([tid])
+    cmpl = post(server, "/v1/completions", {"prompt": ids, "max_tokens": 1, "n": 2,
+                                            "prompt_logprobs": 2, "echo": True,
+                                            "logprobs": 1}).json()
+    assert [c["prompt_logprobs"] for c in cmpl["choices"]] == [plp, plp]
+    echoed = cmpl["choices"][0]["logprobs"]["token_logprobs"][:len(ids)]
+    assert echoed == [None] + [e[str(t)]["logprob"] for t, e in zip(ids[1:], plp[1:], strict=True)]
+    assert "prompt_logprobs" not in post(server, "/v1/chat/completions", CHAT_HI).json()
+    for path, body in (("/v1/chat/completions", CHAT_HI), ("/v1/completions", {"prompt": "x"})):
+        err = error(post(server, path, {**body, "prompt_logprobs": 1, "stream": True}), 400)
+        assert (err["param"], err["message"]) == (
+            "prompt_logprobs", "prompt_logprobs: not available when stream is true")
+        assert error(post(server, path, {**body, "prompt_logprobs": 21}), 400)["param"] \
+            == "prompt_logprobs"
+        events(post(server, path, {**body, "prompt_logprobs": 0, "stream": True}))  # vLLM's rule
+    server.wait_idle()
+
+
+def test_chat_echo_puts_the_last_message_before_the_answer(server) -> None:
+    """vLLM's rule: echoed when the last message's role is the response's (assistant
+    prefill), streamed as one chunk after the role; a user turn is not echoed."""
+    prefill = {"messages": [*CHAT_HI["messages"], {"role": "assistant", "content": "It is"}],
+               "max_tokens": 4, "temperature": 0, "add_generation_prompt": False,
+               "continue_final_message": True}
+    plain = post(server, "/v1/chat/completions", prefill).json()["choices"][0]["message"]
+    echoed = post(server, "/v1/chat/completions", {**prefill, "echo": True}).json()
+    assert echoed["choices"][0]["message"]["content"] == "It is" + plain["content"]
+    chunks = events(post(server, "/v1/chat/completions", {**prefill, "echo": True,
+                                                          "stream": True}))
+    assert chunks[1]["choices"][0]["delta"] == {"content": "It is"}
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "It is" + plain["content"]
+    user_last = post(server, "/v1/chat/completions", {**CHAT_HI, "echo": True}).json()
+    assert user_last["choices"] == post(server, "/v1/chat/completions", CHAT_HI).json()["choices"]
+
+
+def test_return_tokens_as_token_ids_names_logprob_tokens_by_id(server) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "logprobs": 2}
+    plain = post(server, "/v1/completions", body).json()["choices"][0]
+    by_id = post(server, "/v1/completions", {**body, "return_tokens_as_token_ids": True}
+                 ).json()["choices"][0]
+    decode = server.engine.tokenizer.decode
+    assert by_id["text"] == plain["text"]
+    assert [decode([int(t.removeprefix("token_id:"))]) for t in by_id["logprobs"]["tokens"]] \
+        == plain["logprobs"]["tokens"]
+    assert [len(top) for top in by_id["logprobs"]["top_logprobs"]] \
+        == [len(top) for top in plain["logprobs"]["top_logprobs"]]
+    assert all(k.startswith("token_id:") for top in by_id["logprobs"]["top_logprobs"] for k in top)
+    chat = {**CHAT_HI, "logprobs": True, "top_logprobs": 1, "return_tokens_as_token_ids": True}
+    for content in (post(server, "/v1/chat/completions", chat).json()["choices"][0]["logprobs"]
+                    ["content"]):
+        tid = int(content["token"].removeprefix("token_id:"))
+        assert content["bytes"] == list(server.engine.tokenizer.token_bytes(tid))  # real bytes
+        assert content["top_logprobs"][0]["token"].startswith("token_id:")
+
+
+def test_return_tokens_as_token_ids_server_flag() -> None:
+    from thinkstream.server.cli import add_server_args, server_config
+    from thinkstream.server.openai_routes import output_options
+    from thinkstream.server.protocol import CompletionRequest
+
+    parser = argparse.ArgumentParser()
+    add_server_args(parser)
+    parser.add_argument("--model", default=None)
+    cfg = server_config(parser.parse_args(["--return-tokens-as-token-ids"]))
+    assert cfg.return_tokens_as_token_ids and not server_config(parser.parse_args([])) \
+        .return_tokens_as_token_ids
+    state = SimpleNamespace(config=cfg)
+    for field, expected in ((None, True), (False, False), (True, True)):
+        body = CompletionRequest(prompt="x", return_tokens_as_token_ids=field)
+        assert output_options(state, body, False)["tokens_as_ids"] is expected
+
+
+def test_continuous_usage_stats_put_usage_on_every_chunk(server) -> None:
+    """With include_usage: each chunk's usage counts its choice's tokens so far (the role
+    chunk 0), then the final usage chunk sums them; without include_usage, none."""
+    opts = {"stream": True, "stream_options": {"include_usage": True,
+                                               "continuous_usage_stats": True}}
+    for path, body in (("/v1/chat/completions", {**CHAT_HI, "n": 2, "temperature": 1.0,
+                                                  "seed": 3}),
+                       ("/v1/completions", {"prompt": [PROMPT, "Hi"], "max_tokens": 4})):
+        chunks = events(post(server, path, {**body, **opts}))
+        *steps, last = chunks
+        assert last["choices"] == [] and all("usage" in c for c in steps)
+        seen: dict[int, int] = {}
+        for c in steps:
+            idx, usage = c["choices"][0]["index"], c["usage"]
+            assert usage["completion_tokens"] >= seen.get(idx, 0)
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+            seen[idx] = usage["completion_tokens"]
+        assert sum(seen.values()) == last["usage"]["completion_tokens"] and len(seen) == 2
+        if path == "/v1/chat/completions":
+            assert steps[0]["usage"]["completion_tokens"] == 0
+        quiet = events(post(server, path, {**body, "stream": True, "stream_options": {
+            "continuous_usage_stats": True}}))
+        assert not any("usage" in c for c in quiet)
+
+
+@pytest.mark.parametrize(("path", "field", "value"), [
+    ("/v1/chat/completions", "use_beam_search", True),
+    ("/v1/completions", "bad_words", ["fox"]),
+    ("/v1/chat/completions", "allowed_token_ids", [5, 6]),
+    ("/v1/completions", "priority", 1),
+    ("/v1/chat/completions", "chat_template", "{{ messages }}"),
+    ("/v1/chat/completions", "add_special_tokens", True),
+    ("/v1/completions", "add_special_tokens", False),
+])
+def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) -> None:
+    body = {"messages": CHAT_HI["messages"]} if "chat" in path else {"prompt": PROMPT}
+    err = error(post(server, path, {**body, "max_tokens": 1, field: value}), 400)
+    assert (err["param"], err["code"]) == (field, "unsupported")
+    default = {"use_beam_search": False, "bad_words": [], "allowed_token_ids": None,
+               "priority": 0, "chat_template": None,
+               "add_special_tokens": "chat" not in path}[field]
+    assert post(server, path, {**body, "max_tokens": 1, field: default}).status_code == 200

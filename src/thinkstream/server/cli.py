@@ -49,6 +49,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                         "with tools with 400 instead of getting the tool prompt")
     p.add_argument("--metrics-require-key", action="store_true",
                    help="/metrics needs an API key (by default it is open)")
+    p.add_argument("--return-tokens-as-token-ids", action="store_true",
+                   help="logprobs name tokens 'token_id:N' (a request's "
+                        "return_tokens_as_token_ids overrides it), as vLLM's flag")
     p.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray behind one endpoint (pip install thinkstream[ray])")
     p.add_argument("--ray-address", default=None,
@@ -85,6 +88,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections, tool_call_parser=args.tool_call_parser,
         reasoning_parser=args.reasoning_parser, tool_prompt=args.tool_prompt,
         metrics_require_key=args.metrics_require_key,
+        return_tokens_as_token_ids=args.return_tokens_as_token_ids,
     )
 
 

@@ -26,7 +26,8 @@ class ServerConfig:
     (``parsers.reasoning``; None: off, the output is all content). ``tool_prompt``: a model
     whose template has no tool support gets the tool prompt (``server.chat_tools``); off,
     such a request is a 400. ``metrics_require_key``: ``/metrics`` needs an API key like the
-    other routes (by default it is open, as vLLM serves it).
+    other routes (by default it is open, as vLLM serves it). ``return_tokens_as_token_ids``:
+logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag).
     """
 
     host: str = "127.0.0.1"
@@ -50,6 +51,7 @@ class ServerConfig:
     reasoning_parser: str | None = None
     tool_prompt: bool = True
     metrics_require_key: bool = False
+    return_tokens_as_token_ids: bool = False
 
     def __post_init__(self) -> None:
         from thinkstream.parsers.reasoning import reasoning_stream_factory

@@ -13,6 +13,9 @@ bytes are not whole characters, the bytes escaped as ``\\xNN`` (chat) or ``bytes
 (completions), as OpenAI writes them. ``text_offset`` counts characters of the response
 text: a token starts at the number of whole characters before its first byte, so the tokens
 of one split character share an offset, and a stream continues where its last chunk ended.
+
+vLLM's output options (``prompt_logprobs``, ``return_tokens_as_token_ids``, chat ``echo``,
+``continuous_usage_stats``) are the views' keyword fields, shaped in ``vllm_fields``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from thinkstream.parsers.tool_calls import CallStart
 from thinkstream.server import protocol as P
 from thinkstream.server.chat_tools import ToolPlan, template_messages
 from thinkstream.server.errors import APIError
+from thinkstream.server.vllm_fields import prompt_logprobs_body, running_usage, token_id_name
 
 
 def split_prompts(prompt) -> list[str | list[int]]:
@@ -122,13 +126,35 @@ class _View:
     model: str
     tokenizer: object
     created: int = field(default_factory=lambda: int(time.time()), init=False)
+    tokens_as_ids: bool = field(default=False, kw_only=True)  # logprobs name "token_id:N"
+    prompt_logprobs: int | None = field(default=None, kw_only=True)  # vLLM's top k
+    continuous_usage: bool = field(default=False, kw_only=True)  # usage on every chunk
+    _sent: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # idx -> tokens
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.tokenizer.token_bytes(token_id)
 
-    def token_str(self, token_id: int) -> str:
+    def text_of(self, token_id: int) -> str:
         """The token's text; bytes that are not whole UTF-8 characters escaped (``\\xNN``)."""
         return self.token_bytes(token_id).decode("utf-8", "backslashreplace")
+
+    def token_str(self, token_id: int) -> str:
+        """A token as logprobs name it: its text, or ``token_id:N``."""
+        return token_id_name(token_id) if self.tokens_as_ids else self.text_of(token_id)
+
+    def prompt_tokens_of(self, idx: int) -> int:
+        raise NotImplementedError
+
+    def prompt_logprobs_of(self, out: RequestOutput) -> list[dict | None]:
+        return prompt_logprobs_body(out.prompt_logprobs, list(out.prompt_token_ids),
+                                    self.prompt_logprobs or 0, self.text_of)
+
+    def with_usage(self, body: dict) -> dict:
+        """``body`` (a chunk of one choice) with its running usage (continuous_usage_stats)."""
+        if self.continuous_usage and body["choices"] and "usage" not in body:
+            idx = body["choices"][0]["index"]
+            body["usage"] = running_usage(self.prompt_tokens_of(idx), self._sent.get(idx, 0))
+        return body
 
 
 class _Offsets:
@@ -171,7 +197,12 @@ class CompletionView(_View):
         p = self.prompts[i]
         return p if isinstance(p, str) else self.tokenizer.decode(p)
 
+    def prompt_tokens_of(self, idx: int) -> int:
+        return len(self.prompt_ids[idx // self.n])
+
     def token_str(self, token_id: int) -> str:
+        if self.tokens_as_ids:
+            return token_id_name(token_id)
         raw = self.token_bytes(token_id)
         try:
             return raw.decode("utf-8")
@@ -219,6 +250,8 @@ class CompletionView(_View):
                   "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
         if o.paths:  # parallel paths: as a chat message carries them
             choice.update(reasoning_content=reasoning_text(o.paths), paths=list(o.paths))
+        if self.prompt_logprobs is not None:  # vLLM's, on each choice
+            choice["prompt_logprobs"] = self.prompt_logprobs_of(out)
         return choice
 
     def response(self, finals: list[RequestOutput]) -> dict:
@@ -231,7 +264,7 @@ class CompletionView(_View):
                                 cached_tokens=sum(out.num_cached_tokens for out in finals))}
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
-        return _envelope(self, "text_completion", choices, usage)
+        return self.with_usage(_envelope(self, "text_completion", choices, usage))
 
     def _scored(self, o: CompletionOutput) -> CompletionOutput:
         """Prompt scoring (``max_tokens: 0``): the engine sampled one token to finish the
@@ -244,7 +277,7 @@ class CompletionView(_View):
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
-        sent: dict[int, int] = {}  # choice index -> tokens sent
+        sent = self._sent  # choice index -> tokens sent
         counters: dict[int, _Offsets] = {}  # choice index -> text offsets so far
         done: set[int] = set()
         completion = paths = 0
@@ -297,6 +330,10 @@ class ChatView(_View):
     logprobs: int | None = None
     n: int = 1
     parser: ParserSpec = field(default_factory=ParserSpec)  # reasoning and tool calls
+    echo: str = field(default="", kw_only=True)  # vLLM's chat echo (``vllm_fields.chat_echo``)
+
+    def prompt_tokens_of(self, idx: int) -> int:
+        return self.num_prompt_tokens
 
     def _logprobs(self, entries: list[dict[int, Logprob]], ids: list[int]) -> dict:
         content = []
@@ -335,17 +372,22 @@ class ChatView(_View):
             if self.logprobs is not None:
                 lps = self._logprobs(list(o.logprobs or [])[: len(o.token_ids)], o.token_ids)
             message, reason = self.message(o)
+            if self.echo:
+                message["content"] = self.echo + (message["content"] or "")
             choices.append({"index": o.index, "message": message,
                             "logprobs": lps, "finish_reason": reason,
                             "stop_reason": o.stop_reason})
         paths = sum(_reasoned(o) for o in out.outputs)
         completion = sum(len(o.token_ids) for o in out.outputs) + paths
-        return {"id": self.id, "object": "chat.completion", "created": self.created,
+        body = {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model, "choices": choices,
                 "usage": _usage(self.num_prompt_tokens, completion, paths, out.num_cached_tokens)}
+        if self.prompt_logprobs is not None:  # vLLM's, top-level
+            body["prompt_logprobs"] = self.prompt_logprobs_of(out)
+        return body
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
-        return _envelope(self, "chat.completion.chunk", choices, usage)
+        return self.with_usage(_envelope(self, "chat.completion.chunk", choices, usage))
 
     def _deltas(self, parsers: dict[int, OutputParser], o: CompletionOutput) -> list[dict]:
         """The delta bodies of a step's new text: content (and reasoning) first, then one
@@ -375,9 +417,12 @@ class ChatView(_View):
 
     async def chunks(self, outputs: AsyncIterator[tuple[int, RequestOutput]],
                      include_usage: bool) -> AsyncIterator[dict]:
-        sent: dict[int, int] = {}
+        sent = self._sent
         for idx in range(self.n):  # the role comes first, as OpenAI sends it
             yield self.chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None, "finish_reason": None}])
+        for idx in range(self.n) if self.echo else ():  # then the echo, as vLLM sends it
+            yield self.chunk([{"index": idx, "delta": {"content": self.echo},
                                 "logprobs": None, "finish_reason": None}])
         completion = paths = 0
         done: set[int] = set()

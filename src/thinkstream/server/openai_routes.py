@@ -34,6 +34,13 @@ from thinkstream.server.constraints import body_constraint, checked_tools
 from thinkstream.server.errors import APIError, field_names, to_api_error
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
+from thinkstream.server.vllm_fields import (
+    REFUSED_CHAT,
+    REFUSED_COMPLETION,
+    chat_echo,
+    prompt_logprobs_check,
+    refuse_unhonoured,
+)
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
@@ -61,7 +68,10 @@ def check_json_content_type(request: Request) -> None:
                        "unsupported_media_type")
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
+async def parse_body(request: Request, model: type[M],
+                     refused: dict[str, tuple[tuple, str]] | None = None) -> M:
+    """The body as ``model``; a 400 for a field in ``refused`` (``vllm_fields``) that asks
+    for something the server cannot do."""
     check_json_content_type(request)
     raw = await request.body()
     try:
@@ -74,6 +84,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise APIError(400, "the request body is not valid JSON", None, "invalid_json") from None
     if not isinstance(obj, dict):
         raise APIError(400, "the request body must be a JSON object", None, "invalid_body")
+    refuse_unhonoured(obj, refused or {})
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -247,7 +258,7 @@ async def completions(request: Request) -> Response:
     """OpenAI text completions (``stream`` sends server-sent events ending in ``[DONE]``;
     ``parallel``: reasoning paths, as on chat completions)."""
     state = server_state(request)
-    body = await parse_body(request, P.CompletionRequest)
+    body = await parse_body(request, P.CompletionRequest, REFUSED_COMPLETION)
     check_model(state, body.model)
     # off the event loop: tokenizing megabytes or compiling a big constraint takes seconds
     params, prompts, encoded = await run_in_threadpool(_prepare_completion, state, body)
@@ -260,10 +271,11 @@ async def completions(request: Request) -> Response:
         await run_in_threadpool(check_paths_room, state.llm.engine, len(ids), params, parallel)
     job = Job(state, public_id(request, body, "cmpl"), encoded, params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
                               state.llm.tokenizer, prompts, encoded, body.echo,
-                              body.logprobs, params.n, params.skip_special_tokens, score_only)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                              body.logprobs, params.n, params.skip_special_tokens, score_only,
+                              **output_options(state, body, include_usage))
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
     return await run_job(request, job, stream, view.response)
 
@@ -278,6 +290,9 @@ def _prepare_completion(state: ServerState, body: P.CompletionRequest,
         raise APIError(400, "best_of: only best_of == n is supported", "best_of", "unsupported")
     _check_caps(state, body, body.logprobs, "logprobs")
     prompt_lp = body.logprobs if body.echo and body.logprobs is not None else None
+    asked = prompt_logprobs_check(body.prompt_logprobs, body.stream, state.config.max_logprobs)
+    if asked is not None:  # vLLM's prompt_logprobs: the engine computes the larger top k
+        prompt_lp = max(asked, prompt_lp or 0)
     score_only = body.max_tokens == 0  # prompt scoring: the echo, no output
     if score_only and not body.echo:
         raise APIError(400, "max_tokens: 0 is only allowed with echo=true (prompt scoring)",
@@ -295,6 +310,17 @@ def _prepare_completion(state: ServerState, body: P.CompletionRequest,
     for ids in encoded:
         _check_context(state, ids, params, "prompt")
     return params, prompts, encoded
+
+
+def output_options(state: ServerState, body: P.CompletionRequest | P.ChatCompletionRequest,
+                   include_usage: bool) -> dict:
+    """The views' keyword fields for vLLM's output options (``vllm_fields``)."""
+    as_ids = body.return_tokens_as_token_ids
+    so = body.stream_options
+    return {"tokens_as_ids": state.config.return_tokens_as_token_ids if as_ids is None else as_ids,
+            "prompt_logprobs": prompt_logprobs_check(body.prompt_logprobs, body.stream,
+                                                     state.config.max_logprobs),
+            "continuous_usage": include_usage and so is not None and so.continuous_usage_stats}
 
 
 def truncated(state: ServerState, body: P.SamplingRequest, ids: list[int]) -> list[int]:
@@ -343,6 +369,9 @@ def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
         raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
     params, logprobs = chat_params(state, body)
     tokenizer, cfg = state.llm.tokenizer, state.config
+    asked = prompt_logprobs_check(body.prompt_logprobs, body.stream, cfg.max_logprobs)
+    if asked is not None:  # vLLM's prompt_logprobs
+        params = dataclasses.replace(params, prompt_logprobs=asked)
     plan = plan_tools(body, tokenizer.chat_template, cfg.tool_prompt)
     constraint = checked_tools(state, plan.constraint, plan.constrained_schemas()) or constraint
     answer = constraint or params.structured_outputs
@@ -374,7 +403,7 @@ async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions through the model's chat template (``tools``: calls parsed
     into ``tool_calls``; a reasoning parser splits off ``reasoning_content``)."""
     state = server_state(request)
-    body = await parse_body(request, P.ChatCompletionRequest)
+    body = await parse_body(request, P.ChatCompletionRequest, REFUSED_CHAT)
     check_model(state, body.model)
     sent = {"max_tokens": "max_completion_tokens"} if body.max_completion_tokens is not None else {}
     with field_names(sent):
@@ -385,9 +414,11 @@ async def chat_completions(request: Request) -> Response:
                                 parallel)
     job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
-    view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
-                        len(chat.ids), chat.logprobs, chat.params.n, chat.parser)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
+                        len(chat.ids), chat.logprobs, chat.params.n, chat.parser,
+                        echo=chat_echo(body.messages, body.add_generation_prompt) if body.echo
+                        else "", **output_options(state, body, include_usage))
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
     return await run_job(request, job, stream, view.response)
 

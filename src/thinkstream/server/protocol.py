@@ -73,6 +73,7 @@ class StrictBody(BaseModel):
 
 class StreamOptions(StrictBody):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage on every chunk (with include_usage)
 
 
 def _needs_stream(value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
@@ -163,6 +164,8 @@ class CompletionRequest(SamplingRequest):
     echo: bool = False
     suffix: Text | None = None
     best_of: int | None = None
+    prompt_logprobs: int | None = None  # vLLM's (``server.vllm_fields``), on each choice
+    return_tokens_as_token_ids: bool | None = None  # None: the server's default
     # thinkstream: N reasoning paths, then a summary / vote, as on chat completions (each
     # choice gets ``reasoning_content`` and ``paths``; streamed deltas tagged with ``path``)
     parallel: dict[str, Any] | None = None
@@ -283,6 +286,9 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+    echo: bool = False  # vLLM's: the last message's content before the answer (vllm_fields)
+    prompt_logprobs: int | None = None  # vLLM's, top-level in the response
+    return_tokens_as_token_ids: bool | None = None  # None: the server's default
     # thinkstream: N reasoning paths, then a summary / vote (``parallel.config.ParallelConfig``:
     # paths, path_tokens, path_prompts, merge, layout, summary_prompt, temperature)
     parallel: dict[str, Any] | None = None
@@ -310,6 +316,7 @@ class CompletionChoice(BaseModel):
     stop_reason: int | str | None = None
     reasoning_content: str | None = None  # with ``parallel``: the paths, each headed
     paths: list[str] | None = None  # with ``parallel``: each path's text
+    prompt_logprobs: list[dict[str, Any] | None] | None = None  # vLLM's (prompt_logprobs: k)
 
 
 class CompletionResponse(BaseModel):
@@ -368,6 +375,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = None
+    prompt_logprobs: list[dict[str, Any] | None] | None = None  # vLLM's (prompt_logprobs: k)
 
 
 class ModelCard(BaseModel):

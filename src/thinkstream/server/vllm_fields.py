@@ -1,0 +1,125 @@
+"""vLLM's request fields beyond OpenAI's, on ``/v1/completions`` and ``/v1/chat/completions``:
+the output options this server honours as vLLM's ``entrypoints/openai`` serving does, and
+the fields it cannot honour, refused with a 400 naming them (a silently ignored sampling
+field would change a user's results without telling them).
+
+Honoured (formatting here, used by ``server.formatting``):
+
+    prompt_logprobs             each prompt token's log-probability and the top k, per
+                                position ``{token id: {logprob, rank, decoded_token}}``,
+                                None for the first token (chat: top-level; completions: on
+                                each choice); with ``stream`` only 0 is accepted, as vLLM
+                                answers, and nothing is streamed
+    return_tokens_as_token_ids  logprobs' ``token`` strings become ``"token_id:N"`` (the
+                                request's value, else ``serve --return-tokens-as-token-ids``)
+    echo (chat)                 the last message's content before the answer when its role
+                                is the response's (``assistant``, or the last message's own
+                                role with ``add_generation_prompt: false``)
+    stream_options.continuous_usage_stats
+                                with ``include_usage``: every chunk carries ``usage`` (the
+                                choice's tokens so far)
+
+Refused unless they hold vLLM's default (``REFUSED_*``): beam search, ``bad_words``,
+``allowed_token_ids``, ``logits_processors``, ``priority``, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from thinkstream.engine.request import Logprob
+from thinkstream.server.errors import APIError
+
+# field -> (the values that ask for nothing, what the server cannot do)
+_BOTH: dict[str, tuple[tuple, str]] = {
+    "use_beam_search": ((False,), "beam search is not supported"),
+    "bad_words": (([],), "not supported (no banned-word processor)"),
+    "allowed_token_ids": (([],), "not supported (no token allow-list)"),
+    "logits_processors": (([],), "custom logits processors are not supported"),
+    "vllm_xargs": (({},), "not supported (no custom logits processors)"),
+    "priority": ((0,), "priority scheduling is not enabled (first come, first served)"),
+    "guided_whitespace_pattern": ((), "not supported (JSON constraints use a fixed layout)"),
+    "logprob_token_ids": (([],), "not supported"),
+    "return_token_ids": ((False,), "not supported"),
+}
+REFUSED_COMPLETION = {
+    **_BOTH,
+    "prompt_embeds": ((), "not supported (the prompt is text or token ids)"),
+    "add_special_tokens": ((True,), "only true is supported (the tokenizer's BOS is added)"),
+}
+REFUSED_CHAT = {
+    **_BOTH,
+    "chat_template": ((), "a request's own chat template is not accepted (the model's is used)"),
+    "documents": ((), "not supported"),
+    "add_special_tokens": ((False,), "only false is supported (the template writes them)"),
+    "include_reasoning": ((True,), "only true is supported"),
+    "thinking_token_budget": ((), "not supported"),
+}
+
+
+def _is_default(value: object, defaults: tuple) -> bool:
+    """``value`` asks for nothing: null, or one of ``defaults`` of the same kind (``0`` is
+    not ``false``)."""
+    return value is None or any(value == d and isinstance(value, bool) == isinstance(d, bool)
+                                for d in defaults)
+
+
+def refuse_unhonoured(obj: dict, refused: dict[str, tuple[tuple, str]]) -> None:
+    """A 400 naming the first field of ``obj`` (a parsed request body) the server cannot
+    honour, unless it holds the value that asks for nothing."""
+    for name, (defaults, why) in refused.items():
+        if name in obj and not _is_default(obj[name], defaults):
+            raise APIError(400, f"{name}: {why}", name, "unsupported")
+
+
+def prompt_logprobs_check(value: int | None, stream: bool, max_logprobs: int) -> int | None:
+    """``prompt_logprobs`` checked as vLLM checks it (with ``stream`` only 0), capped like
+    ``logprobs``; the value the engine must compute (None when nothing is returned)."""
+    if value is None:
+        return None
+    if not 0 <= value <= max_logprobs:
+        raise APIError(400, f"prompt_logprobs: must be in [0, {max_logprobs}], got {value}",
+                       "prompt_logprobs", "invalid_value")
+    if stream and value > 0:
+        raise APIError(400, "prompt_logprobs: not available when stream is true",
+                       "prompt_logprobs", "invalid_value")
+    return None if stream else value
+
+
+def prompt_logprobs_body(entries: list[dict[int, Logprob] | None] | None, prompt_ids: list[int],
+                         k: int, decoded: Callable[[int], str]) -> list[dict | None]:
+    """vLLM's ``prompt_logprobs`` for one prompt: per position, the prompt token's entry and
+    the ``k`` most likely (rank <= k), keyed by token id, None for the first position;
+    log-probabilities that are not finite become -9999.0 (JSON has no infinity)."""
+    entries = list(entries or [None] * len(prompt_ids))
+    out: list[dict | None] = []
+    for tid, entry in zip(prompt_ids, entries, strict=False):
+        if entry is None:
+            out.append(None)
+            continue
+        out.append({str(t): {"logprob": max(lp.logprob, -9999.0), "rank": lp.rank,
+                             "decoded_token": lp.decoded_token if lp.decoded_token is not None
+                             else decoded(t)}
+                    for t, lp in entry.items()
+                    if t == tid or (lp.rank is not None and lp.rank <= k)})
+    return out
+
+
+def token_id_name(token_id: int) -> str:
+    """vLLM's name of a token in logprobs with ``return_tokens_as_token_ids``."""
+    return f"token_id:{token_id}"
+
+
+def running_usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """The ``usage`` of a chunk under ``continuous_usage_stats``: one choice's tokens so far."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_echo(messages: list, add_generation_prompt: bool) -> str:
+    """What ``echo`` puts before a chat answer (vLLM's rule): the last message's content
+    when its role is the response's role (``assistant`` with ``add_generation_prompt``,
+    else the last message's own role, so always), else nothing."""
+    last = messages[-1]
+    role = "assistant" if add_generation_prompt else last.role
+    return last.text() if last.role == role else ""
