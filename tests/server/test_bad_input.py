@@ -156,6 +156,20 @@ def test_bad_raw_bodies(client, endpoint, raw, param) -> None:
     check_error(r, 400, param)
 
 
+@pytest.mark.parametrize(("endpoint", "body", "param"), [
+    ("completions", _with(COMPLETION, prompt=[5] * 4096), "prompt"),
+    ("chat", _with(CHAT, max_tokens=10**6), "max_tokens"),
+    ("responses", _with(RESPONSE, input="hi " * 4096), "input"),
+    ("responses", _with(RESPONSE, max_output_tokens=10**6), "max_output_tokens"),
+])
+def test_context_errors_read_as_openai(client, tiny_server, endpoint, body, param) -> None:
+    """The sentence OpenAI and vLLM write, which LiteLLM maps to ContextWindowExceededError."""
+    err = check_error(client.post(URL[endpoint], json=body), 400, param)
+    limit = tiny_server.engine.max_model_len
+    assert err["code"] == "context_length_exceeded" and err["message"].startswith(param)
+    assert f"This model's maximum context length is {limit} tokens" in err["message"]
+
+
 def test_body_too_large(client, tiny_server) -> None:
     limit = tiny_server.state.config.max_body_bytes
     big = json.dumps({"model": "tiny", "prompt": "a" * (limit + 10)}).encode()

@@ -153,20 +153,24 @@ def _params(body: P.SamplingRequest, max_tokens: int | None, logprobs: int | Non
 
 def _check_context(state: ServerState, ids: list[int], params: SamplingParams,
                    prompt_param: str) -> None:
+    """400 ``context_length_exceeded`` for a prompt, or prompt + ``max_tokens``, over the
+    context. The message holds OpenAI's and vLLM's sentence "This model's maximum context
+    length is N tokens": clients match on it (LiteLLM raises ``ContextWindowExceededError``,
+    which its context-window fallbacks catch, only for such a text)."""
     engine = state.llm.engine
     limit = engine.max_model_len
+    context = f"This model's maximum context length is {limit} tokens"
     if len(ids) >= limit:
-        raise APIError(400, f"{prompt_param}: {len(ids)} tokens leave no room to generate "
-                       f"within the context of {limit} tokens", prompt_param,
-                       "context_length_exceeded")
+        raise APIError(400, f"{prompt_param}: {len(ids)} tokens leave no room to generate. "
+                       f"{context}.", prompt_param, "context_length_exceeded")
     if params.max_tokens is not None and len(ids) + params.max_tokens > limit:
-        raise APIError(400, f"max_tokens: the prompt has {len(ids)} tokens and max_tokens is "
-                       f"{params.max_tokens}, over the context of {limit} tokens",
-                       "max_tokens", "context_length_exceeded")
+        raise APIError(400, f"max_tokens is too large: {params.max_tokens}. {context} and the "
+                       f"prompt has {len(ids)} tokens ({params.max_tokens} > {limit} - "
+                       f"{len(ids)})", "max_tokens", "context_length_exceeded")
     try:
         engine.check_length(len(ids), params)
     except RequestError as exc:
-        raise APIError(400, str(exc), exc.param, "context_length_exceeded") from None
+        raise APIError(400, f"{exc}. {context}.", exc.param, "context_length_exceeded") from None
 
 
 def public_id(request: Request, body: P.SamplingRequest, prefix: str) -> str:
