@@ -434,12 +434,19 @@ def test_continuous_usage_stats_put_usage_on_every_chunk(server) -> None:
     ("/v1/chat/completions", "chat_template", "{{ messages }}"),
     ("/v1/chat/completions", "add_special_tokens", True),
     ("/v1/completions", "add_special_tokens", False),
+    ("/v1/responses", "bad_words", ["fox"]),
+    ("/v1/responses", "prompt_logprobs", 1),
+    ("/v1/sessions", "logits_processors", ["my.module:Processor"]),
 ])
 def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) -> None:
-    body = {"messages": CHAT_HI["messages"]} if "chat" in path else {"prompt": PROMPT}
+    body = {"/v1/chat/completions": {"messages": CHAT_HI["messages"]},
+            "/v1/completions": {"prompt": PROMPT}, "/v1/responses": {"input": "hi"},
+            "/v1/sessions": {"prompt": PROMPT}}[path]
     err = error(post(server, path, {**body, "max_tokens": 1, field: value}), 400)
     assert (err["param"], err["code"]) == (field, "unsupported")
-    default = {"use_beam_search": False, "bad_words": [], "allowed_token_ids": None,
-               "priority": 0, "chat_template": None,
-               "add_special_tokens": "chat" not in path}[field]
-    assert post(server, path, {**body, "max_tokens": 1, field: default}).status_code == 200
+    if path != "/v1/sessions":  # an open session would stay open
+        default = {"use_beam_search": False, "bad_words": [], "allowed_token_ids": None,
+                   "priority": 0, "chat_template": None, "prompt_logprobs": None,
+                   "add_special_tokens": path == "/v1/completions"}[field]
+        assert post(server, path, {**body, "max_tokens": 1, field: default}).status_code == 200
+    server.wait_idle()

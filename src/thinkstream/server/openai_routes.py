@@ -35,11 +35,10 @@ from thinkstream.server.errors import APIError, field_names, to_api_error
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
 from thinkstream.server.vllm_fields import (
-    REFUSED_CHAT,
-    REFUSED_COMPLETION,
     chat_echo,
     prompt_logprobs_check,
     refuse_unhonoured,
+    refused_for,
 )
 
 router = APIRouter()
@@ -68,10 +67,9 @@ def check_json_content_type(request: Request) -> None:
                        "unsupported_media_type")
 
 
-async def parse_body(request: Request, model: type[M],
-                     refused: dict[str, tuple[tuple, str]] | None = None) -> M:
-    """The body as ``model``; a 400 for a field in ``refused`` (``vllm_fields``) that asks
-    for something the server cannot do."""
+async def parse_body(request: Request, model: type[M]) -> M:
+    """The body as ``model``; a 400 for a vLLM field that asks for something the server
+    cannot do (``vllm_fields.refused_for``)."""
     check_json_content_type(request)
     raw = await request.body()
     try:
@@ -84,7 +82,7 @@ async def parse_body(request: Request, model: type[M],
         raise APIError(400, "the request body is not valid JSON", None, "invalid_json") from None
     if not isinstance(obj, dict):
         raise APIError(400, "the request body must be a JSON object", None, "invalid_body")
-    refuse_unhonoured(obj, refused or {})
+    refuse_unhonoured(obj, refused_for(model))
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -262,7 +260,7 @@ async def completions(request: Request) -> Response:
     """OpenAI text completions (``stream`` sends server-sent events ending in ``[DONE]``;
     ``parallel``: reasoning paths, as on chat completions)."""
     state = server_state(request)
-    body = await parse_body(request, P.CompletionRequest, REFUSED_COMPLETION)
+    body = await parse_body(request, P.CompletionRequest)
     check_model(state, body.model)
     # off the event loop: tokenizing megabytes or compiling a big constraint takes seconds
     params, prompts, encoded = await run_in_threadpool(_prepare_completion, state, body)
@@ -407,7 +405,7 @@ async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions through the model's chat template (``tools``: calls parsed
     into ``tool_calls``; a reasoning parser splits off ``reasoning_content``)."""
     state = server_state(request)
-    body = await parse_body(request, P.ChatCompletionRequest, REFUSED_CHAT)
+    body = await parse_body(request, P.ChatCompletionRequest)
     check_model(state, body.model)
     sent = {"max_tokens": "max_completion_tokens"} if body.max_completion_tokens is not None else {}
     with field_names(sent):

@@ -40,6 +40,7 @@ from thinkstream.server.session_protocol import (
     output_pairs,
     session_body,
 )
+from thinkstream.server.vllm_fields import refuse_unhonoured, refused_for
 
 # the client is gone: a receive says so (WebSocketDisconnect); a send after it, in starlette
 # (recent versions) raises WebSocketDisconnected (it escaped as "Exception in ASGI application")
@@ -47,6 +48,7 @@ _GONE = (WebSocketDisconnect, getattr(starlette_ws, "WebSocketDisconnected", Web
 
 
 async def _parse_ws(obj: dict, model: type[BaseModel]) -> Any:
+    refuse_unhonoured(obj, refused_for(model))
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

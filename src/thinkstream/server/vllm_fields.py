@@ -19,15 +19,19 @@ Honoured (formatting here, used by ``server.formatting``):
                                 with ``include_usage``: every chunk carries ``usage`` (the
                                 choice's tokens so far)
 
-Refused unless they hold vLLM's default (``REFUSED_*``): beam search, ``bad_words``,
-``allowed_token_ids``, ``logits_processors``, ``priority``, ...
+Refused unless they hold vLLM's default (``refused_for``): beam search, ``bad_words``,
+``allowed_token_ids``, ``logits_processors``, ``priority``, ...; on the other routes that
+take the sampling fields (sessions, the Responses API) the output options above too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from pydantic import BaseModel
+
 from thinkstream.engine.request import Logprob
+from thinkstream.server import protocol as P
 from thinkstream.server.errors import APIError
 
 # field -> (the values that ask for nothing, what the server cannot do)
@@ -55,6 +59,20 @@ REFUSED_CHAT = {
     "include_reasoning": ((True,), "only true is supported"),
     "thinking_token_budget": ((), "not supported"),
 }
+_ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outputs
+    **_BOTH,
+    "prompt_logprobs": ((), "not supported on this route (chat or completions return them)"),
+    "return_tokens_as_token_ids": ((False,), "not supported on this route"),
+}
+
+
+def refused_for(model: type[BaseModel]) -> dict[str, tuple[tuple, str]]:
+    """The fields a request body of ``model`` may not ask for (none for non-sampling bodies)."""
+    if issubclass(model, P.ChatCompletionRequest):
+        return REFUSED_CHAT
+    if issubclass(model, P.CompletionRequest):
+        return REFUSED_COMPLETION
+    return _ELSEWHERE if issubclass(model, P.SamplingRequest) else {}
 
 
 def _is_default(value: object, defaults: tuple) -> bool:
