@@ -33,6 +33,7 @@ from thinkstream.server.chat_tools import call_or_answer, opens_reasoning, plan_
 from thinkstream.server.constraints import body_constraint, checked_tools
 from thinkstream.server.errors import APIError, field_names, to_api_error
 from thinkstream.server.limits import clean_request_id
+from thinkstream.server.prompts import render_chat, split_prompts
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
 from thinkstream.server.vllm_fields import (
     chat_echo,
@@ -301,7 +302,7 @@ def _prepare_completion(state: ServerState, body: P.CompletionRequest,
                        "max_tokens", "invalid_value")
     params = _params(body, 1 if score_only else body.max_tokens, body.logprobs, prompt_lp,
                      _logit_bias(state, body.logit_bias), body_constraint(state, body))
-    prompts = fmt.split_prompts(body.prompt)
+    prompts = split_prompts(body.prompt)
     if not prompts:
         raise APIError(400, "prompt: must not be empty", "prompt", "invalid_value")
     whole = [state.llm.engine.encode_prompt(p) for p in prompts]
@@ -384,7 +385,7 @@ def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
                                    plan.constrained_schemas()) or constraint
     if constraint is not None:
         params = dataclasses.replace(params, structured_outputs=constraint)
-    ids = fmt.render_chat(tokenizer, body,
+    ids = render_chat(tokenizer, body,
                           state.llm.engine.config.allow_special_tokens_in_content, plan)
     if not ids:
         raise APIError(400, "messages: the rendered prompt is empty", "messages", "invalid_value")

@@ -17,7 +17,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
 from thinkstream.server.chat_tools import plan_tools
 from thinkstream.server.errors import APIError
@@ -29,6 +28,7 @@ from thinkstream.server.openai_routes import (
     server_state,
     wrap_errors,
 )
+from thinkstream.server.prompts import render_chat
 
 router = APIRouter()
 
@@ -75,7 +75,7 @@ def _tokenize(state, body: TokenizeRequest) -> tuple[list[int], list[str] | None
                                      "continue_final_message", "chat_template_kwargs"},
                             exclude_none=True), strict=False)
         plan = plan_tools(chat, tokenizer.chat_template, state.config.tool_prompt)
-        ids = fmt.render_chat(tokenizer, chat,
+        ids = render_chat(tokenizer, chat,
                               state.llm.engine.config.allow_special_tokens_in_content, plan)
         if body.add_special_tokens and tokenizer.bos_token_id is not None \
                 and ids[:1] != [tokenizer.bos_token_id]:
