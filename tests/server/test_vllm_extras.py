@@ -303,6 +303,11 @@ def test_truncate_prompt_tokens_keeps_the_prompts_last_tokens(server) -> None:
         body = error(post(server, "/v1/completions", {"prompt": ids, **base,
                                                        "truncate_prompt_tokens": bad}), 400)
         assert body["param"] == "truncate_prompt_tokens"
+    head = post(server, "/v1/completions", {"prompt": ids, **base, "truncate_prompt_tokens": 6,
+                                            "truncation_side": "right", "echo": True}).json()
+    first = post(server, "/v1/completions", {"prompt": ids[:6], **base, "echo": True}).json()
+    assert head["choices"][0]["text"] == first["choices"][0]["text"]  # vLLM's "right": first k
+    assert head["usage"]["prompt_tokens"] == 6
 
 
 # ------------------------------------------------ vLLM's output options (server.vllm_fields)
@@ -362,6 +367,11 @@ def test_chat_echo_puts_the_last_message_before_the_answer(server) -> None:
     assert text == "It is" + plain["content"]
     user_last = post(server, "/v1/chat/completions", {**CHAT_HI, "echo": True}).json()
     assert user_last["choices"] == post(server, "/v1/chat/completions", CHAT_HI).json()["choices"]
+    # vLLM's echo also asks for prompt_logprobs (top_logprobs of them, 0 unset): the prompt
+    # token's own entry at each position
+    plp = user_last["prompt_logprobs"]
+    assert len(plp) == user_last["usage"]["prompt_tokens"] and plp[0] is None
+    assert all(len(entry) == 1 for entry in plp[1:])
 
 
 def test_return_tokens_as_token_ids_names_logprob_tokens_by_id(server) -> None:
@@ -437,16 +447,54 @@ def test_continuous_usage_stats_put_usage_on_every_chunk(server) -> None:
     ("/v1/responses", "bad_words", ["fox"]),
     ("/v1/responses", "prompt_logprobs", 1),
     ("/v1/sessions", "logits_processors", ["my.module:Processor"]),
+    ("/v1/completions", "watermarking", True),
+    ("/v1/chat/completions", "thinking_token_budget", 64),
+    ("/v1/completions", "structured_outputs.whitespace_pattern", r"[ ]?"),
 ])
 def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) -> None:
     body = {"/v1/chat/completions": {"messages": CHAT_HI["messages"]},
-            "/v1/completions": {"prompt": PROMPT}, "/v1/responses": {"input": "hi"},
+            "/v1/completions": {"prompt": PROMPT},
+            "/v1/responses": {"input": "hi", "max_output_tokens": 1},
             "/v1/sessions": {"prompt": PROMPT}}[path]
-    err = error(post(server, path, {**body, "max_tokens": 1, field: value}), 400)
+    def sent(v) -> dict:
+        outer, _, inner = field.rpartition(".")
+        return {outer: {"json_object": True, inner: v}} if outer else {field: v}
+
+    err = error(post(server, path, {**body, "max_tokens": 1, **sent(value)}), 400)
     assert (err["param"], err["code"]) == (field, "unsupported")
     if path != "/v1/sessions":  # an open session would stay open
         default = {"use_beam_search": False, "bad_words": [], "allowed_token_ids": None,
                    "priority": 0, "chat_template": None, "prompt_logprobs": None,
-                   "add_special_tokens": path == "/v1/completions"}[field]
-        assert post(server, path, {**body, "max_tokens": 1, field: default}).status_code == 200
+                   "add_special_tokens": path == "/v1/completions", "watermarking": False,
+                   "thinking_token_budget": -1,
+                   "structured_outputs.whitespace_pattern": None}[field]
+        r = post(server, path, {**body, "max_tokens": 1, **sent(default)})
+        assert r.status_code == 200, r.text
     server.wait_idle()
+
+
+def test_reasoning_effort_reaches_the_chat_template() -> None:
+    """As vLLM renders it: ``reasoning_effort`` and ``enable_thinking`` (effort != "none")
+    go to the template, unless chat_template_kwargs sets them."""
+    from thinkstream.server.prompts import render_chat
+    from thinkstream.server.protocol import ChatCompletionRequest
+
+    seen: list[dict] = []
+
+    class Template:
+        chat_template = "{{ messages }}"
+
+        def encode_chat(self, messages, add_generation_prompt, **kwargs):
+            seen.append(kwargs)
+            return [1]
+
+    msgs = [{"role": "user", "content": "hi"}]
+    for body in ({"reasoning_effort": "none"}, {"reasoning_effort": "high"},
+                 {"reasoning_effort": "low", "chat_template_kwargs": {"enable_thinking": True}},
+                 {}):
+        render_chat(Template(), ChatCompletionRequest(messages=msgs, **body))
+    assert [{k: v for k, v in kw.items() if k != "allow_special_tokens_in_content"}
+            for kw in seen] == [
+        {"reasoning_effort": "none", "enable_thinking": False},
+        {"reasoning_effort": "high", "enable_thinking": True},
+        {"enable_thinking": True, "reasoning_effort": "low"}, {}]

@@ -37,7 +37,7 @@ from thinkstream.server.prompts import render_chat, split_prompts
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
 from thinkstream.server.vllm_fields import (
     chat_echo,
-    prompt_logprobs_check,
+    prompt_logprobs_k,
     refuse_unhonoured,
     refused_for,
 )
@@ -293,7 +293,7 @@ def _prepare_completion(state: ServerState, body: P.CompletionRequest,
         raise APIError(400, "best_of: only best_of == n is supported", "best_of", "unsupported")
     _check_caps(state, body, body.logprobs, "logprobs")
     prompt_lp = body.logprobs if body.echo and body.logprobs is not None else None
-    asked = prompt_logprobs_check(body.prompt_logprobs, body.stream, state.config.max_logprobs)
+    asked = prompt_logprobs_k(body, state.config.max_logprobs)
     if asked is not None:  # vLLM's prompt_logprobs: the engine computes the larger top k
         prompt_lp = max(asked, prompt_lp or 0)
     score_only = body.max_tokens == 0  # prompt scoring: the echo, no output
@@ -321,14 +321,13 @@ def output_options(state: ServerState, body: P.CompletionRequest | P.ChatComplet
     as_ids = body.return_tokens_as_token_ids
     so = body.stream_options
     return {"tokens_as_ids": state.config.return_tokens_as_token_ids if as_ids is None else as_ids,
-            "prompt_logprobs": prompt_logprobs_check(body.prompt_logprobs, body.stream,
-                                                     state.config.max_logprobs),
+            "prompt_logprobs": prompt_logprobs_k(body, state.config.max_logprobs),
             "continuous_usage": include_usage and so is not None and so.continuous_usage_stats}
 
 
 def truncated(state: ServerState, body: P.SamplingRequest, ids: list[int]) -> list[int]:
     """vLLM's ``truncate_prompt_tokens``: the prompt's last k token ids (-1: the last
-    ``max_model_len``); None leaves it whole."""
+    ``max_model_len``; ``truncation_side: "right"``: the first k); None leaves it whole."""
     k = body.truncate_prompt_tokens
     if k is None:
         return ids
@@ -336,7 +335,7 @@ def truncated(state: ServerState, body: P.SamplingRequest, ids: list[int]) -> li
         raise APIError(400, f"truncate_prompt_tokens: must be -1 or >= 1, got {k}",
                        "truncate_prompt_tokens", "invalid_value")
     k = state.llm.engine.max_model_len if k == -1 else k
-    return ids[-k:]
+    return ids[:k] if body.truncation_side == "right" else ids[-k:]
 
 
 def chat_params(state, body) -> tuple[SamplingParams, int | None]:
@@ -372,7 +371,7 @@ def prepare_chat(state: ServerState, body: P.ChatCompletionRequest,
         raise APIError(400, "messages: must not be empty", "messages", "invalid_value")
     params, logprobs = chat_params(state, body)
     tokenizer, cfg = state.llm.tokenizer, state.config
-    asked = prompt_logprobs_check(body.prompt_logprobs, body.stream, cfg.max_logprobs)
+    asked = prompt_logprobs_k(body, cfg.max_logprobs)
     if asked is not None:  # vLLM's prompt_logprobs
         params = dataclasses.replace(params, prompt_logprobs=asked)
     plan = plan_tools(body, tokenizer.chat_template, cfg.tool_prompt)

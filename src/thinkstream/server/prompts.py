@@ -44,6 +44,9 @@ def render_chat(tokenizer, body: P.ChatCompletionRequest,
         kwargs["continue_final_message"] = True
     if plan.template_tools:
         kwargs["tools"] = plan.template_tools
+    if body.reasoning_effort is not None:  # as vLLM gives it to the template
+        kwargs.setdefault("reasoning_effort", body.reasoning_effort)
+        kwargs.setdefault("enable_thinking", body.reasoning_effort != "none")
     messages = template_messages(body.messages, plan)
     try:
         return tokenizer.encode_chat(

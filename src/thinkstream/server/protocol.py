@@ -149,6 +149,7 @@ class SamplingRequest(StrictBody):
     cache_salt: Text | None = None  # vLLM's: prefix-cache blocks are shared only within a salt
     # vLLM's: keep the prompt's last k tokens (-1: as many as the context holds)
     truncate_prompt_tokens: int | None = None
+    truncation_side: Literal["left", "right"] | None = None  # vLLM's: "right" keeps the first k
 
     def prefix_salt(self) -> object:
         """The engine's prefix-cache salt for ``cache_salt`` (None: the shared namespace)."""
@@ -287,6 +288,9 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     echo: bool = False  # vLLM's: the last message's content before the answer (vllm_fields)
+    # OpenAI's; as vLLM, given to the chat template (with enable_thinking: effort != "none")
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] \
+        | None = None
     prompt_logprobs: int | None = None  # vLLM's, top-level in the response
     return_tokens_as_token_ids: bool | None = None  # None: the server's default
     # thinkstream: N reasoning paths, then a summary / vote (``parallel.config.ParallelConfig``:

@@ -9,12 +9,16 @@ Honoured (formatting here, used by ``server.formatting``):
                                 position ``{token id: {logprob, rank, decoded_token}}``,
                                 None for the first token (chat: top-level; completions: on
                                 each choice); with ``stream`` only 0 is accepted, as vLLM
-                                answers, and nothing is streamed
+                                answers, and nothing is streamed; unset, ``echo`` asks for
+                                them (k: completions' ``logprobs``, chat's ``top_logprobs``)
     return_tokens_as_token_ids  logprobs' ``token`` strings become ``"token_id:N"`` (the
                                 request's value, else ``serve --return-tokens-as-token-ids``)
     echo (chat)                 the last message's content before the answer when its role
                                 is the response's (``assistant``, or the last message's own
                                 role with ``add_generation_prompt: false``)
+    reasoning_effort (chat)     to the chat template, with ``enable_thinking`` (``effort !=
+                                "none"``) unless ``chat_template_kwargs`` sets it
+    truncation_side             ``right``: ``truncate_prompt_tokens`` keeps the first k
     stream_options.continuous_usage_stats
                                 with ``include_usage``: every chunk carries ``usage`` (the
                                 choice's tokens so far)
@@ -45,6 +49,11 @@ _BOTH: dict[str, tuple[tuple, str]] = {
     "guided_whitespace_pattern": ((), "not supported (JSON constraints use a fixed layout)"),
     "logprob_token_ids": (([],), "not supported"),
     "return_token_ids": ((False,), "not supported"),
+    "watermarking": ((False,), "not supported"),
+    "repetition_detection": ((), "not supported"),
+    "thinking_token_budget": ((-1,), "not supported"),
+    "structured_outputs.whitespace_pattern": ((), "not supported (JSON constraints use a "
+                                                  "fixed layout)"),
 }
 REFUSED_COMPLETION = {
     **_BOTH,
@@ -57,7 +66,7 @@ REFUSED_CHAT = {
     "documents": ((), "not supported"),
     "add_special_tokens": ((False,), "only false is supported (the template writes them)"),
     "include_reasoning": ((True,), "only true is supported"),
-    "thinking_token_budget": ((), "not supported"),
+    "return_prompt_text": ((False,), "not supported"),
 }
 _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outputs
     **_BOTH,
@@ -86,7 +95,9 @@ def refuse_unhonoured(obj: dict, refused: dict[str, tuple[tuple, str]]) -> None:
     """A 400 naming the first field of ``obj`` (a parsed request body) the server cannot
     honour, unless it holds the value that asks for nothing."""
     for name, (defaults, why) in refused.items():
-        if name in obj and not _is_default(obj[name], defaults):
+        outer, _, inner = name.rpartition(".")  # "structured_outputs.whitespace_pattern"
+        where = obj.get(outer) if outer else obj
+        if isinstance(where, dict) and inner in where and not _is_default(where[inner], defaults):
             raise APIError(400, f"{name}: {why}", name, "unsupported")
 
 
@@ -102,6 +113,17 @@ def prompt_logprobs_check(value: int | None, stream: bool, max_logprobs: int) ->
         raise APIError(400, "prompt_logprobs: not available when stream is true",
                        "prompt_logprobs", "invalid_value")
     return None if stream else value
+
+
+def prompt_logprobs_k(body: P.CompletionRequest | P.ChatCompletionRequest,
+                      max_logprobs: int) -> int | None:
+    """The top k of the ``prompt_logprobs`` a response carries (None: none): the request's,
+    else with ``echo`` (not streamed) vLLM's echo default, completions' ``logprobs`` or
+    chat's ``top_logprobs`` (0 when unset)."""
+    k = prompt_logprobs_check(body.prompt_logprobs, body.stream, max_logprobs)
+    if body.prompt_logprobs is None and body.echo and not body.stream:
+        k = body.logprobs if isinstance(body, P.CompletionRequest) else body.top_logprobs or 0
+    return k
 
 
 def prompt_logprobs_body(entries: list[dict[int, Logprob] | None] | None, prompt_ids: list[int],
