@@ -135,7 +135,8 @@ class LLM:
         self, prompt: Prompt | Mapping, sampling_params: SamplingParams | None = None
     ) -> Iterator[RequestOutput]:
         """Yield the request's output after every step; ``outputs[i].new_text`` is the delta.
-        Closing the iterator early aborts the request."""
+        Closing the iterator early aborts the request; aborting the request (``engine.abort``)
+        ends the iterator."""
         return self._follow(self.engine.add_request(None, _as_prompt(prompt), sampling_params))
 
     def _follow(self, rid: str) -> Iterator[RequestOutput]:
@@ -147,6 +148,8 @@ class LLM:
                     if out.request_id == rid:
                         finished = out.finished
                         yield out
+                if not finished and rid not in self.engine.requests:
+                    return  # aborted meanwhile (``Session.abort``, ``engine.abort``): it ends
                 if not outs:
                     self._check_progress([rid])
         finally:

@@ -376,3 +376,17 @@ def test_an_update_that_could_never_be_answered_is_refused_at_once() -> None:
         [*messages, {"role": "user", "content": content + last}], True)
     assert len(out.outputs[0].token_ids) == 20
     assert_pool_full(llm)
+
+
+def test_abort_mid_answer_ends_the_answer_stream(llm: LLM) -> None:
+    """``Session.abort()`` while its answer streams ends the stream: it raised "cannot
+    progress" once every other request had finished (the aborted one was never going to)."""
+    other = llm.stream("Paris is", SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    s = llm.open_session("The quick brown fox", sampling_params=GREEDY)
+    answer = s.close()
+    first = next(answer)
+    assert first.request_id == s.id and not first.finished
+    assert s.abort() and s.info.state == "aborted"
+    assert list(answer) == []
+    assert len(list(other)[-1].outputs[0].token_ids) == 6  # the other request went on
+    assert_pool_full(llm)
