@@ -498,3 +498,29 @@ def test_reasoning_effort_reaches_the_chat_template() -> None:
         {"reasoning_effort": "none", "enable_thinking": False},
         {"reasoning_effort": "high", "enable_thinking": True},
         {"enable_thinking": True, "reasoning_effort": "low"}, {}]
+
+
+def test_return_token_ids_streamed_or_not(server) -> None:
+    """vLLM's return_token_ids: the prompt's ids and each choice's output ids; streamed, the
+    chunks' ids concatenate to the whole answer's."""
+    greedy = {"max_tokens": 5, "temperature": 0, "return_token_ids": True}
+    prompts = [PROMPT, "Hi"]
+    whole = post(server, "/v1/completions", {"prompt": prompts, **greedy}).json()
+    encode = server.engine.tokenizer.encode
+    assert [c["prompt_token_ids"] for c in whole["choices"]] == [encode(p) for p in prompts]
+    assert sum(len(c["token_ids"]) for c in whole["choices"]) == whole["usage"]["completion_tokens"]
+    streamed: dict[int, list[int]] = {}
+    for chunk in events(post(server, "/v1/completions", {"prompt": prompts, **greedy,
+                                                         "stream": True})):
+        choice = chunk["choices"][0]
+        if choice["index"] not in streamed:
+            assert choice["prompt_token_ids"] == encode(prompts[choice["index"]])
+        streamed.setdefault(choice["index"], []).extend(choice["token_ids"])
+    assert streamed == {c["index"]: c["token_ids"] for c in whole["choices"]}
+    chat = post(server, "/v1/chat/completions", {**CHAT_HI, **greedy}).json()
+    ids = post(server, "/tokenize", {"messages": CHAT_HI["messages"]}).json()["tokens"]
+    assert chat["prompt_token_ids"] == ids
+    chunks = events(post(server, "/v1/chat/completions", {**CHAT_HI, **greedy, "stream": True}))
+    assert chunks[0]["prompt_token_ids"] == ids
+    assert [t for c in chunks[1:] for t in c["choices"][0]["token_ids"]] \
+        == chat["choices"][0]["token_ids"] and len(chat["choices"][0]["token_ids"]) == 5

@@ -14,8 +14,9 @@ bytes are not whole characters, the bytes escaped as ``\\xNN`` (chat) or ``bytes
 text: a token starts at the number of whole characters before its first byte, so the tokens
 of one split character share an offset, and a stream continues where its last chunk ended.
 
-vLLM's output options (``prompt_logprobs``, ``return_tokens_as_token_ids``, chat ``echo``,
-``continuous_usage_stats``) are the views' keyword fields, shaped in ``vllm_fields``.
+vLLM's output options (``prompt_logprobs``, ``return_tokens_as_token_ids``,
+``return_token_ids``, chat ``echo``, ``continuous_usage_stats``) are the views' keyword
+fields, shaped in ``vllm_fields``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import codecs
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from thinkstream.engine.request import CompletionOutput, Logprob, RequestOutput
@@ -73,6 +74,7 @@ class _View:
     tokens_as_ids: bool = field(default=False, kw_only=True)  # logprobs name "token_id:N"
     prompt_logprobs: int | None = field(default=None, kw_only=True)  # vLLM's top k
     continuous_usage: bool = field(default=False, kw_only=True)  # usage on every chunk
+    return_token_ids: bool = field(default=False, kw_only=True)  # vLLM's token_ids fields
     _sent: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # idx -> tokens
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -92,6 +94,15 @@ class _View:
     def prompt_logprobs_of(self, out: RequestOutput) -> list[dict | None]:
         return prompt_logprobs_body(out.prompt_logprobs, list(out.prompt_token_ids),
                                     self.prompt_logprobs or 0, self.text_of)
+
+    def ids_of(self, choice: dict, ids: Sequence[int],
+               prompt: Sequence[int] | None = None) -> dict:
+        """``choice`` with vLLM's ``token_ids`` (and ``prompt_token_ids``) when asked for."""
+        if self.return_token_ids:
+            choice["token_ids"] = list(ids)
+            if prompt is not None:
+                choice["prompt_token_ids"] = list(prompt)
+        return choice
 
     def with_usage(self, body: dict) -> dict:
         """``body`` (a chunk of one choice) with its running usage (continuous_usage_stats)."""
@@ -196,7 +207,7 @@ class CompletionView(_View):
             choice.update(reasoning_content=reasoning_text(o.paths), paths=list(o.paths))
         if self.prompt_logprobs is not None:  # vLLM's, on each choice
             choice["prompt_logprobs"] = self.prompt_logprobs_of(out)
-        return choice
+        return self.ids_of(choice, o.token_ids, self.prompt_ids[i])
 
     def response(self, finals: list[RequestOutput]) -> dict:
         choices = [self._choice(i, out, o) for i, out in enumerate(finals) for o in out.outputs]
@@ -260,9 +271,10 @@ class CompletionView(_View):
                 if self.logprobs is not None:
                     offsets = prompt_offsets + counters[idx].take(new_ids)
                     logprobs = self._logprobs(entries, ids, offsets)
-                yield self.chunk([{"index": idx, "text": text, "logprobs": logprobs,
-                                    "finish_reason": o.finish_reason,
-                                    "stop_reason": o.stop_reason}])
+                yield self.chunk([self.ids_of(
+                    {"index": idx, "text": text, "logprobs": logprobs,
+                     "finish_reason": o.finish_reason, "stop_reason": o.stop_reason},
+                    new_ids, self.prompt_ids[i] if first else None)])
         if include_usage:
             yield self.chunk([], _usage(sum(map(len, self.prompt_ids)), completion, paths,
                                         cached_tokens=sum(cached.values())))
@@ -275,6 +287,7 @@ class ChatView(_View):
     n: int = 1
     parser: ParserSpec = field(default_factory=ParserSpec)  # reasoning and tool calls
     echo: str = field(default="", kw_only=True)  # vLLM's chat echo (``vllm_fields.chat_echo``)
+    prompt_token_ids: list[int] = field(default_factory=list, kw_only=True)  # return_token_ids
 
     def prompt_tokens_of(self, idx: int) -> int:
         return self.num_prompt_tokens
@@ -318,9 +331,9 @@ class ChatView(_View):
             message, reason = self.message(o)
             if self.echo:
                 message["content"] = self.echo + (message["content"] or "")
-            choices.append({"index": o.index, "message": message,
-                            "logprobs": lps, "finish_reason": reason,
-                            "stop_reason": o.stop_reason})
+            choices.append(self.ids_of({"index": o.index, "message": message,
+                                        "logprobs": lps, "finish_reason": reason,
+                                        "stop_reason": o.stop_reason}, o.token_ids))
         paths = sum(_reasoned(o) for o in out.outputs)
         completion = sum(len(o.token_ids) for o in out.outputs) + paths
         body = {"id": self.id, "object": "chat.completion", "created": self.created,
@@ -328,6 +341,8 @@ class ChatView(_View):
                 "usage": _usage(self.num_prompt_tokens, completion, paths, out.num_cached_tokens)}
         if self.prompt_logprobs is not None:  # vLLM's, top-level
             body["prompt_logprobs"] = self.prompt_logprobs_of(out)
+        if self.return_token_ids:
+            body["prompt_token_ids"] = list(out.prompt_token_ids)
         return body
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
@@ -363,8 +378,10 @@ class ChatView(_View):
                      include_usage: bool) -> AsyncIterator[dict]:
         sent = self._sent
         for idx in range(self.n):  # the role comes first, as OpenAI sends it
-            yield self.chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
+            role = self.chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
                                 "logprobs": None, "finish_reason": None}])
+            yield {**role, "prompt_token_ids": self.prompt_token_ids} \
+                if self.return_token_ids else role
         for idx in range(self.n) if self.echo else ():  # then the echo, as vLLM sends it
             yield self.chunk([{"index": idx, "delta": {"content": self.echo},
                                 "logprobs": None, "finish_reason": None}])
@@ -395,12 +412,13 @@ class ChatView(_View):
                     yield self.chunk([{"index": o.index, "delta": {"reasoning_content": delta},
                                         "logprobs": None, "finish_reason": None}])
                 bodies = self._deltas(parsers, o)
-                if lps and not bodies:
+                if (lps or self.return_token_ids and new_ids) and not bodies:
                     bodies = [{"content": ""}]
                 for k, body in enumerate(bodies):
-                    yield self.chunk([{"index": o.index, "delta": body,
-                                        "logprobs": lps if k == 0 else None,
-                                        "finish_reason": None}])
+                    yield self.chunk([self.ids_of({"index": o.index, "delta": body,
+                                                   "logprobs": lps if k == 0 else None,
+                                                   "finish_reason": None},
+                                                  new_ids if k == 0 else [])])
                 if o.finish_reason:
                     completion += len(o.token_ids) + _reasoned(o)
                     paths += _reasoned(o)
@@ -408,9 +426,9 @@ class ChatView(_View):
                     reason = o.finish_reason
                     if o.index in parsers and parsers[o.index].num_calls:
                         reason = call_finish_reason(reason)
-                    yield self.chunk([{"index": o.index, "delta": {}, "logprobs": None,
-                                        "finish_reason": reason,
-                                        "stop_reason": o.stop_reason}])
+                    yield self.chunk([self.ids_of({"index": o.index, "delta": {},
+                                                   "logprobs": None, "finish_reason": reason,
+                                                   "stop_reason": o.stop_reason}, [])])
         if include_usage:
             yield self.chunk([], _usage(self.num_prompt_tokens, completion, paths, cached))
 

@@ -322,7 +322,8 @@ def output_options(state: ServerState, body: P.CompletionRequest | P.ChatComplet
     so = body.stream_options
     return {"tokens_as_ids": state.config.return_tokens_as_token_ids if as_ids is None else as_ids,
             "prompt_logprobs": prompt_logprobs_k(body, state.config.max_logprobs),
-            "continuous_usage": include_usage and so is not None and so.continuous_usage_stats}
+            "continuous_usage": include_usage and so is not None and so.continuous_usage_stats,
+            "return_token_ids": bool(body.return_token_ids)}
 
 
 def truncated(state: ServerState, body: P.SamplingRequest, ids: list[int]) -> list[int]:
@@ -420,7 +421,8 @@ async def chat_completions(request: Request) -> Response:
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
                         len(chat.ids), chat.logprobs, chat.params.n, chat.parser,
                         echo=chat_echo(body.messages, body.add_generation_prompt) if body.echo
-                        else "", **output_options(state, body, include_usage))
+                        else "", prompt_token_ids=chat.ids,
+                        **output_options(state, body, include_usage))
     stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
     return await run_job(request, job, stream, view.response)
 

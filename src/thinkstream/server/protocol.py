@@ -167,6 +167,7 @@ class CompletionRequest(SamplingRequest):
     best_of: int | None = None
     prompt_logprobs: int | None = None  # vLLM's (``server.vllm_fields``), on each choice
     return_tokens_as_token_ids: bool | None = None  # None: the server's default
+    return_token_ids: bool | None = None  # vLLM's: token_ids and prompt_token_ids
     # thinkstream: N reasoning paths, then a summary / vote, as on chat completions (each
     # choice gets ``reasoning_content`` and ``paths``; streamed deltas tagged with ``path``)
     parallel: dict[str, Any] | None = None
@@ -293,6 +294,7 @@ class ChatCompletionRequest(SamplingRequest):
         | None = None
     prompt_logprobs: int | None = None  # vLLM's, top-level in the response
     return_tokens_as_token_ids: bool | None = None  # None: the server's default
+    return_token_ids: bool | None = None  # vLLM's: token_ids and prompt_token_ids
     # thinkstream: N reasoning paths, then a summary / vote (``parallel.config.ParallelConfig``:
     # paths, path_tokens, path_prompts, merge, layout, summary_prompt, temperature)
     parallel: dict[str, Any] | None = None

@@ -13,6 +13,9 @@ Honoured (formatting here, used by ``server.formatting``):
                                 them (k: completions' ``logprobs``, chat's ``top_logprobs``)
     return_tokens_as_token_ids  logprobs' ``token`` strings become ``"token_id:N"`` (the
                                 request's value, else ``serve --return-tokens-as-token-ids``)
+    return_token_ids            each choice's ``token_ids`` (streamed: each chunk's new ones)
+                                and the prompt's ``prompt_token_ids`` (chat: top-level, on the
+                                role chunks; completions: on each choice, its first chunk)
     echo (chat)                 the last message's content before the answer when its role
                                 is the response's (``assistant``, or the last message's own
                                 role with ``add_generation_prompt: false``)
@@ -48,7 +51,6 @@ _BOTH: dict[str, tuple[tuple, str]] = {
     "priority": ((0,), "priority scheduling is not enabled (first come, first served)"),
     "guided_whitespace_pattern": ((), "not supported (JSON constraints use a fixed layout)"),
     "logprob_token_ids": (([],), "not supported"),
-    "return_token_ids": ((False,), "not supported"),
     "watermarking": ((False,), "not supported"),
     "repetition_detection": ((), "not supported"),
     "thinking_token_budget": ((-1,), "not supported"),
@@ -72,6 +74,7 @@ _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outp
     **_BOTH,
     "prompt_logprobs": ((), "not supported on this route (chat or completions return them)"),
     "return_tokens_as_token_ids": ((False,), "not supported on this route"),
+    "return_token_ids": ((False,), "not supported on this route"),
 }
 
 
