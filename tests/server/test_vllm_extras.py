@@ -450,6 +450,7 @@ def test_continuous_usage_stats_put_usage_on_every_chunk(server) -> None:
     ("/v1/completions", "watermarking", True),
     ("/v1/chat/completions", "thinking_token_budget", 64),
     ("/v1/completions", "structured_outputs.whitespace_pattern", r"[ ]?"),
+    ("/v1/responses", "stream_options.continuous_usage_stats", True),
 ])
 def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) -> None:
     body = {"/v1/chat/completions": {"messages": CHAT_HI["messages"]},
@@ -458,6 +459,8 @@ def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) ->
             "/v1/sessions": {"prompt": PROMPT}}[path]
     def sent(v) -> dict:
         outer, _, inner = field.rpartition(".")
+        if outer == "stream_options":
+            return {"stream": True, outer: {"include_usage": True, inner: v}}
         return {outer: {"json_object": True, inner: v}} if outer else {field: v}
 
     err = error(post(server, path, {**body, "max_tokens": 1, **sent(value)}), 400)
@@ -466,8 +469,8 @@ def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) ->
         default = {"use_beam_search": False, "bad_words": [], "allowed_token_ids": None,
                    "priority": 0, "chat_template": None, "prompt_logprobs": None,
                    "add_special_tokens": path == "/v1/completions", "watermarking": False,
-                   "thinking_token_budget": -1,
-                   "structured_outputs.whitespace_pattern": None}[field]
+                   "thinking_token_budget": -1, "structured_outputs.whitespace_pattern": None,
+                   "stream_options.continuous_usage_stats": False}[field]
         r = post(server, path, {**body, "max_tokens": 1, **sent(default)})
         assert r.status_code == 200, r.text
     server.wait_idle()

@@ -75,6 +75,7 @@ _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outp
     "prompt_logprobs": ((), "not supported on this route (chat or completions return them)"),
     "return_tokens_as_token_ids": ((False,), "not supported on this route"),
     "return_token_ids": ((False,), "not supported on this route"),
+    "stream_options.continuous_usage_stats": ((False,), "not supported on this route"),
 }
 
 
