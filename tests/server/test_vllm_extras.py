@@ -47,6 +47,10 @@ def test_logit_bias_is_validated(server) -> None:
                    "code": "invalid_value"}
     err = error(post(server, "/v1/completions", {**base, "logit_bias": {"320": 1}}), 400)
     assert err["param"] == "logit_bias" and "'320'" in err["message"]
+    for key in ("\u00b2", "\u0661\u0662", "+5", "5.0"):  # str.isdigit() holds for "²" (was a 500)
+        err = error(post(server, "/v1/completions", {**base, "logit_bias": {key: 1}}), 400)
+        assert err["param"] == "logit_bias" and repr(key) in err["message"], key
+    assert post(server, "/v1/completions", {**base, "logit_bias": {" 5 ": 1}}).status_code == 200
     err = error(post(server, "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": -101}}), 400)
     assert err["message"] == "logit_bias biases must be in [-100, 100], got -101.0 for token 5"

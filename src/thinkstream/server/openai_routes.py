@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -118,11 +119,12 @@ def _check_caps(state: ServerState, body: P.SamplingRequest, logprobs: int | Non
 
 
 def _logit_bias(state: ServerState, bias: dict[str, float] | None) -> dict[int, float]:
-    """``logit_bias`` keys are token ids written as strings (JSON object keys)."""
+    """``logit_bias`` keys are token ids written as strings (JSON object keys): ASCII
+    digits only (``str.isdigit`` also holds for "²", which ``int`` refuses)."""
     vocab = state.llm.tokenizer.vocab_size
     out = {}
     for key, value in (bias or {}).items():
-        if not key.strip().isdigit() or int(key) >= vocab:
+        if re.fullmatch(r"\s*[0-9]+\s*", key, re.ASCII) is None or int(key) >= vocab:
             raise APIError(400, f"logit_bias: {key!r} is not a token id of this model "
                            f"(0 to {vocab - 1})", "logit_bias", "invalid_value")
         out[int(key)] = value
