@@ -158,6 +158,28 @@ def test_reasoning_parser_splits_reasoning_and_calls(client) -> None:
     assert plain.choices[0].finish_reason == "stop"
 
 
+def test_include_reasoning_false_leaves_the_reasoning_out(server) -> None:
+    """vLLM's include_reasoning: false: no reasoning_content, streamed or not, and with the
+    reasoning parser on no logprobs or token ids (they would spell the reasoning out)."""
+    body = {"messages": ask("[answer-think]"), "max_tokens": 50, "include_reasoning": False,
+            "logprobs": True, "return_token_ids": True}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).json()
+    choice = r["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "Paris."}
+    assert choice["logprobs"] is None and "token_ids" not in choice
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**body, "stream": True},
+                      timeout=60) as s:
+        chunks = [json.loads(line[6:]) for line in s.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert all("reasoning_content" not in d for d in deltas) and all(d for d in deltas[1:-1])
+    assert "".join(d.get("content") or "" for d in deltas) == "Paris."
+    assert all(c["choices"][0]["logprobs"] is None for c in chunks)
+    shown = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        **body, "include_reasoning": True, "logprobs": False}).json()["choices"][0]
+    assert shown["message"]["reasoning_content"] == "Easy." and shown["token_ids"]
+
+
 def test_tool_choice_none_parses_nothing(client) -> None:
     r = client.chat.completions.create(model="tiny", messages=ask("What is the weather?"),
                                        tools=TOOLS, tool_choice="none", max_tokens=200)

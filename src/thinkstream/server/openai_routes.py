@@ -38,9 +38,11 @@ from thinkstream.server.prompts import render_chat, split_prompts
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
 from thinkstream.server.vllm_fields import (
     chat_echo,
+    chunks_without_reasoning,
     prompt_logprobs_k,
     refuse_unhonoured,
     refused_for,
+    without_reasoning,
 )
 
 router = APIRouter()
@@ -420,13 +422,26 @@ async def chat_completions(request: Request) -> Response:
     job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    options = output_options(state, body, include_usage)
+    # include_reasoning false: with a reasoning parser, logprobs and ids would spell it out
+    hidden = not body.include_reasoning and state.config.reasoning_parser is not None
     view = fmt.ChatView(job.public_id, state.config.served_model_name, state.llm.tokenizer,
-                        len(chat.ids), chat.logprobs, chat.params.n, chat.parser,
-                        echo=chat_echo(body.messages, body.add_generation_prompt) if body.echo
-                        else "", prompt_token_ids=chat.ids,
-                        **output_options(state, body, include_usage))
-    stream = (lambda: _sse(job, view.chunks(job.outputs(), include_usage))) if body.stream else None
-    return await run_job(request, job, stream, view.response)
+                        len(chat.ids), None if hidden else chat.logprobs, chat.params.n,
+                        chat.parser, echo=chat_echo(body.messages, body.add_generation_prompt)
+                        if body.echo else "", prompt_token_ids=chat.ids,
+                        **{**options, "return_token_ids": options["return_token_ids"]
+                           and not hidden})
+
+    def chunks() -> AsyncIterator[dict]:
+        out = view.chunks(job.outputs(), include_usage)
+        return out if body.include_reasoning else chunks_without_reasoning(out)
+
+    def collect(finals: list[RequestOutput]) -> dict:
+        out = view.response(finals)
+        return out if body.include_reasoning else without_reasoning(out)
+
+    stream = (lambda: _sse(job, chunks())) if body.stream else None
+    return await run_job(request, job, stream, collect)
 
 
 @router.post("/v1/requests/{request_id}/cancel", responses=ERRORS)

@@ -289,6 +289,7 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     echo: bool = False  # vLLM's: the last message's content before the answer (vllm_fields)
+    include_reasoning: bool = True  # vLLM's: false leaves reasoning out of the answer
     # OpenAI's; as vLLM, given to the chat template (with enable_thinking: effort != "none")
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] \
         | None = None

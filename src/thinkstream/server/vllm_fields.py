@@ -22,6 +22,9 @@ Honoured (formatting here, used by ``server.formatting``):
     reasoning_effort (chat)     to the chat template, with ``enable_thinking`` (``effort !=
                                 "none"``) unless ``chat_template_kwargs`` sets it
     truncation_side             ``right``: ``truncate_prompt_tokens`` keeps the first k
+    include_reasoning (chat)    false: no ``reasoning_content`` (nor parallel ``paths``) in
+                                messages or deltas; with a reasoning parser, no logprobs or
+                                token ids either (they would spell the reasoning out)
     stream_options.continuous_usage_stats
                                 with ``include_usage``: every chunk carries ``usage`` (the
                                 choice's tokens so far)
@@ -33,7 +36,7 @@ take the sampling fields (sessions, the Responses API) the output options above 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from pydantic import BaseModel
 
@@ -67,7 +70,6 @@ REFUSED_CHAT = {
     "chat_template": ((), "a request's own chat template is not accepted (the model's is used)"),
     "documents": ((), "not supported"),
     "add_special_tokens": ((False,), "only false is supported (the template writes them)"),
-    "include_reasoning": ((True,), "only true is supported"),
     "return_prompt_text": ((False,), "not supported"),
 }
 _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outputs
@@ -167,3 +169,31 @@ def chat_echo(messages: list, add_generation_prompt: bool) -> str:
     last = messages[-1]
     role = "assistant" if add_generation_prompt else last.role
     return last.text() if last.role == role else ""
+
+
+_REASONING = ("reasoning_content", "paths", "path")
+
+
+def without_reasoning(body: dict) -> dict:
+    """A chat response body with its messages' reasoning taken out (``include_reasoning:
+    false``)."""
+    for choice in body["choices"]:
+        for key in _REASONING:
+            choice["message"].pop(key, None)
+    return body
+
+
+async def chunks_without_reasoning(chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    """Chat stream chunks with the reasoning deltas taken out; a chunk left with nothing to
+    say (an empty delta, no logprobs, no finish reason) is not sent."""
+    async for chunk in chunks:
+        for choice in chunk["choices"]:
+            delta = choice["delta"]
+            said = bool(delta)
+            for key in _REASONING:
+                delta.pop(key, None)
+            if said and not delta and choice.get("logprobs") is None \
+                    and choice.get("finish_reason") is None and not choice.get("token_ids"):
+                break
+        else:
+            yield chunk
