@@ -531,3 +531,12 @@ def test_return_token_ids_streamed_or_not(server) -> None:
     assert chunks[0]["prompt_token_ids"] == ids
     assert [t for c in chunks[1:] for t in c["choices"][0]["token_ids"]] \
         == chat["choices"][0]["token_ids"] and len(chat["choices"][0]["token_ids"]) == 5
+
+
+def test_continuous_usage_stats_on_a_session_close_is_a_400(server) -> None:
+    sid = post(server, "/v1/sessions", {"prompt": PROMPT, "max_tokens": 2}).json()["id"]
+    err = error(post(server, f"/v1/sessions/{sid}/close", {"stream": True, "stream_options": {
+        "include_usage": True, "continuous_usage_stats": True}}), 400)
+    assert (err["param"], err["code"]) == ("stream_options.continuous_usage_stats", "unsupported")
+    assert post(server, f"/v1/sessions/{sid}/close", {}).status_code == 200
+    server.wait_idle()

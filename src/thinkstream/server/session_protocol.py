@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from typing import ClassVar
 
 from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
@@ -74,6 +75,8 @@ class SessionCloseRequest(P.StrictBody):
     """A close, optionally with a last chunk (``text`` or ``token_ids``, numbered ``seq``;
     the close takes the next number): computed in the answer's first step."""
 
+    vllm_refused: ClassVar[dict] = {  # ``vllm_fields.refused_for``: not on a close's stream
+        "stream_options.continuous_usage_stats": ((False,), "not supported on a session")}
     stream: bool = False
     stream_options: P.StreamOptionsField = None
     seq: int | None = None

@@ -82,7 +82,10 @@ _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outp
 
 
 def refused_for(model: type[BaseModel]) -> dict[str, tuple[tuple, str]]:
-    """The fields a request body of ``model`` may not ask for (none for non-sampling bodies)."""
+    """The fields a request body of ``model`` may not ask for (none for non-sampling bodies,
+    unless the model lists its own as ``vllm_refused``)."""
+    if hasattr(model, "vllm_refused"):
+        return model.vllm_refused
     if issubclass(model, P.ChatCompletionRequest):
         return REFUSED_CHAT
     if issubclass(model, P.CompletionRequest):
