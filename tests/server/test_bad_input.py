@@ -163,11 +163,13 @@ def test_bad_raw_bodies(client, endpoint, raw, param) -> None:
     ("responses", _with(RESPONSE, max_output_tokens=10**6), "max_output_tokens"),
 ])
 def test_context_errors_read_as_openai(client, tiny_server, endpoint, body, param) -> None:
-    """The sentence OpenAI and vLLM write, which LiteLLM maps to ContextWindowExceededError."""
+    """The sentence OpenAI and vLLM write, which LiteLLM maps to ContextWindowExceededError;
+    "prompt is too long" for a prompt over it, which LangChain maps to ContextOverflowError."""
     err = check_error(client.post(URL[endpoint], json=body), 400, param)
     limit = tiny_server.engine.max_model_len
     assert err["code"] == "context_length_exceeded" and err["message"].startswith(param)
     assert f"This model's maximum context length is {limit} tokens" in err["message"]
+    assert ("prompt is too long" in err["message"]) == (param in ("prompt", "input"))
 
 
 def test_body_too_large(client, tiny_server) -> None:

@@ -158,13 +158,16 @@ def _check_context(state: ServerState, ids: list[int], params: SamplingParams,
                    prompt_param: str) -> None:
     """400 ``context_length_exceeded`` for a prompt, or prompt + ``max_tokens``, over the
     context. The message holds OpenAI's and vLLM's sentence "This model's maximum context
-    length is N tokens": clients match on it (LiteLLM raises ``ContextWindowExceededError``,
-    which its context-window fallbacks catch, only for such a text)."""
+    length is N tokens" and, for a prompt over it, "prompt is too long": clients match on
+    the text (LiteLLM raises ``ContextWindowExceededError``, which its context-window
+    fallbacks catch, for either; LangChain's ``ChatOpenAI`` raises ``ContextOverflowError``
+    for the second)."""
     engine = state.llm.engine
     limit = engine.max_model_len
     context = f"This model's maximum context length is {limit} tokens"
     if len(ids) >= limit:
-        raise APIError(400, f"{prompt_param}: {len(ids)} tokens leave no room to generate. "
+        raise APIError(400, f"{prompt_param}: the prompt is too long: {len(ids)} tokens leave no "
+                       f"room to generate. "
                        f"{context}.", prompt_param, "context_length_exceeded")
     if params.max_tokens is not None and len(ids) + params.max_tokens > limit:
         raise APIError(400, f"max_tokens is too large: {params.max_tokens}. {context} and the "
