@@ -136,8 +136,9 @@ def test_invalid_tool_schemas_and_text_formats_are_400s(server) -> None:
                 "type": "invalid_request_error", "param": "tools[1].function.parameters",
                 "code": "invalid_value"}}
     flat = [{"type": "function", **t["function"]} for t in tools]  # the Responses API's
-    r = post(server, "/v1/responses", {"input": "hi", "tools": flat, "tool_choice": "required"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "tools[1].parameters", r.text
+    for choice in ("required", "auto"):
+        r = post(server, "/v1/responses", {"input": "hi", "tools": flat, "tool_choice": choice})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools[1].parameters", r.text
     r = post(server, "/v1/responses", {"input": "hi", "text": {"format": {
         "type": "json_schema", "name": "x", "schema": {"type": "object", "minProperties": "a"}}}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema"
