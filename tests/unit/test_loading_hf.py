@@ -203,3 +203,15 @@ def test_missing_files(tmp_path: Path) -> None:
     (tmp_path / "config.json").unlink()
     with pytest.raises(CorruptModelError, match="missing config.json"):
         load_checkpoint(tmp_path)
+
+
+def test_a_chat_template_that_does_not_compile_names_its_file(tmp_path: Path) -> None:
+    """It raised jinja's ``TemplateSyntaxError`` at the first chat; now the load fails."""
+    write_model(tmp_path, "llama")
+    write_tokenizer(tmp_path, "{% for m in messages %}{{ m.content ")
+    with pytest.raises(CorruptModelError, match="tokenizer_config.json: invalid chat template"):
+        load_tokenizer(tmp_path)
+    write_tokenizer(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text("{% if %}")
+    with pytest.raises(CorruptModelError, match="chat_template.jinja: invalid chat template"):
+        load_tokenizer(tmp_path)

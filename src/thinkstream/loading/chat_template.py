@@ -20,6 +20,8 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from thinkstream.loading.errors import CorruptModelError
+
 # Older names of a message's reasoning; templates read the first, gpt-oss ones read "thinking".
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
@@ -93,6 +95,18 @@ def compile_template(source: str) -> jinja2.Template:
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now,
                        dict=_Dict(), namespace=_Namespace)
     return env.from_string(source)
+
+
+def checked_template(source: str | None, where: str) -> str | None:
+    """``source`` if it compiles (None passes); else ``CorruptModelError`` naming ``where``
+    (the file that holds it), raised at load instead of a jinja traceback at the first chat."""
+    if source is not None:
+        try:
+            compile_template(source)
+        except jinja2.TemplateSyntaxError as err:
+            raise CorruptModelError(f"{where}: invalid chat template (line {err.lineno}: "
+                                    f"{err.message})") from err
+    return source
 
 
 def _alias_reasoning(message: dict) -> dict:

@@ -65,7 +65,7 @@ def load_checkpoint(model: str | Path | None, tensors: bool = True,
     blocks: dict[str, GGUFBlocks] = {}
     if _is_gguf(path):
         gf = read_gguf(path)
-        config, tokenizer = gguf_config(gf), build_gguf_tokenizer(gf.metadata)
+        config, tokenizer = gguf_config(gf), build_gguf_tokenizer(gf.metadata, str(path))
         weights = gguf_tensors(gf, config) if tensors else {}
         blocks = gguf_blocks(gf, config, block_types) if tensors else {}
     elif path.is_dir():
@@ -92,7 +92,7 @@ def load_tokenizer(model: str | Path | None) -> Tokenizer:
     """The tokenizer alone (no tensor is read)."""
     path = resolve_model_path(model)
     if _is_gguf(path):
-        return build_gguf_tokenizer(read_gguf(path).metadata)
+        return build_gguf_tokenizer(read_gguf(path).metadata, str(path))
     if path.is_dir():
         return load_hf_tokenizer(path)
     raise ModelLoadError(f"{path}: neither a GGUF file nor a Hugging Face model directory")

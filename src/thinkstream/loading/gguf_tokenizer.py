@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers,
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
+from thinkstream.loading.chat_template import checked_template
 from thinkstream.loading.errors import UnsupportedArchitectureError
 from thinkstream.loading.tokenizer import Tokenizer, byte_alphabet
 
@@ -137,7 +138,8 @@ def eos_token_ids(md: dict[str, Any]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
-def build_gguf_tokenizer(md: dict[str, Any]) -> Tokenizer:
+def build_gguf_tokenizer(md: dict[str, Any], source: str = "GGUF") -> Tokenizer:
+    """The tokenizer in a GGUF file's metadata; ``source`` (the file) names it in errors."""
     kind = md.get("tokenizer.ggml.model")
     tokens: list[str] = md["tokenizer.ggml.tokens"]
     types = md.get("tokenizer.ggml.token_type")
@@ -158,4 +160,6 @@ def build_gguf_tokenizer(md: dict[str, Any]) -> Tokenizer:
              "pad_token": md.get("tokenizer.ggml.padding_token_id")}
     special = {name: tokens[i] for name, i in names.items() if i is not None and 0 <= i < len(tokens)}
     return Tokenizer(backend, bos_token_id=bos, eos_token_ids=eos_token_ids(md),
-                     chat_template=md.get("tokenizer.chat_template"), special_tokens=special)
+                     chat_template=checked_template(md.get("tokenizer.chat_template"),
+                                                    f"{source}: tokenizer.chat_template"),
+                     special_tokens=special)

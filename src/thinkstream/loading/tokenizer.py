@@ -16,7 +16,7 @@ from typing import Any
 import tokenizers
 
 from thinkstream.loading.chat_encode import encode_chat
-from thinkstream.loading.chat_template import NoChatTemplateError, render_chat
+from thinkstream.loading.chat_template import NoChatTemplateError, checked_template, render_chat
 from thinkstream.loading.errors import CorruptModelError
 
 # One text at a time is tokenized on the calling thread (the engine overlaps it with the
@@ -196,12 +196,12 @@ def _ids(value: Any) -> list[int]:
 def _chat_template(directory: Path, tok_config: dict) -> str | None:
     jinja_file = directory / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        return checked_template(jinja_file.read_text(encoding="utf-8"), str(jinja_file))
     template = tok_config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template}
         template = named.get("default")
-    return template
+    return checked_template(template, str(directory / "tokenizer_config.json"))
 
 
 def load_hf_tokenizer(directory: Path) -> Tokenizer:
