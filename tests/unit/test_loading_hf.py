@@ -205,6 +205,20 @@ def test_missing_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
 
 
+def test_config_missing_or_mistyped_fields_name_the_file_and_key(tmp_path: Path) -> None:
+    """A config.json without a required key raised a bare ``KeyError``, one with a value of
+    the wrong type a ``TypeError``: both are ``CorruptModelError``s naming the file."""
+    write_model(tmp_path, "llama")
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["num_attention_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptModelError, match=r"config.json: missing 'num_attention_heads'"):
+        load_checkpoint(tmp_path, tensors=False)
+    (tmp_path / "config.json").write_text(json.dumps(config | {"num_attention_heads": None}))
+    with pytest.raises(CorruptModelError, match=r"config.json: invalid configuration"):
+        load_checkpoint(tmp_path, tensors=False)
+
+
 def test_a_chat_template_that_does_not_compile_names_its_file(tmp_path: Path) -> None:
     """It raised jinja's ``TemplateSyntaxError`` at the first chat; now the load fails."""
     write_model(tmp_path, "llama")

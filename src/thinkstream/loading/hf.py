@@ -75,7 +75,20 @@ def _rope(raw: dict[str, Any], key: str) -> tuple[float | None, RopeScaling | No
 
 
 def hf_config(directory: Path, raw: dict[str, Any] | None = None) -> ModelConfig:
+    """``config.json`` (or ``raw``, its contents) -> ``ModelConfig``. A required key
+    missing or a value of the wrong type is a ``CorruptModelError`` naming the file and the
+    key (it was a bare ``KeyError`` / ``TypeError``)."""
     raw = read_config_json(directory) if raw is None else raw
+    path = directory / "config.json"
+    try:
+        return _hf_config(directory, raw)
+    except KeyError as err:
+        raise CorruptModelError(f"{path}: missing {err.args[0]!r}") from err
+    except (TypeError, ValueError) as err:
+        raise CorruptModelError(f"{path}: invalid configuration ({err})") from err
+
+
+def _hf_config(directory: Path, raw: dict[str, Any]) -> ModelConfig:
     arch = _architecture(raw, directory)
     if "text_config" in raw:
         raw = {**raw, **raw["text_config"]}
