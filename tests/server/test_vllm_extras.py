@@ -455,6 +455,7 @@ def test_continuous_usage_stats_put_usage_on_every_chunk(server) -> None:
     ("/v1/chat/completions", "thinking_token_budget", 64),
     ("/v1/completions", "structured_outputs.whitespace_pattern", r"[ ]?"),
     ("/v1/responses", "stream_options.continuous_usage_stats", True),
+    ("/v1/chat/completions", "structured_outputs.disable_additional_properties", True),
 ])
 def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) -> None:
     body = {"/v1/chat/completions": {"messages": CHAT_HI["messages"]},
@@ -474,7 +475,8 @@ def test_fields_the_engine_cannot_honour_are_400s(server, path, field, value) ->
                    "priority": 0, "chat_template": None, "prompt_logprobs": None,
                    "add_special_tokens": path == "/v1/completions", "watermarking": False,
                    "thinking_token_budget": -1, "structured_outputs.whitespace_pattern": None,
-                   "stream_options.continuous_usage_stats": False}[field]
+                   "stream_options.continuous_usage_stats": False,
+                   "structured_outputs.disable_additional_properties": False}[field]
         r = post(server, path, {**body, "max_tokens": 1, **sent(default)})
         assert r.status_code == 200, r.text
     server.wait_idle()

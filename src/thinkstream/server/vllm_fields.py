@@ -59,6 +59,8 @@ _BOTH: dict[str, tuple[tuple, str]] = {
     "thinking_token_budget": ((-1,), "not supported"),
     "structured_outputs.whitespace_pattern": ((), "not supported (JSON constraints use a "
                                                   "fixed layout)"),
+    "structured_outputs.disable_additional_properties": (
+        (False,), "not supported (a schema's own additionalProperties applies)"),
 }
 REFUSED_COMPLETION = {
     **_BOTH,
