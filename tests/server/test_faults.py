@@ -136,6 +136,38 @@ def test_cancel_endpoint(slow_server) -> None:
     live.wait_idle()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_cancelled_response_says_cancelled(slow_server, stream) -> None:
+    """A Responses request aborted (cancel endpoint, drain) is ``cancelled``, as vLLM marks
+    it, its open item ``incomplete``; a stream ends with ``response.incomplete`` (OpenAI has
+    no cancelled event), so the SDK and openai-agents do not take the cut text as done (it
+    said ``completed``)."""
+    live, rid = slow_server, f"resp-victim-{stream}"
+    body = {"model": "tiny", "input": "hi", "max_output_tokens": 400, "ignore_eos": True,
+            "stream": stream}
+    got: list = []
+
+    def consume() -> None:
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            if not stream:
+                got.append(c.post("/v1/responses", json=body, headers={"X-Request-Id": rid}).json())
+                return
+            with c.stream("POST", "/v1/responses", json=body, headers={"X-Request-Id": rid}) as s:
+                got.extend(json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: "))
+
+    t = threading.Thread(target=consume)
+    t.start()
+    wait_for(lambda: (s := _seq(live, rid)) is not None and s.num_output_tokens > 1)
+    assert httpx.post(f"{live.url}/v1/requests/{rid}/cancel").status_code == 200
+    t.join(10)
+    last = got[-1]["response"] if stream else got[-1]
+    assert (got[-1]["type"] if stream else "") == ("response.incomplete" if stream else "")
+    assert last["status"] == "cancelled" and last["incomplete_details"] is None
+    assert [item["status"] for item in last["output"]] == ["incomplete"]
+    assert last["usage"]["output_tokens"] > 1
+    live.wait_idle()
+
+
 def test_overload_429_and_n_admitted_whole(slow_server) -> None:
     live = slow_server  # capacity: 2 running + 2 queued sequences
     holders = [_open_stream(live, LONG, f"load-{i}") for i in range(3)]

@@ -12,7 +12,8 @@ output, so its ``output`` equals the streamed items. A stream goes::
                 response.content_part.done
         call:   response.function_call_arguments.delta ..., .._arguments.done
       response.output_item.done,
-    response.completed (response.incomplete when max_output_tokens cut it)
+    response.completed (response.incomplete when max_output_tokens cut it, or when it was
+    aborted: status ``cancelled``, for OpenAI has no cancelled event)
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class ItemBuilder:
 
     def finish(self, cut: bool = False) -> list[dict]:
         """Close what is open; an output with no item gets an empty message. ``cut``: the
-        output ended at ``max_output_tokens``, the item it ended in is ``incomplete`` (as
-        OpenAI marks it: a function call's arguments are then partial)."""
+        output ended at ``max_output_tokens`` (or was aborted), the item it ended in is
+        ``incomplete`` (as OpenAI marks it: a function call's arguments are then partial)."""
         status = "incomplete" if cut else "completed"
         events = self._close(status)
         if not self.items:
@@ -164,9 +165,13 @@ class ResponsesView:
                 "total_tokens": self.num_prompt_tokens + completion}
 
     def _ending(self, out: RequestOutput) -> tuple[str, str | None]:
+        """``(status, incomplete reason)``: cut at ``max_output_tokens`` is ``incomplete``;
+        aborted (the cancel endpoint, a drain's end) is ``cancelled``, as vLLM marks it."""
         reason = out.outputs[0].finish_reason
         if reason == "length":
             return "incomplete", "max_output_tokens"
+        if reason == "abort":
+            return "cancelled", None
         return "completed", None
 
     def response(self, finals: list[RequestOutput]) -> dict:
@@ -175,7 +180,7 @@ class ResponsesView:
         builder.feed(parser.feed(out.outputs[0].text))
         builder.feed(parser.finish())
         status, incomplete = self._ending(out)
-        builder.finish(cut=incomplete is not None)
+        builder.finish(cut=status != "completed")
         return self.body(status, builder.items, self._usage(out), incomplete)
 
     async def events(self, outputs: AsyncIterator[tuple[int, RequestOutput]]
@@ -191,7 +196,7 @@ class ResponsesView:
             if o.finish_reason is None:
                 continue
             status, incomplete = self._ending(out)
-            for ev in builder.feed(parser.finish()) + builder.finish(incomplete is not None):
+            for ev in builder.feed(parser.finish()) + builder.finish(status != "completed"):
                 yield ev
             kind = "response.completed" if status == "completed" else "response.incomplete"
             yield builder.event(kind, response=self.body(status, builder.items, self._usage(out),
