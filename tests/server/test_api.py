@@ -33,6 +33,7 @@ def test_models(client, oai) -> None:
     card = oai.models.retrieve("tiny")  # GET /v1/models/{id}, as OpenAI serves it
     assert (card.id, card.object, card.owned_by) == ("tiny", "model", "thinkstream")
     assert client.get("/v1/models/tiny").json() == data["data"][0]
+    assert client.get("/v1/models/").json() == data
     with pytest.raises(openai.NotFoundError) as err:
         oai.models.retrieve("org/other")
     assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"

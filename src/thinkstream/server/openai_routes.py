@@ -247,8 +247,11 @@ async def list_models(request: Request) -> dict:
 @router.get("/v1/models/{model:path}", response_model=P.ModelCard, responses=ERRORS)
 async def retrieve_model(request: Request, model: str) -> Response:
     """The served model's card (the ``openai`` SDK's ``models.retrieve``); any other id is a
-    404 ``model_not_found``, as OpenAI answers. ``:path``: a served name may hold ``/``."""
+    404 ``model_not_found``, as OpenAI answers. ``:path``: a served name may hold ``/``;
+    ``/v1/models/`` (empty) is the list, as the trailing-slash redirect gave it."""
     state = server_state(request)
+    if not model:
+        return JSONResponse(await list_models(request))
     try:
         check_model(state, model)
     except APIError as exc:
