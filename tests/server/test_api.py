@@ -39,6 +39,17 @@ def test_models(client, oai) -> None:
     assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
 
 
+def test_unknown_route_reads_as_openai(client, oai) -> None:
+    """A route the server lacks (embeddings here) is OpenAI's 404: "Invalid URL (...)", not a
+    bare "Not Found" a client could take for an unknown model."""
+    r = client.post("/v1/embeddings", json={"model": "tiny", "input": "hi"})
+    assert r.status_code == 404
+    assert r.json() == {"error": {"message": "Invalid URL (POST /v1/embeddings)",
+                                  "type": "invalid_request_error", "param": None, "code": None}}
+    with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(POST /v1/embeddings\)"):
+        oai.embeddings.create(model="tiny", input="hi")
+
+
 @pytest.mark.parametrize("prompt", ["Hello there", ["Hello", "Paris is"], [5, 6, 7],
                                     [[5, 6], [7, 8, 9]]])
 def test_prompt_forms(client, tiny_server, prompt) -> None:

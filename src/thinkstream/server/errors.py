@@ -59,8 +59,8 @@ def error_body(status: int, message: str, param: str | None = None,
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param, code), status, headers=headers)
+                   headers: dict[str, str] | None = None, type: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code, type), status, headers=headers)
 
 
 def to_api_error(exc: BaseException) -> APIError:
@@ -100,8 +100,12 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404 and message == "Not Found":  # no such route: OpenAI's words
+            url = f"{request.method} {request.url.path[:200]}"
+            return error_response(404, f"Invalid URL ({url})", None, None, exc.headers,
+                                  type="invalid_request_error")
         return error_response(exc.status_code, message, None, None, exc.headers)
 
     @app.exception_handler(Exception)
