@@ -132,3 +132,38 @@ def test_echoed_prompt_offsets_skip_a_special_token_the_prompt_text_lacks(tiny_t
         choice = view.response([_output(out, "c")])["choices"][0]
         assert choice["text"] == prompt + "c"
         assert choice["logprobs"]["text_offset"] == offsets
+
+
+def test_responses_logprobs_with_include_as_chat_gives_them(client: TestClient) -> None:
+    """``include: ["message.output_text.logprobs"]`` fills ``output_text.logprobs`` with the
+    items chat returns for the same conversation (it was always []); streamed, the deltas'
+    logprobs concatenate to the ``.done`` event's; ``top_logprobs`` alone returns none, as
+    OpenAI answers."""
+    base = {"model": "tiny", "input": PROMPT, "max_output_tokens": 6, "temperature": 0,
+            "ignore_eos": True, "top_logprobs": 2}
+    chat = client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 6,
+        "temperature": 0, "ignore_eos": True, "logprobs": True, "top_logprobs": 2}).json()
+    want = chat["choices"][0]["logprobs"]["content"]
+    assert len(want) == 6 and all(len(e["top_logprobs"]) == 2 for e in want)
+    body = {**base, "include": ["message.output_text.logprobs"]}
+    part = client.post("/v1/responses", json=body).json()["output"][0]["content"][0]
+    assert part["text"] == chat["choices"][0]["message"]["content"]
+    assert _split(part["logprobs"])[0] == _split(want)[0]  # tokens, bytes: exact
+    assert _split(part["logprobs"])[1] == pytest.approx(_split(want)[1], abs=1e-4)  # cache hit
+    want = part["logprobs"]
+    assert client.post("/v1/responses", json=base).json()["output"][0]["content"][0][
+        "logprobs"] == []
+    with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
+        events = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: ")]
+    deltas = [e["logprobs"] for e in events if e["type"] == "response.output_text.delta"]
+    done = next(e for e in events if e["type"] == "response.output_text.done")
+    assert [x for d in deltas for x in d] == done["logprobs"] == want
+    assert events[-1]["response"]["output"][0]["content"][0]["logprobs"] == want
+
+
+def _split(items: list[dict]) -> tuple[list, list[float]]:
+    """Logprob items -> (their tokens and bytes, their logprobs), top alternatives included."""
+    keys = [(e["token"], e["bytes"], [(t["token"], t["bytes"]) for t in e["top_logprobs"]])
+            for e in items]
+    return keys, [x for e in items for x in [e["logprob"]] + [t["logprob"] for t in e["top_logprobs"]]]

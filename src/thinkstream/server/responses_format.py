@@ -21,10 +21,10 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from thinkstream.engine.request import RequestOutput
+from thinkstream.engine.request import CompletionOutput, RequestOutput
 from thinkstream.parsers.output import Delta, ParserSpec
 from thinkstream.parsers.tool_calls import CallStart
 
@@ -43,6 +43,12 @@ class ItemBuilder:
         self.open: dict | None = None  # the item receiving text or arguments
         self.calls: dict[int, dict] = {}  # parser call index -> function_call item
         self.seq = 0
+        self.pending: list[dict] = []  # token logprobs not yet given to a message delta
+
+    def add_logprobs(self, logprobs: list[dict]) -> None:
+        """The logprobs of the tokens whose text the next ``feed`` brings: a message's text
+        delta takes them (a call's or reasoning's text drops them: not the message's)."""
+        self.pending += logprobs
 
     def event(self, kind: str, **fields) -> dict:
         ev = {"type": kind, "sequence_number": self.seq, **copy.deepcopy(fields)}
@@ -55,6 +61,8 @@ class ItemBuilder:
             events += self._text("reasoning", delta.reasoning)
         if delta.content:
             events += self._text("message", delta.content)
+        if delta.reasoning or delta.calls:
+            self.pending = []
         for ev in delta.calls:
             if isinstance(ev, CallStart):
                 events += self._close()
@@ -108,7 +116,10 @@ class ItemBuilder:
         item = self.open
         item["content"][0]["text"] += text
         if text:
-            extra = {"logprobs": []} if kind == "message" else {}
+            extra = {}
+            if kind == "message":
+                extra["logprobs"], self.pending = self.pending, []
+                item["content"][0]["logprobs"] += extra["logprobs"]
             events.append(self.event(f"{prefix}.delta", item_id=item["id"],
                                      output_index=self._at(item), content_index=0,
                                      delta=text, **extra))
@@ -127,7 +138,7 @@ class ItemBuilder:
         else:
             part = item["content"][0]
             prefix = _TEXT_PART[item["type"]][1]
-            extra = {"logprobs": []} if item["type"] == "message" else {}
+            extra = {"logprobs": part["logprobs"]} if item["type"] == "message" else {}
             events.append(self.event(f"{prefix}.done", item_id=item["id"], output_index=at,
                                      content_index=0, text=part["text"], **extra))
             events.append(self.event("response.content_part.done", item_id=item["id"],
@@ -146,6 +157,16 @@ class ResponsesView:
     parser: ParserSpec
     num_prompt_tokens: int = 0
     created_at: int = field(default_factory=lambda: int(time.time()))
+    # include "message.output_text.logprobs": (entries, token ids) -> the output_text's
+    # logprob items ({token, logprob, bytes, top_logprobs}, as chat's ``logprobs.content``)
+    logprobs: Callable[[list, list[int]], list[dict]] | None = None
+
+    def _token_logprobs(self, o: CompletionOutput, start: int = 0) -> list[dict]:
+        """Logprob items of ``o``'s tokens from ``start`` on ([] unless asked for)."""
+        if self.logprobs is None or len(o.token_ids) <= start:
+            return []
+        ids = list(o.token_ids[start:])
+        return self.logprobs(list(o.logprobs or [])[start : start + len(ids)], ids)
 
     def body(self, status: str, items: list[dict], usage: dict | None,
              incomplete: str | None = None) -> dict:
@@ -177,6 +198,7 @@ class ResponsesView:
     def response(self, finals: list[RequestOutput]) -> dict:
         out = finals[0]
         builder, parser = ItemBuilder(), self.parser.make()
+        builder.add_logprobs(self._token_logprobs(out.outputs[0]))
         builder.feed(parser.feed(out.outputs[0].text))
         builder.feed(parser.finish())
         status, incomplete = self._ending(out)
@@ -189,8 +211,11 @@ class ResponsesView:
         start = self.body("in_progress", [], None)
         yield builder.event("response.created", response=start)
         yield builder.event("response.in_progress", response=start)
+        sent = 0  # tokens whose logprobs went to the builder
         async for _, out in outputs:
             o = out.outputs[0]
+            builder.add_logprobs(self._token_logprobs(o, sent))
+            sent = len(o.token_ids)
             for ev in builder.feed(parser.feed(o.new_text)):
                 yield ev
             if o.finish_reason is None:

@@ -53,6 +53,12 @@ class ResponsesRequest(P.SamplingRequest):
     metadata: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     top_logprobs: int | None = None
+    include: list[str] | None = None  # "message.output_text.logprobs" is the one acted on
+
+    def wants_logprobs(self) -> bool:
+        """The output text's logprobs, as OpenAI gives them: only with ``include``
+        (``top_logprobs`` alone sets how many alternatives, and returns none)."""
+        return "message.output_text.logprobs" in (self.include or [])
 
 
 def check_stateless(body: ResponsesRequest) -> None:
@@ -78,8 +84,8 @@ def chat_request(body: ResponsesRequest) -> P.ChatCompletionRequest:
         fields["tools"] = [_chat_tool(i, t) for i, t in enumerate(body.tools)]
     if body.tool_choice is not None:
         fields["tool_choice"] = _chat_tool_choice(body.tool_choice)
-    if body.top_logprobs is not None:
-        fields.update(logprobs=True, top_logprobs=body.top_logprobs)
+    if body.top_logprobs is not None or body.wants_logprobs():
+        fields.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
     try:
         return P.ChatCompletionRequest.model_validate(fields)
     except ValidationError as exc:

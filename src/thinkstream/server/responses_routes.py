@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from thinkstream.server import formatting as fmt
 from thinkstream.server import responses_protocol as R
 from thinkstream.server.auth import request_owner
 from thinkstream.server.constraints import checked
@@ -65,9 +66,18 @@ async def responses(request: Request) -> Response:
     job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt())
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
-                         chat.parser, len(chat.ids))
+                         chat.parser, len(chat.ids), logprobs=_logprobs(state, body))
     stream = (lambda: _events(view.events(job.outputs()))) if body.stream else None
     return await run_job(request, job, stream, view.response)
+
+
+def _logprobs(state, body: R.ResponsesRequest):
+    """With ``include: ["message.output_text.logprobs"]``: chat's logprob items (token,
+    logprob, bytes, top_logprobs), the shape of the Responses API's ``Logprob``."""
+    if not body.wants_logprobs():
+        return None
+    chat = fmt.ChatView("", "", state.llm.tokenizer, logprobs=body.top_logprobs or 0)
+    return lambda entries, ids: chat._logprobs(entries, ids)["content"]
 
 
 def _prepare(state, body: R.ResponsesRequest):
