@@ -494,3 +494,15 @@ def test_viewers_join_the_step_that_computes_their_source(monkeypatch, dtype: st
     assert new[0].keys() == {"0", "think"} and old[0].keys() == {"0"}  # chunk + pass head
     first_answer = next(i for i, st in enumerate(new) if st.get("0") and i > 0)
     assert "think" in new[first_answer]  # the request and the answer prompt: one step
+
+
+def test_layout_and_units_by_name() -> None:
+    """``ThinkConfig(layout="gap")`` was accepted and failed at the first note
+    (``AttributeError: 'str' object has no attribute 'kind'``): a name is its kind's
+    default, anything else a ``ValueError`` at construction."""
+    cfg = ThinkConfig(layout="interleaved", units="tokens")
+    assert cfg.layout == Layout("interleaved") and cfg.units == UnitPolicy("tokens")
+    with pytest.raises(ValueError, match="'bogus' is not one of"):
+        ThinkConfig(layout="bogus")
+    with pytest.raises(ValueError, match="layout must be a Layout"):
+        ThinkConfig(layout=48)

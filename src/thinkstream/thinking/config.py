@@ -53,6 +53,15 @@ class ThinkConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # a name for the default of its kind ("gap", "sentence"), as the HTTP form spells it
+        # (a string was taken as is and failed at the first note with an AttributeError)
+        for name, kind in (("layout", Layout), ("units", UnitPolicy)):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, kind(value))
+            elif not isinstance(value, kind):
+                raise ValueError(f"{name} must be a {kind.__name__} or its kind's name, "
+                                 f"got {type(value).__name__}")
         if self.depth not in DEPTHS:
             raise ValueError(f"depth: {self.depth!r} is not one of {', '.join(DEPTHS)}")
         for name in ("note_tokens", "pass_tokens", "max_reasoning_tokens"):
