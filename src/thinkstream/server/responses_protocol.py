@@ -50,6 +50,8 @@ class ResponsesRequest(P.SamplingRequest):
     store: bool | None = None
     background: bool | None = None
     previous_response_id: P.Text | None = None
+    conversation: P.Text | dict[str, Any] | None = None  # server-side state: refused
+    prompt: dict[str, Any] | None = None  # a stored prompt template: refused
     metadata: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     top_logprobs: int | None = None
@@ -71,6 +73,12 @@ def check_stateless(body: ResponsesRequest) -> None:
     if body.background:  # a background response is fetched later by id: it needs a store
         raise APIError(400, "background: this server keeps no responses to fetch later; "
                        "leave background unset or false", "background", "unsupported")
+    if body.conversation is not None:  # its items would be prepended: ignoring it drops them
+        raise APIError(400, "conversation: this server keeps no conversations; send the "
+                       "whole conversation in input", "conversation", "unsupported")
+    if body.prompt is not None:
+        raise APIError(400, "prompt: this server keeps no stored prompts; send the text in "
+                       "instructions and input", "prompt", "unsupported")
     if body.n != 1:
         raise APIError(400, "n: the Responses API makes one output", "n", "unsupported")
 
