@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
@@ -34,8 +34,8 @@ def _as_prompt(prompt: Prompt | Mapping) -> Prompt:
 
 
 def _as_prompt_list(prompts: Prompt | Mapping | Sequence[Prompt | Mapping]) -> list[Prompt]:
-    if isinstance(prompts, str | bytes | bytearray | Mapping):
-        return [_as_prompt(prompts)]  # bytes: the engine's error (text or ids, not bytes)
+    if isinstance(prompts, str | bytes | bytearray | Mapping) or not isinstance(prompts, Iterable):
+        return [_as_prompt(prompts)]  # bytes, None, a number: the engine's error
     items = list(prompts)
     if items and all(isinstance(t, int) for t in items):
         return [items]  # one prompt given as token ids

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers.tiny import tiny_checkpoint
 
+from thinkstream.engine.llm_engine import RequestError
 from thinkstream.llm import LLM
 from thinkstream.sampling_params import ParamError, SamplingParams
 
@@ -48,4 +49,17 @@ def test_one_sampling_params_per_prompt(llm: LLM) -> None:
             llm.generate(prompts, bad)
         assert err.value.param == "sampling_params"
     llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_a_prompt_that_is_neither_text_nor_ids_is_a_request_error(llm: LLM) -> None:
+    """``generate(None)`` / ``stream(5)`` raised a bare ``TypeError`` ('NoneType' object is
+    not iterable); now the typed error naming ``prompt``, and the engine serves on."""
+    for bad in (None, 5, 2.5):
+        with pytest.raises(RequestError, match=f"prompt: text .* not {type(bad).__name__}") as err:
+            llm.generate(bad, GREEDY)
+        assert err.value.param == "prompt"
+        with pytest.raises(RequestError, match="prompt: text"):
+            llm.stream(bad, GREEDY)
+    assert len(tokens(llm.generate("Paris", GREEDY))[0]) == 4
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks

@@ -16,7 +16,7 @@ import operator
 import os
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
 
@@ -157,6 +157,8 @@ class LLMEngine(OpenInputs):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
         elif isinstance(prompt, bytes | bytearray | memoryview):  # not token ids: decode it
             raise RequestError("prompt", "prompt: text (str) or token ids, not bytes")
+        elif not isinstance(prompt, Iterable):  # None, a number: was a bare TypeError
+            raise RequestError("prompt", f"prompt: text (str) or token ids, not {type(prompt).__name__}")
         else:
             try:  # ints, numpy / torch integers; never a float cut to an int
                 ids = [operator.index(t) for t in prompt]
