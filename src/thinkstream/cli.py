@@ -210,6 +210,12 @@ def _read_prompts(path: str) -> list[tuple[int, dict]]:
             raise SystemExit(f"{path}:{n}: invalid JSON: {exc.msg}") from None
         if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
             raise SystemExit(f"{path}:{n}: each line needs a 'prompt' or 'messages' field")
+        if "prompt" in row and "messages" in row:
+            raise SystemExit(f"{path}:{n}: a line takes 'prompt' or 'messages', not both")
+        if extra := sorted(set(row) - {"prompt", "messages", "id"}):  # were ignored silently
+            raise SystemExit(f"{path}:{n}: unknown field(s) {', '.join(map(repr, extra))}: a line "
+                             "takes 'prompt' or 'messages' and 'id'; sampling is set by the "
+                             "flags (--max-tokens, --temperature, ...)")
         field = "messages" if "messages" in row else "prompt"
         value = row[field]
         ok = (isinstance(value, list) and all(isinstance(m, dict) for m in value)

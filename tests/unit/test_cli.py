@@ -32,6 +32,12 @@ def test_a_missing_input_file_is_a_message_not_a_traceback(tmp_path) -> None:
     ('{"prompt": {"a": 1}}', "'prompt' must be a non-empty string or list of token ids"),
     ('{"messages": []}', "'messages' must be a non-empty list of messages"),
     ('{"messages": "hi"}', "'messages' must be a non-empty list of messages"),
+    # both, or a field the CLI would ignore (a per-line max_tokens was silently dropped)
+    ('{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}',
+     "a line takes 'prompt' or 'messages', not both"),
+    ('{"prompt": "a", "max_tokens": 2, "temperature": 0}',
+     "unknown field(s) 'max_tokens', 'temperature': a line takes 'prompt' or 'messages' and "
+     "'id'; sampling is set by the flags (--max-tokens, --temperature, ...)"),
 ])
 def test_a_bad_line_names_its_number(tmp_path, line: str, message: str) -> None:
     lines = ['{"prompt": "ok"}', "", line]
