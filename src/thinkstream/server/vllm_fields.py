@@ -31,7 +31,8 @@ Honoured (formatting here, used by ``server.formatting``):
 
 Refused unless they hold vLLM's default (``refused_for``): beam search, ``bad_words``,
 ``allowed_token_ids``, ``logits_processors``, ``priority``, ...; on the other routes that
-take the sampling fields (sessions, the Responses API) the output options above too.
+take the sampling fields (sessions, the Responses API) the output options above too. Chat
+also refuses OpenAI's audio output (``audio``, ``modalities`` other than ``["text"]``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ REFUSED_CHAT = {
     "documents": ((), "not supported"),
     "add_special_tokens": ((False,), "only false is supported (the template writes them)"),
     "return_prompt_text": ((False,), "not supported"),
+    # OpenAI's audio output (gpt-4o-audio): this server writes text only
+    "audio": ((), "this server has no audio output (the model writes text only)"),
+    "modalities": ((["text"],), 'this server has no audio output: only ["text"] is accepted'),
 }
 _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outputs
     **_BOTH,
