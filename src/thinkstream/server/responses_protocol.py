@@ -8,6 +8,11 @@ the sampling fields, ``text.format`` (``json_schema`` / ``json_object``: the str
 outputs seam), function ``tools`` (flat: ``{"type": "function", "name", "parameters"}``) and
 ``tool_choice``. The server is stateless: ``previous_response_id`` and ``store: true`` are
 400s (send the whole conversation in ``input``).
+
+``truncation: "auto"`` (OpenAI's rule): an input over the context drops items from the
+beginning of the conversation until it fits; system and developer messages (and
+``instructions``) stay, and a cut never leaves a function call's output without its call
+(``chat_request(body, cut)``). ``"disabled"``, the default, answers the 400.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class ResponsesRequest(P.SamplingRequest):
     reasoning: dict[str, Any] | None = None
     top_logprobs: int | None = None
     include: list[str] | None = None  # "message.output_text.logprobs" is the one acted on
+    truncation: Literal["auto", "disabled"] | None = None  # None: "disabled"
 
     def wants_logprobs(self) -> bool:
         """The output text's logprobs, as OpenAI gives them: only with ``include``
@@ -83,10 +89,22 @@ def check_stateless(body: ResponsesRequest) -> None:
         raise APIError(400, "n: the Responses API makes one output", "n", "unsupported")
 
 
-def chat_request(body: ResponsesRequest) -> P.ChatCompletionRequest:
-    """The chat request a Responses request stands for (validated like one)."""
+def cut_points(body: ResponsesRequest) -> list[int]:
+    """Where ``truncation: "auto"`` may start the conversation, fewest items dropped first:
+    0, then the index of each later message that is not a system / developer message or a
+    function call's output (one that would lose its call)."""
+    messages = input_messages(body)
+    talk = [i for i, m in enumerate(messages) if m["role"] not in ("system", "developer")]
+    return [0] + [i for i in talk[1:] if messages[i]["role"] != "tool"]
+
+
+def chat_request(body: ResponsesRequest, cut: int = 0) -> P.ChatCompletionRequest:
+    """The chat request a Responses request stands for (validated like one); ``cut``: the
+    conversation starts at message ``cut`` (system and developer messages before it stay)."""
     fields = body.model_dump(include=set(P.SamplingRequest.model_fields), exclude_none=True)
-    fields.update(messages=input_messages(body), max_tokens=body.max_output_tokens,
+    messages = [m for i, m in enumerate(input_messages(body))
+                if i >= cut or m["role"] in ("system", "developer")]
+    fields.update(messages=messages, max_tokens=body.max_output_tokens,
                   parallel_tool_calls=body.parallel_tool_calls)
     if body.tools:
         fields["tools"] = [_chat_tool(i, t) for i, t in enumerate(body.tools)]

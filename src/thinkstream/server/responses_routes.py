@@ -20,9 +20,10 @@ from thinkstream.server import formatting as fmt
 from thinkstream.server import responses_protocol as R
 from thinkstream.server.auth import request_owner
 from thinkstream.server.constraints import checked
-from thinkstream.server.errors import field_names, to_api_error
+from thinkstream.server.errors import APIError, field_names, to_api_error
 from thinkstream.server.openai_routes import (
     ERRORS,
+    PreparedChat,
     body_doc,
     check_model,
     parse_body,
@@ -47,6 +48,7 @@ def _echo(body: R.ResponsesRequest) -> dict:
             "tools": body.tools or [], "tool_choice": body.tool_choice or "auto",
             "parallel_tool_calls": body.parallel_tool_calls, "text": {"format": fmt},
             "metadata": body.metadata or {}, "user": body.user,
+            "truncation": body.truncation or "disabled",
             "reasoning": {"effort": None, "summary": None}}
 
 
@@ -80,9 +82,23 @@ def _logprobs(state, body: R.ResponsesRequest):
     return lambda entries, ids: chat._logprobs(entries, ids)["content"]
 
 
-def _prepare(state, body: R.ResponsesRequest):
+def _prepare(state, body: R.ResponsesRequest) -> PreparedChat:
+    """The chat request prepared; with ``truncation: "auto"`` the fewest leading items
+    dropped that let it fit (a binary search over ``R.cut_points``; each try renders and
+    checks the whole prompt), else the context's 400."""
     text_format = checked(state, R.text_constraint(body), "text.format.schema")
-    return prepare_chat(state, R.chat_request(body), text_format)
+    cuts = R.cut_points(body) if body.truncation == "auto" else [0]
+    lo, hi, fits = 0, len(cuts) - 1, None  # cuts[hi] is the last one worth trying
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        try:
+            fits = prepare_chat(state, R.chat_request(body, cuts[mid]), text_format)
+            hi = mid - 1
+        except APIError as exc:
+            if exc.code != "context_length_exceeded" or mid == len(cuts) - 1:
+                raise
+            lo = mid + 1
+    return fits
 
 
 async def _events(events: AsyncIterator[dict]) -> AsyncIterator[str]:
