@@ -5,6 +5,8 @@ audio output (a 400), ``POST /v1/responses/{id}/cancel`` and the Responses API's
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from conftest import live_server
@@ -27,6 +29,8 @@ def reply(prompt: str) -> str:
     last = prompt.rsplit("<|im_start|>", 2)[-2] if "<|im_start|>" in prompt else prompt
     if "<tool_response>" in last:
         return "It is sunny in Paris."
+    if "[named]" in last:  # a named call's constraint holds the arguments object
+        return '{"city": "Paris"}'
     return CALL if "weather" in last else "Hello there."
 
 
@@ -58,6 +62,70 @@ def post(server, path: str, body: dict) -> httpx.Response:
 
 def ask(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+FUNCTIONS = [{"name": "get_weather", "description": "The current weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                             "required": ["city"]}}]
+LEGACY_CALL = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+def sse(r: httpx.Response) -> list[dict]:
+    assert r.status_code == 200, r.text
+    lines = [ln[6:] for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(ln) for ln in lines[:-1]]
+
+
+def test_legacy_functions_are_answered_as_openai_answers_them(server) -> None:
+    """``functions`` + ``function_call`` (auto or named) give ``message.function_call`` and
+    finish_reason ``function_call``; streamed, ``delta.function_call`` (name first, then the
+    arguments); the result goes back as a ``function`` message and the model answers."""
+    for choice in ("auto", {"name": "get_weather"}, None):
+        text = "weather in Paris?" + (" [named]" if isinstance(choice, dict) else "")
+        body = {"messages": ask(text), "functions": FUNCTIONS, "max_tokens": 200,
+                **({"function_call": choice} if choice else {})}
+        r = post(server, "/v1/chat/completions", body)
+        assert r.status_code == 200, r.text
+        out = r.json()["choices"][0]
+        assert out["finish_reason"] == "function_call", out
+        assert out["message"] == {"role": "assistant", "content": None,
+                                  "function_call": LEGACY_CALL}
+        chunks = sse(post(server, "/v1/chat/completions", {**body, "stream": True}))
+        calls = [c["choices"][0]["delta"]["function_call"] for c in chunks
+                 if "function_call" in c["choices"][0]["delta"]]
+        assert calls[0] == {"name": "get_weather", "arguments": ""}
+        assert all(set(c) == {"arguments"} for c in calls[1:])
+        assert "".join(c["arguments"] for c in calls) == LEGACY_CALL["arguments"]
+        assert not any("tool_calls" in c["choices"][0]["delta"] for c in chunks)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "function_call"
+    history = ask("weather in Paris?") + [
+        {"role": "assistant", "content": None, "function_call": LEGACY_CALL},
+        {"role": "function", "name": "get_weather", "content": "22 C, sunny"}]
+    r = post(server, "/v1/chat/completions", {"messages": history, "functions": FUNCTIONS})
+    out = r.json()["choices"][0]
+    assert (out["message"]["content"], out["finish_reason"]) == ("It is sunny in Paris.", "stop")
+    assert "function_call" not in out["message"]
+    r = post(server, "/v1/chat/completions", {"messages": ask("weather in Paris?"),
+                                              "functions": FUNCTIONS, "function_call": "none"})
+    assert r.json()["choices"][0]["message"]["content"] == CALL  # no calls parsed
+
+
+def test_legacy_functions_refusals_name_the_legacy_field(server) -> None:
+    tool = {"type": "function", "function": FUNCTIONS[0]}
+    cases = [({"functions": FUNCTIONS, "tools": [tool]}, "functions"),
+             ({"function_call": "auto"}, "function_call"),
+             ({"functions": FUNCTIONS, "function_call": "auto", "tool_choice": "auto"},
+              "function_call"),
+             ({"functions": FUNCTIONS, "function_call": {"name": "nope"}}, "function_call"),
+             ({"functions": [{"name": "f", "parameters": {"type": 5}}]},
+              "functions[0].parameters"),
+             ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].name")]
+    for extra, param in cases:
+        r = post(server, "/v1/chat/completions", {"messages": ask("hi"), **extra})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == param and err["message"].startswith(param + ":"), err
 
 
 def test_audio_output_is_a_400_naming_the_field(server) -> None:

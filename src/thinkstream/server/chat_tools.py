@@ -36,6 +36,7 @@ from thinkstream.parsers.output import ParserSpec
 from thinkstream.sampling_params import StructuredOutputsParams
 from thinkstream.server import protocol as P
 from thinkstream.server.errors import APIError
+from thinkstream.server.legacy_functions import tool_turns
 from thinkstream.structured.compiler import JSON_OPTIONS
 
 TOOL_PROMPT = """# Tools
@@ -212,7 +213,7 @@ def template_messages(messages: list[P.ChatMessage], plan: ToolPlan) -> list[dic
     """The messages as the template takes them (see the module doc)."""
     inline = plan.template_tools is None  # calls and results written as text
     out: list[dict] = []
-    for m in messages:
+    for m in tool_turns(messages):  # legacy function turns as tool turns
         msg: dict = {"role": m.role, "content": m.text()}
         if m.name:
             msg["name"] = m.name

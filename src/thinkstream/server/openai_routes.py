@@ -33,6 +33,13 @@ from thinkstream.server.auth import request_owner
 from thinkstream.server.chat_tools import call_or_answer, opens_reasoning, plan_tools
 from thinkstream.server.constraints import body_constraint, checked_tools
 from thinkstream.server.errors import APIError, field_names, to_api_error
+from thinkstream.server.legacy_functions import (
+    as_tools,
+    legacy_chunks,
+    legacy_response,
+    renamed_fields,
+    uses_functions,
+)
 from thinkstream.server.limits import clean_request_id
 from thinkstream.server.prompts import render_chat, split_prompts
 from thinkstream.server.serving import ClientGone, Job, ServerState, until_disconnect
@@ -419,6 +426,10 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, P.ChatCompletionRequest)
     check_model(state, body.model)
     sent = {"max_tokens": "max_completion_tokens"} if body.max_completion_tokens is not None else {}
+    legacy = uses_functions(body)  # OpenAI's deprecated functions / function_call
+    if legacy:
+        sent |= renamed_fields(body)
+        body = as_tools(body)
     with field_names(sent):
         chat = await run_in_threadpool(prepare_chat, state, body)  # off the event loop
     parallel = parallel_config(chat.params, body.parallel, state.config.max_n)
@@ -440,10 +451,12 @@ async def chat_completions(request: Request) -> Response:
 
     def chunks() -> AsyncIterator[dict]:
         out = view.chunks(job.outputs(), include_usage)
+        out = legacy_chunks(out) if legacy else out
         return out if body.include_reasoning else chunks_without_reasoning(out)
 
     def collect(finals: list[RequestOutput]) -> dict:
         out = view.response(finals)
+        out = legacy_response(out) if legacy else out
         return out if body.include_reasoning else without_reasoning(out)
 
     stream = (lambda: _sse(job, chunks())) if body.stream else None

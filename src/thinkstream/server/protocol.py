@@ -224,10 +224,11 @@ def _tool_needs_call_id(value: str | None, info: ValidationInfo) -> str | None:
 
 
 class ChatMessage(StrictBody):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Text | Annotated[list[TextPart], AfterValidator(_some_parts)] | None = None
     name: Text | None = None
     tool_calls: list[ToolCallIn] | None = None  # assistant
+    function_call: FunctionCallIn | None = None  # assistant, legacy (``legacy_functions``)
     # declared after ``role``, which the check reads; checked when omitted too
     tool_call_id: Annotated[Text | None, AfterValidator(_tool_needs_call_id)] = Field(
         default=None, validate_default=True)
@@ -236,7 +237,8 @@ class ChatMessage(StrictBody):
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        if self.content is None and not (self.role == "assistant" and (
+                self.tool_calls or self.function_call)):
             raise ValueError(f"content: required (role {self.role!r}; an assistant message "
                              "may carry tool_calls instead)")
         return self
@@ -288,6 +290,8 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+    functions: list[FunctionDef] | None = None  # OpenAI's legacy tools (``legacy_functions``)
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # legacy tool_choice
     echo: bool = False  # vLLM's: the last message's content before the answer (vllm_fields)
     include_reasoning: bool = True  # vLLM's: false leaves reasoning out of the answer
     # OpenAI's; as vLLM, given to the chat template (with enable_thinking: effort != "none")
