@@ -12,7 +12,7 @@ import random
 
 import pytest
 from helpers.tiny import tiny_checkpoint
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from thinkstream.engine.policy import POLICIES
@@ -163,9 +163,10 @@ def test_a_request_that_cannot_progress_raises_instead_of_spinning(llm: LLM) -> 
 @given(st.integers(0, len(TEXT)), st.integers(0, len(TEXT)), st.text("abc 東<|>", max_size=12))
 def test_replace_middle_matches_one_shot(llm: LLM, a: int, b: int, middle: str) -> None:
     a, b = min(a, b), max(a, b)
+    new = TEXT[:a] + middle + TEXT[b:]
+    assume(new)  # an empty input is refused at close (SessionLimitError), as it should be
     s = llm.open_session(TEXT, sampling_params=GREEDY)
     llm._prefill(s.id)
-    new = TEXT[:a] + middle + TEXT[b:]
     s.replace(new)
     out = s.complete()
     assert out.prompt_token_ids == llm.tokenizer.encode(new)
