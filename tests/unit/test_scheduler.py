@@ -353,3 +353,21 @@ def test_passing_over_an_admission_group_is_bounded() -> None:
     sched.finish(r, SeqStatus.FINISHED_STOPPED)
     assert [sid for sid, _ in step(sched)][:2] == ["G0", "G1"]
     assert not sched._passed  # the group's count is dropped once it is admitted
+
+
+def test_admission_reads_views_only_when_an_idle_input_could_give_way() -> None:
+    """A waiting sequence that does not fit asks for an idle open input to park; with none
+    running, the answer must not cost a pass over every running sequence's views (it did,
+    once per waiting sequence per step: 1,600 queued prompts in a 64-block pool spent
+    ~1.5x the scheduler's CPU time on it)."""
+    sched = scheduler(num_blocks=12, max_num_seqs=64)
+    for i in range(4):
+        sched.add(seq(chr(ord("A") + i), 9))  # 3 blocks each: the pool is full
+    step(sched)
+    for i in range(40):
+        sched.add(seq(f"W{i}", list(range(100 * i, 100 * i + 8))))
+    calls = []
+    real = sched.views.sources
+    sched.views.sources = lambda s: calls.append(s.seq_id) or real(s)
+    assert [sid for sid, _ in step(sched)] == ["A", "B", "C", "D"]  # nobody admitted
+    assert len(calls) <= 40, len(calls)  # one per waiting sequence at most, not 1 + 4

@@ -303,10 +303,14 @@ class Scheduler:
         idle open input that a running sequence views is not idle (a fork's root under its
         children): parked, it would stall them too, so it is no idle victim."""
         sources = self.views.sources(seq)
-        read = {sid for s in self.running if s is not seq for sid in self.views.sources(s)}
-        for seqs in (queue, kept):
-            for i in range(len(seqs) - 1, -1, -1):
-                if self._idle_open(seqs[i]) and seqs[i].seq_id not in sources | read:
+        idle = [(seqs, i) for seqs in (queue, kept) for i in range(len(seqs) - 1, -1, -1)
+                if self._idle_open(seqs[i])]
+        if idle:  # what running sequences view: only then (it costs a pass over their views,
+            # and admission asks once per waiting sequence that does not fit)
+            barred = sources | {sid for s in self.running if s is not seq
+                                for sid in self.views.sources(s)}
+            for seqs, i in idle:
+                if seqs[i].seq_id not in barred:
                     return seqs.pop(i)
         if not idle_only:
             for i in range(len(queue) - 1, -1, -1):
