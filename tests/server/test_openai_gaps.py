@@ -6,10 +6,11 @@ audio output (a 400), ``POST /v1/responses/{id}/cancel`` and the Responses API's
 from __future__ import annotations
 
 import json
+import threading
 
 import httpx
 import pytest
-from conftest import live_server
+from conftest import live_server, slow_down, wait_for
 from helpers.scripted import script
 from helpers.tiny import tiny_checkpoint
 
@@ -170,3 +171,51 @@ def test_responses_truncation_auto_drops_the_oldest_items(short) -> None:
     r = post(short, "/v1/responses", {"input": [item(0), {"role": "user", "content": "x" * 900}],
                                       "truncation": "auto"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_cancel_endpoint(short, stream) -> None:
+    """``POST /v1/responses/{id}/cancel`` (the SDK's ``responses.cancel``) aborts a running
+    response and returns its object, status ``cancelled``, the one its own client gets; again:
+    the same object; a completed one: a 400; an unknown id: a 404."""
+    rid = f"resp-cancel-{stream}"
+    body = {"input": "hi", "max_output_tokens": 200, "ignore_eos": True, "stream": stream}
+    got: list = []
+
+    def consume() -> None:
+        with httpx.Client(base_url=short.url, timeout=30) as c:
+            if not stream:
+                got.append(c.post("/v1/responses", json=body, headers={"X-Request-Id": rid}).json())
+                return
+            with c.stream("POST", "/v1/responses", json=body, headers={"X-Request-Id": rid}) as s:
+                got.extend(json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: "))
+
+    forward = short.llm.engine.runner.forward
+    slow_down(short.llm, 0.01)
+    try:
+        t = threading.Thread(target=consume)
+        t.start()
+        wait_for(lambda: (state := short.engine.requests.get(rid)) is not None
+                 and state.seqs[0].num_output_tokens > 1)
+        r = post(short, f"/v1/responses/{rid}/cancel", {})
+        t.join(10)
+    finally:
+        short.llm.engine.runner.forward = forward
+    assert r.status_code == 200, r.text
+    cancelled = r.json()
+    own = got[-1]["response"] if stream else got[-1]
+    assert cancelled == own and cancelled["status"] == "cancelled" and cancelled["id"] == rid
+    assert 1 < cancelled["usage"]["output_tokens"] < 200
+    assert post(short, f"/v1/responses/{rid}/cancel", {}).json() == cancelled  # idempotent
+    done = post(short, "/v1/responses", {"input": "hi", "max_output_tokens": 2,
+                                         "request_id": f"done-{stream}"})
+    assert done.json()["status"] == "incomplete"
+    r = post(short, f"/v1/responses/done-{stream}/cancel", {})
+    assert r.status_code == 400 and r.json()["error"] == {
+        "message": "response_id: cannot cancel a response that is already incomplete",
+        "type": "invalid_request_error", "param": "response_id",
+        "code": "response_not_cancellable"}
+    r = post(short, "/v1/responses/resp_nope/cancel", {})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "response_id"
+    assert r.json()["error"]["code"] == "response_not_found"
+    short.wait_idle()

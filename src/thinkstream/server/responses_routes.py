@@ -5,22 +5,24 @@ A request becomes the chat request it stands for (``responses_protocol``), runs 
 same template, tools, parsers and admission as ``/v1/chat/completions``, and comes back as
 output items (``responses_format``): a body, or with ``stream`` the typed events as SSE
 (``event: <type>`` + ``data: {...}``; no ``[DONE]``, as OpenAI streams them).
+``POST /v1/responses/{id}/cancel`` aborts a running one (``responses_ledger``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from thinkstream.server import formatting as fmt
 from thinkstream.server import responses_protocol as R
 from thinkstream.server.auth import request_owner
 from thinkstream.server.constraints import checked
-from thinkstream.server.errors import APIError, field_names, to_api_error
+from thinkstream.server.errors import APIError, error_response, field_names, to_api_error
 from thinkstream.server.openai_routes import (
     ERRORS,
     PreparedChat,
@@ -37,6 +39,7 @@ from thinkstream.server.responses_format import ResponsesView
 from thinkstream.server.serving import Job
 
 router = APIRouter()
+CANCEL_WAIT_S = 10.0  # a cancelled response's final body comes within a step or two
 
 
 def _echo(body: R.ResponsesRequest) -> dict:
@@ -69,8 +72,57 @@ async def responses(request: Request) -> Response:
               request_owner(request.scope), salt=body.prefix_salt())
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
                          chat.parser, len(chat.ids), logprobs=_logprobs(state, body))
-    stream = (lambda: _events(view.events(job.outputs()))) if body.stream else None
-    return await run_job(request, job, stream, view.response)
+    ledger, key = state.responses, (job.owner, job.public_id)
+    final = ledger.begin(key)  # the body a cancel (``cancel_response``) returns
+    ended: dict = {}
+
+    def collect(finals) -> dict:
+        ended["body"] = view.response(finals)
+        return ended["body"]
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for text in _events(view.events(job.outputs()), ended):
+                yield text
+        finally:
+            ledger.end(key, final, ended.get("body"))
+
+    try:
+        response = await run_job(request, job, stream if body.stream else None, collect)
+    except BaseException:
+        ledger.end(key, final, None)
+        raise
+    if not body.stream:
+        ledger.end(key, final, ended.get("body"))
+    return response
+
+
+@router.post("/v1/responses/{response_id}/cancel", responses=ERRORS)
+async def cancel_response(response_id: str, request: Request) -> Response:
+    """OpenAI's cancel (the SDK's ``responses.cancel``) of a running response: it is
+    aborted and its response object returned, status ``cancelled``; cancelling it again
+    returns the same object; a response that finished otherwise is a 400, an unknown id
+    (or another API key's) a 404. Only the API key that made it may."""
+    state = server_state(request)
+    key = (request_owner(request.scope), response_id)
+    final, job = state.responses.running.get(key), state.live.get(key)
+    if final is not None:
+        if job is not None:
+            await job.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(final), CANCEL_WAIT_S)
+        except TimeoutError:
+            pass
+    status, body = state.responses.finished.get(key, (None, None))
+    if body is not None:
+        return JSONResponse(body)
+    if status is not None:
+        return error_response(400, f"response_id: cannot cancel a response that is already "
+                              f"{status}", "response_id", "response_not_cancellable")
+    return error_response(404, f"response_id: no response with id {response_id!r} (this server "
+                          "keeps responses only while they run, and lately finished ones' "
+                          "status)", "response_id", "response_not_found",
+                          type="invalid_request_error")
 
 
 def _logprobs(state, body: R.ResponsesRequest):
@@ -101,11 +153,14 @@ def _prepare(state, body: R.ResponsesRequest) -> PreparedChat:
     return fits
 
 
-async def _events(events: AsyncIterator[dict]) -> AsyncIterator[str]:
+async def _events(events: AsyncIterator[dict], ended: dict) -> AsyncIterator[str]:
+    """The events as SSE; ``ended["body"]``: the final response object, once sent."""
     seq = 0
     try:
         async for ev in events:
             seq = ev["sequence_number"] + 1
+            if ev["type"] in ("response.completed", "response.incomplete"):
+                ended["body"] = ev["response"]
             yield f"event: {ev['type']}\ndata: {json.dumps(ev, ensure_ascii=False)}\n\n"
     except Exception as exc:  # noqa: BLE001 - reported in-band, then the stream ends
         err = to_api_error(exc)

@@ -31,6 +31,7 @@ from thinkstream.server.config import ServerConfig
 from thinkstream.server.errors import APIError
 from thinkstream.server.limits import Admission
 from thinkstream.server.metrics import RequestTimer, ServerMetrics
+from thinkstream.server.responses_ledger import ResponsesLedger
 
 if TYPE_CHECKING:
     from thinkstream.server.session_hub import SessionHub
@@ -49,6 +50,7 @@ class ServerState:
     keys: KeyRing = field(default_factory=KeyRing)
     live: dict[tuple[str, str], Job] = field(default_factory=dict)  # (owner, public id)
     hub: SessionHub | None = None  # the streaming-input sessions
+    responses: ResponsesLedger = field(default_factory=ResponsesLedger)  # for their cancel
     draining: bool = False
     started: float = field(default_factory=time.time)
 
