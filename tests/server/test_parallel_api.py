@@ -171,3 +171,20 @@ def test_a_vote_has_its_answers_logprobs(tiny_server) -> None:  # noqa: F811
     assert got["text"] == chat["choices"][0]["message"]["content"]
     assert got["logprobs"]["token_logprobs"] == [c["logprob"] for c in content]  # same path
     tiny_server.wait_idle()
+
+
+def test_a_vote_or_no_merge_under_structured_outputs_is_a_400(tiny_server) -> None:  # noqa: F811
+    """Only a summary is sampled under a constraint: a vote answers with the unconstrained
+    paths' text (it came back as prose under ``json_object``), ``none`` with nothing; both
+    are refused naming ``parallel.merge``, a summary keeps the constraint."""
+    for merge, constraint in [("vote", {"response_format": {"type": "json_object"}}),
+                              ("none", {"structured_outputs": {"choice": ["yes", "no"]}})]:
+        r = post(tiny_server, {**CHAT, **constraint,
+                               "parallel": {"paths": 2, "path_tokens": 3, "merge": merge}})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "parallel.merge"
+    r = post(tiny_server, {**CHAT, "structured_outputs": {"choice": ["yes", "no"]},
+                           "parallel": {"paths": 2, "path_tokens": 3}})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] in ("yes", "no")
+    tiny_server.wait_idle()
+

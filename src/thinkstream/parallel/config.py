@@ -107,10 +107,17 @@ class ParallelConfig:
 
 def parallel_config(params: SamplingParams, value: ParallelConfig | Mapping | None,
                     max_paths: int = 16) -> ParallelConfig | None:
-    """The parallel-paths setting of a request (None: off); ``ParamError`` naming the field."""
+    """The parallel-paths setting of a request (None: off); ``ParamError`` naming the field.
+    A constrained output (``structured_outputs``: a schema, a choice, a tool call) needs
+    ``merge="summary"``: only the summary is sampled under the constraint; a vote's answer
+    is text the unconstrained paths wrote, and ``none`` answers with nothing."""
     cfg = ParallelConfig.from_value(value, max_paths)
     if cfg is not None and params.n != 1:
         raise ParamError("n", "parallel paths need n == 1")
+    if cfg is not None and cfg.merge != "summary" and params.structured_outputs is not None:
+        raise ParamError("parallel.merge", f"{cfg.merge!r} cannot follow structured outputs "
+                         "(response_format, structured_outputs, a required tool call): only "
+                         "a summary is sampled under them; use merge 'summary'")
     return cfg
 
 
