@@ -188,3 +188,20 @@ def test_a_vote_or_no_merge_under_structured_outputs_is_a_400(tiny_server) -> No
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] in ("yes", "no")
     tiny_server.wait_idle()
 
+
+def test_parallel_on_a_session_or_the_responses_api_is_a_400(tiny_server) -> None:  # noqa: F811
+    """Sessions and the Responses API run no paths: ``parallel`` there was ignored (a plain
+    answer came back); it is a 400 naming it, over HTTP and the WebSocket alike."""
+    from websockets.sync.client import connect
+
+    para = {"paths": 2, "path_tokens": 3}
+    for path, body in [("/v1/sessions", {"prompt": "hi", "max_tokens": 2}),
+                       ("/v1/responses", {"input": "hi", "max_output_tokens": 2})]:
+        r = httpx.post(tiny_server.url + path, json={**body, "parallel": para}, timeout=60)
+        assert r.status_code == 400, r.text
+        assert (r.json()["error"]["param"], r.json()["error"]["code"]) == ("parallel", "unsupported")
+    with connect(tiny_server.url.replace("http", "ws") + "/v1/sessions/ws") as ws:
+        ws.send(json.dumps({"type": "open", "prompt": "hi", "max_tokens": 2, "parallel": para}))
+        msg = json.loads(ws.recv(timeout=30))
+        assert msg["type"] == "error" and msg["error"]["param"] == "parallel", msg
+    tiny_server.wait_idle()

@@ -31,7 +31,8 @@ Honoured (formatting here, used by ``server.formatting``):
 
 Refused unless they hold vLLM's default (``refused_for``): beam search, ``bad_words``,
 ``allowed_token_ids``, ``logits_processors``, ``priority``, ...; on the other routes that
-take the sampling fields (sessions, the Responses API) the output options above too. Chat
+take the sampling fields (sessions, the Responses API) the output options above too, and
+thinkstream's ``parallel`` (reasoning paths run on chat and completions only). Chat
 also refuses OpenAI's audio output (``audio``, ``modalities`` other than ``["text"]``).
 """
 
@@ -84,6 +85,9 @@ _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outp
     "return_tokens_as_token_ids": ((False,), "not supported on this route"),
     "return_token_ids": ((False,), "not supported on this route"),
     "stream_options.continuous_usage_stats": ((False,), "not supported on this route"),
+    # thinkstream's own: reasoning paths run on chat and completions requests only
+    "parallel": ((), "reasoning paths are not supported on this route (chat completions "
+                     "and completions take them)"),
 }
 
 
