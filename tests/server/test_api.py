@@ -220,3 +220,30 @@ def test_schemathesis_finds_no_5xx(fuzz_server, tmp_path) -> None:
         capture_output=True, text=True, timeout=360, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     fuzz_server.wait_idle()
+
+
+def _latency_counts(client) -> tuple[float, float, float]:
+    """Observations in the TTFT, inter-token and end-to-end histograms now (parsed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {s.name: s.value for fam in text_string_to_metric_families(client.get("/metrics").text)
+           for s in fam.samples}
+    return tuple(got[f"thinkstream_{n}_count"] for n in (
+        "time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds"))
+
+
+def test_session_answers_are_timed_from_the_close(client, tiny_server) -> None:
+    """A session's answer is observed in the latency histograms as a request's is (TTFT from
+    the close; it was left out: the streaming-input headline never reached /metrics); an
+    aborted open session adds nothing."""
+    before = _latency_counts(client)
+    for stream in (False, True):
+        sid = client.post("/v1/sessions", json={"prompt": "The fox", "max_tokens": 3,
+                                                "ignore_eos": True}).json()["id"]
+        r = client.post(f"/v1/sessions/{sid}/close", json={"stream": stream, "text": " ran"})
+        assert r.status_code == 200, r.text
+    sid = client.post("/v1/sessions", json={"prompt": "The fox", "max_tokens": 3}).json()["id"]
+    assert client.delete(f"/v1/sessions/{sid}").status_code == 200
+    tiny_server.wait_idle()
+    after = _latency_counts(client)
+    assert [b - a for a, b in zip(before, after, strict=True)] == [2, 4, 2]

@@ -28,6 +28,7 @@ from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import ParamError, SamplingParams
 from thinkstream.server.errors import APIError
 from thinkstream.server.limits import RateBucket
+from thinkstream.server.metrics import RequestTimer
 from thinkstream.streaming.errors import (
     SequenceGapError,
     SessionConflictError,
@@ -208,17 +209,21 @@ class SessionHub:
         async with owned.lock:
             if data is not None:
                 self._take_chunk(owned, len(data))
+            timer = RequestTimer(self.state.metrics)  # latency from the close, as a request's
             stream = await self._run(self.llm.close_session(sid, seq, data))
             self._ended(sid)
-            return self._answer(sid, owned, stream)
+            return self._answer(sid, owned, stream, timer)
 
-    async def _answer(self, sid: str, owned: _Owned,
-                      stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-        """The answer stream; the session stops being live when it ends or is left."""
+    async def _answer(self, sid: str, owned: _Owned, stream: AsyncIterator[RequestOutput],
+                      timer: RequestTimer) -> AsyncIterator[RequestOutput]:
+        """The answer stream, observed in the latency histograms (TTFT from the close);
+        the session stops being live when it ends or is left."""
         owned.streaming = True
         try:
             async for out in stream:
+                timer.tokens(sum(len(o.new_token_ids) for o in out.outputs))
                 yield out
+            timer.done()
         finally:
             self._finish(sid)
             await stream.aclose()  # aborts the session if left early (no await inside)
