@@ -19,6 +19,8 @@ from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.server.config import ServerConfig
 
+openai = pytest.importorskip("openai")
+
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
@@ -103,6 +105,10 @@ def test_legacy_functions_are_answered_as_openai_answers_them(server) -> None:
     history = ask("weather in Paris?") + [
         {"role": "assistant", "content": None, "function_call": LEGACY_CALL},
         {"role": "function", "name": "get_weather", "content": "22 C, sunny"}]
+    sdk = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    message = sdk.chat.completions.create(model="tiny", messages=ask("weather in Paris?"),
+                                          functions=FUNCTIONS, max_tokens=200).choices[0].message
+    assert message.function_call.model_dump() == LEGACY_CALL and message.tool_calls is None
     r = post(server, "/v1/chat/completions", {"messages": history, "functions": FUNCTIONS})
     out = r.json()["choices"][0]
     assert (out["message"]["content"], out["finish_reason"]) == ("It is sunny in Paris.", "stop")
@@ -206,7 +212,8 @@ def test_responses_cancel_endpoint(short, stream) -> None:
     own = got[-1]["response"] if stream else got[-1]
     assert cancelled == own and cancelled["status"] == "cancelled" and cancelled["id"] == rid
     assert 1 < cancelled["usage"]["output_tokens"] < 200
-    assert post(short, f"/v1/responses/{rid}/cancel", {}).json() == cancelled  # idempotent
+    again = openai.OpenAI(base_url=short.url + "/v1", api_key="none", max_retries=0)
+    assert again.responses.cancel(rid).model_dump(exclude_unset=True) == cancelled  # idempotent
     done = post(short, "/v1/responses", {"input": "hi", "max_output_tokens": 2,
                                          "request_id": f"done-{stream}"})
     assert done.json()["status"] == "incomplete"
