@@ -3,6 +3,7 @@ outputs to the float layer, and the dense path for large batches."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers.tiny import random_tensors, reference_logits, tiny_config
 
@@ -90,3 +91,26 @@ def test_fast_lm_head_refines_top_logits_exactly() -> None:
         assert torch.allclose(got.gather(1, top), ref.gather(1, top), atol=1e-5)
         assert torch.equal(got.argmax(-1), ref.argmax(-1))
         assert (got - ref).abs().max() > 1e-4  # the tail is approximate
+
+
+@pytest.mark.parametrize("vocab", [33, 12])
+def test_fast_lm_head_takes_any_vocabulary_size(vocab: int) -> None:
+    """torch packs int4 only for N divisible by 16 and ``refine`` may exceed a tiny vocab:
+    a bfloat16 HF directory whose vocabulary is no multiple of 16 (a 32,001-token Llama
+    fine-tune; 14 tokens tried) failed to load under ``dtype="auto"``
+    (``_convert_weight_to_int4pack_cpu : expect N to be dividable by 16``). Such a head
+    takes its bfloat16 approximation at every row count, refined exactly as before."""
+    from thinkstream.models.head import LMHead
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(vocab, 64, generator=g) * 0.3
+    fast = LMHead(w, fast=True, refine=16)
+    assert not fast.int4
+    x = torch.randn(3, 64, generator=g)
+    ref = x @ w.t()
+    got = fast(x)
+    top = ref.topk(2, dim=-1).indices
+    assert torch.allclose(got.gather(1, top), ref.gather(1, top), atol=1e-5)
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    with pytest.raises(ValueError, match="out_features by 16"):
+        QuantLinear(w, None, "int4")

@@ -23,7 +23,7 @@ from torch import nn
 
 from thinkstream.kernels.gguf import ACT_I8
 from thinkstream.models.gguf_linear import ALL_ROWS, MAX_ROWS, GGUFLinear
-from thinkstream.models.quant import INT4_GROUP, INT4_INNER_K_TILES, quantize_int4
+from thinkstream.models.quant import INT4_GROUP, INT4_INNER_K_TILES, INT4_ROWS, quantize_int4
 
 
 class LMHead(nn.Module):
@@ -37,7 +37,10 @@ class LMHead(nn.Module):
         self.fast = fast and weight.device.type == "cpu" and weight.shape[1] % INT4_GROUP == 0
         gemm = native is not None and native.kernels.gemm and native.act != ACT_I8
         self.native_max_rows = ALL_ROWS if gemm and not self.fast else MAX_ROWS
-        if self.fast and native is None:  # few rows: int4 (with native blocks: the kernel)
+        # few rows: int4 (with native blocks: the kernel) where torch packs the shape (a
+        # vocabulary of 32,001 does not: the bfloat16 copy serves every row count then)
+        self.int4 = self.fast and native is None and weight.shape[0] % INT4_ROWS == 0
+        if self.int4:
             q, sz = quantize_int4(weight)
             self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES))
             self.register_buffer("scales", sz.to(torch.bfloat16))
@@ -52,11 +55,11 @@ class LMHead(nn.Module):
         if not self.fast or x.shape[0] == 0:
             return x @ self.weight.t()
         xb = x.to(torch.bfloat16)
-        if x.shape[0] <= self.int4_max_rows and self.native is None:
+        if x.shape[0] <= self.int4_max_rows and self.int4:
             approx = torch._weight_int4pack_mm_for_cpu(xb, self.packed, INT4_GROUP, self.scales)
         else:
             approx = xb @ self.bf16.t()
         logits = approx.float()
-        top = logits.topk(self.refine, dim=-1).indices  # (N, R)
+        top = logits.topk(min(self.refine, logits.shape[1]), dim=-1).indices  # (N, R)
         exact = torch.einsum("nh,nrh->nr", x, self.weight[top])  # (N, R)
         return logits.scatter_(1, top, exact)

@@ -21,6 +21,7 @@ from torch import nn
 
 INT4_GROUP = 32
 INT4_INNER_K_TILES = 2
+INT4_ROWS = 16  # torch's int4 packing takes N (output features) in multiples of 16
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +72,9 @@ class QuantLinear(nn.Module):
             self.register_buffer("qweight", q)
             self.register_buffer("scales", scale.to(torch.bfloat16))
         else:
-            if self.in_features % INT4_GROUP:
-                raise ValueError(f"int4 needs in_features divisible by {INT4_GROUP}")
+            if self.in_features % INT4_GROUP or self.out_features % INT4_ROWS:
+                raise ValueError(f"int4 needs in_features divisible by {INT4_GROUP} and "
+                                 f"out_features by {INT4_ROWS}, got {tuple(weight.shape)}")
             q, sz = quantize_int4(weight)
             self.register_buffer("qweight", torch._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES))
             self.register_buffer("scales", sz.to(torch.bfloat16))
