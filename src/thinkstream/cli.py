@@ -317,7 +317,11 @@ def _native_stack(precision, cfg, device: str) -> bool:
 GGML_NAMES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``command`` is the subcommand about to run (``main`` passes
+    the first argument): ``bench`` registers its arguments only for itself (or when None),
+    as that imports every benchmark and torch, ~2.5 s of ``thinkstream --help`` or of an
+    argument error; the others list it by name."""
     parser = argparse.ArgumentParser(prog="thinkstream", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="answer one prompt with the chat model, streamed")
@@ -352,12 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
             if not module.startswith(exc.name or "?"):
                 raise
             continue
+        if name == "bench" and command not in (None, "bench"):
+            sub.add_parser(name, help=mod.HELP)  # listed; its arguments load when it runs
+            continue
         mod.register(sub, name)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         if "TORCHELASTIC_RUN_ID" in os.environ and hasattr(args, "tensor_parallel_size"):
             from thinkstream.distributed.tp import torchrun_env, torchrun_worker

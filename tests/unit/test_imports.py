@@ -92,3 +92,17 @@ def test_no_module_imports_another_modules_private_names() -> None:
                 private += [(str(path.relative_to(SRC)), node.module, a.name)
                             for a in node.names if a.name.startswith("_")]
     assert private == []
+
+
+def test_the_cli_parses_without_torch() -> None:
+    """``thinkstream --help``, ``run --help`` and argument errors answer in ~0.2 s: building
+    the parser (but ``bench``'s, which imports every benchmark) loads no torch. It took ~3 s
+    (``thinkstream.loading`` imported the checkpoint loader for ``loading.errors``, and the
+    bench arguments were registered for every command)."""
+    code = ("import sys\n"
+            "from thinkstream.cli import build_parser\n"
+            "build_parser('run').parse_args(['run', 'hi'])\n"
+            "assert '  bench ' in build_parser('--help').format_help()\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -48,10 +48,13 @@ def hf_dtype(dtype: str) -> str:
     return "float32" if dtype == "auto" else dtype
 
 
+HELP = "benchmark thinkstream against HF and llama.cpp"
+
+
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     from thinkstream.bench.vllm_peer import vllm_arguments
 
-    bench = subparsers.add_parser(name, help="benchmark thinkstream against HF and llama.cpp")
+    bench = subparsers.add_parser(name, help=HELP)
     sub = bench.add_subparsers(dest="bench_command", required=True)
     for kind in KINDS:
         p = sub.add_parser(kind, help=f"{kind} workloads" if kind != "all" else "every workload")
