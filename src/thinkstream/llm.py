@@ -114,16 +114,21 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
         use_tqdm: bool = False, parallel: ParallelConfig | dict | None = None, **template_kwargs,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        """Apply the model's chat template to one conversation or a list of them, then generate
+        (``add_generation_prompt``, ``continue_final_message`` and template keywords as
+        ``chat_prompt`` takes them)."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts = [self.chat_prompt(c, **template_kwargs) for c in convs]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, parallel=parallel)
 
-    def chat_prompt(self, messages: Sequence[Message], **template_kwargs) -> list[int]:
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+                    **template_kwargs) -> list[int]:
         """The prompt ids of a conversation (special-token text in messages is plain text
-        unless ``allow_special_tokens_in_content``)."""
+        unless ``allow_special_tokens_in_content``). As vLLM's ``chat``: assistant prefill is
+        ``add_generation_prompt=False, continue_final_message=True`` (the model continues the
+        last message); other keywords reach the template (``enable_thinking=False``)."""
         return self.tokenizer.encode_chat(
-            list(messages), True, allow_special_tokens_in_content=(
+            list(messages), add_generation_prompt, allow_special_tokens_in_content=(
                 self.engine.config.allow_special_tokens_in_content), **template_kwargs)
 
     def threads(self, prompt: Prompt, sampling_params: SamplingParams | None = None,

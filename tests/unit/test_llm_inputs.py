@@ -63,3 +63,16 @@ def test_a_prompt_that_is_neither_text_nor_ids_is_a_request_error(llm: LLM) -> N
             llm.stream(bad, GREEDY)
     assert len(tokens(llm.generate("Paris", GREEDY))[0]) == 4
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
+
+def test_chat_continues_the_final_message_as_vllm_does(llm: LLM) -> None:
+    """``chat(..., add_generation_prompt=False, continue_final_message=True)`` (vLLM's
+    assistant prefill) raised ``TypeError: got multiple values for 'add_generation_prompt'``:
+    the flag was fixed to True, so prefill was impossible from Python."""
+    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The cap"}]
+    out = llm.chat(convo, GREEDY, add_generation_prompt=False, continue_final_message=True)[0]
+    assert llm.tokenizer.decode(out.prompt_token_ids, skip_special_tokens=False).endswith(
+        "<|im_start|>assistant\nThe cap")
+    plain = llm.chat(convo[:1], GREEDY, add_generation_prompt=False)[0]
+    assert llm.tokenizer.decode(plain.prompt_token_ids, skip_special_tokens=False).endswith(
+        "hi<|im_end|>\n")
