@@ -55,8 +55,10 @@ def llama_permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_gguf(path: Path, arch: str = "llama", tensors: dict | None = None, *,
-               drop: tuple[str, ...] = (), extra_kv: dict | None = None, tied: bool = True) -> dict:
-    """Write a tiny model; returns the HF-order float32 arrays by GGUF name."""
+               drop: tuple[str, ...] = (), extra_kv: dict | None = None, tied: bool = True,
+               quant: dict[str, Q] | None = None) -> dict:
+    """Write a tiny model; returns the HF-order float32 arrays by GGUF name. ``quant``:
+    GGUF name fragment (``"attn_v."``) -> the type its 2-D tensors are stored in."""
     rng = np.random.default_rng(0)
     tokens, merges = gpt2_vocab()
     w = gguf.GGUFWriter(str(path), arch)
@@ -100,7 +102,11 @@ def write_gguf(path: Path, arch: str = "llama", tensors: dict | None = None, *,
         stored = array
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             stored = llama_permute(array, HEADS if ".attn_q." in name else KV_HEADS)
-        w.add_tensor(name, stored)
+        qtype = next((q for frag, q in (quant or {}).items() if frag in name and array.ndim == 2), None)
+        if qtype is not None:
+            w.add_tensor(name, quantize(stored, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, stored)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

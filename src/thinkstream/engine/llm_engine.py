@@ -90,11 +90,13 @@ class LLMEngine(OpenInputs):
     ) -> None:
         self.config = cfg = config or EngineConfig()
         self.device = mp.resolve_device(cfg.device)  # a bad device fails before the weights load
-        ckpt = checkpoint or load_checkpoint(model, tensors=cfg.max_weight_memory_mb is None)
+        distributed = cfg.tensor_parallel_size > 1 or cfg.max_weight_memory_mb is not None
+        # the GGUF-native linears' dense copies are made only where needed (build_model)
+        ckpt = checkpoint or load_checkpoint(model, tensors=cfg.max_weight_memory_mb is None,
+                                             dense_linears=distributed)
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
         self.tokenizer = ckpt.tokenizer
-        distributed = cfg.tensor_parallel_size > 1 or cfg.max_weight_memory_mb is not None
         # "auto" dtype / quantization resolved for this machine (models/precision.py); the
         # distributed runners shard dense weights, so they never take the GGUF blocks
         self.precision, kernels = mp.resolve_precision(cfg.dtype, cfg.quantization, cfg.device,

@@ -109,21 +109,28 @@ def _unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def _dequantize_rows(rows: np.ndarray, qtype: GGMLQuantizationType, k: int, what: str) -> np.ndarray:
+    """rows (N, bytes per row) uint8 of ggml type ``qtype`` -> (N, k) float32, in chunks of
+    rows: the dequantizer's temporaries stay small (an embedding's would be several times
+    its float32 size). Raises UnsupportedArchitectureError for a type gguf cannot decode."""
+    array = np.empty((rows.shape[0], k), dtype=np.float32)
+    step = max(1, DEQUANT_CHUNK_BYTES // max(1, 4 * k))
+    try:
+        for i in range(0, rows.shape[0], step):
+            array[i : i + step] = dequantize(np.asarray(rows[i : i + step]), qtype)
+    except NotImplementedError as err:
+        raise UnsupportedArchitectureError(f"{what} uses unsupported type {qtype.name}") from err
+    return array
+
+
 def _dequantize(gf: GGUFFile, name: str) -> torch.Tensor:
     info = gf.tensors[name]
     raw = gf.raw(name)
     if info.qtype == GGMLQuantizationType.F32:
         array = raw.view(np.float32).reshape(info.shape).copy()
-    else:  # in chunks of rows: the dequantizer's temporaries stay small (an embedding's
-        # would be several times its float32 size)
-        rows = raw.reshape(-1, raw.shape[-1])
-        array = np.empty((rows.shape[0], info.shape[-1]), dtype=np.float32)
-        step = max(1, DEQUANT_CHUNK_BYTES // max(1, 4 * info.shape[-1]))
-        try:
-            for i in range(0, rows.shape[0], step):
-                array[i : i + step] = dequantize(np.asarray(rows[i : i + step]), info.qtype)
-        except NotImplementedError as err:
-            raise UnsupportedArchitectureError(f"{gf.path}: tensor {name} uses unsupported type {info.qtype.name}") from err
+    else:
+        array = _dequantize_rows(raw.reshape(-1, raw.shape[-1]), info.qtype, info.shape[-1],
+                                 f"{gf.path}: tensor {name}")
     return torch.from_numpy(array.reshape(info.shape))
 
 
@@ -156,14 +163,48 @@ def gguf_blocks(gf: GGUFFile, config: ModelConfig, qtypes: frozenset[int]) -> di
     return out
 
 
-def gguf_tensors(gf: GGUFFile, config: ModelConfig,
-                 keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+# decoder matrices whose dense copy ``gguf_tensors(lazy=...)`` leaves out: the GGUF-native
+# linears (models/gguf_linear.py) compute on their blocks and mostly keep no dense copy
+LINEAR_WEIGHTS = tuple(f".{m}.weight" for m in (
+    "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+    "mlp.down_proj"))
+
+
+def dense_from_blocks(b: GGUFBlocks) -> torch.Tensor:
+    """The (rows, k) float32 matrix of ``b``: what ``gguf_tensors`` gives for it (rows
+    dequantize independently, so ``gguf_blocks``' row reorder commutes)."""
+    rows = b.blocks.numpy()
+    qtype = GGMLQuantizationType(b.qtype)
+    return torch.from_numpy(_dequantize_rows(rows, qtype, b.k, f"GGUF blocks of type {qtype.name}"))
+
+
+def dense_tensors(tensors: dict[str, torch.Tensor], blocks: dict[str, GGUFBlocks]) -> dict[str, torch.Tensor]:
+    """``tensors`` with each placeholder (a meta tensor, ``gguf_tensors(lazy=...)``)
+    dequantized from its ``blocks``; raises ValueError where its blocks are missing."""
+    out = dict(tensors)
+    for name, t in tensors.items():
+        if t.is_meta:
+            if name not in blocks:
+                raise ValueError(f"weight {name} was not loaded and has no GGUF blocks")
+            out[name] = dense_from_blocks(blocks[name])
+    return out
+
+
+def gguf_tensors(gf: GGUFFile, config: ModelConfig, keep: Callable[[str], bool] | None = None,
+                 lazy: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
     """Every tensor thinkstream uses (or those whose canonical name ``keep`` accepts: a
-    weight streamer reads one layer), dequantized to float32 under its canonical name."""
+    weight streamer reads one layer), dequantized to float32 under its canonical name.
+    The decoder matrices (``LINEAR_WEIGHTS``) of ggml types ``lazy`` are not read: a meta
+    tensor of their shape stands in (``dense_tensors`` / ``dense_from_blocks`` make them
+    from ``gguf_blocks`` where a dense copy turns out to be needed)."""
     out: dict[str, torch.Tensor] = {}
-    for name in gf.tensors:
+    for name, info in gf.tensors.items():
         canonical = gguf_to_canonical(name)
         if canonical is None or (keep is not None and not keep(canonical)):
+            continue
+        if (int(info.qtype) in lazy and len(info.shape) == 2 and canonical.startswith("layers.")
+                and canonical.endswith(LINEAR_WEIGHTS)):
+            out[canonical] = torch.empty(info.shape, dtype=torch.float32, device="meta")
             continue
         tensor = _dequantize(gf, name)
         if config.architecture == "llama" and canonical.endswith(("q_proj.weight", "k_proj.weight")):

@@ -31,7 +31,7 @@ from torch import nn
 
 from thinkstream.config import ModelConfig
 from thinkstream.kernels.gguf import ACT_F32, ACT_I8, BLOCKS, GGUFKernels, load_gguf_kernels
-from thinkstream.loading.gguf import GGUFBlocks
+from thinkstream.loading.gguf import GGUFBlocks, dense_from_blocks
 
 # rows up to which the dot-product kernel (the portable build's only path) beats the dense
 # path: measured on Zen 4 with SmolLM2, 1 thread, CPU time, a decode step at 16 rows 113.7 ms
@@ -151,12 +151,35 @@ def _merge_same_type(parts: list[GGUFBlocks]) -> list[GGUFBlocks]:
 # fused module -> the canonical weights it concatenates, in order (models/layers.py)
 _FUSED = {"attn.qkv_proj": ("attn.q_proj", "attn.k_proj", "attn.v_proj"),
           "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+_FUSED_MODULES = ("attn.qkv_proj", "attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
 def _parts(blocks: dict[str, GGUFBlocks], layer: int, module: str) -> list[GGUFBlocks] | None:
     names = _FUSED.get(module, (module,))
     got = [blocks.get(f"layers.{layer}.{n}.weight") for n in names]
     return None if any(g is None for g in got) else got  # type: ignore[return-value]
+
+
+def _dense(parts: list[GGUFBlocks]) -> torch.Tensor:
+    """The (sum of rows, k) float32 matrix the ``parts`` store, dequantized."""
+    return torch.cat([dense_from_blocks(p) for p in parts])
+
+
+def load_unfused_weights(tensors: dict[str, torch.Tensor], cfg: ModelConfig,
+                         blocks: dict[str, GGUFBlocks]) -> dict[str, torch.Tensor]:
+    """``tensors`` with the meta placeholders dequantized in every module that will not
+    become a GGUFLinear because a fused partner has no blocks (a q/k/v of mixed types, one
+    of them unsupported): such a module keeps its dense weight."""
+    out = dict(tensors)
+    for i in range(cfg.num_layers):
+        for module in _FUSED_MODULES:
+            if _parts(blocks, i, module) is not None:
+                continue
+            for n in _FUSED.get(module, (module,)):
+                name = f"layers.{i}.{n}.weight"
+                if name in out and out[name].is_meta:
+                    out[name] = dense_from_blocks(blocks[name])
+    return out
 
 
 def install_gguf_linears(
@@ -166,19 +189,25 @@ def install_gguf_linears(
     """Replace each decoder linear whose weights are all in ``blocks`` by a GGUFLinear
     (its dense copy cast to ``dense_dtype``, default: as it is; its kernel activations
     ``act``); returns how many. ``keep_dense`` None: keep the copy only where it can be
-    faster than the kernel (``kernel_rows`` limits the kernel)."""
+    faster than the kernel (``kernel_rows`` limits the kernel). A weight left on the meta
+    device by the loader is dequantized from ``blocks`` only where a copy is kept."""
     count = 0
     for i in range(cfg.num_layers):
-        for module in ("attn.qkv_proj", "attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+        for module in _FUSED_MODULES:
             parts = _parts(blocks, i, module)
-            if parts is None or not all(kernels.supports(p.qtype) for p in parts):
+            if parts is None:
                 continue
             parent_name, attr = module.split(".")
             parent = getattr(layers[i], parent_name)
             old: nn.Linear = getattr(parent, attr)
-            dtype = dense_dtype or old.weight.dtype
+            weight = old.weight.data  # meta: not loaded (``load_checkpoint(dense_linears=False)``)
+            if not all(kernels.supports(p.qtype) for p in parts):
+                if weight.is_meta:
+                    old.weight = nn.Parameter(_dense(parts).to(weight.dtype), requires_grad=False)
+                continue
+            dtype = dense_dtype or weight.dtype
             keep = keep_dense if keep_dense is not None else kernel_rows(kernels, dtype, act) < ALL_ROWS
-            dense = old.weight.data.to(dtype) if keep else None
+            dense = (_dense(parts) if weight.is_meta else weight).to(dtype) if keep else None
             bias = None if old.bias is None else old.bias.data
             setattr(parent, attr, GGUFLinear(parts, kernels, dense, bias, act=act))
             count += 1
