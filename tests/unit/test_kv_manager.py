@@ -287,3 +287,30 @@ def test_eviction_order_within_one_sequence() -> None:
     # Blocks 0 and 1 (the prefix) survive; a new prompt still hits both.
     assert m.lookup_prefix("a2", prompt + [1]) == 8
     m.check_integrity()
+
+
+def test_a_hash_cache_makes_a_repeated_lookup_probes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting sequence's lookup each step: its block hashes come from its HashCache,
+    re-hashed only from the first block whose tokens (or salt) changed."""
+    import thinkstream.kv.prefix as prefix
+
+    m = KVCacheManager(num_blocks=10, block_size=BS)
+    run_prompt(m, "a", list(range(13)))  # blocks 0, 1, 2 hashed
+    hashed: list[list[int]] = []
+    real = prefix.hash_block
+    monkeypatch.setattr(prefix, "hash_block", lambda p, t, s=None: hashed.append(list(t)) or real(p, t, s))
+    cache, b = prefix.HashCache(), [*range(12), 70, 71]
+    assert m.lookup_prefix("b", b, hashes=cache) == 12 and m.block_table("b") == [0, 1, 2]
+    assert len(hashed) == 3
+    for _ in range(3):  # waits: freed and looked up again, no hashing
+        m.free("b")
+        assert m.lookup_prefix("b", b, hashes=cache) == 12 and m.block_table("b") == [0, 1, 2]
+    assert len(hashed) == 3
+    m.free("b")
+    b[5] = 99  # its input replaced inside block 1: block 0 cached, block 1 re-hashed, a miss
+    assert m.lookup_prefix("b", b, hashes=cache) == 4 and m.block_table("b") == [0]
+    assert hashed[3:] == [[4, 99, 6, 7]]
+    m.free("b")
+    assert m.lookup_prefix("b", b, salt="x", hashes=cache) == 0  # another salt: nothing shared
+    assert m.lookup_prefix("c", b) == 4 and m.block_table("c") == [0]  # the uncached lookup agrees
+    m.check_integrity()

@@ -151,6 +151,28 @@ def test_a_prefix_computed_in_this_step_is_a_hit_in_the_next() -> None:
     assert sched.kv.block_table("B")[:2] == sched.kv.block_table("A")[:2]
 
 
+def test_a_waiting_prompt_is_hashed_once_not_every_step(monkeypatch) -> None:
+    """B cannot get blocks while A runs: looked up each step, its one full block is
+    hashed once (its HashCache), and it takes A's cached blocks when admitted."""
+    import thinkstream.kv.prefix as prefix
+
+    hashed: list[tuple[int, ...]] = []
+    real = prefix.hash_block
+    monkeypatch.setattr(prefix, "hash_block", lambda p, t, s=None: hashed.append(tuple(t)) or real(p, t, s))
+    sched = scheduler(num_blocks=4)
+    a, b = seq("A", list(range(1, 12)), max_tokens=6), seq("B", [*range(1, 5), 50, 51, 52, 53, 54])
+    sched.add(a)
+    sched.add(b)
+    assert run(sched, 4) == [[("A", 11)], [("A", 1)], [("A", 1)], [("A", 1)]]
+    # block 0 hashed by A's lookup, A's commit and B's first lookup; B's block 1 once
+    assert b.status == SeqStatus.WAITING and hashed.count((1, 2, 3, 4)) == 3
+    assert hashed.count((50, 51, 52, 53)) == 1
+    run(sched, 3)
+    assert b.status == SeqStatus.RUNNING and b.prefix_hashes is None
+    assert sched.kv.block_table("B")[0] == 0 and b.num_cached_tokens == 4
+    assert hashed.count((1, 2, 3, 4)) == 3 and hashed.count((50, 51, 52, 53)) == 2  # + its commit
+
+
 def test_salted_prefixes_never_share() -> None:
     sched = scheduler()
     sched.add(seq("A", list(range(1, 10)), max_tokens=1))

@@ -127,6 +127,10 @@ class Sequence:
     #     | token_ids ...................... | draft_token_ids |
     #     | computed             | last token | d1 d2 ... dk    |
     draft_token_ids: list[int] = field(default_factory=list)
+    # The scheduler's cache of this sequence's block hashes while it waits
+    # (``kv.prefix.HashCache``: a lookup per step is then a dict probe per block); None
+    # once admitted. Checked against the tokens, so any change to them is safe.
+    prefix_hashes: object = field(default=None, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:

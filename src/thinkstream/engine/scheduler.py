@@ -46,6 +46,7 @@ from typing import Any
 from thinkstream.engine.request import SeqStatus, Sequence
 from thinkstream.engine.views import ViewRule
 from thinkstream.kv.manager import KVCacheManager
+from thinkstream.kv.prefix import HashCache
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ class Scheduler:
             self._passed.pop(seq.seq_id, None)
             self.waiting.popleft()
             seq.status = SeqStatus.RUNNING
+            seq.prefix_hashes = None  # looked up for the last time
             self.running.append(seq)
             if n:
                 out.scheduled.append(ScheduledSeq(seq, n))
@@ -276,7 +278,10 @@ class Scheduler:
         if use_cache and head in computing:
             return False
         ids = seq.token_ids[: seq.num_shareable_tokens]
-        seq.num_computed_tokens = self.kv.lookup_prefix(seq.seq_id, ids, seq.salt) if use_cache else 0
+        # kept while it waits (its tokens rarely change): a lookup is a dict probe per block
+        hashes = seq.prefix_hashes if isinstance(seq.prefix_hashes, HashCache) else HashCache()
+        seq.prefix_hashes = hashes
+        seq.num_computed_tokens = self.kv.lookup_prefix(seq.seq_id, ids, seq.salt, hashes) if use_cache else 0
         if seq.num_cached_tokens < 0:
             seq.num_cached_tokens = seq.num_computed_tokens
         if not use_cache:

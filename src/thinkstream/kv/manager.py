@@ -29,7 +29,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from thinkstream.kv.block_pool import BlockPool, NoFreeBlocksError, check_invariant
-from thinkstream.kv.prefix import BlockHash, iter_block_hashes
+from thinkstream.kv.prefix import BlockHash, HashCache, iter_block_hashes
 
 CopyPair = tuple[int, int]
 """(source block, destination block): a whole-block KV copy the device must perform."""
@@ -89,13 +89,16 @@ class KVCacheManager:
 
     # ---- prefix lookup, allocation, commit -------------------------------
 
-    def lookup_prefix(self, seq_id: Hashable, token_ids: Sequence[int], salt: object = None) -> int:
+    def lookup_prefix(self, seq_id: Hashable, token_ids: Sequence[int], salt: object = None,
+                      hashes: HashCache | None = None) -> int:
         """Start a sequence on the longest cached run of full blocks of ``token_ids``.
 
         At most ``(len(token_ids) - 1) // block_size`` blocks are reused, so at least
         one token is left to compute (its logits are needed). Returns the number of
         tokens covered, a multiple of block_size; 0 with prefix caching off. The
-        sequence is registered with ``salt`` either way. Raises ValueError if
+        sequence is registered with ``salt`` either way. ``hashes``: the caller's cache
+        of this token list's block hashes (a sequence looked up again each step it
+        waits: then a lookup is a dict probe per block). Raises ValueError if
         ``seq_id`` is already known.
         """
         if seq_id in self._seqs:
@@ -104,7 +107,9 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return 0
         max_blocks = max(len(token_ids) - 1, 0) // self.block_size
-        for block_hash in iter_block_hashes(token_ids, self.block_size, 0, max_blocks, None, salt):
+        chain = (hashes.iter_hashes(token_ids, self.block_size, max_blocks, salt) if hashes is not None
+                 else iter_block_hashes(token_ids, self.block_size, 0, max_blocks, None, salt))
+        for block_hash in chain:
             block_id = self.pool.lookup(block_hash)
             if block_id is None:
                 break
