@@ -418,3 +418,36 @@ def test_random_parallel_requests_under_tight_slots_and_pools_all_finish(seed: i
             engine.check_integrity()
         assert not engine.requests
         assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+
+def test_an_exception_in_wait_aborts_and_a_with_block_ends_the_request(monkeypatch) -> None:
+    """Ctrl-C inside ``t.wait`` (a step raising) leaves no request nor block behind; leaving
+    ``with`` aborts a live request; a thread id string is a ParamError naming ``thread``."""
+    llm = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=64, block_size=4)
+    engine, real, calls = llm.engine, llm.engine.step, [0]
+
+    def step():
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real()
+
+    t = llm.threads(PROMPT, HOT)
+    kids = t.fork(t.root, ["a", "b"], max_tokens=6)
+    monkeypatch.setattr(engine, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        t.wait(kids)
+    monkeypatch.setattr(engine, "step", real)
+    assert not engine.requests and engine.kv.num_free_blocks == engine.kv.num_blocks
+    engine.check_integrity()
+    with llm.threads(PROMPT, HOT) as t:
+        kids = t.fork(t.root, ["a"], max_tokens=6)
+        with pytest.raises(ParamError) as bad:
+            t.text(kids[0].seq.seq_id)
+        assert bad.value.param == "thread"
+        with pytest.raises(ParamError):
+            t.wait(["x"])
+        t.wait(kids)
+        assert engine.requests
+    assert not engine.requests and engine.kv.num_free_blocks == engine.kv.num_blocks
+    engine.check_integrity()

@@ -8,7 +8,9 @@
 
 or ``s = t.join(t.root, kids, "Summary:", into="new")``: a new summary thread (the root
 stays paused for another join); ``t.wait([s])``, ``t.text(s)``; ``t.abort()`` ends the
-request when no join continues the root.
+request when no join continues the root, as leaving ``with llm.threads(...) as t:`` does
+(``async with`` for ``AsyncThreads``); an exception inside ``wait`` / ``result`` (Ctrl-C)
+aborts it too.
 
 ``AsyncThreads`` has the same methods as coroutines (over an ``AsyncLLM``; fork and join
 run on the engine thread between steps). The root is the request's sequence, opened with
@@ -54,7 +56,9 @@ class _Common:
 
     def text(self, thread: Thread) -> str:
         """A thread's sampled text so far (the root's: its output after the prompt; one
-        that a stop string ended: cut there, as a request's text is)."""
+        that a stop string ended: cut there, as a request's text is). ``ParamError`` for
+        anything but a ``Thread``."""
+        _check_threads([thread])
         if thread.stop_str is not None:
             return thread.text
         ids = thread.token_ids if thread is not self.root else thread.seq.output_token_ids
@@ -77,6 +81,15 @@ class _Common:
     def _start(self, engine: LLMEngine, state: RequestState, limits: ThreadLimits | None) -> None:
         self.engine = engine
         self.tree = ThreadTree(engine, state.request_id, limits)
+
+
+def _check_threads(threads: Sequence[object]) -> None:
+    """``ParamError`` (param ``thread``) unless every item is a ``Thread`` (a fork's or join's
+    result, or ``.root``): a thread id string was an AttributeError deep inside."""
+    bad = next((t for t in threads if not isinstance(t, Thread)), None)
+    if bad is not None:
+        raise ParamError("thread", f"expected a Thread (from fork, join or .root), got "
+                         f"{type(bad).__name__} {bad!r:.40}")
 
 
 def _with_seed(p: SamplingParams, seed: int) -> SamplingParams:
@@ -106,6 +119,7 @@ class Threads(_Common):
              max_tokens: int = 64) -> list[Thread]:
         """Children of ``thread``, one per suffix (text or ids); ``params`` one for all (child
         i seeded ``seed + i``) or one each; default the request's."""
+        _check_threads([thread])
         ids, ps = self._fork_args(suffixes, params)
         return self.tree.fork(thread, ids, ps, max_tokens)
 
@@ -114,11 +128,20 @@ class Threads(_Common):
              params: SamplingParams | None = None) -> Thread | None:
         """Continue ``thread`` (``into="parent"``) or a new summary thread, returned
         (``into="new"``), after ``children`` and ``suffix`` (``ThreadTree.join``)."""
+        _check_threads([thread, *children])
         ids = self._fork_args([suffix], None)[0][0]
         return self.tree.join(thread, children, ids, layout, max_tokens, into, params)
 
+    def __enter__(self) -> Threads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leaving a ``with`` block ends the request if it still runs (its blocks freed)."""
+        self.abort()
+
     def wait(self, threads: Sequence[Thread]) -> None:
         """Step the engine until every thread in ``threads`` has ended (or the request)."""
+        _check_threads(threads)
         self._until(lambda: all(t.done for t in threads))
 
     def result(self) -> RequestOutput:
@@ -131,14 +154,21 @@ class Threads(_Common):
         return self.engine.abort(self.request_id)
 
     def _until(self, done) -> None:
-        while not done() and (self.last is None or not self.last.finished):
-            if self.request_id not in self.engine.requests:
-                return
-            for out in self.engine.step():
-                if out.request_id == self.request_id:
-                    self.last = out
-            if not self.engine.last_step_progress and not done():
-                raise RuntimeError(f"threads of {self.request_id!r} cannot progress")
+        """Step until ``done()``, the request ends or cannot progress (RuntimeError). Any
+        exception on the way (Ctrl-C in a step) aborts the request before it propagates:
+        its sequences and blocks are not left behind in the engine."""
+        try:
+            while not done() and (self.last is None or not self.last.finished):
+                if self.request_id not in self.engine.requests:
+                    return
+                for out in self.engine.step():
+                    if out.request_id == self.request_id:
+                        self.last = out
+                if not self.engine.last_step_progress and not done():
+                    raise RuntimeError(f"threads of {self.request_id!r} cannot progress")
+        except BaseException:
+            self.abort()
+            raise
 
 
 class AsyncThreads(_Common):
@@ -175,6 +205,7 @@ class AsyncThreads(_Common):
     async def fork(self, thread: Thread, suffixes: Suffixes,
                    params: SamplingParams | Sequence[SamplingParams] | None = None,
                    max_tokens: int = 64) -> list[Thread]:
+        _check_threads([thread])
         ids, ps = self._fork_args(suffixes, params)
         return await self.llm.call(lambda _: self.tree.fork(thread, ids, ps, max_tokens))
 
@@ -182,11 +213,21 @@ class AsyncThreads(_Common):
                    suffix: str | Sequence[int] = "", layout: str = "parallel",
                    max_tokens: int | None = None, into: str = "parent",
                    params: SamplingParams | None = None) -> Thread | None:
+        _check_threads([thread, *children])
         ids = self._fork_args([suffix], None)[0][0]
         return await self.llm.call(lambda _: self.tree.join(thread, children, ids, layout,
                                                             max_tokens, into, params))
 
+    async def __aenter__(self) -> AsyncThreads:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Leaving an ``async with`` block ends the request if it still runs."""
+        if self._task is not None and not self._task.done():
+            await self.abort()
+
     async def wait(self, threads: Sequence[Thread]) -> None:
+        _check_threads(threads)
         while True:
             self._changed.clear()
             if all(t.done for t in threads) or self._task is None or self._task.done():
