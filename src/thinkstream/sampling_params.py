@@ -43,6 +43,8 @@ def _as_tuple(value: object, kind: type) -> tuple:
 def _as_ids(value: object) -> tuple[int, ...]:
     """Token ids as a tuple of ints (numpy / torch integers too; never a float cut)."""
     ids = _as_tuple(value, int)
+    if any(isinstance(t, bool) for t in ids):
+        raise ParamError("stop_token_ids", f"must be integers, not bools: {list(ids)!r}")
     try:
         return tuple(operator.index(t) for t in ids)
     except TypeError:
@@ -162,6 +164,8 @@ class SamplingParams:
             value = getattr(self, name)
             if value is None and name in _OPTIONAL_FIELDS:
                 continue
+            if isinstance(value, bool):  # an int to Python, never meant as one here
+                raise ParamError(name, f"must be an integer, not a bool ({value!r})")
             try:
                 object.__setattr__(self, name, operator.index(value))
             except TypeError:

@@ -182,3 +182,12 @@ def test_integral_numbers_of_other_types_are_taken() -> None:
                        top_p=1)
     assert (p.n, p.logprobs, p.temperature, p.top_p) == (2, 3, 0.5, 1.0)
     assert type(p.n) is int and type(p.top_p) is float
+
+
+@pytest.mark.parametrize("field", ["n", "max_tokens", "min_tokens", "top_k", "seed", "logprobs"])
+def test_a_bool_is_not_an_integer(field: str) -> None:
+    with pytest.raises(ParamError, match=f"^{field} must be an integer, not a bool") as err:
+        SamplingParams(**{field: True})
+    assert err.value.param == field
+    with pytest.raises(ParamError, match="^stop_token_ids must be integers, not bools"):
+        SamplingParams(stop_token_ids=[2, False])

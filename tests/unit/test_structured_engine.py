@@ -198,6 +198,9 @@ def test_an_invalid_constraint_is_refused_before_anything_is_queued(engine) -> N
     assert not engine.requests and not engine.scheduler.waiting
     with pytest.raises(ParamError, match=r"logit_bias token ids must be in the vocabulary \(0..319\)"):
         engine.add_request("bad", PROMPT, SamplingParams(logit_bias={320: 1}))
+    with pytest.raises(ParamError, match=r"stop_token_ids token id 320 is outside the vocabulary \(0..319\)"):
+        engine.add_request("bad", PROMPT, SamplingParams(stop_token_ids=[5, 320]))
+    assert not engine.requests and not engine.scheduler.waiting
 
 
 # ------------------------------------------------------------ the worker thread

@@ -217,12 +217,15 @@ class LLMEngine(OpenInputs):
                                           salt=salt))
 
     def check_params(self, params: SamplingParams) -> None:
-        """What ``SamplingParams`` cannot check alone: ``logit_bias`` ids in the vocabulary,
-        ``logprobs`` / ``prompt_logprobs`` at most the vocabulary's size, a
+        """What ``SamplingParams`` cannot check alone: ``logit_bias`` and ``stop_token_ids``
+        ids in the vocabulary, ``logprobs`` / ``prompt_logprobs`` at most its size, a
         ``structured_outputs`` constraint that compiles (``self.structured``, cached)."""
         vocab = self.model_config.vocab_size
         if any(t >= vocab for t, _ in params.logit_bias):
             raise ParamError("logit_bias", f"token ids must be in the vocabulary (0..{vocab - 1})")
+        bad = [t for t in params.stop_token_ids if t >= vocab]
+        if bad:  # could never be sampled: silently never stopping
+            raise ParamError("stop_token_ids", f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
         for name in ("logprobs", "prompt_logprobs"):
             if (getattr(params, name) or 0) > vocab:
                 raise ParamError(name, f"must be <= the vocabulary's {vocab} tokens, "
