@@ -271,6 +271,16 @@ def test_truncated_file(tiny_llama: tuple[Path, dict], tmp_path: Path) -> None:
         load_tokenizer(cut)
 
 
+def test_a_corrupt_length_field_is_named(tiny_llama: tuple[Path, dict], tmp_path: Path) -> None:
+    """A length no file could hold was reported as a truncated header needing byte 1.8e19."""
+    data = bytearray(tiny_llama[0].read_bytes())
+    data[24:32] = (2**64 - 1).to_bytes(8, "little")  # the first metadata key's length
+    bad = tmp_path / "len.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CorruptModelError, match=r"len.gguf: corrupt GGUF string length 18446744073709551615 at byte 24 \(only \d+ bytes follow\)"):
+        load_tokenizer(bad)
+
+
 def test_bad_magic(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"NOPE" + bytes(64))

@@ -74,8 +74,17 @@ class _Cursor:
     def scalar(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
+    def length(self, what: str, item_bytes: int = 1) -> int:
+        """A u64 count of items of at least ``item_bytes`` each; one that the rest of the
+        file cannot hold is a corrupt length field (not a truncated file)."""
+        at, n = self.pos, self.scalar("<Q")
+        if n * item_bytes > len(self.buf) - self.pos:
+            raise CorruptModelError(f"{self.path}: corrupt GGUF {what} length {n} at byte {at} "
+                                    f"(only {len(self.buf) - self.pos} bytes follow)")
+        return n
+
     def string(self) -> str:
-        raw = self.take(self.scalar("<Q"))
+        raw = self.take(self.length("string"))
         try:
             return bytes(raw).decode("utf-8")
         except UnicodeDecodeError as err:
@@ -85,7 +94,10 @@ class _Cursor:
         if vtype == GGUFValueType.STRING:
             return self.string()
         if vtype == GGUFValueType.ARRAY:
-            item_type, count = self.scalar("<I"), self.scalar("<Q")
+            item_type = self.scalar("<I")
+            size = 8 if item_type == GGUFValueType.STRING else (
+                _SCALARS[item_type][1].itemsize if item_type in _SCALARS else 1)
+            count = self.length("array", size)
             if item_type == GGUFValueType.STRING:
                 return [self.string() for _ in range(count)]
             if item_type in _SCALARS:
