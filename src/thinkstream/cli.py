@@ -284,7 +284,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from thinkstream.loading import load_checkpoint
     from thinkstream.models.precision import resolve_precision
 
-    ckpt = load_checkpoint(args.model)
+    ckpt = load_checkpoint(args.model, dense_linears=False)  # shapes suffice for the count
     cfg = ckpt.config
     precision, _ = resolve_precision(args.dtype, None if args.quantization == "none" else args.quantization,
                                      args.device, ckpt.blocks, args.kv_cache_dtype)
