@@ -239,7 +239,7 @@ def test_info_prints_the_cache_dtype(monkeypatch, capsys) -> None:
     import thinkstream.loading
     from thinkstream.cli import build_parser
 
-    monkeypatch.setattr(thinkstream.loading, "load_checkpoint", lambda _: tiny_checkpoint("llama"))
+    monkeypatch.setattr(thinkstream.loading, "load_checkpoint", lambda *_a, **_k: tiny_checkpoint("llama"))
     args = build_parser().parse_args(["info", "--dtype", "float32", "--kv-cache-dtype", "bfloat16"])
     assert args.fn(args) == 0
     precision = json.loads(capsys.readouterr().out)["precision"]
