@@ -360,3 +360,24 @@ def test_session_times_are_unix_seconds(client: TestClient) -> None:
     assert isinstance(got["created"], int) and int(before) - 1 <= got["created"] <= time.time() + 1
     assert before - 1 <= got["last_activity"] <= time.time() + 1
     assert client.delete(f"/v1/sessions/{opened['id']}", headers=KEY).status_code == 200
+
+
+def test_a_websocket_whose_session_ended_under_it_opens_another(client: TestClient) -> None:
+    """One session at a time per connection: once it ended under the connection (a DELETE
+    here; the idle timeout alike) a new open is served, where every open was a 409
+    ``session_open`` and the connection could only be dropped."""
+    want = one_shot(client, "What is the capital of France?")
+    with client.websocket_connect("/v1/sessions/ws", headers=KEY) as ws:
+        ws.send_json({"type": "open", **OPEN})
+        sid = ws.receive_json()["session"]["id"]
+        ws.send_json({"type": "open", **OPEN})  # still live: refused
+        assert ws.receive_json()["error"]["code"] == "session_open"
+        assert client.delete(f"/v1/sessions/{sid}", headers=KEY).json()["aborted"] is True
+        ws.send_json({"type": "open", **OPEN})
+        assert ws.receive_json()["type"] == "opened"
+        ws.send_json({"type": "close", "text": "What is the capital of France?"})
+        text, msg = "", ws.receive_json()
+        while msg["type"] == "chunk":
+            text += "".join(ch["delta"].get("content") or "" for ch in msg["choices"])
+            msg = ws.receive_json()
+        assert msg["type"] == "done" and text == want

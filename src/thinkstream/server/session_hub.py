@@ -129,6 +129,11 @@ class SessionHub:
                            f"session{as_chunks}; slow down", None, "chunk_rate_exceeded",
                            {"Retry-After": "1"})
 
+    def is_live(self, sid: str) -> bool:
+        """``sid`` is open or answering (not ended by an answer, an abort or the idle timeout)."""
+        owned = self._owned.get(sid)
+        return owned is not None and owned.live
+
     def num_live(self) -> int:
         return sum(o.live for o in self._owned.values())
 

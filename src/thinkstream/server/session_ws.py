@@ -158,7 +158,9 @@ class WsSession:
         return self.sid
 
     async def _open(self, obj: dict) -> None:
-        if self.sid is not None and (self.answer is None or not self.answer.done()):
+        # a session that ended under the connection (idle timeout, a DELETE) frees it
+        if self.sid is not None and self.hub.is_live(self.sid) \
+                and (self.answer is None or not self.answer.done()):
             raise APIError(409, "this connection already has a session", None, "session_open")
         body = await _parse_ws(obj, SessionCreateRequest)
         prompt, messages, params, logprobs = await run_in_threadpool(open_args, self.state, body)
