@@ -91,9 +91,8 @@ class LLMEngine(OpenInputs):
         self.config = cfg = config or EngineConfig()
         self.device = mp.resolve_device(cfg.device)  # a bad device fails before the weights load
         distributed = cfg.tensor_parallel_size > 1 or cfg.max_weight_memory_mb is not None
-        # the GGUF-native linears' dense copies are made only where needed (build_model)
-        ckpt = checkpoint or load_checkpoint(model, tensors=cfg.max_weight_memory_mb is None,
-                                             dense_linears=distributed)
+        ckpt = checkpoint or load_checkpoint(  # GGUF linears dense only where needed (build_model)
+            model, tensors=cfg.max_weight_memory_mb is None, dense_linears=distributed)
         self.model_path = ckpt.path
         self.model_config = mcfg = ckpt.config
         self.tokenizer = ckpt.tokenizer
@@ -146,8 +145,7 @@ class LLMEngine(OpenInputs):
                                                             self.eos_ids))  # grammar masks
         self.speculative = make_decoder(self, spec)  # draft tokens, or None
         self._hooks: list[StepHook] = [self.structured, *filter(None, [self.speculative])]
-        # Attached sequences (``attach``): scheduled like any other, not outputs of their
-        # request, ended with it; their owner hears of their tokens and starvation.
+        # attach(): scheduled as any other, not outputs of their request, ended with it
         self._attached: dict[str, list[Sequence]] = {}
         self._owners: dict[str, SequenceOwner] = {}
         del ckpt, checkpoint  # the loader's float32 tensors the model did not keep are freed
@@ -157,17 +155,15 @@ class LLMEngine(OpenInputs):
     def encode_prompt(self, prompt: str | Seq[int], allow_empty: bool = False) -> list[int]:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
-        elif isinstance(prompt, bytes | bytearray | memoryview):  # not token ids: decode it
-            raise RequestError("prompt", "prompt: text (str) or token ids, not bytes")
-        elif not isinstance(prompt, Iterable):  # None, a number: was a bare TypeError
+        elif isinstance(prompt, bytes | bytearray | memoryview) or not isinstance(prompt, Iterable):
+            # bytes (decode them first), None, a number (was a bare TypeError)
             raise RequestError("prompt", f"prompt: text (str) or token ids, not {type(prompt).__name__}")
         else:
             try:  # ints, numpy / torch integers; never a float cut to an int
                 ids = [operator.index(t) for t in prompt]
             except TypeError:
                 raise RequestError("prompt", "prompt: token ids must be integers") from None
-            bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
-            if bad:
+            if bad := [t for t in ids if not 0 <= t < self.model_config.vocab_size]:
                 raise RequestError("prompt", f"prompt: token id {bad[0]} is outside the vocabulary "
                                    f"(0..{self.model_config.vocab_size - 1})")
         if not ids and not allow_empty:
@@ -196,9 +192,8 @@ class LLMEngine(OpenInputs):
                 input_closed=input_closed, salt=salt,
             ))
         seqs[0].fork_children = seqs[1:]
-        return RequestState.create(
-            request_id, prompt if isinstance(prompt, str) else None, seqs, self.tokenizer
-        )
+        return RequestState.create(request_id, prompt if isinstance(prompt, str) else None, seqs,
+                                   self.tokenizer)
 
     def add(self, state: RequestState) -> str:
         """Queue a request made by ``make_request``."""
@@ -223,13 +218,11 @@ class LLMEngine(OpenInputs):
         vocab = self.model_config.vocab_size
         if any(t >= vocab for t, _ in params.logit_bias):
             raise ParamError("logit_bias", f"token ids must be in the vocabulary (0..{vocab - 1})")
-        bad = [t for t in params.stop_token_ids if t >= vocab]
-        if bad:  # could never be sampled: silently never stopping
+        if bad := [t for t in params.stop_token_ids if t >= vocab]:  # never sampled: never stops
             raise ParamError("stop_token_ids", f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
         for name in ("logprobs", "prompt_logprobs"):
             if (getattr(params, name) or 0) > vocab:
-                raise ParamError(name, f"must be <= the vocabulary's {vocab} tokens, "
-                                 f"got {getattr(params, name)}")
+                raise ParamError(name, f"must be <= the vocabulary's {vocab} tokens, got {getattr(params, name)}")
         self.structured.check_params(params)
 
     def resolve_max_tokens(self, params: SamplingParams, num_prompt_tokens: int) -> int:
