@@ -25,6 +25,7 @@ import codecs
 import dataclasses
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -66,7 +67,7 @@ def _usage(prompt_tokens: int, completion_tokens: int, path_tokens: int = 0,
 
 
 @dataclass
-class _View:
+class _View(ABC):
     id: str
     model: str
     tokenizer: object
@@ -88,8 +89,9 @@ class _View:
         """A token as logprobs name it: its text, or ``token_id:N``."""
         return token_id_name(token_id) if self.tokens_as_ids else self.text_of(token_id)
 
+    @abstractmethod
     def prompt_tokens_of(self, idx: int) -> int:
-        raise NotImplementedError
+        """Prompt tokens of choice ``idx`` (for ``continuous_usage_stats``)."""
 
     def prompt_logprobs_of(self, out: RequestOutput) -> list[dict | None]:
         return prompt_logprobs_body(out.prompt_logprobs, list(out.prompt_token_ids),
