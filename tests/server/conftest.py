@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from helpers.tiny import tiny_checkpoint
 
@@ -134,6 +135,18 @@ def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
+
+
+def post_response(url: str, body: dict, request_id: str, into: list) -> None:
+    """POST ``body`` to ``/v1/responses`` as ``request_id``; append the response object (or,
+    streamed, every SSE event) to ``into``. For a thread that a test cancels under."""
+    with httpx.Client(base_url=url, timeout=30) as c:
+        headers = {"X-Request-Id": request_id}
+        if not body.get("stream"):
+            into.append(c.post("/v1/responses", json=body, headers=headers).json())
+            return
+        with c.stream("POST", "/v1/responses", json=body, headers=headers) as s:
+            into.extend(json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: "))
 
 
 @dataclass

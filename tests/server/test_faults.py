@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from conftest import live_server, slow_down, tiny_llm, wait_for
+from conftest import live_server, post_response, slow_down, tiny_llm, wait_for
 
 from thinkstream.engine.request import SeqStatus
 from thinkstream.server.config import ServerConfig
@@ -147,15 +147,7 @@ def test_cancelled_response_says_cancelled(slow_server, stream) -> None:
             "stream": stream}
     got: list = []
 
-    def consume() -> None:
-        with httpx.Client(base_url=live.url, timeout=30) as c:
-            if not stream:
-                got.append(c.post("/v1/responses", json=body, headers={"X-Request-Id": rid}).json())
-                return
-            with c.stream("POST", "/v1/responses", json=body, headers={"X-Request-Id": rid}) as s:
-                got.extend(json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: "))
-
-    t = threading.Thread(target=consume)
+    t = threading.Thread(target=post_response, args=(live.url, body, rid, got))
     t.start()
     wait_for(lambda: (s := _seq(live, rid)) is not None and s.num_output_tokens > 1)
     assert httpx.post(f"{live.url}/v1/requests/{rid}/cancel").status_code == 200

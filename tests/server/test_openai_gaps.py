@@ -10,7 +10,7 @@ import threading
 
 import httpx
 import pytest
-from conftest import live_server, slow_down, wait_for
+from conftest import live_server, post_response, slow_down, wait_for
 from helpers.scripted import script
 from helpers.tiny import tiny_checkpoint
 
@@ -188,18 +188,10 @@ def test_responses_cancel_endpoint(short, stream) -> None:
     body = {"input": "hi", "max_output_tokens": 200, "ignore_eos": True, "stream": stream}
     got: list = []
 
-    def consume() -> None:
-        with httpx.Client(base_url=short.url, timeout=30) as c:
-            if not stream:
-                got.append(c.post("/v1/responses", json=body, headers={"X-Request-Id": rid}).json())
-                return
-            with c.stream("POST", "/v1/responses", json=body, headers={"X-Request-Id": rid}) as s:
-                got.extend(json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: "))
-
     forward = short.llm.engine.runner.forward
     slow_down(short.llm, 0.01)
     try:
-        t = threading.Thread(target=consume)
+        t = threading.Thread(target=post_response, args=(short.url, body, rid, got))
         t.start()
         wait_for(lambda: (state := short.engine.requests.get(rid)) is not None
                  and state.seqs[0].num_output_tokens > 1)
