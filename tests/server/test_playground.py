@@ -75,6 +75,16 @@ def browser():
     yield from launch_chromium()
 
 
+@pytest.fixture(autouse=True)
+def _close_pages(request):
+    """After each browser test its pages close, which drops their WebSockets and so aborts
+    their sessions: a test that fails midway leaves nothing open for the next one."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in request.getfixturevalue("browser").contexts:
+            context.close()
+
+
 def open_page(browser, url: str, ready: bool = True):
     page = browser.new_context(bypass_csp=True).new_page()  # lets wait_for_function eval
     errors: list[str] = []
@@ -177,6 +187,7 @@ def test_edits_update_the_open_session(browser, tiny_server, tmp_path) -> None:
     page.keyboard.type("Alice has 3 apples and Bob has 5 pears. Who has pears?")
     first = wait_caught_up(page, tokens_of(url, "Alice has 3 apples and Bob has 5 pears. "
                                                 "Who has pears?"))
+    seq_typed = session_info(url, first["sid"])["next_seq"]
     page.keyboard.press("Control+Home")
     for _ in range(len("Alice has ")):
         page.keyboard.press("ArrowRight")
@@ -190,7 +201,9 @@ def test_edits_update_the_open_session(browser, tiny_server, tmp_path) -> None:
     assert page.input_value("#stream-input") == edited
     second = wait_caught_up(page, tokens_of(url, edited))
     assert second["sid"] == first["sid"] and second["received"] != first["received"]
-    assert session_info(url, second["sid"])["next_seq"] > 2  # appends and replaces, numbered
+    # the edits went to the same session as numbered updates (how many depends on how fast
+    # the keys came: updates are coalesced, at most ~33 a second)
+    assert session_info(url, second["sid"])["next_seq"] > seq_typed
     page.screenshot(path=str(tmp_path / "edited.png"))
     assert press_enter_and_read(page) == greedy_answer(url, edited)
     assert page.errors == []
