@@ -252,10 +252,10 @@ def test_responses_cut_by_max_output_tokens_is_incomplete(client) -> None:
     assert [(o.arguments, o.status) for o in done] == [('{"cit', "incomplete")]
 
 
-def test_responses_is_stateless(server) -> None:
-    for field, value in (("previous_response_id", "resp_1"), ("store", True),
-                         ("background", True), ("conversation", "conv_1"),
-                         ("conversation", {"id": "conv_1"}), ("prompt", {"id": "pmpt_1"})):
+def test_responses_refuses_conversations_and_stored_prompts(server) -> None:
+    """(``store``, ``previous_response_id`` and ``background``: ``test_responses_store``.)"""
+    for field, value in (("conversation", "conv_1"), ("conversation", {"id": "conv_1"}),
+                         ("prompt", {"id": "pmpt_1"})):
         r = httpx.post(server.url + "/v1/responses", json={"input": "hi", field: value})
         assert r.status_code == 400
         assert r.json()["error"]["param"] == field and r.json()["error"]["code"] == "unsupported"

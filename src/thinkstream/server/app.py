@@ -30,6 +30,8 @@ from thinkstream.server.playground import playground_router
 from thinkstream.server.redact import install_redaction
 from thinkstream.server.responses_protocol import ResponsesRequest
 from thinkstream.server.responses_routes import router as responses_router
+from thinkstream.server.responses_store import ResponseStore
+from thinkstream.server.responses_store_routes import router as stored_responses_router
 from thinkstream.server.serving import ServerState
 from thinkstream.server.session_hub import SessionHub, SessionLimits
 from thinkstream.server.session_routes import session_router
@@ -45,7 +47,8 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
     capacity = llm.engine.config.max_num_seqs + config.max_queue
     keys = KeyRing(config.api_keys)
     metrics = ServerMetrics(llm, config.served_model_name)
-    state = app.state.server = ServerState(llm, config, metrics, Admission(capacity), keys)
+    state = app.state.server = ServerState(llm, config, metrics, Admission(capacity), keys,
+                                           store=ResponseStore(config.responses_store_size))
     metrics.queued = state.queued_seqs
     state.hub = app.state.session_hub = SessionHub(state, session_limits)
     # llguidance builds its vocabulary index holding the GIL (Gemma 3's 262k tokens: 4-14 s
@@ -56,6 +59,7 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
     install_handlers(app)
     app.include_router(openai_router)
     app.include_router(responses_router)
+    app.include_router(stored_responses_router)
     app.include_router(tokenize_router)
     app.include_router(session_router())
     app.include_router(playground_router())

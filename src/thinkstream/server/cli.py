@@ -52,6 +52,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--return-tokens-as-token-ids", action="store_true",
                    help="logprobs name tokens 'token_id:N' (a request's "
                         "return_tokens_as_token_ids overrides it), as vLLM's flag")
+    p.add_argument("--responses-store-size", type=int, default=1024,
+                   help="Responses API responses kept for retrieval, previous_response_id "
+                        "and background (least recently used forgotten first; 0: none)")
     p.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray behind one endpoint (pip install thinkstream[ray])")
     p.add_argument("--ray-address", default=None,
@@ -89,6 +92,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         reasoning_parser=args.reasoning_parser, tool_prompt=args.tool_prompt,
         metrics_require_key=args.metrics_require_key,
         return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+        responses_store_size=args.responses_store_size,
     )
 
 

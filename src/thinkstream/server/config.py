@@ -28,6 +28,9 @@ class ServerConfig:
     such a request is a 400. ``metrics_require_key``: ``/metrics`` needs an API key like the
     other routes (by default it is open, as vLLM serves it). ``return_tokens_as_token_ids``:
 logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag).
+    ``responses_store_size``: Responses API responses kept for ``GET /v1/responses/{id}``,
+    ``previous_response_id`` and ``background`` (least recently used forgotten first); 0:
+    none are kept and those are 400s.
     """
 
     host: str = "127.0.0.1"
@@ -52,6 +55,7 @@ logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag
     tool_prompt: bool = True
     metrics_require_key: bool = False
     return_tokens_as_token_ids: bool = False
+    responses_store_size: int = 1024
 
     def __post_init__(self) -> None:
         from thinkstream.parsers.reasoning import reasoning_stream_factory
@@ -70,7 +74,7 @@ logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag
                                  "surrounding whitespace")
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
-        for name in ("max_queue", "shutdown_timeout"):
+        for name in ("max_queue", "shutdown_timeout", "responses_store_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("header_timeout", "keep_alive_timeout"):

@@ -195,9 +195,13 @@ def public_id(request: Request, body: P.SamplingRequest, prefix: str) -> str:
 
 # ------------------------------------------------------------------ running
 async def run_job(request: Request, job: Job, stream: Callable[[], AsyncIterator[str]] | None,
-               collect: Callable[[], Any]) -> Response:
-    """Admit ``job``; stream it as SSE or collect it (aborting on disconnect)."""
+               collect: Callable[[], Any], admitted: Callable[[], None] | None = None
+               ) -> Response:
+    """Admit ``job`` (then call ``admitted``); stream it as SSE or collect it (aborting on
+    disconnect)."""
     job.admit()
+    if admitted is not None:
+        admitted()
     headers = {"X-Request-Id": job.public_id}
     if stream is not None:
         return StreamingResponse(stream(), media_type="text/event-stream",

@@ -1,7 +1,7 @@
 """What ``POST /v1/responses/{id}/cancel`` needs to know of the Responses API's responses:
 those running (a future that gets each one's final body) and those lately finished (their
 status; a cancelled one's body too, for a repeated cancel returns it, as OpenAI's cancel
-is idempotent). The server keeps no other trace of a response.
+is idempotent). Stored responses (``responses_store``) are a separate, optional record.
 
 Keys are ``(owner, public id)``, as ``ServerState.live``: one API key cannot reach another's
 responses. One ledger per app (``ServerState.responses``), used from the event loop only.

@@ -6,8 +6,10 @@ text or items (messages with ``input_text`` / ``output_text`` parts, ``function_
 earlier turns' reasoning), ``instructions`` (a system message first), ``max_output_tokens``,
 the sampling fields, ``text.format`` (``json_schema`` / ``json_object``: the structured-
 outputs seam), function ``tools`` (flat: ``{"type": "function", "name", "parameters"}``) and
-``tool_choice``. The server is stateless: ``previous_response_id`` and ``store: true`` are
-400s (send the whole conversation in ``input``).
+``tool_choice``. With the response store on (``responses_store``), ``store`` (default true),
+``previous_response_id`` (``with_context``: the previous response's items before ``input``)
+and ``background`` work as OpenAI's; with it off they are 400s (send the whole conversation
+in ``input``). ``input_items`` gives ``input`` as the items OpenAI lists (each with an id).
 
 ``truncation: "auto"`` (OpenAI's rule): an input over the context drops items from the
 beginning of the conversation until it fits; system and developer messages (and
@@ -17,6 +19,7 @@ beginning of the conversation until it fits; system and developer messages (and
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -69,7 +72,26 @@ class ResponsesRequest(P.SamplingRequest):
         return "message.output_text.logprobs" in (self.include or [])
 
 
-def check_stateless(body: ResponsesRequest) -> None:
+def check_state(body: ResponsesRequest, store: bool) -> None:
+    """400s for what needs server-side state the server does not keep (``store``: whether
+    the response store is on)."""
+    if not store:
+        _check_stateless(body)
+    elif body.background and body.store is False:
+        raise APIError(400, "background: a background response is fetched later by id: it "
+                       "needs store (leave store unset or true)", "background", "invalid_value")
+    if body.conversation is not None:  # its items would be prepended: ignoring it drops them
+        raise APIError(400, "conversation: this server keeps no conversations; send the "
+                       "whole conversation in input, or use previous_response_id",
+                       "conversation", "unsupported")
+    if body.prompt is not None:
+        raise APIError(400, "prompt: this server keeps no stored prompts; send the text in "
+                       "instructions and input", "prompt", "unsupported")
+    if body.n != 1:
+        raise APIError(400, "n: the Responses API makes one output", "n", "unsupported")
+
+
+def _check_stateless(body: ResponsesRequest) -> None:
     if body.previous_response_id is not None:
         raise APIError(400, "previous_response_id: this server keeps no responses; send the "
                        "whole conversation in input", "previous_response_id", "unsupported")
@@ -79,14 +101,13 @@ def check_stateless(body: ResponsesRequest) -> None:
     if body.background:  # a background response is fetched later by id: it needs a store
         raise APIError(400, "background: this server keeps no responses to fetch later; "
                        "leave background unset or false", "background", "unsupported")
-    if body.conversation is not None:  # its items would be prepended: ignoring it drops them
-        raise APIError(400, "conversation: this server keeps no conversations; send the "
-                       "whole conversation in input", "conversation", "unsupported")
-    if body.prompt is not None:
-        raise APIError(400, "prompt: this server keeps no stored prompts; send the text in "
-                       "instructions and input", "prompt", "unsupported")
-    if body.n != 1:
-        raise APIError(400, "n: the Responses API makes one output", "n", "unsupported")
+
+
+def with_context(body: ResponsesRequest, context: list[dict],
+                 items: list[dict]) -> ResponsesRequest:
+    """``body`` continuing a stored conversation: ``context`` (the previous response's
+    conversation and output) then ``items`` (its own ``input_items``) as its input."""
+    return body.model_copy(update={"input": context + items})
 
 
 def cut_points(body: ResponsesRequest) -> list[int]:
@@ -171,12 +192,41 @@ def input_messages(body: ResponsesRequest) -> list[dict]:
         elif kind == "reasoning":
             continue
         elif kind == "item_reference":
-            raise APIError(400, f"{where}: item references need stored responses; this server "
-                           "keeps none", where, "unsupported")
+            raise APIError(400, f"{where}: item references are not supported; use "
+                           "previous_response_id", where, "unsupported")
         else:
             raise APIError(400, f"{where}.type: {kind!r} items are not supported", where,
                            "unsupported")
     return messages
+
+
+def input_items(body: ResponsesRequest) -> list[dict]:
+    """``input`` as the items OpenAI stores and lists (checked by ``input_messages`` first):
+    text is one user message, a message's text content becomes ``input_text`` (an
+    assistant's: ``output_text``) parts, every item gets an ``id`` and a ``status``."""
+    input_messages(body)
+    raw = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
+    return [_stored_item(item) for item in raw]
+
+
+def _stored_item(item: dict) -> dict:
+    kind = item.get("type", "message")
+    out = {**item, "type": kind, "id": item.get("id") or _new_id(_ID_PREFIX.get(kind, "item"))}
+    if kind in ("message", "function_call", "function_call_output"):
+        out.setdefault("status", "completed")
+    if kind == "message" and isinstance(item.get("content"), str):
+        part = {"type": "output_text", "text": item["content"], "annotations": []} \
+            if item.get("role") == "assistant" else {"type": "input_text", "text": item["content"]}
+        out["content"] = [part]
+    return out
+
+
+_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
+              "reasoning": "rs"}
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 def _message(where: str, item: dict) -> dict:

@@ -5,7 +5,10 @@ A request becomes the chat request it stands for (``responses_protocol``), runs 
 same template, tools, parsers and admission as ``/v1/chat/completions``, and comes back as
 output items (``responses_format``): a body, or with ``stream`` the typed events as SSE
 (``event: <type>`` + ``data: {...}``; no ``[DONE]``, as OpenAI streams them).
-``POST /v1/responses/{id}/cancel`` aborts a running one (``responses_ledger``).
+``POST /v1/responses/{id}/cancel`` aborts a running one (``responses_ledger``). With the
+response store on (``responses_store``) a response is kept (``store``, default true), a
+request may continue one (``previous_response_id``) and run detached from its connection
+(``background``: ``responses_background``); ``responses_store_routes`` reads them back.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from thinkstream.server import formatting as fmt
+from thinkstream.server import responses_background as background
 from thinkstream.server import responses_protocol as R
 from thinkstream.server.auth import request_owner
 from thinkstream.server.constraints import checked
@@ -36,13 +40,14 @@ from thinkstream.server.openai_routes import (
     wrap_errors,
 )
 from thinkstream.server.responses_format import ResponsesView
-from thinkstream.server.serving import Job
+from thinkstream.server.responses_store import Key, StoredResponse
+from thinkstream.server.serving import Job, ServerState
 
 router = APIRouter()
 CANCEL_WAIT_S = 10.0  # a cancelled response's final body comes within a step or two
 
 
-def _echo(body: R.ResponsesRequest) -> dict:
+def _echo(body: R.ResponsesRequest, store: bool) -> dict:
     """The request's settings a response repeats."""
     fmt = body.text.format.dump() if body.text and body.text.format else {"type": "text"}
     return {"instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
@@ -52,29 +57,88 @@ def _echo(body: R.ResponsesRequest) -> dict:
             "parallel_tool_calls": body.parallel_tool_calls, "text": {"format": fmt},
             "metadata": body.metadata or {}, "user": body.user,
             "truncation": body.truncation or "disabled",
-            "reasoning": {"effort": None, "summary": None}}
+            "reasoning": {"effort": None, "summary": None}, "store": store,
+            "background": bool(body.background),
+            "previous_response_id": body.previous_response_id}
 
 
 @router.post("/v1/responses", openapi_extra=body_doc(R.ResponsesRequest), responses=ERRORS)
 @wrap_errors
 async def responses(request: Request) -> Response:
-    """OpenAI Responses API (stateless: no ``previous_response_id`` or ``store``)."""
+    """OpenAI Responses API (``store``, ``previous_response_id`` and ``background`` with
+    the response store on)."""
     state = server_state(request)
     body = await parse_body(request, R.ResponsesRequest)
     check_model(state, body.model)
-    R.check_stateless(body)
+    R.check_state(body, state.store.enabled)
+    owner, keep = request_owner(request.scope), state.store.enabled and body.store is not False
+    items = R.input_items(body) if state.store.enabled else []
+    context = previous_conversation(state, owner, body.previous_response_id)
+    if body.previous_response_id is not None:
+        body = R.with_context(body, context, items)
     names = {"max_tokens": "max_output_tokens", "messages": "input"} | {  # tools are flat
         f"tools[{i}].function.parameters": f"tools[{i}].parameters"
         for i in range(len(body.tools or []))}
     with field_names(names):
         chat = await run_in_threadpool(_prepare, state, body)  # off the event loop
-    job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params,
-              request_owner(request.scope), salt=body.prefix_salt())
-    view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body),
+    job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params, owner,
+              salt=body.prefix_salt())
+    view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body, keep),
                          chat.parser, len(chat.ids), logprobs=_logprobs(state, body))
+    key = (job.owner, job.public_id)
+    entry = StoredResponse(view.body("queued" if body.background else "in_progress", [], None),
+                           items, context, [] if body.background and body.stream else None)
+    if body.background:
+        job.admit()
+        state.store.put(key, entry)
+        background.start(state, job, view, entry)
+        if body.stream:
+            return StreamingResponse(background.tail(entry), media_type="text/event-stream",
+                                     headers={"X-Request-Id": job.public_id,
+                                              "Cache-Control": "no-cache"})
+        return JSONResponse(entry.body, headers={"X-Request-Id": job.public_id})
+    return await _foreground(request, state, body, job, view,
+                             (key, entry) if keep else None)
+
+
+def previous_conversation(state: ServerState, owner: str, response_id: str | None) -> list[dict]:
+    """The items a ``previous_response_id`` continues ([] without one); a 404 for an id
+    this owner has no stored response of, a 400 while that response still runs."""
+    if response_id is None:
+        return []
+    prev = state.store.get((owner, response_id))
+    if prev is None:
+        raise APIError(404, f"Previous response with id '{response_id}' not found.",
+                       "previous_response_id", "previous_response_not_found",
+                       type="invalid_request_error")
+    if not prev.done:
+        raise APIError(400, f"previous_response_id: response '{response_id}' is still "
+                       f"{prev.body['status']}", "previous_response_id", "invalid_value")
+    return prev.conversation()
+
+
+async def _foreground(request: Request, state: ServerState, body: R.ResponsesRequest, job: Job,
+                      view: ResponsesView, stored: tuple[Key, StoredResponse] | None
+                      ) -> Response:
+    """Run the response on this request (aborted if its client leaves); ``stored``: the
+    key and entry to keep it under (in progress once admitted, final once done; dropped
+    if it ends without a final object)."""
     ledger, key = state.responses, (job.owner, job.public_id)
     final = ledger.begin(key)  # the body a cancel (``cancel_response``) returns
     ended: dict = {}
+
+    def admitted() -> None:
+        if stored is not None:
+            state.store.put(*stored)
+
+    def done() -> None:
+        ledger.end(key, final, ended.get("body"))
+        if stored is None:
+            return
+        if ended.get("body") is not None:
+            stored[1].update(ended["body"])
+        else:
+            state.store.discard(*stored)
 
     def collect(finals) -> dict:
         ended["body"] = view.response(finals)
@@ -85,15 +149,16 @@ async def responses(request: Request) -> Response:
             async for text in _events(view.events(job.outputs()), ended):
                 yield text
         finally:
-            ledger.end(key, final, ended.get("body"))
+            done()
 
     try:
-        response = await run_job(request, job, stream if body.stream else None, collect)
+        response = await run_job(request, job, stream if body.stream else None, collect,
+                                 admitted)
     except BaseException:
-        ledger.end(key, final, None)
+        done()
         raise
     if not body.stream:
-        ledger.end(key, final, ended.get("body"))
+        done()
     return response
 
 
@@ -116,12 +181,16 @@ async def cancel_response(response_id: str, request: Request) -> Response:
     status, body = state.responses.finished.get(key, (None, None))
     if body is not None:
         return JSONResponse(body)
+    stored = state.store.get(key)
+    if status is None and stored is not None and stored.done:  # finished beyond the ledger
+        status = stored.body["status"]
+        if status == "cancelled":
+            return JSONResponse(stored.body)
     if status is not None:
         return error_response(400, f"response_id: cannot cancel a response that is already "
                               f"{status}", "response_id", "response_not_cancellable")
-    return error_response(404, f"response_id: no response with id {response_id!r} (this server "
-                          "keeps responses only while they run, and lately finished ones' "
-                          "status)", "response_id", "response_not_found",
+    return error_response(404, f"response_id: no response with id {response_id!r} (running, "
+                          "stored, or lately finished)", "response_id", "response_not_found",
                           type="invalid_request_error")
 
 

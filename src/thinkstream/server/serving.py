@@ -32,6 +32,7 @@ from thinkstream.server.errors import APIError
 from thinkstream.server.limits import Admission
 from thinkstream.server.metrics import RequestTimer, ServerMetrics
 from thinkstream.server.responses_ledger import ResponsesLedger
+from thinkstream.server.responses_store import ResponseStore
 
 if TYPE_CHECKING:
     from thinkstream.server.session_hub import SessionHub
@@ -51,6 +52,8 @@ class ServerState:
     live: dict[tuple[str, str], Job] = field(default_factory=dict)  # (owner, public id)
     hub: SessionHub | None = None  # the streaming-input sessions
     responses: ResponsesLedger = field(default_factory=ResponsesLedger)  # for their cancel
+    store: ResponseStore = field(default_factory=lambda: ResponseStore(0))  # stored responses
+    background: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)  # running
     draining: bool = False
     started: float = field(default_factory=time.time)
 
@@ -83,8 +86,10 @@ class ServerState:
                    if i not in job.answered and job.engine_id(i) not in engine.requests)
 
     def in_flight(self) -> int:
-        """Requests and sessions (open or answering) still running: what a drain waits for."""
-        return len(self.live) + (self.hub.num_live() if self.hub is not None else 0)
+        """Requests, background responses and sessions (open or answering) still running:
+        what a drain waits for."""
+        return len(self.live.keys() | self.background.keys()) + (
+            self.hub.num_live() if self.hub is not None else 0)
 
     async def abort_all(self) -> None:
         """Abort every request and session in flight (streams end with ``abort``)."""

@@ -21,6 +21,7 @@ processes across machines.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ def start_replicas(n: int, model: str | None, engine: EngineConfig, server: Serv
     instance, or the cluster at ``address``) and build the router app over them."""
     if n < 1:
         raise ValueError("replicas must be >= 1")
+    if n > 1:  # a stored response lives in one replica, where the router cannot find it
+        server = dataclasses.replace(server, responses_store_size=0)
     ray = _ray()
     local = not ray.is_initialized() and not address
     if not ray.is_initialized():
