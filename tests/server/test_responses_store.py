@@ -154,7 +154,7 @@ def test_previous_response_id_is_the_whole_conversation(a) -> None:
     assert [i.content[0].text for i in items] == ["the lazy dog"]
 
 
-def test_previous_response_id_carries_function_calls(a) -> None:
+def test_previous_response_id_and_item_references_carry_function_calls(a, b) -> None:
     r1 = a.responses.create(input="Weather in Paris?", tools=TOOLS, tool_choice="required",
                             max_output_tokens=60, **GREEDY)
     call = r1.output[-1]
@@ -169,6 +169,17 @@ def test_previous_response_id_carries_function_calls(a) -> None:
                                **GREEDY)
     assert (r2.output_text, r2.usage.input_tokens) == (whole.output_text,
                                                        whole.usage.input_tokens)
+    ask = a.responses.input_items.list(r1.id).data[0]
+    refs = [{"type": "item_reference", "id": ask.id}, {"type": "item_reference", "id": call.id},
+            result]  # stored items by id, as Codex sends them
+    by_ref = a.responses.create(input=refs, tools=TOOLS, store=False, max_output_tokens=6,
+                                **GREEDY)
+    assert by_ref.output_text == whole.output_text
+    with pytest.raises(openai.NotFoundError) as err:  # another key's items are not found
+        b.responses.create(input=refs, tools=TOOLS, **GREEDY)
+    assert err.value.body == {"message": f"Item with id {ask.id!r} not found.",
+                              "type": "invalid_request_error", "param": "input[0].id",
+                              "code": "item_not_found"}
 
 
 def test_store_false_is_not_kept(live, a) -> None:
@@ -209,6 +220,9 @@ def test_store_off_keeps_the_stateless_400s(live, a) -> None:
             assert got.status_code == 400, got.text
             assert (got.json()["error"]["param"], got.json()["error"]["code"]) == (
                 field, "unsupported")
+        got = raw(live, "POST", "/v1/responses",
+                  json={"input": [{"type": "item_reference", "id": "msg_1"}]})
+        assert got.status_code == 400 and got.json()["error"]["param"] == "input[0]"
         r = a.responses.create(input="hi", max_output_tokens=2, **GREEDY)
         assert r.store is False
         assert raw(live, "GET", f"/v1/responses/{r.id}").status_code == 404

@@ -9,7 +9,8 @@ outputs seam), function ``tools`` (flat: ``{"type": "function", "name", "paramet
 ``tool_choice``. With the response store on (``responses_store``), ``store`` (default true),
 ``previous_response_id`` (``with_context``: the previous response's items before ``input``)
 and ``background`` work as OpenAI's; with it off they are 400s (send the whole conversation
-in ``input``). ``input_items`` gives ``input`` as the items OpenAI lists (each with an id).
+in ``input``), as are ``item_reference`` items (``resolve_references``: a stored item by
+its id). ``input_items`` gives ``input`` as the items OpenAI lists (each with an id).
 
 ``truncation: "auto"`` (OpenAI's rule): an input over the context drops items from the
 beginning of the conversation until it fits; system and developer messages (and
@@ -20,6 +21,7 @@ beginning of the conversation until it fits; system and developer messages (and
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -101,6 +103,25 @@ def _check_stateless(body: ResponsesRequest) -> None:
     if body.background:  # a background response is fetched later by id: it needs a store
         raise APIError(400, "background: this server keeps no responses to fetch later; "
                        "leave background unset or false", "background", "unsupported")
+
+
+def resolve_references(body: ResponsesRequest,
+                       find: Callable[[str], dict | None]) -> ResponsesRequest:
+    """``body`` with each ``{"type": "item_reference", "id"}`` input item replaced by the
+    stored item ``find`` gives for its id (a 404 naming ``input[i].id`` if none)."""
+    if isinstance(body.input, str) or all(i.get("type") != "item_reference" for i in body.input):
+        return body
+    items = []
+    for i, item in enumerate(body.input):
+        if item.get("type") == "item_reference":
+            ref = item.get("id")
+            found = find(ref) if isinstance(ref, str) else None
+            if found is None:
+                raise APIError(404, f"Item with id {ref!r} not found.", f"input[{i}].id",
+                               "item_not_found", type="invalid_request_error")
+            item = found
+        items.append(item)
+    return body.model_copy(update={"input": items})
 
 
 def with_context(body: ResponsesRequest, context: list[dict],
@@ -191,9 +212,9 @@ def input_messages(body: ResponsesRequest) -> list[dict]:
                              "content": _text(f"{where}.output", item.get("output"))})
         elif kind == "reasoning":
             continue
-        elif kind == "item_reference":
-            raise APIError(400, f"{where}: item references are not supported; use "
-                           "previous_response_id", where, "unsupported")
+        elif kind == "item_reference":  # resolved before, with the store on
+            raise APIError(400, f"{where}: item references need the response store, which "
+                           "is off; send the item itself", where, "unsupported")
         else:
             raise APIError(400, f"{where}.type: {kind!r} items are not supported", where,
                            "unsupported")

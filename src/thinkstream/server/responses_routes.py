@@ -72,6 +72,8 @@ async def responses(request: Request) -> Response:
     check_model(state, body.model)
     R.check_state(body, state.store.enabled)
     owner, keep = request_owner(request.scope), state.store.enabled and body.store is not False
+    if state.store.enabled:
+        body = R.resolve_references(body, lambda item_id: state.store.find_item(owner, item_id))
     items = R.input_items(body) if state.store.enabled else []
     context = previous_conversation(state, owner, body.previous_response_id)
     if body.previous_response_id is not None:

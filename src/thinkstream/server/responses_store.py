@@ -84,6 +84,16 @@ class ResponseStore:
             self._items.move_to_end(key)
         return entry
 
+    def find_item(self, owner: str, item_id: str) -> dict | None:
+        """An input or output item of ``owner``'s stored responses by its id (the most
+        recently used response first), for an ``item_reference``; None if none has it."""
+        for (who, _), entry in reversed(self._items.items()):
+            if who == owner:
+                for item in entry.input_items + entry.body["output"]:
+                    if item.get("id") == item_id:
+                        return item
+        return None
+
     def pop(self, key: Key) -> StoredResponse | None:
         return self._items.pop(key, None)
 
