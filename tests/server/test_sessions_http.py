@@ -381,3 +381,28 @@ def test_a_websocket_whose_session_ended_under_it_opens_another(client: TestClie
             text += "".join(ch["delta"].get("content") or "" for ch in msg["choices"])
             msg = ws.receive_json()
         assert msg["type"] == "done" and text == want
+
+
+def test_legacy_function_turns_open_a_session_as_chat_renders_them(client: TestClient) -> None:
+    """OpenAI's deprecated ``function`` messages (and an assistant's ``function_call``) are
+    rendered as a chat request renders them (tool turns, ``legacy_functions.tool_turns``);
+    a session took them as a role "function" turn and dropped the call (another prompt,
+    another answer), and a ``function`` message without a name is the chat's 400."""
+    history = [{"role": "user", "content": "weather in Paris?"},
+               {"role": "assistant", "content": None,
+                "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+               {"role": "function", "name": "get_weather", "content": "22 C, sunny"}]
+    sampling = {"temperature": 0, "max_tokens": 8, "ignore_eos": True}
+    chat = client.post("/v1/chat/completions", headers=KEY, json={
+        "messages": [*history, {"role": "user", "content": "And tomorrow?"}], **sampling})
+    assert chat.status_code == 200, chat.text
+    r = client.post("/v1/sessions", headers=KEY, json={"messages": history, **sampling})
+    assert r.status_code == 200, r.text
+    done = client.post(f"/v1/sessions/{r.json()['id']}/close", headers=KEY,
+                       json={"text": "And tomorrow?"})
+    assert done.status_code == 200, done.text
+    assert done.json()["usage"]["prompt_tokens"] == chat.json()["usage"]["prompt_tokens"]
+    assert done.json()["choices"][0]["message"] == chat.json()["choices"][0]["message"]
+    bad = client.post("/v1/sessions", headers=KEY, json={
+        "messages": [{"role": "function", "content": "x"}], **sampling})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].name"

@@ -12,6 +12,7 @@ from typing import ClassVar
 from thinkstream.engine.request import RequestOutput
 from thinkstream.server import formatting as fmt
 from thinkstream.server import protocol as P
+from thinkstream.server.chat_tools import ToolPlan, template_messages
 from thinkstream.server.errors import APIError
 from thinkstream.server.openai_routes import chat_params, check_model
 from thinkstream.streaming.sessions import SessionInfo, UpdateResult
@@ -114,8 +115,9 @@ def open_args(state, body: SessionCreateRequest):
         if state.llm.tokenizer.chat_template is None:
             raise APIError(400, "messages: this model has no chat template; stream a prompt",
                            "messages", "no_chat_template")
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in body.messages]
+        # as a chat request without tools renders them: legacy function turns as tool turns,
+        # calls and results written as text (``chat_tools.template_messages``)
+        messages = template_messages(body.messages, ToolPlan(None, None, "auto", None))
     return body.prompt, messages, params, logprobs
 
 
