@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+import jinja2
+
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.request import RequestOutput
@@ -112,24 +114,50 @@ class LLM:
     def chat(
         self, messages: Sequence[Message] | Sequence[Sequence[Message]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-        use_tqdm: bool = False, parallel: ParallelConfig | dict | None = None, **template_kwargs,
+        use_tqdm: bool = False, parallel: ParallelConfig | dict | None = None,
+        chat_template: str | None = None, chat_template_kwargs: Mapping | None = None,
+        add_generation_prompt: bool = True, continue_final_message: bool = False,
+        tools: Sequence[dict] | None = None, **template_kwargs,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them, then generate
-        (``add_generation_prompt``, ``continue_final_message`` and template keywords as
-        ``chat_prompt`` takes them)."""
+        """Apply the chat template to one conversation or a list of them, then generate.
+        As vLLM's ``chat``: ``chat_template`` renders in place of the model's,
+        ``chat_template_kwargs`` (and any other keyword) reach the template, ``tools`` are
+        its ``tools`` variable, ``add_generation_prompt=False, continue_final_message=True``
+        continues the last message (see ``chat_prompt``)."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [self.chat_prompt(c, **template_kwargs) for c in convs]
+        extra = {"continue_final_message": continue_final_message, **template_kwargs}
+        if tools is not None:
+            extra["tools"] = list(tools)
+        prompts = [self.chat_prompt(c, add_generation_prompt, chat_template=chat_template,
+                                    chat_template_kwargs=chat_template_kwargs, **extra)
+                   for c in convs]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, parallel=parallel)
 
-    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True, *,
+                    chat_template: str | None = None, chat_template_kwargs: Mapping | None = None,
                     **template_kwargs) -> list[int]:
         """The prompt ids of a conversation (special-token text in messages is plain text
         unless ``allow_special_tokens_in_content``). As vLLM's ``chat``: assistant prefill is
         ``add_generation_prompt=False, continue_final_message=True`` (the model continues the
-        last message); other keywords reach the template (``enable_thinking=False``)."""
-        return self.tokenizer.encode_chat(
-            list(messages), add_generation_prompt, allow_special_tokens_in_content=(
-                self.engine.config.allow_special_tokens_in_content), **template_kwargs)
+        last message); ``chat_template`` (jinja source) renders in place of the model's;
+        ``chat_template_kwargs`` and other keywords reach the template
+        (``enable_thinking=False``). A template that does not compile is a ``ParamError``
+        naming ``chat_template``, one that rejects the messages one naming ``messages``."""
+        kwargs = dict(chat_template_kwargs or {})
+        if clash := sorted(set(kwargs) & {"messages", "add_generation_prompt", "chat_template",
+                                          *template_kwargs}):
+            raise ParamError("chat_template_kwargs", f"{clash[0]!r} is also given as an argument")
+        try:
+            return self.tokenizer.encode_chat(
+                list(messages), add_generation_prompt, chat_template=chat_template,
+                allow_special_tokens_in_content=self.engine.config.allow_special_tokens_in_content,
+                **kwargs, **template_kwargs)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ParamError("chat_template", f"does not compile (line {exc.lineno}: "
+                             f"{exc.message})") from None
+        except (jinja2.TemplateError, TypeError) as exc:  # raise_exception(), an undefined name
+            raise ParamError("messages", f"the chat template rejected them "
+                             f"({type(exc).__name__}: {exc})") from None
 
     def threads(self, prompt: Prompt, sampling_params: SamplingParams | None = None,
                 limits: ThreadLimits | None = None) -> Threads:

@@ -1,6 +1,7 @@
-"""``LLM.generate`` takes its inputs as vLLM's does: vLLM's prompt dicts and one
-``SamplingParams`` per prompt. A dict prompt was read as the list of its keys (the model
-answered the text "prompt"), a list of params raised ``AttributeError``."""
+"""``LLM`` takes its inputs as vLLM's does: vLLM's prompt dicts and one ``SamplingParams``
+per prompt (a dict prompt was read as the list of its keys, a list of params raised
+``AttributeError``); ``chat``'s template arguments; ``stream`` with parallel paths; ``n``
+capped."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from helpers.tiny import tiny_checkpoint
 
 from thinkstream.engine.llm_engine import RequestError
 from thinkstream.llm import LLM
+from thinkstream.loading.chat_template import NoChatTemplateError
 from thinkstream.sampling_params import ParamError, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=4)
@@ -76,3 +78,44 @@ def test_chat_continues_the_final_message_as_vllm_does(llm: LLM) -> None:
     plain = llm.chat(convo[:1], GREEDY, add_generation_prompt=False)[0]
     assert llm.tokenizer.decode(plain.prompt_token_ids, skip_special_tokens=False).endswith(
         "hi<|im_end|>\n")
+
+
+TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{{ suffix }}{% endif %}")
+
+
+def test_chat_template_renders_in_place_of_the_models(llm: LLM) -> None:
+    """vLLM's ``chat(chat_template=..., chat_template_kwargs=...)``: the template was passed
+    to the model's template as a variable named ``chat_template`` (ChatML rendered anyway)
+    and ``chat_template_kwargs`` as one named so; a template that does not compile or that
+    rejects the messages is a ``ParamError`` naming the input at fault."""
+    convo = [{"role": "user", "content": "hi"}]
+    out = llm.chat(convo, GREEDY, chat_template=TEMPLATE, chat_template_kwargs={"suffix": ":"})
+    want = llm.tokenizer.encode("[user] hi\n[assistant]:", add_special_tokens=False)
+    assert out[0].prompt_token_ids == want
+    assert out[0].outputs[0].token_ids == tokens(llm.generate([want], GREEDY))[0]
+    assert llm.chat_prompt(convo, chat_template=TEMPLATE, suffix=":") == want
+    assert llm.chat(convo, GREEDY, tools=[{"type": "function", "function": {"name": "f"}}],
+                    chat_template="{{ tools[0].function.name }}")[0].prompt_token_ids \
+        == llm.tokenizer.encode("f", add_special_tokens=False)
+    for bad, param, text in (
+            ("{% for %}", "chat_template", "chat_template does not compile (line 1: "),
+            ("{{ raise_exception('no system turn') }}", "messages",
+             "messages the chat template rejected them (TemplateError: no system turn)")):
+        with pytest.raises(ParamError) as err:
+            llm.chat(convo, GREEDY, chat_template=bad)
+        assert err.value.param == param and str(err.value).startswith(text), str(err.value)
+    with pytest.raises(ParamError) as err:
+        llm.chat(convo, GREEDY, chat_template_kwargs={"add_generation_prompt": False})
+    assert err.value.param == "chat_template_kwargs"
+    plain = llm.tokenizer.chat_template
+    llm.tokenizer.chat_template = None  # a base model: its own template is none
+    try:
+        assert llm.chat_prompt(convo, chat_template=TEMPLATE) == llm.tokenizer.encode(
+            "[user] hi\n[assistant]", add_special_tokens=False)
+        with pytest.raises(NoChatTemplateError):
+            llm.chat_prompt(convo)
+    finally:
+        llm.tokenizer.chat_template = plain
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+

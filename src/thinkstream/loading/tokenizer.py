@@ -134,16 +134,19 @@ class Tokenizer:
         messages: list[dict],
         add_generation_prompt: bool = True,
         tokenize: bool = False,
+        *,
+        chat_template: str | None = None,
         **template_kwargs: Any,
     ) -> str | list[int]:
-        """Render ``messages`` with the model's template (as transformers does); ids if ``tokenize``."""
-        if self.chat_template is None:
+        """Render ``messages`` with the model's template, or ``chat_template`` in its place
+        (as transformers does); ids if ``tokenize``."""
+        source = chat_template if chat_template is not None else self.chat_template
+        if source is None:
             raise NoChatTemplateError(
                 "this model has no chat template; pass a plain-text prompt instead"
             )
         text = render_chat(
-            self.chat_template, messages, add_generation_prompt, self.special_tokens,
-            **template_kwargs,
+            source, messages, add_generation_prompt, self.special_tokens, **template_kwargs,
         )
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
@@ -153,16 +156,19 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         *,
         allow_special_tokens_in_content: bool = False,
+        chat_template: str | None = None,
         **template_kwargs: Any,
     ) -> list[int]:
         """The ids a server should feed the model for ``messages``: those of
-        ``apply_chat_template(tokenize=True)``, except that special-token text inside a
-        message is tokenized as plain text (see ``chat_encode``) unless
-        ``allow_special_tokens_in_content``."""
+        ``apply_chat_template(tokenize=True)`` (``chat_template``: in place of the model's),
+        except that special-token text inside a message is tokenized as plain text (see
+        ``chat_encode``) unless ``allow_special_tokens_in_content``."""
+        if chat_template is not None:
+            template_kwargs["chat_template"] = chat_template
         if allow_special_tokens_in_content:
             return list(self.apply_chat_template(messages, add_generation_prompt, tokenize=True,
                                                  **template_kwargs))
-        if self.chat_template is None:
+        if self.chat_template is None and chat_template is None:
             raise NoChatTemplateError(
                 "this model has no chat template; pass a plain-text prompt instead"
             )
