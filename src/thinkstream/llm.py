@@ -94,11 +94,16 @@ class LLM:
         prompt, then a summary / vote (``outputs[0].paths``; ``parallel.paths``)."""
         items = _as_prompt_list(prompts)
         plist = _params_list(sampling_params, len(items))
+        return self._run(self._start(items, plist, parallel), use_tqdm)
+
+    def _start(self, items: list[Prompt], plist: list[SamplingParams],
+               parallel: ParallelConfig | dict | None) -> list[str]:
+        """Validate every request first, then queue them (and fork their paths); the ids."""
         cfgs = [parallel_config(params, parallel) for params in plist]
         states = [self.engine.make_request(None, p, params, input_closed=cfg is None)
                   for p, params, cfg in zip(items, plist, cfgs, strict=True)]  # validate all first
         if any(c is not None for c in cfgs) and any(not s.prompt_token_ids for s in states):
-            raise ParamError("prompt", "prompt: must not be empty")
+            raise ParamError("prompt", "must not be empty")
         ids = []
         try:
             for s, cfg in zip(states, cfgs, strict=True):
@@ -109,7 +114,7 @@ class LLM:
             for rid in ids:
                 self.engine.abort(rid)
             raise
-        return self._run(ids, use_tqdm)
+        return ids
 
     def chat(
         self, messages: Sequence[Message] | Sequence[Sequence[Message]],
@@ -165,12 +170,15 @@ class LLM:
         return Threads(self, prompt, sampling_params, limits)
 
     def stream(
-        self, prompt: Prompt | Mapping, sampling_params: SamplingParams | None = None
+        self, prompt: Prompt | Mapping, sampling_params: SamplingParams | None = None, *,
+        parallel: ParallelConfig | dict | None = None,
     ) -> Iterator[RequestOutput]:
-        """Yield the request's output after every step; ``outputs[i].new_text`` is the delta.
-        Closing the iterator early aborts the request; aborting the request (``engine.abort``)
-        ends the iterator."""
-        return self._follow(self.engine.add_request(None, _as_prompt(prompt), sampling_params))
+        """Yield the request's output after every step; ``outputs[i].new_text`` is the delta
+        (with ``parallel``, as ``generate`` takes it: ``outputs[0].new_paths`` are the paths'
+        deltas, ``(path, text)``, then the answer's text follows). Closing the iterator early
+        aborts the request; aborting the request (``engine.abort``) ends the iterator."""
+        [rid] = self._start([_as_prompt(prompt)], _params_list(sampling_params, 1), parallel)
+        return self._follow(rid)
 
     def _follow(self, rid: str) -> Iterator[RequestOutput]:
         finished = False

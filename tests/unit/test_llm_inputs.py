@@ -119,3 +119,28 @@ def test_chat_template_renders_in_place_of_the_models(llm: LLM) -> None:
         llm.tokenizer.chat_template = plain
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
 
+
+def test_stream_takes_parallel_paths_as_generate_does(llm: LLM) -> None:
+    """``stream(..., parallel=...)`` was a ``TypeError``: its last output is ``generate``'s,
+    the paths' deltas (``new_paths``) add up to its ``paths``; closing it early frees all."""
+    params = SamplingParams(temperature=0.8, seed=3, max_tokens=4, ignore_eos=True)
+    par = {"paths": 2, "path_tokens": 3, "merge": "summary"}
+    want = llm.generate("The quick brown fox", params, parallel=par)[0].outputs[0]
+    outs = list(llm.stream("The quick brown fox", params, parallel=par))
+    got = outs[-1].outputs[0]
+    assert (got.text, got.token_ids, got.paths) == (want.text, want.token_ids, want.paths)
+    assert len(got.paths) == 2 and "".join(o.outputs[0].new_text for o in outs) == got.text
+    for i, path in enumerate(got.paths):
+        assert "".join(t for o in outs for k, t in o.outputs[0].new_paths if k == i) == path
+    it = llm.stream("The quick brown fox", params, parallel=par)
+    next(it)
+    it.close()
+    with pytest.raises(ParamError) as err:
+        llm.stream([], params, parallel=par)
+    assert str(err.value) == "prompt must not be empty"
+    with pytest.raises(ParamError) as err:
+        llm.stream("The quick", SamplingParams(n=2), parallel=par)
+    assert err.value.param == "n"
+    llm.engine.check_integrity()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
+
