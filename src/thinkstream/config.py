@@ -134,6 +134,9 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 1024
+    # The most sequences one request may ask for (SamplingParams.n; all n are made when it
+    # is queued): past it a ParamError naming n (the server caps n lower, at its --max-n)
+    max_n: int = 1024
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     enable_prefix_caching: bool = True
     seed: int = 0
@@ -192,6 +195,8 @@ class EngineConfig:
             raise ValueError("max_num_seqs must be >= 1")
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.max_n < 1:
+            raise ValueError("max_n must be >= 1")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ValueError(f"num_threads must be None or an integer >= 1, got {self.num_threads!r}")
         if self.max_model_len is not None and self.max_model_len < 1:

@@ -144,3 +144,23 @@ def test_stream_takes_parallel_paths_as_generate_does(llm: LLM) -> None:
     llm.engine.check_integrity()
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
 
+
+def test_n_is_capped_and_an_n_past_the_pool_finishes(llm: LLM) -> None:
+    """A huge ``n`` made its sequences one by one before anything ran (``n=10**9``: minutes,
+    then out of memory); now a ``ParamError`` naming ``n`` past ``EngineConfig.max_n``. An
+    ``n`` above ``max_num_seqs`` whose sequences never fit the pool together still ends."""
+    with pytest.raises(ParamError) as err:
+        llm.generate("The quick", SamplingParams(n=10**9))
+    assert (err.value.param, str(err.value)) == (
+        "n", "n must be <= 1024 (EngineConfig.max_n), got 1000000000")
+    small = LLM(checkpoint=tiny_checkpoint(), dtype="float32", num_blocks=6, block_size=4,
+                max_num_seqs=4, max_n=9)
+    for call in (lambda p: small.generate("The quick", p), lambda p: small.stream("x", p),
+                 lambda p: small.open_session("x", sampling_params=p)):
+        with pytest.raises(ParamError, match="n must be <= 9 "):
+            call(SamplingParams(n=10))
+    out = small.generate([5, 6, 7, 8, 9], SamplingParams(n=9, max_tokens=6, ignore_eos=True,
+                                                         seed=0))[0]
+    assert [len(o.token_ids) for o in out.outputs] == [6] * 9
+    small.engine.check_integrity()
+    assert small.engine.kv.num_free_blocks == small.engine.kv.num_blocks

@@ -212,9 +212,11 @@ class LLMEngine(OpenInputs):
                                           salt=salt))
 
     def check_params(self, params: SamplingParams) -> None:
-        """What ``SamplingParams`` cannot check alone: ``logit_bias`` and ``stop_token_ids``
-        ids in the vocabulary, ``logprobs`` / ``prompt_logprobs`` at most its size, a
-        ``structured_outputs`` constraint that compiles (``self.structured``, cached)."""
+        """What ``SamplingParams`` cannot check alone: ``n`` at most ``config.max_n``;
+        ``logit_bias`` and ``stop_token_ids`` in the vocabulary, ``logprobs`` / ``prompt_logprobs``
+        at most its size; a ``structured_outputs`` constraint that compiles (cached)."""
+        if params.n > self.config.max_n:  # its n sequences are made at once: never an OOM
+            raise ParamError("n", f"must be <= {self.config.max_n} (EngineConfig.max_n), got {params.n}")
         vocab = self.model_config.vocab_size
         if any(t >= vocab for t, _ in params.logit_bias):
             raise ParamError("logit_bias", f"token ids must be in the vocabulary (0..{vocab - 1})")
@@ -346,10 +348,8 @@ class LLMEngine(OpenInputs):
 
     def input_ids(self, request_id: str) -> list[int]:
         """The prompt (input) ids a request holds now."""
-        state = self.requests.get(request_id)
-        if state is None:
-            return []
-        return list(state.seqs[0].token_ids[: state.seqs[0].num_prompt_tokens])
+        seq = state.seqs[0] if (state := self.requests.get(request_id)) is not None else None
+        return list(seq.token_ids[: seq.num_prompt_tokens]) if seq is not None else []
 
     def sequence_ids(self, request_id: str) -> list[str]:
         state = self.requests.get(request_id)
