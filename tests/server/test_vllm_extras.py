@@ -378,6 +378,23 @@ def test_chat_echo_puts_the_last_message_before_the_answer(server) -> None:
     assert all(len(entry) == 1 for entry in plp[1:])
 
 
+
+def test_chat_answer_role_is_the_continued_messages(server) -> None:
+    """vLLM's rule (``get_chat_request_role``): without ``add_generation_prompt`` the answer
+    continues the last message, so it has that message's role (was always "assistant"),
+    in the message and in the streamed role delta."""
+    for last, cont in (("assistant", True), ("user", True), ("user", False)):
+        body = {"messages": [*CHAT_HI["messages"][:1] * (last == "assistant"),
+                             {"role": last, "content": "It is"}],
+                "max_tokens": 2, "add_generation_prompt": False,
+                "continue_final_message": cont}
+        message = post(server, "/v1/chat/completions", body).json()["choices"][0]["message"]
+        assert message["role"] == last
+        chunks = events(post(server, "/v1/chat/completions", {**body, "stream": True}))
+        assert chunks[0]["choices"][0]["delta"] == {"role": last, "content": ""}
+    message = post(server, "/v1/chat/completions", CHAT_HI).json()["choices"][0]["message"]
+    assert message["role"] == "assistant"
+
 def test_return_tokens_as_token_ids_names_logprob_tokens_by_id(server) -> None:
     body = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "logprobs": 2}
     plain = post(server, "/v1/completions", body).json()["choices"][0]

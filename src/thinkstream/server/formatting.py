@@ -290,6 +290,7 @@ class ChatView(_View):
     parser: ParserSpec = field(default_factory=ParserSpec)  # reasoning and tool calls
     echo: str = field(default="", kw_only=True)  # vLLM's chat echo (``vllm_fields.chat_echo``)
     prompt_token_ids: list[int] = field(default_factory=list, kw_only=True)  # return_token_ids
+    role: str = field(default="assistant", kw_only=True)  # ``vllm_fields.response_role``
 
     def prompt_tokens_of(self, idx: int) -> int:
         return self.num_prompt_tokens
@@ -305,7 +306,7 @@ class ChatView(_View):
 
     def message(self, o: CompletionOutput) -> tuple[dict, str | None]:
         """The assistant message of a finished choice and its finish reason."""
-        message: dict = {"role": "assistant", "content": o.text}
+        message: dict = {"role": self.role, "content": o.text}
         reason = o.finish_reason
         if self.parser.active:
             parsed = parse_output(self.parser.make(), o.text)
@@ -380,7 +381,7 @@ class ChatView(_View):
                      include_usage: bool) -> AsyncIterator[dict]:
         sent = self._sent
         for idx in range(self.n):  # the role comes first, as OpenAI sends it
-            role = self.chunk([{"index": idx, "delta": {"role": "assistant", "content": ""},
+            role = self.chunk([{"index": idx, "delta": {"role": self.role, "content": ""},
                                 "logprobs": None, "finish_reason": None}])
             yield {**role, "prompt_token_ids": self.prompt_token_ids} \
                 if self.return_token_ids else role

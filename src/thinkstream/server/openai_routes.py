@@ -49,6 +49,7 @@ from thinkstream.server.vllm_fields import (
     prompt_logprobs_k,
     refuse_unhonoured,
     refused_for,
+    response_role,
     without_reasoning,
 )
 
@@ -450,6 +451,7 @@ async def chat_completions(request: Request) -> Response:
                         len(chat.ids), None if hidden else chat.logprobs, chat.params.n,
                         chat.parser, echo=chat_echo(body.messages, body.add_generation_prompt)
                         if body.echo else "", prompt_token_ids=chat.ids,
+                        role=response_role(body.messages, body.add_generation_prompt),
                         **{**options, "return_token_ids": options["return_token_ids"]
                            and not hidden})
 

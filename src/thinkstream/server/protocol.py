@@ -365,7 +365,7 @@ class ResponseToolCall(BaseModel):
 
 
 class ChatResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
+    role: str = "assistant"  # the last message's without add_generation_prompt (as vLLM)
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ResponseToolCall] | None = None

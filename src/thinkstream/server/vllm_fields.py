@@ -175,13 +175,18 @@ def running_usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def response_role(messages: list, add_generation_prompt: bool) -> str:
+    """The role of a chat answer (vLLM's ``get_chat_request_role``): ``assistant`` with
+    ``add_generation_prompt``, else the last message's own (the text continues it)."""
+    return "assistant" if add_generation_prompt else messages[-1].role
+
+
 def chat_echo(messages: list, add_generation_prompt: bool) -> str:
     """What ``echo`` puts before a chat answer (vLLM's rule): the last message's content
-    when its role is the response's role (``assistant`` with ``add_generation_prompt``,
-    else the last message's own role, so always), else nothing."""
+    when its role is the response's role (``response_role``: always without
+    ``add_generation_prompt``), else nothing."""
     last = messages[-1]
-    role = "assistant" if add_generation_prompt else last.role
-    return last.text() if last.role == role else ""
+    return last.text() if last.role == response_role(messages, add_generation_prompt) else ""
 
 
 _REASONING = ("reasoning_content", "paths", "path")
