@@ -106,3 +106,23 @@ def test_the_cli_parses_without_torch() -> None:
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_bench_and_serve_help_load_no_torch() -> None:
+    """``thinkstream bench --help`` and every ``bench <sub> --help`` (and ``serve --help``)
+    build their parsers without torch: ``bench --help`` took ~2.7 s (the side-by-side and
+    parallel benchmarks imported torch at their top for their run functions)."""
+    code = ("import contextlib, io, sys\n"
+            "from thinkstream.cli import build_parser\n"
+            "def helped(argv):\n"
+            "    buf = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):\n"
+            "        build_parser(argv[0]).parse_args(argv)\n"
+            "    return buf.getvalue()\n"
+            "subs = helped(['bench', '--help']).split('{')[1].split('}')[0].split(',')\n"
+            "for sub in subs:\n"
+            "    assert helped(['bench', sub, '--help']).startswith(f'usage: thinkstream bench {sub} '), sub\n"
+            "assert helped(['serve', '--help']).startswith('usage: thinkstream serve ')\n"
+            "print(len(subs), sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "12 []", out.stdout

@@ -31,7 +31,6 @@ from typing import Any
 from thinkstream.bench import parallel_report as rep
 from thinkstream.bench.report import add_run_arguments, emit, positive_int
 from thinkstream.bench.think_tasks import extract, make_tasks
-from thinkstream.parallel.api import Threads
 from thinkstream.parallel.config import ParallelConfig
 from thinkstream.sampling_params import SamplingParams
 
@@ -80,6 +79,8 @@ def _paths_text(llm: Any, length: int) -> list[list[int]]:
 def join_once(llm: Any, length: int, summary: list[int], llamacpp: Any,
               reprefill: bool = True) -> dict:
     """Part (b), one size: time to the first summary token by join (and by re-prefill)."""
+    from thinkstream.parallel.api import Threads  # torch: not for `bench parallel --help`
+
     ids = _prompt(llm, QUESTION)
     greedy = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
     t = Threads(llm, ids, greedy)

@@ -24,12 +24,9 @@ import sys
 import time
 from typing import Any
 
-import torch
-
 from thinkstream.bench.report import cpu_record
 from thinkstream.bench.runner import LocalPeer, PeerSpec
 from thinkstream.bench.workloads import decode_workload, prefill_workload
-from thinkstream.kernels.cpu import detect_cpu
 
 PEERS = {
     "thinkstream (default)": ("thinkstream", {"dtype": "auto", "quantization": "auto"}),
@@ -107,6 +104,8 @@ def _measure(args: argparse.Namespace, peers: dict[str, LocalPeer]) -> dict[str,
     rows = {w: {n: {"wall_tok_s": _rate(w, works[w], statistics.median(wall[n, w])),
                     "cpu_tok_s": _rate(w, works[w], statistics.median(cpu[n, w]))}
                 for n in peers} for w in works}
+    import torch  # here, not at the top: `thinkstream bench side-by-side --help` loads no torch
+
     return {"schema": "thinkstream-side-by-side/1", "cpu": cpu_record(),
             "threads": args.threads, "reps": args.reps, "torch": torch.__version__,
             "command": _command(),
@@ -170,6 +169,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run, print the table (CPU time, wall time in parentheses), write ``--json``."""
+    import torch
+
+    from thinkstream.kernels.cpu import detect_cpu
+
     torch.set_num_threads(args.threads)
     report = run(args)
     print(f"{detect_cpu().describe()}; {args.threads} thread(s); tokens/s CPU time (wall)")
