@@ -10,6 +10,7 @@ import jinja2
 from thinkstream.config import EngineConfig
 from thinkstream.engine.llm_engine import LLMEngine
 from thinkstream.engine.request import RequestOutput
+from thinkstream.loading.tokenizer import Tokenizer
 from thinkstream.parallel.api import Threads
 from thinkstream.parallel.config import ParallelConfig, ThreadLimits, parallel_config
 from thinkstream.parallel.paths import start_paths
@@ -81,6 +82,10 @@ class LLM:
         self.engine = LLMEngine(model, config, checkpoint=checkpoint)
         self.tokenizer = self.engine.tokenizer
         self._sessions: SessionManager | None = None
+
+    def get_tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (vLLM's name; also ``llm.tokenizer``)."""
+        return self.tokenizer
 
     def generate(
         self, prompts: Prompt | Mapping | Sequence[Prompt | Mapping],

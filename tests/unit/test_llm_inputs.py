@@ -9,6 +9,7 @@ import pytest
 from helpers.tiny import tiny_checkpoint
 
 from thinkstream.engine.llm_engine import RequestError
+from thinkstream.engine.request import CompletionOutput, Logprob
 from thinkstream.llm import LLM
 from thinkstream.loading.chat_template import NoChatTemplateError
 from thinkstream.sampling_params import ParamError, SamplingParams
@@ -164,3 +165,20 @@ def test_n_is_capped_and_an_n_past_the_pool_finishes(llm: LLM) -> None:
     assert [len(o.token_ids) for o in out.outputs] == [6] * 9
     small.engine.check_integrity()
     assert small.engine.kv.num_free_blocks == small.engine.kv.num_blocks
+
+
+def test_vllm_names_cumulative_logprob_and_get_tokenizer(llm: LLM) -> None:
+    """vLLM's ``CompletionOutput.cumulative_logprob`` (None without ``logprobs``) and
+    ``LLM.get_tokenizer()`` were ``AttributeError``s."""
+    scored = SamplingParams(temperature=0, max_tokens=4, logprobs=1, ignore_eos=True)
+    for out in (llm.generate("The quick brown fox", scored)[0],
+                [*llm.stream("The quick brown fox", scored)][-1]):
+        o = out.outputs[0]
+        assert len(o.token_ids) == 4  # the tiny model is sure of its tokens: a sum of zeros
+        assert o.cumulative_logprob == sum(e[t].logprob for t, e in zip(o.token_ids, o.logprobs,
+                                                                        strict=True))
+    two = CompletionOutput(0, "ab", [7, 9], [{7: Logprob(-0.5, 1, "a"), 3: Logprob(-1.5, 2, "c")},
+                                            {9: Logprob(-0.25, 2, "b")}], "length")
+    assert two.cumulative_logprob == -0.75
+    assert llm.generate("The quick brown fox", GREEDY)[0].outputs[0].cumulative_logprob is None
+    assert llm.get_tokenizer() is llm.tokenizer

@@ -226,6 +226,13 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def cumulative_logprob(self) -> float | None:
+        """vLLM's: the sum of the chosen tokens' log-probabilities (None without ``logprobs``)."""
+        if self.logprobs is None:
+            return None
+        return sum(entry[t].logprob for t, entry in zip(self.token_ids, self.logprobs, strict=False))
+
 
 @dataclass
 class RequestOutput:
