@@ -135,7 +135,9 @@ class LLM:
         its ``tools`` variable, ``add_generation_prompt=False, continue_final_message=True``
         continues the last message (see ``chat_prompt``)."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        extra = {"continue_final_message": continue_final_message, **template_kwargs}
+        extra = dict(template_kwargs)  # unset, chat_template_kwargs may set it (as vLLM merges)
+        if continue_final_message:
+            extra["continue_final_message"] = True
         if tools is not None:
             extra["tools"] = list(tools)
         prompts = [self.chat_prompt(c, add_generation_prompt, chat_template=chat_template,

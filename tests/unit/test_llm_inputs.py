@@ -109,6 +109,10 @@ def test_chat_template_renders_in_place_of_the_models(llm: LLM) -> None:
     with pytest.raises(ParamError) as err:
         llm.chat(convo, GREEDY, chat_template_kwargs={"add_generation_prompt": False})
     assert err.value.param == "chat_template_kwargs"
+    prefill = [*convo, {"role": "assistant", "content": "The cap"}]  # as vLLM merges them
+    assert llm.chat(prefill, GREEDY, add_generation_prompt=False, chat_template_kwargs={
+        "continue_final_message": True})[0].prompt_token_ids == llm.chat_prompt(
+            prefill, False, continue_final_message=True)
     plain = llm.tokenizer.chat_template
     llm.tokenizer.chat_template = None  # a base model: its own template is none
     try:
