@@ -5,8 +5,7 @@ them and samples, the scheduler records the tokens, the output processor turns t
 text. Features plug in at fixed points of those phases (``engine.hooks``: step hooks and
 the owners of attached sequences), never as a branch here. Everything the engine owns (KV
 pool, scheduler, model) is created here and passed down; nothing is global, and torch's
-thread count is changed only for the duration of a step (``intra_op_threads``).
-"""
+thread count is changed only for the duration of a step (``intra_op_threads``)."""
 
 from __future__ import annotations
 
@@ -109,9 +108,10 @@ class LLMEngine(OpenInputs):
                           for m in [mcfg, *pool_models(spec)])
         num_blocks = cfg.num_blocks or max(1, cfg.kv_cache_memory // block_bytes)
         self.max_model_len = min(self.context_len, num_blocks * cfg.block_size)
-        if self.max_model_len < self.context_len:
-            log.warning("the KV cache holds %d tokens (%d blocks): sequences are capped at that "
-                        "(context %d)", self.max_model_len, num_blocks, self.context_len)
+        if self.max_model_len < self.context_len:  # a warning only against an asked length
+            (log.info if cfg.max_model_len is None else log.warning)("the KV cache holds %d tokens "
+                "(%d blocks): sequences are capped at that (context %d)", self.max_model_len,
+                num_blocks, self.context_len)
         self.kv = KVCacheManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
