@@ -6,8 +6,13 @@ whole conversation sent), ``store: false``, LRU eviction, owners, and ``backgrou
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
 import signal
+import threading
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -63,6 +68,13 @@ def raw(live, method: str, path: str, key: str = A, **kw) -> httpx.Response:
 def not_found(rid: str) -> dict:
     return {"error": {"message": f"Response with id '{rid}' not found.",
                       "type": "invalid_request_error", "param": None, "code": None}}
+
+
+def metric_counts(text: str) -> dict[str, float]:
+    """End-to-end latency observations (``e2e``) and finished sequences by reason."""
+    found = re.findall(r'^thinkstream_(?:e2e_request_latency_seconds_count|request_success_total)'
+                       r'\{(?:finished_reason="(\w+)",)?model_name="tiny"\} (\S+)$', text, re.M)
+    return {reason or "e2e": float(value) for reason, value in found}
 
 
 def finished(client, rid: str):
@@ -296,22 +308,87 @@ def test_background_stream_outlives_its_client_and_resumes(live, a) -> None:
     live.wait_idle()
 
 
+def test_many_background_responses_end_and_leave_nothing(live, a) -> None:
+    """24 background responses at once, more than the 16 running slots (a third streamed):
+    the 20 short ones end at their limit, the 4 long ones are cancelled while they run (two
+    by /cancel, two by DELETE). Then the KV pool is full, no response is left running
+    (tasks, ledger), and /metrics counts every one, end-to-end latency included (streamed
+    and background responses were not observed)."""
+    before = metric_counts(raw(live, "GET", "/metrics").text)
+
+    async def run() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30,
+                                     headers={"Authorization": f"Bearer {A}"}) as c:
+            made = await asyncio.gather(*(c.post("/v1/responses", json={
+                "input": f"story {i}", "max_output_tokens": 200 if i < 4 else 4,
+                "ignore_eos": True, "background": True, "stream": i >= 4 and i % 3 == 0})
+                for i in range(24)))
+            ids = [r.headers["x-request-id"] for r in made]
+            ends = await asyncio.gather(*(c.post(f"/v1/responses/{rid}/cancel") for rid in ids[:2]),
+                                        *(c.delete(f"/v1/responses/{rid}") for rid in ids[2:4]))
+            return made, ends
+
+    forward = live.engine.runner.forward
+    slow_down(live.llm, 0.01)
+    try:
+        made, ends = asyncio.run(run())
+    finally:
+        live.engine.runner.forward = forward
+    ids = [r.headers["x-request-id"] for r in made]
+    assert [e.json()["status"] for e in ends[:2]] == ["cancelled"] * 2
+    assert [e.json() for e in ends[2:]] == [
+        {"id": rid, "object": "response", "deleted": True} for rid in ids[2:4]]
+    assert [r.status_code for r in made] == [200] * 24
+    streamed = [r for i, r in enumerate(made) if i >= 4 and i % 3 == 0]
+    for r in streamed:  # each tail ran to the response's last event
+        last = [json.loads(ln[6:]) for ln in r.text.splitlines() if ln.startswith("data: ")][-1]
+        assert (last["type"], last["response"]["status"]) == ("response.incomplete",
+                                                              "incomplete")
+    wait_for(lambda: not live.state.background, what="the background tasks' ends")
+    live.wait_idle()
+    assert not live.state.responses.running
+    store, owner = live.state.store, owner_name(A)
+    assert Counter(store.get((owner, rid)).body["status"] for rid in ids[:2] + ids[4:]) == {
+        "incomplete": 20, "cancelled": 2}
+    assert [store.get((owner, rid)) for rid in ids[2:4]] == [None, None]
+    after = metric_counts(raw(live, "GET", "/metrics").text)
+    assert {k: after.get(k, 0) - before.get(k, 0) for k in after} == {
+        "e2e": 24, "length": 20, "abort": 4}
+
+
 def test_drain_cancels_background_work(llm) -> None:
+    """A drain's end cancels every background response still running, streamed ones too
+    (their tails end with the cancelled object), and leaves nothing running."""
     config = ServerConfig(served_model_name="tiny", shutdown_timeout=0.0)
     forward = llm.engine.runner.forward
     slow_down(llm, 0.01)
+    tail: list[str] = []
+
+    def follow(url: str) -> None:
+        with httpx.stream("POST", url + "/v1/responses", timeout=30, json={
+                "input": "Go on", "max_output_tokens": 200, "ignore_eos": True,
+                "background": True, "stream": True, "request_id": "resp_tail"}) as s:
+            tail.extend(ln for ln in s.iter_lines() if ln.startswith("data: "))
+
     try:
         with live_server(llm, config) as live:
-            r = httpx.post(live.url + "/v1/responses", timeout=30, json={
-                "input": "Go on", "max_output_tokens": 200, "ignore_eos": True,
-                "background": True}).json()
-            wait_for(lambda: (st := llm.engine.requests.get(r["id"])) is not None
-                     and st.seqs[0].num_output_tokens > 1)
+            ids = [httpx.post(live.url + "/v1/responses", timeout=30, json={
+                "input": f"Go on {i}", "max_output_tokens": 200, "ignore_eos": True,
+                "background": True}).json()["id"] for i in range(3)] + ["resp_tail"]
+            reader = threading.Thread(target=follow, args=(live.url,))
+            reader.start()
+            wait_for(lambda: all((st := llm.engine.requests.get(rid)) is not None
+                                 and st.seqs[0].num_output_tokens > 1 for rid in ids))
             live.server.handle_exit(signal.SIGTERM, None)
             live.thread.join(10)
-            assert not live.thread.is_alive()
-            entry = live.state.store.get(("anonymous", r["id"]))
-            assert entry.body["status"] == "cancelled" and not live.state.background
+            reader.join(10)
+            assert not live.thread.is_alive() and not reader.is_alive()
+            assert [live.state.store.get(("anonymous", rid)).body["status"]
+                    for rid in ids] == ["cancelled"] * 4
+            assert json.loads(tail[-1][6:])["response"]["status"] == "cancelled"
+            state = live.state
+            assert not state.background and not state.responses.running and not state.live
+            assert metric_counts(state.metrics.render().decode())["abort"] >= 4
     finally:
         llm.engine.runner.forward = forward
     wait_pool_full(llm)

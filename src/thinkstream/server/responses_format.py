@@ -226,4 +226,6 @@ class ResponsesView:
             kind = "response.completed" if status == "completed" else "response.incomplete"
             yield builder.event(kind, response=self.body(status, builder.items, self._usage(out),
                                                          incomplete))
-            return
+            break
+        async for _ in outputs:  # nothing more comes: the job ends its own way (timer, release)
+            pass
