@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import zlib
 
 import httpx
 import pytest
@@ -47,7 +49,13 @@ WEATHER = {"city": "Paris"}
 
 def reply(prompt: str) -> str:
     last = prompt.rsplit("<|im_start|>", 2)[-2] if "<|im_start|>" in prompt else prompt
+    if "[recall]" in last:  # short (a token a step): what reached the model, as a digest
+        return heard(re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S))
     return next((text for marker, text in RULES if marker in last), "Hello there.")
+
+
+def heard(user_turns: list[str]) -> str:
+    return f"Heard {len(user_turns)}: {zlib.crc32('|'.join(user_turns).encode()):08x}"
 
 
 def scripted_llm() -> AsyncLLM:
@@ -315,6 +323,88 @@ def test_openai_agents_agent_with_a_function_tool(server) -> None:
 
     assert asyncio.run(run()) == ("It is sunny in Paris.", "It is sunny in Paris.")
     assert seen == ["Paris", "Paris"]
+
+
+def test_openai_agents_chain_turns_by_previous_response_id(server) -> None:
+    """openai-agents on the stored responses: a run continuing the last one by
+    ``previous_response_id`` (plain and streamed) gets the answer of the whole conversation
+    sent, and ``auto_previous_response_id`` sends a tool's result alone, chained by id."""
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)
+    sent: list[dict] = []
+
+    async def record(request: httpx.Request) -> None:
+        if request.method == "POST":
+            sent.append(json.loads(request.content))
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return f"22 C and sunny in {city}"
+
+    async def run() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0,
+                                    http_client=httpx.AsyncClient(
+                                        event_hooks={"request": [record]}))
+        model = agents.OpenAIResponsesModel(model="tiny", openai_client=client)
+        agent = agents.Agent(name="weather", instructions="Answer questions about the weather.",
+                             tools=[get_weather], model=model)
+        first = await agents.Runner.run(agent, "What is the weather in Paris?",
+                                        auto_previous_response_id=True)
+        ask = "[recall] what did I ask?"
+        chained = await agents.Runner.run(agent, ask, previous_response_id=first.last_response_id)
+        whole = await agents.Runner.run(agent, first.to_input_list() + [
+            {"role": "user", "content": ask}])
+        streamed = agents.Runner.run_streamed(agent, "[recall] and then?",
+                                              previous_response_id=chained.last_response_id)
+        async for _ in streamed.stream_events():
+            pass
+        await client.close()
+        return [first.final_output, chained.final_output, whole.final_output,
+                streamed.final_output]
+
+    turns = ["What is the weather in Paris?",
+             "<tool_response>\n22 C and sunny in Paris\n</tool_response>", "[recall] what did I ask?"]
+    assert asyncio.run(run()) == ["It is sunny in Paris.", heard(turns), heard(turns),
+                                  heard(turns + ["[recall] and then?"])]
+    call_id = sent[1]["input"][0]["call_id"]
+    assert [(s.get("previous_response_id") is not None, s["input"]) for s in sent[:2]] == [
+        (False, [{"role": "user", "content": "What is the weather in Paris?"}]),
+        (True, [{"type": "function_call_output", "call_id": call_id,
+                 "output": "22 C and sunny in Paris"}])]  # the call itself is stored
+
+
+def test_langchain_chains_turns_by_previous_response_id(server) -> None:
+    """LangChain's ``ChatOpenAI(use_responses_api=True, use_previous_response_id=True)``
+    sends only the messages after its last answer, chained by that answer's id (which must
+    look like OpenAI's ``resp_...``, or LangChain sends everything), plain and streamed; the
+    text is that of the whole conversation sent. ``previous_response_id=`` works too."""
+    lc = pytest.importorskip("langchain_openai")
+    from langchain_core.messages import HumanMessage
+
+    sent: list[dict] = []
+    http = httpx.Client(event_hooks={"request": [
+        lambda r: sent.append(json.loads(r.content)) if r.method == "POST" else None]})
+    kw = dict(model="tiny", base_url=server.url + "/v1", api_key="none", max_retries=0,
+              use_responses_api=True, http_client=http)
+    chaining, plain = lc.ChatOpenAI(use_previous_response_id=True, **kw), lc.ChatOpenAI(**kw)
+    first = chaining.invoke("Hello")
+    rid = first.response_metadata["id"]
+    assert first.text == "Hello there." and rid.startswith("resp_")
+    turns = [HumanMessage("Hello"), first, HumanMessage("[recall] what did I say?")]
+    chained = chaining.invoke(turns)
+    chunks = list(chaining.stream(turns))
+    streamed = chunks[0]
+    for c in chunks[1:]:
+        streamed = streamed + c
+    by_kwarg = plain.invoke("[recall] what did I say?", previous_response_id=rid)
+    whole = plain.invoke(turns)
+    answer = heard(["Hello", "[recall] what did I say?"])
+    assert [m.text for m in (chained, streamed, by_kwarg, whole)] == [answer] * 4
+    last = [{"content": "[recall] what did I say?", "role": "user", "type": "message"}]
+    assert [(s.get("previous_response_id"), s["input"]) for s in sent[1:4]] == [
+        (rid, last)] * 3
+    assert "previous_response_id" not in sent[4] and len(sent[4]["input"]) == 3
 
 
 def test_openai_agents_agent_with_a_function_tool_and_an_output_type(server) -> None:

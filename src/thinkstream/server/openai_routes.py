@@ -188,10 +188,12 @@ def _check_context(state: ServerState, ids: list[int], params: SamplingParams,
 
 
 def public_id(request: Request, body: P.SamplingRequest, prefix: str) -> str:
+    """The client's request id, else ``prefix`` and a random hex (OpenAI's shapes:
+    ``chatcmpl-...``, ``resp_...``)."""
     raw = body.request_id or request.headers.get("x-request-id")
     if raw:
         return clean_request_id(raw, server_state(request).config.max_request_id_len)
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}{uuid.uuid4().hex}"
 
 
 # ------------------------------------------------------------------ running
@@ -294,7 +296,7 @@ async def completions(request: Request) -> Response:
                        "run paths for", "parallel", "invalid_value")
     for ids in encoded if parallel is not None else ():  # each prompt's paths, as on chat
         await run_in_threadpool(check_paths_room, state.llm.engine, len(ids), params, parallel)
-    job = Job(state, public_id(request, body, "cmpl"), encoded, params,
+    job = Job(state, public_id(request, body, "cmpl-"), encoded, params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     view = fmt.CompletionView(job.public_id, state.config.served_model_name,
@@ -441,7 +443,7 @@ async def chat_completions(request: Request) -> Response:
     if parallel is not None:  # paths that could never all run: a 400 before any stream
         await run_in_threadpool(check_paths_room, state.llm.engine, len(chat.ids), chat.params,
                                 parallel)
-    job = Job(state, public_id(request, body, "chatcmpl"), [chat.ids], chat.params,
+    job = Job(state, public_id(request, body, "chatcmpl-"), [chat.ids], chat.params,
               request_owner(request.scope), salt=body.prefix_salt(), parallel=parallel)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     options = output_options(state, body, include_usage)

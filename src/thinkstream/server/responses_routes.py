@@ -83,7 +83,8 @@ async def responses(request: Request) -> Response:
         for i in range(len(body.tools or []))}
     with field_names(names):
         chat = await run_in_threadpool(_prepare, state, body)  # off the event loop
-    job = Job(state, public_id(request, body, "resp"), [chat.ids], chat.params, owner,
+    # resp_<hex> as OpenAI's: LangChain's use_previous_response_id chains only ids so shaped
+    job = Job(state, public_id(request, body, "resp_"), [chat.ids], chat.params, owner,
               salt=body.prefix_salt())
     view = ResponsesView(job.public_id, state.config.served_model_name, _echo(body, keep),
                          chat.parser, len(chat.ids), logprobs=_logprobs(state, body))
