@@ -1,6 +1,6 @@
 """The Responses API's stored responses, through the ``openai`` SDK on a live server:
 retrieve / delete / input_items, ``previous_response_id`` (the same greedy text as the
-whole conversation sent), ``store: false``, LRU eviction, owners, and ``background``
+whole conversation sent), ``store: false``, LRU eviction by count and bytes, owners, and ``background``
 (detached from its connection, cancel, resumed streams, a drain's end)."""
 
 from __future__ import annotations
@@ -223,6 +223,24 @@ def test_store_evicts_the_least_recently_used(live, a) -> None:
         live.state.store = kept
 
 
+def test_store_byte_budget_forgets_an_oversized_response_alone(live, a) -> None:
+    """A response whose JSON is over the byte budget on its own (here already when admitted)
+    is answered but not kept (a 404 after), and evicts nothing else."""
+    kept, live.state.store = live.state.store, ResponseStore(1024, max_bytes=1300)
+    try:
+        small = a.responses.create(input="hi", max_output_tokens=2, **GREEDY)
+        big = a.responses.create(input="word " * 150, max_output_tokens=2, **GREEDY)
+        assert big.status == "incomplete" and big.store is True  # answered all the same
+        assert live.state.store.keys() == [(owner_name(A), small.id)]
+        assert live.state.store.nbytes == live.state.store.get((owner_name(A), small.id)).nbytes
+        assert raw(live, "GET", f"/v1/responses/{big.id}").json() == not_found(big.id)
+        with pytest.raises(openai.NotFoundError):
+            a.responses.create(input="and?", previous_response_id=big.id, **GREEDY)
+        assert a.responses.retrieve(small.id).output_text == small.output_text
+    finally:
+        live.state.store = kept
+
+
 def test_store_off_keeps_the_stateless_400s(live, a) -> None:
     kept, live.state.store = live.state.store, ResponseStore(0)
     try:
@@ -352,7 +370,7 @@ def test_many_background_responses_end_and_leave_nothing(live, a) -> None:
         "incomplete": 20, "cancelled": 2}
     assert [store.get((owner, rid)) for rid in ids[2:4]] == [None, None]
     after = metric_counts(raw(live, "GET", "/metrics").text)
-    assert {k: after.get(k, 0) - before.get(k, 0) for k in after} == {
+    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {
         "e2e": 24, "length": 20, "abort": 4}
 
 
@@ -400,8 +418,13 @@ def test_store_size_flag() -> None:
     p.add_argument("--model", default=None)
     assert server_config(p.parse_args([])).responses_store_size == 1024
     assert server_config(p.parse_args(["--responses-store-size", "0"])).responses_store_size == 0
+    assert server_config(p.parse_args([])).responses_store_bytes == 256 * 1024 * 1024
+    assert server_config(p.parse_args(["--responses-store-bytes", "4096"])
+                         ).responses_store_bytes == 4096
     with pytest.raises(ValueError, match="responses_store_size"):
         ServerConfig(responses_store_size=-1)
+    with pytest.raises(ValueError, match="responses_store_bytes must be >= 1"):
+        ServerConfig(responses_store_bytes=0)
 
 
 def test_store_lru_and_discard() -> None:
@@ -417,3 +440,54 @@ def test_store_lru_and_discard() -> None:
     assert store.keys() == [("o", "a")] and not ResponseStore(0).enabled
     with pytest.raises(ValueError, match=">= 0"):
         ResponseStore(-1)
+
+
+def _sized(text_len: int) -> StoredResponse:
+    """A finished response of ``64 + text_len`` bytes: body 37, one input item 25 +
+    ``text_len``, context 2."""
+    return StoredResponse({"status": "completed", "output": []},
+                          [{"id": "i", "text": "x" * text_len}])
+
+
+def _grown(entry: StoredResponse, text_len: int) -> None:
+    """A new body of ``49 + text_len`` bytes (was 37)."""
+    entry.update({"status": "completed", "output": [{"text": "y" * text_len}]})
+
+
+def test_store_byte_budget_evicts_least_recently_used() -> None:
+    store = ResponseStore(10, max_bytes=250)
+    a, b, c, d = _sized(36), _sized(36), _sized(36), _sized(200)
+    assert (a.nbytes, d.nbytes) == (100, 264)
+    store.put(("o", "a"), a)
+    store.put(("o", "b"), b)
+    store.get(("o", "a"))
+    store.put(("o", "c"), c)  # 300 > 250: b, least recently used, goes
+    assert (store.keys(), store.nbytes) == ([("o", "a"), ("o", "c")], 200)
+    _grown(c, 20)  # c: 132, 232 in all: within the budget
+    assert (c.nbytes, store.keys(), store.nbytes) == (132, [("o", "a"), ("o", "c")], 232)
+    _grown(c, 60)  # c: 172, 272 in all: a goes
+    assert (store.keys(), store.nbytes) == ([("o", "c")], 172)
+    store.put(("o", "d"), d)  # over the budget on its own: d alone is not kept
+    assert (store.keys(), store.nbytes, d.resized) == ([("o", "c")], 172, None)
+    _grown(c, 140)  # c grows past the budget on its own: forgotten
+    assert (c.nbytes, store.keys(), store.nbytes) == (252, [], 0)
+    _grown(c, 0)  # a forgotten response's changes count no more
+    assert store.nbytes == 0
+    store.put(("o", "a"), a)
+    store.put(("o", "a"), b)  # the same key replaced: only the new one counts
+    assert (store.keys(), store.nbytes, a.resized) == ([("o", "a")], 100, None)
+    assert store.pop(("o", "a")) is b and store.nbytes == 0
+    with pytest.raises(ValueError, match="bytes must be >= 1"):
+        ResponseStore(1, max_bytes=0)
+
+
+def test_store_counts_a_streamed_response_s_events() -> None:
+    store = ResponseStore(10, max_bytes=100)
+    entry = StoredResponse({"status": "in_progress", "output": []}, [], events=[])
+    store.put(("o", "e"), entry)
+    assert (entry.nbytes, store.nbytes) == (43, 43)  # body 39, items 2, context 2
+    entry.update(event={"type": "e"})  # 13 bytes an event
+    assert (entry.nbytes, store.nbytes) == (56, 56)
+    for _ in range(4):  # 108 > 100: the running response is forgotten
+        entry.update(event={"type": "e"})
+    assert (entry.nbytes, store.keys(), store.nbytes) == (108, [], 0)

@@ -48,7 +48,8 @@ def create_app(llm: AsyncLLM, config: ServerConfig | None = None,
     keys = KeyRing(config.api_keys)
     metrics = ServerMetrics(llm, config.served_model_name)
     state = app.state.server = ServerState(llm, config, metrics, Admission(capacity), keys,
-                                           store=ResponseStore(config.responses_store_size))
+                                           store=ResponseStore(config.responses_store_size,
+                                                               config.responses_store_bytes))
     metrics.queued = state.queued_seqs
     state.hub = app.state.session_hub = SessionHub(state, session_limits)
     # llguidance builds its vocabulary index holding the GIL (Gemma 3's 262k tokens: 4-14 s

@@ -55,6 +55,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--responses-store-size", type=int, default=1024,
                    help="Responses API responses kept for retrieval, previous_response_id "
                         "and background (least recently used forgotten first; 0: none)")
+    p.add_argument("--responses-store-bytes", type=int, default=256 * 1024 * 1024,
+                   help="their budget in bytes of JSON (least recently used forgotten first; "
+                        "a response over it on its own is not kept)")
     p.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray behind one endpoint (pip install thinkstream[ray])")
     p.add_argument("--ray-address", default=None,
@@ -93,6 +96,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         metrics_require_key=args.metrics_require_key,
         return_tokens_as_token_ids=args.return_tokens_as_token_ids,
         responses_store_size=args.responses_store_size,
+        responses_store_bytes=args.responses_store_bytes,
     )
 
 

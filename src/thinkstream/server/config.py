@@ -30,7 +30,9 @@ class ServerConfig:
 logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag).
     ``responses_store_size``: Responses API responses kept for ``GET /v1/responses/{id}``,
     ``previous_response_id`` and ``background`` (least recently used forgotten first); 0:
-    none are kept and those are 400s.
+    none are kept and those are 400s. ``responses_store_bytes``: their budget in bytes of
+    JSON (``responses_store``: least recently used forgotten first; one over it on its own
+    is not kept).
     """
 
     host: str = "127.0.0.1"
@@ -56,6 +58,7 @@ logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag
     metrics_require_key: bool = False
     return_tokens_as_token_ids: bool = False
     responses_store_size: int = 1024
+    responses_store_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         from thinkstream.parsers.reasoning import reasoning_stream_factory
@@ -81,7 +84,7 @@ logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("max_n", "max_stop", "max_stop_len", "max_body_bytes", "max_request_id_len",
-                     "retry_after_s", "max_connections"):
+                     "retry_after_s", "max_connections", "responses_store_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_logprobs < 0:
