@@ -354,3 +354,18 @@ def test_a_client_gone_while_its_frame_is_handled_ends_quietly(tiny_server, seen
     ws = _GoneSocket(tiny_server.app, ['{"type": "append", "text": "x"}'], state)
     asyncio.run(WsSession(ws, tiny_server.state.hub).run())  # returns: no exception
     assert not ws.frames
+
+
+def test_a_websocket_frame_nested_too_deeply_is_a_400_in_words(tiny_server) -> None:
+    """A frame of 100,000 nested arrays overflowed the JSON parser's recursion: the client
+    got a 500-style ``internal_error`` and the log a traceback (HTTP bodies answer 400)."""
+    url = tiny_server.url.replace("http", "ws") + "/v1/sessions/ws"
+    with connect(url) as ws:
+        ws.send("[" * 100_000 + "]" * 100_000)
+        err = json.loads(ws.recv())
+        ws.send(json.dumps({"type": "open", "prompt": "hi", "max_tokens": 2}))
+        opened = json.loads(ws.recv())  # the connection still serves
+    assert err == {"type": "error", "error": {
+        "message": "a text frame must be a JSON object", "type": "invalid_request_error",
+        "param": None, "code": "invalid_json"}}
+    assert opened["type"] == "opened"

@@ -131,7 +131,7 @@ class WsSession:
             return
         try:
             obj = json.loads(msg.get("text") or "")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise APIError(400, "a text frame must be a JSON object", None, "invalid_json") from None
         if not isinstance(obj, dict):
             raise APIError(400, "a text frame must be a JSON object", None, "invalid_json")
