@@ -406,3 +406,37 @@ def test_legacy_function_turns_open_a_session_as_chat_renders_them(client: TestC
     bad = client.post("/v1/sessions", headers=KEY, json={
         "messages": [{"role": "function", "content": "x"}], **sampling})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].name"
+
+
+TOOL = {"type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("tools", [TOOL]), ("tool_choice", "required"), ("functions", [{"name": "f"}]),
+    ("function_call", {"name": "f"}), ("echo", True), ("add_generation_prompt", False),
+    ("continue_final_message", True), ("chat_template_kwargs", {"enable_thinking": False}),
+    ("reasoning_effort", "low"), ("chat_template", "{{ messages }}")])
+def test_chat_options_a_session_cannot_honour_are_refused(client: TestClient, field,
+                                                          value) -> None:
+    """A session answered in plain text whatever ``tools`` / ``tool_choice: required``
+    (or ``echo``, the template's options) its open asked for: silently ignored, as if
+    honoured. Now a 400 naming the field, and no session is left open."""
+    r = client.post("/v1/sessions", headers=KEY, json={**OPEN, field: value})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"], err["type"]) == (field, "unsupported",
+                                                        "invalid_request_error")
+    assert err["message"].startswith(f"{field}: not supported on a session")
+    with client.websocket_connect("/v1/sessions/ws", headers=KEY) as ws:
+        ws.send_json({"type": "open", **OPEN, field: value})
+        assert ws.receive_json()["error"]["param"] == field
+    assert client.get("/v1/sessions/nope", headers=KEY).status_code == 404
+
+
+@pytest.mark.parametrize("extra", [{"tools": []}, {"tool_choice": "none"}, {"echo": False},
+                                   {"add_generation_prompt": True}, {"tools": None}])
+def test_chat_options_that_ask_for_nothing_still_open_a_session(client: TestClient,
+                                                                extra) -> None:
+    r = client.post("/v1/sessions", headers=KEY, json={**OPEN, **extra})
+    assert r.status_code == 200, r.text
+    assert client.delete(f"/v1/sessions/{r.json()['id']}", headers=KEY).status_code == 200

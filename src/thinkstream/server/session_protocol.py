@@ -15,6 +15,7 @@ from thinkstream.server import protocol as P
 from thinkstream.server.chat_tools import ToolPlan, template_messages
 from thinkstream.server.errors import APIError
 from thinkstream.server.openai_routes import chat_params, check_model
+from thinkstream.server.vllm_fields import REFUSED_SESSION
 from thinkstream.streaming.sessions import SessionInfo, UpdateResult
 
 
@@ -48,7 +49,11 @@ class SessionThinking(P.StrictBody):
 
 class SessionCreateRequest(P.SamplingRequest):
     """``POST /v1/sessions``: ``prompt`` (text or token ids received so far) or ``messages``
-    (the streamed text becomes a new user message after them; ``prompt`` is its start)."""
+    (the streamed text becomes a new user message after them; ``prompt`` is its start).
+    Chat's tools, ``echo`` and template options are refused (``REFUSED_SESSION``), never
+    silently ignored."""
+
+    vllm_refused: ClassVar[dict] = REFUSED_SESSION
 
     prompt: P.Text | P.TokenIds | None = None
     messages: list[P.ChatMessage] | None = None

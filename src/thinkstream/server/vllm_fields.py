@@ -32,7 +32,8 @@ Honoured (formatting here, used by ``server.formatting``):
 Refused unless they hold vLLM's default (``refused_for``): beam search, ``bad_words``,
 ``allowed_token_ids``, ``logits_processors``, ``priority``, ...; on the other routes that
 take the sampling fields (sessions, the Responses API) the output options above too, and
-thinkstream's ``parallel`` (reasoning paths run on chat and completions only). Chat
+thinkstream's ``parallel`` (reasoning paths run on chat and completions only); a
+session's open also refuses chat's ``tools``, ``echo`` and template options. Chat
 also refuses OpenAI's audio output (``audio``, ``modalities`` other than ``["text"]``).
 """
 
@@ -88,6 +89,23 @@ _ELSEWHERE = {  # sessions, the Responses API: sampling fields, but no such outp
     # thinkstream's own: reasoning paths run on chat and completions requests only
     "parallel": ((), "reasoning paths are not supported on this route (chat completions "
                      "and completions take them)"),
+}
+
+
+_NO_CHAT_EXTRAS = "not supported on a session (its answer is the model's plain text; " \
+    "chat completions take it)"
+REFUSED_SESSION = {  # a session's open: chat's own options it cannot honour
+    **_ELSEWHERE,
+    "tools": (([],), _NO_CHAT_EXTRAS),
+    "tool_choice": (("none", "auto"), _NO_CHAT_EXTRAS),
+    "functions": (([],), _NO_CHAT_EXTRAS),
+    "function_call": (("none", "auto"), _NO_CHAT_EXTRAS),
+    "echo": ((False,), _NO_CHAT_EXTRAS),
+    "add_generation_prompt": ((True,), _NO_CHAT_EXTRAS),
+    "continue_final_message": ((False,), _NO_CHAT_EXTRAS),
+    "chat_template_kwargs": (({},), _NO_CHAT_EXTRAS),
+    "reasoning_effort": ((), _NO_CHAT_EXTRAS),
+    "chat_template": ((), _NO_CHAT_EXTRAS),
 }
 
 
