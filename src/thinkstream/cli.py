@@ -377,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ModelLoadError) as exc:  # a clear message, no traceback
         print(f"thinkstream: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the user stopped it, no traceback (128 + SIGINT)
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

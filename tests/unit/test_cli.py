@@ -157,3 +157,28 @@ def test_output_dash_is_stdout_and_a_row_without_id_gets_its_line_number(
     assert [(r["id"], r["completion_tokens"], r["finish_reason"]) for r in rows] == [
         ("a", 2, "length"), (3, 2, "length")]
     assert not (tmp_path / "-").exists()
+
+
+class _Interrupted:
+    """A model whose answer the user stops with Ctrl-C."""
+
+    class tokenizer:  # noqa: N801 - stands in for the attribute
+        chat_template = None
+
+    def stream(self, prompt, params):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command", [["run", "Hi"], ["chat"]])
+def test_ctrl_c_ends_quietly_with_130(monkeypatch, capsys, command: list[str]) -> None:
+    """Ctrl-C in ``run`` (mid-answer) or ``chat`` (at the prompt) printed a
+    KeyboardInterrupt traceback; now a newline and exit status 130, as a shell expects."""
+    monkeypatch.setattr(cli, "_llm", lambda args: _Interrupted())
+    monkeypatch.setattr("builtins.input", lambda prompt="": (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    try:
+        rc = cli.main(command)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main(): a traceback for a Ctrl-C")
+    assert rc == 130
+    assert "Traceback" not in capsys.readouterr().err
