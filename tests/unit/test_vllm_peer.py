@@ -204,3 +204,46 @@ def test_preloads_the_venvs_openmp_runtime(tmp_path):
     assert preloads(python)[-1] == str(tmp_path / "venv" / "lib" / "libiomp5.so")
     assert worker_env(2, 1, python)["LD_PRELOAD"].split(":")[len(preloads(python)) - 1] == \
         str(tmp_path / "venv" / "lib" / "libiomp5.so")
+
+
+def test_a_peer_whose_library_is_missing_is_skipped_with_a_message(monkeypatch, capsys):
+    """The default peers include llama.cpp: without llama-cpp-python every `bench decode`
+    ended in a ModuleNotFoundError traceback after the other peers had loaded."""
+    from thinkstream.bench import cli as bench_cli
+
+    monkeypatch.setitem(bench_cli.PEER_MODULES, "llamacpp", ("no_such_module_qa8", "pkg-x"))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    args = parser.parse_args(["bench", "decode", "--peers", "thinkstream,llamacpp"])
+    assert [s.name for s in _specs(args, checkpoint=object())] == ["thinkstream"]
+    assert ("skipping peer llamacpp: no_such_module_qa8 is not installed (pip install pkg-x, "
+            "or thinkstream's bench extra)") in capsys.readouterr().err
+    args = parser.parse_args(["bench", "decode", "--peers", "llamacpp"])
+    with pytest.raises(ValueError, match="none of them can run here"):
+        _specs(args, checkpoint=object())
+
+
+@pytest.mark.parametrize(("peers", "message"), [
+    ("thinkstream", "missing config.json"),
+    ("thinkstream,hf", "missing config.json"),
+])
+def test_a_folder_that_is_not_a_model_is_an_error_before_any_peer_starts(
+        tmp_path, capsys, peers: str, message: str):
+    """It was a CorruptModelError traceback from the thinkstream peer's worker process."""
+    from thinkstream import cli
+
+    rc = cli.main(["bench", "decode", "--quick", "--model", str(tmp_path), "--peers", peers])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"thinkstream: error: {tmp_path}: {message}" in err and "Traceback" not in err
+
+
+def test_external_peers_need_a_gguf_file(tmp_path, monkeypatch):
+    from thinkstream.bench import cli as bench_cli
+
+    monkeypatch.setattr(bench_cli, "_model_paths", lambda model: (model, None))  # an HF dir
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "bench")
+    args = parser.parse_args(["bench", "decode", "--model", str(tmp_path)])
+    with pytest.raises(ValueError, match="--peers: hf, llamacpp need a GGUF model file"):
+        _specs(args, checkpoint=None)

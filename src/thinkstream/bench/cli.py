@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -127,10 +128,29 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
 
 
 def _model_paths(model: str | None) -> tuple[str | None, Path | None]:
-    from thinkstream.loading import resolve_model_path
+    """The model argument and its GGUF file (None for an HF directory), checked here: a
+    directory that is not a model is a clear error, not a traceback from a peer's worker
+    process after the others loaded (its config and tokenizer are read, no tensor)."""
+    from thinkstream.loading import load_checkpoint
 
-    path = resolve_model_path(model)
+    path = load_checkpoint(model, tensors=False).path
     return model, path if path.suffix == ".gguf" else None
+
+
+# the module each external peer imports in its worker, and the package that installs it
+PEER_MODULES = {"hf": ("transformers", "transformers"),
+                "llamacpp": ("llama_cpp", "llama-cpp-python")}
+
+
+def _installed(name: str) -> bool:
+    """Whether peer ``name``'s library is importable; if not, says so on stderr (the peer
+    is skipped, as vLLM's is without its environment)."""
+    module, package = PEER_MODULES.get(name, (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return True
+    print(f"skipping peer {name}: {module} is not installed (pip install {package}, or "
+          "thinkstream's bench extra)", file=sys.stderr)
+    return False
 
 
 def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
@@ -155,10 +175,16 @@ def _specs(args: argparse.Namespace, checkpoint: Any) -> list:
     for n in names:
         if n not in options:
             raise ValueError(f"--peers: unknown peer {n!r}; choose from {', '.join(options)}")
+    if gguf is None and checkpoint is None and (external := [n for n in names
+                                                              if n != "thinkstream"]):
+        raise ValueError(f"--peers: {', '.join(external)} need a GGUF model file")
+    names = [n for n in names if _installed(n)]
     if "vllm" in names:
         from thinkstream.bench.vllm_peer import vllm_available
 
         names = [n for n in names if n != "vllm" or vllm_available(args.vllm_python)]
+    if not names:
+        raise ValueError("--peers: none of them can run here (see the messages above)")
     return [PeerSpec(n, model, gguf, options[n], checkpoint if n == "thinkstream" else None)
             for n in names]
 
