@@ -247,3 +247,17 @@ def test_external_peers_need_a_gguf_file(tmp_path, monkeypatch):
     args = parser.parse_args(["bench", "decode", "--model", str(tmp_path)])
     with pytest.raises(ValueError, match="--peers: hf, llamacpp need a GGUF model file"):
         _specs(args, checkpoint=None)
+
+
+def test_side_by_side_peers_are_checked_names() -> None:
+    """``--peers thinkstream`` silently ran no thinkstream column; now an unknown name is a
+    usage error naming the choices."""
+    from thinkstream.bench.side_by_side import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args(["--peers", "thinkstream (default), llamacpp"]).peers == [
+        "thinkstream (default)", "llamacpp"]
+    assert p.parse_args([]).peers == "all"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--peers", "thinkstream,llamacpp"])

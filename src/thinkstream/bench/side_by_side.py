@@ -59,7 +59,7 @@ def _peers(args: argparse.Namespace) -> dict[str, LocalPeer]:
 
     path = resolve_model_path(args.model)
     model, gguf = args.model, path if path.suffix == ".gguf" else None
-    names = [n for n in PEERS if n in args.peers.split(",") or args.peers == "all"]
+    names = [n for n in PEERS if args.peers == "all" or n in args.peers]
     peers = {}
     for n in names:
         kind, opts = PEERS[n]
@@ -156,9 +156,23 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def peer_list(text: str) -> str | list[str]:
+    """``--peers``: "all", or names of ``PEERS`` separated by commas (an unknown name is an
+    error naming the choices, not a silently missing column)."""
+    if text == "all":
+        return text
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown or [text]}; choose from "
+                                         + ", ".join(PEERS) + " or all")
+    return names
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None)
-    p.add_argument("--peers", default="all", help="comma-separated subset of: " + ", ".join(PEERS))
+    p.add_argument("--peers", default="all", type=peer_list,
+                   help="comma-separated subset of: " + ", ".join(PEERS) + " (or all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--decode", type=int, default=32, help="tokens generated at batch 1")
