@@ -283,7 +283,7 @@ class LLMEngine(OpenInputs):
             raise RequestError("request_id", f"request_id: unknown request {request_id!r}")
         self._attached.setdefault(request_id, []).append(seq)
         self._owners[seq.seq_id] = owner
-        self.scheduler.add(seq)
+        self.scheduler.add(seq, volatile=True)  # a feature may change its key while it waits
 
     def finish_sequence(self, seq: Sequence) -> None:
         """End ``seq`` now with "stop" and free its blocks (a feature decided it is done: a

@@ -19,7 +19,9 @@ for its owner to shrink or end, never left waiting.
 
 Two hooks serve streaming input without a branch per feature. ``priority`` (a key function,
 smaller first; see ``engine.policy``) orders running and waiting sequences each step, so
-the last in line is preempted first. And an *idle open input* (a session whose input is
+the last in line is preempted first (the waiting queue, ``engine.waiting``, keeps that order
+in O(log n) a sequence: a waiting sequence's key is read when it enters the queue, when
+``wake`` or ``truncate`` touch it, and every step for an open input or a feature's). And an *idle open input* (a session whose input is
 still arriving and has nothing left to compute) holds blocks it does not need now: under
 pressure it is preempted before anything else and *parked*, out of the waiting queue, until
 ``wake`` says its input changed; it then recomputes from the prefix cache. Idle sessions
@@ -38,13 +40,13 @@ This module imports no torch.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from thinkstream.engine.request import SeqStatus, Sequence
 from thinkstream.engine.views import ViewRule
+from thinkstream.engine.waiting import WaitQueue
 from thinkstream.kv.manager import KVCacheManager
 from thinkstream.kv.prefix import HashCache
 
@@ -98,17 +100,37 @@ class Scheduler:
         self.cfg = cfg
         self.kv = kv
         self.priority = priority
-        self.waiting: deque[Sequence] = deque()
+        self.waiting = WaitQueue(priority)  # admission order, O(log n) a sequence
         self.running: list[Sequence] = []
         self.parked: list[Sequence] = []  # idle open inputs preempted under pressure
+        self._live: dict[str, Sequence] = {}  # all three, by id
+        self._volatile: set[str] = set()  # keys and views re-read every step (``_plain``)
         self.views = ViewRule(kv)
         self._pending_copies: list[tuple[int, int]] = []
         # Admissions that passed each waiting sequence while it did not fit (see ``_admit``).
         self._passed: dict[str, int] = {}
 
     # ------------------------------------------------------------------ queues
-    def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+    def add(self, seq: Sequence, volatile: bool = False) -> None:
+        """Queue a new sequence; ``volatile``: its priority key or views may change while it
+        waits without the scheduler being told (a feature's sequence), so they are read
+        again every step."""
+        if volatile:
+            self._volatile.add(seq.seq_id)
+        self._live[seq.seq_id] = seq
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence, front: bool = False) -> None:
+        plain = self._plain(seq)
+        (self.waiting.appendleft if front else self.waiting.append)(seq, not plain)
+
+    def _plain(self, seq: Sequence) -> bool:
+        """A sequence whose key and views only the scheduler changes while it waits, and
+        that always has tokens to compute and fits the pool alone: an ordinary request."""
+        return (seq.input_closed and not seq.kv_prefix and seq.admit_group is None
+                and seq.compute_limit is None and seq.num_pending_tokens > 0
+                and self.kv.blocks_for(seq.num_tokens) <= self.kv.num_blocks
+                and seq.seq_id not in self._volatile)
 
     def has_work(self) -> bool:
         """Whether a step could compute something (idle open inputs and parked ones can't)."""
@@ -118,10 +140,15 @@ class Scheduler:
         return [*self.running, *self.waiting, *self.parked]
 
     def wake(self, seq: Sequence) -> None:
-        """A parked sequence's input changed: queue it to recompute (a no-op otherwise)."""
+        """A parked sequence's input changed: queue it to recompute. A waiting one is
+        re-keyed (and read again every step from now on)."""
         if seq in self.parked:
             self.parked.remove(seq)
-            self.waiting.append(seq)
+            self._enqueue(seq)
+        elif seq in self.waiting:
+            self._volatile.add(seq.seq_id)
+            self.waiting.mark_volatile(seq)
+            self.waiting.touch(seq)
 
     @staticmethod
     def _idle_open(seq: Sequence) -> bool:
@@ -134,8 +161,9 @@ class Scheduler:
         self._pending_copies = []
         if self.priority is not None:
             self.running.sort(key=self.priority)
-            self.waiting = deque(sorted(self.waiting, key=self.priority))
-        for src in self.views.begin(self.sequences(), self.parked):
+        self.waiting.sort()
+        viewers = [*self.running, *self.waiting.volatile(), *self.parked] if self.parked else []
+        for src in self.views.begin(self._live, viewers, self.parked):
             self.wake(src)  # a viewer waits for it
         queue, kept, stalled = list(self.running), [], []
         while queue:
@@ -206,7 +234,7 @@ class Scheduler:
         deferred: list[Sequence] = []  # passed over this step; back at the front, in order
         blocked: list[str] = []  # passed over for want of blocks (``_pass_key``)
         while self.waiting and budget > 0:
-            seq = self.waiting[0]
+            seq = self.waiting.peek()
             if len(self.running) >= self.cfg.max_num_seqs:
                 # slots full: an idle open input gives its slot to work that can compute
                 if not (seq.num_pending_tokens and self._idle_gives_way(seq, out)):
@@ -223,8 +251,9 @@ class Scheduler:
                             s.input_closed or s.num_pending_tokens for s in self.running):
                         break  # passed over often enough, and blocks will come free
                     blocked.append(_pass_key(seq))
-                    deferred += [s for s in self.waiting if s.admit_group == seq.admit_group]
-                    self.waiting = deque(s for s in self.waiting if s not in deferred)
+                    for s in self.waiting.group(seq.admit_group):
+                        self.waiting.remove(s)
+                        deferred.append(s)
                     continue
                 groups.add(seq.admit_group)
                 self._passed.pop(_pass_key(seq), None)
@@ -240,6 +269,7 @@ class Scheduler:
                 if never:
                     out.starved.append(seq)
                 elif self._passed.get(seq.seq_id, 0) >= self.cfg.max_num_seqs:
+                    self.waiting.touch(seq)  # looked up: its key is read again
                     break  # passed over often enough: admission waits for it now
                 else:
                     blocked.append(seq.seq_id)
@@ -257,13 +287,14 @@ class Scheduler:
                 budget -= n
             else:
                 out.num_admitted_idle += 1
-        self.waiting.extendleft(reversed(deferred))
+        for s in reversed(deferred):
+            self._enqueue(s, front=True)
         return budget
 
     def _group_fits(self, group: str) -> bool:
         """Whether every waiting member of ``group`` fits now: sequence slots, and blocks
         for its pending tokens (members compute no cached prefix: they view their parent)."""
-        members = [s for s in self.waiting if s.admit_group == group]
+        members = self.waiting.group(group)
         need = sum(self.kv.blocks_for(s.num_tokens) for s in members)
         return (len(self.running) + len(members) <= self.cfg.max_num_seqs
                 and need <= self.kv.num_free_blocks)
@@ -335,7 +366,7 @@ class Scheduler:
         if idle:
             self.parked.append(seq)  # recomputed when its input changes (``wake``)
         else:
-            self.waiting.appendleft(seq)
+            self._enqueue(seq, front=True)
 
     # ------------------------------------------------------------ after forward
     def commit(self, out: SchedulerOutput) -> None:
@@ -363,7 +394,8 @@ class Scheduler:
                 self.running.append(child)
                 forked.append(child)
             else:
-                self.waiting.append(child)
+                self._enqueue(child)
+            self._live[child.seq_id] = child
         parent.fork_children = []
         return forked
 
@@ -384,6 +416,7 @@ class Scheduler:
 
     def truncate(self, seq: Sequence, num_tokens: int) -> None:
         """Drop the computed KV past ``num_tokens`` (copies run before the next forward)."""
+        self.waiting.touch(seq)  # a key may read the computed tokens
         if not self.kv.has(seq.seq_id):
             seq.num_computed_tokens = 0
         elif self.kv.can_truncate(seq.seq_id, num_tokens):
@@ -420,10 +453,12 @@ class Scheduler:
             self.waiting.remove(seq)
         if seq in self.parked:
             self.parked.remove(seq)
+        if self._live.get(seq.seq_id) is seq:
+            del self._live[seq.seq_id]
+        self._volatile.discard(seq.seq_id)
         self.kv.free(seq.seq_id)
         self._passed.pop(seq.seq_id, None)
-        if seq.admit_group is not None and not any(
-                s.admit_group == seq.admit_group for s in self.waiting):
+        if seq.admit_group is not None and not self.waiting.has_group(seq.admit_group):
             self._passed.pop(_pass_key(seq), None)  # no member left waiting
         for child in seq.fork_children:
             self.finish(child, status)

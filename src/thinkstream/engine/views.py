@@ -45,12 +45,15 @@ class ViewRule:
         self.kv = kv
         self._live: dict[str, Sequence] = {}
 
-    def begin(self, live: Iterable[Sequence], parked: list[Sequence]) -> list[Sequence]:
-        """Index the live sequences for this step; returns the parked sources that a viewer
-        with tokens to compute waits for (the scheduler wakes them)."""
-        self._live = {s.seq_id: s for s in live}
+    def begin(self, live: dict[str, Sequence], viewers: Iterable[Sequence],
+              parked: list[Sequence]) -> list[Sequence]:
+        """Take the live sequences by id for this step (the scheduler's own index, kept as
+        sequences come and go: never rebuilt per step); returns the parked sources that a
+        viewer with tokens to compute waits for (the scheduler wakes them). ``viewers``:
+        every live sequence that may view another, in the scheduler's order."""
+        self._live = live
         wake = []
-        for seq in self._live.values():
+        for seq in viewers:
             if seq.kv_prefix and seq.num_pending_tokens:
                 wake += [self._live[sid] for sid in self.sources(seq)
                          if sid in self._live and self._live[sid] in parked]
