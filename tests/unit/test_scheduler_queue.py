@@ -132,6 +132,22 @@ def test_a_step_reads_keys_only_of_what_entered_the_queue() -> None:
     assert len(calls) == 4  # the running ones' sort, none of the waiting
 
 
+def test_a_full_pool_stops_admission_after_one_miss(monkeypatch) -> None:
+    """Pool full, slots free, 5,000 waiting: the first that does not fit ends admission (every
+    block in use: the others cannot fit either), so one prefix lookup, not 5,000."""
+    sched = scheduler(num_blocks=8, max_num_seqs=16, budget=64)
+    for i in range(5_000):
+        sched.add(seq(f"W{i}", list(range(10 * i, 10 * i + 6)), max_tokens=2))  # 2 blocks each
+    assert [sid for sid, _ in step(sched)] == ["W0", "W1", "W2", "W3"]
+    assert sched.kv.num_free_blocks == 0
+    lookups = []
+    real = sched.kv.lookup_prefix
+    monkeypatch.setattr(sched.kv, "lookup_prefix", lambda *a, **k: lookups.append(a[0]) or real(*a, **k))
+    assert [sid for sid, _ in step(sched)] == ["W0", "W1", "W2", "W3"]
+    assert lookups == ["W4"]
+    assert [s.seq_id for s in sched.waiting][:3] == ["W4", "W5", "W6"]
+
+
 def test_aborting_in_the_middle_of_a_long_queue() -> None:
     sched = scheduler(num_blocks=16, max_num_seqs=4, priority=lambda q: q.arrival_time)
     seqs = [seq(f"W{i}", [i + 1, 2, 3], max_tokens=1, arrival_time=float(i)) for i in range(3_000)]

@@ -274,6 +274,8 @@ class Scheduler:
                 else:
                     blocked.append(seq.seq_id)
                 deferred.append(self.waiting.popleft())
+                if not never and self._rest_cannot_fit():
+                    break
                 continue
             for key in blocked:
                 self._passed[key] = self._passed.get(key, 0) + 1
@@ -290,6 +292,16 @@ class Scheduler:
         for s in reversed(deferred):
             self._enqueue(s, front=True)
         return budget
+
+    def _rest_cannot_fit(self) -> bool:
+        """After a sequence failed for want of blocks: whether every other waiting one
+        would too, so trying them is skipped (it was O(waiting) a step while the pool is
+        full). True when no block is free or cached, every waiting sequence is plain (it
+        has tokens to compute, so it needs a new block, and views nothing) and no running
+        idle open input could give way. The lookups skipped would only have counted
+        prefix-cache queries (every block is in use: nothing moves in the pool)."""
+        return (self.kv.num_free_blocks == 0 and not self.waiting.num_volatile
+                and not any(self._idle_open(s) for s in self.running))
 
     def _group_fits(self, group: str) -> bool:
         """Whether every waiting member of ``group`` fits now: sequence slots, and blocks
