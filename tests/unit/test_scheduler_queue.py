@@ -58,7 +58,7 @@ def fuzz(rng: random.Random, keys: dict, key, steps: int, wrap=lambda k: k) -> N
         else:
             q.sort()
             m.sort()
-        assert list(q) == list(m.d)
+        assert list(q) == list(m.d) == list(q.scan())
         for g in ("g", "h"):
             assert q.group(g) == [s for s in m.d if s.admit_group == g]
             assert q.has_group(g) == any(s.admit_group == g for s in m.d)
@@ -119,11 +119,11 @@ def test_exact_admission_order_with_a_priority_and_ties() -> None:
 
 
 def test_a_step_reads_keys_only_of_what_entered_the_queue() -> None:
-    """10,000 waiting, every slot running: a step reads no waiting sequence's key."""
+    """5,000 waiting, every slot running: a step reads no waiting sequence's key."""
     calls = []
     sched = scheduler(num_blocks=64, max_num_seqs=4, budget=64,
                       priority=lambda q: calls.append(q) or q.arrival_time)
-    for i in range(10_000):
+    for i in range(5_000):
         sched.add(seq(f"W{i}", [i % 50 + 1, 7, 8], max_tokens=20))
     step(sched)
     assert len(sched.running) == 4
@@ -133,10 +133,10 @@ def test_a_step_reads_keys_only_of_what_entered_the_queue() -> None:
 
 
 def test_a_full_pool_stops_admission_after_one_miss(monkeypatch) -> None:
-    """Pool full, slots free, 5,000 waiting: the first that does not fit ends admission (every
-    block in use: the others cannot fit either), so one prefix lookup, not 5,000."""
+    """Pool full, slots free, 3,000 waiting: the first that does not fit ends admission (every
+    block in use: the others cannot fit either), so one prefix lookup, not 3,000."""
     sched = scheduler(num_blocks=8, max_num_seqs=16, budget=64)
-    for i in range(5_000):
+    for i in range(3_000):
         sched.add(seq(f"W{i}", list(range(10 * i, 10 * i + 6)), max_tokens=2))  # 2 blocks each
     assert [sid for sid, _ in step(sched)] == ["W0", "W1", "W2", "W3"]
     assert sched.kv.num_free_blocks == 0
@@ -146,6 +146,20 @@ def test_a_full_pool_stops_admission_after_one_miss(monkeypatch) -> None:
     assert [sid for sid, _ in step(sched)] == ["W0", "W1", "W2", "W3"]
     assert lookups == ["W4"]
     assert [s.seq_id for s in sched.waiting][:3] == ["W4", "W5", "W6"]
+
+
+def test_requests_passed_over_keep_their_places(monkeypatch) -> None:
+    """A block free but each waiting request needs two: every one is tried (its lookup
+    may move cached blocks), none is taken out of the queue and put back."""
+    sched = scheduler(num_blocks=7, max_num_seqs=16, budget=64)
+    for i in range(500):
+        sched.add(seq(f"W{i}", list(range(10 * i, 10 * i + 6)), max_tokens=2))
+    assert len(step(sched)) == 3 and sched.kv.num_free_blocks == 1
+    enqueued = []
+    real = sched._enqueue
+    monkeypatch.setattr(sched, "_enqueue", lambda s, front=False: enqueued.append(s) or real(s, front))
+    assert [sid for sid, _ in step(sched)] == ["W0", "W1", "W2"]
+    assert enqueued == [] and [s.seq_id for s in sched.waiting][:2] == ["W3", "W4"]
 
 
 def test_aborting_in_the_middle_of_a_long_queue() -> None:
@@ -162,11 +176,11 @@ def test_aborting_in_the_middle_of_a_long_queue() -> None:
 
 
 def test_a_huge_queue_in_a_tiny_pool_finishes_every_request() -> None:
-    """2,000 requests of two blocks each through a four-block pool, with preemptions (they
+    """300 requests of two blocks each through a four-block pool, with preemptions (they
     grow into a third block): each finishes with its tokens, the pool is whole after."""
     sched = scheduler(num_blocks=4, max_num_seqs=3, budget=16, priority=lambda q: q.arrival_time)
     seqs = [seq(f"W{i}", [i + 1, *range(1000, 1006)], max_tokens=3, arrival_time=float(i))
-            for i in range(2_000)]
+            for i in range(300)]
     for s in seqs:
         sched.add(s)
     admitted, steps = [], 0

@@ -231,29 +231,38 @@ class Scheduler:
         never fit is reported in ``out.starved`` instead of waiting forever."""
         computing: set[tuple[int, ...]] = set()  # first blocks computed from scratch this step
         groups: set[str] = set()  # admission groups that fit this step
-        deferred: list[Sequence] = []  # passed over this step; back at the front, in order
+        # passed over this step, in order: they keep their places (the front of the queue),
+        # unless a group was pulled forward: then all of them go back at the front, in order
+        deferred: dict[Sequence, None] = {}
+        pulled = False
+        num_volatile = 0  # volatile ones among ``deferred`` and ``seq``
         blocked: list[str] = []  # passed over for want of blocks (``_pass_key``)
-        while self.waiting and budget > 0:
-            seq = self.waiting.peek()
+        scan = self.waiting.scan()
+        seq = next(scan, None)
+        while seq is not None and budget > 0:
             if len(self.running) >= self.cfg.max_num_seqs:
                 # slots full: an idle open input gives its slot to work that can compute
                 if not (seq.num_pending_tokens and self._idle_gives_way(seq, out)):
                     break
                 continue
             if not self.views.admissible(seq):
-                deferred.append(self.waiting.popleft())
+                deferred[seq] = None
+                seq = next(scan, None)
                 continue
             if seq.admit_group is not None and seq.admit_group not in groups:
-                if not self._group_fits(seq.admit_group) and self._idle_gives_way(seq, out):
+                if not self._group_fits(seq.admit_group, deferred) and self._idle_gives_way(seq, out):
                     continue  # an idle open input it does not view made room: try again
-                if not self._group_fits(seq.admit_group):  # all of them wait, in order
+                if not self._group_fits(seq.admit_group, deferred):  # all of them wait, in order
                     if self._passed.get(_pass_key(seq), 0) >= self.cfg.max_num_seqs and any(
                             s.input_closed or s.num_pending_tokens for s in self.running):
                         break  # passed over often enough, and blocks will come free
                     blocked.append(_pass_key(seq))
                     for s in self.waiting.group(seq.admit_group):
-                        self.waiting.remove(s)
-                        deferred.append(s)
+                        if s not in deferred:
+                            self.waiting.remove(s)
+                            deferred[s] = None
+                    pulled = True
+                    seq = next(scan, None)
                     continue
                 groups.add(seq.admit_group)
                 self._passed.pop(_pass_key(seq), None)
@@ -265,22 +274,23 @@ class Scheduler:
                 if not never and self._idle_gives_way(seq, out):
                     continue  # then try again
                 self.kv.free(seq.seq_id)  # give back the prefix hits while it waits
-                seq.num_computed_tokens = 0
+                seq.num_computed_tokens = 0  # as before the lookup: its key is unchanged
                 if never:
                     out.starved.append(seq)
                 elif self._passed.get(seq.seq_id, 0) >= self.cfg.max_num_seqs:
-                    self.waiting.touch(seq)  # looked up: its key is read again
                     break  # passed over often enough: admission waits for it now
                 else:
                     blocked.append(seq.seq_id)
-                deferred.append(self.waiting.popleft())
-                if not never and self._rest_cannot_fit():
+                deferred[seq] = None
+                num_volatile += self.waiting.is_volatile(seq)
+                if not never and self._rest_cannot_fit(num_volatile):
                     break
+                seq = next(scan, None)
                 continue
             for key in blocked:
                 self._passed[key] = self._passed.get(key, 0) + 1
             self._passed.pop(seq.seq_id, None)
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
             seq.prefix_hashes = None  # looked up for the last time
             self.running.append(seq)
@@ -289,24 +299,30 @@ class Scheduler:
                 budget -= n
             else:
                 out.num_admitted_idle += 1
-        for s in reversed(deferred):
-            self._enqueue(s, front=True)
+            seq = next(scan, None)
+        if pulled:
+            for s in deferred:
+                if s in self.waiting:
+                    self.waiting.remove(s)
+            for s in reversed(deferred):
+                self._enqueue(s, front=True)
         return budget
 
-    def _rest_cannot_fit(self) -> bool:
+    def _rest_cannot_fit(self, num_volatile: int) -> bool:
         """After a sequence failed for want of blocks: whether every other waiting one
         would too, so trying them is skipped (it was O(waiting) a step while the pool is
         full). True when no block is free or cached, every waiting sequence is plain (it
         has tokens to compute, so it needs a new block, and views nothing) and no running
         idle open input could give way. The lookups skipped would only have counted
         prefix-cache queries (every block is in use: nothing moves in the pool)."""
-        return (self.kv.num_free_blocks == 0 and not self.waiting.num_volatile
+        return (self.kv.num_free_blocks == 0 and self.waiting.num_volatile == num_volatile
                 and not any(self._idle_open(s) for s in self.running))
 
-    def _group_fits(self, group: str) -> bool:
-        """Whether every waiting member of ``group`` fits now: sequence slots, and blocks
-        for its pending tokens (members compute no cached prefix: they view their parent)."""
-        members = self.waiting.group(group)
+    def _group_fits(self, group: str, deferred: dict[Sequence, None]) -> bool:
+        """Whether every waiting member of ``group`` (not passed over in this step) fits now:
+        sequence slots, and blocks for its pending tokens (members compute no cached
+        prefix: they view their parent)."""
+        members = [s for s in self.waiting.group(group) if s not in deferred]
         need = sum(self.kv.blocks_for(s.num_tokens) for s in members)
         return (len(self.running) + len(members) <= self.cfg.max_num_seqs
                 and need <= self.kv.num_free_blocks)

@@ -117,11 +117,7 @@ class WaitQueue:
         self._touched.pop(seq, None)
         if entry[BAND] == _HEAP:
             self._count(entry[KEY], -1)
-            self._dead += 1
-            if self._dead > 64 and 2 * self._dead > len(self._heap):
-                self._heap = [e for e in self._heap if e[SEQ] is not None]
-                heapq.heapify(self._heap)
-                self._dead = 0
+            self._dead += 1  # dropped at the next ``sort`` (a ``scan`` may be open)
 
     def mark_volatile(self, seq: Sequence) -> None:
         """Re-key ``seq`` at every step from now on (its key may change at any time)."""
@@ -167,6 +163,24 @@ class WaitQueue:
     def has_group(self, name: str) -> bool:
         return name in self._groups
 
+    def is_volatile(self, seq: Sequence) -> bool:
+        return seq in self._volatile
+
+    def scan(self) -> Iterator[Sequence]:
+        """The waiting sequences in order, lazily: the first k cost O(k log k), whatever
+        waits behind them. Sequences may be removed while a scan is open, not added."""
+        yield from (e[SEQ] for e in list(self._front) if e[SEQ] is not None)
+        heap = self._heap
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier:  # the heap's entries in order, walking down from its root
+            e, i = heapq.heappop(frontier)
+            if e[SEQ] is not None:
+                yield e[SEQ]
+            for c in (2 * i + 1, 2 * i + 2):
+                if c < len(heap):
+                    heapq.heappush(frontier, (heap[c], c))
+        yield from (e[SEQ] for e in list(self._back) if e[SEQ] is not None)
+
     def volatile(self) -> list[Sequence]:
         """The volatile waiting sequences in the order they stand (the only ones that may
         view another sequence: ``engine.views``)."""
@@ -187,6 +201,13 @@ class WaitQueue:
                 if e is not None and e[BAND] == _HEAP and (k := self._key(seq)) != e[KEY]:
                     changed.append((e, k))
         self._touched.clear()
+        if self._dead > 64 and 2 * self._dead > len(self._heap):
+            self._heap = [e for e in self._heap if e[SEQ] is not None]
+            heapq.heapify(self._heap)
+            self._dead = 0
+        while self._heap and self._heap[0][SEQ] is None:
+            heapq.heappop(self._heap)
+            self._dead -= 1
         front = [e for e in self._front if e[SEQ] is not None]
         back = [e for e in self._back if e[SEQ] is not None]
         self._front.clear()
