@@ -279,3 +279,23 @@ def test_shared_prefix_computed_once_per_step() -> None:
         for out in engine.step():
             outs[out.request_id] = out.num_cached_tokens
     assert outs == {"a": 0, "b": 24}  # RequestOutput.num_cached_tokens, as vLLM's
+
+
+def test_a_long_queue_in_a_tiny_pool_matches_a_roomy_one() -> None:
+    """120 requests through a pool of six blocks (three at a time, preempted as they grow),
+    one aborted while it waits mid-queue: every other finishes with the tokens a roomy
+    pool gives, and the pool is whole after (engine/waiting.py)."""
+    prompts = [[3 + i, 7, 8, 9, 10, 11] for i in range(120)]
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    roomy = make_engine(num_blocks=256, max_num_seqs=64)
+    want = run(roomy, prompts, params)
+    engine = make_engine(num_blocks=6, max_num_seqs=3)
+    ids = [engine.add_request(f"r{i}", p, params) for i, p in enumerate(prompts)]
+    engine.step()
+    assert engine.abort("r60") and engine.usage().num_waiting == 116
+    got = {}
+    while engine.has_unfinished_requests():
+        got.update({o.request_id: o.outputs[0].token_ids for o in engine.step() if o.finished})
+    engine.check_integrity()
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks == 6
+    assert got == {rid: w for rid, w in zip(ids, want, strict=True) if rid != "r60"}
