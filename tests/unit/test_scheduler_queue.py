@@ -29,9 +29,9 @@ class Model:
             self.d = deque(sorted(self.d, key=self.key))
 
 
-def fuzz(rng: random.Random, keys: dict, key, steps: int, wrap=lambda k: k) -> None:
+def fuzz(rng: random.Random, keys: dict, key, steps: int, wrap=lambda k: k, size: int = 40) -> None:
     q, m = WaitQueue(key), Model(key)
-    pool = [seq(f"S{i}", 1, admit_group=rng.choice([None, "g", "h"])) for i in range(40)]
+    pool = [seq(f"S{i}", 1, admit_group=rng.choice([None, "g", "h"])) for i in range(size)]
     for _ in range(steps):
         op = rng.random()
         out = [s for s in pool if s not in q]
@@ -69,6 +69,26 @@ def test_queue_orders_as_a_deque_stable_sorted_each_step(seed: int) -> None:
     rng = random.Random(seed)
     keys: dict = {}
     fuzz(rng, keys, lambda s: keys[s], 600)
+
+
+def test_a_long_scan_sorts_the_heap_in_place_and_reads_on() -> None:
+    """Past its first 64 entries a scan sorts the heap (still a heap) and reads it in order."""
+    rng = random.Random(3)
+    keys: dict = {}
+    q, m = WaitQueue(lambda s: keys[s]), Model(lambda s: keys[s])
+    seqs = [seq(f"S{i}", 1) for i in range(300)]
+    for rnd in range(3):
+        for s in seqs[100 * rnd: 100 * rnd + 100]:
+            keys[s] = rng.randrange(5)
+            q.append(s)
+            m.d.append(s)
+        q.sort()
+        m.sort()
+        for s in rng.sample(list(m.d), 20):
+            q.remove(s)
+            m.d.remove(s)
+        assert len(q._heap) >= 100 and list(q.scan()) == list(m.d) == list(q)
+        assert q.popleft() is m.d.popleft()
 
 
 def test_queue_without_a_priority_keeps_arrival_order() -> None:

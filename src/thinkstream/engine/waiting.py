@@ -172,13 +172,18 @@ class WaitQueue:
         yield from (e[SEQ] for e in list(self._front) if e[SEQ] is not None)
         heap = self._heap
         frontier = [(heap[0], 0)] if heap else []
-        while frontier:  # the heap's entries in order, walking down from its root
+        walked = 0
+        while frontier and walked < 64:  # the heap's first entries in order, from its root
             e, i = heapq.heappop(frontier)
+            walked += 1
             if e[SEQ] is not None:
                 yield e[SEQ]
             for c in (2 * i + 1, 2 * i + 2):
                 if c < len(heap):
                     heapq.heappush(frontier, (heap[c], c))
+        if frontier:  # a long scan: sort the heap in place (a sorted list is a heap; nearly
+            heap.sort()  # sorted since the last long scan, so about O(n)), then read on
+            yield from (e[SEQ] for e in heap[walked:] if e[SEQ] is not None)
         yield from (e[SEQ] for e in list(self._back) if e[SEQ] is not None)
 
     def volatile(self) -> list[Sequence]:
