@@ -1,4 +1,5 @@
-"""The waiting queue: admission order in O(log n) a sequence, never O(n) a step.
+"""The waiting queue: admission order at O(log n) a sequence; a step reads what it admits or
+passes over, never the whole queue for its own sake.
 
 The scheduler's rule is that of a deque stable-sorted by the priority key at the start of
 every step (smaller first; no key: arrival order): sequences appended go to the back,
@@ -17,7 +18,9 @@ heap: a key that changes must be told (``touch``; a *volatile* sequence, an open
 a feature's, is re-keyed every step). A changed key that no other waiting sequence shares
 moves alone; one that ties with another falls back to the full stable sort (rare: the
 policies' keys end with the arrival time). Removal is lazy (a dead entry is skipped and
-the heap compacted when half dead), so aborting a waiting request is O(1).
+the heap compacted when half dead), so aborting a waiting request is O(1). Admission reads
+the queue in order without taking anything out (``scan``): what it passes over keeps its
+place.
 
 This module imports no torch.
 """
@@ -168,7 +171,8 @@ class WaitQueue:
 
     def scan(self) -> Iterator[Sequence]:
         """The waiting sequences in order, lazily: the first k cost O(k log k), whatever
-        waits behind them. Sequences may be removed while a scan is open, not added."""
+        waits behind them (past 64, the heap is sorted in place: a pass over all of it is
+        about O(n)). Sequences may be removed while a scan is open, not added."""
         yield from (e[SEQ] for e in list(self._front) if e[SEQ] is not None)
         heap = self._heap
         frontier = [(heap[0], 0)] if heap else []
