@@ -81,6 +81,25 @@ def test_explicit_max_tokens_beyond_the_pool_is_refused() -> None:
     assert not e.requests and e.kv.num_free_blocks == 11
 
 
+def test_prompt_plus_max_tokens_at_exactly_the_pool_runs_to_the_end() -> None:
+    """``max_model_len`` (176 here, as ``/v1/models`` reports it) holds prompt + output:
+    the last sampled token is never computed, so 3 + 173 tokens take 175 slots (11 blocks).
+    It was refused ("needs 12 KV blocks"): a client asking for ``max_model_len - prompt``,
+    as LiteLLM-style clients do, got a 400 the context length message did not explain."""
+    e = engine()
+    assert e.max_model_len == 176
+    e.add_request("r", [1, 2, 3], SamplingParams(max_tokens=173, ignore_eos=True,
+                                                 temperature=0.0))
+    done = drive(e)
+    out = done["r"][1].outputs[0]
+    assert (len(out.token_ids), out.finish_reason) == (173, "length")
+    assert e.num_preemptions == 0
+    e.check_integrity()
+    assert e.kv.num_free_blocks == 11
+    with pytest.raises(RequestError, match="needs 12 KV blocks"):  # one more is too many
+        e.add_request(None, [1, 2, 3], SamplingParams(max_tokens=174))
+
+
 def test_a_request_that_does_not_fit_now_does_not_block_the_ones_behind_it() -> None:
     """A runs (9 blocks at most), B (4 blocks) cannot be admitted beside it, C (1 block)
     can: C is admitted past B and finishes before A; every output is the one it has alone."""

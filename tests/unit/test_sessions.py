@@ -349,7 +349,7 @@ def test_an_update_that_could_never_be_answered_is_refused_at_once() -> None:
         return len(llm.tokenizer.encode_chat([*messages, {"role": "user", "content": content}], True))
 
     content = ""
-    while final(content + "fox jumps ") + 21 <= 64:
+    while final(content + "fox jumps ") + 20 <= 64:
         mgr.append("s", "fox jumps ")
         content += "fox jumps "
     before = mgr.info("s")
@@ -357,7 +357,7 @@ def test_an_update_that_could_never_be_answered_is_refused_at_once() -> None:
     with pytest.raises(SessionTooLongError) as err:
         mgr.append("s", "fox jumps ")
     assert str(err.value) == (f"input: {n} tokens when closed + max_tokens 20 need "
-                              f"{-(-(n + 21) // 4)} KV blocks but the cache has 16")
+                              f"{-(-(n + 20) // 4)} KV blocks but the cache has 16")
     assert (err.value.status, err.value.param, err.value.code) == (413, "input", "session_tokens_exceeded")
     with pytest.raises(SessionTooLongError):
         mgr.replace("s", content + "fox jumps ")
@@ -368,7 +368,7 @@ def test_an_update_that_could_never_be_answered_is_refused_at_once() -> None:
         mgr.close("s", data=big)
     assert mgr.info("s").next_seq == before.next_seq
     last = "fox"
-    assert final(content + last) + 21 <= 64  # fits exactly as counted: no over-count at close
+    assert final(content + last) + 20 <= 64  # fits exactly as counted: no over-count at close
     mgr.close("s", data=last)
     while llm.engine.has_unfinished_requests():
         llm.engine.step()

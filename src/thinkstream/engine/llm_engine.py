@@ -249,8 +249,10 @@ class LLMEngine(OpenInputs):
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int | None) -> int:
         """KV blocks a sequence of ``num_prompt_tokens`` input tokens may come to need with
-        ``max_tokens`` (None: unbounded) output tokens; an output is capped at the context."""
-        return self.kv.blocks_for(min(num_prompt_tokens + (max_tokens or 0) + 1, self.context_len))
+        ``max_tokens`` (None: unbounded) output tokens; an output is capped at the context.
+        The last sampled token is never computed, so prompt + max_tokens slots hold it with
+        one to spare: prompt + max_tokens == ``max_model_len`` always fits the pool."""
+        return self.kv.blocks_for(min(num_prompt_tokens + (max_tokens or 0), self.context_len))
 
     def abort(self, request_id: str) -> bool:
         """Stop a request wherever it is and free all its blocks. False if unknown."""
