@@ -172,6 +172,19 @@ def test_context_errors_read_as_openai(client, tiny_server, endpoint, body, para
     assert ("prompt is too long" in err["message"]) == (param in ("prompt", "input"))
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_valid_json_nested_too_deeply_is_not_called_invalid(client, endpoint) -> None:
+    """A body that is valid JSON but deeper than the parser goes (a tool schema of 800
+    levels) was "not valid JSON", sending its author to check a body a JSON validator
+    accepts; pydantic's own depth limit already said "nested too deeply"."""
+    deep = "[" * 5000 + "]" * 5000
+    body = f'{{"model": "tiny", "prompt": {deep}, "messages": {deep}}}'
+    err = check_error(client.post(URL[endpoint], content=body,
+                                  headers={"content-type": "application/json"}), 400, None)
+    assert (err["message"], err["code"]) == ("the request body is nested too deeply",
+                                             "invalid_body")
+
+
 def test_body_too_large(client, tiny_server) -> None:
     limit = tiny_server.state.config.max_body_bytes
     big = json.dumps({"model": "tiny", "prompt": "a" * (limit + 10)}).encode()

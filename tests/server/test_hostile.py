@@ -366,6 +366,6 @@ def test_a_websocket_frame_nested_too_deeply_is_a_400_in_words(tiny_server) -> N
         ws.send(json.dumps({"type": "open", "prompt": "hi", "max_tokens": 2}))
         opened = json.loads(ws.recv())  # the connection still serves
     assert err == {"type": "error", "error": {
-        "message": "a text frame must be a JSON object", "type": "invalid_request_error",
-        "param": None, "code": "invalid_json"}}
+        "message": "a text frame is nested too deeply", "type": "invalid_request_error",
+        "param": None, "code": "invalid_body"}}
     assert opened["type"] == "opened"

@@ -90,7 +90,9 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise APIError(400, "the request body is not valid UTF-8", None, "invalid_body") from None
     try:
         obj = json.loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:  # valid JSON, maybe: deeper than the parser goes
+        raise APIError(400, "the request body is nested too deeply", None, "invalid_body") from None
+    except ValueError:
         raise APIError(400, "the request body is not valid JSON", None, "invalid_json") from None
     if not isinstance(obj, dict):
         raise APIError(400, "the request body must be a JSON object", None, "invalid_body")

@@ -131,7 +131,9 @@ class WsSession:
             return
         try:
             obj = json.loads(msg.get("text") or "")
-        except (ValueError, RecursionError):  # RecursionError: nested too deeply
+        except RecursionError:  # valid JSON, maybe: deeper than the parser goes
+            raise APIError(400, "a text frame is nested too deeply", None, "invalid_body") from None
+        except ValueError:
             raise APIError(400, "a text frame must be a JSON object", None, "invalid_json") from None
         if not isinstance(obj, dict):
             raise APIError(400, "a text frame must be a JSON object", None, "invalid_json")
