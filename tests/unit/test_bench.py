@@ -276,3 +276,12 @@ def test_answer_step_times_every_clock(tiny_ckpt):
     assert all(t >= 0.0 for t in (*close.values(), *step.values()))
     assert step["wall"] > 0.0 and not llm.engine.requests
     llm.engine.check_integrity()
+
+
+def test_decode_batches_above_max_batch_are_not_run() -> None:
+    """With fewer sequence slots than a batch the batch ran in turns, and its decode rate
+    (tokens after every first token over the time after the last one) came out 43x."""
+    assert Sizes().within(32).decode_batches == (1, 8, 32)
+    assert Sizes().within(8).decode_batches == (1, 8)
+    assert Sizes().within(1).decode_batches == (1,)
+    assert Sizes().within(1).prefill_lengths == Sizes().prefill_lengths

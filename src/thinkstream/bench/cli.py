@@ -215,6 +215,10 @@ def run(args: argparse.Namespace, checkpoint: Any = None) -> int:
     if args.max_batch < 1:  # checked here, not as a traceback from a peer's worker process
         raise ValueError("--max-batch must be >= 1")
     sizes = Sizes.quick() if args.quick else Sizes()
+    if "decode" in args.kinds and sizes.within(args.max_batch) != sizes:
+        print(f"decode batches above --max-batch {args.max_batch} are skipped: "
+              f"{[b for b in sizes.decode_batches if b > args.max_batch]}", file=sys.stderr)
+    sizes = sizes.within(args.max_batch)
     specs = _specs(args, checkpoint)
     raw = run_bench(specs, args.kinds, sizes, args.reps, args.seed,
                     in_process=args.in_process or checkpoint is not None,

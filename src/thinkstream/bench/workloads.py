@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,13 @@ class Sizes:
     prefix_requests: int = 64
     prefix_len: int = 1024
     prefix_output_len: int = 32
+
+    def within(self, max_batch: int) -> Sizes:
+        """These sizes without the decode batches above ``max_batch`` sequence slots: such a
+        batch would run in turns, and its "tokens after every sequence's first" over the time
+        after the last first token is no decode rate (``--max-batch 1`` reported 43x)."""
+        return replace(self, decode_batches=tuple(b for b in self.decode_batches
+                                                  if b <= max_batch))
 
     @staticmethod
     def quick() -> Sizes:
