@@ -440,3 +440,32 @@ def test_chat_options_that_ask_for_nothing_still_open_a_session(client: TestClie
     r = client.post("/v1/sessions", headers=KEY, json={**OPEN, **extra})
     assert r.status_code == 200, r.text
     assert client.delete(f"/v1/sessions/{r.json()['id']}", headers=KEY).status_code == 200
+
+
+def test_serve_flags_set_the_session_limits(llm) -> None:
+    """``thinkstream serve`` had no flags for them (only ``create_app``'s argument)."""
+    import argparse
+
+    from thinkstream.server.cli import add_server_args, server_config
+
+    p = argparse.ArgumentParser()
+    p.add_argument("model", nargs="?")
+    add_server_args(p)
+    assert server_config(p.parse_args([])).sessions == SessionLimits()
+    cfg = server_config(p.parse_args([
+        "--served-model-name", "tiny", "--max-sessions-per-key", "1", "--session-idle-timeout",
+        "7.5", "--max-tokens-per-session", "40", "--max-session-chunk-chars", "10",
+        "--max-session-chunks-per-s", "2", "--session-chunk-burst", "3"]))
+    assert cfg.sessions == SessionLimits(idle_timeout_s=7.5, max_sessions_per_key=1,
+                                         max_tokens_per_session=40, max_chunk_chars=10,
+                                         max_chunks_per_s=2.0, chunk_burst=3)
+    with pytest.raises(ValueError, match="max_sessions_per_key"):
+        server_config(p.parse_args(["--max-sessions-per-key", "0"]))
+    with TestClient(create_app(llm, cfg)) as c:  # the config's limits reach the hub
+        sid = c.post("/v1/sessions", json={"prompt": "a"}).json()["id"]
+        second = c.post("/v1/sessions", json={"prompt": "b"})
+        assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_sessions"
+        big = c.post(f"/v1/sessions/{sid}/append", json={"text": "x" * 11})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "chunk_too_large"
+        assert c.delete(f"/v1/sessions/{sid}").status_code == 200
+    wait_pool_full(llm)

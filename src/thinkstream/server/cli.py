@@ -10,7 +10,7 @@ from pathlib import Path
 
 from thinkstream.parsers.reasoning import REASONING_PARSERS
 from thinkstream.parsers.tool_calls import TOOL_PARSERS
-from thinkstream.server.config import ServerConfig
+from thinkstream.server.config import ServerConfig, SessionLimits
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -58,6 +58,19 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--responses-store-bytes", type=int, default=256 * 1024 * 1024,
                    help="their budget in bytes of JSON (least recently used forgotten first; "
                         "a response over it on its own is not kept)")
+    p.add_argument("--session-idle-timeout", type=float, default=120.0,
+                   help="seconds an open streaming-input session may go without an update "
+                        "before it is closed (idle_timeout) and its blocks freed")
+    p.add_argument("--max-sessions-per-key", type=int, default=16,
+                   help="open streaming-input sessions per API key (past it: 429)")
+    p.add_argument("--max-tokens-per-session", type=int, default=None,
+                   help="input tokens a session may hold (default: the context; past it: 413)")
+    p.add_argument("--max-session-chunk-chars", type=int, default=16384,
+                   help="characters per session append, replace or opening prompt (413)")
+    p.add_argument("--max-session-chunks-per-s", type=float, default=50.0,
+                   help="sustained session updates a second (token bucket; past it: 429)")
+    p.add_argument("--session-chunk-burst", type=int, default=100,
+                   help="updates a session may send at once before the rate applies")
     p.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray behind one endpoint (pip install thinkstream[ray])")
     p.add_argument("--ray-address", default=None,
@@ -97,6 +110,13 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         return_tokens_as_token_ids=args.return_tokens_as_token_ids,
         responses_store_size=args.responses_store_size,
         responses_store_bytes=args.responses_store_bytes,
+        sessions=SessionLimits(
+            idle_timeout_s=args.session_idle_timeout,
+            max_sessions_per_key=args.max_sessions_per_key,
+            max_tokens_per_session=args.max_tokens_per_session,
+            max_chunk_chars=args.max_session_chunk_chars,
+            max_chunks_per_s=args.max_session_chunks_per_s,
+            chunk_burst=args.session_chunk_burst),
     )
 
 

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Limits of streaming-input sessions (per server)."""
+
+    idle_timeout_s: float = 120.0
+    max_sessions_per_key: int = 16
+    max_tokens_per_session: int | None = None  # None: the model's context
+    max_chunk_chars: int = 16384
+    max_chunks_per_s: float = 50.0  # sustained rate per session (token bucket)
+    chunk_burst: int = 100
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout_s <= 0 or self.max_chunks_per_s <= 0:
+            raise ValueError("idle_timeout_s and max_chunks_per_s must be > 0")
+        for name in ("max_sessions_per_key", "max_chunk_chars", "chunk_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_tokens_per_session is not None and self.max_tokens_per_session < 1:
+            raise ValueError("max_tokens_per_session must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -32,7 +53,7 @@ logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag
     ``previous_response_id`` and ``background`` (least recently used forgotten first); 0:
     none are kept and those are 400s. ``responses_store_bytes``: their budget in bytes of
     JSON (``responses_store``: least recently used forgotten first; one over it on its own
-    is not kept).
+    is not kept). ``sessions``: the streaming-input sessions' limits (``SessionLimits``).
     """
 
     host: str = "127.0.0.1"
@@ -59,6 +80,7 @@ logprobs name tokens ``token_id:N`` unless a request says otherwise (vLLM's flag
     return_tokens_as_token_ids: bool = False
     responses_store_size: int = 1024
     responses_store_bytes: int = 256 * 1024 * 1024
+    sessions: SessionLimits = field(default_factory=SessionLimits)
 
     def __post_init__(self) -> None:
         from thinkstream.parsers.reasoning import reasoning_stream_factory

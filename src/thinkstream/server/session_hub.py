@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from thinkstream.engine.llm_engine import RequestError
 from thinkstream.engine.request import RequestOutput
 from thinkstream.sampling_params import ParamError, SamplingParams
+from thinkstream.server.config import SessionLimits
 from thinkstream.server.errors import APIError
 from thinkstream.server.limits import RateBucket
 from thinkstream.server.metrics import RequestTimer
@@ -42,25 +43,6 @@ if TYPE_CHECKING:
     from thinkstream.server.serving import ServerState
 
 
-@dataclass(frozen=True)
-class SessionLimits:
-    """Limits of streaming-input sessions (per server)."""
-
-    idle_timeout_s: float = 120.0
-    max_sessions_per_key: int = 16
-    max_tokens_per_session: int | None = None  # None: the model's context
-    max_chunk_chars: int = 16384
-    max_chunks_per_s: float = 50.0  # sustained rate per session (token bucket)
-    chunk_burst: int = 100
-
-    def __post_init__(self) -> None:
-        if self.idle_timeout_s <= 0 or self.max_chunks_per_s <= 0:
-            raise ValueError("idle_timeout_s and max_chunks_per_s must be > 0")
-        for name in ("max_sessions_per_key", "max_chunk_chars", "chunk_burst"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_tokens_per_session is not None and self.max_tokens_per_session < 1:
-            raise ValueError("max_tokens_per_session must be >= 1")
 
 
 def api_error(exc: BaseException) -> BaseException:
@@ -95,7 +77,7 @@ class SessionHub:
         self.state = state
         self.clock = clock  # seconds, monotonic: the chunk-rate buckets' clock
         self.llm = llm = state.llm
-        self.limits = limits = limits or SessionLimits()
+        self.limits = limits = limits or state.config.sessions
         context = llm.engine.max_model_len - 1  # the engine enforces this limit per update
         llm.sessions.max_input_tokens = min(limits.max_tokens_per_session or context, context)
         self._owned: dict[str, _Owned] = {}
