@@ -12,6 +12,8 @@ from thinkstream.parsers.reasoning import REASONING_PARSERS
 from thinkstream.parsers.tool_calls import TOOL_PARSERS
 from thinkstream.server.config import ServerConfig, SessionLimits
 
+_LIMITS = SessionLimits()  # the session flags' defaults
+
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
@@ -58,18 +60,18 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--responses-store-bytes", type=int, default=256 * 1024 * 1024,
                    help="their budget in bytes of JSON (least recently used forgotten first; "
                         "a response over it on its own is not kept)")
-    p.add_argument("--session-idle-timeout", type=float, default=120.0,
+    p.add_argument("--session-idle-timeout", type=float, default=_LIMITS.idle_timeout_s,
                    help="seconds an open streaming-input session may go without an update "
                         "before it is closed (idle_timeout) and its blocks freed")
-    p.add_argument("--max-sessions-per-key", type=int, default=16,
+    p.add_argument("--max-sessions-per-key", type=int, default=_LIMITS.max_sessions_per_key,
                    help="open streaming-input sessions per API key (past it: 429)")
-    p.add_argument("--max-tokens-per-session", type=int, default=None,
+    p.add_argument("--max-tokens-per-session", type=int, default=_LIMITS.max_tokens_per_session,
                    help="input tokens a session may hold (default: the context; past it: 413)")
-    p.add_argument("--max-session-chunk-chars", type=int, default=16384,
+    p.add_argument("--max-session-chunk-chars", type=int, default=_LIMITS.max_chunk_chars,
                    help="characters per session append, replace or opening prompt (413)")
-    p.add_argument("--max-session-chunks-per-s", type=float, default=50.0,
+    p.add_argument("--max-session-chunks-per-s", type=float, default=_LIMITS.max_chunks_per_s,
                    help="sustained session updates a second (token bucket; past it: 429)")
-    p.add_argument("--session-chunk-burst", type=int, default=100,
+    p.add_argument("--session-chunk-burst", type=int, default=_LIMITS.chunk_burst,
                    help="updates a session may send at once before the rate applies")
     p.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray behind one endpoint (pip install thinkstream[ray])")
