@@ -109,9 +109,8 @@ class LLMEngine(OpenInputs):
         num_blocks = cfg.num_blocks or max(1, cfg.kv_cache_memory // block_bytes)
         self.max_model_len = min(self.context_len, num_blocks * cfg.block_size)
         if self.max_model_len < self.context_len:  # a warning only against an asked length
-            (log.info if cfg.max_model_len is None else log.warning)("the KV cache holds %d tokens "
-                "(%d blocks): sequences are capped at that (context %d)", self.max_model_len,
-                num_blocks, self.context_len)
+            (log.info if cfg.max_model_len is None else log.warning)("the KV cache holds %d "
+                "tokens (%d blocks): sequences are capped at that", self.max_model_len, num_blocks)
         self.kv = KVCacheManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_model_len,
@@ -249,9 +248,8 @@ class LLMEngine(OpenInputs):
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int | None) -> int:
         """KV blocks a sequence of ``num_prompt_tokens`` input tokens may come to need with
-        ``max_tokens`` (None: unbounded) output tokens; an output is capped at the context.
-        The last sampled token is never computed, so prompt + max_tokens slots hold it with
-        one to spare: prompt + max_tokens == ``max_model_len`` always fits the pool."""
+        ``max_tokens`` (None: unbounded) output tokens, capped at the context (the last sampled
+        token is never computed: prompt + max_tokens == ``max_model_len`` fits the pool)."""
         return self.kv.blocks_for(min(num_prompt_tokens + (max_tokens or 0), self.context_len))
 
     def abort(self, request_id: str) -> bool:
