@@ -207,3 +207,30 @@ def test_pool_full_and_valid_request_after(client, tiny_server) -> None:
     r = client.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 200, r.text
     tiny_server.wait_idle()
+
+
+def test_a_large_body_is_decoded_off_the_event_loop(client, tiny_server, monkeypatch) -> None:
+    """A few MB of messages took ~0.6 s to validate on the event loop, stalling every other
+    stream and /health; past ``OFF_LOOP_BYTES`` the body is decoded in a worker thread (and
+    its errors are the same 400s)."""
+    import threading
+
+    from thinkstream.server import openai_routes
+
+    threads: list[str] = []
+    decode = openai_routes.decode_body
+
+    def spy(raw, model):
+        threads.append(threading.current_thread().name)
+        return decode(raw, model)
+
+    monkeypatch.setattr(openai_routes, "decode_body", spy)
+    small = client.post("/v1/chat/completions", json=CHAT)
+    filler = [{"role": "user", "content": "x" * 60}, {"role": "assistant", "content": "ok"}]
+    big = _with(CHAT, messages=filler * 600 + CHAT["messages"], max_tokens=1)
+    assert len(json.dumps(big)) > openai_routes.OFF_LOOP_BYTES
+    bad = client.post("/v1/chat/completions", json=_with(big, temperature=-1))
+    assert small.status_code == 200
+    check_error(bad, 400, "temperature")
+    loop = tiny_server.thread.name
+    assert threads[0] == loop and threads[1] != loop, threads
