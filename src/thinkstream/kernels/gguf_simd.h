@@ -114,6 +114,30 @@ INLINE void chunk_f32(__m128i q0, __m128i q1, float s0, float s1, float o, const
 #endif
 }
 
+#if !defined(__AVX512F__)
+/* F32 (AVX2) from weights already in int32 lanes: i0..i3 values 0-7, 8-15, 16-23, 24-31
+ * (i0, i1 under s0, i2, i3 under s1), w = q * s + o, the accumulation as chunk_f32's. */
+INLINE void chunk_f32_i32(__m256i i0, __m256i i1, __m256i i2, __m256i i3, float s0, float s1, float o,
+                          const xrows *X, int64_t c, const int rows, accs *A) {
+    __m256 vs0 = _mm256_set1_ps(s0), vs1 = _mm256_set1_ps(s1), vo = _mm256_set1_ps(o);
+    __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), vs0, vo);
+    __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), vs0, vo);
+    __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), vs1, vo);
+    __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i3), vs1, vo);
+    for (int r = 0; r < rows; r++) {
+        const float *xr = X->x + r * X->ldx + c;
+        A->f[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), A->f[r][0]);
+        A->f[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), A->f[r][1]);
+        A->f[r][0] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), A->f[r][0]);
+        A->f[r][1] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), A->f[r][1]);
+    }
+}
+
+/* 8 bytes at p zero- / sign-extended to int32 lanes (one vpmovzxbd / vpmovsxbd from memory). */
+#define LOADU8_32(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+#define LOADS8_32(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+#endif
+
 /* I8. Weights q >= 0 under one scale (kind 0): u8 q against s8 x, the zero point moved
  * into the offset (z * s exact: z is 0, 8, 16 or 32); else (Q8_0, Q6_K's two scales)
  * |q - z| against x with q - z's sign. */
@@ -202,6 +226,17 @@ INLINE void blk_q4(const int mode, const uint8_t *qs, int z, float d, float m, c
               _mm256_sub_epi16(_mm256_srli_epi16(v, 4), zz), d, d, m, X, c, rows, h, A, 0);
         return;
     }
+#if !defined(__AVX512F__)
+    if (mode == F32) {  /* bytes 0-7 / 8-15 widened straight from memory: nibbles in int32 lanes
+                         * (fewer shuffles than bytes -> int32 after the nibble split); the zero
+                         * point in the offset where m is 0: q * d - z d == (q - z) * d exactly,
+                         * z d being exact */
+        __m256i t0 = LOADU8_32(qs), t1 = LOADU8_32(qs + 8), k15 = _mm256_set1_epi32(15);
+        chunk_f32_i32(_mm256_and_si256(t0, k15), _mm256_and_si256(t1, k15), _mm256_srli_epi32(t0, 4),
+                      _mm256_srli_epi32(t1, 4), d, d, z ? -(float)z * d : m, X, c, rows, A);
+        return;
+    }
+#endif
     __m128i v = LOAD16(qs);
     chunk(mode, NIB_LO(v), NIB_HI(v), z, d, d, m, X, c, rows, h, A, 0);
 }
@@ -226,6 +261,17 @@ INLINE void blk_q4_k(const int mode, const uint8_t *b, const xrows *X, int64_t c
         scale_min_k4(2 * g, scales, &sc0, &m0);
         scale_min_k4(2 * g + 1, scales, &sc1, &m1);
         float d0 = d * (float)sc0, n0 = -dmin * (float)m0, d1 = d * (float)sc1, n1 = -dmin * (float)m1;
+#if !defined(__AVX512F__)
+        if (mode == F32 && !five) {  /* as blk_q4's */
+            __m256i t0 = LOADU8_32(qs), t1 = LOADU8_32(qs + 8), t2 = LOADU8_32(qs + 16),
+                    t3 = LOADU8_32(qs + 24), k15 = _mm256_set1_epi32(15);
+            chunk_f32_i32(_mm256_and_si256(t0, k15), _mm256_and_si256(t1, k15), _mm256_and_si256(t2, k15),
+                          _mm256_and_si256(t3, k15), d0, d0, n0, X, c, rows, A);
+            chunk_f32_i32(_mm256_srli_epi32(t0, 4), _mm256_srli_epi32(t1, 4), _mm256_srli_epi32(t2, 4),
+                          _mm256_srli_epi32(t3, 4), d1, d1, n1, X, c + 32, rows, A);
+            continue;
+        }
+#endif
         __m128i va = LOAD16(qs), vb = LOAD16(qs + 16);
         __m128i a0 = NIB_LO(va), b0 = NIB_LO(vb), a1 = NIB_HI(va), b1 = NIB_HI(vb);
         if (five) {
@@ -274,6 +320,13 @@ INLINE void blk(const int mode, int type, const uint8_t *b, const xrows *X, int6
     case T_Q5_1: blk_q5(mode, b + 4, b + 8, 0, half_to_float(b), half_to_float(b + 2), X, c, rows, h, A); break;
     case T_Q8_0: {
         float d = half_to_float(b);
+#if !defined(__AVX512F__)
+        if (mode == F32) {  /* int8 -> int32 straight from memory */
+            chunk_f32_i32(LOADS8_32(b + 2), LOADS8_32(b + 10), LOADS8_32(b + 18), LOADS8_32(b + 26),
+                          d, d, 0.0f, X, c, rows, A);
+            break;
+        }
+#endif
         chunk(mode, LOAD16(b + 2), LOAD16(b + 18), 0, d, d, 0.0f, X, c, rows, h, A, 1);
         break;
     }
