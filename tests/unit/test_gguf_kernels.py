@@ -76,6 +76,21 @@ def test_matmul_and_dequantize_match_the_reference(kernels: kg.GGUFKernels, qtyp
 
 
 @needs_cc
+@pytest.mark.parametrize("qtype", sorted(kg.BLOCKS), ids=lambda q: NAMES[q])
+def test_threads_split_the_weight_rows_bit_for_bit(kernels: kg.GGUFKernels, qtype: int) -> None:
+    """The dot kernel loops over a thread's range of weight rows inside one call: three
+    threads' ranges (from row 17 / 34 on) give what one thread's does, bit for bit."""
+    values = kg.BLOCKS[qtype][0]
+    n, k = 50, values
+    bt = torch.from_numpy(random_blocks(qtype, n, k, seed=qtype + 1))
+    x = torch.randn(12, k, generator=torch.Generator().manual_seed(qtype))
+    for m in (1, 2, 3, 4, 12):
+        one = kernels.matmul(qtype, bt, k, x[:m], threads=1, act=kg.ACT_F32, path="dot")
+        three = kernels.matmul(qtype, bt, k, x[:m], threads=3, act=kg.ACT_F32, path="dot")
+        assert torch.equal(one, three), (m, NAMES[qtype])
+
+
+@needs_cc
 def test_matmul_writes_strided_output_columns_and_reads_strided_rows(kernels: kg.GGUFKernels) -> None:
     blocks = torch.from_numpy(random_blocks(8, 24, 64, seed=1))
     w = reference(8, blocks.numpy(), 64)

@@ -317,7 +317,11 @@ static void rows_range(int mode, int type, deq_fn fn, int values, int bytes, con
                        int64_t m, float *y, int64_t ldy, float *buf) {
 #if defined(__AVX2__)
     rows_fn simd = simd_rows(mode, type);
-    (void)fn; (void)buf;
+    (void)fn; (void)buf; (void)values; (void)bytes;
+    if (m <= (mode == F32 && ROWS8 ? 12 : 4)) {  /* one pass: the rows' loop in the kernel */
+        if (m > 0) simd(w, row_bytes, n0, n1, k, X, (int)m, y, ldy);
+        return;
+    }
     for (int64_t n = n0; n < n1; n++) {
         for (int64_t r = 0, step; r < m; r += step) {
             /* rows this pass: up to 12 in one (5-7 and 9-11 too: the weights decoded once,
@@ -331,7 +335,7 @@ static void rows_range(int mode, int type, deq_fn fn, int values, int bytes, con
                 G.s += r * X->nb;
                 G.sum += r * X->nb;
             }
-            simd(values, bytes, w + n * row_bytes, k, &G, m - r < step ? (int)(m - r) : (int)step, y + r * ldy + n, ldy);
+            simd(w, row_bytes, n, n + 1, k, &G, m - r < step ? (int)(m - r) : (int)step, y + r * ldy, ldy);
         }
     }
 #else

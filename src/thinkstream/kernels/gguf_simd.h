@@ -362,22 +362,30 @@ INLINE void row_dot(const int mode, const int type, int values, int bytes, const
                                  : hsum8(A.b[r][0], A.b[r][1]) + (A.off[r][0] + A.off[r][1]);
 }
 
+/* row_dot for weight rows n0..n1 (row n at w + n row_bytes, its results at y + n): the loop
+ * inside one call, so a row costs no call, no dispatch and no copy of X. */
+INLINE void rows_n(const int mode, const int type, const uint8_t *w, int64_t row_bytes, int64_t n0,
+                   int64_t n1, int64_t k, const xrows *X, const int rows, float *y, int64_t ldy) {
+    for (int64_t n = n0; n < n1; n++) row_dot(mode, type, 0, 0, w + n * row_bytes, k, X, rows, y + n, ldy);
+}
+
+#define RN(MODE, TYPE, R) rows_n(MODE, TYPE, w, row_bytes, n0, n1, k, X, R, y, ldy)
 #define ROWS_OF(MODE, TYPE)                                                                          \
-    static void rows_##MODE##_##TYPE(int values, int bytes, const uint8_t *row, int64_t k,           \
-                                     const xrows *X, int rows, float *y, int64_t ldy) {             \
+    static void rows_##MODE##_##TYPE(const uint8_t *w, int64_t row_bytes, int64_t n0, int64_t n1,    \
+                                     int64_t k, const xrows *X, int rows, float *y, int64_t ldy) {   \
         switch (rows) {                                                                              \
-        case 3: if (MODE != I16) row_dot(MODE, TYPE, values, bytes, row, k, X, 3, y, ldy); break;    \
-        case 12: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 12, y, ldy); break; \
-        case 11: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 11, y, ldy); break; \
-        case 10: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 10, y, ldy); break; \
-        case 9: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 9, y, ldy); break; \
-        case 8: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 8, y, ldy); break; \
-        case 7: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 7, y, ldy); break; \
-        case 6: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 6, y, ldy); break; \
-        case 5: if (MODE == F32 && ROWS8) row_dot(MODE, TYPE, values, bytes, row, k, X, 5, y, ldy); break; \
-        case 4: if (MODE != I16) row_dot(MODE, TYPE, values, bytes, row, k, X, 4, y, ldy); break;    \
-        case 2: row_dot(MODE, TYPE, values, bytes, row, k, X, 2, y, ldy); break;                     \
-        default: row_dot(MODE, TYPE, values, bytes, row, k, X, 1, y, ldy); break;                    \
+        case 3: if (MODE != I16) RN(MODE, TYPE, 3); break;                                           \
+        case 12: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 12); break;                                \
+        case 11: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 11); break;                                \
+        case 10: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 10); break;                                \
+        case 9: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 9); break;                                  \
+        case 8: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 8); break;                                  \
+        case 7: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 7); break;                                  \
+        case 6: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 6); break;                                  \
+        case 5: if (MODE == F32 && ROWS8) RN(MODE, TYPE, 5); break;                                  \
+        case 4: if (MODE != I16) RN(MODE, TYPE, 4); break;                                           \
+        case 2: RN(MODE, TYPE, 2); break;                                                            \
+        default: RN(MODE, TYPE, 1); break;                                                           \
         }                                                                                            \
     }
 #define ROWS_OF_MODE(MODE)                                                                           \
@@ -396,7 +404,7 @@ INLINE void row_dot(const int mode, const int type, int values, int bytes, const
         }                                                                                            \
     }
 
-typedef void (*rows_fn)(int, int, const uint8_t *, int64_t, const xrows *, int, float *, int64_t);
+typedef void (*rows_fn)(const uint8_t *, int64_t, int64_t, int64_t, int64_t, const xrows *, int, float *, int64_t);
 ROWS_OF_MODE(F32)
 ROWS_OF_MODE(I16)
 ROWS_OF_MODE(I8)
