@@ -117,9 +117,8 @@ INLINE void chunk_f32(__m128i q0, __m128i q1, float s0, float s1, float o, const
 #if !defined(__AVX512F__)
 /* F32 (AVX2) from weights already in int32 lanes: i0..i3 values 0-7, 8-15, 16-23, 24-31
  * (i0, i1 under s0, i2, i3 under s1), w = q * s + o, the accumulation as chunk_f32's. */
-INLINE void chunk_f32_i32(__m256i i0, __m256i i1, __m256i i2, __m256i i3, float s0, float s1, float o,
-                          const xrows *X, int64_t c, const int rows, accs *A) {
-    __m256 vs0 = _mm256_set1_ps(s0), vs1 = _mm256_set1_ps(s1), vo = _mm256_set1_ps(o);
+INLINE void chunk_f32_v(__m256i i0, __m256i i1, __m256i i2, __m256i i3, __m256 vs0, __m256 vs1, __m256 vo,
+                        const xrows *X, int64_t c, const int rows, accs *A) {
     __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), vs0, vo);
     __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), vs0, vo);
     __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), vs1, vo);
@@ -133,9 +132,43 @@ INLINE void chunk_f32_i32(__m256i i0, __m256i i1, __m256i i2, __m256i i3, float 
     }
 }
 
+INLINE void chunk_f32_i32(__m256i i0, __m256i i1, __m256i i2, __m256i i3, float s0, float s1, float o,
+                          const xrows *X, int64_t c, const int rows, accs *A) {
+    chunk_f32_v(i0, i1, i2, i3, _mm256_set1_ps(s0), _mm256_set1_ps(s1), _mm256_set1_ps(o), X, c, rows, A);
+}
+
 /* 8 bytes at p zero- / sign-extended to int32 lanes (one vpmovzxbd / vpmovsxbd from memory). */
 #define LOADU8_32(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
 #define LOADS8_32(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+#endif
+
+#if !defined(__AVX512F__)
+/* The half at p, broadcast as float (vpbroadcastw + vcvtph2ps: no scalar round trip). */
+INLINE __m256 bcast_half(const uint8_t *p) {
+    int16_t h;
+    memcpy(&h, p, 2);
+    return _mm256_cvtph_ps(_mm_set1_epi16(h));
+}
+
+/* F32 Q4_0 (m == NULL: offset -8 d, exact) / Q4_1 (d at dm, m at dm + 2) block: the nibbles
+ * widened straight from memory to int32 lanes (bytes 0-7: values 0-7 and 16-23). */
+INLINE void blk_q4_f32(const uint8_t *dm, int one, const uint8_t *qs, const xrows *X, int64_t c,
+                       const int rows, accs *A) {
+    __m256 vs, vo;
+    if (one) {  /* d and m: both halves converted at once, then each spread */
+        float two;
+        memcpy(&two, dm, 4);
+        __m256 b = _mm256_cvtph_ps(_mm_castps_si128(_mm_set1_ps(two)));
+        vs = _mm256_permute_ps(b, 0x00);
+        vo = _mm256_permute_ps(b, 0x55);
+    } else {
+        vs = bcast_half(dm);
+        vo = _mm256_mul_ps(vs, _mm256_set1_ps(-8.0f));
+    }
+    __m256i t0 = LOADU8_32(qs), t1 = LOADU8_32(qs + 8), k15 = _mm256_set1_epi32(15);
+    chunk_f32_v(_mm256_and_si256(t0, k15), _mm256_and_si256(t1, k15), _mm256_srli_epi32(t0, 4),
+                _mm256_srli_epi32(t1, 4), vs, vs, vo, X, c, rows, A);
+}
 #endif
 
 /* I8. Weights q >= 0 under one scale (kind 0): u8 q against s8 x, the zero point moved
@@ -226,17 +259,6 @@ INLINE void blk_q4(const int mode, const uint8_t *qs, int z, float d, float m, c
               _mm256_sub_epi16(_mm256_srli_epi16(v, 4), zz), d, d, m, X, c, rows, h, A, 0);
         return;
     }
-#if !defined(__AVX512F__)
-    if (mode == F32) {  /* bytes 0-7 / 8-15 widened straight from memory: nibbles in int32 lanes
-                         * (fewer shuffles than bytes -> int32 after the nibble split); the zero
-                         * point in the offset where m is 0: q * d - z d == (q - z) * d exactly,
-                         * z d being exact */
-        __m256i t0 = LOADU8_32(qs), t1 = LOADU8_32(qs + 8), k15 = _mm256_set1_epi32(15);
-        chunk_f32_i32(_mm256_and_si256(t0, k15), _mm256_and_si256(t1, k15), _mm256_srli_epi32(t0, 4),
-                      _mm256_srli_epi32(t1, 4), d, d, z ? -(float)z * d : m, X, c, rows, A);
-        return;
-    }
-#endif
     __m128i v = LOAD16(qs);
     chunk(mode, NIB_LO(v), NIB_HI(v), z, d, d, m, X, c, rows, h, A, 0);
 }
@@ -313,6 +335,18 @@ INLINE void blk_q6_k(const int mode, const uint8_t *b, const xrows *X, int64_t c
 /* One block of any type whose first value is column c. */
 INLINE void blk(const int mode, int type, const uint8_t *b, const xrows *X, int64_t c, const int rows,
                 const int h, accs *A) {
+#if !defined(__AVX512F__)
+    if (mode == F32 && (type == T_Q4_0 || type == T_Q4_1)) {
+        blk_q4_f32(b, type == T_Q4_1, b + (type == T_Q4_1 ? 4 : 2), X, c, rows, A);
+        return;
+    }
+    if (mode == F32 && type == T_Q8_0) {  /* int8 -> int32 straight from memory */
+        __m256 vs = bcast_half(b);
+        chunk_f32_v(LOADS8_32(b + 2), LOADS8_32(b + 10), LOADS8_32(b + 18), LOADS8_32(b + 26), vs, vs,
+                    _mm256_setzero_ps(), X, c, rows, A);
+        return;
+    }
+#endif
     switch (type) {
     case T_Q4_0: blk_q4(mode, b + 2, 8, half_to_float(b), 0.0f, X, c, rows, h, A); break;
     case T_Q4_1: blk_q4(mode, b + 4, 0, half_to_float(b), half_to_float(b + 2), X, c, rows, h, A); break;
@@ -320,13 +354,6 @@ INLINE void blk(const int mode, int type, const uint8_t *b, const xrows *X, int6
     case T_Q5_1: blk_q5(mode, b + 4, b + 8, 0, half_to_float(b), half_to_float(b + 2), X, c, rows, h, A); break;
     case T_Q8_0: {
         float d = half_to_float(b);
-#if !defined(__AVX512F__)
-        if (mode == F32) {  /* int8 -> int32 straight from memory */
-            chunk_f32_i32(LOADS8_32(b + 2), LOADS8_32(b + 10), LOADS8_32(b + 18), LOADS8_32(b + 26),
-                          d, d, 0.0f, X, c, rows, A);
-            break;
-        }
-#endif
         chunk(mode, LOAD16(b + 2), LOAD16(b + 18), 0, d, d, 0.0f, X, c, rows, h, A, 1);
         break;
     }
