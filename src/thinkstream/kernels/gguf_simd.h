@@ -389,11 +389,42 @@ INLINE void row_dot(const int mode, const int type, int values, int bytes, const
                                  : hsum8(A.b[r][0], A.b[r][1]) + (A.off[r][0] + A.off[r][1]);
 }
 
+#if !defined(__AVX512F__)
+/* F32 (AVX2), one or two x rows: row_dot of weight rows a and b = a + row_bytes in one pass
+ * (y[r * ldy] and y[r * ldy + 1]): each row's chunks and chains exactly as alone, the x
+ * loads shared and twice the independent chains. */
+INLINE void row_dot_pair(const int type, const uint8_t *a, int64_t row_bytes, int64_t k, const xrows *X,
+                         const int rows, float *y, int64_t ldy) {
+    accs A, B;
+    for (int r = 0; r < rows; r++) A.f[r][0] = A.f[r][1] = B.f[r][0] = B.f[r][1] = VZERO;
+    const int values = type == T_Q4_K || type == T_Q5_K || type == T_Q6_K ? 256 : 32;
+    const int bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22 : type == T_Q5_1 ? 24
+                    : type == T_Q8_0 ? 34 : type == T_Q4_K ? 144 : type == T_Q5_K ? 176 : 210;
+    const uint8_t *b = a + row_bytes;
+    for (int64_t c = 0; c < k; c += values, a += bytes, b += bytes) {
+        blk(F32, type, a, X, c, rows, 0, &A);
+        blk(F32, type, b, X, c, rows, 0, &B);
+    }
+    for (int r = 0; r < rows; r++) {
+        y[r * ldy] = vsum(A.f[r][0], A.f[r][1]);
+        y[r * ldy + 1] = vsum(B.f[r][0], B.f[r][1]);
+    }
+}
+#define PAIRS 1
+#else
+#define PAIRS 0
+#define row_dot_pair(...) ((void)0)
+#endif
+
 /* row_dot for weight rows n0..n1 (row n at w + n row_bytes, its results at y + n): the loop
- * inside one call, so a row costs no call, no dispatch and no copy of X. */
+ * inside one call, so a row costs no call, no dispatch and no copy of X; AVX2's F32 for one
+ * or two x rows takes the weight rows in pairs (row_dot_pair). */
 INLINE void rows_n(const int mode, const int type, const uint8_t *w, int64_t row_bytes, int64_t n0,
                    int64_t n1, int64_t k, const xrows *X, const int rows, float *y, int64_t ldy) {
-    for (int64_t n = n0; n < n1; n++) row_dot(mode, type, 0, 0, w + n * row_bytes, k, X, rows, y + n, ldy);
+    int64_t n = n0;
+    if (PAIRS && mode == F32 && rows <= 2 && (type == T_Q4_0 || type == T_Q4_1))
+        for (; n + 2 <= n1; n += 2) row_dot_pair(type, w + n * row_bytes, row_bytes, k, X, rows, y + n, ldy);
+    for (; n < n1; n++) row_dot(mode, type, 0, 0, w + n * row_bytes, k, X, rows, y + n, ldy);
 }
 
 #define RN(MODE, TYPE, R) rows_n(MODE, TYPE, w, row_bytes, n0, n1, k, X, R, y, ldy)
