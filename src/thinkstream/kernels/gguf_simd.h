@@ -17,7 +17,10 @@
  *        register.  About 250x I16's error: opt-in.
  *
  * Two accumulator chains per row (h = 0 / 1 alternates between chunks), reduced at the
- * row's end; the offset sums go to a scalar per row. */
+ * row's end; the offset sums go to a scalar per row. The AVX2 build's F32 mode decodes
+ * Q4_0 / Q4_1 / Q4_K / Q8_0 straight into int32 lanes instead (vpmovzxbd / vpmovsxbd from
+ * memory: fewer shuffles on a core without AVX-512; same values, same order) and takes
+ * Q4_0 / Q4_1 weight rows in pairs at one or two x rows (docs/benchmarks.md, Zen 3). */
 
 #define INLINE static inline __attribute__((always_inline))
 
