@@ -90,36 +90,10 @@ INLINE void dot16(__m256i w0, __m256i w1, float s0, float s1, float o, const xro
     }
 }
 
-/* F32: the chunk as floats, w = q * s + o (q already less its zero point). */
-INLINE void chunk_f32(__m128i q0, __m128i q1, float s0, float s1, float o, const xrows *X, int64_t c,
-                      const int rows, accs *A) {
-#if defined(__AVX512F__)
-    __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), _mm512_set1_ps(s0), _mm512_set1_ps(o));
-    __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), _mm512_set1_ps(s1), _mm512_set1_ps(o));
-    for (int r = 0; r < rows; r++) {
-        const float *xr = X->x + r * X->ldx + c;
-        A->f[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), A->f[r][0]);
-        A->f[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), A->f[r][1]);
-    }
-#else
-    __m256 vs0 = _mm256_set1_ps(s0), vs1 = _mm256_set1_ps(s1), vo = _mm256_set1_ps(o);
-    __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), vs0, vo);
-    __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), vs0, vo);
-    __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), vs1, vo);
-    __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), vs1, vo);
-    for (int r = 0; r < rows; r++) {
-        const float *xr = X->x + r * X->ldx + c;
-        A->f[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), A->f[r][0]);
-        A->f[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), A->f[r][1]);
-        A->f[r][0] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), A->f[r][0]);
-        A->f[r][1] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), A->f[r][1]);
-    }
-#endif
-}
-
 #if !defined(__AVX512F__)
 /* F32 (AVX2) from weights already in int32 lanes: i0..i3 values 0-7, 8-15, 16-23, 24-31
- * (i0, i1 under s0, i2, i3 under s1), w = q * s + o, the accumulation as chunk_f32's. */
+ * (i0, i1 under s0, i2, i3 under s1), w = q * s + o; chunk_f32 and the blocks widened from
+ * memory (blk_q4_f32, ...) all accumulate through it. */
 INLINE void chunk_f32_v(__m256i i0, __m256i i1, __m256i i2, __m256i i3, __m256 vs0, __m256 vs1, __m256 vo,
                         const xrows *X, int64_t c, const int rows, accs *A) {
     __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), vs0, vo);
@@ -134,7 +108,27 @@ INLINE void chunk_f32_v(__m256i i0, __m256i i1, __m256i i2, __m256i i3, __m256 v
         A->f[r][1] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), A->f[r][1]);
     }
 }
+#endif
 
+/* F32: the chunk as floats, w = q * s + o (q already less its zero point). */
+INLINE void chunk_f32(__m128i q0, __m128i q1, float s0, float s1, float o, const xrows *X, int64_t c,
+                      const int rows, accs *A) {
+#if defined(__AVX512F__)
+    __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), _mm512_set1_ps(s0), _mm512_set1_ps(o));
+    __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), _mm512_set1_ps(s1), _mm512_set1_ps(o));
+    for (int r = 0; r < rows; r++) {
+        const float *xr = X->x + r * X->ldx + c;
+        A->f[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), A->f[r][0]);
+        A->f[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), A->f[r][1]);
+    }
+#else
+    chunk_f32_v(_mm256_cvtepi8_epi32(q0), _mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8)),
+                _mm256_cvtepi8_epi32(q1), _mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8)),
+                _mm256_set1_ps(s0), _mm256_set1_ps(s1), _mm256_set1_ps(o), X, c, rows, A);
+#endif
+}
+
+#if !defined(__AVX512F__)
 INLINE void chunk_f32_i32(__m256i i0, __m256i i1, __m256i i2, __m256i i3, float s0, float s1, float o,
                           const xrows *X, int64_t c, const int rows, accs *A) {
     chunk_f32_v(i0, i1, i2, i3, _mm256_set1_ps(s0), _mm256_set1_ps(s1), _mm256_set1_ps(o), X, c, rows, A);
