@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 from helpers.tiny import tiny_checkpoint  # noqa: E402
 
 from thinkstream import LLM, SamplingParams  # noqa: E402
+from thinkstream.bench.report import cpu_record  # noqa: E402
 
 
 def prompts(n: int, length: int) -> list[list[int]]:
@@ -43,6 +44,7 @@ def main() -> None:
               num_blocks=args.num_blocks, num_threads=1)
     sp = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
     llm.generate(prompts(64, 3), sp)  # warm-up
+    print(json.dumps({"cpu": cpu_record()}), flush=True)  # the CPU class the rows ran on
     for length in args.prompt_len:
         for n in args.n:
             ps = prompts(n, length)
